@@ -1,0 +1,41 @@
+# Arca: `make demo` runs the main job, `make test` runs every test. Both install what
+# they need (Debian packages, the guest kernel build) on a fresh machine.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+LAB := tests/lab/lab
+# The guest kernel, built once per config hash and cached outside git.
+KERNEL = $(shell kernels/build.sh)
+
+.PHONY: all build kernel lab-prepare lint unit e2e test demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+kernel:
+	kernels/build.sh
+
+lab-prepare:
+	$(LAB) prepare >/dev/null
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests and vmm/tests: no root, and /dev/kvm only where a test says so.
+unit:
+	$(CARGO) test --workspace --exclude arca-e2e
+
+# End-to-end tests: directly on a host with real KVM, else through the nested lab.
+e2e: build kernel lab-prepare
+	ARCA_KERNEL=$(KERNEL) $(CARGO) test -p arca-e2e --tests -- --test-threads=2
+
+test: lint unit e2e
+
+demo: build kernel lab-prepare
+	@tools/demo.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,157 @@
+//! Helpers for Arca's end-to-end tests.
+//!
+//! An end-to-end test needs a host whose KVM boots a standard Linux guest. On such a host
+//! the tests run their commands directly; on any other (kvm_pvm, no /dev/kvm) they run
+//! them inside the nested lab, `tests/lab/lab`. Either way a command sees the release
+//! binaries on `PATH`, the guest kernel in `$ARCA_KERNEL`, and the test's files under
+//! `$ARCA_E2E_DIR`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Where end-to-end commands run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// Directly on this host, which has a usable KVM.
+    Host,
+    /// Inside an L1 VM of the nested lab.
+    Lab,
+}
+
+/// Where a test's files land inside the lab.
+const LAB_E2E_DIR: &str = "/e2e";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The directory with the release binaries (`$ARCA_BIN_DIR`, default target/release).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("ARCA_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release"))
+}
+
+/// The path of release binary `name`; panics with what to do when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: end-to-end tests need release binaries (run `make test`, or `cargo build --release` first)",
+        path.display()
+    );
+    path
+}
+
+/// The guest kernel: `$ARCA_KERNEL`, else the cached build of `kernels/build.sh`.
+pub fn kernel() -> PathBuf {
+    if let Some(k) = std::env::var_os("ARCA_KERNEL") {
+        return PathBuf::from(k);
+    }
+    let out = Command::new(repo_root().join("kernels/build.sh"))
+        .arg("--path")
+        .output()
+        .expect("kernels/build.sh runs");
+    assert!(
+        out.status.success(),
+        "the guest kernel is not built: run `make kernel` (or `make test`), or set ARCA_KERNEL"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Where this host's end-to-end commands run: `$ARCA_E2E_RUNNER` (`host` or `lab`) when
+/// set, else `host` when `arca-vmm --check-kvm` passes here and `lab` otherwise.
+pub fn runner() -> Runner {
+    static RUNNER: OnceLock<Runner> = OnceLock::new();
+    *RUNNER.get_or_init(|| match std::env::var("ARCA_E2E_RUNNER").as_deref() {
+        Ok("host") => Runner::Host,
+        Ok("lab") => Runner::Lab,
+        Ok(other) => panic!("ARCA_E2E_RUNNER must be `host` or `lab`, not {other:?}"),
+        Err(_) => {
+            let usable = Command::new(binary("arca-vmm"))
+                .arg("--check-kvm")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if usable { Runner::Host } else { Runner::Lab }
+        }
+    })
+}
+
+/// A file a test hands to its command, which finds it at `$ARCA_E2E_DIR/<name>`.
+#[derive(Debug, Clone)]
+pub struct TestFile {
+    /// The file on this host.
+    pub source: PathBuf,
+    /// Its name under `$ARCA_E2E_DIR`.
+    pub name: String,
+}
+
+/// Runs `script` with `sh` where KVM works (see [`runner`]) and returns its output.
+pub fn run_with_kvm(script: &str, files: &[TestFile], timeout_secs: u32) -> Output {
+    match runner() {
+        Runner::Lab => {
+            let args: Vec<String> = files
+                .iter()
+                .flat_map(|f| {
+                    [
+                        "--file".to_owned(),
+                        format!("{}:{LAB_E2E_DIR}/{}", f.source.display(), f.name),
+                    ]
+                })
+                .collect();
+            lab(
+                &args,
+                &format!("export ARCA_E2E_DIR={LAB_E2E_DIR}\n{script}"),
+                timeout_secs,
+            )
+        }
+        Runner::Host => {
+            let dir = tempfile::tempdir().expect("create a temporary directory");
+            for f in files {
+                std::fs::copy(&f.source, dir.path().join(&f.name)).expect("copy a test file");
+            }
+            let path = format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            Command::new("timeout")
+                .arg(timeout_secs.to_string())
+                .args(["sh", "-c", script])
+                .env("PATH", path)
+                .env("ARCA_KERNEL", kernel())
+                .env("ARCA_E2E_DIR", dir.path())
+                .output()
+                .expect("run sh")
+        }
+    }
+}
+
+/// Runs `tests/lab/lab run <args> --timeout <secs> -- <script>`.
+pub fn lab(args: &[String], script: &str, timeout_secs: u32) -> Output {
+    // Fail early and clearly when the binaries the lab would copy were never built.
+    binary("arca-vmm");
+    Command::new(repo_root().join("tests/lab/lab"))
+        .arg("run")
+        .args(args)
+        .args(["--timeout", &timeout_secs.to_string(), "--", script])
+        .env("ARCA_KERNEL", kernel())
+        .env("ARCA_BIN_DIR", bin_dir())
+        .output()
+        .expect("tests/lab/lab runs")
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
