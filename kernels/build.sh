@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the Arca guest kernel (an ELF vmlinux with a PVH entry) from Debian's
-# linux-source-6.12, or reuse the cached build for this exact configuration.
+# Build the Arca guest kernel (an ELF vmlinux with a PVH entry, and the same kernel as a
+# bzImage) from Debian's linux-source-6.12, or reuse the cached build for this exact
+# configuration.
 #
 #   kernels/build.sh           build if needed; print the vmlinux path on stdout
 #   kernels/build.sh --path    print the path; exit 1 if it is not built yet
 #
-# Cache: ${ARCA_CACHE_DIR:-~/.cache/arca}/kernels/<hash>/{vmlinux,config,build-info},
+# Cache: ${ARCA_CACHE_DIR:-~/.cache/arca}/kernels/<hash>/{vmlinux,bzImage,config,build-info},
 # where <hash> covers microvm.config and this script. Build output never goes to git.
 set -euo pipefail
 
@@ -78,12 +79,13 @@ while IFS= read -r line; do
 done <"$fragment"
 [ "$bad" = 0 ] || die "the config fragment does not apply cleanly to $src_pkg"
 
-log "building vmlinux with $(nproc) jobs"
-make -s ARCH=x86_64 -j"$(nproc)" vmlinux >&2
+log "building vmlinux and bzImage with $(nproc) jobs"
+make -s ARCH=x86_64 -j"$(nproc)" vmlinux bzImage >&2
 end=$(date +%s)
 
 mkdir -p "$out.tmp"
 cp vmlinux "$out.tmp/vmlinux"
+cp arch/x86/boot/bzImage "$out.tmp/bzImage"
 cp .config "$out.tmp/config"
 {
   echo "source: $src_pkg $(dpkg-query -W -f='${Version}' "$src_pkg")"

@@ -7,3 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod legacy;
+pub mod signals;

@@ -61,15 +61,22 @@ pub enum KvmProbeError {
     TestGuest(String),
 }
 
-/// Checks the KVM device at `device`, reading module facts from the sysfs tree at `sys`
-/// (normally `/dev/kvm` and `/sys`), and finally runs a tiny guest through `KVM_RUN`.
-pub fn probe(device: &Path, sys: &Path) -> Result<UsableKvm, KvmProbeError> {
+/// Opens the KVM device at `device` and checks it the quick way: not kvm_pvm (judged
+/// from the sysfs tree at `sys`), API version, capabilities. This is what every boot does.
+pub fn open_checked(device: &Path, sys: &Path) -> Result<Kvm, KvmProbeError> {
     let kvm = Kvm::open(device).map_err(|e| classify_open_error(device, e))?;
     if sys.join("module/kvm_pvm").exists() {
         return Err(KvmProbeError::Pvm);
     }
     kvm.check_requirements()
         .map_err(KvmProbeError::Requirements)?;
+    Ok(kvm)
+}
+
+/// Checks the KVM device at `device`, reading module facts from the sysfs tree at `sys`
+/// (normally `/dev/kvm` and `/sys`), and finally runs a tiny guest through `KVM_RUN`.
+pub fn probe(device: &Path, sys: &Path) -> Result<UsableKvm, KvmProbeError> {
+    let kvm = open_checked(device, sys)?;
     run_test_guest(&kvm)?;
     let module = ["kvm_intel", "kvm_amd"]
         .into_iter()

@@ -1,25 +1,97 @@
 //! `arca-vmm`: one microVM per process.
+//!
+//! Exit codes: 0 the guest shut down (reboot/poweroff), 1 the VMM failed (bad
+//! configuration, unusable KVM, vCPU failure), 2 the guest kernel panicked, 3 a vCPU
+//! triple-faulted.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
+use vmm::config::{ConfigFile, VmConfig, host_memory_mib};
+use vmm::error_chain;
 
-/// Arca's virtual machine monitor.
+/// Arca's virtual machine monitor: boots one microVM and exits when it ends.
 #[derive(Debug, Parser)]
 #[command(name = "arca-vmm", version, about)]
 struct Args {
     /// Check whether this host's /dev/kvm can boot a standard Linux guest, say why not
     /// if it cannot, and exit 0 (usable) or 1 (not usable).
-    #[arg(long, required = true)]
+    #[arg(long, exclusive = true)]
     check_kvm: bool,
+    /// JSON file with the VM's configuration (fields: kernel, initrd, cmdline, cpus,
+    /// memory_mib, console, boot_protocol); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command line, appended to Arca's base parameters.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32) [default: 1].
+    #[arg(long, value_name = "N")]
+    cpus: Option<u64>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MiB")]
+    memory: Option<u64>,
+    /// Where the serial console goes: stdout, none or file:PATH [default: stdout].
+    #[arg(long, value_name = "DEST")]
+    console: Option<String>,
+    /// Boot protocol: auto (PVH when the kernel has it), pvh or linux64 [default: auto].
+    #[arg(long, value_name = "PROTO")]
+    boot_protocol: Option<String>,
+    /// Print boot timestamps to stderr when the VM ends.
+    #[arg(long)]
+    boot_timing: bool,
 }
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let args = Args::parse();
     if args.check_kvm {
         return check_kvm();
     }
-    ExitCode::SUCCESS
+    match run(args, started) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("arca-vmm: error: {}", error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let flags = ConfigFile {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        console: args.console,
+        boot_protocol: args.boot_protocol,
+    };
+    let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
+    let microvm = vmm::builder::build_microvm(&config, started)?;
+    let report = microvm.run()?;
+    let _ = std::io::stdout().flush();
+    if args.boot_timing {
+        eprintln!("arca-vmm: {}", report.timeline);
+    }
+    let code = report.outcome.exit_code();
+    if code != 0 {
+        eprintln!("arca-vmm: {}", report.outcome.describe());
+    }
+    Ok(code)
 }
 
 fn check_kvm() -> ExitCode {
@@ -41,16 +113,4 @@ fn check_kvm() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `err` and its sources, joined with ": ".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -40,6 +40,15 @@ pub enum KvmError {
     /// `KVM_GET_API_VERSION` answered something other than 12.
     #[error("KVM API version is {0}, but Arca needs version {KVM_API_VERSION}")]
     ApiVersion(i32),
+    /// A system ioctl failed.
+    #[error("{what} failed")]
+    Ioctl {
+        /// The ioctl.
+        what: &'static str,
+        /// What KVM said.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     /// A capability in [`REQUIRED_CAPABILITIES`] is missing.
     #[error("Host KVM lacks {0}")]
     MissingCapability(&'static str),
@@ -80,6 +89,17 @@ impl Kvm {
             }
         }
         Ok(())
+    }
+
+    /// The CPUID entries KVM can give a guest on this host.
+    pub fn supported_cpuid(&self) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, KvmError> {
+        self.fd
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map(|cpuid| cpuid.as_slice().to_vec())
+            .map_err(|e| KvmError::Ioctl {
+                what: "KVM_GET_SUPPORTED_CPUID",
+                source: e,
+            })
     }
 
     pub(crate) fn fd(&self) -> &kvm_ioctls::Kvm {

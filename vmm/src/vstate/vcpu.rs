@@ -1,6 +1,15 @@
-//! A vCPU: its registers and its run loop, which hands port and MMIO exits to a bus.
+//! A vCPU: its boot registers, and its run loop, which hands port and MMIO exits to the
+//! buses and obeys pause, resume and stop requests from other threads.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
+use kvm_bindings::{CpuId, Msrs, kvm_cpuid_entry2, kvm_run};
+
+use crate::arch::x86_64::msr::boot_msrs;
+use crate::arch::x86_64::regs::{BootProtocol, boot_fpu, boot_regs, boot_sregs};
 
 /// Errors of vCPU setup and of `KVM_RUN`.
 #[derive(Debug, thiserror::Error)]
@@ -8,15 +17,30 @@ pub enum VcpuError {
     /// `KVM_CREATE_VCPU` failed.
     #[error("Cannot create a vCPU")]
     Create(#[source] kvm_ioctls::Error),
-    /// Reading or writing registers failed.
-    #[error("Cannot access the registers of vCPU {index}")]
-    Registers {
+    /// A setup ioctl failed.
+    #[error("{what} failed on vCPU {index}")]
+    Setup {
         /// The vCPU's index.
         index: u8,
+        /// The ioctl.
+        what: &'static str,
         /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM accepted only some of the boot MSRs.
+    #[error("KVM set {set} of {wanted} boot MSRs on vCPU {index}")]
+    MsrsIncomplete {
+        /// The vCPU's index.
+        index: u8,
+        /// How many KVM set.
+        set: usize,
+        /// How many were given.
+        wanted: usize,
+    },
+    /// A CPUID or MSR list does not fit KVM's fixed-size array.
+    #[error("Too many CPUID or MSR entries for KVM")]
+    TooManyEntries,
     /// `KVM_RUN` itself failed.
     #[error("KVM_RUN failed on vCPU {index}")]
     Run {
@@ -37,15 +61,24 @@ pub enum VcpuError {
     },
 }
 
+/// `KVM_SYSTEM_EVENT_SHUTDOWN`.
+pub const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+/// `KVM_SYSTEM_EVENT_RESET`.
+pub const SYSTEM_EVENT_RESET: u32 = 2;
+/// `KVM_SYSTEM_EVENT_CRASH`.
+pub const SYSTEM_EVENT_CRASH: u32 = 3;
+
 /// Why [`Vcpu::run`] returned: an exit that the VMM, not a device, must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuEvent {
-    /// The guest executed `hlt` with interrupts the VMM does not deliver.
+    /// The guest executed `hlt` and KVM handed it to userspace (no in-kernel LAPIC).
     Halted,
     /// The guest triple-faulted or otherwise shut the CPU down.
     Shutdown,
     /// The guest asked for a reset, power-off or crash report (`KVM_EXIT_SYSTEM_EVENT`).
     SystemEvent(u32),
+    /// Another thread asked this vCPU to stop.
+    Stopped,
 }
 
 /// The bus a vCPU sends its exits to: one address space for ports, one for MMIO.
@@ -55,6 +88,101 @@ pub struct IoBuses {
     pub pio: Bus,
     /// Memory-mapped I/O outside guest RAM.
     pub mmio: Bus,
+}
+
+const STATE_RUN: u8 = 0;
+const STATE_PAUSE: u8 = 1;
+const STATE_STOP: u8 = 2;
+
+/// What other threads want a vCPU to do: run, pause, or stop. Requests take effect at
+/// the next exit; [`VcpuControl::kick`] forces one with a signal.
+#[derive(Debug, Default)]
+pub struct VcpuControl {
+    state: AtomicU8,
+    paused: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl VcpuControl {
+    /// A control in the running state.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Asks the vCPU to pause at its next exit.
+    pub fn request_pause(&self) {
+        self.state.store(STATE_PAUSE, Ordering::SeqCst);
+    }
+
+    /// Lets a paused vCPU run again.
+    pub fn resume(&self) {
+        self.state.store(STATE_RUN, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    /// Asks the vCPU to stop for good at its next exit.
+    pub fn request_stop(&self) {
+        self.state.store(STATE_STOP, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    /// Whether the vCPU is parked in a pause.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks while the state is "pause"; returns true when the vCPU must stop.
+    fn settle(&self) -> bool {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match self.state.load(Ordering::SeqCst) {
+                STATE_STOP => {
+                    *paused = false;
+                    return true;
+                }
+                STATE_PAUSE => {
+                    *paused = true;
+                    paused = self.wake.wait(paused).unwrap_or_else(|p| p.into_inner());
+                }
+                _ => {
+                    *paused = false;
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn wants_attention(&self) -> bool {
+        self.state.load(Ordering::SeqCst) != STATE_RUN
+    }
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run` page, for the kick signal handler.
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN_PTR.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer was taken from this thread's live VcpuFd mapping right
+        // before its run loop and is cleared when the loop ends, so it points to a
+        // mapped `kvm_run`; taking a field's address creates no reference.
+        let field = unsafe { &raw mut (*run).immediate_exit };
+        // SAFETY: `field` is a valid, aligned byte of that mapping, which KVM reads at
+        // entry; a volatile store from a signal handler on the owning thread is sound.
+        unsafe { std::ptr::write_volatile(field, 1) };
+    }
+}
+
+/// Installs the kick signal handler (once per process, before vCPU threads start).
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
 }
 
 /// One virtual CPU.
@@ -74,31 +202,129 @@ impl Vcpu {
         self.index
     }
 
+    fn setup_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+        let index = self.index;
+        move |source| VcpuError::Setup {
+            index,
+            what,
+            source,
+        }
+    }
+
+    /// Gives the vCPU its CPUID, boot MSRs, LAPIC LINT wiring and, for the boot
+    /// processor, the registers to enter the kernel at `entry` with `protocol`.
+    /// (Application processors wait for INIT/SIPI in the in-kernel LAPIC.)
+    pub fn configure(
+        &self,
+        cpuid: &[kvm_cpuid_entry2],
+        protocol: BootProtocol,
+        entry: u64,
+    ) -> Result<(), VcpuError> {
+        let cpuid = CpuId::from_entries(cpuid).map_err(|_| VcpuError::TooManyEntries)?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.setup_err("KVM_SET_CPUID2"))?;
+        let entries = boot_msrs();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::TooManyEntries)?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.setup_err("KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            return Err(VcpuError::MsrsIncomplete {
+                index: self.index,
+                set,
+                wanted: entries.len(),
+            });
+        }
+        if self.index == 0 {
+            self.fd
+                .set_regs(&boot_regs(protocol, entry))
+                .map_err(self.setup_err("KVM_SET_REGS"))?;
+            self.fd
+                .set_fpu(&boot_fpu())
+                .map_err(self.setup_err("KVM_SET_FPU"))?;
+            let sregs = self
+                .fd
+                .get_sregs()
+                .map_err(self.setup_err("KVM_GET_SREGS"))?;
+            self.fd
+                .set_sregs(&boot_sregs(sregs, protocol))
+                .map_err(self.setup_err("KVM_SET_SREGS"))?;
+        }
+        self.setup_lint()
+    }
+
+    /// LINT0 delivers ExtINT (the PIC), LINT1 delivers NMI, as on a PC.
+    fn setup_lint(&self) -> Result<(), VcpuError> {
+        const APIC_LVT0: usize = 0x350;
+        const APIC_LVT1: usize = 0x360;
+        const MODE_NMI: u32 = 0x4;
+        const MODE_EXTINT: u32 = 0x7;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(self.setup_err("KVM_GET_LAPIC"))?;
+        for (offset, mode) in [(APIC_LVT0, MODE_EXTINT), (APIC_LVT1, MODE_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+            let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+            for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+                lapic.regs[offset + i] = b as libc::c_char;
+            }
+        }
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.setup_err("KVM_SET_LAPIC"))
+    }
+
     /// Puts the vCPU in 16-bit real mode with flat segments, starting at `ip`.
     pub fn setup_real_mode(&self, ip: u16) -> Result<(), VcpuError> {
-        let err = |source| VcpuError::Registers {
-            index: self.index,
-            source,
-        };
-        let mut sregs = self.fd.get_sregs().map_err(err)?;
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(self.setup_err("KVM_GET_SREGS"))?;
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
-        self.fd.set_sregs(&sregs).map_err(err)?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.setup_err("KVM_SET_SREGS"))?;
         let regs = kvm_bindings::kvm_regs {
             rip: u64::from(ip),
             rflags: 0x2, // bit 1 is reserved and must be set
             ..Default::default()
         };
-        self.fd.set_regs(&regs).map_err(err)
+        self.fd
+            .set_regs(&regs)
+            .map_err(self.setup_err("KVM_SET_REGS"))
     }
 
-    /// Runs the guest, handing every port and MMIO access to `buses`, until an exit
-    /// that needs the VMM. Accesses no device claims read as all ones and are dropped
-    /// when written, as on a PC with nothing at that address.
+    /// Runs the guest without outside control (see [`Vcpu::run_controlled`]).
     pub fn run(&mut self, buses: &IoBuses) -> Result<VcpuEvent, VcpuError> {
+        self.run_controlled(buses, &VcpuControl::default())
+    }
+
+    /// Runs the guest, handing every port and MMIO access to `buses`, until an exit that
+    /// needs the VMM or a stop request on `control`. Pause requests park the thread here
+    /// until resumed. Accesses no device claims read as all ones and are dropped when
+    /// written, as on a PC with nothing at that address.
+    pub fn run_controlled(
+        &mut self,
+        buses: &IoBuses,
+        control: &VcpuControl,
+    ) -> Result<VcpuEvent, VcpuError> {
+        KVM_RUN_PTR.with(|p| p.set(self.fd.get_kvm_run()));
+        let result = self.run_loop(buses, control);
+        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+        result
+    }
+
+    fn run_loop(&mut self, buses: &IoBuses, control: &VcpuControl) -> Result<VcpuEvent, VcpuError> {
         use kvm_ioctls::VcpuExit;
         let index = self.index;
         loop {
+            if control.wants_attention() && control.settle() {
+                return Ok(VcpuEvent::Stopped);
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     buses.pio.write(u64::from(port), data);
@@ -140,7 +366,10 @@ impl Vcpu {
                         reason: format!("{other:?}"),
                     });
                 }
-                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) if e.errno() == libc::EAGAIN => {}
                 Err(source) => return Err(VcpuError::Run { index, source }),
             }
         }

@@ -1,10 +1,13 @@
-//! A KVM VM: its fd and its guest memory slots.
+//! A KVM VM: its fd, its guest memory slots, its in-kernel interrupt controllers and the
+//! eventfds wired to them.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::kvm::Kvm;
 use super::vcpu::{Vcpu, VcpuError};
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 
 /// Errors of VM creation and setup.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,19 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A VM setup ioctl failed.
+    #[error("{what} failed")]
+    Ioctl {
+        /// The ioctl.
+        what: &'static str,
+        /// What KVM said.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Ioctl { what, source }
 }
 
 /// A VM and the memory it has been given.
@@ -63,6 +79,31 @@ impl Vm {
             })?;
         }
         Ok(())
+    }
+
+    /// Sets up the x86 platform inside KVM: the TSS and identity-map pages KVM needs for
+    /// real-mode emulation, the PIC/IOAPIC/LAPIC, and the PIT (with port 0x61 handled in
+    /// the kernel). Must come before any vCPU is created.
+    pub fn setup_platform(&self) -> Result<(), VmError> {
+        self.fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        self.fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))
+    }
+
+    /// Makes a write to `evt` raise interrupt line `gsi` in the guest.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
     /// Creates vCPU number `index`.

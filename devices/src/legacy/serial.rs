@@ -1,0 +1,216 @@
+//! The 8250/16550 UART (COM1), with the guest's console output going to a host writer.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use vm_superio::serial::NoEvents;
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+use crate::signals::GuestSignals;
+
+/// The line the kernel prints first when it panics.
+const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+/// Longest console line the panic scan keeps; longer lines are scanned in pieces.
+const LINE_LIMIT: usize = 256;
+
+/// Where guest console output goes: the host writer, with the bytes watched for the
+/// first output and for a kernel panic banner.
+pub struct ConsoleWriter {
+    out: Box<dyn Write + Send>,
+    signals: Arc<GuestSignals>,
+    line: Vec<u8>,
+}
+
+impl std::fmt::Debug for ConsoleWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleWriter")
+            .field("signals", &self.signals)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsoleWriter {
+    /// Console output to `out`, reporting to `signals`.
+    pub fn new(out: Box<dyn Write + Send>, signals: Arc<GuestSignals>) -> Self {
+        Self {
+            out,
+            signals,
+            line: Vec::with_capacity(LINE_LIMIT),
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' || self.line.len() == LINE_LIMIT {
+                if contains(&self.line, PANIC_BANNER) {
+                    self.signals.note_panic();
+                }
+                self.line.clear();
+            }
+            if b != b'\n' {
+                self.line.push(b);
+            }
+        }
+        // A banner can arrive without its newline before the guest resets.
+        if contains(&self.line, PANIC_BANNER) {
+            self.signals.note_panic();
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() {
+            self.signals.note_output();
+            self.scan(buf);
+        }
+        // Host-side output errors (a closed pipe, a full disk) must not stop the guest:
+        // the bytes are dropped, as a UART with nothing attached would.
+        let _ = self.out.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// COM1, mapped at port 0x3f8 with length 8; its interrupt is the trigger it was given
+/// (wired to IRQ 4).
+#[derive(Debug)]
+pub struct Serial {
+    inner: vm_superio::Serial<EventFdTrigger, NoEvents, ConsoleWriter>,
+}
+
+impl Serial {
+    /// A UART that raises `interrupt` and writes the guest's output to `out`.
+    pub fn new(interrupt: EventFdTrigger, out: ConsoleWriter) -> Self {
+        Self {
+            inner: vm_superio::Serial::new(interrupt, out),
+        }
+    }
+
+    /// Queues host input for the guest to read; returns how many bytes fit in the FIFO.
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        let n = input.len().min(self.inner.fifo_capacity());
+        self.inner
+            .enqueue_raw_bytes(&input[..n])
+            .unwrap_or_default()
+    }
+
+    /// Free room in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.inner.fifo_capacity()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match (u8::try_from(offset), data.len()) {
+            (Ok(offset), 1) => self.inner.read(offset),
+            _ => 0xff,
+        };
+        data.fill(value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
+            // An interrupt that cannot be raised (eventfd full) is raised by the next one.
+            let _ = self.inner.write(offset, *value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn serial() -> (Serial, Shared, Arc<GuestSignals>, EventFd) {
+        let out = Shared::default();
+        let signals = Arc::new(GuestSignals::default());
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = Serial::new(
+            EventFdTrigger::new(evt.try_clone().unwrap()),
+            ConsoleWriter::new(Box::new(out.clone()), signals.clone()),
+        );
+        (dev, out, signals, evt)
+    }
+
+    fn put(dev: &mut Serial, text: &[u8]) {
+        for b in text {
+            dev.write(0, &[*b]);
+        }
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_host_writer_and_mark_first_output() {
+        let (mut dev, out, signals, _) = serial();
+        assert!(signals.first_output().is_none());
+        put(&mut dev, b"hello\r\n");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hello\r\n");
+        assert!(signals.first_output().is_some());
+        assert!(!signals.panicked());
+    }
+
+    #[test]
+    fn a_kernel_panic_banner_is_noticed_even_without_a_newline() {
+        let (mut dev, _, signals, _) = serial();
+        put(
+            &mut dev,
+            b"[    1.000] Kernel panic - not syncing: VFS: Unable to mount root",
+        );
+        assert!(signals.panicked());
+    }
+
+    #[test]
+    fn the_banner_split_over_lines_is_not_a_panic() {
+        let (mut dev, _, signals, _) = serial();
+        put(&mut dev, b"Kernel panic\n - not syncing\n");
+        put(&mut dev, &[b'x'; 1000]);
+        assert!(!signals.panicked());
+    }
+
+    #[test]
+    fn input_is_readable_from_the_receive_register_and_raises_the_interrupt() {
+        let (mut dev, _, _, evt) = serial();
+        dev.write(1, &[0x01]); // IER: received-data interrupt on
+        assert_eq!(dev.enqueue_input(b"ok"), 2);
+        assert_eq!(evt.read().unwrap(), 1);
+        let mut data = [0u8];
+        dev.read(0, &mut data);
+        assert_eq!(data, [b'o']);
+    }
+
+    #[test]
+    fn odd_sized_accesses_are_ignored() {
+        let (mut dev, out, _, _) = serial();
+        dev.write(0, b"ab");
+        let mut data = [0u8; 2];
+        dev.read(5, &mut data);
+        assert_eq!(data, [0xff, 0xff]);
+        assert!(out.0.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! The boot recipe: from a checked [`VmConfig`] to a [`Microvm`] whose vCPUs are ready
+//! to enter the kernel. Each step names what it builds; the KVM calls are in `vstate`.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
+use devices::signals::GuestSignals;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::x86_64::layout::ram_regions;
+use crate::arch::x86_64::{cpuid, mptable, regs};
+use crate::config::{Console, VmConfig};
+use crate::kvm_probe::{self, KvmProbeError};
+use crate::loader::{self, LoaderError};
+use crate::microvm::Microvm;
+use crate::vstate::kvm::KvmError;
+use crate::vstate::vcpu::{IoBuses, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// COM1.
+pub const SERIAL_PORT: u64 = 0x3f8;
+/// COM1's interrupt line.
+pub const SERIAL_IRQ: u32 = 4;
+/// The i8042 data port; the command port is 4 above it.
+pub const I8042_PORT: u64 = 0x60;
+/// Arca's boot debug port (see `devices::legacy::DebugPort`).
+pub const DEBUG_PORT: u64 = 0x3f0;
+/// Kernel parameters every Arca guest gets: console on COM1, reset through the i8042 on
+/// reboot, reboot at once on panic, no PCI probing, no module loading.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+
+/// Errors of building a microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The host's KVM cannot run the guest.
+    #[error("KVM not usable")]
+    Kvm(#[source] KvmProbeError),
+    /// Reading the host's CPUID support failed.
+    #[error("Cannot read the host's CPUID support")]
+    Cpuid(#[source] KvmError),
+    /// CPUID normalisation failed.
+    #[error("Cannot build the guest CPUID")]
+    CpuidFilter(#[source] cpuid::CpuidError),
+    /// Guest memory could not be mapped.
+    #[error("Cannot allocate {mib} MiB of guest memory")]
+    Memory {
+        /// The size asked for.
+        mib: u64,
+        /// What vm-memory said.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// VM setup failed.
+    #[error("Cannot set up the VM")]
+    Vm(#[source] VmError),
+    /// vCPU setup failed.
+    #[error("Cannot set up the vCPUs")]
+    Vcpu(#[source] VcpuError),
+    /// Kernel, initrd or boot information failed to load.
+    #[error("Cannot load the guest")]
+    Loader(#[source] LoaderError),
+    /// Writing the GDT or page tables failed.
+    #[error("Cannot write the boot tables")]
+    Regs(#[source] regs::RegsError),
+    /// The MP table could not be written.
+    #[error("Cannot write the MP table")]
+    Mptable(#[source] mptable::MptableError),
+    /// An eventfd could not be created.
+    #[error("Cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// The console file could not be created.
+    #[error("Cannot create the console file {path}")]
+    ConsoleFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device did not fit on its bus.
+    #[error("Cannot place a device on the bus")]
+    Bus(#[source] devices::bus::BusError),
+}
+
+/// Builds a microVM from `config`; `started` is when the VMM process started, for the
+/// boot timeline.
+pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, BuildError> {
+    // 1. The host's KVM, checked the quick way (no test guest).
+    let kvm = kvm_probe::open_checked(
+        std::path::Path::new("/dev/kvm"),
+        std::path::Path::new("/sys"),
+    )
+    .map_err(BuildError::Kvm)?;
+
+    // 2. Guest memory: RAM below the MMIO gap, the rest above 4 GiB.
+    let mem_size = config.memory_mib << 20;
+    let regions: Vec<(GuestAddress, usize)> = ram_regions(mem_size)
+        .into_iter()
+        .map(|(a, s)| (a, s as usize))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|source| BuildError::Memory {
+        mib: config.memory_mib,
+        source,
+    })?;
+
+    // 3. The VM: memory slots, then the in-kernel PIC/IOAPIC/LAPIC and PIT.
+    let vm = Vm::new(&kvm).map_err(BuildError::Vm)?;
+    vm.register_memory(&memory).map_err(BuildError::Vm)?;
+    vm.setup_platform().map_err(BuildError::Vm)?;
+
+    // 4. The guest: kernel, initrd at the top of low RAM, command line, boot info.
+    let kernel = loader::load_kernel(&memory, &config.kernel, config.protocol)
+        .map_err(BuildError::Loader)?;
+    let initrd = match &config.initrd {
+        Some(path) => {
+            Some(loader::load_initrd(&memory, path, &kernel).map_err(BuildError::Loader)?)
+        }
+        None => None,
+    };
+    let cmdline = loader::build_cmdline(BASE_CMDLINE, config.cmdline.as_deref())
+        .map_err(BuildError::Loader)?;
+    loader::write_boot_info(&memory, &kernel, &cmdline, initrd, mem_size)
+        .map_err(BuildError::Loader)?;
+    regs::write_boot_tables(&memory, kernel.protocol).map_err(BuildError::Regs)?;
+
+    // 5. The MP table: how many CPUs, and IRQ routing through the IOAPIC.
+    mptable::write_mptable(&memory, config.cpus).map_err(BuildError::Mptable)?;
+
+    // 6. Legacy devices on the port bus: COM1 (IRQ 4), the i8042 reset line, the
+    //    boot debug port.
+    let signals = Arc::new(GuestSignals::default());
+    let new_evt = || EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd);
+    let serial_irq = new_evt()?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(BuildError::Vm)?;
+    let console = ConsoleWriter::new(console_output(&config.console)?, signals.clone());
+    let serial = Serial::new(EventFdTrigger::new(serial_irq), console);
+    let reset_evt = new_evt()?;
+    let i8042 = I8042::new(EventFdTrigger::new(
+        reset_evt.try_clone().map_err(BuildError::EventFd)?,
+    ));
+    let mut buses = IoBuses::default();
+    buses
+        .pio
+        .insert(Arc::new(Mutex::new(serial)), SERIAL_PORT, 8)
+        .map_err(BuildError::Bus)?;
+    buses
+        .pio
+        .insert(Arc::new(Mutex::new(i8042)), I8042_PORT, 5)
+        .map_err(BuildError::Bus)?;
+    buses
+        .pio
+        .insert(
+            Arc::new(Mutex::new(DebugPort::new(signals.clone()))),
+            DEBUG_PORT,
+            1,
+        )
+        .map_err(BuildError::Bus)?;
+
+    // 7. vCPUs: CPUID with this VM's topology, boot MSRs, LAPIC wiring, and the boot
+    //    processor's registers at the kernel's entry point.
+    let supported = kvm.supported_cpuid().map_err(BuildError::Cpuid)?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for index in 0..config.cpus {
+        let vcpu = vm.create_vcpu(index).map_err(BuildError::Vcpu)?;
+        let mut entries = supported.clone();
+        cpuid::normalize(&mut entries, index, config.cpus).map_err(BuildError::CpuidFilter)?;
+        vcpu.configure(&entries, kernel.protocol, kernel.entry.0)
+            .map_err(BuildError::Vcpu)?;
+        vcpus.push(vcpu);
+    }
+
+    Ok(Microvm::new(
+        kvm, vm, memory, vcpus, buses, reset_evt, signals, started,
+    ))
+}
+
+fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::None => Box::new(std::io::sink()),
+        Console::File(path) => {
+            Box::new(
+                File::create(path).map_err(|source| BuildError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+    })
+}

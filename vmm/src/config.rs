@@ -1,0 +1,372 @@
+//! What a VM is made of, from command-line flags or a JSON file, checked before anything
+//! is created.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::arch::x86_64::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+use crate::arch::x86_64::mptable::MAX_VCPUS;
+use crate::loader::ProtocolChoice;
+
+/// Errors in a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("Cannot read the config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON of the expected shape.
+    #[error("Invalid config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No kernel was given.
+    #[error("No kernel given: pass --kernel PATH or set \"kernel\" in the config file")]
+    NoKernel,
+    /// A file the VM needs does not exist or is not a regular file.
+    #[error("The {what} {path} does not exist or is not a file")]
+    MissingFile {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// The vCPU count is out of range.
+    #[error("Invalid vCPU count {0}: Arca runs 1 to {MAX_VCPUS} vCPUs")]
+    Cpus(u64),
+    /// The memory size is out of range.
+    #[error(
+        "Invalid memory size {mib} MiB: it must be at least {MIN_MEMORY_MIB} MiB and at most {max} MiB{why}"
+    )]
+    Memory {
+        /// The size asked for.
+        mib: u64,
+        /// The largest size allowed here.
+        max: u64,
+        /// Why the limit is what it is.
+        why: &'static str,
+    },
+    /// The console spec is not `stdout` or `file:PATH`.
+    #[error("Invalid console {0:?}: use `stdout`, `none` or `file:PATH`")]
+    Console(String),
+    /// The boot protocol is not one Arca knows.
+    #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
+    Protocol(String),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    /// The VMM's standard output.
+    Stdout,
+    /// Nowhere.
+    None,
+    /// A file, created or truncated.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Console {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdout" => Ok(Console::Stdout),
+            "none" => Ok(Console::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Console::File(PathBuf::from(path))),
+                _ => Err(ConfigError::Console(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// Parses a boot protocol name.
+pub fn parse_protocol(s: &str) -> Result<ProtocolChoice, ConfigError> {
+    match s {
+        "auto" => Ok(ProtocolChoice::Auto),
+        "pvh" => Ok(ProtocolChoice::Pvh),
+        "linux64" => Ok(ProtocolChoice::Linux64),
+        _ => Err(ConfigError::Protocol(s.to_owned())),
+    }
+}
+
+/// The JSON form of a VM configuration; every field is optional so that flags can fill
+/// in or override it.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Kernel image (ELF vmlinux or bzImage).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line.
+    pub cmdline: Option<String>,
+    /// vCPU count.
+    pub cpus: Option<u64>,
+    /// Memory in MiB.
+    pub memory_mib: Option<u64>,
+    /// `stdout`, `none` or `file:PATH`.
+    pub console: Option<String>,
+    /// `auto`, `pvh` or `linux64`.
+    pub boot_protocol: Option<String>,
+}
+
+impl ConfigFile {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Fields set in `overrides` win over this file's.
+    pub fn merge(self, overrides: ConfigFile) -> ConfigFile {
+        ConfigFile {
+            kernel: overrides.kernel.or(self.kernel),
+            initrd: overrides.initrd.or(self.initrd),
+            cmdline: overrides.cmdline.or(self.cmdline),
+            cpus: overrides.cpus.or(self.cpus),
+            memory_mib: overrides.memory_mib.or(self.memory_mib),
+            console: overrides.console.or(self.console),
+            boot_protocol: overrides.boot_protocol.or(self.boot_protocol),
+        }
+    }
+}
+
+/// A checked VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line, after Arca's base parameters.
+    pub cmdline: Option<String>,
+    /// vCPU count.
+    pub cpus: u8,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Serial console destination.
+    pub console: Console,
+    /// Boot protocol.
+    pub protocol: ProtocolChoice,
+}
+
+/// Default vCPU count.
+pub const DEFAULT_CPUS: u64 = 1;
+/// Default memory size in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+impl VmConfig {
+    /// Checks `file` (flags merged in) against the limits of this host, whose RAM is
+    /// `host_mem_mib` MiB when known.
+    pub fn from_file(file: ConfigFile, host_mem_mib: Option<u64>) -> Result<Self, ConfigError> {
+        let kernel = file.kernel.ok_or(ConfigError::NoKernel)?;
+        if !kernel.is_file() {
+            return Err(ConfigError::MissingFile {
+                what: "kernel",
+                path: kernel,
+            });
+        }
+        if let Some(initrd) = &file.initrd
+            && !initrd.is_file()
+        {
+            return Err(ConfigError::MissingFile {
+                what: "initrd",
+                path: initrd.clone(),
+            });
+        }
+        let cpus = file.cpus.unwrap_or(DEFAULT_CPUS);
+        if cpus == 0 || cpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::Cpus(cpus));
+        }
+        let mib = file.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        let (max, why) = match host_mem_mib {
+            Some(host) if host < MAX_MEMORY_MIB => (host, " (this host's RAM)"),
+            _ => (MAX_MEMORY_MIB, ""),
+        };
+        if mib < MIN_MEMORY_MIB || mib > max {
+            return Err(ConfigError::Memory { mib, max, why });
+        }
+        let console = file.console.as_deref().unwrap_or("stdout").parse()?;
+        let protocol = parse_protocol(file.boot_protocol.as_deref().unwrap_or("auto"))?;
+        Ok(VmConfig {
+            kernel,
+            initrd: file.initrd,
+            cmdline: file.cmdline,
+            cpus: cpus as u8,
+            memory_mib: mib,
+            console,
+            protocol,
+        })
+    }
+}
+
+/// This host's RAM in MiB, from `/proc/meminfo`.
+pub fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_file() -> tempfile::NamedTempFile {
+        tempfile::NamedTempFile::new().unwrap()
+    }
+
+    fn base(kernel: &Path) -> ConfigFile {
+        ConfigFile {
+            kernel: Some(kernel.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_one_vcpu_128_mib_console_on_stdout() {
+        let k = kernel_file();
+        let c = VmConfig::from_file(base(k.path()), Some(4096)).unwrap();
+        assert_eq!(
+            (c.cpus, c.memory_mib, c.console, c.protocol),
+            (1, 128, Console::Stdout, ProtocolChoice::Auto)
+        );
+    }
+
+    #[test]
+    fn missing_kernel_or_initrd_is_named() {
+        assert!(matches!(
+            VmConfig::from_file(ConfigFile::default(), None),
+            Err(ConfigError::NoKernel)
+        ));
+        let err = VmConfig::from_file(base(Path::new("/nonexistent/vmlinux")), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The kernel /nonexistent/vmlinux does not exist or is not a file"
+        );
+        let k = kernel_file();
+        let cfg = ConfigFile {
+            initrd: Some("/nonexistent/initrd".into()),
+            ..base(k.path())
+        };
+        assert!(matches!(
+            VmConfig::from_file(cfg, None),
+            Err(ConfigError::MissingFile { what: "initrd", .. })
+        ));
+    }
+
+    #[test]
+    fn absurd_memory_sizes_and_vcpu_counts_are_refused() {
+        let k = kernel_file();
+        for mib in [0, 31] {
+            let cfg = ConfigFile {
+                memory_mib: Some(mib),
+                ..base(k.path())
+            };
+            assert!(
+                matches!(
+                    VmConfig::from_file(cfg, Some(4096)),
+                    Err(ConfigError::Memory { .. })
+                ),
+                "{mib}"
+            );
+        }
+        let cfg = ConfigFile {
+            memory_mib: Some(8192),
+            ..base(k.path())
+        };
+        let err = VmConfig::from_file(cfg, Some(4096)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("at most 4096 MiB (this host's RAM)"),
+            "{err}"
+        );
+        let cfg = ConfigFile {
+            memory_mib: Some(u64::MAX),
+            ..base(k.path())
+        };
+        assert!(VmConfig::from_file(cfg, None).is_err());
+        for cpus in [0, 33, 1000] {
+            let cfg = ConfigFile {
+                cpus: Some(cpus),
+                ..base(k.path())
+            };
+            assert!(
+                matches!(VmConfig::from_file(cfg, None), Err(ConfigError::Cpus(_))),
+                "{cpus}"
+            );
+        }
+    }
+
+    #[test]
+    fn console_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!("stdout".parse::<Console>().unwrap(), Console::Stdout);
+        assert_eq!("none".parse::<Console>().unwrap(), Console::None);
+        assert_eq!(
+            "file:/tmp/c.log".parse::<Console>().unwrap(),
+            Console::File("/tmp/c.log".into())
+        );
+        for bad in ["file:", "stderr", ""] {
+            assert!(bad.parse::<Console>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_files_parse_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(
+            &path,
+            r#"{"kernel": "/k", "cpus": 2, "memory_mib": 256, "cmdline": "quiet"}"#,
+        )
+        .unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let merged = file.merge(ConfigFile {
+            cpus: Some(4),
+            ..Default::default()
+        });
+        assert_eq!(merged.cpus, Some(4));
+        assert_eq!(merged.memory_mib, Some(256));
+        assert_eq!(merged.kernel, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
+    fn config_files_with_unknown_fields_or_bad_json_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, r#"{"kernel": "/k", "vcpus": 2}"#).unwrap();
+        let err = ConfigFile::load(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(
+            crate::error_chain(&err).contains("unknown field `vcpus`"),
+            "{}",
+            crate::error_chain(&err)
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            ConfigFile::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            ConfigFile::load(&dir.path().join("none.json")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

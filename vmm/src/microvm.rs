@@ -1,0 +1,330 @@
+//! A built microVM and its run: one thread per vCPU, the event loop on the calling
+//! thread, and the outcome the VMM exits with.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::signals::GuestSignals;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::vstate::kvm::Kvm;
+use crate::vstate::vcpu::{
+    IoBuses, SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET, SYSTEM_EVENT_SHUTDOWN, Vcpu, VcpuControl,
+    VcpuEvent, install_kick_handler, kick_signal,
+};
+use crate::vstate::vm::Vm;
+
+/// Errors of running a microVM (not of the guest: those are [`VmOutcome`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The kick signal handler could not be installed.
+    #[error("Cannot install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// A vCPU thread could not be started.
+    #[error("Cannot start a vCPU thread")]
+    Spawn(#[source] std::io::Error),
+    /// The event loop failed.
+    #[error("Event loop failed: {0}")]
+    EventLoop(String),
+    /// An eventfd could not be created.
+    #[error("Cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest reset or powered off the machine (its reboot/poweroff).
+    Shutdown,
+    /// The guest kernel panicked (seen on the console, or reported by KVM).
+    Panic,
+    /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`).
+    TripleFault {
+        /// Which vCPU.
+        vcpu: u8,
+    },
+    /// A vCPU failed in KVM, or KVM could not run the guest.
+    VcpuFailed(String),
+}
+
+impl VmOutcome {
+    /// The VMM's exit code: 0 clean shutdown, 1 VMM or KVM failure, 2 guest panic,
+    /// 3 triple fault.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmOutcome::Shutdown => 0,
+            VmOutcome::VcpuFailed(_) => 1,
+            VmOutcome::Panic => 2,
+            VmOutcome::TripleFault { .. } => 3,
+        }
+    }
+
+    /// A sentence for the log.
+    pub fn describe(&self) -> String {
+        match self {
+            VmOutcome::Shutdown => "guest shut down".to_owned(),
+            VmOutcome::Panic => "guest kernel panicked".to_owned(),
+            VmOutcome::TripleFault { vcpu } => {
+                format!("vCPU {vcpu} triple-faulted (guest CPU shutdown)")
+            }
+            VmOutcome::VcpuFailed(why) => format!("vCPU failed: {why}"),
+        }
+    }
+}
+
+/// Timestamps of one boot, relative to VMM process start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimeline {
+    /// First `KVM_RUN` of the boot vCPU.
+    pub first_run: Option<Duration>,
+    /// The guest's first console byte.
+    pub first_output: Option<Duration>,
+    /// Guest init's marker on the debug port.
+    pub init_reached: Option<Duration>,
+    /// The VM ended.
+    pub ended: Option<Duration>,
+}
+
+impl std::fmt::Display for BootTimeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Option<Duration>| {
+            d.map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+        };
+        write!(
+            f,
+            "boot-timing (ms since VMM start): first-kvm-run {} first-output {} init {} end {}",
+            ms(self.first_run),
+            ms(self.first_output),
+            ms(self.init_reached),
+            ms(self.ended)
+        )
+    }
+}
+
+/// A VM ready to run.
+#[derive(Debug)]
+pub struct Microvm {
+    // Kept alive for the VM's lifetime: KVM fds and the memory KVM maps.
+    _kvm: Kvm,
+    _vm: Vm,
+    _memory: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    buses: IoBuses,
+    reset_evt: EventFd,
+    signals: Arc<GuestSignals>,
+    started: Instant,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the VM ended.
+    pub outcome: VmOutcome,
+    /// When things happened.
+    pub timeline: BootTimeline,
+}
+
+impl Microvm {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        kvm: Kvm,
+        vm: Vm,
+        memory: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        buses: IoBuses,
+        reset_evt: EventFd,
+        signals: Arc<GuestSignals>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            _kvm: kvm,
+            _vm: vm,
+            _memory: memory,
+            vcpus,
+            buses,
+            reset_evt,
+            signals,
+            started,
+        }
+    }
+
+    /// Runs the VM until the guest shuts down, panics or fails.
+    pub fn run(mut self) -> Result<RunReport, RunError> {
+        install_kick_handler().map_err(RunError::KickHandler)?;
+        let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
+        let first_outcome: Arc<Mutex<Option<VmOutcome>>> = Arc::default();
+        let first_run: Arc<Mutex<Option<Instant>>> = Arc::default();
+
+        let mut threads: Vec<(Arc<VcpuControl>, JoinHandle<()>)> = Vec::new();
+        for mut vcpu in self.vcpus.drain(..) {
+            let control = VcpuControl::new();
+            let buses = self.buses.clone();
+            let exit_evt = exit_evt.try_clone().map_err(RunError::EventFd)?;
+            let outcome = first_outcome.clone();
+            let first_run = first_run.clone();
+            let thread_control = control.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index()))
+                .spawn(move || {
+                    if vcpu.index() == 0 {
+                        *first_run.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    }
+                    let result = vcpu.run_controlled(&buses, &thread_control);
+                    let ended = match result {
+                        Ok(VcpuEvent::Stopped) => None,
+                        Ok(event) => Some(outcome_of(vcpu.index(), event)),
+                        Err(err) => Some(VmOutcome::VcpuFailed(crate::error_chain(&err))),
+                    };
+                    if let Some(ended) = ended {
+                        outcome
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(ended);
+                        let _ = exit_evt.write(1);
+                    }
+                })
+                .map_err(RunError::Spawn)?;
+            threads.push((control, handle));
+        }
+
+        // The event loop: wait for the guest's reset line or a vCPU's exit.
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+        let watcher = Arc::new(Mutex::new(ExitWatcher {
+            reset_evt: self.reset_evt.try_clone().map_err(RunError::EventFd)?,
+            exit_evt,
+            reset: false,
+            done: false,
+        }));
+        manager.add_subscriber(watcher.clone());
+        while !watcher.lock().unwrap_or_else(|p| p.into_inner()).done {
+            manager
+                .run()
+                .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+        }
+
+        // Stop every vCPU: flag, then kick out of KVM_RUN, then join.
+        for (control, _) in &threads {
+            control.request_stop();
+        }
+        for (_, handle) in &threads {
+            let _ = handle.kill(kick_signal());
+        }
+        for (_, handle) in threads {
+            let _ = handle.join();
+        }
+        let ended = Instant::now();
+
+        let reset = watcher.lock().unwrap_or_else(|p| p.into_inner()).reset;
+        let vcpu_outcome = first_outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let outcome = match (vcpu_outcome, reset) {
+            (Some(outcome), _) => outcome,
+            (None, true) => VmOutcome::Shutdown,
+            (None, false) => {
+                VmOutcome::VcpuFailed("the event loop stopped with no cause".to_owned())
+            }
+        };
+        // A panic message on the console turns a reset into a panic: with `panic=-1`
+        // the kernel resets through the same i8042 line as a clean reboot.
+        let outcome = if outcome == VmOutcome::Shutdown && self.signals.panicked() {
+            VmOutcome::Panic
+        } else {
+            outcome
+        };
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(self.started));
+        let first_run = *first_run.lock().unwrap_or_else(|p| p.into_inner());
+        let timeline = BootTimeline {
+            first_run: since(first_run),
+            first_output: since(self.signals.first_output()),
+            init_reached: since(self.signals.init_reached()),
+            ended: since(Some(ended)),
+        };
+        Ok(RunReport { outcome, timeline })
+    }
+}
+
+fn outcome_of(vcpu: u8, event: VcpuEvent) -> VmOutcome {
+    match event {
+        VcpuEvent::Shutdown => VmOutcome::TripleFault { vcpu },
+        VcpuEvent::SystemEvent(SYSTEM_EVENT_SHUTDOWN | SYSTEM_EVENT_RESET) | VcpuEvent::Halted => {
+            VmOutcome::Shutdown
+        }
+        VcpuEvent::SystemEvent(SYSTEM_EVENT_CRASH) => VmOutcome::Panic,
+        VcpuEvent::SystemEvent(other) => {
+            VmOutcome::VcpuFailed(format!("unknown KVM system event {other}"))
+        }
+        VcpuEvent::Stopped => VmOutcome::Shutdown,
+    }
+}
+
+/// Ends the event loop when the guest pulses the reset line or a vCPU thread stops.
+struct ExitWatcher {
+    reset_evt: EventFd,
+    exit_evt: EventFd,
+    reset: bool,
+    done: bool,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        if events.fd() == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.reset = true;
+        } else {
+            let _ = self.exit_evt.read();
+        }
+        self.done = true;
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.reset_evt, &self.exit_evt] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                // Without these fds the loop could never end: give up at once.
+                eprintln!("arca-vmm: cannot watch an exit event: {e:?}");
+                self.done = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_map_to_distinct_exit_codes() {
+        assert_eq!(VmOutcome::Shutdown.exit_code(), 0);
+        assert_eq!(VmOutcome::VcpuFailed(String::new()).exit_code(), 1);
+        assert_eq!(VmOutcome::Panic.exit_code(), 2);
+        assert_eq!(VmOutcome::TripleFault { vcpu: 1 }.exit_code(), 3);
+    }
+
+    #[test]
+    fn kvm_exits_map_to_outcomes() {
+        assert_eq!(
+            outcome_of(1, VcpuEvent::Shutdown),
+            VmOutcome::TripleFault { vcpu: 1 }
+        );
+        assert_eq!(
+            outcome_of(0, VcpuEvent::SystemEvent(SYSTEM_EVENT_RESET)),
+            VmOutcome::Shutdown
+        );
+        assert_eq!(
+            outcome_of(0, VcpuEvent::SystemEvent(SYSTEM_EVENT_CRASH)),
+            VmOutcome::Panic
+        );
+        assert!(matches!(
+            outcome_of(0, VcpuEvent::SystemEvent(99)),
+            VmOutcome::VcpuFailed(_)
+        ));
+    }
+}
