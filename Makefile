@@ -7,7 +7,7 @@ LAB := tests/lab/lab
 # The guest kernel, built once per config hash and cached outside git.
 KERNEL = $(shell kernels/build.sh)
 
-.PHONY: all build kernel lab-prepare lint unit e2e test demo clean
+.PHONY: all build kernel lab-prepare lint unit e2e test demo bench clean
 
 all: build
 
@@ -36,6 +36,10 @@ test: lint unit e2e
 
 demo: build kernel lab-prepare
 	@tools/demo.sh
+
+# Benchmarks print figures beside their peers'; they are never pass/fail tests.
+bench: build kernel lab-prepare
+	tests/bench/boot.sh $(or $(ROUNDS),10)
 
 clean:
 	$(CARGO) clean

@@ -6,7 +6,7 @@
 #   kernels/build.sh           build if needed; print the vmlinux path on stdout
 #   kernels/build.sh --path    print the path; exit 1 if it is not built yet
 #
-# Cache: ${ARCA_CACHE_DIR:-~/.cache/arca}/kernels/<hash>/{vmlinux,bzImage,config,build-info},
+# Cache: ${ARCA_CACHE_DIR:-~/.cache/arca}/kernels/<hash>/{vmlinux,bzImage,config,System.map,build-info},
 # where <hash> covers microvm.config and this script. Build output never goes to git.
 set -euo pipefail
 
@@ -87,6 +87,7 @@ mkdir -p "$out.tmp"
 cp vmlinux "$out.tmp/vmlinux"
 cp arch/x86/boot/bzImage "$out.tmp/bzImage"
 cp .config "$out.tmp/config"
+cp System.map "$out.tmp/System.map"
 {
   echo "source: $src_pkg $(dpkg-query -W -f='${Version}' "$src_pkg")"
   echo "kernel: $(make -s kernelversion)"

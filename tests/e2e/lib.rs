@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod guest;
+
 /// Where end-to-end commands run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runner {

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
 use devices::signals::GuestSignals;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::layout::ram_regions;
@@ -16,6 +15,7 @@ use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::config::{Console, VmConfig};
 use crate::kvm_probe::{self, KvmProbeError};
 use crate::loader::{self, LoaderError};
+use crate::memory::GuestRam;
 use crate::microvm::Microvm;
 use crate::vstate::kvm::KvmError;
 use crate::vstate::vcpu::{IoBuses, VcpuError};
@@ -30,8 +30,9 @@ pub const I8042_PORT: u64 = 0x60;
 /// Arca's boot debug port (see `devices::legacy::DebugPort`).
 pub const DEBUG_PORT: u64 = 0x3f0;
 /// Kernel parameters every Arca guest gets: console on COM1, reset through the i8042 on
-/// reboot, reboot at once on panic, no PCI probing, no module loading.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+/// reboot, reboot at once on panic, and no check that the timer interrupt arrives
+/// through the IOAPIC (KVM's does; the check waits for ticks, ~150 ms in the lab).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 no_timer_check";
 
 /// Errors of building a microVM.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub enum BuildError {
         mib: u64,
         /// What vm-memory said.
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: crate::memory::MemoryError,
     },
     /// VM setup failed.
     #[error("Cannot set up the VM")]
@@ -96,39 +97,34 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     )
     .map_err(BuildError::Kvm)?;
 
-    // 2. Guest memory: RAM below the MMIO gap, the rest above 4 GiB.
+    // 2. Guest memory: RAM below the MMIO gap, the rest above 4 GiB, 2 MiB aligned.
     let mem_size = config.memory_mib << 20;
-    let regions: Vec<(GuestAddress, usize)> = ram_regions(mem_size)
-        .into_iter()
-        .map(|(a, s)| (a, s as usize))
-        .collect();
-    let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|source| BuildError::Memory {
+    let ram = GuestRam::new(&ram_regions(mem_size)).map_err(|source| BuildError::Memory {
         mib: config.memory_mib,
         source,
     })?;
+    let memory = &ram.memory;
 
     // 3. The VM: memory slots, then the in-kernel PIC/IOAPIC/LAPIC and PIT.
     let vm = Vm::new(&kvm).map_err(BuildError::Vm)?;
-    vm.register_memory(&memory).map_err(BuildError::Vm)?;
+    vm.register_memory(memory).map_err(BuildError::Vm)?;
     vm.setup_platform().map_err(BuildError::Vm)?;
 
     // 4. The guest: kernel, initrd at the top of low RAM, command line, boot info.
-    let kernel = loader::load_kernel(&memory, &config.kernel, config.protocol)
-        .map_err(BuildError::Loader)?;
+    let kernel =
+        loader::load_kernel(memory, &config.kernel, config.protocol).map_err(BuildError::Loader)?;
     let initrd = match &config.initrd {
-        Some(path) => {
-            Some(loader::load_initrd(&memory, path, &kernel).map_err(BuildError::Loader)?)
-        }
+        Some(path) => Some(loader::load_initrd(memory, path, &kernel).map_err(BuildError::Loader)?),
         None => None,
     };
     let cmdline = loader::build_cmdline(BASE_CMDLINE, config.cmdline.as_deref())
         .map_err(BuildError::Loader)?;
-    loader::write_boot_info(&memory, &kernel, &cmdline, initrd, mem_size)
+    loader::write_boot_info(memory, &kernel, &cmdline, initrd, mem_size)
         .map_err(BuildError::Loader)?;
-    regs::write_boot_tables(&memory, kernel.protocol).map_err(BuildError::Regs)?;
+    regs::write_boot_tables(memory, kernel.protocol).map_err(BuildError::Regs)?;
 
     // 5. The MP table: how many CPUs, and IRQ routing through the IOAPIC.
-    mptable::write_mptable(&memory, config.cpus).map_err(BuildError::Mptable)?;
+    mptable::write_mptable(memory, config.cpus).map_err(BuildError::Mptable)?;
 
     // 6. Legacy devices on the port bus: COM1 (IRQ 4), the i8042 reset line, the
     //    boot debug port.
@@ -164,18 +160,20 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     // 7. vCPUs: CPUID with this VM's topology, boot MSRs, LAPIC wiring, and the boot
     //    processor's registers at the kernel's entry point.
     let supported = kvm.supported_cpuid().map_err(BuildError::Cpuid)?;
+    let tsc_deadline = kvm.has_tsc_deadline_timer();
     let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
     for index in 0..config.cpus {
         let vcpu = vm.create_vcpu(index).map_err(BuildError::Vcpu)?;
         let mut entries = supported.clone();
-        cpuid::normalize(&mut entries, index, config.cpus).map_err(BuildError::CpuidFilter)?;
+        cpuid::normalize(&mut entries, index, config.cpus, tsc_deadline)
+            .map_err(BuildError::CpuidFilter)?;
         vcpu.configure(&entries, kernel.protocol, kernel.entry.0)
             .map_err(BuildError::Vcpu)?;
         vcpus.push(vcpu);
     }
 
     Ok(Microvm::new(
-        kvm, vm, memory, vcpus, buses, reset_evt, signals, started,
+        kvm, vm, ram, vcpus, buses, reset_evt, signals, started,
     ))
 }
 

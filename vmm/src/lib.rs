@@ -9,6 +9,7 @@ pub mod builder;
 pub mod config;
 pub mod kvm_probe;
 pub mod loader;
+pub mod memory;
 pub mod microvm;
 pub mod vstate;
 

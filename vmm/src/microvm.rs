@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use devices::signals::GuestSignals;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
 
+use crate::memory::GuestRam;
 use crate::vstate::kvm::Kvm;
 use crate::vstate::vcpu::{
     IoBuses, SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET, SYSTEM_EVENT_SHUTDOWN, Vcpu, VcpuControl,
@@ -112,7 +112,7 @@ pub struct Microvm {
     // Kept alive for the VM's lifetime: KVM fds and the memory KVM maps.
     _kvm: Kvm,
     _vm: Vm,
-    _memory: GuestMemoryMmap,
+    _ram: GuestRam,
     vcpus: Vec<Vcpu>,
     buses: IoBuses,
     reset_evt: EventFd,
@@ -134,7 +134,7 @@ impl Microvm {
     pub(crate) fn new(
         kvm: Kvm,
         vm: Vm,
-        memory: GuestMemoryMmap,
+        ram: GuestRam,
         vcpus: Vec<Vcpu>,
         buses: IoBuses,
         reset_evt: EventFd,
@@ -144,7 +144,7 @@ impl Microvm {
         Self {
             _kvm: kvm,
             _vm: vm,
-            _memory: memory,
+            _ram: ram,
             vcpus,
             buses,
             reset_evt,

@@ -91,6 +91,11 @@ impl Kvm {
         Ok(())
     }
 
+    /// Whether KVM emulates the LAPIC's TSC-deadline timer mode.
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.fd.check_extension(Cap::TscDeadlineTimer)
+    }
+
     /// The CPUID entries KVM can give a guest on this host.
     pub fn supported_cpuid(&self) -> Result<Vec<kvm_bindings::kvm_cpuid_entry2>, KvmError> {
         self.fd

@@ -1,6 +1,8 @@
 //! CPUID for each vCPU: what KVM supports, patched so the guest sees its own APIC ID,
 //! the VM's real topology (N single-thread cores in one socket), that it runs under a
-//! hypervisor, and the KVM leaves (so it uses kvm-clock). No PMU is exposed.
+//! hypervisor, and the KVM leaves (so it uses kvm-clock). No PMU and no nested
+//! virtualization (VMX/SVM) are exposed: a sandbox has no use for them, and each is
+//! attack surface.
 
 use kvm_bindings::{KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
 
@@ -8,6 +10,14 @@ use kvm_bindings::{KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 ECX: perfmon and debug capability (a PMU we do not expose).
 const LEAF1_ECX_PDCM: u32 = 1 << 15;
+/// Leaf 1 ECX: the LAPIC timer has TSC-deadline mode (KVM emulates it when it has
+/// `KVM_CAP_TSC_DEADLINE_TIMER`, but leaves the bit to userspace). With it the guest
+/// skips calibrating the LAPIC timer, which costs a boot about 100 ms.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 1 ECX: VMX. Guests get no nested virtualization.
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM. Guests get no nested virtualization.
+const LEAF_8000_0001_ECX_SVM: u32 = 1 << 2;
 /// Leaf 1 EDX: hyper-threading / multi-core package.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 0xb/0x1f level types.
@@ -36,11 +46,13 @@ fn id_bits(count: u8) -> u32 {
     u32::from(count.max(1)).next_power_of_two().trailing_zeros()
 }
 
-/// Patches `entries` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`.
+/// Patches `entries` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`;
+/// `tsc_deadline` says whether KVM emulates the TSC-deadline timer.
 pub fn normalize(
     entries: &mut Vec<kvm_cpuid_entry2>,
     index: u8,
     count: u8,
+    tsc_deadline: bool,
 ) -> Result<(), CpuidError> {
     let apic_id = u32::from(index);
     let count32 = u32::from(count);
@@ -88,13 +100,19 @@ pub fn normalize(
                 e.ebx = (e.ebx & 0x0000_ffff)
                     | (apic_id << 24)
                     | (count32.next_power_of_two().min(255) << 16);
-                e.ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_PDCM;
+                e.ecx = (e.ecx | LEAF1_ECX_HYPERVISOR) & !LEAF1_ECX_PDCM & !LEAF1_ECX_VMX;
+                if tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !LEAF1_ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
                     e.edx &= !LEAF1_EDX_HTT;
                 }
             }
+            0x8000_0001 => e.ecx &= !LEAF_8000_0001_ECX_SVM,
             // Intel deterministic cache parameters: caches are per core, L3 shared.
             4 if !amd => {
                 let level = (e.eax >> 5) & 0x7;
@@ -227,7 +245,7 @@ mod tests {
     #[test]
     fn leaf_1_carries_the_apic_id_count_and_hypervisor_bit() {
         let mut v = host(false);
-        normalize(&mut v, 2, 3).unwrap();
+        normalize(&mut v, 2, 3, true).unwrap();
         let l1 = find(&v, 1, 0);
         assert_eq!(l1.ebx >> 24, 2, "APIC ID");
         assert_eq!(
@@ -241,15 +259,18 @@ mod tests {
         assert_eq!(l1.ecx & 1, 1, "other feature bits kept");
         assert_ne!(l1.edx & LEAF1_EDX_HTT, 0);
 
+        assert_ne!(l1.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+
         let mut single = host(false);
-        normalize(&mut single, 0, 1).unwrap();
+        normalize(&mut single, 0, 1, false).unwrap();
         assert_eq!(find(&single, 1, 0).edx & LEAF1_EDX_HTT, 0);
+        assert_eq!(find(&single, 1, 0).ecx & LEAF1_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
     fn extended_topology_describes_n_single_thread_cores() {
         let mut v = host(false);
-        normalize(&mut v, 1, 2).unwrap();
+        normalize(&mut v, 1, 2, true).unwrap();
         for function in [0xb, 0x1f] {
             let smt = find(&v, function, 0);
             assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 1));
@@ -269,7 +290,7 @@ mod tests {
     #[test]
     fn intel_cache_leaves_share_l3_only() {
         let mut v = host(false);
-        normalize(&mut v, 0, 4).unwrap();
+        normalize(&mut v, 0, 4, true).unwrap();
         let l1d = find(&v, 4, 0);
         assert_eq!((l1d.eax >> 14) & 0xfff, 0);
         assert_eq!(l1d.eax >> 26, 3);
@@ -281,7 +302,7 @@ mod tests {
     #[test]
     fn amd_leaves_carry_core_count_and_apic_id() {
         let mut v = host(true);
-        normalize(&mut v, 3, 4).unwrap();
+        normalize(&mut v, 3, 4, true).unwrap();
         let l8 = find(&v, 0x8000_0008, 0);
         assert_eq!(l8.ecx & 0xff, 3);
         assert_eq!((l8.ecx >> 12) & 0xf, 2);
@@ -293,9 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn nested_virtualization_is_hidden() {
+        let mut v = host(true);
+        v.push(kvm_cpuid_entry2 {
+            function: 0x8000_0001,
+            ecx: LEAF_8000_0001_ECX_SVM | 1,
+            ..Default::default()
+        });
+        v.iter_mut()
+            .filter(|e| e.function == 1)
+            .for_each(|e| e.ecx |= LEAF1_ECX_VMX);
+        normalize(&mut v, 0, 1, true).unwrap();
+        assert_eq!(find(&v, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        assert_eq!(find(&v, 0x8000_0001, 0).ecx, 1, "only SVM is cleared");
+    }
+
+    #[test]
     fn pmu_is_hidden_and_kvm_leaves_are_kept() {
         let mut v = host(false);
-        normalize(&mut v, 0, 1).unwrap();
+        normalize(&mut v, 0, 1, true).unwrap();
         let pmu = find(&v, 0xa, 0);
         assert_eq!((pmu.eax, pmu.ebx, pmu.ecx, pmu.edx), (0, 0, 0, 0));
         assert_eq!(find(&v, 0x4000_0001, 0).eax, 0x0100_00fb);
@@ -307,9 +344,15 @@ mod tests {
     fn a_host_without_kvm_leaves_is_refused() {
         let mut v = host(false);
         v.retain(|e| e.function != KVM_SIGNATURE_LEAF);
-        assert_eq!(normalize(&mut v, 0, 1), Err(CpuidError::NoKvmSignature));
+        assert_eq!(
+            normalize(&mut v, 0, 1, true),
+            Err(CpuidError::NoKvmSignature)
+        );
         let mut v = host(false);
         v.retain(|e| e.function != 1);
-        assert_eq!(normalize(&mut v, 0, 1), Err(CpuidError::MissingLeaf(1)));
+        assert_eq!(
+            normalize(&mut v, 0, 1, true),
+            Err(CpuidError::MissingLeaf(1))
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Putting a kernel, its command line and an initrd into guest memory, and the boot
 //! information (PVH `hvm_start_info` or the Linux zero page) the kernel reads first.
 
+pub mod elf;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,6 @@ use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     XEN_HVM_START_MAGIC_VALUE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{Cmdline, KernelLoader, load_cmdline};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
@@ -48,7 +49,16 @@ pub enum LoaderError {
     /// The kernel file is neither format Arca boots.
     #[error("{0} is not a kernel Arca can boot: expected an ELF vmlinux or a bzImage")]
     UnknownFormat(PathBuf),
-    /// linux-loader refused the kernel image.
+    /// The ELF kernel is malformed or does not fit.
+    #[error("Cannot load the kernel {path}")]
+    Elf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: elf::ElfError,
+    },
+    /// linux-loader refused the bzImage.
     #[error("Cannot load the kernel {path}: malformed or does not fit in guest memory")]
     Kernel {
         /// The file.
@@ -150,23 +160,21 @@ pub fn load_kernel(
     };
 
     if got >= 4 && head[..4] == *b"\x7fELF" {
-        let result = Elf::load(memory, None, &mut file, Some(GuestAddress(HIMEM_START)))
-            .map_err(kernel_err)?;
-        let pvh = match result.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => Some(addr),
-            _ => None,
-        };
-        let (entry, protocol) = match (choice, pvh) {
+        let elf = elf::load(memory, &file, HIMEM_START).map_err(|source| LoaderError::Elf {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (entry, protocol) = match (choice, elf.pvh_entry) {
             (ProtocolChoice::Auto | ProtocolChoice::Pvh, Some(addr)) => (addr, BootProtocol::Pvh),
             (ProtocolChoice::Pvh, None) => return Err(LoaderError::NoPvhEntry(path.to_owned())),
             (ProtocolChoice::Auto | ProtocolChoice::Linux64, _) => {
-                (result.kernel_load, BootProtocol::Linux64)
+                (elf.entry, BootProtocol::Linux64)
             }
         };
         return Ok(LoadedKernel {
-            entry,
+            entry: GuestAddress(entry),
             protocol,
-            end: result.kernel_end,
+            end: elf.end,
             setup_header: None,
         });
     }
@@ -349,5 +357,190 @@ pub fn write_boot_info(
             )
             .map_err(LoaderError::Configurator)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn memory(size: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    }
+
+    fn kernel(protocol: BootProtocol, end: u64) -> LoadedKernel {
+        LoadedKernel {
+            entry: GuestAddress(0x100_0000),
+            protocol,
+            end,
+            setup_header: None,
+        }
+    }
+
+    fn file_of(len: usize) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&vec![0x5a; len]).unwrap();
+        f
+    }
+
+    #[test]
+    fn initrd_goes_page_aligned_to_the_top_of_low_memory() {
+        let mem = memory(64 * MIB);
+        let f = file_of(10_000);
+        let initrd = load_initrd(&mem, f.path(), &kernel(BootProtocol::Pvh, 20 * MIB)).unwrap();
+        assert_eq!(initrd.size, 10_000);
+        assert_eq!(initrd.addr.0 % 4096, 0);
+        assert!(
+            initrd.addr.0 + initrd.size <= 64 * MIB
+                && initrd.addr.0 + initrd.size > 64 * MIB - 4096
+        );
+        let mut back = [0u8; 4];
+        mem.read_slice(&mut back, GuestAddress(initrd.addr.0 + 9_996))
+            .unwrap();
+        assert_eq!(back, [0x5a; 4]);
+    }
+
+    #[test]
+    fn initrd_that_would_overlap_the_kernel_or_is_empty_is_refused() {
+        let mem = memory(32 * MIB);
+        let f = file_of((8 * MIB) as usize);
+        let err = load_initrd(&mem, f.path(), &kernel(BootProtocol::Pvh, 30 * MIB)).unwrap_err();
+        assert!(matches!(err, LoaderError::InitrdTooLarge { size, .. } if size == 8 * MIB));
+        assert!(err.to_string().contains("give the VM more memory"));
+        let empty = file_of(0);
+        assert!(matches!(
+            load_initrd(&mem, empty.path(), &kernel(BootProtocol::Pvh, 20 * MIB)),
+            Err(LoaderError::EmptyInitrd(_))
+        ));
+        assert!(matches!(
+            load_initrd(
+                &mem,
+                Path::new("/nonexistent"),
+                &kernel(BootProtocol::Pvh, MIB)
+            ),
+            Err(LoaderError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn command_line_is_base_then_user_and_bounded() {
+        let c = build_cmdline("console=ttyS0 reboot=k", Some("  quiet init=/bin/sh ")).unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 reboot=k quiet init=/bin/sh"
+        );
+        let c = build_cmdline("console=ttyS0", None).unwrap();
+        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0");
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            build_cmdline("console=ttyS0", Some(&long)),
+            Err(LoaderError::Cmdline(_))
+        ));
+        assert!(build_cmdline("console=ttyS0", Some("bad\u{7f}char")).is_err());
+    }
+
+    #[test]
+    fn pvh_start_info_points_at_cmdline_memmap_and_initrd() {
+        let mem = memory(128 * MIB);
+        let cmdline = build_cmdline("console=ttyS0", None).unwrap();
+        let initrd = LoadedInitrd {
+            addr: GuestAddress(100 * MIB),
+            size: 1234,
+        };
+        write_boot_info(
+            &mem,
+            &kernel(BootProtocol::Pvh, 20 * MIB),
+            &cmdline,
+            Some(initrd),
+            128 * MIB,
+        )
+        .unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(
+            (info.cmdline_paddr, info.memmap_paddr, info.memmap_entries),
+            (CMDLINE_START, PVH_MEMMAP_START, 3)
+        );
+        assert_eq!(
+            (info.nr_modules, info.modlist_paddr),
+            (1, PVH_MODLIST_START)
+        );
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!((module.paddr, module.size), (100 * MIB, 1234));
+        let last: hvm_memmap_table_entry = mem
+            .read_obj(GuestAddress(PVH_MEMMAP_START + 2 * 24))
+            .unwrap();
+        assert_eq!((last.addr, last.size, last.type_), (MIB, 127 * MIB, 1));
+        let mut text = [0u8; 14];
+        mem.read_slice(&mut text, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&text, b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn zero_page_carries_cmdline_initrd_and_e820() {
+        let mem = memory(128 * MIB);
+        let cmdline = build_cmdline("console=ttyS0", Some("quiet")).unwrap();
+        let initrd = LoadedInitrd {
+            addr: GuestAddress(100 * MIB),
+            size: 4321,
+        };
+        write_boot_info(
+            &mem,
+            &kernel(BootProtocol::Linux64, 20 * MIB),
+            &cmdline,
+            Some(initrd),
+            128 * MIB,
+        )
+        .unwrap();
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        let hdr = params.hdr;
+        assert_eq!({ hdr.boot_flag }, 0xaa55);
+        assert_eq!({ hdr.header }, BZIMAGE_MAGIC);
+        assert_eq!({ hdr.type_of_loader }, LOADER_TYPE_OTHER);
+        assert_eq!(
+            ({ hdr.cmd_line_ptr }, { hdr.cmdline_size }),
+            (CMDLINE_START as u32, 20)
+        );
+        assert_eq!(
+            ({ hdr.ramdisk_image }, { hdr.ramdisk_size }),
+            ((100 * MIB) as u32, 4321)
+        );
+        assert_eq!(params.e820_entries, 3);
+        let e = params.e820_table[2];
+        assert_eq!(({ e.addr }, { e.size }, { e.r#type }), (MIB, 127 * MIB, 1));
+    }
+
+    #[test]
+    fn unknown_formats_and_pvh_mismatches_are_named() {
+        let mem = memory(64 * MIB);
+        let junk = file_of(4096);
+        let err = load_kernel(&mem, junk.path(), ProtocolChoice::Auto).unwrap_err();
+        assert!(matches!(err, LoaderError::UnknownFormat(_)));
+        let short = file_of(3);
+        assert!(matches!(
+            load_kernel(&mem, short.path(), ProtocolChoice::Auto),
+            Err(LoaderError::UnknownFormat(_))
+        ));
+        // A bzImage signature with PVH asked for.
+        let mut fake = vec![0u8; 0x300];
+        fake[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&fake).unwrap();
+        assert!(matches!(
+            load_kernel(&mem, f.path(), ProtocolChoice::Pvh),
+            Err(LoaderError::PvhBzImage(_))
+        ));
+        // ...and as a bzImage it is too broken to load.
+        assert!(matches!(
+            load_kernel(&mem, f.path(), ProtocolChoice::Auto),
+            Err(LoaderError::Kernel { .. })
+        ));
     }
 }

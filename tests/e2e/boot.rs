@@ -1,0 +1,169 @@
+//! `arca-vmm` boots the guest kernel: to init and back, on 1 and 2 vCPUs, through every
+//! boot path, and ends with the exit code that says how the guest ended.
+
+use std::process::Output;
+
+use arca_e2e::guest::{bzimage, initramfs, pvh_elf};
+use arca_e2e::{TestFile, run_with_kvm, stderr, stdout};
+
+const READY: &str = "ARCA-GUEST-READY";
+
+fn run(files: &[TestFile], script: &str) -> Output {
+    run_with_kvm(script, files, 300)
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
+#[test]
+fn guest_reaches_init_and_its_reboot_ends_the_vmm_with_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = initramfs(dir.path(), "init-hello");
+    let out = run(
+        &[init],
+        r#"arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-hello.cpio" --boot-timing; echo "vmm-exit=$?""#,
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains(&format!("{READY} cpus=1")), "{text}");
+    assert!(text.contains("vmm-exit=0"), "{text}\n{}", stderr(&out));
+    // The timeline has every point, the init marker from the guest's debug port write.
+    let timing = stderr(&out);
+    let line = timing
+        .lines()
+        .find(|l| l.contains("boot-timing"))
+        .expect("a boot-timing line");
+    assert!(!line.contains(" - "), "a point is missing: {line}");
+}
+
+#[test]
+fn guest_with_two_vcpus_sees_two_cpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = initramfs(dir.path(), "init-hello");
+    let out = run(
+        &[init],
+        r#"arca-vmm --cpus 2 --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-hello.cpio" --cmdline quiet"#,
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("{READY} cpus=2")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn vmlinux_boots_with_the_64_bit_protocol_and_the_bzimage_boots_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [initramfs(dir.path(), "init-hello"), bzimage()];
+    let out = run(
+        &files,
+        r#"
+        arca-vmm --kernel "$ARCA_KERNEL" --boot-protocol linux64 --initrd "$ARCA_E2E_DIR/init-hello.cpio" --cmdline quiet || exit 10
+        arca-vmm --kernel "$ARCA_E2E_DIR/bzImage" --cpus 2 --initrd "$ARCA_E2E_DIR/init-hello.cpio" --cmdline quiet || exit 11
+        "#,
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("{READY} cpus=1")) && text.contains(&format!("{READY} cpus=2")),
+        "{text}"
+    );
+}
+
+#[test]
+fn guest_kernel_panic_ends_the_vmm_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = initramfs(dir.path(), "init-panic");
+    let out = run(
+        &[init],
+        r#"arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-panic.cpio" --console file:/tmp/console.log; echo "vmm-exit=$?"; grep -c 'Kernel panic' /tmp/console.log"#,
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "vmm-exit=2\n1\n", "stderr:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("arca-vmm: guest kernel panicked"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn guest_triple_fault_ends_the_vmm_with_3() {
+    // A PVH "kernel" that executes ud2 with an empty IDT: #UD, #GP, #DF, shutdown.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ud2.elf");
+    std::fs::write(&path, pvh_elf(&[0x0f, 0x0b])).unwrap();
+    let out = run(
+        &[TestFile {
+            source: path,
+            name: "ud2.elf".into(),
+        }],
+        r#"arca-vmm --kernel "$ARCA_E2E_DIR/ud2.elf" --cpus 2; echo "vmm-exit=$?""#,
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "vmm-exit=3\n", "stderr:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("vCPU 0 triple-faulted"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a kernel at all").unwrap();
+    let config = dir.path().join("vm.json");
+    std::fs::write(&config, r#"{"kernel": "/nonexistent", "vcpus": 2}"#).unwrap();
+    let files = [
+        TestFile {
+            source: junk,
+            name: "junk".into(),
+        },
+        TestFile {
+            source: config,
+            name: "vm.json".into(),
+        },
+    ];
+    let out = run(
+        &files,
+        r#"
+        try() { "$@" >/dev/null 2>err; echo "exit=$? $(cat err)"; }
+        try arca-vmm --kernel /nonexistent/vmlinux
+        try arca-vmm --kernel "$ARCA_KERNEL" --memory 0
+        try arca-vmm --kernel "$ARCA_KERNEL" --memory 99999999999
+        try arca-vmm --kernel "$ARCA_KERNEL" --cpus 64
+        try arca-vmm --kernel "$ARCA_KERNEL" --console serial
+        try arca-vmm --config "$ARCA_E2E_DIR/vm.json"
+        try arca-vmm --kernel "$ARCA_E2E_DIR/junk"
+        try arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/junk" --memory 32 --cmdline "$(head -c 5000 /dev/zero | tr '\0' x)"
+        "#,
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let expect = [
+        "The kernel /nonexistent/vmlinux does not exist or is not a file",
+        "Invalid memory size 0 MiB",
+        "Invalid memory size 99999999999 MiB",
+        "Invalid vCPU count 64",
+        "Invalid console \"serial\"",
+        "unknown field `vcpus`",
+        "is not a kernel Arca can boot: expected an ELF vmlinux or a bzImage",
+        "Invalid kernel command line",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(line.starts_with("exit=1 arca-vmm: error: "), "{line}");
+        assert!(line.contains(want), "{line:?} should say {want:?}");
+    }
+}
