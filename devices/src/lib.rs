@@ -9,3 +9,4 @@
 pub mod bus;
 pub mod legacy;
 pub mod signals;
+pub mod virtio;

@@ -167,3 +167,71 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         assert!(line.contains(want), "{line:?} should say {want:?}");
     }
 }
+
+#[test]
+fn guest_reads_and_writes_an_ext4_disk_and_a_read_only_disk_stays_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir(&content).unwrap();
+    std::fs::write(content.join("hello.txt"), "hello from the host\n").unwrap();
+    let image = |name: &str| {
+        let path = dir.path().join(name);
+        let status = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&content)
+            .arg(&path)
+            .arg("8M")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) runs");
+        assert!(status.success());
+        TestFile {
+            source: path,
+            name: name.into(),
+        }
+    };
+    let ro_image = image("ro.ext4");
+    let ro_before = std::fs::read(&ro_image.source).unwrap();
+    let files = [
+        initramfs(dir.path(), "init-disk"),
+        image("rw.ext4"),
+        ro_image,
+        TestFile {
+            source: "/usr/sbin/debugfs".into(),
+            name: "debugfs".into(),
+        },
+    ];
+    let out = run(
+        &files,
+        r#"
+        cd "$ARCA_E2E_DIR"
+        md5sum ro.ext4 > ro.md5
+        arca-vmm --kernel "$ARCA_KERNEL" --initrd init-disk.cpio --cmdline quiet \
+            --disk rw.ext4,serial=arca-rw --disk ro.ext4,ro || exit 10
+        echo "HOST: $(./debugfs -R 'cat /written.txt' rw.ext4 2>/dev/null)"
+        md5sum -c ro.md5 >/dev/null && echo "HOST: ro image unchanged"
+        "#,
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    for want in [
+        "DISK: vda says: hello from the host",
+        "DISK: vdb says: hello from the host",
+        "DISK: vdb ro flag: 1",
+        "DISK: raw write to vdb refused",
+        "DISK: vda serial: arca-rw",
+        "HOST: written by the guest",
+        "HOST: ro image unchanged",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} in:\n{text}\nstderr:\n{}",
+            stderr(&out)
+        );
+    }
+    assert!(!text.contains("failed"), "{text}");
+    // In host mode the image on this side is the one the VM used.
+    if arca_e2e::runner() == arca_e2e::Runner::Host {
+        assert_eq!(std::fs::read(&files[2].source).unwrap(), ro_before);
+    }
+}

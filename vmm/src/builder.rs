@@ -6,17 +6,21 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use devices::bus::SharedDevice;
 use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
 use devices::signals::GuestSignals;
+use devices::virtio::block::{Block, BlockError};
+use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::config::{Console, VmConfig};
+use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::kvm_probe::{self, KvmProbeError};
 use crate::loader::{self, LoaderError};
 use crate::memory::GuestRam;
-use crate::microvm::Microvm;
+use crate::microvm::{Microvm, MicrovmParts};
 use crate::vstate::kvm::KvmError;
 use crate::vstate::vcpu::{IoBuses, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -82,6 +86,12 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A disk image cannot be used.
+    #[error("Cannot attach a disk")]
+    Disk(#[source] BlockError),
+    /// A virtio device could not be wired in.
+    #[error("Cannot add a virtio device")]
+    Devices(#[source] DeviceManagerError),
     /// A device did not fit on its bus.
     #[error("Cannot place a device on the bus")]
     Bus(#[source] devices::bus::BusError),
@@ -110,23 +120,16 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     vm.register_memory(memory).map_err(BuildError::Vm)?;
     vm.setup_platform().map_err(BuildError::Vm)?;
 
-    // 4. The guest: kernel, initrd at the top of low RAM, command line, boot info.
+    // 4. The guest: kernel (mapped from its file), initrd at the top of low RAM.
     let kernel =
         loader::load_kernel(memory, &config.kernel, config.protocol).map_err(BuildError::Loader)?;
     let initrd = match &config.initrd {
         Some(path) => Some(loader::load_initrd(memory, path, &kernel).map_err(BuildError::Loader)?),
         None => None,
     };
-    let cmdline = loader::build_cmdline(BASE_CMDLINE, config.cmdline.as_deref())
-        .map_err(BuildError::Loader)?;
-    loader::write_boot_info(memory, &kernel, &cmdline, initrd, mem_size)
-        .map_err(BuildError::Loader)?;
-    regs::write_boot_tables(memory, kernel.protocol).map_err(BuildError::Regs)?;
+    let mut cmdline = loader::build_cmdline(BASE_CMDLINE, None).map_err(BuildError::Loader)?;
 
-    // 5. The MP table: how many CPUs, and IRQ routing through the IOAPIC.
-    mptable::write_mptable(memory, config.cpus).map_err(BuildError::Mptable)?;
-
-    // 6. Legacy devices on the port bus: COM1 (IRQ 4), the i8042 reset line, the
+    // 5. Legacy devices on the port bus: COM1 (IRQ 4), the i8042 reset line, the
     //    boot debug port.
     let signals = Arc::new(GuestSignals::default());
     let new_evt = || EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd);
@@ -140,24 +143,44 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
         reset_evt.try_clone().map_err(BuildError::EventFd)?,
     ));
     let mut buses = IoBuses::default();
-    buses
-        .pio
-        .insert(Arc::new(Mutex::new(serial)), SERIAL_PORT, 8)
-        .map_err(BuildError::Bus)?;
-    buses
-        .pio
-        .insert(Arc::new(Mutex::new(i8042)), I8042_PORT, 5)
-        .map_err(BuildError::Bus)?;
-    buses
-        .pio
-        .insert(
+    let pio: [(SharedDevice, u64, u64); 3] = [
+        (Arc::new(Mutex::new(serial)), SERIAL_PORT, 8),
+        (Arc::new(Mutex::new(i8042)), I8042_PORT, 5),
+        (
             Arc::new(Mutex::new(DebugPort::new(signals.clone()))),
             DEBUG_PORT,
             1,
-        )
-        .map_err(BuildError::Bus)?;
+        ),
+    ];
+    for (device, base, len) in pio {
+        buses
+            .pio
+            .insert(device, base, len)
+            .map_err(BuildError::Bus)?;
+    }
 
-    // 7. vCPUs: CPUID with this VM's topology, boot MSRs, LAPIC wiring, and the boot
+    // 6. Virtio devices on the MMIO bus, announced on the command line: the disks, in
+    //    the order given (the guest sees /dev/vda, /dev/vdb, ...).
+    let mut device_manager = MmioDeviceManager::new();
+    let mut subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> = Vec::new();
+    for disk in &config.disks {
+        let block = Block::new(disk).map_err(BuildError::Disk)?;
+        let events = device_manager
+            .add_virtio(&vm, memory, &mut buses, &mut cmdline, Box::new(block))
+            .map_err(BuildError::Devices)?;
+        subscribers.push(Arc::new(Mutex::new(events)));
+    }
+
+    // 7. Boot information: the command line (the user's part last, so that init
+    //    arguments after `--` stay last), PVH start info or zero page, GDT/IDT/page
+    //    tables, and the MP table with the CPUs and IOAPIC routing.
+    loader::append_cmdline(&mut cmdline, config.cmdline.as_deref()).map_err(BuildError::Loader)?;
+    loader::write_boot_info(memory, &kernel, &cmdline, initrd, mem_size)
+        .map_err(BuildError::Loader)?;
+    regs::write_boot_tables(memory, kernel.protocol).map_err(BuildError::Regs)?;
+    mptable::write_mptable(memory, config.cpus).map_err(BuildError::Mptable)?;
+
+    // 8. vCPUs: CPUID with this VM's topology, boot MSRs, LAPIC wiring, and the boot
     //    processor's registers at the kernel's entry point.
     let supported = kvm.supported_cpuid().map_err(BuildError::Cpuid)?;
     let tsc_deadline = kvm.has_tsc_deadline_timer();
@@ -172,9 +195,17 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
         vcpus.push(vcpu);
     }
 
-    Ok(Microvm::new(
-        kvm, vm, ram, vcpus, buses, reset_evt, signals, started,
-    ))
+    Ok(Microvm::new(MicrovmParts {
+        kvm,
+        vm,
+        ram,
+        vcpus,
+        buses,
+        reset_evt,
+        signals,
+        subscribers,
+        started,
+    }))
 }
 
 fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError> {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::arch::x86_64::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+use devices::virtio::block::DiskConfig;
+
+use crate::arch::x86_64::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQ_RANGE};
 use crate::arch::x86_64::mptable::MAX_VCPUS;
 use crate::loader::ProtocolChoice;
 
@@ -59,6 +61,15 @@ pub enum ConfigError {
     /// The console spec is not `stdout` or `file:PATH`.
     #[error("Invalid console {0:?}: use `stdout`, `none` or `file:PATH`")]
     Console(String),
+    /// A `--disk` value does not parse.
+    #[error("Invalid disk {0:?}: use PATH[,ro][,serial=ID]")]
+    DiskSpec(String),
+    /// The same image is attached twice.
+    #[error("The disk image {0} is attached twice")]
+    DuplicateDisk(PathBuf),
+    /// More disks than device slots.
+    #[error("Too many disks: {0} given, at most {max} fit", max = VIRTIO_IRQ_RANGE.count())]
+    TooManyDisks(usize),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -100,6 +111,42 @@ pub fn parse_protocol(s: &str) -> Result<ProtocolChoice, ConfigError> {
     }
 }
 
+/// A disk in the JSON form.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    /// Backing file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+impl DiskFile {
+    /// Parses the `--disk` form: `PATH[,ro][,serial=ID]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::DiskSpec(spec.to_owned());
+        let mut parts = spec.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let mut disk = DiskFile {
+            path: PathBuf::from(path),
+            read_only: false,
+            serial: None,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => disk.read_only = true,
+                None if option == "rw" => disk.read_only = false,
+                Some(("serial", id)) if !id.is_empty() => disk.serial = Some(id.to_owned()),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(disk)
+    }
+}
+
 /// The JSON form of a VM configuration; every field is optional so that flags can fill
 /// in or override it.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -119,6 +166,8 @@ pub struct ConfigFile {
     pub console: Option<String>,
     /// `auto`, `pvh` or `linux64`.
     pub boot_protocol: Option<String>,
+    /// Disks, in order.
+    pub disks: Option<Vec<DiskFile>>,
 }
 
 impl ConfigFile {
@@ -144,6 +193,7 @@ impl ConfigFile {
             memory_mib: overrides.memory_mib.or(self.memory_mib),
             console: overrides.console.or(self.console),
             boot_protocol: overrides.boot_protocol.or(self.boot_protocol),
+            disks: overrides.disks.or(self.disks),
         }
     }
 }
@@ -165,6 +215,8 @@ pub struct VmConfig {
     pub console: Console,
     /// Boot protocol.
     pub protocol: ProtocolChoice,
+    /// Disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Default vCPU count.
@@ -205,6 +257,7 @@ impl VmConfig {
         }
         let console = file.console.as_deref().unwrap_or("stdout").parse()?;
         let protocol = parse_protocol(file.boot_protocol.as_deref().unwrap_or("auto"))?;
+        let disks = check_disks(file.disks.unwrap_or_default())?;
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,
@@ -213,8 +266,36 @@ impl VmConfig {
             memory_mib: mib,
             console,
             protocol,
+            disks,
         })
     }
+}
+
+fn check_disks(disks: Vec<DiskFile>) -> Result<Vec<DiskConfig>, ConfigError> {
+    if disks.len() > VIRTIO_IRQ_RANGE.count() {
+        return Err(ConfigError::TooManyDisks(disks.len()));
+    }
+    let mut seen = Vec::new();
+    let mut out = Vec::with_capacity(disks.len());
+    for disk in disks {
+        let real = std::fs::canonicalize(&disk.path)
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| ConfigError::MissingFile {
+                what: "disk image",
+                path: disk.path.clone(),
+            })?;
+        if seen.contains(&real) {
+            return Err(ConfigError::DuplicateDisk(disk.path));
+        }
+        seen.push(real);
+        out.push(DiskConfig {
+            path: disk.path,
+            read_only: disk.read_only,
+            serial: disk.serial,
+        });
+    }
+    Ok(out)
 }
 
 /// This host's RAM in MiB, from `/proc/meminfo`.
@@ -345,6 +426,73 @@ mod tests {
         assert_eq!(merged.cpus, Some(4));
         assert_eq!(merged.memory_mib, Some(256));
         assert_eq!(merged.kernel, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
+    fn disk_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            DiskFile::parse("/img/root.ext4,ro,serial=root").unwrap(),
+            DiskFile {
+                path: "/img/root.ext4".into(),
+                read_only: true,
+                serial: Some("root".into())
+            }
+        );
+        assert!(!DiskFile::parse("/img/data").unwrap().read_only);
+        for bad in [
+            "",
+            ",ro",
+            "/img/x,readonly",
+            "/img/x,serial=",
+            "/img/x,ro=1",
+        ] {
+            assert!(
+                matches!(DiskFile::parse(bad), Err(ConfigError::DiskSpec(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn disks_must_exist_and_not_repeat() {
+        let k = kernel_file();
+        let d = kernel_file();
+        let disk = |p: &Path| DiskFile {
+            path: p.to_owned(),
+            read_only: false,
+            serial: None,
+        };
+        let cfg = ConfigFile {
+            disks: Some(vec![disk(d.path())]),
+            ..base(k.path())
+        };
+        assert_eq!(VmConfig::from_file(cfg, None).unwrap().disks.len(), 1);
+        let cfg = ConfigFile {
+            disks: Some(vec![disk(d.path()), disk(d.path())]),
+            ..base(k.path())
+        };
+        assert!(matches!(
+            VmConfig::from_file(cfg, None),
+            Err(ConfigError::DuplicateDisk(_))
+        ));
+        let cfg = ConfigFile {
+            disks: Some(vec![disk(Path::new("/nonexistent.img"))]),
+            ..base(k.path())
+        };
+        let err = VmConfig::from_file(cfg, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The disk image /nonexistent.img does not exist or is not a file"
+        );
+        let many = (0..20).map(|_| disk(d.path())).collect();
+        let cfg = ConfigFile {
+            disks: Some(many),
+            ..base(k.path())
+        };
+        assert!(matches!(
+            VmConfig::from_file(cfg, None),
+            Err(ConfigError::TooManyDisks(20))
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod device_manager;
 pub mod kvm_probe;
 pub mod loader;
 pub mod memory;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use vmm::config::{ConfigFile, VmConfig, host_memory_mib};
+use vmm::config::{ConfigFile, DiskFile, VmConfig, host_memory_mib};
 use vmm::error_chain;
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
@@ -22,7 +22,8 @@ struct Args {
     #[arg(long, exclusive = true)]
     check_kvm: bool,
     /// JSON file with the VM's configuration (fields: kernel, initrd, cmdline, cpus,
-    /// memory_mib, console, boot_protocol); flags override it.
+    /// memory_mib, console, boot_protocol, disks: [{path, read_only, serial}]); flags
+    /// override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
@@ -46,6 +47,10 @@ struct Args {
     /// Boot protocol: auto (PVH when the kernel has it), pvh or linux64 [default: auto].
     #[arg(long, value_name = "PROTO")]
     boot_protocol: Option<String>,
+    /// Attach a disk image as a virtio-blk device: PATH[,ro][,serial=ID]. Repeat for
+    /// more disks; the guest sees them as /dev/vda, /dev/vdb, ... in this order.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
@@ -79,6 +84,16 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         memory_mib: args.memory,
         console: args.console,
         boot_protocol: args.boot_protocol,
+        disks: if args.disks.is_empty() {
+            None
+        } else {
+            Some(
+                args.disks
+                    .iter()
+                    .map(|d| DiskFile::parse(d))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
     };
     let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
     let microvm = vmm::builder::build_microvm(&config, started)?;

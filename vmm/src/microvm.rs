@@ -107,17 +107,18 @@ impl std::fmt::Display for BootTimeline {
 }
 
 /// A VM ready to run.
-#[derive(Debug)]
 pub struct Microvm {
     // Kept alive for the VM's lifetime: KVM fds and the memory KVM maps.
     _kvm: Kvm,
     _vm: Vm,
-    _ram: GuestRam,
     vcpus: Vec<Vcpu>,
     buses: IoBuses,
     reset_evt: EventFd,
     signals: Arc<GuestSignals>,
+    subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     started: Instant,
+    // Last: devices hold views of guest RAM, so it is unmapped after they are gone.
+    _ram: GuestRam,
 }
 
 /// What a finished run reports.
@@ -129,27 +130,58 @@ pub struct RunReport {
     pub timeline: BootTimeline,
 }
 
+/// What the builder hands over to make a [`Microvm`].
+pub struct MicrovmParts {
+    /// The KVM system handle.
+    pub kvm: Kvm,
+    /// The VM.
+    pub vm: Vm,
+    /// Guest RAM.
+    pub ram: GuestRam,
+    /// Configured vCPUs.
+    pub vcpus: Vec<Vcpu>,
+    /// The port and MMIO buses with their devices.
+    pub buses: IoBuses,
+    /// The i8042's reset line.
+    pub reset_evt: EventFd,
+    /// What devices observed of the guest.
+    pub signals: Arc<GuestSignals>,
+    /// Device back-ends the event loop runs.
+    pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    /// When the VMM process started.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for Microvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Microvm")
+            .field("vcpus", &self.vcpus.len())
+            .field("buses", &self.buses)
+            .field("subscribers", &self.subscribers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MicrovmParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicrovmParts")
+            .field("vcpus", &self.vcpus.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Microvm {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        kvm: Kvm,
-        vm: Vm,
-        ram: GuestRam,
-        vcpus: Vec<Vcpu>,
-        buses: IoBuses,
-        reset_evt: EventFd,
-        signals: Arc<GuestSignals>,
-        started: Instant,
-    ) -> Self {
+    pub(crate) fn new(parts: MicrovmParts) -> Self {
         Self {
-            _kvm: kvm,
-            _vm: vm,
-            _ram: ram,
-            vcpus,
-            buses,
-            reset_evt,
-            signals,
-            started,
+            _kvm: parts.kvm,
+            _vm: parts.vm,
+            vcpus: parts.vcpus,
+            buses: parts.buses,
+            reset_evt: parts.reset_evt,
+            signals: parts.signals,
+            subscribers: parts.subscribers,
+            started: parts.started,
+            _ram: parts.ram,
         }
     }
 
@@ -202,6 +234,9 @@ impl Microvm {
             done: false,
         }));
         manager.add_subscriber(watcher.clone());
+        for subscriber in self.subscribers.drain(..) {
+            manager.add_subscriber(subscriber);
+        }
         while !watcher.lock().unwrap_or_else(|p| p.into_inner()).done {
             manager
                 .run()

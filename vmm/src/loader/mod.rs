@@ -263,10 +263,16 @@ pub fn load_initrd(
 pub fn build_cmdline(base: &str, extra: Option<&str>) -> Result<Cmdline, LoaderError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(LoaderError::Cmdline)?;
     cmdline.insert_str(base).map_err(LoaderError::Cmdline)?;
+    append_cmdline(&mut cmdline, extra)?;
+    Ok(cmdline)
+}
+
+/// Appends the user's part of the command line, if any.
+pub fn append_cmdline(cmdline: &mut Cmdline, extra: Option<&str>) -> Result<(), LoaderError> {
     if let Some(extra) = extra.map(str::trim).filter(|s| !s.is_empty()) {
         cmdline.insert_str(extra).map_err(LoaderError::Cmdline)?;
     }
-    Ok(cmdline)
+    Ok(())
 }
 
 /// Writes the command line and the boot information the kernel's entry expects.

@@ -106,6 +106,19 @@ impl Vm {
         self.fd.register_irqfd(evt, gsi).map_err(ioctl("KVM_IRQFD"))
     }
 
+    /// Makes a 4-byte guest write of `datamatch` to MMIO address `addr` signal `evt`
+    /// inside KVM, without an exit to the VMM.
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(ioctl("KVM_IOEVENTFD"))
+    }
+
     /// Creates vCPU number `index`.
     pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, VcpuError> {
         let fd = self

@@ -1,0 +1,131 @@
+//! Virtio devices over the MMIO transport (virtio 1.x, transport version 2).
+//!
+//! [`mmio::MmioTransport`] owns a device, its queues and its interrupt; a device model
+//! implements [`VirtioDevice`] and sees only its queues, guest memory, and the interrupt
+//! to raise. Everything the guest puts in a queue is hostile: a malformed request is
+//! answered with an error status, or dropped with the device marked as needing reset,
+//! never allowed to panic the VMM.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use crate::legacy::EventFdTrigger;
+
+/// `VIRTIO_F_VERSION_1`: the modern interface, the only one Arca offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Errors a device model reports while handling a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The guest broke the protocol badly enough that the device cannot go on.
+    #[error("Guest violated the virtio protocol: {0}")]
+    Protocol(String),
+    /// The queue itself is unusable (its rings lie outside guest memory).
+    #[error("Virtqueue failure")]
+    Queue(#[source] virtio_queue::Error),
+}
+
+/// The device's interrupt line and its ISR status bits.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    trigger: EventFdTrigger,
+}
+
+impl Interrupt {
+    /// An interrupt raised through `trigger`.
+    pub fn new(trigger: EventFdTrigger) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            trigger,
+        }
+    }
+
+    /// Tells the driver that a used ring has new entries.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tells the driver that the configuration (or device status) changed.
+    pub fn signal_config_change(&self) {
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        // A full eventfd already holds a pending interrupt: nothing is lost.
+        let _ = vm_superio::Trigger::trigger(&self.trigger);
+    }
+
+    /// The ISR status bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears the bits the driver acknowledged.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What a device works with while it handles a queue.
+#[derive(Debug)]
+pub struct QueueContext<'a> {
+    /// The device's queues, in index order.
+    pub queues: &'a mut [Queue],
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// The device's interrupt.
+    pub interrupt: &'a Interrupt,
+}
+
+impl QueueContext<'_> {
+    /// Raises the used-ring interrupt for `index` unless the driver suppressed it.
+    pub fn notify_used(&mut self, index: usize) {
+        use virtio_queue::QueueT;
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        // If the check itself fails (rings moved out of memory), interrupt anyway: a
+        // spurious interrupt is harmless, a lost one hangs the driver.
+        if queue.needs_notification(self.mem).unwrap_or(true) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads device configuration space at `offset`. Bytes beyond it read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space; ignored unless the device has writable fields.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK with these features; the queues are ready.
+    fn activate(&mut self, _features: u64) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    /// The driver notified queue `index`.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        ctx: &mut QueueContext<'_>,
+    ) -> Result<(), DeviceError>;
+    /// The driver reset the device: drop any in-flight state.
+    fn reset(&mut self) {}
+}
