@@ -7,7 +7,7 @@ LAB := tests/lab/lab
 # The guest kernel, built once per config hash and cached outside git.
 KERNEL = $(shell kernels/build.sh)
 
-.PHONY: all build kernel lab-prepare lint unit e2e test demo bench clean
+.PHONY: all build kernel lab-prepare test-deps lint unit e2e test demo bench clean
 
 all: build
 
@@ -20,6 +20,11 @@ kernel:
 lab-prepare:
 	$(LAB) prepare >/dev/null
 
+# Host tools the end-to-end tests use (ext4 images, vsock peers).
+test-deps:
+	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs; }
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -29,7 +34,7 @@ unit:
 	$(CARGO) test --workspace --exclude arca-e2e
 
 # End-to-end tests: directly on a host with real KVM, else through the nested lab.
-e2e: build kernel lab-prepare
+e2e: build kernel lab-prepare test-deps
 	ARCA_KERNEL=$(KERNEL) $(CARGO) test -p arca-e2e --tests -- --test-threads=2
 
 test: lint unit e2e

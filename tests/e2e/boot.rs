@@ -235,3 +235,85 @@ fn guest_reads_and_writes_an_ext4_disk_and_a_read_only_disk_stays_untouched() {
         assert_eq!(std::fs::read(&files[2].source).unwrap(), ro_before);
     }
 }
+
+#[test]
+fn host_and_guest_talk_over_vsock_in_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let socat = TestFile {
+        source: "/usr/bin/socat".into(),
+        name: "socat".into(),
+    };
+    let init = {
+        let out = dir.path().join("init-vsock.cpio");
+        let status =
+            std::process::Command::new(arca_e2e::repo_root().join("tests/guest/mkinitramfs"))
+                .arg(&out)
+                .arg(arca_e2e::repo_root().join("tests/guest/init-vsock"))
+                .arg("/usr/bin/socat:/bin/socat")
+                .status()
+                .unwrap();
+        assert!(status.success());
+        TestFile {
+            source: out,
+            name: "init-vsock.cpio".into(),
+        }
+    };
+    let out = run(
+        &[init, socat],
+        r#"
+        cd "$ARCA_E2E_DIR"
+        export PATH="$PWD:$PATH"
+        S=/tmp/arca-vsock-$$.sock
+        # Guest-to-host: a listener on <uds>_6000 before the guest starts.
+        socat -u UNIX-LISTEN:${S}_6000 CREATE:from-guest.bin &
+        arca-vmm --kernel "$ARCA_KERNEL" --initrd init-vsock.cpio --memory 256 --cmdline quiet \
+            --vsock cid=3,uds=$S > console.log 2>&1 &
+        vmm=$!
+        head -c 67108864 /dev/urandom > data.bin
+        # Host-to-guest: retry until the guest's echo server listens.
+        for i in $(seq 200); do
+            if [ -S "$S" ]; then
+                { printf 'CONNECT 5000\n'; cat data.bin; } | socat -t 120 - UNIX-CONNECT:$S > echo.out 2>/dev/null
+                head -c 3 echo.out | grep -q OK && break
+            fi
+            sleep 0.2
+        done
+        echo "HOST: reply $(head -n 1 echo.out | cut -c1-3)"
+        [ "$(tail -n +2 echo.out | md5sum)" = "$(md5sum < data.bin)" ] && echo "HOST: 64 MiB echoed intact"
+        printf 'CONNECT 5001\n' | socat -t 5 - UNIX-CONNECT:$S > /dev/null
+        wait $vmm; echo "HOST: vmm exit $?"
+        wait
+        grep VSOCK console.log
+        echo "HOST: received md5 $(md5sum < from-guest.bin | cut -d' ' -f1)"
+        test ! -e "$S" && echo "HOST: socket removed"
+        "#,
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    for want in [
+        "HOST: reply OK ",
+        "HOST: 64 MiB echoed intact",
+        "HOST: vmm exit 0",
+        "VSOCK: sent to host",
+        "VSOCK: host said done",
+        "HOST: socket removed",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} in:\n{text}\nstderr:\n{}",
+            stderr(&out)
+        );
+    }
+    let md5_of = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .map(str::to_owned)
+            .expect(prefix)
+    };
+    assert_eq!(
+        md5_of("VSOCK: guest file md5 "),
+        md5_of("HOST: received md5 "),
+        "{text}"
+    );
+}

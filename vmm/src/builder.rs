@@ -10,12 +10,15 @@ use devices::bus::SharedDevice;
 use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
 use devices::signals::GuestSignals;
 use devices::virtio::block::{Block, BlockError};
+use devices::virtio::vsock::Vsock;
+use devices::virtio::vsock::backend::{Backend, BackendError};
 use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::config::{Console, VmConfig};
+use crate::device_manager::vsock::VsockEvents;
 use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::kvm_probe::{self, KvmProbeError};
 use crate::loader::{self, LoaderError};
@@ -89,6 +92,9 @@ pub enum BuildError {
     /// A disk image cannot be used.
     #[error("Cannot attach a disk")]
     Disk(#[source] BlockError),
+    /// The vsock device's host socket cannot be set up.
+    #[error("Cannot set up vsock")]
+    Vsock(#[source] BackendError),
     /// A virtio device could not be wired in.
     #[error("Cannot add a virtio device")]
     Devices(#[source] DeviceManagerError),
@@ -160,7 +166,7 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     }
 
     // 6. Virtio devices on the MMIO bus, announced on the command line: the disks, in
-    //    the order given (the guest sees /dev/vda, /dev/vdb, ...).
+    //    the order given (the guest sees /dev/vda, /dev/vdb, ...), then vsock.
     let mut device_manager = MmioDeviceManager::new();
     let mut subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> = Vec::new();
     for disk in &config.disks {
@@ -169,6 +175,21 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
             .add_virtio(&vm, memory, &mut buses, &mut cmdline, Box::new(block))
             .map_err(BuildError::Devices)?;
         subscribers.push(Arc::new(Mutex::new(events)));
+    }
+    //    ...and the vsock device, whose host side listens on its Unix socket from now.
+    if let Some(vsock) = &config.vsock {
+        let backend = Backend::new(vsock.cid, &vsock.uds).map_err(BuildError::Vsock)?;
+        let backend = Arc::new(Mutex::new(backend));
+        let events = device_manager
+            .add_virtio(
+                &vm,
+                memory,
+                &mut buses,
+                &mut cmdline,
+                Box::new(Vsock::new(backend.clone())),
+            )
+            .map_err(BuildError::Devices)?;
+        subscribers.push(Arc::new(Mutex::new(VsockEvents::new(events, backend))));
     }
 
     // 7. Boot information: the command line (the user's part last, so that init

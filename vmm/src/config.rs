@@ -70,6 +70,14 @@ pub enum ConfigError {
     /// More disks than device slots.
     #[error("Too many disks: {0} given, at most {max} fit", max = VIRTIO_IRQ_RANGE.count())]
     TooManyDisks(usize),
+    /// A `--vsock` value does not parse.
+    #[error("Invalid vsock {0:?}: use cid=N,uds=PATH (N from 3 to 4294967294)")]
+    VsockSpec(String),
+    /// The vsock socket path is taken.
+    #[error(
+        "The vsock socket {0} already exists (another VM's?); remove it or choose another path"
+    )]
+    VsockPathTaken(PathBuf),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -147,6 +155,45 @@ impl DiskFile {
     }
 }
 
+/// The vsock device in the JSON form.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockFile {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// Host Unix socket for host-initiated connections; guest-initiated ones go to
+    /// `<uds>_<port>`.
+    pub uds: PathBuf,
+}
+
+impl VsockFile {
+    /// Parses the `--vsock` form: `cid=N,uds=PATH`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::VsockSpec(spec.to_owned());
+        let (mut cid, mut uds) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("cid", n)) => cid = Some(n.parse().map_err(|_| bad())?),
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => return Err(bad()),
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(VsockFile { cid, uds }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A checked vsock configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// Guest context ID.
+    pub cid: u64,
+    /// Host socket path.
+    pub uds: PathBuf,
+}
+
 /// The JSON form of a VM configuration; every field is optional so that flags can fill
 /// in or override it.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -168,6 +215,8 @@ pub struct ConfigFile {
     pub boot_protocol: Option<String>,
     /// Disks, in order.
     pub disks: Option<Vec<DiskFile>>,
+    /// The vsock device.
+    pub vsock: Option<VsockFile>,
 }
 
 impl ConfigFile {
@@ -194,6 +243,7 @@ impl ConfigFile {
             console: overrides.console.or(self.console),
             boot_protocol: overrides.boot_protocol.or(self.boot_protocol),
             disks: overrides.disks.or(self.disks),
+            vsock: overrides.vsock.or(self.vsock),
         }
     }
 }
@@ -217,6 +267,8 @@ pub struct VmConfig {
     pub protocol: ProtocolChoice,
     /// Disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Default vCPU count.
@@ -258,6 +310,25 @@ impl VmConfig {
         let console = file.console.as_deref().unwrap_or("stdout").parse()?;
         let protocol = parse_protocol(file.boot_protocol.as_deref().unwrap_or("auto"))?;
         let disks = check_disks(file.disks.unwrap_or_default())?;
+        let vsock = match file.vsock {
+            Some(v) => {
+                if !(3..u64::from(u32::MAX)).contains(&v.cid) {
+                    return Err(ConfigError::VsockSpec(format!(
+                        "cid={},uds={}",
+                        v.cid,
+                        v.uds.display()
+                    )));
+                }
+                if v.uds.exists() {
+                    return Err(ConfigError::VsockPathTaken(v.uds));
+                }
+                Some(VsockConfig {
+                    cid: v.cid,
+                    uds: v.uds,
+                })
+            }
+            None => None,
+        };
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,
@@ -267,6 +338,7 @@ impl VmConfig {
             console,
             protocol,
             disks,
+            vsock,
         })
     }
 }
@@ -451,6 +523,58 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn vsock_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            VsockFile::parse("cid=3,uds=/run/v.sock").unwrap(),
+            VsockFile {
+                cid: 3,
+                uds: "/run/v.sock".into()
+            }
+        );
+        for bad in [
+            "",
+            "cid=3",
+            "uds=/x",
+            "cid=x,uds=/x",
+            "cid=3,uds=",
+            "cid=3,uds=/x,port=1",
+        ] {
+            assert!(
+                matches!(VsockFile::parse(bad), Err(ConfigError::VsockSpec(_))),
+                "{bad:?}"
+            );
+        }
+        let k = kernel_file();
+        for cid in [0, 2, u64::from(u32::MAX)] {
+            let cfg = ConfigFile {
+                vsock: Some(VsockFile {
+                    cid,
+                    uds: "/tmp/none.sock".into(),
+                }),
+                ..base(k.path())
+            };
+            assert!(
+                matches!(
+                    VmConfig::from_file(cfg, None),
+                    Err(ConfigError::VsockSpec(_))
+                ),
+                "cid {cid}"
+            );
+        }
+        let taken = ConfigFile {
+            vsock: Some(VsockFile {
+                cid: 3,
+                uds: k.path().to_owned(),
+            }),
+            ..base(k.path())
+        };
+        assert!(matches!(
+            VmConfig::from_file(taken, None),
+            Err(ConfigError::VsockPathTaken(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use vmm::config::{ConfigFile, DiskFile, VmConfig, host_memory_mib};
+use vmm::config::{ConfigFile, DiskFile, VmConfig, VsockFile, host_memory_mib};
 use vmm::error_chain;
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
@@ -22,7 +22,8 @@ struct Args {
     #[arg(long, exclusive = true)]
     check_kvm: bool,
     /// JSON file with the VM's configuration (fields: kernel, initrd, cmdline, cpus,
-    /// memory_mib, console, boot_protocol, disks: [{path, read_only, serial}]); flags
+    /// memory_mib, console, boot_protocol, disks: [{path, read_only, serial}], vsock:
+    /// {cid, uds}); flags
     /// override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -51,6 +52,11 @@ struct Args {
     /// more disks; the guest sees them as /dev/vda, /dev/vdb, ... in this order.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// Add a virtio-vsock device: cid=N,uds=PATH. Host programs reach guest port P by
+    /// connecting to PATH and sending "CONNECT P\n"; guest connections to host port P
+    /// go to the Unix socket PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
@@ -94,6 +100,7 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        vsock: args.vsock.as_deref().map(VsockFile::parse).transpose()?,
     };
     let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
     let microvm = vmm::builder::build_microvm(&config, started)?;

@@ -3,6 +3,8 @@
 //! `virtio_mmio.device=` command-line entry the guest discovers them by, and an event
 //! loop subscriber that hands queue notifications to the device.
 
+pub mod vsock;
+
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -102,6 +104,13 @@ impl MmioDeviceManager {
             .map_err(DeviceManagerError::Cmdline)?;
         self.count += 1;
         Ok(QueueEvents { transport, events })
+    }
+}
+
+impl QueueEvents {
+    /// The transport and its queue eventfds.
+    pub fn into_parts(self) -> (Arc<Mutex<MmioTransport>>, Vec<EventFd>) {
+        (self.transport, self.events)
     }
 }
 

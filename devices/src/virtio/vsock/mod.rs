@@ -1,0 +1,168 @@
+//! virtio-vsock: stream sockets between guest and host, with the host side on Unix
+//! domain sockets (see [`backend`]).
+
+pub mod backend;
+pub mod packet;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use virtio_queue::{QueueOwnedT, QueueT, Reader, Writer};
+
+use self::backend::{Backend, MAX_PAYLOAD};
+use self::packet::{HDR_SIZE, Header};
+use super::{DeviceError, QueueContext, VirtioDevice};
+
+/// `VIRTIO_ID_VSOCK`.
+pub const VIRTIO_ID_VSOCK: u32 = 19;
+/// Queue indexes.
+pub const RX_QUEUE: usize = 0;
+/// Guest-to-host packets.
+pub const TX_QUEUE: usize = 1;
+/// Transport events (unused: Arca never migrates a VM).
+pub const EVENT_QUEUE: usize = 2;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+
+/// The vsock device; its host side is shared with the event loop, which feeds it
+/// socket events.
+#[derive(Debug)]
+pub struct Vsock {
+    backend: Arc<Mutex<Backend>>,
+}
+
+impl Vsock {
+    /// A device for `backend`.
+    pub fn new(backend: Arc<Mutex<Backend>>) -> Self {
+        Self { backend }
+    }
+
+    fn backend(&self) -> MutexGuard<'_, Backend> {
+        self.backend.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every packet the guest queued on tx.
+    fn process_tx(&mut self, ctx: &mut QueueContext<'_>) -> Result<bool, DeviceError> {
+        let mem = ctx.mem;
+        let mut used = false;
+        let mut data = Vec::new();
+        while let Some(queue) = ctx.queues.get_mut(TX_QUEUE) {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            if let Ok(mut reader) = Reader::new(mem, chain) {
+                let mut raw = [0u8; HDR_SIZE];
+                if reader.read_exact(&mut raw).is_ok() {
+                    let header = Header::from_bytes(&raw);
+                    let len = header.len as usize;
+                    // A payload longer than the buffers, or than any sane packet, is
+                    // dropped with the rest of the packet.
+                    if len <= reader.available_bytes() && len <= MAX_PAYLOAD {
+                        data.resize(len, 0);
+                        if reader.read_exact(&mut data).is_ok() {
+                            self.backend().from_guest(&header, &data);
+                        }
+                    }
+                }
+            }
+            queue.add_used(mem, head, 0).map_err(DeviceError::Queue)?;
+            used = true;
+        }
+        if used {
+            ctx.notify_used(TX_QUEUE);
+        }
+        Ok(used)
+    }
+
+    /// Fills guest rx buffers with whatever the host side has for the guest.
+    fn process_rx(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let mut used = false;
+        let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        while backend.has_rx() {
+            let Some(queue) = ctx.queues.get_mut(RX_QUEUE) else {
+                break;
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = match Writer::new(mem, chain) {
+                Ok(mut writer) if writer.available_bytes() > HDR_SIZE => {
+                    match backend.next_rx(writer.available_bytes() - HDR_SIZE) {
+                        Some(packet) => {
+                            let ok = writer.write_all(&packet.header.to_bytes()).is_ok()
+                                && writer.write_all(&packet.data).is_ok();
+                            if ok {
+                                (HDR_SIZE + packet.data.len()) as u32
+                            } else {
+                                0
+                            }
+                        }
+                        None => {
+                            // Nothing after all: give the buffer back.
+                            queue.go_to_previous_position();
+                            break;
+                        }
+                    }
+                }
+                // A buffer too small for a header, or outside guest memory.
+                _ => 0,
+            };
+            queue
+                .add_used(mem, head, written)
+                .map_err(DeviceError::Queue)?;
+            used = true;
+        }
+        drop(backend);
+        if used {
+            ctx.notify_used(RX_QUEUE);
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // guest_cid (le64) at 0.
+        let config = self.backend().guest_cid().to_le_bytes();
+        if let Ok(start) = usize::try_from(offset)
+            && let Some(src) = config.get(start..)
+        {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        ctx: &mut QueueContext<'_>,
+    ) -> Result<(), DeviceError> {
+        match index {
+            TX_QUEUE => {
+                self.process_tx(ctx)?;
+                // Replies (RESPONSE, RST, credit) go out at once.
+                self.process_rx(ctx)
+            }
+            RX_QUEUE => self.process_rx(ctx),
+            _ => Ok(()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.backend().reset();
+    }
+}
