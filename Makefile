@@ -7,7 +7,7 @@ LAB := tests/lab/lab
 # The guest kernel, built once per config hash and cached outside git.
 KERNEL = $(shell kernels/build.sh)
 
-.PHONY: all build kernel lab-prepare test-deps lint unit e2e test demo bench clean
+.PHONY: all build kernel lab-prepare test-deps lint unit e2e test demo bench fuzz clean
 
 all: build
 
@@ -45,6 +45,15 @@ demo: build kernel lab-prepare
 # Benchmarks print figures beside their peers'; they are never pass/fail tests.
 bench: build kernel lab-prepare
 	tests/bench/boot.sh $(or $(ROUNDS),10)
+	tests/bench/devices.sh
+
+# Fuzz every device target for FUZZ_SECONDS each (default 60). cargo-fuzz needs
+# nightly features; RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain here.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in virtio_blk vsock_packets mmio_transport; do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Device benchmark: virtio-blk sequential read/write MB/s and 4 KiB random-read IOPS
+# measured by fio inside the guest, beside the same fio runs on the backing file from
+# the VMM's host; vsock throughput both ways beside a Unix socket on that host. All in
+# one run, in the lab on hosts like this one, directly on hosts with real KVM.
+#
+#   tests/bench/devices.sh      (`make bench` runs it)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for tool in fio socat; do
+  command -v $tool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool; }
+done
+cargo build --release -q -p vmm
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+tests/guest/mkinitramfs "$tmp/bench.cpio" tests/bench/guest-devices \
+  "$(command -v fio):/bin/fio" "$(command -v socat):/bin/socat"
+
+cat >"$tmp/run.sh" <<'SCRIPT'
+set -e
+cd "$(mktemp -d)"
+truncate -s 512M disk.img
+# The backing file as the VMM sees it: buffered (the lab's disk is tmpfs, which has no
+# O_DIRECT; the VMM itself does buffered pread/pwrite on it).
+f() { fio --name=b --filename=disk.img --direct=0 --ioengine=psync --runtime=4 --time_based \
+      --output-format=terse --terse-version=3 "$@" 2>/dev/null; }
+echo "BENCH host seq-write-MBps $(f --rw=write --bs=1M | awk -F';' '{printf "%.1f", $48/1024}')"
+echo "BENCH host seq-read-MBps $(f --rw=read --bs=1M | awk -F';' '{printf "%.1f", $7/1024}')"
+echo "BENCH host randread-4k-iops $(f --rw=randread --bs=4k | awk -F';' '{printf "%d", $8}')"
+mbps() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.1f", 64 / ((e - s) / 1e9) }'; }
+# Unix socket on this host, the reference for vsock.
+socat -u UNIX-LISTEN:u.sock OPEN:/dev/null & sleep 0.3
+s=$(date +%s%N); socat -u OPEN:/dev/zero,readbytes=67108864 UNIX-CONNECT:u.sock; wait; e=$(date +%s%N)
+echo "BENCH host unix-socket-MBps $(mbps $s $e)"
+S=$PWD/v.sock
+socat -u UNIX-LISTEN:${S}_6000 OPEN:/dev/null & recv=$!
+arca-vmm --kernel "$K" --initrd "$I" --memory 1024 --cmdline quiet --disk disk.img --vsock cid=3,uds=$S > console.log 2>&1 &
+vmm=$!
+until grep -q 'randread' console.log 2>/dev/null; do
+  kill -0 $vmm 2>/dev/null || { echo "the VMM ended early:"; cat console.log; exit 1; }
+  sleep 0.2
+done
+for i in $(seq 100); do
+  s=$(date +%s%N)
+  { printf 'CONNECT 5000\n'; head -c 67108864 /dev/zero; } | socat -t 30 - UNIX-CONNECT:$S > reply 2>/dev/null || true
+  e=$(date +%s%N)
+  grep -q '^OK' reply && break; sleep 0.2
+done
+echo "BENCH guest vsock-host-to-guest-MBps $(mbps $s $e)"
+wait $recv
+printf 'CONNECT 5001\n' | socat -t 5 - UNIX-CONNECT:$S >/dev/null
+wait $vmm
+grep BENCH console.log
+SCRIPT
+
+echo "device benchmark: fio (psync, 4 s each; direct I/O on /dev/vda in the guest, buffered on the backing file on the host) on a 512 MiB raw image; 64 MiB vsock transfers"
+if target/release/arca-vmm --check-kvm >/dev/null 2>&1; then
+  out=$(K=$(kernels/build.sh) I=$tmp/bench.cpio PATH="$PWD/target/release:$PATH" sh "$tmp/run.sh" 2>&1) || { echo "$out"; exit 1; }
+else
+  echo "(inside the nested lab: L1 under TCG, so absolute figures are far below a real host's)"
+  out=$(ARCA_KERNEL=$(kernels/build.sh) tests/lab/lab run --timeout 900 \
+    --file "$tmp/bench.cpio:/bench/initramfs.cpio" --file "$tmp/run.sh:/bench/run.sh" \
+    --file "$(command -v fio):/usr/bin/fio" --file "$(command -v socat):/usr/bin/socat" -- \
+    'K=$ARCA_KERNEL I=/bench/initramfs.cpio sh /bench/run.sh 2>&1') || { echo "$out"; exit 1; }
+fi
+get() { echo "$out" | tr -d '\r' | awk -v w="$1" -v m="$2" '$1=="BENCH" && $2==w && $3==m {print $NF}'; }
+printf '%-24s %14s %14s %8s\n' metric "in the guest" "on the host" ratio
+for m in seq-write-MBps seq-read-MBps randread-4k-iops; do
+  g=$(get guest $m); h=$(get host $m)
+  printf '%-24s %14s %14s %8s\n' "$m" "$g" "$h" "$(awk -v a="$g" -v b="$h" 'BEGIN { if (b+0 > 0) printf "%.2fx", a/b; else print "NA" }')"
+done
+printf '%-24s %14s %14s\n' "vsock host->guest MBps" "$(get guest vsock-host-to-guest-MBps)" "$(get host unix-socket-MBps)"
+printf '%-24s %14s %14s\n' "vsock guest->host MBps" "$(get guest vsock-guest-to-host-MBps)" "$(get host unix-socket-MBps)"
