@@ -270,12 +270,7 @@ impl VirtioDevice for Block {
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&self.capacity.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        if let Ok(start) = usize::try_from(offset)
-            && let Some(src) = config.get(start..)
-        {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::copy_config(&config, offset, data);
     }
 
     fn process_queue(

@@ -79,6 +79,17 @@ impl Interrupt {
     }
 }
 
+/// Serves a read of `data.len()` bytes at `offset` from a device's configuration space
+/// `config`; bytes past its end are left as they are (the transport zeroes them).
+pub fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    if let Ok(start) = usize::try_from(offset)
+        && let Some(src) = config.get(start..)
+    {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// What a device works with while it handles a queue.
 #[derive(Debug)]
 pub struct QueueContext<'a> {

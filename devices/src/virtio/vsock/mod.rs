@@ -138,12 +138,7 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // guest_cid (le64) at 0.
         let config = self.backend().guest_cid().to_le_bytes();
-        if let Ok(start) = usize::try_from(offset)
-            && let Some(src) = config.get(start..)
-        {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::copy_config(&config, offset, data);
     }
 
     fn process_queue(
