@@ -25,7 +25,9 @@ append="$(sed -n 's/^pub const BASE_CMDLINE: &str = "\(.*\)";/\1/p' vmm/src/buil
 # The measuring script; $K, $I, $P, $Q are the kernel, initramfs, probe and QEMU.
 cat >"$tmp/run.sh" <<SCRIPT
 set -e
-cd "\$(mktemp -d)"
+work=\$(mktemp -d)
+cd "\$work"
+trap 'rm -rf "\$work"' EXIT
 for i in \$(seq $rounds); do
   "\$P" --marker ARCA-GUEST-READY --guest-mib $mem --timeout 60 -- arca-vmm --kernel "\$K" --initrd "\$I" \
     --memory $mem --cmdline quiet >>arca.txt

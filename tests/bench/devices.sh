@@ -18,7 +18,10 @@ tests/guest/mkinitramfs "$tmp/bench.cpio" tests/bench/guest-devices \
 
 cat >"$tmp/run.sh" <<'SCRIPT'
 set -e
-cd "$(mktemp -d)"
+work=$(mktemp -d)
+cd "$work"
+pids=""
+trap 'for p in $pids; do kill $p 2>/dev/null; done; rm -rf "$work"' EXIT
 truncate -s 512M disk.img
 # The backing file as the VMM sees it: buffered (the lab's disk is tmpfs, which has no
 # O_DIRECT; the VMM itself does buffered pread/pwrite on it).
@@ -31,8 +34,11 @@ now() { cut -d' ' -f1 /proc/uptime; }
 mbps() { awk -v s="$1" -v e="$2" 'BEGIN { if (e > s) printf "%.1f", 64 / (e - s); else print "NA" }'; }
 # 64 MiB echoed through an echo server: through a Unix socket on this host (the
 # reference), then through the guest over vsock.
-echo_through() { { printf "$1"; head -c 67108864 /dev/zero; } | socat -t 60 - "$2" | tail -c +$(( ${#1} + 1 )) | wc -c; }
+# The payload is zero bytes, so the only newline in a vsock reply ends its "OK <port>"
+# line: dropping the first line leaves the echoed payload.
+echo_through() { { printf "$1"; head -c 67108864 /dev/zero; } | socat -t 60 - "$2" | { if [ -n "$1" ]; then tail -n +2; else cat; fi; } | wc -c; }
 socat UNIX-LISTEN:echo.sock,fork EXEC:cat & echo_srv=$!
+pids="$pids $echo_srv"
 sleep 0.3
 s=$(now); n=$(echo_through "" UNIX-CONNECT:echo.sock); e=$(now)
 [ "$n" = 67108864 ] || echo "BENCH warning: only $n bytes came back through the Unix socket"
@@ -41,8 +47,12 @@ kill $echo_srv
 S=$PWD/v.sock
 arca-vmm --kernel "$K" --initrd "$I" --memory 1024 --cmdline quiet --disk disk.img --vsock cid=3,uds=$S > console.log 2>&1 &
 vmm=$!
+pids="$pids $vmm"
+waited=0
 until grep -q 'randread' console.log 2>/dev/null; do
   kill -0 $vmm 2>/dev/null || { echo "the VMM ended early:"; cat console.log; exit 1; }
+  waited=$((waited + 1))
+  [ $waited -lt 1500 ] || { echo "the guest's fio runs did not finish in 300 s:"; cat console.log; exit 1; }
   sleep 0.2
 done
 for i in $(seq 100); do

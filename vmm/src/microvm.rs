@@ -192,11 +192,30 @@ impl Microvm {
         let first_outcome: Arc<Mutex<Option<VmOutcome>>> = Arc::default();
         let first_run: Arc<Mutex<Option<Instant>>> = Arc::default();
 
-        let mut threads: Vec<(Arc<VcpuControl>, JoinHandle<()>)> = Vec::new();
-        for mut vcpu in self.vcpus.drain(..) {
+        // Everything that can fail is set up before the first vCPU runs.
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+        let watcher = Arc::new(Mutex::new(ExitWatcher {
+            reset_evt: self.reset_evt.try_clone().map_err(RunError::EventFd)?,
+            exit_evt: exit_evt.try_clone().map_err(RunError::EventFd)?,
+            reset: false,
+            done: false,
+        }));
+        manager.add_subscriber(watcher.clone());
+        for subscriber in self.subscribers.drain(..) {
+            manager.add_subscriber(subscriber);
+        }
+        let mut thread_evts = Vec::with_capacity(self.vcpus.len());
+        for _ in &self.vcpus {
+            thread_evts.push(exit_evt.try_clone().map_err(RunError::EventFd)?);
+        }
+
+        // From here on the guard stops, kicks and joins every started vCPU thread on
+        // every path out, so guest RAM is never unmapped under a running vCPU.
+        let mut threads = VcpuThreads(Vec::new());
+        for (mut vcpu, exit_evt) in self.vcpus.drain(..).zip(thread_evts) {
             let control = VcpuControl::new();
             let buses = self.buses.clone();
-            let exit_evt = exit_evt.try_clone().map_err(RunError::EventFd)?;
             let outcome = first_outcome.clone();
             let first_run = first_run.clone();
             let thread_control = control.clone();
@@ -221,38 +240,16 @@ impl Microvm {
                     }
                 })
                 .map_err(RunError::Spawn)?;
-            threads.push((control, handle));
+            threads.0.push((control, Some(handle)));
         }
 
         // The event loop: wait for the guest's reset line or a vCPU's exit.
-        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-            EventManager::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
-        let watcher = Arc::new(Mutex::new(ExitWatcher {
-            reset_evt: self.reset_evt.try_clone().map_err(RunError::EventFd)?,
-            exit_evt,
-            reset: false,
-            done: false,
-        }));
-        manager.add_subscriber(watcher.clone());
-        for subscriber in self.subscribers.drain(..) {
-            manager.add_subscriber(subscriber);
-        }
         while !watcher.lock().unwrap_or_else(|p| p.into_inner()).done {
             manager
                 .run()
                 .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
         }
-
-        // Stop every vCPU: flag, then kick out of KVM_RUN, then join.
-        for (control, _) in &threads {
-            control.request_stop();
-        }
-        for (_, handle) in &threads {
-            let _ = handle.kill(kick_signal());
-        }
-        for (_, handle) in threads {
-            let _ = handle.join();
-        }
+        threads.stop_and_join();
         let ended = Instant::now();
 
         let reset = watcher.lock().unwrap_or_else(|p| p.into_inner()).reset;
@@ -283,6 +280,34 @@ impl Microvm {
             ended: since(Some(ended)),
         };
         Ok(RunReport { outcome, timeline })
+    }
+}
+
+/// The running vCPU threads; dropping the set stops and joins them.
+struct VcpuThreads(Vec<(Arc<VcpuControl>, Option<JoinHandle<()>>)>);
+
+impl VcpuThreads {
+    /// Stops every vCPU: flag, then kick out of `KVM_RUN`, then join.
+    fn stop_and_join(&mut self) {
+        for (control, _) in &self.0 {
+            control.request_stop();
+        }
+        for (_, handle) in &self.0 {
+            if let Some(handle) = handle {
+                let _ = handle.kill(kick_signal());
+            }
+        }
+        for (_, handle) in &mut self.0 {
+            if let Some(handle) = handle.take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }
 

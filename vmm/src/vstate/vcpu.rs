@@ -95,7 +95,7 @@ const STATE_PAUSE: u8 = 1;
 const STATE_STOP: u8 = 2;
 
 /// What other threads want a vCPU to do: run, pause, or stop. Requests take effect at
-/// the next exit; [`VcpuControl::kick`] forces one with a signal.
+/// the next exit; sending [`kick_signal`] to the vCPU thread forces one.
 #[derive(Debug, Default)]
 pub struct VcpuControl {
     state: AtomicU8,
@@ -116,13 +116,19 @@ impl VcpuControl {
 
     /// Lets a paused vCPU run again.
     pub fn resume(&self) {
-        self.state.store(STATE_RUN, Ordering::SeqCst);
-        self.wake.notify_all();
+        self.set_and_wake(STATE_RUN);
     }
 
     /// Asks the vCPU to stop for good at its next exit.
     pub fn request_stop(&self) {
-        self.state.store(STATE_STOP, Ordering::SeqCst);
+        self.set_and_wake(STATE_STOP);
+    }
+
+    /// Changes the state under the lock `settle` checks it under, so that a parked
+    /// vCPU cannot miss the wake-up between its check and its wait.
+    fn set_and_wake(&self, state: u8) {
+        let _parked = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        self.state.store(state, Ordering::SeqCst);
         self.wake.notify_all();
     }
 
@@ -172,7 +178,10 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     if !run.is_null() {
         // SAFETY: the pointer was taken from this thread's live VcpuFd mapping right
         // before its run loop and is cleared when the loop ends, so it points to a
-        // mapped `kvm_run`; taking a field's address creates no reference.
+        // mapped `kvm_run`; taking a field's address creates no reference. (While the
+        // run loop hands exit data to a device, kvm-ioctls holds a reference to the
+        // exit's part of the page; `immediate_exit` lies outside it, and this is how
+        // Firecracker and Cloud Hypervisor kick vCPUs too.)
         let field = unsafe { &raw mut (*run).immediate_exit };
         // SAFETY: `field` is a valid, aligned byte of that mapping, which KVM reads at
         // entry; a volatile store from a signal handler on the owning thread is sound.

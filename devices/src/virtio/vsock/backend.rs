@@ -33,6 +33,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
+/// Most control packets (replies, resets, credit updates) waiting for the guest; a guest
+/// that floods us without posting rx buffers loses the excess instead of growing the
+/// VMM's memory.
+pub const MAX_CONTROL: usize = 4096;
 /// Epoll token of the listening socket; connection tokens start above it.
 pub const LISTENER_TOKEN: u32 = 16;
 
@@ -108,6 +112,22 @@ struct Conn {
     /// The guest closed: reset and forget the connection once `to_host` is drained.
     close_when_drained: bool,
     connect_line: Vec<u8>,
+}
+
+/// Connects a non-blocking Unix stream socket to `path`; `None` unless it connected
+/// at once (Unix sockets never complete a connection later).
+fn connect_nonblocking(path: &str) -> Option<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let addr = SocketAddrUnix::new(path).ok()?;
+    rustix::net::connect(&fd, &addr).ok()?;
+    Some(UnixStream::from(fd))
 }
 
 /// A header for `conn`, carrying our credit for it.
@@ -222,6 +242,9 @@ impl Backend {
     }
 
     fn queue_reset(&mut self, local_port: u32, peer_port: u32) {
+        if self.control.len() >= MAX_CONTROL {
+            return;
+        }
         self.control.push_back(Header {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
@@ -235,6 +258,9 @@ impl Backend {
 
     fn queue_control(&mut self, key: (u32, u32), op: u16, flags: u32) {
         let guest_cid = self.guest_cid;
+        if self.control.len() >= MAX_CONTROL {
+            return;
+        }
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.fwd_cnt_reported = conn.fwd_cnt;
             self.control.push_back(Header {
@@ -304,6 +330,8 @@ impl Backend {
                     self.add_conn(stream, State::AwaitingConnectLine, local_port, 0);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // WouldBlock: all accepted. Anything else (EMFILE) would repeat at
+                // once; the client waits in the backlog until a connection closes.
                 Err(_) => break,
             }
         }
@@ -374,7 +402,11 @@ impl Backend {
             let _ = conn.stream.write_all(b"ERROR expected CONNECT <port>\n");
             return self.remove_conn(key);
         };
-        // Re-key under the guest port now that it is known.
+        // Re-key under the guest port now that it is known (a clash with a guest
+        // connection on the same ports refuses this one).
+        if self.conns.contains_key(&(key.0, port)) {
+            return self.remove_conn(key);
+        }
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
@@ -478,15 +510,28 @@ impl Backend {
         }
     }
 
-    /// A guest connection to host port `dst_port`: connect to `<uds_path>_<port>`.
+    /// A packet the guest sent that could not be read whole: its connection, if any,
+    /// is reset, so that neither side waits for bytes that will never come.
+    pub fn reject(&mut self, hdr: &Header) {
+        if hdr.op == op::RST {
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        self.queue_reset(key.0, key.1);
+        self.remove_conn(key);
+    }
+
+    /// A guest connection to host port `dst_port`: connect to `<uds_path>_<port>`,
+    /// without blocking (a listener with a full backlog gets the guest a RST, never
+    /// stalls the event loop).
     fn connect_to_host(&mut self, hdr: &Header) {
         let path = format!("{}_{}", self.uds_path.display(), hdr.dst_port);
         let stream = if self.conns.len() < MAX_CONNECTIONS {
-            UnixStream::connect(&path).ok()
+            connect_nonblocking(&path)
         } else {
             None
         };
-        match stream.filter(|s| s.set_nonblocking(true).is_ok()) {
+        match stream {
             Some(stream) => {
                 let key = (hdr.dst_port, hdr.src_port);
                 self.add_conn(stream, State::Established, key.0, key.1);
@@ -810,6 +855,30 @@ mod tests {
         client.read_to_string(&mut reply).unwrap_or_default();
         assert!(reply.starts_with("ERROR"), "{reply:?}");
         assert_eq!(b.connections(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_stray_packets_queues_at_most_max_control_replies() {
+        let (_dir, mut b) = backend();
+        for port in 0..(MAX_CONTROL as u32 + 500) {
+            b.from_guest(&guest(op::RW, port, 1, 0, 0), &[]);
+        }
+        assert_eq!(std::iter::from_fn(|| b.next_rx(4096)).count(), MAX_CONTROL);
+    }
+
+    #[test]
+    fn a_packet_the_device_could_not_read_whole_resets_its_connection() {
+        let (dir, mut b) = backend();
+        let listener = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        b.from_guest(&guest(op::REQUEST, 9, 7, 1 << 16, 0), &[]);
+        b.next_rx(4096).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        b.reject(&guest(op::RW, 9, 7, 1 << 16, 100_000));
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::RST);
+        assert_eq!(b.connections(), 0);
+        b.take_changes();
+        b.release_closed();
+        assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0, "host side closed");
     }
 
     #[test]

@@ -55,13 +55,17 @@ impl Vsock {
                 if reader.read_exact(&mut raw).is_ok() {
                     let header = Header::from_bytes(&raw);
                     let len = header.len as usize;
-                    // A payload longer than the buffers, or than any sane packet, is
-                    // dropped with the rest of the packet.
-                    if len <= reader.available_bytes() && len <= MAX_PAYLOAD {
+                    // A payload longer than its buffers, or than any packet may be, is
+                    // dropped, and its connection reset: the guest counted those bytes
+                    // as sent, so the connection could never be whole again.
+                    let whole = len <= reader.available_bytes() && len <= MAX_PAYLOAD && {
                         data.resize(len, 0);
-                        if reader.read_exact(&mut data).is_ok() {
-                            self.backend().from_guest(&header, &data);
-                        }
+                        reader.read_exact(&mut data).is_ok()
+                    };
+                    if whole {
+                        self.backend().from_guest(&header, &data);
+                    } else {
+                        self.backend().reject(&header);
                     }
                 }
             }
@@ -88,7 +92,7 @@ impl Vsock {
             };
             let head = chain.head_index();
             let written = match Writer::new(mem, chain) {
-                Ok(mut writer) if writer.available_bytes() > HDR_SIZE => {
+                Ok(mut writer) if writer.available_bytes() >= HDR_SIZE => {
                     match backend.next_rx(writer.available_bytes() - HDR_SIZE) {
                         Some(packet) => {
                             let ok = writer.write_all(&packet.header.to_bytes()).is_ok()
