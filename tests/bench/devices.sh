@@ -21,7 +21,7 @@ set -e
 work=$(mktemp -d)
 cd "$work"
 pids=""
-trap 'for p in $pids; do kill $p 2>/dev/null; done; rm -rf "$work"' EXIT
+trap 'for p in $pids; do kill $p 2>/dev/null || true; done; rm -rf "$work"' EXIT
 truncate -s 512M disk.img
 # The backing file as the VMM sees it: buffered (the lab's disk is tmpfs, which has no
 # O_DIRECT; the VMM itself does buffered pread/pwrite on it).
