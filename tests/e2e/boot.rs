@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use arca_e2e::guest::{bzimage, initramfs, pvh_elf};
+use arca_e2e::guest::{bzimage, initramfs, initramfs_with, pvh_elf};
 use arca_e2e::{TestFile, run_with_kvm, stderr, stdout};
 
 const READY: &str = "ARCA-GUEST-READY";
@@ -243,21 +243,7 @@ fn host_and_guest_talk_over_vsock_in_both_directions() {
         source: "/usr/bin/socat".into(),
         name: "socat".into(),
     };
-    let init = {
-        let out = dir.path().join("init-vsock.cpio");
-        let status =
-            std::process::Command::new(arca_e2e::repo_root().join("tests/guest/mkinitramfs"))
-                .arg(&out)
-                .arg(arca_e2e::repo_root().join("tests/guest/init-vsock"))
-                .arg("/usr/bin/socat:/bin/socat")
-                .status()
-                .unwrap();
-        assert!(status.success());
-        TestFile {
-            source: out,
-            name: "init-vsock.cpio".into(),
-        }
-    };
+    let init = initramfs_with(dir.path(), "init-vsock", &["/usr/bin/socat:/bin/socat"]);
     let out = run(
         &[init, socat],
         r#"

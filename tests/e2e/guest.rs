@@ -8,10 +8,16 @@ use crate::{TestFile, repo_root};
 
 /// Builds an uncompressed initramfs whose `/init` is `tests/guest/<init>`.
 pub fn initramfs(dir: &Path, init: &str) -> TestFile {
+    initramfs_with(dir, init, &[])
+}
+
+/// The same, with extra `HOST_PATH:GUEST_PATH` files (executables bring their libraries).
+pub fn initramfs_with(dir: &Path, init: &str, extra: &[&str]) -> TestFile {
     let out = dir.join(format!("{init}.cpio"));
     let status = Command::new(repo_root().join("tests/guest/mkinitramfs"))
         .arg(&out)
         .arg(repo_root().join("tests/guest").join(init))
+        .args(extra)
         .status()
         .expect("run tests/guest/mkinitramfs");
     assert!(status.success(), "mkinitramfs {init} failed");

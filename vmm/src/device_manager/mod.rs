@@ -17,7 +17,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::arch::x86_64::layout::{VIRTIO_IRQ_RANGE, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START};
+use crate::arch::x86_64::layout::{VIRTIO_IRQ_RANGE, VIRTIO_MMIO_START};
 use crate::vstate::vcpu::IoBuses;
 use crate::vstate::vm::{Vm, VmError};
 
@@ -80,7 +80,7 @@ impl MmioDeviceManager {
         if !VIRTIO_IRQ_RANGE.contains(&irq) {
             return Err(DeviceManagerError::TooManyDevices);
         }
-        let base = VIRTIO_MMIO_START + u64::from(self.count) * VIRTIO_MMIO_SLOT_SIZE;
+        let base = VIRTIO_MMIO_START + u64::from(self.count) * MMIO_SIZE;
 
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
         vm.register_irqfd(&irq_evt, irq)

@@ -513,12 +513,9 @@ impl Backend {
     /// A packet the guest sent that could not be read whole: its connection, if any,
     /// is reset, so that neither side waits for bytes that will never come.
     pub fn reject(&mut self, hdr: &Header) {
-        if hdr.op == op::RST {
-            return;
+        if hdr.op != op::RST {
+            self.abort((hdr.dst_port, hdr.src_port));
         }
-        let key = (hdr.dst_port, hdr.src_port);
-        self.queue_reset(key.0, key.1);
-        self.remove_conn(key);
     }
 
     /// A guest connection to host port `dst_port`: connect to `<uds_path>_<port>`,

@@ -46,8 +46,6 @@ pub const MMIO_GAP_START: u64 = 0xd000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
 /// Where virtio-mmio device slots start (inside the gap).
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;
-/// Size of one virtio-mmio slot.
-pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x1000;
 /// First and last GSI for virtio devices (IRQs 0-4 are legacy).
 pub const VIRTIO_IRQ_RANGE: std::ops::RangeInclusive<u32> = 5..=23;
 /// IOAPIC MMIO base.
