@@ -11,6 +11,7 @@ use std::time::Instant;
 pub struct GuestSignals {
     first_output: OnceLock<Instant>,
     init_reached: OnceLock<Instant>,
+    agent_ready: OnceLock<Instant>,
     panicked: AtomicBool,
 }
 
@@ -38,6 +39,16 @@ impl GuestSignals {
     /// When guest userspace first reported in.
     pub fn init_reached(&self) -> Option<Instant> {
         self.init_reached.get().copied()
+    }
+
+    /// Notes that the guest agent listens (first time only).
+    pub fn note_agent_ready(&self) {
+        let _ = self.agent_ready.set(Instant::now());
+    }
+
+    /// When the guest agent first reported ready.
+    pub fn agent_ready(&self) -> Option<Instant> {
+        self.agent_ready.get().copied()
     }
 
     /// Whether the guest kernel panicked.

@@ -1,6 +1,22 @@
 //! `arca-agent`, PID 1 of an Arca microVM, and the container library it shares with the
 //! host for `--isolation=process`.
+//!
+//! - [`cmdline`]: the agent's settings from the kernel command line.
+//! - [`init`]: PID 1 duties in the guest (mounts, hostname, loopback, power-off).
+//! - [`container`]: containers: cgroup, namespaces, rootfs, processes and their stdio.
+//! - [`server`]: the protocol server on vsock (guest) or a Unix socket (host).
+//! - [`helper`]: the re-executed helper that sets up a container's namespaces and runs
+//!   its processes; the agent starts it as `/proc/self/exe __container-init|__exec`.
+//!
+//! `unsafe` is confined to [`sys`]: fork, the pre-exec hook, vsock sockets and one
+//! interface ioctl.
 
-#![forbid(unsafe_code)]
-
+pub mod cgroup;
 pub mod cmdline;
+pub mod container;
+pub mod helper;
+pub mod init;
+pub mod reaper;
+pub mod server;
+pub mod sys;
+pub mod user;

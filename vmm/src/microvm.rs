@@ -86,6 +86,8 @@ pub struct BootTimeline {
     pub first_output: Option<Duration>,
     /// Guest init's marker on the debug port.
     pub init_reached: Option<Duration>,
+    /// `arca-agent`'s ready marker on the debug port.
+    pub agent_ready: Option<Duration>,
     /// The VM ended.
     pub ended: Option<Duration>,
 }
@@ -97,10 +99,11 @@ impl std::fmt::Display for BootTimeline {
         };
         write!(
             f,
-            "boot-timing (ms since VMM start): first-kvm-run {} first-output {} init {} end {}",
+            "boot-timing (ms since VMM start): first-kvm-run {} first-output {} init {} agent-ready {} end {}",
             ms(self.first_run),
             ms(self.first_output),
             ms(self.init_reached),
+            ms(self.agent_ready),
             ms(self.ended)
         )
     }
@@ -277,6 +280,7 @@ impl Microvm {
             first_run: since(first_run),
             first_output: since(self.signals.first_output()),
             init_reached: since(self.signals.init_reached()),
+            agent_ready: since(self.signals.agent_ready()),
             ended: since(Some(ended)),
         };
         Ok(RunReport { outcome, timeline })

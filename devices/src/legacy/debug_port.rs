@@ -8,9 +8,11 @@ use crate::signals::GuestSignals;
 
 /// The marker guest init writes once it runs.
 pub const BOOT_MARKER_INIT: u8 = 0x01;
+/// The marker `arca-agent` writes once it accepts connections.
+pub const BOOT_MARKER_AGENT_READY: u8 = 0x02;
 
-/// The device: writes of [`BOOT_MARKER_INIT`] are noted; other values are ignored (they
-/// are reserved for later markers). Reads return 0.
+/// The device: writes of [`BOOT_MARKER_INIT`] and [`BOOT_MARKER_AGENT_READY`] are
+/// noted; other values are ignored (reserved for later markers). Reads return 0.
 #[derive(Debug)]
 pub struct DebugPort {
     signals: Arc<GuestSignals>,
@@ -29,8 +31,10 @@ impl BusDevice for DebugPort {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == 0 && data.first() == Some(&BOOT_MARKER_INIT) {
-            self.signals.note_init_reached();
+        match (offset, data.first()) {
+            (0, Some(&BOOT_MARKER_INIT)) => self.signals.note_init_reached(),
+            (0, Some(&BOOT_MARKER_AGENT_READY)) => self.signals.note_agent_ready(),
+            _ => {}
         }
     }
 }
@@ -50,5 +54,8 @@ mod tests {
         let first = signals.init_reached().unwrap();
         port.write(0, &[BOOT_MARKER_INIT]);
         assert_eq!(signals.init_reached(), Some(first));
+        assert!(signals.agent_ready().is_none());
+        port.write(0, &[BOOT_MARKER_AGENT_READY]);
+        assert!(signals.agent_ready().is_some());
     }
 }

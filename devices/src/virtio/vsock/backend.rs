@@ -307,6 +307,10 @@ impl Backend {
             self.changes.push(FdChange::Remove {
                 fd: conn.stream.as_raw_fd(),
             });
+            // The close waits for the event loop to drop the fd from its epoll set; the
+            // host client must hear the end now (a device reset may come with no event
+            // after it).
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
             self.closing.push(conn.stream);
         }
     }
@@ -876,6 +880,23 @@ mod tests {
         b.take_changes();
         b.release_closed();
         assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0, "host side closed");
+    }
+
+    #[test]
+    fn a_device_reset_ends_host_connections_without_waiting_for_the_event_loop() {
+        let (dir, mut b) = backend();
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        b.accept();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        let token = new_token(&mut b);
+        b.host_event(token, true, false);
+        b.reset();
+        // No release_closed(): the client still hears EOF at once.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
     }
 
     #[test]

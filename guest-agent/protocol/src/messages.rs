@@ -1,0 +1,723 @@
+//! Messages: what travels inside frames.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame of every connection, from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's [`crate::PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What this connection is for.
+    pub channel: Channel,
+}
+
+/// The purpose of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Requests and responses.
+    Control,
+    /// One stdio stream of one process; raw bytes follow the hello reply.
+    Stdio {
+        /// Container id.
+        container: String,
+        /// Exec id, or `None` for the container's main process.
+        process: Option<String>,
+        /// Which stream.
+        stream: StdioStream,
+    },
+}
+
+/// A stdio stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioStream {
+    /// Host to process. Half-close the connection to close the process's stdin.
+    Stdin,
+    /// Process to host; the agent half-closes at end of output.
+    Stdout,
+    /// Process to host; the agent half-closes at end of output.
+    Stderr,
+    /// Both ways, for a process started with a terminal.
+    Tty,
+}
+
+/// The agent's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The agent's protocol version.
+    pub version: u32,
+    /// Agent name and build version, for logs.
+    pub agent: String,
+    /// Why the connection is refused; the agent closes it after this reply.
+    pub error: Option<AgentError>,
+}
+
+/// A request on a control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client; repeated in the response.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What the host asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check.
+    Ping,
+    /// Set up a container (namespaces, cgroup, rootfs) without running its process.
+    Create {
+        /// The container.
+        spec: ContainerSpec,
+    },
+    /// Run the main process of a created container.
+    Start {
+        /// Container id.
+        container: String,
+    },
+    /// Run another process in a running container.
+    Exec {
+        /// Container id.
+        container: String,
+        /// Id for the new process, unique within the container.
+        process_id: String,
+        /// The process.
+        process: ProcessSpec,
+    },
+    /// Answer once the process has exited.
+    Wait {
+        /// Container id.
+        container: String,
+        /// Exec id, or `None` for the main process.
+        process: Option<String>,
+    },
+    /// Send a signal to a process.
+    Signal {
+        /// Container id.
+        container: String,
+        /// Exec id, or `None` for the main process.
+        process: Option<String>,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Set the terminal size of a process started with a terminal.
+    ResizeTty {
+        /// Container id.
+        container: String,
+        /// Exec id, or `None` for the main process.
+        process: Option<String>,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Resource usage from the container's cgroup.
+    Stats {
+        /// Container id.
+        container: String,
+    },
+    /// All containers.
+    List,
+    /// Forget a container and free its cgroup; `force` kills it first if it runs.
+    Remove {
+        /// Container id.
+        container: String,
+        /// Kill a running container instead of refusing.
+        force: bool,
+    },
+    /// Kill every container and power the sandbox off (or end a host agent).
+    Shutdown,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// The outcome.
+    pub result: Result<Reply, AgentError>,
+}
+
+/// Successful outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to `Ping`.
+    Pong,
+    /// The container exists; `pid` is its init process as the agent sees it.
+    Created {
+        /// Process id in the agent's pid namespace.
+        pid: u32,
+    },
+    /// The main process runs.
+    Started,
+    /// The exec'd process runs.
+    ExecStarted {
+        /// Process id in the agent's pid namespace.
+        pid: u32,
+    },
+    /// The process has exited.
+    Exited {
+        /// How.
+        status: ExitStatus,
+    },
+    /// The signal was delivered.
+    Signalled,
+    /// The terminal was resized.
+    Resized,
+    /// Cgroup figures.
+    Stats {
+        /// The figures.
+        stats: ContainerStats,
+    },
+    /// Answer to `List`.
+    Containers {
+        /// The containers.
+        containers: Vec<ContainerInfo>,
+    },
+    /// The container is gone.
+    Removed,
+    /// The agent is shutting down.
+    ShuttingDown,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code as a shell reports it: the process's own, or 128 + signal.
+    pub code: i32,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
+    /// The container's cgroup OOM-killed a process during its life.
+    pub oom_killed: bool,
+}
+
+/// Resource usage of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// `memory.current`, bytes.
+    pub memory_bytes: u64,
+    /// `memory.max`, bytes, or `None` for no limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// `usage_usec` from `cpu.stat`.
+    pub cpu_usage_usec: u64,
+    /// `pids.current`.
+    pub pids: u64,
+    /// `oom_kill` from `memory.events`.
+    pub oom_kills: u64,
+}
+
+/// Life stage of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Set up, main process not started.
+    Created,
+    /// Main process running.
+    Running,
+    /// Main process exited.
+    Exited,
+}
+
+/// One line of `List`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Stage.
+    pub state: ContainerState,
+    /// Init pid in the agent's pid namespace.
+    pub pid: u32,
+    /// Set once exited.
+    pub exit: Option<ExitStatus>,
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    /// Machine-readable class.
+    pub code: ErrorCode,
+    /// One sentence for the user.
+    pub message: String,
+}
+
+impl AgentError {
+    /// An error of class `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Classes of errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or invalid.
+    BadRequest,
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// No such container or process.
+    NotFound,
+    /// The container or process id is taken.
+    AlreadyExists,
+    /// The container is in the wrong state for the request.
+    InvalidState,
+    /// The command is not in the container (Docker's exit code 127).
+    CommandNotFound,
+    /// The command cannot be executed (Docker's exit code 126).
+    CommandNotExecutable,
+    /// The sandbox lacks what the request needs (a cgroup controller, a filesystem).
+    Unsupported,
+    /// The agent failed; the message says where.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The exit code `docker run` gives for a container that failed this way.
+    pub fn docker_exit_code(self) -> i32 {
+        match self {
+            ErrorCode::CommandNotFound => 127,
+            ErrorCode::CommandNotExecutable => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Id, unique in the sandbox: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 128 bytes.
+    pub id: String,
+    /// Root filesystem.
+    pub rootfs: Rootfs,
+    /// Main process.
+    pub process: ProcessSpec,
+    /// Hostname; the id when absent.
+    pub hostname: Option<String>,
+    /// Cgroup limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Network namespace.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Run a small init as PID 1 that forwards signals and reaps zombies (Docker's
+    /// `--init`); otherwise the command itself is PID 1.
+    #[serde(default)]
+    pub init: bool,
+}
+
+/// Where the root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// The read-only image: a block device or file with a filesystem, or a directory.
+    pub source: String,
+    /// `ext4`, `erofs`, or `dir` for a directory.
+    pub fstype: String,
+    /// The writable layer over it.
+    #[serde(default)]
+    pub writable: WritableLayer,
+}
+
+/// The writable layer of a root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WritableLayer {
+    /// An overlay upper layer on tmpfs, lost with the container.
+    #[default]
+    Tmpfs,
+    /// An overlay upper layer on a directory the agent can write (kept after removal).
+    Dir {
+        /// The directory; `upper` and `work` are made inside it.
+        path: String,
+    },
+    /// No writable layer: the root filesystem is read-only.
+    ReadOnly,
+}
+
+/// Cgroup v2 limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// `memory.max` (and `memory.swap.max` = 0), bytes.
+    pub memory_bytes: Option<u64>,
+    /// `cpu.max`: CPU time in microseconds per period.
+    pub cpu_quota_us: Option<u64>,
+    /// `cpu.max` period in microseconds (default 100000).
+    pub cpu_period_us: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+}
+
+/// Network namespace of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A new network namespace with loopback only.
+    #[default]
+    Isolated,
+    /// The sandbox's own network namespace.
+    Host,
+}
+
+/// A process to run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in `PATH` unless it contains a `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries. `PATH`, `HOME` and `HOSTNAME` get Docker's defaults when absent.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory (created if missing, as Docker does); `/` when absent.
+    pub cwd: Option<String>,
+    /// `user[:group]`, names or numbers, looked up in the container's /etc/passwd and
+    /// /etc/group; root when absent.
+    pub user: Option<String>,
+    /// Extra supplementary groups (names or numbers).
+    #[serde(default)]
+    pub additional_groups: Vec<String>,
+    /// Give the process a terminal (one `tty` stream) instead of pipes.
+    #[serde(default)]
+    pub terminal: bool,
+    /// Keep stdin open for a `stdin` stream; otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Resource limits.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One rlimit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Name as in `ulimit`/Docker: `nofile`, `nproc`, `core`, `stack`, `memlock`, ...
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Checks an id (container or process): 1-128 bytes of `[A-Za-z0-9_.-]`, starting with
+/// a letter or digit.
+pub fn validate_id(what: &str, id: &str) -> Result<(), AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "Invalid {what} id {id:?}: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+impl ProcessSpec {
+    /// Checks what can be checked without the rootfs.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
+        if self.args.is_empty() || self.args[0].is_empty() {
+            return bad("No command given".into());
+        }
+        if let Some(a) = self.args.iter().find(|a| a.contains('\0')) {
+            return bad(format!("Argument {a:?} contains a NUL byte"));
+        }
+        for e in &self.env {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() && !e.contains('\0') => {}
+                _ => return bad(format!("Environment entry {e:?} is not KEY=value")),
+            }
+        }
+        if let Some(cwd) = &self.cwd
+            && (!cwd.starts_with('/') || cwd.contains('\0'))
+        {
+            return bad(format!("Working directory {cwd:?} is not an absolute path"));
+        }
+        for r in &self.rlimits {
+            if rlimit_resource_known(&r.name).is_none() {
+                return bad(format!("Unknown rlimit {:?}", r.name));
+            }
+            if r.soft > r.hard {
+                return bad(format!(
+                    "Rlimit {}: soft limit {} above hard limit {}",
+                    r.name, r.soft, r.hard
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rlimit names this protocol knows, as `RLIMIT_*` numbers on Linux.
+pub fn rlimit_resource_known(name: &str) -> Option<u32> {
+    Some(match name {
+        "cpu" => 0,
+        "fsize" => 1,
+        "data" => 2,
+        "stack" => 3,
+        "core" => 4,
+        "rss" => 5,
+        "nproc" => 6,
+        "nofile" => 7,
+        "memlock" => 8,
+        "as" => 9,
+        "locks" => 10,
+        "sigpending" => 11,
+        "msgqueue" => 12,
+        "nice" => 13,
+        "rtprio" => 14,
+        "rttime" => 15,
+        _ => return None,
+    })
+}
+
+impl ContainerSpec {
+    /// Checks what can be checked without touching the system.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
+        validate_id("container", &self.id)?;
+        self.process.validate()?;
+        if !matches!(self.rootfs.fstype.as_str(), "ext4" | "erofs" | "dir") {
+            return bad(format!(
+                "Unsupported rootfs type {:?} (use ext4, erofs or dir)",
+                self.rootfs.fstype
+            ));
+        }
+        if !self.rootfs.source.starts_with('/') {
+            return bad(format!(
+                "Rootfs source {:?} is not an absolute path",
+                self.rootfs.source
+            ));
+        }
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+            if !ok {
+                return bad(format!("Invalid hostname {h:?}"));
+            }
+        }
+        let r = &self.resources;
+        if r.memory_bytes.is_some_and(|m| m < 4 << 20) {
+            return bad("Memory limit below the 4 MiB minimum".into());
+        }
+        if r.cpu_period_us
+            .is_some_and(|p| !(1000..=1_000_000).contains(&p))
+        {
+            return bad("CPU period must be between 1000 and 1000000 microseconds".into());
+        }
+        if r.cpu_quota_us.is_some_and(|q| q < 1000) {
+            return bad("CPU quota must be at least 1000 microseconds".into());
+        }
+        if r.pids_max == Some(0) {
+            return bad("Pids limit must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl ExitStatus {
+    /// A normal exit.
+    pub fn exited(code: i32) -> Self {
+        Self {
+            code,
+            signal: None,
+            oom_killed: false,
+        }
+    }
+
+    /// Death by a signal.
+    pub fn signalled(signal: i32) -> Self {
+        Self {
+            code: 128 + signal,
+            signal: Some(signal),
+            oom_killed: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FrameDecoder, encode_frame};
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            id: "web-1".into(),
+            rootfs: Rootfs {
+                source: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs,
+            },
+            process: ProcessSpec {
+                args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: vec!["A=1".into()],
+                ..Default::default()
+            },
+            hostname: None,
+            resources: Resources {
+                memory_bytes: Some(64 << 20),
+                ..Default::default()
+            },
+            network: NetworkMode::Isolated,
+            init: false,
+        }
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_through_a_frame() {
+        let requests = vec![
+            Request::Ping,
+            Request::Create { spec: spec() },
+            Request::Start {
+                container: "c".into(),
+            },
+            Request::Exec {
+                container: "c".into(),
+                process_id: "e1".into(),
+                process: spec().process,
+            },
+            Request::Wait {
+                container: "c".into(),
+                process: Some("e1".into()),
+            },
+            Request::Signal {
+                container: "c".into(),
+                process: None,
+                signal: 15,
+            },
+            Request::ResizeTty {
+                container: "c".into(),
+                process: None,
+                rows: 24,
+                cols: 80,
+            },
+            Request::Stats {
+                container: "c".into(),
+            },
+            Request::List,
+            Request::Remove {
+                container: "c".into(),
+                force: true,
+            },
+            Request::Shutdown,
+        ];
+        let mut d = FrameDecoder::new();
+        for (id, request) in requests.into_iter().enumerate() {
+            let f = RequestFrame {
+                id: id as u64,
+                request,
+            };
+            d.push(&encode_frame(&f).unwrap());
+            assert_eq!(d.next::<RequestFrame>().unwrap(), Some(f));
+        }
+        let responses = vec![
+            Ok(Reply::Exited {
+                status: ExitStatus::signalled(9),
+            }),
+            Err(AgentError::new(
+                ErrorCode::CommandNotFound,
+                "no such command",
+            )),
+            Ok(Reply::Containers {
+                containers: vec![ContainerInfo {
+                    id: "c".into(),
+                    state: ContainerState::Exited,
+                    pid: 7,
+                    exit: Some(ExitStatus::exited(1)),
+                }],
+            }),
+        ];
+        for (id, result) in responses.into_iter().enumerate() {
+            let r = Response {
+                id: id as u64,
+                result,
+            };
+            d.push(&encode_frame(&r).unwrap());
+            assert_eq!(d.next::<Response>().unwrap(), Some(r));
+        }
+        let hello = Hello {
+            version: crate::PROTOCOL_VERSION,
+            channel: Channel::Stdio {
+                container: "c".into(),
+                process: None,
+                stream: StdioStream::Tty,
+            },
+        };
+        d.push(&encode_frame(&hello).unwrap());
+        assert_eq!(d.next::<Hello>().unwrap(), Some(hello));
+    }
+
+    #[test]
+    fn specs_with_bad_fields_are_refused_with_the_field_named() {
+        assert!(spec().validate().is_ok());
+        type Mutation = fn(&mut ContainerSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|s| s.id = "../etc".into(), "container id"),
+            (|s| s.id = String::new(), "container id"),
+            (|s| s.process.args.clear(), "No command"),
+            (|s| s.process.env.push("NOEQUALS".into()), "NOEQUALS"),
+            (
+                |s| s.process.cwd = Some("relative".into()),
+                "Working directory",
+            ),
+            (|s| s.rootfs.fstype = "ntfs".into(), "ntfs"),
+            (|s| s.rootfs.source = "disk.img".into(), "absolute"),
+            (|s| s.hostname = Some("bad host".into()), "hostname"),
+            (|s| s.resources.memory_bytes = Some(1024), "Memory limit"),
+            (|s| s.resources.pids_max = Some(0), "Pids"),
+            (
+                |s| {
+                    s.process.rlimits.push(Rlimit {
+                        name: "nofile".into(),
+                        soft: 10,
+                        hard: 5,
+                    })
+                },
+                "soft limit",
+            ),
+            (
+                |s| {
+                    s.process.rlimits.push(Rlimit {
+                        name: "bogus".into(),
+                        soft: 1,
+                        hard: 1,
+                    })
+                },
+                "bogus",
+            ),
+        ];
+        for (mutate, needle) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn exec_errors_map_to_docker_exit_codes() {
+        assert_eq!(ErrorCode::CommandNotFound.docker_exit_code(), 127);
+        assert_eq!(ErrorCode::CommandNotExecutable.docker_exit_code(), 126);
+        assert_eq!(ErrorCode::NotFound.docker_exit_code(), 125);
+        assert_eq!(ExitStatus::signalled(9).code, 137);
+    }
+}

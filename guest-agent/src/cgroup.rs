@@ -1,0 +1,310 @@
+//! Cgroup v2: one cgroup per container under a parent the agent owns, with memory, cpu
+//! and pids limits, stats and OOM accounting.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use arca_protocol::{ContainerStats, Resources};
+
+/// Errors in cgroup handling.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 filesystem is mounted.
+    #[error("No cgroup v2 filesystem is mounted")]
+    NotMounted,
+    /// A limit needs a controller this cgroup2 mount does not offer.
+    #[error(
+        "The {controller} controller is not available in cgroup v2 at {mount} (enabled: {enabled:?}); cannot set a {what} limit"
+    )]
+    ControllerMissing {
+        /// The controller.
+        controller: &'static str,
+        /// What the user asked for.
+        what: &'static str,
+        /// Where cgroup2 is mounted.
+        mount: PathBuf,
+        /// The controllers it has.
+        enabled: String,
+    },
+    /// A cgroup file operation failed.
+    #[error("Cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where cgroup2 is mounted, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        if fstype == "cgroup2" {
+            Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+        } else {
+            None
+        }
+    })
+}
+
+/// The parent of all container cgroups.
+#[derive(Debug, Clone)]
+pub struct CgroupParent {
+    mount: PathBuf,
+    path: PathBuf,
+    controllers: Vec<String>,
+}
+
+impl CgroupParent {
+    /// Sets up `<cgroup2 mount>/<name>` with every controller of memory, cpu and pids the
+    /// mount offers enabled for its children.
+    pub fn setup(name: &str) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount().ok_or(CgroupError::NotMounted)?;
+        let path = mount.join(name);
+        let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<String> = ["memory", "cpu", "pids"]
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .map(|c| c.to_string())
+            .collect();
+        let enable = wanted
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !enable.is_empty() {
+            let f = mount.join("cgroup.subtree_control");
+            fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;
+        }
+        match fs::create_dir(&path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(io_err("create", &path)(e));
+            }
+            _ => {}
+        }
+        if !enable.is_empty() {
+            let f = path.join("cgroup.subtree_control");
+            fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;
+        }
+        Ok(Self {
+            mount,
+            path,
+            controllers: wanted,
+        })
+    }
+
+    /// The parent directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the parent if no container cgroup is left in it.
+    pub fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(&self.path);
+    }
+
+    fn require(&self, controller: &'static str, what: &'static str) -> Result<(), CgroupError> {
+        if self.controllers.iter().any(|c| c == controller) {
+            Ok(())
+        } else {
+            Err(CgroupError::ControllerMissing {
+                controller,
+                what,
+                mount: self.mount.clone(),
+                enabled: fs::read_to_string(self.mount.join("cgroup.controllers"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            })
+        }
+    }
+
+    /// Creates the cgroup of container `id` with `resources` applied. A leftover cgroup
+    /// of the same name (from a crashed agent) is removed first if empty.
+    pub fn create(&self, id: &str, resources: &Resources) -> Result<Cgroup, CgroupError> {
+        if resources.memory_bytes.is_some() {
+            self.require("memory", "memory")?;
+        }
+        if resources.cpu_quota_us.is_some() {
+            self.require("cpu", "CPU")?;
+        }
+        if resources.pids_max.is_some() {
+            self.require("pids", "pids")?;
+        }
+        let path = self.path.join(id);
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).map_err(io_err("create", &path))?;
+        let cg = Cgroup { path };
+        let applied = cg.apply(resources);
+        if applied.is_err() {
+            let _ = fs::remove_dir(&cg.path);
+        }
+        applied.map(|()| cg)
+    }
+}
+
+/// One container's cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    fn write(&self, file: &str, value: &str) -> Result<(), CgroupError> {
+        let f = self.path.join(file);
+        fs::write(&f, value).map_err(io_err("write", &f))
+    }
+
+    fn read_u64(&self, file: &str) -> Option<u64> {
+        fs::read_to_string(self.path.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn read_key(&self, file: &str, key: &str) -> Option<u64> {
+        let text = fs::read_to_string(self.path.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+    }
+
+    fn apply(&self, r: &Resources) -> Result<(), CgroupError> {
+        if let Some(m) = r.memory_bytes {
+            self.write("memory.max", &m.to_string())?;
+            if self.path.join("memory.swap.max").exists() {
+                self.write("memory.swap.max", "0")?;
+            }
+        }
+        if let Some(q) = r.cpu_quota_us {
+            let period = r.cpu_period_us.unwrap_or(100_000);
+            self.write("cpu.max", &format!("{q} {period}"))?;
+        }
+        if let Some(p) = r.pids_max {
+            self.write("pids.max", &p.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn join(&self, pid: u32) -> Result<(), CgroupError> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    /// OOM kills so far.
+    pub fn oom_kills(&self) -> u64 {
+        self.read_key("memory.events", "oom_kill").unwrap_or(0)
+    }
+
+    /// Current figures; missing controllers read as zero.
+    pub fn stats(&self) -> ContainerStats {
+        ContainerStats {
+            memory_bytes: self.read_u64("memory.current").unwrap_or(0),
+            memory_limit_bytes: self.read_u64("memory.max"),
+            cpu_usage_usec: self.read_key("cpu.stat", "usage_usec").unwrap_or(0),
+            pids: self.read_u64("pids.current").unwrap_or(0),
+            oom_kills: self.oom_kills(),
+        }
+    }
+
+    /// Pids of the processes in the cgroup.
+    pub fn procs(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Removes the (empty) cgroup, retrying briefly while the kernel finishes tearing
+    /// down exited processes.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut last = None;
+        for _ in 0..200 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Err(io_err("remove", &self.path)(
+            last.unwrap_or_else(|| io::Error::other("busy")),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_read_the_cgroup_files_and_tolerate_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup {
+            path: dir.path().to_path_buf(),
+        };
+        fs::write(dir.path().join("memory.current"), "1234\n").unwrap();
+        fs::write(dir.path().join("memory.max"), "max\n").unwrap();
+        fs::write(
+            dir.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("cpu.stat"), "usage_usec 555\nuser_usec 1\n").unwrap();
+        let s = cg.stats();
+        assert_eq!(
+            s,
+            ContainerStats {
+                memory_bytes: 1234,
+                memory_limit_bytes: None,
+                cpu_usage_usec: 555,
+                pids: 0,
+                oom_kills: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn limits_are_written_in_cgroup_v2_syntax() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup {
+            path: dir.path().to_path_buf(),
+        };
+        fs::write(dir.path().join("memory.swap.max"), "max").unwrap();
+        cg.apply(&Resources {
+            memory_bytes: Some(64 << 20),
+            cpu_quota_us: Some(50_000),
+            cpu_period_us: None,
+            pids_max: Some(32),
+        })
+        .unwrap();
+        let read = |f: &str| fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "32");
+    }
+}

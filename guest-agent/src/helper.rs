@@ -1,0 +1,832 @@
+//! The helper: `arca-agent __container-init` and `arca-agent __exec`.
+//!
+//! The agent is multi-threaded, so it cannot safely set up namespaces and fork in its
+//! own process. It spawns a fresh copy of itself instead, with the new namespaces
+//! already unshared (see [`crate::container`]), and talks to it over a `SOCK_SEQPACKET`
+//! socket at fd 3:
+//!
+//! 1. agent -> helper: [`ToHelper::Init`] or [`ToHelper::Exec`];
+//! 2. the helper forks; the child is PID 1 of the new pid namespace (init) or a process
+//!    in the container's namespaces (exec). The helper sends [`FromHelper::Pid`], closes
+//!    its copy of the socket and stays behind only to wait for the child and end the
+//!    same way (exit code, or the same signal), so the agent sees the child's status;
+//! 3. init: the child mounts the rootfs and pivots into it, sends
+//!    [`FromHelper::Ready`] and waits for [`ToHelper::Start`];
+//! 4. the child drops privileges and execs the command. The socket is close-on-exec:
+//!    the agent reading end-of-file means the exec succeeded; a [`FromHelper::Failed`]
+//!    carries the error (Docker's 126/127 cases included).
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arca_protocol::{
+    AgentError, ContainerSpec, ErrorCode, NetworkMode, ProcessSpec, WritableLayer,
+    rlimit_resource_known,
+};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{self, Forked};
+use crate::user;
+
+/// Largest helper message.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// Agent to helper.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToHelper {
+    /// Set up a container under `base` (an empty directory the agent made).
+    Init {
+        /// The container.
+        spec: ContainerSpec,
+        /// Private working directory for the rootfs mounts.
+        base: String,
+    },
+    /// Run a process in the namespaces of `target_pid`.
+    Exec {
+        /// The container's init, in the agent's pid namespace.
+        target_pid: u32,
+        /// The process.
+        process: ProcessSpec,
+        /// The container's hostname, for `HOSTNAME`.
+        hostname: String,
+    },
+    /// Exec the container's main process.
+    Start,
+}
+
+/// Helper to agent.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromHelper {
+    /// The forked child, in the agent's pid namespace.
+    Pid {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The process's terminal: the pty master travels with this message (SCM_RIGHTS).
+    /// The pty lives in the container's own devpts, so `tty` inside names it.
+    Terminal,
+    /// The container's rootfs and namespaces are ready.
+    Ready,
+    /// Setup or exec failed; the child exits.
+    Failed {
+        /// Why.
+        error: AgentError,
+    },
+}
+
+/// Sends one message on a seqpacket socket.
+pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "helper message too large",
+        ));
+    }
+    rustix::net::send(fd, &bytes, rustix::net::SendFlags::NOSIGNAL)?;
+    Ok(())
+}
+
+/// Sends one message with a file descriptor attached.
+fn send_with_fd<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the descriptor"));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(&bytes)],
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// Receives one message and any descriptor sent with it; `None` at end of file (the
+/// peer closed or exec'd).
+pub fn recv_with_fd<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let n = loop {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => break r.bytes,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut fd = None;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            for f in fds {
+                fd.get_or_insert(f);
+            }
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
+    Ok(Some((msg, fd)))
+}
+
+/// Receives one message (dropping any descriptor); `None` at end of file.
+pub fn recv<T: for<'de> Deserialize<'de>>(fd: BorrowedFd<'_>) -> io::Result<Option<T>> {
+    Ok(recv_with_fd(fd)?.map(|(m, _)| m))
+}
+
+/// Opens a pty in the (container's) /dev/ptmx, makes its slave our stdin, stdout and
+/// stderr, and sends the master to the agent.
+fn open_terminal(sync: &OwnedFd) -> Result<(), AgentError> {
+    use rustix::fs::{Mode, OFlags};
+    let master = rustix::fs::open(
+        "/dev/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| internal("Cannot open /dev/ptmx", e))?;
+    rustix::pty::grantpt(&master).map_err(|e| internal("grantpt", e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| internal("unlockpt", e))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| internal("ptsname", e))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| internal("Cannot open the terminal", e))?;
+    let ws = rustix::termios::Winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let _ = rustix::termios::tcsetwinsize(&master, ws);
+    rustix::stdio::dup2_stdin(&slave)
+        .and_then(|()| rustix::stdio::dup2_stdout(&slave))
+        .and_then(|()| rustix::stdio::dup2_stderr(&slave))
+        .map_err(|e| internal("Cannot attach the terminal", e))?;
+    send_with_fd(sync.as_fd(), &FromHelper::Terminal, master.as_fd())
+        .map_err(|e| internal("Cannot pass the terminal to the agent", e))
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+/// Entry point of the helper process. Never returns.
+pub fn main(mode: &str) -> ! {
+    let code = match run(mode) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("arca-agent helper: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+enum Never {}
+
+fn run(mode: &str) -> io::Result<Never> {
+    let sync = sys::take_inherited_sync_fd()?;
+    let msg: ToHelper =
+        recv(sync.as_fd())?.ok_or_else(|| io::Error::other("agent closed the helper socket"))?;
+    match (mode, msg) {
+        ("__container-init", ToHelper::Init { spec, base }) => run_init(sync, spec, base),
+        (
+            "__exec",
+            ToHelper::Exec {
+                target_pid,
+                process,
+                hostname,
+            },
+        ) => run_exec(sync, target_pid, process, hostname),
+        _ => Err(io::Error::other(
+            "unexpected first message for this helper mode",
+        )),
+    }
+}
+
+fn run_init(sync: OwnedFd, spec: ContainerSpec, base: String) -> io::Result<Never> {
+    let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
+    match sys::fork()? {
+        Forked::Parent(pid) => {
+            send(sync.as_fd(), &FromHelper::Pid { pid: pid as u32 })?;
+            drop(sync);
+            mirror_child(pid)
+        }
+        Forked::Child => {
+            let mut sync = Some(sync);
+            let error = match init_child(&mut sync, &spec, &base, &hostname) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let code = error.code.docker_exit_code();
+            if let Some(sync) = &sync {
+                let _ = send(sync.as_fd(), &FromHelper::Failed { error });
+            }
+            std::process::exit(code);
+        }
+    }
+}
+
+fn error_exit_code() -> i32 {
+    125
+}
+
+fn init_child(
+    sync_slot: &mut Option<OwnedFd>,
+    spec: &ContainerSpec,
+    base: &str,
+    hostname: &str,
+) -> Result<Never, AgentError> {
+    let sync = sync_slot
+        .as_ref()
+        .ok_or_else(|| internal("helper", "no agent socket"))?;
+    die_with_parent()?;
+    setup_rootfs(spec, Path::new(base), hostname)?;
+    if spec.process.terminal {
+        open_terminal(sync)?;
+    }
+    rustix::system::sethostname(hostname.as_bytes())
+        .map_err(|e| internal("Cannot set the hostname", e))?;
+    if spec.network == NetworkMode::Isolated {
+        sys::set_link_up("lo").map_err(|e| internal("Cannot bring up loopback", e))?;
+    }
+    send(sync.as_fd(), &FromHelper::Ready)
+        .map_err(|e| internal("Cannot report to the agent", e))?;
+    match recv::<ToHelper>(sync.as_fd()) {
+        Ok(Some(ToHelper::Start)) => {}
+        // The agent gave up on the container.
+        _ => std::process::exit(1),
+    }
+    exec_process(&spec.process, hostname, spec.init, sync_slot)
+}
+
+fn run_exec(
+    sync: OwnedFd,
+    target: u32,
+    process: ProcessSpec,
+    hostname: String,
+) -> io::Result<Never> {
+    // Open every namespace before entering any: /proc changes with the mount namespace.
+    let kinds = [
+        ("cgroup", rustix::thread::LinkNameSpaceType::ControlGroup),
+        (
+            "ipc",
+            rustix::thread::LinkNameSpaceType::InterProcessCommunication,
+        ),
+        (
+            "uts",
+            rustix::thread::LinkNameSpaceType::HostNameAndNISDomainName,
+        ),
+        ("net", rustix::thread::LinkNameSpaceType::Network),
+        ("pid", rustix::thread::LinkNameSpaceType::ProcessID),
+        ("mnt", rustix::thread::LinkNameSpaceType::Mount),
+    ];
+    let mut fds = Vec::new();
+    for (name, kind) in kinds {
+        let path = format!("/proc/{target}/ns/{name}");
+        match fs::File::open(&path) {
+            Ok(f) => fds.push((f, kind)),
+            Err(e) => {
+                let error = AgentError::new(
+                    ErrorCode::InvalidState,
+                    format!("Container is not running ({path}: {e})"),
+                );
+                send(sync.as_fd(), &FromHelper::Failed { error })?;
+                std::process::exit(error_exit_code());
+            }
+        }
+    }
+    for (f, kind) in &fds {
+        if let Err(e) = rustix::thread::move_into_link_name_space(f.as_fd(), Some(*kind)) {
+            let error = internal(
+                &format!("Cannot enter the container's {kind:?} namespace"),
+                e,
+            );
+            send(sync.as_fd(), &FromHelper::Failed { error })?;
+            std::process::exit(error_exit_code());
+        }
+    }
+    drop(fds);
+    match sys::fork()? {
+        Forked::Parent(pid) => {
+            send(sync.as_fd(), &FromHelper::Pid { pid: pid as u32 })?;
+            drop(sync);
+            mirror_child(pid)
+        }
+        Forked::Child => {
+            let mut slot = Some(sync);
+            let result = die_with_parent()
+                .and_then(|()| match &slot {
+                    Some(sync) if process.terminal => open_terminal(sync),
+                    _ => Ok(()),
+                })
+                .and_then(|()| exec_process(&process, &hostname, false, &mut slot));
+            let error = match result {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let Some(sync) = slot else {
+                std::process::exit(125)
+            };
+            let code = error.code.docker_exit_code();
+            let _ = send(sync.as_fd(), &FromHelper::Failed { error });
+            std::process::exit(code);
+        }
+    }
+}
+
+fn die_with_parent() -> Result<(), AgentError> {
+    // The child is in another pid namespace than its parent (getppid() reads 0), so a
+    // parent that died before this call cannot be detected here; the agent kills the
+    // helper's whole cgroup and pid namespace on removal anyway.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| internal("Cannot set the parent-death signal", e))
+}
+
+/// Waits for `pid` and ends this process the same way.
+fn mirror_child(pid: i32) -> io::Result<Never> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::other("bad pid"))?;
+    let status = loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => break status,
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(code) = status.exit_status() {
+        std::process::exit(code);
+    }
+    let sig = status.terminating_signal().unwrap_or(libc::SIGKILL);
+    // No core file of the helper for a child's crash.
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
+    sys::default_signal_action(sig);
+    let _ = sys::unblock_all_signals();
+    if let Some(s) = rustix::process::Signal::from_named_raw(sig) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), s);
+    }
+    std::process::exit(128 + sig)
+}
+
+fn mount_err(what: &str, target: &Path, e: impl std::fmt::Display) -> AgentError {
+    internal(&format!("Cannot mount {what} on {}", target.display()), e)
+}
+
+/// Mounts the container's root filesystem under `base` and pivots into it.
+fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(), AgentError> {
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| internal("Cannot make mounts private", e))?;
+    rustix::mount::mount(
+        "tmpfs",
+        base,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        c"mode=700",
+    )
+    .map_err(|e| mount_err("tmpfs", base, e))?;
+    let lower = base.join("lower");
+    let root = base.join("rootfs");
+    for d in [&lower, &root] {
+        fs::create_dir(d).map_err(|e| internal(&format!("Cannot create {}", d.display()), e))?;
+    }
+    let source = Path::new(&spec.rootfs.source);
+    if !source.exists() {
+        return Err(AgentError::new(
+            ErrorCode::BadRequest,
+            format!("Rootfs image {} does not exist", source.display()),
+        ));
+    }
+    if spec.rootfs.fstype == "dir" {
+        rustix::mount::mount_bind_recursive(source, &lower)
+            .map_err(|e| mount_err("the rootfs directory", &lower, e))?;
+        rustix::mount::mount_remount(&lower, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| mount_err("the rootfs read-only", &lower, e))?;
+    } else {
+        rustix::mount::mount(
+            source,
+            &lower,
+            spec.rootfs.fstype.as_str(),
+            MountFlags::RDONLY,
+            None,
+        )
+        .map_err(|e| {
+            AgentError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "Cannot mount rootfs image {} as {}: {e}",
+                    source.display(),
+                    spec.rootfs.fstype
+                ),
+            )
+        })?;
+    }
+    let writable = match &spec.rootfs.writable {
+        WritableLayer::ReadOnly => {
+            rustix::mount::mount_bind_recursive(&lower, &root)
+                .map_err(|e| mount_err("the rootfs", &root, e))?;
+            false
+        }
+        layer => {
+            let dir = match layer {
+                WritableLayer::Dir { path } => PathBuf::from(path),
+                _ => base.to_path_buf(),
+            };
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            for d in [&upper, &work] {
+                fs::create_dir_all(d)
+                    .map_err(|e| internal(&format!("Cannot create {}", d.display()), e))?;
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            let opts = sys::cstring(&opts).map_err(|e| internal("Bad overlay options", e))?;
+            rustix::mount::mount(
+                "overlay",
+                &root,
+                "overlay",
+                MountFlags::empty(),
+                Some(opts.as_c_str()),
+            )
+            .map_err(|e| mount_err("overlayfs", &root, e))?;
+            true
+        }
+    };
+    mount_inside(&root)?;
+    if writable {
+        write_etc(&root, hostname);
+    }
+    pivot(&root)
+}
+
+fn ensure_dir(path: &Path) -> Result<(), AgentError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(path).map_err(|e| {
+        AgentError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "The image lacks {} and its rootfs is read-only ({e})",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn mount_inside(root: &Path) -> Result<(), AgentError> {
+    use MountFlags as F;
+    let proc_ = root.join("proc");
+    ensure_dir(&proc_)?;
+    rustix::mount::mount(
+        "proc",
+        &proc_,
+        "proc",
+        F::NOSUID | F::NODEV | F::NOEXEC,
+        None,
+    )
+    .map_err(|e| mount_err("proc", &proc_, e))?;
+
+    let dev = root.join("dev");
+    ensure_dir(&dev)?;
+    rustix::mount::mount(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        F::NOSUID | F::STRICTATIME,
+        c"mode=755,size=65536k",
+    )
+    .map_err(|e| mount_err("tmpfs", &dev, e))?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(node);
+        let host = Path::new("/dev").join(node);
+        fs::File::create(&target)
+            .map_err(|e| internal(&format!("Cannot create {}", target.display()), e))?;
+        rustix::mount::mount_bind(&host, &target).map_err(|e| mount_err(node, &target, e))?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(|e| internal("Cannot create /dev/pts", e))?;
+    rustix::mount::mount(
+        "devpts",
+        &pts,
+        "devpts",
+        F::NOSUID | F::NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620",
+    )
+    .map_err(|e| mount_err("devpts", &pts, e))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| internal("Cannot create /dev/shm", e))?;
+    rustix::mount::mount(
+        "shm",
+        &shm,
+        "tmpfs",
+        F::NOSUID | F::NODEV | F::NOEXEC,
+        c"mode=1777,size=65536k",
+    )
+    .map_err(|e| mount_err("tmpfs", &shm, e))?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .map_err(|e| internal("Cannot create /dev links", e))?;
+    }
+
+    let sys_ = root.join("sys");
+    ensure_dir(&sys_)?;
+    rustix::mount::mount(
+        "sysfs",
+        &sys_,
+        "sysfs",
+        F::NOSUID | F::NODEV | F::NOEXEC | F::RDONLY,
+        None,
+    )
+    .map_err(|e| mount_err("sysfs", &sys_, e))?;
+    // The agent put this process in the container's cgroup: a cgroup namespace makes that
+    // the root of the container's view.
+    sys::unshare(libc::CLONE_NEWCGROUP)
+        .map_err(|e| internal("Cannot create a cgroup namespace", e))?;
+    let cg = sys_.join("fs/cgroup");
+    if cg.is_dir() {
+        rustix::mount::mount(
+            "cgroup2",
+            &cg,
+            "cgroup2",
+            F::NOSUID | F::NODEV | F::NOEXEC | F::RDONLY,
+            None,
+        )
+        .map_err(|e| mount_err("cgroup2", &cg, e))?;
+    }
+
+    // Docker's masked and read-only /proc paths.
+    for p in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+    ] {
+        let target = proc_.join(p);
+        if target.exists() {
+            rustix::mount::mount_bind("/dev/null", &target)
+                .map_err(|e| mount_err("/dev/null", &target, e))?;
+        }
+    }
+    for p in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let target = proc_.join(p);
+        if target.exists() {
+            rustix::mount::mount_bind(&target, &target)
+                .map_err(|e| mount_err("itself", &target, e))?;
+            rustix::mount::mount_remount(&target, F::BIND | F::RDONLY, "")
+                .map_err(|e| mount_err("read-only", &target, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_etc(root: &Path, hostname: &str) {
+    let etc = root.join("etc");
+    if fs::create_dir_all(&etc).is_err() {
+        return;
+    }
+    let _ = fs::write(etc.join("hostname"), format!("{hostname}\n"));
+    let _ = fs::write(
+        etc.join("hosts"),
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        ),
+    );
+}
+
+fn pivot(root: &Path) -> Result<(), AgentError> {
+    rustix::process::chdir(root).map_err(|e| internal("Cannot enter the rootfs", e))?;
+    rustix::process::pivot_root(".", ".").map_err(|e| {
+        if e == rustix::io::Errno::INVAL {
+            internal("pivot_root failed (is the agent's root an initramfs? run it from a real root filesystem)", e)
+        } else {
+            internal("pivot_root failed", e)
+        }
+    })?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(|e| internal("Cannot detach the old root", e))?;
+    rustix::process::chdir("/").map_err(|e| internal("Cannot enter the new root", e))?;
+    Ok(())
+}
+
+fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    rlimit_resource_known(name)?;
+    Some(match name {
+        "cpu" => R::Cpu,
+        "fsize" => R::Fsize,
+        "data" => R::Data,
+        "stack" => R::Stack,
+        "core" => R::Core,
+        "rss" => R::Rss,
+        "nproc" => R::Nproc,
+        "nofile" => R::Nofile,
+        "memlock" => R::Memlock,
+        "as" => R::As,
+        "locks" => R::Locks,
+        "sigpending" => R::Sigpending,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        _ => return None,
+    })
+}
+
+/// Applies the process's user, directory, limits and terminal, then execs it. In `init`
+/// mode this process stays as a signal-forwarding, zombie-reaping PID 1 and a child
+/// execs the command.
+fn exec_process(
+    process: &ProcessSpec,
+    hostname: &str,
+    init: bool,
+    sync: &mut Option<OwnedFd>,
+) -> Result<Never, AgentError> {
+    let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let creds = user::resolve(
+        process.user.as_deref(),
+        &process.additional_groups,
+        &passwd,
+        &group,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let env = user::process_env(&process.env, hostname, &creds.home, process.terminal);
+    if let Some(cwd) = &process.cwd {
+        if !Path::new(cwd).is_dir() {
+            fs::create_dir_all(cwd)
+                .map_err(|e| bad(format!("Cannot create working directory {cwd}: {e}")))?;
+            let _ = rustix::fs::chown(
+                cwd.as_str(),
+                Some(rustix::fs::Uid::from_raw(creds.uid)),
+                Some(rustix::fs::Gid::from_raw(creds.gid)),
+            );
+        }
+        rustix::process::chdir(cwd.as_str())
+            .map_err(|e| bad(format!("Cannot change to working directory {cwd}: {e}")))?;
+    }
+    for r in &process.rlimits {
+        let res =
+            rlimit_resource(&r.name).ok_or_else(|| bad(format!("Unknown rlimit {}", r.name)))?;
+        rustix::process::setrlimit(
+            res,
+            rustix::process::Rlimit {
+                current: Some(r.soft),
+                maximum: Some(r.hard),
+            },
+        )
+        .map_err(|e| bad(format!("Cannot set rlimit {}: {e}", r.name)))?;
+    }
+    if process.terminal {
+        rustix::process::setsid().map_err(|e| internal("setsid failed", e))?;
+        rustix::process::ioctl_tiocsctty(std::io::stdin())
+            .map_err(|e| internal("Cannot take the terminal", e))?;
+    }
+    if init {
+        let mut watched: Vec<i32> = sys::FORWARDED_SIGNALS.to_vec();
+        watched.push(libc::SIGCHLD);
+        sys::block_signals(&watched).map_err(|e| internal("Cannot block signals", e))?;
+        match sys::fork().map_err(|e| internal("fork failed", e))? {
+            Forked::Parent(child) => {
+                // Only the command's process reports to the agent; its exec closes the
+                // socket, which tells the agent it runs.
+                drop(sync.take());
+                mini_init(child, &watched)
+            }
+            Forked::Child => {}
+        }
+    }
+    let groups: Vec<rustix::fs::Gid> = creds
+        .groups
+        .iter()
+        .map(|g| rustix::fs::Gid::from_raw(*g))
+        .collect();
+    rustix::thread::set_thread_groups(&groups).map_err(|e| internal("setgroups failed", e))?;
+    let gid = rustix::fs::Gid::from_raw(creds.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| internal("setgid failed", e))?;
+    let uid = rustix::fs::Uid::from_raw(creds.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| internal("setuid failed", e))?;
+    sys::unblock_all_signals().map_err(|e| internal("Cannot unblock signals", e))?;
+    Err(exec_command(&process.args, &env))
+}
+
+/// `execvp` with Docker's error wording: 127 for a missing command, 126 for one that
+/// cannot run.
+fn exec_command(args: &[String], env: &[String]) -> AgentError {
+    let prog = &args[0];
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let candidates: Vec<PathBuf> = if prog.contains('/') {
+        vec![PathBuf::from(prog)]
+    } else {
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(prog))
+            .collect()
+    };
+    let mut denied = None;
+    for c in &candidates {
+        let err = Command::new(c)
+            .arg0(prog)
+            .args(&args[1..])
+            .env_clear()
+            .envs(env.iter().filter_map(|e| e.split_once('=')))
+            .exec();
+        match err.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => {}
+            Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR) => {
+                denied.get_or_insert((c.clone(), err));
+            }
+            _ => return internal(&format!("exec {}", c.display()), err),
+        }
+    }
+    match denied {
+        Some((c, e)) => AgentError::new(
+            ErrorCode::CommandNotExecutable,
+            format!("exec: {:?}: {}", c.display().to_string(), io_reason(&e)),
+        ),
+        None if prog.contains('/') => AgentError::new(
+            ErrorCode::CommandNotFound,
+            format!("exec: {prog:?}: no such file or directory"),
+        ),
+        None => AgentError::new(
+            ErrorCode::CommandNotFound,
+            format!("exec: {prog:?}: executable file not found in $PATH"),
+        ),
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => "permission denied".into(),
+        Some(libc::ENOEXEC) => "exec format error".into(),
+        Some(libc::EISDIR) => "is a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// PID 1 of a container run with `init`: forwards signals to `child`, reaps every
+/// zombie, and exits as `child` did.
+fn mini_init(child: i32, watched: &[i32]) -> ! {
+    loop {
+        let sig = match sys::wait_signal(watched) {
+            Ok(s) => s,
+            Err(_) => std::process::exit(125),
+        };
+        if sig == libc::SIGCHLD {
+            while let Ok(Some((pid, status))) =
+                rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
+            {
+                if pid.as_raw_nonzero().get() == child {
+                    let code = status
+                        .exit_status()
+                        .unwrap_or_else(|| 128 + status.terminating_signal().unwrap_or(0));
+                    std::process::exit(code);
+                }
+            }
+        } else if let (Some(pid), Some(s)) = (
+            rustix::process::Pid::from_raw(child),
+            rustix::process::Signal::from_named_raw(sig),
+        ) {
+            let _ = rustix::process::kill_process(pid, s);
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The protocol server: accepts connections on vsock (guest) or a Unix socket (host),
+//! answers control requests and pumps stdio streams.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::sync::{Arc, Condvar, Mutex};
+
+use arca_protocol::{
+    AgentError, Channel, ErrorCode, FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION, Reply,
+    Request, RequestFrame, Response, StdioStream, encode_frame,
+};
+
+use crate::container::Runtime;
+
+/// A connected stream socket (vsock or Unix).
+#[derive(Debug)]
+pub struct Conn(OwnedFd);
+
+impl Conn {
+    /// Wraps a connected socket.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self(self.0.try_clone()?))
+    }
+
+    fn shutdown_write(&self) {
+        let _ = rustix::net::shutdown(&self.0, rustix::net::Shutdown::Write);
+    }
+}
+
+impl Read for &Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::io::read(&self.0, &mut *buf) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return r.map_err(Into::into),
+            }
+        }
+    }
+}
+
+impl Write for &Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::send(&self.0, buf, rustix::net::SendFlags::NOSIGNAL) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return r.map_err(Into::into),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where connections come from.
+#[derive(Debug)]
+pub enum Listener {
+    /// `AF_VSOCK` listener (in the guest).
+    Vsock(OwnedFd),
+    /// Unix socket listener (on the host).
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<Conn> {
+        let fd = match self {
+            Listener::Vsock(fd) => rustix::net::accept_with(fd, rustix::net::SocketFlags::CLOEXEC)?,
+            Listener::Unix(l) => OwnedFd::from(l.accept()?.0),
+        };
+        Ok(Conn(fd))
+    }
+}
+
+/// What ended the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A `Shutdown` request.
+    Requested,
+    /// The last container was removed and the sandbox powers off when idle.
+    Idle,
+}
+
+/// The server state shared by connection threads.
+#[derive(Debug)]
+pub struct Server {
+    runtime: Arc<Runtime>,
+    poweroff_when_idle: bool,
+    stop: (Mutex<Option<Stop>>, Condvar),
+}
+
+impl Server {
+    /// A server over `runtime`.
+    pub fn new(runtime: Arc<Runtime>, poweroff_when_idle: bool) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            poweroff_when_idle,
+            stop: (Mutex::new(None), Condvar::new()),
+        })
+    }
+
+    /// Accepts connections on a background thread and returns when the server should
+    /// stop (containers are already removed then).
+    pub fn run(self: &Arc<Self>, listener: Listener) -> Stop {
+        let me = Arc::clone(self);
+        let accepted = std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                loop {
+                    match listener.accept() {
+                        Ok(conn) => {
+                            let me = Arc::clone(&me);
+                            let _ = std::thread::Builder::new()
+                                .name("conn".into())
+                                .spawn(move || me.serve(conn));
+                        }
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::EMFILE)
+                                || e.raw_os_error() == Some(libc::ENFILE) =>
+                        {
+                            eprintln!("arca-agent: accept: {e}");
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        Err(e) => eprintln!("arca-agent: accept: {e}"),
+                    }
+                }
+            });
+        if let Err(e) = accepted {
+            eprintln!("arca-agent: cannot start the accept thread: {e}");
+            return Stop::Requested;
+        }
+        let (lock, cond) = &self.stop;
+        let mut stop = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(s) = *stop {
+                return s;
+            }
+            stop = cond.wait(stop).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn request_stop(&self, why: Stop) {
+        let (lock, cond) = &self.stop;
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        cond.notify_all();
+    }
+
+    fn serve(self: Arc<Self>, conn: Conn) {
+        let mut decoder = FrameDecoder::new();
+        let hello = match read_frame::<Hello>(&conn, &mut decoder) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("arca-agent: bad hello: {e}");
+                return;
+            }
+        };
+        let mut reply = HelloReply {
+            version: PROTOCOL_VERSION,
+            agent: format!("arca-agent {}", env!("CARGO_PKG_VERSION")),
+            error: None,
+        };
+        if hello.version != PROTOCOL_VERSION {
+            reply.error = Some(AgentError::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "Agent speaks protocol version {PROTOCOL_VERSION}, the host {}",
+                    hello.version
+                ),
+            ));
+        }
+        let stdio = match (&reply.error, hello.channel) {
+            (Some(_), _) | (None, Channel::Control) => None,
+            (
+                None,
+                Channel::Stdio {
+                    container,
+                    process,
+                    stream,
+                },
+            ) => match self.runtime.attach(&container, process.as_deref(), stream) {
+                Ok(fd) => Some((fd, stream)),
+                Err(e) => {
+                    reply.error = Some(e);
+                    None
+                }
+            },
+        };
+        if write_frame(&conn, &reply).is_err() || reply.error.is_some() {
+            return;
+        }
+        match stdio {
+            None => self.control(conn, decoder),
+            Some((fd, stream)) => pump(conn, fd, stream, decoder.take_remainder()),
+        }
+    }
+
+    fn control(self: Arc<Self>, conn: Conn, mut decoder: FrameDecoder) {
+        let writer = match conn.try_clone() {
+            Ok(w) => Arc::new(Mutex::new(w)),
+            Err(_) => return,
+        };
+        loop {
+            let frame = match read_frame::<RequestFrame>(&conn, &mut decoder) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    let error = AgentError::new(ErrorCode::BadRequest, format!("Bad frame: {e}"));
+                    let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = write_frame(
+                        &w,
+                        &Response {
+                            id: 0,
+                            result: Err(error),
+                        },
+                    );
+                    return;
+                }
+            };
+            let me = Arc::clone(&self);
+            let writer = Arc::clone(&writer);
+            let _ = std::thread::Builder::new()
+                .name("request".into())
+                .spawn(move || {
+                    let shutdown = matches!(frame.request, Request::Shutdown);
+                    let removal = matches!(frame.request, Request::Remove { .. });
+                    let result = me.handle(frame.request);
+                    let ok = result.is_ok();
+                    {
+                        let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = write_frame(
+                            &w,
+                            &Response {
+                                id: frame.id,
+                                result,
+                            },
+                        );
+                    }
+                    if shutdown {
+                        me.runtime.remove_all();
+                        me.request_stop(Stop::Requested);
+                    } else if removal && ok && me.poweroff_when_idle && me.runtime.is_empty() {
+                        me.request_stop(Stop::Idle);
+                    }
+                });
+        }
+    }
+
+    fn handle(&self, request: Request) -> Result<Reply, AgentError> {
+        let rt = &self.runtime;
+        match request {
+            Request::Ping => Ok(Reply::Pong),
+            Request::Create { spec } => rt.create(spec).map(|pid| Reply::Created { pid }),
+            Request::Start { container } => rt.start(&container).map(|()| Reply::Started),
+            Request::Exec {
+                container,
+                process_id,
+                process,
+            } => rt
+                .exec(&container, &process_id, process)
+                .map(|pid| Reply::ExecStarted { pid }),
+            Request::Wait { container, process } => rt
+                .wait(&container, process.as_deref())
+                .map(|status| Reply::Exited { status }),
+            Request::Signal {
+                container,
+                process,
+                signal,
+            } => rt
+                .signal(&container, process.as_deref(), signal)
+                .map(|()| Reply::Signalled),
+            Request::ResizeTty {
+                container,
+                process,
+                rows,
+                cols,
+            } => rt
+                .resize(&container, process.as_deref(), rows, cols)
+                .map(|()| Reply::Resized),
+            Request::Stats { container } => {
+                rt.stats(&container).map(|stats| Reply::Stats { stats })
+            }
+            Request::List => Ok(Reply::Containers {
+                containers: rt.list(),
+            }),
+            Request::Remove { container, force } => {
+                rt.remove(&container, force).map(|()| Reply::Removed)
+            }
+            Request::Shutdown => Ok(Reply::ShuttingDown),
+        }
+    }
+}
+
+fn read_frame<T: for<'de> serde::Deserialize<'de>>(
+    conn: &Conn,
+    decoder: &mut FrameDecoder,
+) -> io::Result<Option<T>> {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(m) = decoder.next::<T>().map_err(io::Error::other)? {
+            return Ok(Some(m));
+        }
+        let n = (&*conn).read(&mut buf)?;
+        if n == 0 {
+            decoder.finish().map_err(io::Error::other)?;
+            return Ok(None);
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+fn write_frame<T: serde::Serialize>(conn: &Conn, msg: &T) -> io::Result<()> {
+    let bytes = encode_frame(msg).map_err(io::Error::other)?;
+    (&*conn).write_all(&bytes)
+}
+
+fn copy_fd_to_conn(fd: &OwnedFd, conn: &Conn) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rustix::io::read(fd, &mut buf[..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                if (&*conn).write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            // EIO: the terminal's last holder closed it.
+            Err(_) => break,
+        }
+    }
+    conn.shutdown_write();
+}
+
+fn write_all_fd(fd: &OwnedFd, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn copy_conn_to_fd(conn: &Conn, fd: &OwnedFd, first: &[u8]) {
+    if !write_all_fd(fd, first) {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match (&*conn).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !write_all_fd(fd, &buf[..n]) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Moves bytes between a stdio connection and the process's pipe or terminal.
+fn pump(conn: Conn, fd: OwnedFd, stream: StdioStream, first: Vec<u8>) {
+    match stream {
+        StdioStream::Stdout | StdioStream::Stderr => copy_fd_to_conn(&fd, &conn),
+        // Dropping the pipe's write end is the process's end of input.
+        StdioStream::Stdin => copy_conn_to_fd(&conn, &fd, &first),
+        StdioStream::Tty => {
+            let (Ok(input_conn), Ok(input_fd)) = (conn.try_clone(), fd.try_clone()) else {
+                return;
+            };
+            let input = std::thread::Builder::new()
+                .name("tty-in".into())
+                .spawn(move || copy_conn_to_fd(&input_conn, &input_fd, &first));
+            copy_fd_to_conn(&fd, &conn);
+            drop(input);
+        }
+    }
+    let _ = fd.as_fd();
+}

@@ -1,0 +1,251 @@
+//! The few system calls the agent makes outside rustix's safe API. Every `unsafe` block
+//! of the agent is in this module.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`. Only for the single-threaded helper process: after a fork in a
+/// multi-threaded process the child may only make async-signal-safe calls.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; callers are the
+    // single-threaded helper, so the child inherits no lock held by another thread.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Makes `cmd`'s child unshare `unshare_flags` (CLONE_NEW*) and find `sync` at fd 3
+/// before it execs.
+pub fn pre_exec_unshare_and_pass_fd(cmd: &mut Command, unshare_flags: i32, sync: RawFd) {
+    let hook = move || -> io::Result<()> {
+        // SAFETY: unshare only takes flags; async-signal-safe.
+        if unshare_flags != 0 && unsafe { libc::unshare(unshare_flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: dup2 of an fd the parent keeps open until spawn returns; the new fd 3
+        // has no close-on-exec flag, so the helper inherits it. Async-signal-safe.
+        if unsafe { libc::dup2(sync, 3) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if sync == 3 {
+            // dup2 to itself leaves FD_CLOEXEC set: clear it.
+            // SAFETY: fcntl on fd 3, which is open; async-signal-safe.
+            if unsafe { libc::fcntl(3, libc::F_SETFD, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes only async-signal-safe system calls (unshare, dup2, fcntl)
+    // and allocates nothing, as a pre-exec hook in a multi-threaded parent must.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of fd 3, which the helper inherits from the agent.
+pub fn take_inherited_sync_fd() -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the flags of fd 3 (EBADF if it is not open).
+    if unsafe { libc::fcntl(3, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd 3 is open (checked above), was passed to this process for it alone, and
+    // nothing else in the process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(3) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(fd)
+}
+
+/// A listening `AF_VSOCK` stream socket on `port` of any local CID.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes only integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    // SAFETY: addr is a valid sockaddr_vm for the duration of the call and the length
+    // passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    rustix::net::listen(&fd, 64)?;
+    Ok(fd)
+}
+
+/// Sets the `IFF_UP` flag of network interface `name` (for loopback).
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags inside `req`, which lives
+    // through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled ifru_flags, the union member SIOCGIFFLAGS writes.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads `req`, which lives through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Signals a PID 1 of a container forwards to its child.
+pub const FORWARDED_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+    libc::SIGALRM,
+];
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&raw mut set) };
+    for &s in signals {
+        // SAFETY: `set` is initialised; s is a valid signal number.
+        unsafe { libc::sigaddset(&raw mut set, s) };
+    }
+    set
+}
+
+/// Blocks `signals` in the calling thread (so `wait_signal` can take them).
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: `set` is a valid sigset_t; the old mask is not asked for.
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Unblocks every signal in the calling thread.
+pub fn unblock_all_signals() -> io::Result<()> {
+    let set = sigset(&[]);
+    // SAFETY: `set` is a valid (empty) sigset_t.
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns its number.
+pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
+    let set = sigset(signals);
+    loop {
+        // SAFETY: `set` is valid; the siginfo pointer may be null.
+        let sig = unsafe { libc::sigwaitinfo(&raw const set, std::ptr::null_mut()) };
+        if sig >= 0 {
+            return Ok(sig);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Restores the default action of `signal` (the helper does this before it re-raises
+/// the signal that killed its child).
+pub fn default_signal_action(signal: i32) {
+    // SAFETY: SIG_DFL is always a valid disposition; no handler code is installed.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// `CString` from a string that validation already proved NUL-free.
+pub fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in string"))
+}
+
+/// `kill(pid, signal)` for any signal number, real-time ones included.
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal a process group",
+        ));
+    }
+    // SAFETY: kill takes only integers; pid > 0 names a single process.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unshare(flags)` for namespace flags (CLONE_NEW*) only.
+pub fn unshare(flags: i32) -> io::Result<()> {
+    const NAMESPACES: i32 = libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET;
+    if flags & !NAMESPACES != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a namespace flag",
+        ));
+    }
+    // SAFETY: only namespace flags (checked above): none of them changes what other
+    // threads share with this one (no CLONE_FILES/CLONE_FS/CLONE_VM).
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

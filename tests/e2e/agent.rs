@@ -1,0 +1,166 @@
+//! `arca-agent` runs containers: the scenario table of `agent-scenarios` (output, exit
+//! codes 0/1/126/127/137, env/workdir/user, memory and pids limits, isolation, stdin,
+//! tty, exec, signals, bad requests) against the agent on this host (process
+//! isolation), on the lab's L1 host (process isolation with cgroup v2), and as PID 1 of
+//! a microVM over vsock.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_e2e::{TestFile, binary, lab, repo_root, run_with_kvm, stderr, stdout};
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Builds the busybox test rootfs as a directory and, if asked, an ext4 image of it.
+fn rootfs(dir: &Path, image: bool) -> TestFile {
+    let tree = dir.join("rootfs");
+    let img = dir.join("rootfs.ext4");
+    let mut cmd = Command::new(repo_root().join("tests/guest/mkrootfs"));
+    cmd.arg(&tree);
+    if image {
+        cmd.arg(&img);
+    }
+    assert!(
+        cmd.status().expect("run mkrootfs").success(),
+        "mkrootfs failed"
+    );
+    TestFile {
+        source: if image { img } else { tree },
+        name: "rootfs.ext4".into(),
+    }
+}
+
+fn agent_initramfs(dir: &Path) -> TestFile {
+    let out = dir.join("agent.cpio");
+    let status = Command::new(repo_root().join("guest-agent/mkinitramfs"))
+        .arg(&out)
+        .arg(binary("arca-agent"))
+        .status()
+        .expect("run guest-agent/mkinitramfs");
+    assert!(status.success(), "guest-agent/mkinitramfs failed");
+    TestFile {
+        source: out,
+        name: "agent.cpio".into(),
+    }
+}
+
+#[test]
+fn scenarios_pass_on_this_host_with_process_isolation() {
+    if !rustix_is_root() {
+        eprintln!("SKIP: process isolation needs root (namespaces, mounts, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = rootfs(dir.path(), false).source;
+    let sock = dir.path().join("agent.sock");
+    let mut agent = Command::new(binary("arca-agent"))
+        .args(["serve", "--listen"])
+        .arg(&sock)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args([
+            "--cgroup-parent",
+            &format!("arca-e2e-{}", std::process::id()),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start arca-agent serve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = Command::new(binary("agent-scenarios"))
+        .arg("--unix")
+        .arg(&sock)
+        .arg("--rootfs")
+        .arg(&tree)
+        .args(["--fstype", "dir", "--shutdown"])
+        .output()
+        .expect("run agent-scenarios");
+    let status = agent.wait().expect("agent exits after shutdown");
+    eprintln!("{}", stdout(&out));
+    assert_ok(&out);
+    assert!(status.success(), "agent exit {status:?}");
+    // Skips are allowed only for limits this host's cgroup v2 lacks.
+    for line in stdout(&out).lines().filter(|l| l.starts_with("SKIP")) {
+        assert!(line.contains("cgroup v2"), "unexpected skip: {line}");
+    }
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn scenarios_pass_with_process_isolation_on_a_cgroup_v2_host() {
+    // The lab's L1 is a stock Debian kernel with cgroup v2 mounted: every scenario,
+    // limits included, must pass there.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = rootfs(dir.path(), false).source;
+    let args = vec![
+        "--file".to_string(),
+        format!("{}:/tmp/rootfs", tree.display()),
+        "--file".to_string(),
+        format!(
+            "{}:/opt/arca/bin/agent-scenarios",
+            binary("agent-scenarios").display()
+        ),
+    ];
+    let out = lab(
+        &args,
+        "arca-agent serve --listen /tmp/agent.sock --run-dir /run/arca & \
+         while [ ! -S /tmp/agent.sock ]; do sleep 0.05; done; \
+         agent-scenarios --unix /tmp/agent.sock --rootfs /tmp/rootfs --fstype dir --shutdown; rc=$?; \
+         wait; exit $rc",
+        600,
+    );
+    eprintln!("{}", stdout(&out));
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("SKIP"), "{}", stdout(&out));
+}
+
+#[test]
+fn scenarios_pass_in_a_microvm_over_vsock() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = rootfs(dir.path(), true);
+    let initramfs = agent_initramfs(dir.path());
+    let scenarios = TestFile {
+        source: binary("agent-scenarios"),
+        name: "agent-scenarios".into(),
+    };
+    let out = run_with_kvm(
+        r#"arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/agent.cpio" --memory 256 \
+             --cmdline arca.poweroff_when_idle=0 --disk "$ARCA_E2E_DIR/rootfs.ext4,ro" --vsock cid=3,uds=/tmp/agent.vsock \
+             --console file:/tmp/console.log --boot-timing 2>/tmp/vmm.err &
+           vmm=$!
+           "$ARCA_E2E_DIR/agent-scenarios" --vsock /tmp/agent.vsock:1024 --rootfs /dev/vda --fstype ext4 --shutdown
+           rc=$?
+           wait $vmm; echo "vmm-exit=$?"
+           cat /tmp/vmm.err >&2; tail -n 20 /tmp/console.log >&2
+           exit $rc"#,
+        &[image, initramfs, scenarios],
+        600,
+    );
+    eprintln!("{}", stdout(&out));
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(!text.contains("SKIP"), "{text}");
+    assert!(
+        text.contains("vmm-exit=0"),
+        "the VM did not power off cleanly:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("agent-ready"), "{}", stderr(&out));
+}
