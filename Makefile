@@ -46,6 +46,7 @@ demo: build kernel lab-prepare
 bench: build kernel lab-prepare
 	tests/bench/boot.sh $(or $(ROUNDS),10)
 	tests/bench/devices.sh
+	tests/bench/agent.sh $(or $(ROUNDS),10)
 
 # Fuzz every device target for FUZZ_SECONDS each (default 60). cargo-fuzz needs
 # nightly features; RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain here.

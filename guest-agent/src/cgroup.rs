@@ -238,6 +238,16 @@ impl Cgroup {
             .collect()
     }
 
+    /// Kills every process in the cgroup and its descendants (`cgroup.kill`, Linux
+    /// 5.14+; older kernels: a SIGKILL to each pid listed).
+    pub fn kill_all(&self) {
+        if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+            for pid in self.procs() {
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// Removes the (empty) cgroup, retrying briefly while the kernel finishes tearing
     /// down exited processes.
     pub fn remove(&self) -> Result<(), CgroupError> {

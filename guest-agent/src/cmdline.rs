@@ -28,7 +28,7 @@ pub struct AgentSettings {
     pub vsock_port: u32,
     /// Hostname to set (`arca.hostname=`).
     pub hostname: Option<String>,
-    /// Power off once the last container exits (`arca.poweroff_when_idle=0|1`).
+    /// Power off once the last container is removed (`arca.poweroff_when_idle=0|1`).
     pub poweroff_when_idle: bool,
 }
 

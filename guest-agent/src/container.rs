@@ -4,13 +4,21 @@
 //! new mount, pid, uts, ipc and (unless `network: host`) net namespaces, inside the
 //! container's own cgroup. The same code serves the guest (the agent is PID 1 of the VM)
 //! and the host (`arca-agent serve`, for `--isolation=process`).
+//!
+//! Locks are held only for map lookups and updates, never across a helper handshake,
+//! so one slow container setup (a slow disk, a hostile image) stalls only its own
+//! request; a handshake that takes longer than [`HANDSHAKE_TIMEOUT`] is abandoned and
+//! its helper killed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arca_protocol::{
     AgentError, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ErrorCode,
@@ -22,12 +30,19 @@ use crate::helper::{self, FromHelper, ToHelper};
 use crate::reaper::{ChildExit, ExitSlot, Reaper};
 use crate::sys;
 
+/// Longest a helper may take to set up a container or exec a process.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::new(ErrorCode::Internal, format!("{what}: {e}"))
 }
 
 fn not_found(id: &str) -> AgentError {
     AgentError::new(ErrorCode::NotFound, format!("No such container: {id}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Host-side ends of a process's stdio, each handed out once to an attaching client.
@@ -37,6 +52,7 @@ struct StdioEnds {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     tty: Option<OwnedFd>,
+    tty_attached: bool,
 }
 
 /// A process of a container: its main process or an exec'd one.
@@ -48,11 +64,21 @@ pub struct Process {
     exit: Arc<ExitSlot>,
     stdio: Mutex<StdioEnds>,
     terminal: bool,
+    /// The cgroup's OOM-kill count when the process started.
+    oom_kills_at_start: u64,
 }
 
 impl Process {
     fn running(&self) -> bool {
         self.exit.get().is_none()
+    }
+
+    /// Signals the process if it still runs (its pid is ours until the helper, which
+    /// mirrors it, has been reaped).
+    fn kill(&self, signal: i32) {
+        if self.running() {
+            let _ = sys::kill(self.pid, signal);
+        }
     }
 }
 
@@ -65,46 +91,49 @@ pub struct Container {
     main: Arc<Process>,
     /// Talks to the container's PID 1 until it execs.
     sync: Mutex<Option<OwnedFd>>,
-    started: Mutex<bool>,
+    started: AtomicBool,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Exec ids whose handshake is in progress.
+    pending_execs: Mutex<HashSet<String>>,
 }
 
 impl Container {
     fn state(&self) -> ContainerState {
         if !self.main.running() {
             ContainerState::Exited
-        } else if *self.started.lock().unwrap_or_else(|e| e.into_inner()) {
+        } else if self.started.load(Ordering::SeqCst) {
             ContainerState::Running
         } else {
             ContainerState::Created
         }
     }
 
-    fn exit_status(&self, exit: ChildExit) -> ExitStatus {
+    fn exit_status(&self, p: &Process, exit: ChildExit) -> ExitStatus {
         let mut status = match exit {
             ChildExit::Exited(c) => ExitStatus::exited(c),
             ChildExit::Signaled(s) => ExitStatus::signalled(s),
         };
-        status.oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        status.oom_killed = self
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.oom_kills() > p.oom_kills_at_start);
         status
     }
 
     fn process(&self, exec: Option<&str>) -> Result<Arc<Process>, AgentError> {
         match exec {
             None => Ok(Arc::clone(&self.main)),
-            Some(e) => self
-                .execs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(e)
-                .cloned()
-                .ok_or_else(|| {
-                    AgentError::new(
-                        ErrorCode::NotFound,
-                        format!("No such process {e} in container {}", self.spec.id),
-                    )
-                }),
+            Some(e) => lock(&self.execs).get(e).cloned().ok_or_else(|| {
+                AgentError::new(
+                    ErrorCode::NotFound,
+                    format!("No such process {e} in container {}", self.spec.id),
+                )
+            }),
         }
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, Cgroup::oom_kills)
     }
 }
 
@@ -115,8 +144,6 @@ pub struct RuntimeConfig {
     pub run_dir: PathBuf,
     /// Name of the cgroup (under the cgroup2 mount) that holds container cgroups.
     pub cgroup_parent: String,
-    /// The agent binary, re-executed as the helper.
-    pub helper_exe: PathBuf,
 }
 
 impl Default for RuntimeConfig {
@@ -124,7 +151,6 @@ impl Default for RuntimeConfig {
         Self {
             run_dir: PathBuf::from("/run/arca/containers"),
             cgroup_parent: "arca".into(),
-            helper_exe: PathBuf::from("/proc/self/exe"),
         }
     }
 }
@@ -134,22 +160,34 @@ impl Default for RuntimeConfig {
 pub struct Runtime {
     config: RuntimeConfig,
     reaper: Reaper,
+    /// A sealed in-memory copy of the agent binary, executed as the helper: a container
+    /// that reaches a helper's `/proc/<pid>/exe` finds this copy, never the file on disk
+    /// (CVE-2019-5736).
+    helper_exe: OwnedFd,
     cgroups: Result<CgroupParent, String>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Container ids whose creation is in progress.
+    creating: Mutex<HashSet<String>>,
+    closing: AtomicBool,
 }
 
 impl Runtime {
-    /// A runtime; starts the reaper thread. A host without usable cgroup v2 still runs
-    /// containers without limits (requests with limits get a clear error).
+    /// A runtime. A host without usable cgroup v2 still runs containers without limits
+    /// (requests with limits get a clear error).
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Self, AgentError> {
         fs::create_dir_all(&config.run_dir)
             .map_err(|e| internal(&format!("Cannot create {}", config.run_dir.display()), e))?;
+        let helper_exe =
+            sys::sealed_copy_of_self().map_err(|e| internal("Cannot copy the agent binary", e))?;
         let cgroups = CgroupParent::setup(&config.cgroup_parent).map_err(|e| e.to_string());
         Ok(Self {
             config,
             reaper,
+            helper_exe,
             cgroups,
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -159,25 +197,25 @@ impl Runtime {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>, AgentError> {
-        self.containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.containers)
             .get(id)
             .cloned()
             .ok_or_else(|| not_found(id))
     }
 
-    /// Number of containers.
+    /// Number of containers (created or being created).
     pub fn len(&self) -> usize {
-        self.containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        lock(&self.containers).len() + lock(&self.creating).len()
     }
 
     /// True without containers.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Refuses new containers from now on (the sandbox is going away).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     fn make_cgroup(&self, spec: &ContainerSpec) -> Result<Option<Cgroup>, AgentError> {
@@ -202,14 +240,43 @@ impl Runtime {
     /// Creates a container: cgroup, namespaces, rootfs; its process waits for `start`.
     pub fn create(&self, spec: ContainerSpec) -> Result<u32, AgentError> {
         spec.validate()?;
-        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
-        if containers.contains_key(&spec.id) {
+        if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::new(
-                ErrorCode::AlreadyExists,
-                format!("A container named {} already exists", spec.id),
+                ErrorCode::InvalidState,
+                "The sandbox is shutting down",
             ));
         }
-        let cgroup = self.make_cgroup(&spec)?;
+        {
+            let containers = lock(&self.containers);
+            let mut creating = lock(&self.creating);
+            if containers.contains_key(&spec.id) || !creating.insert(spec.id.clone()) {
+                return Err(AgentError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("A container named {} already exists", spec.id),
+                ));
+            }
+        }
+        let result = self.create_reserved(spec);
+        if let Ok((id, container)) = &result {
+            lock(&self.containers).insert(id.clone(), Arc::clone(container));
+        }
+        // The id stays reserved until the container is in the map (or has failed).
+        let id = match &result {
+            Ok((id, _)) => id.clone(),
+            Err((id, _)) => id.clone(),
+        };
+        lock(&self.creating).remove(&id);
+        result.map(|(_, c)| c.main.pid as u32).map_err(|(_, e)| e)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn create_reserved(
+        &self,
+        spec: ContainerSpec,
+    ) -> Result<(String, Arc<Container>), (String, AgentError)> {
+        let id = spec.id.clone();
+        let fail = |e: AgentError| (id.clone(), e);
+        let cgroup = self.make_cgroup(&spec).map_err(fail)?;
         let base = self.config.run_dir.join(&spec.id);
         let mut flags =
             libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID;
@@ -220,11 +287,11 @@ impl Runtime {
             let _ = fs::remove_dir(&base);
             fs::create_dir(&base)
                 .map_err(|e| internal(&format!("Cannot create {}", base.display()), e))?;
-            let (process, sync) =
-                self.spawn_helper("__container-init", flags, &spec.process, cgroup.as_ref())?;
+            let (process, sync) = self.spawn_helper("__container-init", flags, &spec.process)?;
             let init = ToHelper::Init {
                 spec: spec.clone(),
                 base: base.display().to_string(),
+                cgroup_procs: cgroup.as_ref().map(cgroup_procs),
             };
             if let Err(e) = helper::send(sync.as_fd(), &init) {
                 return Err(abort(
@@ -232,27 +299,8 @@ impl Runtime {
                     internal("Cannot talk to the container helper", e),
                 ));
             }
-            let pid = recv_pid(&sync, &process).map_err(|e| abort(&process, e))?;
-            let process = Process { pid, ..process };
-            let mut reply = helper::recv_with_fd::<FromHelper>(sync.as_fd());
-            if let Ok(Some((FromHelper::Terminal, fd))) = reply {
-                process.stdio.lock().unwrap_or_else(|e| e.into_inner()).tty = fd;
-                reply = helper::recv_with_fd::<FromHelper>(sync.as_fd());
-            }
-            match reply.map(|r| r.map(|(m, _)| m)) {
-                Ok(Some(FromHelper::Ready)) => Ok((process, sync)),
-                Ok(Some(FromHelper::Failed { error })) => {
-                    process.exit.wait();
-                    Err(error)
-                }
-                other => {
-                    let msg = format!("{other:?}, exit {:?}", process.exit.get());
-                    Err(abort(
-                        &process,
-                        internal("Container setup ended unexpectedly", msg),
-                    ))
-                }
-            }
+            let process = handshake(process, &sync, true)?;
+            Ok((process, sync))
         })();
         let (process, sync) = match created {
             Ok(x) => x,
@@ -261,34 +309,29 @@ impl Runtime {
                     let _ = cg.remove();
                 }
                 let _ = fs::remove_dir(&base);
-                return Err(e);
+                return Err(fail(e));
             }
         };
-        let pid = process.pid as u32;
-        let id = spec.id.clone();
-        containers.insert(
-            id,
-            Arc::new(Container {
-                spec,
-                cgroup,
-                base,
-                main: Arc::new(process),
-                sync: Mutex::new(Some(sync)),
-                started: Mutex::new(false),
-                execs: Mutex::new(HashMap::new()),
-            }),
-        );
-        Ok(pid)
+        let container = Arc::new(Container {
+            spec,
+            cgroup,
+            base,
+            main: Arc::new(process),
+            sync: Mutex::new(Some(sync)),
+            started: AtomicBool::new(false),
+            execs: Mutex::new(HashMap::new()),
+            pending_execs: Mutex::new(HashSet::new()),
+        });
+        Ok((id, container))
     }
 
-    /// Spawns a helper in `mode` with the process's stdio, joined to `cgroup`. The
-    /// returned process carries the helper's pid until the helper reports its child.
+    /// Spawns a helper in `mode` with the process's stdio. The returned process carries
+    /// the helper's pid until the helper reports its child.
     fn spawn_helper(
         &self,
         mode: &str,
         unshare_flags: i32,
         spec: &ProcessSpec,
-        cgroup: Option<&Cgroup>,
     ) -> Result<(Process, OwnedFd), AgentError> {
         let (ends, child_stdio) = make_stdio(spec)?;
         let (ours, theirs) = rustix::net::socketpair(
@@ -298,8 +341,14 @@ impl Runtime {
             None,
         )
         .map_err(|e| internal("Cannot create the helper socket", e))?;
-        let mut cmd = Command::new(&self.config.helper_exe);
-        cmd.arg(mode).env_clear();
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(HANDSHAKE_TIMEOUT),
+        )
+        .map_err(|e| internal("Cannot set the helper socket timeout", e))?;
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", self.helper_exe.as_raw_fd()));
+        cmd.arg0("arca-agent").arg(mode).env_clear();
         let [i, o, e] = child_stdio;
         cmd.stdin(i).stdout(o).stderr(e);
         sys::pre_exec_unshare_and_pass_fd(&mut cmd, unshare_flags, theirs.as_raw_fd());
@@ -314,37 +363,33 @@ impl Runtime {
             exit,
             stdio: Mutex::new(ends),
             terminal: spec.terminal,
+            oom_kills_at_start: 0,
         };
-        if let Some(cg) = cgroup
-            && let Err(e) = cg.join(pid as u32)
-        {
-            kill_pid(pid, libc::SIGKILL);
-            process.exit.wait();
-            return Err(internal("Cannot move the container into its cgroup", e));
-        }
         Ok((process, ours))
     }
 
     /// Runs the main process of a created container.
     pub fn start(&self, id: &str) -> Result<(), AgentError> {
         let c = self.get(id)?;
-        let sync = c.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(sync) = sync else {
+        let Some(sync) = lock(&c.sync).take() else {
             return Err(AgentError::new(
                 ErrorCode::InvalidState,
                 format!("Container {id} was already started"),
             ));
         };
-        *c.started.lock().unwrap_or_else(|e| e.into_inner()) = true;
         helper::send(sync.as_fd(), &ToHelper::Start)
             .map_err(|e| internal("Cannot start the container", e))?;
+        c.started.store(true, Ordering::SeqCst);
         match helper::recv::<FromHelper>(sync.as_fd()) {
             Ok(None) => Ok(()),
             Ok(Some(FromHelper::Failed { error })) => Err(error),
-            other => Err(internal(
-                "Container start ended unexpectedly",
-                format!("{other:?}"),
-            )),
+            other => {
+                c.main.kill(libc::SIGKILL);
+                Err(internal(
+                    "Container start ended unexpectedly",
+                    format!("{other:?}"),
+                ))
+            }
         }
     }
 
@@ -359,19 +404,36 @@ impl Runtime {
                 format!("Container {id} is not running"),
             ));
         }
-        let mut execs = c.execs.lock().unwrap_or_else(|e| e.into_inner());
-        if execs.contains_key(exec_id) {
-            return Err(AgentError::new(
-                ErrorCode::AlreadyExists,
-                format!("Process {exec_id} already exists in container {id}"),
-            ));
+        {
+            let execs = lock(&c.execs);
+            let mut pending = lock(&c.pending_execs);
+            if execs.contains_key(exec_id) || !pending.insert(exec_id.to_string()) {
+                return Err(AgentError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("Process {exec_id} already exists in container {id}"),
+                ));
+            }
         }
-        let (helper_process, sync) = self.spawn_helper("__exec", 0, &process, c.cgroup.as_ref())?;
+        let result = self.exec_reserved(&c, process);
+        if let Ok(p) = &result {
+            lock(&c.execs).insert(exec_id.to_string(), Arc::clone(p));
+        }
+        lock(&c.pending_execs).remove(exec_id);
+        result.map(|p| p.pid as u32)
+    }
+
+    fn exec_reserved(
+        &self,
+        c: &Container,
+        process: ProcessSpec,
+    ) -> Result<Arc<Process>, AgentError> {
+        let (helper_process, sync) = self.spawn_helper("__exec", 0, &process)?;
         let hostname = c.spec.hostname.clone().unwrap_or_else(|| c.spec.id.clone());
         let exec = ToHelper::Exec {
             target_pid: c.main.pid as u32,
             process,
             hostname,
+            cgroup_procs: c.cgroup.as_ref().map(cgroup_procs),
         };
         if let Err(e) = helper::send(sync.as_fd(), &exec) {
             return Err(abort(
@@ -379,48 +441,21 @@ impl Runtime {
                 internal("Cannot talk to the exec helper", e),
             ));
         }
-        let pid = match helper::recv::<FromHelper>(sync.as_fd()) {
-            Ok(Some(FromHelper::Pid { pid })) => pid as i32,
-            Ok(Some(FromHelper::Failed { error })) => {
-                helper_process.exit.wait();
-                return Err(error);
-            }
-            other => {
-                let e = internal("Exec helper ended unexpectedly", format!("{other:?}"));
-                return Err(abort(&helper_process, e));
-            }
-        };
-        let proc_ = Process {
-            pid,
-            ..helper_process
-        };
-        let mut reply = helper::recv_with_fd::<FromHelper>(sync.as_fd());
-        if let Ok(Some((FromHelper::Terminal, fd))) = reply {
-            proc_.stdio.lock().unwrap_or_else(|e| e.into_inner()).tty = fd;
-            reply = helper::recv_with_fd::<FromHelper>(sync.as_fd());
-        }
-        match reply.map(|r| r.map(|(m, _)| m)) {
-            Ok(None) => {
-                execs.insert(exec_id.to_string(), Arc::new(proc_));
-                Ok(pid as u32)
-            }
-            Ok(Some(FromHelper::Failed { error })) => {
-                proc_.exit.wait();
-                Err(error)
-            }
-            other => {
-                kill_pid(proc_.pid, libc::SIGKILL);
-                Err(internal("Exec ended unexpectedly", format!("{other:?}")))
-            }
-        }
+        let mut p = handshake(helper_process, &sync, false)?;
+        p.oom_kills_at_start = c.oom_kills();
+        Ok(Arc::new(p))
     }
 
-    /// Blocks until the process exits.
+    /// Blocks until the process exits. An exec'd process is forgotten once waited for.
     pub fn wait(&self, id: &str, exec: Option<&str>) -> Result<ExitStatus, AgentError> {
         let c = self.get(id)?;
         let p = c.process(exec)?;
         let exit = p.exit.wait();
-        Ok(c.exit_status(exit))
+        let status = c.exit_status(&p, exit);
+        if let Some(e) = exec {
+            lock(&c.execs).remove(e);
+        }
+        Ok(status)
     }
 
     /// Sends `signal` to the process.
@@ -445,7 +480,7 @@ impl Runtime {
                 "The process has exited",
             ));
         }
-        kill_pid(p.pid, signal);
+        p.kill(signal);
         Ok(())
     }
 
@@ -459,22 +494,12 @@ impl Runtime {
     ) -> Result<(), AgentError> {
         let c = self.get(id)?;
         let p = c.process(exec)?;
-        let stdio = p.stdio.lock().unwrap_or_else(|e| e.into_inner());
-        let tty = stdio.tty.as_ref().or(None);
-        let fd = match (tty, p.terminal) {
-            (Some(fd), _) => fd.as_fd(),
-            (None, true) => {
-                return Err(AgentError::new(
-                    ErrorCode::InvalidState,
-                    "Attach the terminal before resizing it",
-                ));
-            }
-            (None, false) => {
-                return Err(AgentError::new(
-                    ErrorCode::BadRequest,
-                    "The process has no terminal",
-                ));
-            }
+        let stdio = lock(&p.stdio);
+        let Some(fd) = stdio.tty.as_ref() else {
+            return Err(AgentError::new(
+                ErrorCode::BadRequest,
+                "The process has no terminal",
+            ));
         };
         let ws = rustix::termios::Winsize {
             ws_row: rows,
@@ -501,14 +526,14 @@ impl Runtime {
 
     /// Every container.
     pub fn list(&self) -> Vec<ContainerInfo> {
-        let containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        let containers = lock(&self.containers);
         let mut out: Vec<ContainerInfo> = containers
             .values()
             .map(|c| ContainerInfo {
                 id: c.spec.id.clone(),
                 state: c.state(),
                 pid: c.main.pid as u32,
-                exit: c.main.exit.get().map(|e| c.exit_status(e)),
+                exit: c.main.exit.get().map(|e| c.exit_status(&c.main, e)),
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -524,9 +549,7 @@ impl Runtime {
     ) -> Result<OwnedFd, AgentError> {
         let c = self.get(id)?;
         let p = c.process(exec)?;
-        let mut stdio = p.stdio.lock().unwrap_or_else(|e| e.into_inner());
-        let mismatch = p.terminal != (stream == StdioStream::Tty);
-        if mismatch {
+        if p.terminal != (stream == StdioStream::Tty) {
             let msg = if p.terminal {
                 "The process has a terminal: attach its tty stream"
             } else {
@@ -534,20 +557,26 @@ impl Runtime {
             };
             return Err(AgentError::new(ErrorCode::BadRequest, msg));
         }
+        let mut stdio = lock(&p.stdio);
+        // The tty master stays here too (for resizing); it is handed out once, as a copy.
         let slot = match stream {
             StdioStream::Stdin => stdio.stdin.take(),
             StdioStream::Stdout => stdio.stdout.take(),
             StdioStream::Stderr => stdio.stderr.take(),
-            StdioStream::Tty => stdio
-                .tty
-                .as_ref()
-                .map(|fd| fd.try_clone())
-                .transpose()
-                .map_err(|e| internal("dup", e))?,
+            StdioStream::Tty if stdio.tty_attached => None,
+            StdioStream::Tty => {
+                let copy = stdio
+                    .tty
+                    .as_ref()
+                    .map(|fd| fd.try_clone().map_err(|e| internal("dup", e)))
+                    .transpose()?;
+                stdio.tty_attached = copy.is_some();
+                copy
+            }
         };
         slot.ok_or_else(|| {
             let why = if stream == StdioStream::Stdin {
-                "not open (start it with stdin) or"
+                "not open (the process was started without stdin) or"
             } else {
                 ""
             };
@@ -568,44 +597,35 @@ impl Runtime {
                     format!("Container {id} is running: stop it first or remove it with force"),
                 ));
             }
-            ContainerState::Running => kill_pid(c.main.pid, libc::SIGKILL),
+            ContainerState::Running => c.main.kill(libc::SIGKILL),
             ContainerState::Created => {
                 // Its PID 1 waits for "start": closing the socket ends it.
-                drop(c.sync.lock().unwrap_or_else(|e| e.into_inner()).take());
-                kill_pid(c.main.pid, libc::SIGKILL);
+                drop(lock(&c.sync).take());
+                c.main.kill(libc::SIGKILL);
             }
             ContainerState::Exited => {}
         }
         c.main.exit.wait();
         // The pid namespace died with its PID 1; exec helpers follow.
-        for p in c.execs.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            kill_pid(p.pid, libc::SIGKILL);
+        let execs: Vec<Arc<Process>> = lock(&c.execs).values().cloned().collect();
+        for p in execs {
+            p.kill(libc::SIGKILL);
             p.exit.wait();
         }
         if let Some(cg) = &c.cgroup {
-            for pid in cg.procs() {
-                kill_pid(pid, libc::SIGKILL);
-            }
+            cg.kill_all();
             cg.remove()
                 .map_err(|e| internal("Cannot remove the container's cgroup", e))?;
         }
         let _ = fs::remove_dir(&c.base);
-        self.containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        lock(&self.containers).remove(id);
         Ok(())
     }
 
     /// Kills and removes every container, then the cgroup parent if it is empty.
     pub fn remove_all(&self) {
-        let ids: Vec<String> = self
-            .containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        self.close();
+        let ids: Vec<String> = lock(&self.containers).keys().cloned().collect();
         for id in ids {
             if let Err(e) = self.remove(&id, true) {
                 eprintln!("arca-agent: removing {id}: {e}");
@@ -617,33 +637,58 @@ impl Runtime {
     }
 }
 
-fn kill_pid(pid: i32, signal: i32) {
-    let _ = sys::kill(pid, signal);
+fn cgroup_procs(cg: &Cgroup) -> String {
+    cg.path().join("cgroup.procs").display().to_string()
 }
 
 /// Kills a helper (and with it its child) and waits for it; returns `e`.
 fn abort(process: &Process, e: AgentError) -> AgentError {
-    kill_pid(process.pid, libc::SIGKILL);
+    let _ = sys::kill(process.pid, libc::SIGKILL);
     process.exit.wait();
     e
 }
 
-fn recv_pid(sync: &OwnedFd, helper: &Process) -> Result<i32, AgentError> {
-    match helper::recv::<FromHelper>(sync.as_fd()) {
-        Ok(Some(FromHelper::Pid { pid })) => Ok(pid as i32),
-        Ok(Some(FromHelper::Failed { error })) => Err(error),
-        other => Err(internal(
-            "Container helper ended unexpectedly",
-            format!("{other:?}, exit {:?}", helper.exit.get()),
-        )),
+/// Reads the helper's reports until the process is ready (`init`: `Ready`; exec: the
+/// socket's end of file, which its exec causes). Messages may come in any order: the
+/// helper's `Pid` races with its child's first report.
+fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, AgentError> {
+    let mut pid = None;
+    let mut tty = None;
+    loop {
+        match helper::recv_with_fd::<FromHelper>(sync.as_fd()) {
+            Ok(Some((FromHelper::Pid { pid: p }, _))) => pid = Some(p as i32),
+            Ok(Some((FromHelper::Terminal, fd))) => tty = fd,
+            Ok(Some((FromHelper::Ready, _))) if init => break,
+            Ok(None) if !init && pid.is_some() => break,
+            Ok(Some((FromHelper::Failed { error }, _))) => {
+                helper.exit.wait();
+                return Err(error);
+            }
+            other => {
+                let why = match other {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        format!("no answer within {HANDSHAKE_TIMEOUT:?}")
+                    }
+                    other => format!("{other:?}, exit {:?}", helper.exit.get()),
+                };
+                return Err(abort(&helper, internal("Container helper failed", why)));
+            }
+        }
     }
+    let Some(pid) = pid else {
+        return Err(abort(
+            &helper,
+            internal("Container helper failed", "no pid reported"),
+        ));
+    };
+    if tty.is_some() {
+        lock(&helper.stdio).tty = tty;
+    }
+    Ok(Process { pid, ..helper })
 }
 
-/// Pipes or a pty for a process: our ends, and the child's stdin/stdout/stderr.
+/// Pipes for a process: our ends, and the child's stdin/stdout/stderr.
 fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError> {
-    let pipe = || {
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| internal("pipe", e))
-    };
     if spec.terminal {
         // The helper opens the pty inside the container and sends us the master.
         return Ok((
@@ -651,6 +696,9 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError>
             [Stdio::null(), Stdio::null(), Stdio::null()],
         ));
     }
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| internal("pipe", e))
+    };
     let (stdin_ours, stdin_theirs) = if spec.stdin {
         let (r, w) = pipe()?;
         (Some(w), Stdio::from(r))
@@ -665,6 +713,7 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError>
             stdout: Some(out_r),
             stderr: Some(err_r),
             tty: None,
+            tty_attached: false,
         },
         [stdin_theirs, Stdio::from(out_w), Stdio::from(err_w)],
     ))

@@ -45,6 +45,10 @@ pub enum ToHelper {
         spec: ContainerSpec,
         /// Private working directory for the rootfs mounts.
         base: String,
+        /// `cgroup.procs` of the container's cgroup. The container's PID 1 joins it; the
+        /// helper stays out, so it neither counts against the container's limits nor
+        /// can be picked by its OOM killer.
+        cgroup_procs: Option<String>,
     },
     /// Run a process in the namespaces of `target_pid`.
     Exec {
@@ -54,6 +58,8 @@ pub enum ToHelper {
         process: ProcessSpec,
         /// The container's hostname, for `HOSTNAME`.
         hostname: String,
+        /// `cgroup.procs` of the container's cgroup, which the process joins.
+        cgroup_procs: Option<String>,
     },
     /// Exec the container's main process.
     Start,
@@ -205,22 +211,58 @@ fn run(mode: &str) -> io::Result<Never> {
     let msg: ToHelper =
         recv(sync.as_fd())?.ok_or_else(|| io::Error::other("agent closed the helper socket"))?;
     match (mode, msg) {
-        ("__container-init", ToHelper::Init { spec, base }) => run_init(sync, spec, base),
+        (
+            "__container-init",
+            ToHelper::Init {
+                spec,
+                base,
+                cgroup_procs,
+            },
+        ) => {
+            let cgroup = open_cgroup_procs(cgroup_procs.as_deref())?;
+            run_init(sync, spec, base, cgroup)
+        }
         (
             "__exec",
             ToHelper::Exec {
                 target_pid,
                 process,
                 hostname,
+                cgroup_procs,
             },
-        ) => run_exec(sync, target_pid, process, hostname),
+        ) => {
+            // Opened before entering the container's mount namespace, where the cgroup
+            // tree is namespaced and read-only.
+            let cgroup = open_cgroup_procs(cgroup_procs.as_deref())?;
+            run_exec(sync, target_pid, process, hostname, cgroup)
+        }
         _ => Err(io::Error::other(
             "unexpected first message for this helper mode",
         )),
     }
 }
 
-fn run_init(sync: OwnedFd, spec: ContainerSpec, base: String) -> io::Result<Never> {
+fn open_cgroup_procs(path: Option<&str>) -> io::Result<Option<fs::File>> {
+    path.map(|p| fs::OpenOptions::new().write(true).open(p))
+        .transpose()
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open.
+fn join_cgroup(procs: Option<&fs::File>) -> Result<(), AgentError> {
+    if let Some(mut f) = procs {
+        use std::io::Write;
+        f.write_all(b"0")
+            .map_err(|e| internal("Cannot join the container's cgroup", e))?;
+    }
+    Ok(())
+}
+
+fn run_init(
+    sync: OwnedFd,
+    spec: ContainerSpec,
+    base: String,
+    cgroup: Option<fs::File>,
+) -> io::Result<Never> {
     let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
     match sys::fork()? {
         Forked::Parent(pid) => {
@@ -230,7 +272,9 @@ fn run_init(sync: OwnedFd, spec: ContainerSpec, base: String) -> io::Result<Neve
         }
         Forked::Child => {
             let mut sync = Some(sync);
-            let error = match init_child(&mut sync, &spec, &base, &hostname) {
+            let result = join_cgroup(cgroup.as_ref())
+                .and_then(|()| init_child(&mut sync, &spec, &base, &hostname));
+            let error = match result {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -281,6 +325,7 @@ fn run_exec(
     target: u32,
     process: ProcessSpec,
     hostname: String,
+    cgroup: Option<fs::File>,
 ) -> io::Result<Never> {
     // Open every namespace before entering any: /proc changes with the mount namespace.
     let kinds = [
@@ -331,7 +376,8 @@ fn run_exec(
         }
         Forked::Child => {
             let mut slot = Some(sync);
-            let result = die_with_parent()
+            let result = join_cgroup(cgroup.as_ref())
+                .and_then(|()| die_with_parent())
                 .and_then(|()| match &slot {
                     Some(sync) if process.terminal => open_terminal(sync),
                     _ => Ok(()),
@@ -480,17 +526,30 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
         }
     };
     mount_inside(&root)?;
+    pivot(&root)?;
     if writable {
-        write_etc(&root, hostname);
+        write_etc(hostname);
     }
-    pivot(&root)
+    Ok(())
 }
 
+/// Makes sure a mount point of the image is a real directory. A symlink there would
+/// send the mount outside the container's root (the image is untrusted).
 fn ensure_dir(path: &Path) -> Result<(), AgentError> {
-    if path.is_dir() {
-        return Ok(());
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(AgentError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "The image's {} is not a directory (a symlink or file where a mount point must be)",
+                    path.display()
+                ),
+            ));
+        }
+        Err(_) => {}
     }
-    fs::create_dir_all(path).map_err(|e| {
+    fs::create_dir(path).map_err(|e| {
         AgentError::new(
             ErrorCode::BadRequest,
             format!(
@@ -593,6 +652,7 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
         "kcore",
         "keys",
         "timer_list",
+        "timer_stats",
         "sched_debug",
         "latency_stats",
     ] {
@@ -600,6 +660,18 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
         if target.exists() {
             rustix::mount::mount_bind("/dev/null", &target)
                 .map_err(|e| mount_err("/dev/null", &target, e))?;
+        }
+    }
+    for target in [
+        proc_.join("acpi"),
+        proc_.join("asound"),
+        proc_.join("scsi"),
+        sys_.join("firmware"),
+        sys_.join("devices/virtual/powercap"),
+    ] {
+        if target.is_dir() {
+            rustix::mount::mount("tmpfs", &target, "tmpfs", F::RDONLY, None)
+                .map_err(|e| mount_err("an empty tmpfs", &target, e))?;
         }
     }
     for p in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
@@ -614,18 +686,43 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn write_etc(root: &Path, hostname: &str) {
-    let etc = root.join("etc");
-    if fs::create_dir_all(&etc).is_err() {
+/// Writes /etc/hostname and /etc/hosts inside the (pivoted) container. The image
+/// decides what those paths are: anything but a regular file or nothing (a symlink, a
+/// FIFO, a directory) is left alone, never followed or opened blocking.
+fn write_etc(hostname: &str) {
+    use rustix::fs::{Mode, OFlags};
+    let files = [
+        ("/etc/hostname", format!("{hostname}\n")),
+        (
+            "/etc/hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+        ),
+    ];
+    if !fs::symlink_metadata("/etc").is_ok_and(|m| m.is_dir()) {
         return;
     }
-    let _ = fs::write(etc.join("hostname"), format!("{hostname}\n"));
-    let _ = fs::write(
-        etc.join("hosts"),
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        ),
-    );
+    for (path, text) in files {
+        if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+            continue;
+        }
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::TRUNC
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644)) else {
+            continue;
+        };
+        let regular = rustix::fs::fstat(&fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        });
+        if regular {
+            let _ = rustix::io::write(&fd, text.as_bytes());
+        }
+    }
 }
 
 fn pivot(root: &Path) -> Result<(), AgentError> {
@@ -718,7 +815,7 @@ fn exec_process(
             .map_err(|e| internal("Cannot take the terminal", e))?;
     }
     if init {
-        let mut watched: Vec<i32> = sys::FORWARDED_SIGNALS.to_vec();
+        let mut watched: Vec<i32> = sys::forwarded_signals();
         watched.push(libc::SIGCHLD);
         sys::block_signals(&watched).map_err(|e| internal("Cannot block signals", e))?;
         match sys::fork().map_err(|e| internal("fork failed", e))? {
@@ -731,6 +828,7 @@ fn exec_process(
             Forked::Child => {}
         }
     }
+    drop_bounding_capabilities()?;
     let groups: Vec<rustix::fs::Gid> = creds
         .groups
         .iter()
@@ -741,8 +839,66 @@ fn exec_process(
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| internal("setgid failed", e))?;
     let uid = rustix::fs::Uid::from_raw(creds.uid);
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| internal("setuid failed", e))?;
+    // A credential change clears the parent-death signal: arm it again.
+    die_with_parent()?;
+    limit_capabilities()?;
     sys::unblock_all_signals().map_err(|e| internal("Cannot unblock signals", e))?;
     Err(exec_command(&process.args, &env))
+}
+
+/// The capabilities a container's root keeps: Docker's default set without
+/// `CAP_MKNOD` (Docker relies on a device cgroup to make `mknod` harmless; Arca has none
+/// yet, so the capability goes).
+fn container_capabilities() -> rustix::thread::CapabilitySet {
+    use rustix::thread::CapabilitySet as C;
+    C::CHOWN
+        | C::DAC_OVERRIDE
+        | C::FSETID
+        | C::FOWNER
+        | C::NET_RAW
+        | C::SETGID
+        | C::SETUID
+        | C::SETFCAP
+        | C::SETPCAP
+        | C::NET_BIND_SERVICE
+        | C::SYS_CHROOT
+        | C::KILL
+        | C::AUDIT_WRITE
+}
+
+/// Removes every other capability from the bounding set (needs CAP_SETPCAP, so before
+/// the uid changes).
+fn drop_bounding_capabilities() -> Result<(), AgentError> {
+    let drop = rustix::thread::CapabilitySet::all() - container_capabilities();
+    for cap in drop.iter() {
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            // A capability this kernel does not have.
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(internal("Cannot drop capabilities", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Limits the effective, permitted and inheritable sets to the container's (a non-root
+/// user has none left after setuid) and clears the ambient set.
+fn limit_capabilities() -> Result<(), AgentError> {
+    let keep = container_capabilities();
+    let current =
+        rustix::thread::capabilities(None).map_err(|e| internal("Cannot read capabilities", e))?;
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: current.effective & keep,
+            permitted: current.permitted & keep,
+            inheritable: current.inheritable & keep,
+        },
+    )
+    .map_err(|e| internal("Cannot set capabilities", e))?;
+    match rustix::thread::clear_ambient_capability_set() {
+        Ok(()) | Err(rustix::io::Errno::INVAL) => Ok(()),
+        Err(e) => Err(internal("Cannot clear ambient capabilities", e)),
+    }
 }
 
 /// `execvp` with Docker's error wording: 127 for a missing command, 126 for one that
@@ -772,9 +928,14 @@ fn exec_command(args: &[String], env: &[String]) -> AgentError {
             .exec();
         match err.raw_os_error() {
             Some(libc::ENOENT | libc::ENOTDIR) => {}
-            Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR) => {
+            // As Go's LookPath (runc, Docker): a PATH entry that cannot run is skipped;
+            // only an explicit path reports 126.
+            Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR)
+                if prog.contains('/') =>
+            {
                 denied.get_or_insert((c.clone(), err));
             }
+            Some(libc::EACCES | libc::EPERM | libc::ENOEXEC | libc::EISDIR) => {}
             _ => return internal(&format!("exec {}", c.display()), err),
         }
     }
@@ -822,11 +983,8 @@ fn mini_init(child: i32, watched: &[i32]) -> ! {
                     std::process::exit(code);
                 }
             }
-        } else if let (Some(pid), Some(s)) = (
-            rustix::process::Pid::from_raw(child),
-            rustix::process::Signal::from_named_raw(sig),
-        ) {
-            let _ = rustix::process::kill_process(pid, s);
+        } else {
+            let _ = sys::kill(child, sig);
         }
     }
 }

@@ -102,30 +102,42 @@ fn reap_forever(shared: &(Mutex<Table>, Condvar)) {
     let (table, cond) = shared;
     loop {
         let generation = table.lock().unwrap_or_else(|e| e.into_inner()).spawned;
-        match rustix::process::waitpid(None, rustix::process::WaitOptions::empty()) {
-            Ok(Some((pid, status))) => {
+        // Peek first, reap under the table lock: a child whose spawn is still in progress
+        // (the lock is held across `spawn`) is left for std, which reaps it itself if its
+        // exec fails.
+        match crate::sys::peek_exited_child() {
+            Ok(Some(pid)) => {
+                let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+                    continue;
+                };
+                let status =
+                    match rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::NOHANG)
+                    {
+                        Ok(Some((_, status))) => status,
+                        // Reaped meanwhile (by std after a failed spawn).
+                        _ => continue,
+                    };
                 let exit = match (status.exit_status(), status.terminating_signal()) {
                     (Some(code), _) => ChildExit::Exited(code),
                     (None, Some(sig)) => ChildExit::Signaled(sig),
                     _ => continue,
                 };
-                let slot = table
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .slots
-                    .remove(&pid.as_raw_nonzero().get());
-                if let Some(slot) = slot {
+                if let Some(slot) = t.slots.remove(&pid) {
                     slot.set(exit);
                 }
             }
-            Ok(None) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => {
+            Ok(None) => {
                 // No children: sleep until one is spawned (orphans only arrive while
                 // some child lives, so a timeout is enough for those).
                 let t = table.lock().unwrap_or_else(|e| e.into_inner());
                 if t.spawned == generation {
                     let _ = cond.wait_timeout(t, Duration::from_secs(1));
                 }
+            }
+            Err(e) => {
+                eprintln!("arca-agent: waitid: {e}");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }

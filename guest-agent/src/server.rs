@@ -4,7 +4,9 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use arca_protocol::{
     AgentError, Channel, ErrorCode, FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION, Reply,
@@ -29,6 +31,18 @@ impl Conn {
 
     fn shutdown_write(&self) {
         let _ = rustix::net::shutdown(&self.0, rustix::net::Shutdown::Write);
+    }
+
+    fn shutdown_both(&self) {
+        let _ = rustix::net::shutdown(&self.0, rustix::net::Shutdown::Both);
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        let _ = rustix::net::sockopt::set_socket_timeout(
+            &self.0,
+            rustix::net::sockopt::Timeout::Recv,
+            timeout,
+        );
     }
 }
 
@@ -70,7 +84,20 @@ pub enum Listener {
 impl Listener {
     fn accept(&self) -> io::Result<Conn> {
         let fd = match self {
-            Listener::Vsock(fd) => rustix::net::accept_with(fd, rustix::net::SocketFlags::CLOEXEC)?,
+            Listener::Vsock(fd) => {
+                let conn = rustix::net::accept_with(fd, rustix::net::SocketFlags::CLOEXEC)?;
+                // Only the host may drive the agent: not a container reaching vsock
+                // through the guest's loopback transport.
+                match crate::sys::vsock_peer_cid(&conn)? {
+                    libc::VMADDR_CID_HOST => conn,
+                    cid => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("refused a vsock connection from CID {cid}"),
+                        ));
+                    }
+                }
+            }
             Listener::Unix(l) => OwnedFd::from(l.accept()?.0),
         };
         Ok(Conn(fd))
@@ -92,6 +119,29 @@ pub struct Server {
     runtime: Arc<Runtime>,
     poweroff_when_idle: bool,
     stop: (Mutex<Option<Stop>>, Condvar),
+    in_flight: AtomicUsize,
+    open_controls: AtomicUsize,
+}
+
+/// Most requests that may block (each on its own thread) in flight at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// After an idle power-off decision, how long the host gets to read its last answers
+/// and close its connections.
+const LINGER: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
 }
 
 impl Server {
@@ -101,6 +151,8 @@ impl Server {
             runtime,
             poweroff_when_idle,
             stop: (Mutex::new(None), Condvar::new()),
+            in_flight: AtomicUsize::new(0),
+            open_controls: AtomicUsize::new(0),
         })
     }
 
@@ -134,14 +186,21 @@ impl Server {
             eprintln!("arca-agent: cannot start the accept thread: {e}");
             return Stop::Requested;
         }
-        let (lock, cond) = &self.stop;
-        let mut stop = lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
+        let (stop_lock, cond) = &self.stop;
+        let mut stop = lock(stop_lock);
+        let why = loop {
             if let Some(s) = *stop {
-                return s;
+                break s;
             }
             stop = cond.wait(stop).unwrap_or_else(|e| e.into_inner());
+        };
+        drop(stop);
+        // Let the host read the answers already written before the VM goes away.
+        let deadline = Instant::now() + LINGER;
+        while self.open_controls.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        why
     }
 
     fn request_stop(&self, why: Stop) {
@@ -154,6 +213,7 @@ impl Server {
 
     fn serve(self: Arc<Self>, conn: Conn) {
         let mut decoder = FrameDecoder::new();
+        conn.set_read_timeout(Some(HELLO_TIMEOUT));
         let hello = match read_frame::<Hello>(&conn, &mut decoder) {
             Ok(Some(h)) => h,
             Ok(None) => return,
@@ -162,6 +222,7 @@ impl Server {
                 return;
             }
         };
+        conn.set_read_timeout(None);
         let mut reply = HelloReply {
             version: PROTOCOL_VERSION,
             agent: format!("arca-agent {}", env!("CARGO_PKG_VERSION")),
@@ -207,13 +268,17 @@ impl Server {
             Ok(w) => Arc::new(Mutex::new(w)),
             Err(_) => return,
         };
+        self.open_controls.fetch_add(1, Ordering::SeqCst);
+        let _count = OnDrop(|| {
+            self.open_controls.fetch_sub(1, Ordering::SeqCst);
+        });
         loop {
             let frame = match read_frame::<RequestFrame>(&conn, &mut decoder) {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => {
                     let error = AgentError::new(ErrorCode::BadRequest, format!("Bad frame: {e}"));
-                    let w = writer.lock().unwrap_or_else(|e| e.into_inner());
+                    let w = lock(&writer);
                     let _ = write_frame(
                         &w,
                         &Response {
@@ -221,35 +286,85 @@ impl Server {
                             result: Err(error),
                         },
                     );
+                    // Request threads may still hold a copy of the socket: end it now.
+                    conn.shutdown_both();
                     return;
                 }
             };
+            // Quick requests are answered inline; the others (which may block: wait,
+            // create, start, exec, remove) on a thread each, up to a bound.
+            let quick = matches!(
+                frame.request,
+                Request::Ping
+                    | Request::List
+                    | Request::Stats { .. }
+                    | Request::Signal { .. }
+                    | Request::ResizeTty { .. }
+            );
+            if quick {
+                let result = self.handle(frame.request);
+                let _ = write_frame(
+                    &lock(&writer),
+                    &Response {
+                        id: frame.id,
+                        result,
+                    },
+                );
+                continue;
+            }
+            if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let error = AgentError::new(
+                    ErrorCode::Internal,
+                    format!("The agent is busy ({MAX_IN_FLIGHT} requests in flight)"),
+                );
+                let _ = write_frame(
+                    &lock(&writer),
+                    &Response {
+                        id: frame.id,
+                        result: Err(error),
+                    },
+                );
+                continue;
+            }
             let me = Arc::clone(&self);
-            let writer = Arc::clone(&writer);
-            let _ = std::thread::Builder::new()
+            let thread_writer = Arc::clone(&writer);
+            let id = frame.id;
+            let spawned = std::thread::Builder::new()
                 .name("request".into())
                 .spawn(move || {
                     let shutdown = matches!(frame.request, Request::Shutdown);
                     let removal = matches!(frame.request, Request::Remove { .. });
                     let result = me.handle(frame.request);
                     let ok = result.is_ok();
-                    {
-                        let w = writer.lock().unwrap_or_else(|e| e.into_inner());
-                        let _ = write_frame(
-                            &w,
-                            &Response {
-                                id: frame.id,
-                                result,
-                            },
-                        );
-                    }
+                    let _ = write_frame(
+                        &lock(&thread_writer),
+                        &Response {
+                            id: frame.id,
+                            result,
+                        },
+                    );
+                    me.in_flight.fetch_sub(1, Ordering::SeqCst);
                     if shutdown {
                         me.runtime.remove_all();
                         me.request_stop(Stop::Requested);
                     } else if removal && ok && me.poweroff_when_idle && me.runtime.is_empty() {
+                        me.runtime.close();
                         me.request_stop(Stop::Idle);
                     }
                 });
+            if let Err(e) = spawned {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let error =
+                    AgentError::new(ErrorCode::Internal, format!("Cannot start a thread: {e}"));
+                let _ = write_frame(
+                    &lock(&writer),
+                    &Response {
+                        id,
+                        result: Err(error),
+                    },
+                );
+            }
         }
     }
 

@@ -42,6 +42,19 @@ pub fn pre_exec_unshare_and_pass_fd(cmd: &mut Command, unshare_flags: i32, sync:
         if unsafe { libc::dup2(sync, 3) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Nothing else the agent holds may reach the container: every descriptor above
+        // the sync socket closes at exec (the helper binary, open as a close-on-exec
+        // memfd, is still reachable by path until then). Kernels before 5.11 lack
+        // close_range; the agent opens all its own descriptors close-on-exec anyway.
+        // SAFETY: close_range only changes descriptor flags; async-signal-safe.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                4u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if sync == 3 {
             // dup2 to itself leaves FD_CLOEXEC set: clear it.
             // SAFETY: fcntl on fd 3, which is open; async-signal-safe.
@@ -51,7 +64,8 @@ pub fn pre_exec_unshare_and_pass_fd(cmd: &mut Command, unshare_flags: i32, sync:
         }
         Ok(())
     };
-    // SAFETY: the hook makes only async-signal-safe system calls (unshare, dup2, fcntl)
+    // SAFETY: the hook makes only async-signal-safe system calls (unshare, dup2, fcntl,
+    // close_range)
     // and allocates nothing, as a pre-exec hook in a multi-threaded parent must.
     unsafe {
         cmd.pre_exec(hook);
@@ -135,18 +149,26 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Signals a PID 1 of a container forwards to its child.
-pub const FORWARDED_SIGNALS: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGCONT,
-    libc::SIGALRM,
-];
+/// Signals a PID 1 of a container (with `init`) forwards to its child: every signal
+/// but SIGCHLD (its own business), SIGKILL and SIGSTOP (which cannot be caught) and the
+/// synchronous fault signals, as tini does.
+pub fn forwarded_signals() -> Vec<i32> {
+    let skip = [
+        libc::SIGCHLD,
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGSEGV,
+    ];
+    let rt = libc::SIGRTMIN()..=libc::SIGRTMAX();
+    (1..=libc::SIGRTMAX())
+        .filter(|s| !skip.contains(s))
+        .filter(|s| *s <= 31 || rt.contains(s))
+        .collect()
+}
 
 fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain old data; sigemptyset initialises it fully.
@@ -248,4 +270,67 @@ pub fn unshare(flags: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A sealed, close-on-exec memfd holding a copy of this process's executable.
+pub fn sealed_copy_of_self() -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "arca-agent",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut exe = std::fs::File::open("/proc/self/exe")?;
+    let mut copy = std::fs::File::from(fd);
+    io::copy(&mut exe, &mut copy)?;
+    let fd = OwnedFd::from(copy);
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
+    // Helpers exec it by its /proc/self/fd path after fd 3 became their sync socket:
+    // keep it well above the descriptors the pre-exec hook rearranges.
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 64)?)
+}
+
+/// Peeks at an exited child without reaping it: its pid, or `None` if there are no
+/// children at all.
+pub fn peek_exited_child() -> io::Result<Option<i32>> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+        let rc =
+            unsafe { libc::waitid(libc::P_ALL, 0, &raw mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            // SAFETY: waitid succeeded with WEXITED, so the kernel filled the SIGCHLD
+            // fields of `info`, si_pid among them.
+            return Ok(Some(unsafe { info.si_pid() }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The CID of a connected vsock socket's peer.
+pub fn vsock_peer_cid(fd: &OwnedFd) -> io::Result<u32> {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes for the duration of the call and
+    // `len` holds the size of `addr`.
+    let rc = unsafe { libc::getpeername(fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if i32::from(addr.svm_family) != libc::AF_VSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a vsock peer",
+        ));
+    }
+    Ok(addr.svm_cid)
 }

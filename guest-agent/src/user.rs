@@ -113,7 +113,8 @@ pub fn resolve(
         gid = lookup_group(group, g)?;
     }
     let mut groups = Vec::new();
-    if let Some(e) = &entry {
+    // As runc: /etc/group memberships count only when the group is not given.
+    if let (Some(e), None) = (&entry, group_part) {
         for g in group_entries(group) {
             if g.members.contains(&e.name) && !groups.contains(&g.gid) {
                 groups.push(g.gid);
@@ -218,6 +219,14 @@ mod tests {
         // Without files at all, numbers still work.
         let c = resolve(Some("5:6"), &[], "", "").unwrap();
         assert_eq!((c.uid, c.gid), (5, 6));
+    }
+
+    #[test]
+    fn an_explicit_group_drops_the_implicit_memberships_as_runc_does() {
+        let c = resolve(Some("app:app"), &[], PASSWD, GROUP).unwrap();
+        assert_eq!((c.uid, c.gid, c.groups.clone()), (1000, 1000, vec![]));
+        let c = resolve(Some("app:app"), &["wheel".into()], PASSWD, GROUP).unwrap();
+        assert_eq!(c.groups, vec![10]);
     }
 
     #[test]

@@ -61,19 +61,7 @@ fn scenarios_pass_on_this_host_with_process_isolation() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tree = rootfs(dir.path(), false).source;
-    let sock = dir.path().join("agent.sock");
-    let mut agent = Command::new(binary("arca-agent"))
-        .args(["serve", "--listen"])
-        .arg(&sock)
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .args([
-            "--cgroup-parent",
-            &format!("arca-e2e-{}", std::process::id()),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start arca-agent serve");
+    let (mut agent, sock) = serve(dir.path());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -86,7 +74,7 @@ fn scenarios_pass_on_this_host_with_process_isolation() {
         .args(["--fstype", "dir", "--shutdown"])
         .output()
         .expect("run agent-scenarios");
-    let status = agent.wait().expect("agent exits after shutdown");
+    let status = agent.0.wait().expect("agent exits after shutdown");
     eprintln!("{}", stdout(&out));
     assert_ok(&out);
     assert!(status.success(), "agent exit {status:?}");
@@ -163,4 +151,122 @@ fn scenarios_pass_in_a_microvm_over_vsock() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("agent-ready"), "{}", stderr(&out));
+}
+
+/// An agent process killed when the test ends, passed or not (a leftover would keep
+/// the test harness's output pipe open).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `arca-agent serve` in `dir`; returns the child and its socket.
+fn serve(dir: &Path) -> (Agent, std::path::PathBuf) {
+    let sock = dir.join("agent.sock");
+    let child = Command::new(binary("arca-agent"))
+        .args(["serve", "--listen"])
+        .arg(&sock)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args([
+            "--cgroup-parent",
+            &format!("arca-e2e-h{}", std::process::id()),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start arca-agent serve");
+    (Agent(child), sock)
+}
+
+#[test]
+fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
+    use arca_protocol::{ContainerSpec, ErrorCode, ProcessSpec, Rootfs, StdioStream};
+    use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
+    if !rustix_is_root() {
+        eprintln!("SKIP: process isolation needs root (namespaces, mounts, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = rootfs(dir.path(), false).source;
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // /etc/hostname and /etc/hosts point at host paths; a FIFO would block a naive open.
+    for (name, target) in [
+        ("hostname", outside.join("hostname")),
+        ("hosts", outside.join("hosts")),
+    ] {
+        let p = tree.join("etc").join(name);
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+    }
+    let status = Command::new("mkfifo")
+        .arg(tree.join("etc/fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (mut agent, sock) = serve(dir.path());
+    let addr = AgentAddress::Unix(sock);
+    let mut c = AgentClient::connect(&addr, Duration::from_secs(10)).unwrap();
+    let spec = |id: &str, root: &Path| ContainerSpec {
+        id: id.into(),
+        rootfs: Rootfs {
+            source: root.display().to_string(),
+            fstype: "dir".into(),
+            writable: Default::default(),
+        },
+        process: ProcessSpec {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /etc/hostname; hostname".into(),
+            ],
+            ..Default::default()
+        },
+        hostname: Some("boxy".into()),
+        resources: Default::default(),
+        network: Default::default(),
+        init: false,
+    };
+    c.create(spec("hostile", &tree)).unwrap();
+    let out = addr.attach("hostile", None, StdioStream::Stdout).unwrap();
+    c.start("hostile").unwrap();
+    let text = String::from_utf8_lossy(&out.read_to_end_vec().unwrap()).into_owned();
+    // `cat` fails on the dangling link; `hostname` answers from the kernel.
+    assert_eq!(c.wait("hostile", None).unwrap().code, 0, "{text}");
+    assert!(text.ends_with("boxy\n"), "{text}");
+    c.remove("hostile", false).unwrap();
+    let leaked: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(
+        leaked.is_empty(),
+        "the agent wrote outside the rootfs: {leaked:?}"
+    );
+
+    // A mount point that is a symlink out of the image is refused, not followed.
+    let tree2 = dir.path().join("rootfs2");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&tree)
+            .arg(&tree2)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_dir(tree2.join("proc")).unwrap();
+    std::os::unix::fs::symlink(&outside, tree2.join("proc")).unwrap();
+    let e = c.create(spec("hostile2", &tree2)).unwrap_err();
+    assert!(
+        matches!(&e, AgentClientError::Agent(a) if a.code == ErrorCode::BadRequest && a.message.contains("not a directory")),
+        "{e}"
+    );
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "something was mounted outside"
+    );
+    c.shutdown().unwrap();
+    assert!(agent.0.wait().unwrap().success());
 }

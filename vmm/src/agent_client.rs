@@ -74,8 +74,9 @@ impl std::fmt::Display for AgentAddress {
 }
 
 impl AgentAddress {
-    /// One attempt: a connected stream with the vsock handshake done.
-    fn connect_once(&self) -> io::Result<UnixStream> {
+    /// One attempt: a connected stream with the vsock handshake done, before any
+    /// hello (for tools that speak the protocol themselves).
+    pub fn connect_once(&self) -> io::Result<UnixStream> {
         match self {
             AgentAddress::Unix(p) => UnixStream::connect(p),
             AgentAddress::Vsock { uds, port } => {
@@ -138,7 +139,14 @@ impl AgentAddress {
             channel,
         })?)?;
         let mut decoder = FrameDecoder::new();
+        // A wedged agent must not hang the host: the hello gets what is left of the
+        // timeout (at least a second).
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(1));
+        stream.set_read_timeout(Some(left))?;
         let reply: HelloReply = read_frame(&mut stream, &mut decoder)?;
+        stream.set_read_timeout(None)?;
         if let Some(e) = reply.error {
             return Err(e.into());
         }

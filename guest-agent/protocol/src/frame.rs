@@ -66,11 +66,18 @@ impl FrameDecoder {
 
     /// Appends bytes read from the transport.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        // Drop what was consumed, so a long-lived connection's buffer holds at most one
+        // unfinished frame plus the latest read.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held (consumed ones included until the next push).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// Takes the next complete message, if one has arrived.
@@ -223,6 +230,32 @@ mod tests {
                 "{payload:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_stream_of_frames_does_not_grow_the_buffer() {
+        let frame = encode_frame(&ping(1)).unwrap();
+        let wire: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * 10_000)
+            .collect();
+        let mut d = FrameDecoder::new();
+        let mut got = 0;
+        // Reads that end one byte into the next frame, as a pipelining peer causes.
+        for chunk in wire.chunks(frame.len() + 1) {
+            d.push(chunk);
+            while d.next::<RequestFrame>().unwrap().is_some() {
+                got += 1;
+            }
+            assert!(
+                d.buffered() <= 3 * frame.len(),
+                "{} bytes held",
+                d.buffered()
+            );
+        }
+        assert_eq!(got, 10_000);
     }
 
     #[test]

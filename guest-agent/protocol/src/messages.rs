@@ -428,6 +428,12 @@ impl ProcessSpec {
     /// Checks what can be checked without the rootfs.
     pub fn validate(&self) -> Result<(), AgentError> {
         let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
+        let size: usize = self.args.iter().chain(&self.env).map(|a| a.len() + 1).sum();
+        if size > MAX_ARGS_AND_ENV {
+            return bad(format!(
+                "Arguments and environment take {size} bytes; the limit is {MAX_ARGS_AND_ENV}"
+            ));
+        }
         if self.args.is_empty() || self.args[0].is_empty() {
             return bad("No command given".into());
         }
@@ -459,6 +465,9 @@ impl ProcessSpec {
         Ok(())
     }
 }
+
+/// Largest total size of a process's arguments and environment (with a NUL each).
+pub const MAX_ARGS_AND_ENV: usize = 128 * 1024;
 
 /// Rlimit names this protocol knows, as `RLIMIT_*` numbers on Linux.
 pub fn rlimit_resource_known(name: &str) -> Option<u32> {
@@ -677,6 +686,14 @@ mod tests {
             (|s| s.rootfs.fstype = "ntfs".into(), "ntfs"),
             (|s| s.rootfs.source = "disk.img".into(), "absolute"),
             (|s| s.hostname = Some("bad host".into()), "hostname"),
+            (
+                |s| {
+                    s.process
+                        .env
+                        .push(format!("BIG={}", "x".repeat(MAX_ARGS_AND_ENV)))
+                },
+                "limit",
+            ),
             (|s| s.resources.memory_bytes = Some(1024), "Memory limit"),
             (|s| s.resources.pids_max = Some(0), "Pids"),
             (

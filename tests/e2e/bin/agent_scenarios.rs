@@ -162,8 +162,14 @@ fn killed_by_sigkill_is_137(env: &mut Env) -> anyhow::Result<Option<String>> {
 }
 
 fn env_workdir_and_user_apply(env: &mut Env) -> anyhow::Result<Option<String>> {
-    let mut p = sh("echo \"$FOO|$(pwd)|$(id -u):$(id -g)|$(id -G)|$HOME|$(hostname)\"");
+    let mut p =
+        sh("echo \"$FOO|$(pwd)|$(id -u):$(id -g)|$(id -G)|$HOME|$(hostname)|$(ulimit -n)\"");
     p.env = vec!["FOO=bar baz".into()];
+    p.rlimits = vec![arca_protocol::Rlimit {
+        name: "nofile".into(),
+        soft: 123,
+        hard: 456,
+    }];
     p.cwd = Some("/work/dir".into());
     p.user = Some("app".into());
     let mut spec = env.spec(p);
@@ -171,7 +177,7 @@ fn env_workdir_and_user_apply(env: &mut Env) -> anyhow::Result<Option<String>> {
     let o = env.run(spec)?;
     ensure!(o.code == 0, "exit {} stderr {:?}", o.code, o.stderr);
     ensure!(
-        o.stdout == "bar baz|/work/dir|1000:1000|1000 50|/home/app|box1\n",
+        o.stdout == "bar baz|/work/dir|1000:1000|1000 50|/home/app|box1|123\n",
         "got {:?}",
         o.stdout
     );
@@ -240,8 +246,8 @@ fn pids_limit_stops_a_fork_bomb(env: &mut Env) -> anyhow::Result<Option<String>>
     // The bomb runs in a subshell (a failed fork ends a shell); afterwards only builtins
     // and exec, which need no fork.
     let mut spec = env.spec(sh(
-        "(i=0; while [ $i -lt 64 ]; do sleep 30 & i=$((i+1)); done) 2>/tmp/bomb.err; echo spawned; \
-         while read -r l; do echo \"$l\" >&2; done </tmp/bomb.err; exec sleep 30",
+        "(i=0; while [ $i -lt 64 ]; do sleep 30 & i=$((i+1)); done) 2>/tmp/bomb.err; \
+         while read -r l; do echo \"$l\" >&2; done </tmp/bomb.err; echo spawned; exec sleep 30",
     ));
     spec.resources.pids_max = Some(16);
     let id = spec.id.clone();
@@ -311,6 +317,12 @@ fn host_processes_and_mounts_are_invisible(env: &mut Env) -> anyhow::Result<Opti
         "/proc/irq",
         "/proc/bus",
         "/proc/fs",
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/scsi",
+        "/proc/timer_stats",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
     ];
     let mounts: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     let foreign: Vec<&&str> = mounts.iter().filter(|m| !allowed.contains(m)).collect();
@@ -482,6 +494,82 @@ fn bad_requests_get_clear_errors(env: &mut Env) -> anyhow::Result<Option<String>
     Ok(None)
 }
 
+fn root_keeps_dockers_default_capabilities_without_mknod(
+    env: &mut Env,
+) -> anyhow::Result<Option<String>> {
+    let script = "grep -E '^Cap(Eff|Bnd|Amb)' /proc/self/status | tr -s '\\t' ' '; \
+                  mknod /tmp/disk b 8 0 2>/dev/null && echo mknod-ok || echo mknod-refused; \
+                  mount -t tmpfs none /mnt 2>/dev/null && echo mount-ok || echo mount-refused";
+    let spec = env.spec(sh(script));
+    let o = env.run(spec)?;
+    ensure!(o.code == 0, "exit {} stderr {:?}", o.code, o.stderr);
+    let want = "CapEff: 00000000a00425fb\nCapBnd: 00000000a00425fb\nCapAmb: 0000000000000000\nmknod-refused\nmount-refused\n";
+    ensure!(o.stdout == want, "got {:?}", o.stdout);
+    let mut p = sh("grep -E '^Cap(Eff|Prm)' /proc/self/status | tr -s '\\t' ' '");
+    p.user = Some("app".into());
+    let spec = env.spec(p);
+    let o = env.run(spec)?;
+    ensure!(
+        o.stdout == "CapPrm: 0000000000000000\nCapEff: 0000000000000000\n",
+        "user app: {:?}",
+        o.stdout
+    );
+    Ok(None)
+}
+
+fn hostile_frames_are_refused_and_the_agent_stays_up(
+    env: &mut Env,
+) -> anyhow::Result<Option<String>> {
+    use std::io::Read;
+    let read_all = |mut s: std::os::unix::net::UnixStream| -> anyhow::Result<Vec<u8>> {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)?;
+        Ok(v)
+    };
+    // An oversize length prefix: the agent closes the connection without reading on.
+    let mut s = env.address.connect_once()?;
+    s.write_all(&u32::MAX.to_be_bytes())?;
+    ensure!(
+        read_all(s)?.is_empty(),
+        "the agent answered an oversize frame"
+    );
+    // Garbage JSON: closed as well.
+    let mut s = env.address.connect_once()?;
+    s.write_all(&[0, 0, 0, 3, b'{', b'{', b'{'])?;
+    ensure!(read_all(s)?.is_empty(), "the agent answered garbage");
+    // A hello of another protocol version: a reply that says so, then close.
+    let mut s = env.address.connect_once()?;
+    let hello = arca_protocol::Hello {
+        version: 999,
+        channel: arca_protocol::Channel::Control,
+    };
+    s.write_all(&arca_protocol::encode_frame(&hello)?)?;
+    let mut d = arca_protocol::FrameDecoder::new();
+    d.push(&read_all(s)?);
+    let reply: arca_protocol::HelloReply = d.next()?.context("no hello reply")?;
+    let e = reply.error.context("version 999 accepted")?;
+    ensure!(e.code == ErrorCode::VersionMismatch, "{e:?}");
+    // A request frame that does not decode, after a good hello: an error, then close.
+    let mut s = env.address.connect_once()?;
+    let hello = arca_protocol::Hello {
+        version: arca_protocol::PROTOCOL_VERSION,
+        channel: arca_protocol::Channel::Control,
+    };
+    s.write_all(&arca_protocol::encode_frame(&hello)?)?;
+    s.write_all(&[0, 0, 0, 2, b'{', b'}'])?;
+    let mut d = arca_protocol::FrameDecoder::new();
+    d.push(&read_all(s)?);
+    let _: arca_protocol::HelloReply = d.next()?.context("no hello reply")?;
+    let r: arca_protocol::Response = d.next()?.context("no error response")?;
+    ensure!(
+        matches!(&r.result, Err(e) if e.code == ErrorCode::BadRequest),
+        "{r:?}"
+    );
+    env.client()?.ping()?;
+    Ok(None)
+}
+
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("stdout_stderr_and_exit_zero", stdout_stderr_and_exit_zero),
     ("exit_code_one", exit_code_one),
@@ -511,6 +599,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "bad_requests_get_clear_errors",
         bad_requests_get_clear_errors,
+    ),
+    (
+        "hostile_frames_are_refused_and_the_agent_stays_up",
+        hostile_frames_are_refused_and_the_agent_stays_up,
+    ),
+    (
+        "root_keeps_dockers_default_capabilities_without_mknod",
+        root_keeps_dockers_default_capabilities_without_mknod,
     ),
 ];
 
