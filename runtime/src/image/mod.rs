@@ -1,3 +1,4 @@
-//! Container images.
+//! Container images: the store and safe layer unpacking.
 
+pub mod store;
 pub mod unpack;

@@ -1,0 +1,684 @@
+//! The image store: content-addressed blobs, unpacked root filesystems and tags under
+//! `<state>/images`, changed only under an exclusive lock.
+//!
+//! ```text
+//! images/lock                      flock(2) for every change
+//! images/tags.json                 {"busybox:latest": "<image id>"}
+//! images/blobs/sha256/<hex>        config and layer blobs, verified by digest
+//! images/by-id/<id>/config.json    the image config
+//! images/by-id/<id>/rootfs/        the layers applied in order (read-only lower layer)
+//! images/tmp/                      work in progress, removed on failure
+//! ```
+//!
+//! The image id is the hex SHA-256 of the image config, as Docker's.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::unpack::{UnpackError, apply_layer};
+
+/// Errors of the image store. Messages name the image or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("Cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No image by that name or id.
+    #[error("No such image: {0}")]
+    NotFound(String),
+    /// The reference does not parse.
+    #[error("Invalid reference format: {0:?} (use NAME[:TAG] in lowercase)")]
+    BadReference(String),
+    /// The archive is neither a `docker save` tarball nor an OCI layout.
+    #[error("{path} is not an image archive: {why}")]
+    BadArchive {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A blob's content does not match its digest.
+    #[error("Blob {name} fails verification: expected sha256:{expected}, got sha256:{actual}")]
+    DigestMismatch {
+        /// The blob's name in the archive.
+        name: String,
+        /// Its digest as announced.
+        expected: String,
+        /// Its actual digest.
+        actual: String,
+    },
+    /// A layer could not be applied.
+    #[error("Layer {layer} of image {image} cannot be applied")]
+    Layer {
+        /// The image.
+        image: String,
+        /// The layer's digest or name.
+        layer: String,
+        /// Why.
+        #[source]
+        source: UnpackError,
+    },
+    /// A JSON document of the image is malformed.
+    #[error("Malformed {what} in {path}")]
+    Json {
+        /// Which document.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The parts of an image config the runtime uses (Docker's field names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `architecture`.
+    #[serde(default)]
+    pub architecture: String,
+    /// `os`.
+    #[serde(default)]
+    pub os: String,
+    /// `config`: how to run it.
+    #[serde(default)]
+    pub config: RunConfig,
+    /// `rootfs.diff_ids`: digests of the uncompressed layers.
+    #[serde(default)]
+    pub rootfs: RootfsConfig,
+    /// `created`.
+    #[serde(default)]
+    pub created: Option<String>,
+}
+
+/// `config` of an image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    /// `Entrypoint`.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// `Env`.
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    /// `WorkingDir`.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// `User`.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `rootfs` of an image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsConfig {
+    /// `diff_ids`.
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
+}
+
+/// An image in the store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Hex SHA-256 of the config.
+    pub id: String,
+    /// The config.
+    pub config: ImageConfig,
+    /// The unpacked root filesystem.
+    pub rootfs: PathBuf,
+    /// Tags naming it.
+    pub tags: Vec<String>,
+}
+
+/// Normalises `NAME[:TAG]` the way Docker does for local names: `docker.io/library/`
+/// and `docker.io/` dropped, `:latest` added.
+pub fn normalize_reference(reference: &str) -> Result<String, StoreError> {
+    let bad = || StoreError::BadReference(reference.to_string());
+    let r = reference
+        .strip_prefix("docker.io/library/")
+        .or_else(|| reference.strip_prefix("docker.io/"))
+        .unwrap_or(reference);
+    let (name, tag) = match r.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (r, "latest"),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+        })
+        && !name.starts_with(['/', '.', '-'])
+        && !name.ends_with('/');
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name_ok && tag_ok {
+        Ok(format!("{name}:{tag}"))
+    } else {
+        Err(bad())
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a layer's uncompressed tar stream (its `diff_id`).
+fn diff_id(path: &Path) -> Result<String, StoreError> {
+    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(io_err("read", path))?;
+    let f = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
+    } else {
+        Box::new(io::BufReader::new(f))
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let k = reader.read(&mut buf).map_err(io_err("read", path))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T, StoreError> {
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Json {
+        what: "document",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("replace", path))
+}
+
+/// `manifest.json` of a `docker save` archive.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// An OCI descriptor.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+/// An OCI index or manifest (the fields used).
+#[derive(Debug, Deserialize)]
+struct OciDocument {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// One image found in an archive: tags, config file, layer files in order.
+struct Found {
+    tags: Vec<String>,
+    config: PathBuf,
+    layers: Vec<PathBuf>,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Holds the store lock until dropped.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] fs::File);
+
+impl Store {
+    /// Opens (creating) the store under `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let root = state_dir.join("images");
+        for d in ["blobs/sha256", "by-id", "tmp"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// Takes the exclusive store lock (blocking until other `arca` processes let go).
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err("lock", &path)(e.into()))?;
+        Ok(StoreLock(f))
+    }
+
+    fn tags_path(&self) -> PathBuf {
+        self.root.join("tags.json")
+    }
+
+    fn tags(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let p = self.tags_path();
+        if !p.exists() {
+            return Ok(BTreeMap::new());
+        }
+        read_json(&p, "tag list")
+    }
+
+    /// Every image, with its tags.
+    pub fn list(&self) -> Result<Vec<Image>, StoreError> {
+        let tags = self.tags()?;
+        let dir = self.root.join("by-id");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let e = e.map_err(io_err("read", &dir))?;
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !e.path().join("rootfs").is_dir() {
+                continue;
+            }
+            out.push(self.image(&id, &tags)?);
+        }
+        out.sort_by(|a, b| a.tags.cmp(&b.tags).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn image(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<Image, StoreError> {
+        let dir = self.root.join("by-id").join(id);
+        Ok(Image {
+            id: id.to_string(),
+            config: read_json(&dir.join("config.json"), "image config")?,
+            rootfs: dir.join("rootfs"),
+            tags: tags
+                .iter()
+                .filter(|(_, v)| *v == id)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        })
+    }
+
+    /// Finds an image by tag, full id or unique id prefix (at least 4 characters).
+    pub fn resolve(&self, reference: &str) -> Result<Image, StoreError> {
+        let tags = self.tags()?;
+        if let Ok(name) = normalize_reference(reference)
+            && let Some(id) = tags.get(&name)
+        {
+            return self.image(id, &tags);
+        }
+        let hexpart = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hexpart.len() >= 4 && hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let dir = self.root.join("by-id");
+            let matches: Vec<String> = fs::read_dir(&dir)
+                .map_err(io_err("read", &dir))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| id.starts_with(hexpart))
+                .collect();
+            if let [id] = matches.as_slice() {
+                return self.image(id, &tags);
+            }
+        }
+        normalize_reference(reference)?;
+        Err(StoreError::NotFound(reference.to_string()))
+    }
+
+    /// Removes a tag; the image goes when its last tag does (or when named by id).
+    /// Returns the id if the image itself was deleted.
+    pub fn remove(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        let _lock = self.lock()?;
+        let image = self.resolve(reference)?;
+        let mut tags = self.tags()?;
+        let by_tag = normalize_reference(reference)
+            .ok()
+            .filter(|n| tags.contains_key(n));
+        match by_tag {
+            Some(name) => {
+                tags.remove(&name);
+            }
+            None => tags.retain(|_, v| *v != image.id),
+        }
+        write_json(&self.tags_path(), &tags)?;
+        if tags.values().any(|v| *v == image.id) {
+            return Ok(None);
+        }
+        let dir = self.root.join("by-id").join(&image.id);
+        let trash = self.root.join("tmp").join(format!("rm-{}", image.id));
+        fs::rename(&dir, &trash).map_err(io_err("remove", &dir))?;
+        fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+        Ok(Some(image.id))
+    }
+
+    /// Loads a `docker save` tarball or an OCI image layout tarball. Returns the tags
+    /// (or ids, for untagged images) loaded.
+    pub fn load(&self, archive: &Path) -> Result<Vec<String>, StoreError> {
+        let _lock = self.lock()?;
+        let work = tempdir_in(&self.root.join("tmp"))?;
+        let result = self.load_in(archive, &work);
+        let _ = fs::remove_dir_all(&work);
+        result
+    }
+
+    fn load_in(&self, archive: &Path, work: &Path) -> Result<Vec<String>, StoreError> {
+        let bad = |why: String| StoreError::BadArchive {
+            path: archive.to_path_buf(),
+            why,
+        };
+        let tree = work.join("archive");
+        fs::create_dir(&tree).map_err(io_err("create", &tree))?;
+        // The archive is untrusted: extract it with the layer rules (no escapes).
+        apply_layer(&tree, archive).map_err(|e| bad(e.to_string()))?;
+        let found = if tree.join("oci-layout").is_file() {
+            oci_layout(&tree).map_err(|e| match e {
+                StoreError::BadArchive { why, .. } => bad(why),
+                e => e,
+            })?
+        } else if tree.join("manifest.json").is_file() {
+            docker_archive(&tree)?
+        } else {
+            return Err(bad(
+                "no manifest.json (docker save) or oci-layout (OCI layout)".into(),
+            ));
+        };
+        if found.is_empty() {
+            return Err(bad("it holds no image".into()));
+        }
+        let mut loaded = Vec::new();
+        for image in found {
+            loaded.extend(self.import(image, work)?);
+        }
+        Ok(loaded)
+    }
+
+    fn import(&self, found: Found, work: &Path) -> Result<Vec<String>, StoreError> {
+        let id = sha256_file(&found.config)?;
+        let config: ImageConfig = read_json(&found.config, "image config")?;
+        if config.rootfs.diff_ids.len() != found.layers.len() {
+            return Err(StoreError::BadArchive {
+                path: found.config.clone(),
+                why: format!(
+                    "the config lists {} layers, the manifest {}",
+                    config.rootfs.diff_ids.len(),
+                    found.layers.len()
+                ),
+            });
+        }
+        for (layer, want) in found.layers.iter().zip(&config.rootfs.diff_ids) {
+            let got = diff_id(layer)?;
+            let want = want.strip_prefix("sha256:").unwrap_or(want);
+            if got != want {
+                return Err(StoreError::DigestMismatch {
+                    name: layer.display().to_string(),
+                    expected: want.to_string(),
+                    actual: got,
+                });
+            }
+        }
+        let dest = self.root.join("by-id").join(&id);
+        if !dest.join("rootfs").is_dir() {
+            let staging = work.join(format!("image-{id}"));
+            let rootfs = staging.join("rootfs");
+            fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
+            for (layer, diff) in found.layers.iter().zip(&config.rootfs.diff_ids) {
+                apply_layer(&rootfs, layer).map_err(|source| StoreError::Layer {
+                    image: id.clone(),
+                    layer: diff.clone(),
+                    source,
+                })?;
+                let blob = self
+                    .root
+                    .join("blobs/sha256")
+                    .join(diff.strip_prefix("sha256:").unwrap_or(diff));
+                if !blob.exists() {
+                    fs::copy(layer, &blob).map_err(io_err("store", &blob))?;
+                }
+            }
+            fs::copy(&found.config, staging.join("config.json"))
+                .map_err(io_err("store", &found.config))?;
+            let _ = fs::remove_dir_all(&dest);
+            fs::rename(&staging, &dest).map_err(io_err("store", &dest))?;
+        }
+        let mut tags = self.tags()?;
+        let mut names = Vec::new();
+        for t in &found.tags {
+            let name = normalize_reference(t)?;
+            tags.insert(name.clone(), id.clone());
+            names.push(name);
+        }
+        write_json(&self.tags_path(), &tags)?;
+        if names.is_empty() {
+            names.push(format!("sha256:{id}"));
+        }
+        Ok(names)
+    }
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf, StoreError> {
+    for n in 0..1000u32 {
+        let p = parent.join(format!("load-{}-{n}", std::process::id()));
+        match fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("create", &p)(e)),
+        }
+    }
+    Err(io_err("create", parent)(io::Error::other("no free name")))
+}
+
+/// A path inside the archive tree; refuses names that climb out.
+fn inside(tree: &Path, name: &str) -> Result<PathBuf, StoreError> {
+    if Path::new(name)
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(StoreError::BadArchive {
+            path: tree.to_path_buf(),
+            why: format!("bad path {name:?} in the manifest"),
+        });
+    }
+    Ok(tree.join(name))
+}
+
+fn docker_archive(tree: &Path) -> Result<Vec<Found>, StoreError> {
+    let manifests: Vec<DockerManifest> = read_json(&tree.join("manifest.json"), "manifest.json")?;
+    manifests
+        .into_iter()
+        .map(|m| {
+            Ok(Found {
+                tags: m.repo_tags.unwrap_or_default(),
+                config: inside(tree, &m.config)?,
+                layers: m
+                    .layers
+                    .iter()
+                    .map(|l| inside(tree, l))
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+/// A verified blob of an OCI layout.
+fn oci_blob(tree: &Path, digest: &str) -> Result<PathBuf, StoreError> {
+    let hexpart = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| StoreError::BadArchive {
+            path: tree.to_path_buf(),
+            why: format!("unsupported digest {digest:?} (sha256 only)"),
+        })?;
+    if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::BadArchive {
+            path: tree.to_path_buf(),
+            why: format!("malformed digest {digest:?}"),
+        });
+    }
+    let path = tree.join("blobs/sha256").join(hexpart);
+    let actual = sha256_file(&path)?;
+    if actual != hexpart {
+        return Err(StoreError::DigestMismatch {
+            name: format!("blobs/sha256/{hexpart}"),
+            expected: hexpart.to_string(),
+            actual,
+        });
+    }
+    Ok(path)
+}
+
+fn oci_layout(tree: &Path) -> Result<Vec<Found>, StoreError> {
+    let index: OciDocument = read_json(&tree.join("index.json"), "index.json")?;
+    let mut out = Vec::new();
+    for desc in index.manifests {
+        let tag = desc
+            .annotations
+            .get("io.containerd.image.name")
+            .or_else(|| desc.annotations.get("org.opencontainers.image.ref.name"))
+            .cloned();
+        let mut doc: OciDocument = read_json(&oci_blob(tree, &desc.digest)?, "manifest")?;
+        // A multi-platform index: take linux/amd64.
+        if doc.config.is_none() && !doc.manifests.is_empty() {
+            let pick = doc
+                .manifests
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                })
+                .ok_or_else(|| StoreError::BadArchive {
+                    path: tree.to_path_buf(),
+                    why: "its index has no linux/amd64 image".into(),
+                })?;
+            doc = read_json(&oci_blob(tree, &pick.digest)?, "manifest")?;
+        }
+        let config = doc.config.ok_or_else(|| StoreError::BadArchive {
+            path: tree.to_path_buf(),
+            why: format!("manifest {} has no config", desc.digest),
+        })?;
+        let layers = doc
+            .layers
+            .iter()
+            .map(|l| {
+                if l.media_type.contains("zstd") {
+                    return Err(StoreError::BadArchive {
+                        path: tree.to_path_buf(),
+                        why: format!("layer {} is zstd-compressed (unsupported)", l.digest),
+                    });
+                }
+                oci_blob(tree, &l.digest)
+            })
+            .collect::<Result<_, _>>()?;
+        out.push(Found {
+            // A bare OCI ref name ("latest") is a tag without a repository: keep only
+            // full references.
+            tags: tag
+                .filter(|t| t.contains(':') || t.contains('/'))
+                .into_iter()
+                .collect(),
+            config: oci_blob(tree, &config.digest)?,
+            layers,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_normalise_as_docker_does() {
+        assert_eq!(normalize_reference("busybox").unwrap(), "busybox:latest");
+        assert_eq!(
+            normalize_reference("docker.io/library/busybox:1.36").unwrap(),
+            "busybox:1.36"
+        );
+        assert_eq!(
+            normalize_reference("localhost:5000/app").unwrap(),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalize_reference("localhost:5000/app:v1").unwrap(),
+            "localhost:5000/app:v1"
+        );
+        for bad in ["", "UPPER", "a b", "/x", "x:", "x:bad tag", "x:a/b:"] {
+            assert!(normalize_reference(bad).is_err(), "{bad:?}");
+        }
+    }
+}

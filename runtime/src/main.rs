@@ -1,0 +1,244 @@
+//! `arca`: Docker-style containers, each in its own KVM microVM (`--isolation=vm`, the
+//! default) or on this host (`--isolation=process`).
+//!
+//! This version: `load`, `images`, `rmi`, and `run` in the foreground. Exit codes follow
+//! Docker: the container's own; 125 when arca fails; 126/127 when the command cannot be
+//! run or found.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arca_runtime::image::store::Store;
+use arca_runtime::run::{Isolation, RunOptions, run, state_dir};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "arca",
+    version,
+    about = "Containers in KVM microVMs, the docker way"
+)]
+struct Cli {
+    /// State directory (images, containers). Default: $ARCA_STATE_DIR, /var/lib/arca as
+    /// root, else $XDG_DATA_HOME/arca.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load images from a `docker save` tarball or an OCI image layout tarball.
+    Load {
+        /// The archive.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// List images.
+    Images {
+        /// Only image ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images (a tag; the image goes with its last tag).
+    Rmi {
+        /// Image names or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Run a command in a new container.
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Where the container runs.
+    #[arg(long, value_enum, default_value = "vm")]
+    isolation: Isolation,
+    /// Remove the container when it exits (this version always does).
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background (not supported yet).
+    #[arg(short, long)]
+    detach: bool,
+    /// Allocate a terminal (not supported yet).
+    #[arg(short, long)]
+    tty: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Container name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Override the image's ENTRYPOINT.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short, long)]
+    memory: Option<String>,
+    /// Number of CPUs (e.g. 0.5, 2).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Run an init as PID 1 that forwards signals and reaps processes.
+    #[arg(long)]
+    init: bool,
+    /// The image.
+    image: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Docker's memory syntax: a number with an optional b, k, m or g suffix.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'b')) => (&t[..i], 1),
+        Some((i, 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid memory size {text:?} (use e.g. 64m or 1g)"))
+}
+
+fn env_file(path: &PathBuf) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read env file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let state = cli.state_dir.clone().unwrap_or_else(state_dir);
+    let result: Result<i32, String> = (|| match cli.command {
+        Cmd::Load { input } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            for name in store.load(&input).map_err(|e| chain(&e))? {
+                println!("Loaded image: {name}");
+            }
+            Ok(0)
+        }
+        Cmd::Images { quiet } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let images = store.list().map_err(|e| chain(&e))?;
+            if !quiet {
+                println!("{:<40} {:<14} CREATED", "REPOSITORY:TAG", "IMAGE ID");
+            }
+            for i in images {
+                let short = &i.id[..12];
+                if quiet {
+                    println!("{short}");
+                    continue;
+                }
+                let created = i.config.created.clone().unwrap_or_default();
+                let names = if i.tags.is_empty() {
+                    vec!["<none>".to_string()]
+                } else {
+                    i.tags.clone()
+                };
+                for t in names {
+                    println!("{t:<40} {short:<14} {created}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Rmi { images } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let mut failed = false;
+            for r in images {
+                match store.remove(&r) {
+                    Ok(Some(id)) => println!("Deleted: sha256:{id}"),
+                    Ok(None) => println!("Untagged: {r}"),
+                    Err(e) => {
+                        eprintln!("arca: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        Cmd::Run(a) => {
+            let a = *a;
+            if a.detach {
+                return Err(
+                    "--detach is not supported yet: containers run in the foreground".into(),
+                );
+            }
+            if a.tty {
+                return Err("--tty is not supported yet by arca run (the agent supports terminals; the CLI does not attach one)".into());
+            }
+            let mut env = Vec::new();
+            for f in &a.env_file {
+                env.extend(env_file(f)?);
+            }
+            env.extend(a.env.iter().cloned());
+            let opts = RunOptions {
+                image: a.image,
+                args: a.command,
+                entrypoint: a.entrypoint,
+                env,
+                workdir: a.workdir,
+                user: a.user,
+                hostname: a.hostname,
+                memory: a.memory.as_deref().map(parse_memory).transpose()?,
+                cpus: a.cpus,
+                init: a.init,
+                interactive: a.interactive,
+                isolation: a.isolation,
+                name: a.name,
+            };
+            run(&state, &opts).map_err(|e| {
+                // 126/127 keep their codes; the message still goes to stderr.
+                let code = e.exit_code();
+                if code != 125 {
+                    eprintln!("arca: {}", chain(&e));
+                    std::process::exit(code);
+                }
+                chain(&e)
+            })
+        }
+    })();
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(msg) => {
+            eprintln!("arca: {msg}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    vmm::error_chain(e)
+}

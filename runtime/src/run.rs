@@ -1,0 +1,382 @@
+//! `arca run` in the foreground: one container, in a microVM (`vm`) or on the host
+//! (`process`), with the same agent and the same protocol.
+//!
+//! `process`: an `arca-agent serve` of its own on a Unix socket in the container's
+//! state directory. `vm`: an `arca-vmm` booting the guest kernel with the agent
+//! initramfs, the image as a read-only ext4 disk and a vsock socket in the container's
+//! state directory; the agent powers the VM off once the container is removed.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arca_protocol::{
+    ContainerSpec, ErrorCode, NetworkMode, ProcessSpec, Resources, Rootfs, StdioStream,
+    WritableLayer,
+};
+use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
+
+use crate::guest;
+use crate::image::store::{Image, Store, StoreError};
+
+/// Errors of `arca run`. All map to exit code 125 except the container's own 126/127.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The image store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A needed program or file is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// The agent refused or failed.
+    #[error(transparent)]
+    Agent(#[from] AgentClientError),
+    /// A local operation failed.
+    #[error("Cannot {action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Building the guest's files failed.
+    #[error(transparent)]
+    Guest(#[from] guest::GuestError),
+}
+
+impl RunError {
+    /// Docker's exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Agent(AgentClientError::Agent(a)) => a.code.docker_exit_code(),
+            _ => 125,
+        }
+    }
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+    let action = action.into();
+    move |source| RunError::Io { action, source }
+}
+
+/// Where the container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// Its own KVM microVM.
+    Vm,
+    /// Namespaces and cgroups on this host.
+    Process,
+}
+
+/// What `arca run` was asked.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Image reference.
+    pub image: String,
+    /// Arguments after the image (replace the image's Cmd).
+    pub args: Vec<String>,
+    /// `--entrypoint` (an empty string clears the image's).
+    pub entrypoint: Option<String>,
+    /// `-e`, in order.
+    pub env: Vec<String>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--memory`, bytes.
+    pub memory: Option<u64>,
+    /// `--cpus`.
+    pub cpus: Option<f64>,
+    /// `--init`.
+    pub init: bool,
+    /// `-i`.
+    pub interactive: bool,
+    /// `--isolation`.
+    pub isolation: Isolation,
+    /// Container name (a generated one when absent).
+    pub name: Option<String>,
+}
+
+/// Docker's rules: `--entrypoint` replaces the image's Entrypoint and drops its Cmd;
+/// arguments replace Cmd; the command is Entrypoint + Cmd.
+pub fn command_line(image: &Image, opts: &RunOptions) -> Result<Vec<String>, RunError> {
+    let cfg = &image.config.config;
+    let (entrypoint, default_cmd) = match &opts.entrypoint {
+        Some(e) if e.is_empty() => (vec![], vec![]),
+        Some(e) => (vec![e.clone()], vec![]),
+        None => (
+            cfg.entrypoint.clone().unwrap_or_default(),
+            cfg.cmd.clone().unwrap_or_default(),
+        ),
+    };
+    let cmd = if opts.args.is_empty() {
+        default_cmd
+    } else {
+        opts.args.clone()
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(RunError::Invalid(format!(
+            "No command specified: image {} has no Entrypoint or Cmd; give one after the image name",
+            opts.image
+        )));
+    }
+    Ok(argv)
+}
+
+/// The image's Env with `-e` entries overriding by key (`-e KEY` alone takes the
+/// value from this environment, as Docker does, and is dropped if unset).
+pub fn environment(image: &Image, overrides: &[String]) -> Vec<String> {
+    let mut env: Vec<String> = image.config.config.env.clone().unwrap_or_default();
+    for e in overrides {
+        let entry = match e.split_once('=') {
+            Some(_) => e.clone(),
+            None => match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            },
+        };
+        let key = entry
+            .split_once('=')
+            .map_or(entry.as_str(), |(k, _)| k)
+            .to_string();
+        env.retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
+        env.push(entry);
+    }
+    env
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A child process killed if still running when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a container in the foreground and returns its exit code.
+pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
+    let store = Store::open(state)?;
+    let image = store.resolve(&opts.image)?;
+    let args = command_line(&image, opts)?;
+    let id = match &opts.name {
+        Some(n) => {
+            arca_protocol::validate_id("container", n).map_err(|e| RunError::Invalid(e.message))?;
+            n.clone()
+        }
+        None => format!("arca-{}", random_id()),
+    };
+    let dir = state.join("containers").join(&id);
+    std::fs::create_dir_all(dir.parent().unwrap_or(state))
+        .map_err(io_err("create the container directory"))?;
+    if let Err(e) = std::fs::create_dir(&dir) {
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            RunError::Invalid(format!("The container name {id:?} is already in use"))
+        } else {
+            io_err(format!("create {}", dir.display()))(e)
+        });
+    }
+    let result = run_in(state, &store, &image, opts, args, &id, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    state: &Path,
+    store: &Store,
+    image: &Image,
+    opts: &RunOptions,
+    args: Vec<String>,
+    id: &str,
+    dir: &Path,
+) -> Result<i32, RunError> {
+    let cfg = &image.config.config;
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| cfg.user.clone().filter(|u| !u.is_empty()));
+    let cwd = opts
+        .workdir
+        .clone()
+        .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty()));
+    let resources = Resources {
+        memory_bytes: opts.memory,
+        cpu_quota_us: opts.cpus.map(|c| (c * 100_000.0).round() as u64),
+        cpu_period_us: opts.cpus.map(|_| 100_000),
+        pids_max: None,
+    };
+    let process = ProcessSpec {
+        args,
+        env: environment(image, &opts.env),
+        cwd,
+        user,
+        stdin: opts.interactive,
+        ..Default::default()
+    };
+    let (address, rootfs, _child) = match opts.isolation {
+        Isolation::Process => {
+            let sock = dir.join("agent.sock");
+            let agent = Command::new(guest::agent_binary()?)
+                .args(["serve", "--listen"])
+                .arg(&sock)
+                .arg("--run-dir")
+                .arg(dir.join("run"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(io_err("start arca-agent"))?;
+            let rootfs = Rootfs {
+                source: image.rootfs.display().to_string(),
+                fstype: "dir".into(),
+                writable: WritableLayer::Tmpfs,
+            };
+            (AgentAddress::Unix(sock), rootfs, Reaped(agent))
+        }
+        Isolation::Vm => {
+            let kernel = guest::kernel()?;
+            let initrd = guest::agent_initramfs(state)?;
+            let disk = guest::image_disk(store, image)?;
+            let uds = dir.join("vsock.sock");
+            // The guest needs room for its kernel, the agent and the container.
+            let mem_mib = opts.memory.map_or(256, |m| (m >> 20) + 128).max(128);
+            let cpus = opts.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
+            let vmm = Command::new(guest::vmm_binary()?)
+                .arg("--kernel")
+                .arg(&kernel)
+                .arg("--initrd")
+                .arg(&initrd)
+                .args([
+                    "--memory",
+                    &mem_mib.to_string(),
+                    "--cpus",
+                    &cpus.to_string(),
+                ])
+                .args(["--cmdline", "quiet"])
+                .arg("--disk")
+                .arg(format!("{},ro", disk.display()))
+                .arg("--vsock")
+                .arg(format!("cid=3,uds={}", uds.display()))
+                .arg("--console")
+                .arg(format!("file:{}", dir.join("console.log").display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(io_err("start arca-vmm"))?;
+            let rootfs = Rootfs {
+                source: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs,
+            };
+            (AgentAddress::Vsock { uds, port: 1024 }, rootfs, Reaped(vmm))
+        }
+    };
+    let mut child = _child;
+    let mut client = AgentClient::connect(&address, Duration::from_secs(30))?;
+    let spec = ContainerSpec {
+        id: id.to_string(),
+        rootfs,
+        process,
+        hostname: opts.hostname.clone(),
+        resources,
+        network: NetworkMode::Isolated,
+        init: opts.init,
+    };
+    client.create(spec)?;
+    let out = address.attach(id, None, StdioStream::Stdout)?;
+    let err = address.attach(id, None, StdioStream::Stderr)?;
+    let input = if opts.interactive {
+        Some(address.attach(id, None, StdioStream::Stdin)?)
+    } else {
+        None
+    };
+    if let Err(e) = client.start(id) {
+        let _ = client.remove(id, true);
+        if opts.isolation == Isolation::Process {
+            let _ = client.shutdown();
+        }
+        return Err(e.into());
+    }
+    if let Some(mut input) = input {
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin().lock(), &mut input);
+            let _ = input.close_input();
+        });
+    }
+    let copy_out = std::thread::spawn(move || copy_to(out, io::stdout()));
+    let copy_err = std::thread::spawn(move || copy_to(err, io::stderr()));
+    let status = client.wait(id, None)?;
+    let _ = copy_out.join();
+    let _ = copy_err.join();
+    client.remove(id, false)?;
+    match opts.isolation {
+        Isolation::Process => {
+            client.shutdown()?;
+        }
+        // The agent powers the VM off once its last container is gone.
+        Isolation::Vm => {}
+    }
+    drop(client);
+    let _ = child.0.wait();
+    if status.oom_killed {
+        eprintln!("arca: the container was killed for exceeding its memory limit");
+    }
+    Ok(status.code)
+}
+
+fn copy_to(mut from: impl Read, mut to: impl Write) {
+    let mut buf = [0u8; 65536];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `true` when `code` came from the agent refusing to exec (Docker's 126/127).
+pub fn is_exec_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::CommandNotFound | ErrorCode::CommandNotExecutable
+    )
+}
+
+/// Where `arca` keeps state: `$ARCA_STATE_DIR`, else `/var/lib/arca` as root, else
+/// `$XDG_DATA_HOME/arca` (`~/.local/share/arca`).
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ARCA_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/arca");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    data.join("arca")
+}

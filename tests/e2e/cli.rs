@@ -1,0 +1,158 @@
+//! The `arca` CLI: the scenario table of `tests/e2e/cli-cases.sh` (output, exit codes
+//! 0/3/125/126/127, stderr, env/workdir/user, image Cmd, --entrypoint, stdin, PID 1
+//! signal protection, memory limit, unknown image, bad reference, unknown or
+//! unsupported flags, nothing left behind) with `--isolation=process` on this host and
+//! in the lab's L1 (cgroup v2), and with `--isolation=vm` where KVM works; and image
+//! archives that must be refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arca_e2e::{TestFile, bin_dir, binary, repo_root, run_with_kvm, stderr, stdout};
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// The busybox test image as a `docker save` tarball.
+fn image(dir: &Path) -> PathBuf {
+    let tree = dir.join("rootfs");
+    let tar = dir.join("busybox.tar");
+    let ok = Command::new(repo_root().join("tests/guest/mkrootfs"))
+        .arg(&tree)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new(repo_root().join("tests/guest/mkimage"))
+            .arg(&tree)
+            .arg(&tar)
+            .arg("busybox:latest")
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "building the test image failed");
+    tar
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn path_with_bins() -> String {
+    format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn cli_cases_pass_with_process_isolation_on_this_host() {
+    if !is_root() {
+        eprintln!("SKIP: process isolation needs root");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = image(dir.path());
+    let out = Command::new("sh")
+        .arg(repo_root().join("tests/e2e/cli-cases.sh"))
+        .arg("process")
+        .arg(&tar)
+        .env("PATH", path_with_bins())
+        .env("ARCA_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    eprintln!("{}", stdout(&out));
+    assert_ok(&out);
+}
+
+#[test]
+fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = image(dir.path());
+    let mke2fs = PathBuf::from("/sbin/mke2fs");
+    let files = [
+        TestFile {
+            source: tar,
+            name: "busybox.tar".into(),
+        },
+        TestFile {
+            source: repo_root().join("tests/e2e/cli-cases.sh"),
+            name: "cli-cases.sh".into(),
+        },
+        TestFile {
+            source: mke2fs,
+            name: "mkfs.ext4".into(),
+        },
+    ];
+    let script = r#"export PATH="$ARCA_E2E_DIR:$PATH"
+        echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/cli-cases.sh" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
+        pr=0
+        if [ -n "$ARCA_LAB" ]; then
+          echo "== process"; ARCA_STATE_DIR=/tmp/arca-pr sh "$ARCA_E2E_DIR/cli-cases.sh" process "$ARCA_E2E_DIR/busybox.tar"; pr=$?
+        fi
+        [ $vm -eq 0 ] && [ $pr -eq 0 ]"#;
+    let out = run_with_kvm(script, &files, 600);
+    eprintln!("{}", stdout(&out));
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("skip"), "{}", stdout(&out));
+}
+
+#[test]
+fn tampered_and_malformed_archives_are_refused_with_nothing_loaded() {
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = image(dir.path());
+    let state = dir.path().join("state");
+    // A layer changed after its digest was recorded.
+    let script = r#"set -e
+        mkdir t && tar -C t -xf "$1"
+        layer=$(ls t/*/layer.tar)
+        echo tampered > extra && tar -rf "$layer" extra
+        tar -C t -cf tampered.tar .
+        echo not an archive > junk.tar
+        printf '[{"Config":"../../etc/passwd","Layers":[]}]' > manifest.json && tar -cf escape.tar manifest.json"#;
+    let prep = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&tar)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&prep);
+    for (archive, needle) in [
+        ("tampered.tar", "fails verification"),
+        ("junk.tar", "not an image archive"),
+        ("escape.tar", "bad path"),
+        ("missing.tar", "Cannot open"),
+    ] {
+        let out = Command::new(binary("arca"))
+            .args(["load", "-i"])
+            .arg(dir.path().join(archive))
+            .env("ARCA_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125), "{archive}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{archive}: {}", stderr(&out));
+        let images = Command::new(binary("arca"))
+            .args(["images", "-q"])
+            .env("ARCA_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        assert!(stdout(&images).trim().is_empty(), "{archive} left an image");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(state.join("images/tmp"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "work files left: {leftovers:?}");
+}
