@@ -58,7 +58,7 @@ fn guest_init() -> anyhow::Result<()> {
     }
     let listener = sys::vsock_listen(settings.vsock_port)
         .with_context(|| format!("Cannot listen on vsock port {}", settings.vsock_port))?;
-    let server = Server::new(Arc::new(runtime), settings.poweroff_when_idle);
+    let server = Server::new(Arc::new(runtime), settings.poweroff_when_idle, true);
     init::mark(init::BOOT_MARKER_AGENT_READY);
     eprintln!("arca-agent: ready on vsock port {}", settings.vsock_port);
     let why = server.run(Listener::Vsock(listener));
@@ -110,7 +110,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     }
     let listener = UnixListener::bind(&listen)
         .with_context(|| format!("Cannot listen on {}", listen.display()))?;
-    let server = Server::new(Arc::new(runtime), false);
+    let server = Server::new(Arc::new(runtime), false, false);
     server.run(Listener::Unix(listener));
     let _ = std::fs::remove_file(&listen);
     Ok(())

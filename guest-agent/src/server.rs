@@ -121,6 +121,7 @@ pub struct Server {
     stop: (Mutex<Option<Stop>>, Condvar),
     in_flight: AtomicUsize,
     open_controls: AtomicUsize,
+    linger: bool,
 }
 
 /// Most requests that may block (each on its own thread) in flight at once.
@@ -145,14 +146,16 @@ impl<F: FnMut()> Drop for OnDrop<F> {
 }
 
 impl Server {
-    /// A server over `runtime`.
-    pub fn new(runtime: Arc<Runtime>, poweroff_when_idle: bool) -> Arc<Self> {
+    /// A server over `runtime`. `linger`: before stopping, wait (up to 2 s) for the
+    /// host to close its control connections (in a VM, whose end drops queued data).
+    pub fn new(runtime: Arc<Runtime>, poweroff_when_idle: bool, linger: bool) -> Arc<Self> {
         Arc::new(Self {
             runtime,
             poweroff_when_idle,
             stop: (Mutex::new(None), Condvar::new()),
             in_flight: AtomicUsize::new(0),
             open_controls: AtomicUsize::new(0),
+            linger,
         })
     }
 
@@ -195,8 +198,9 @@ impl Server {
             stop = cond.wait(stop).unwrap_or_else(|e| e.into_inner());
         };
         drop(stop);
-        // Let the host read the answers already written before the VM goes away.
-        let deadline = Instant::now() + LINGER;
+        // In a VM, answers still in the guest's vsock queue die with it: give the host
+        // time to read them and hang up. (A Unix socket keeps what was written.)
+        let deadline = Instant::now() + if self.linger { LINGER } else { Duration::ZERO };
         while self.open_controls.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Container start benchmark (agent-bench): for --isolation=vm, arca-vmm + arca-agent
 # against QEMU microvm booting the same kernel and agent initramfs; for
-# --isolation=process, arca-agent serve against crun on the same busybox rootfs. Both
+# --isolation=process, arca-agent serve against crun on the same busybox rootfs; and
+# `arca run --rm busybox true` end to end in both modes beside crun and runc. All
 # round-robin in one run; medians and ratios are printed.
 #
 #   tests/bench/agent.sh [ROUNDS]        (default 10; `make bench` runs it)
@@ -12,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-10}
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "agent.sh: ROUNDS must be a positive number" >&2; exit 2; }
-command -v crun >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null; }
+command -v crun >/dev/null && command -v runc >/dev/null ||
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun runc >/dev/null; }
 
 cargo build --release -q -p vmm -p guest-agent -p arca-e2e --bins
 kernel=$(kernels/build.sh)
@@ -20,6 +22,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 guest-agent/mkinitramfs "$tmp/agent.cpio" target/release/arca-agent
 tests/guest/mkrootfs "$tmp/rootfs" "$tmp/rootfs.ext4"
+tests/guest/mkimage "$tmp/rootfs" "$tmp/busybox.tar" busybox:latest
 
 cat >"$tmp/run.sh" <<SCRIPT
 set -e
@@ -28,20 +31,24 @@ agent-bench vm --rounds $rounds --kernel "\$K" --initrd "\$B/agent.cpio" --disk 
 echo
 echo "== --isolation=process: arca-agent serve vs crun"
 agent-bench process --rounds $rounds --rootfs "\$B/rootfs" --crun "\$C"
+echo
+echo "== arca run --rm busybox true, end to end"
+agent-bench cli --rounds $rounds --image-tar "\$B/busybox.tar" --rootfs "\$B/rootfs" --crun "\$C" --runc "\$R"
 SCRIPT
 
 roms=(bios-microvm.bin qboot.rom pvh.bin linuxboot_dma.bin kvmvapic.bin)
 if target/release/arca-vmm --check-kvm >/dev/null 2>&1; then
-  K=$kernel B=$tmp Q=$(command -v qemu-system-x86_64) QDIR=/usr/share/qemu C=$(command -v crun) \
+  K=$kernel B=$tmp Q=$(command -v qemu-system-x86_64) QDIR=/usr/share/qemu C=$(command -v crun) R=$(command -v runc) \
     PATH="$PWD/target/release:$PATH" sh "$tmp/run.sh"
 else
   echo "host KVM cannot boot standard guests: measuring inside the nested lab (L1 under TCG)"
   files=(--file "$tmp/agent.cpio:/bench/agent.cpio" --file "$tmp/rootfs.ext4:/bench/rootfs.ext4"
     --file "$tmp/rootfs:/bench/rootfs" --file "$tmp/run.sh:/bench/run.sh"
     --file "target/release/agent-bench:/opt/arca/bin/agent-bench"
-    --file "$(command -v crun):/usr/bin/crun"
+    --file "$tmp/busybox.tar:/bench/busybox.tar" --file "$(command -v mke2fs):/usr/sbin/mkfs.ext4"
+    --file "$(command -v crun):/usr/bin/crun" --file "$(command -v runc):/usr/bin/runc"
     --file "$(command -v qemu-system-x86_64):/usr/bin/qemu-system-x86_64")
   for r in "${roms[@]}"; do files+=(--file "/usr/share/qemu/$r:/usr/share/qemu/$r"); done
   ARCA_KERNEL=$kernel tests/lab/lab run --timeout $((180 + rounds * 40)) "${files[@]}" -- \
-    'K=$ARCA_KERNEL B=/bench Q=/usr/bin/qemu-system-x86_64 QDIR=/usr/share/qemu C=/usr/bin/crun sh /bench/run.sh'
+    'K=$ARCA_KERNEL B=/bench Q=/usr/bin/qemu-system-x86_64 QDIR=/usr/share/qemu C=/usr/bin/crun R=/usr/bin/runc sh /bench/run.sh'
 fi

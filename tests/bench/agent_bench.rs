@@ -4,6 +4,7 @@
 //! ```text
 //! agent-bench vm --rounds N --kernel K --initrd AGENT.cpio --disk ROOTFS.ext4 [--qemu QEMU --qemu-dir DIR]
 //! agent-bench process --rounds N --rootfs DIR [--crun CRUN]
+//! agent-bench cli --rounds N --image-tar TAR --rootfs DIR [--crun CRUN] [--runc RUNC]
 //! ```
 //!
 //! `vm`: per round, `arca-vmm` boots the agent initramfs with the image on a read-only
@@ -15,6 +16,10 @@
 //!
 //! `process`: `arca-agent serve` and the same container on the host; the peer is
 //! `crun run` of the same rootfs printing the same line.
+//!
+//! `cli`: `arca run --rm busybox true`, end to end through the CLI, with
+//! `--isolation=vm` and `--isolation=process`, beside `crun run` and `runc run` of the
+//! same rootfs.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -147,7 +152,8 @@ fn vm(opts: &Opts) -> anyhow::Result<()> {
             writable: WritableLayer::Tmpfs,
         };
         first_out.push(ms(run_echo(&mut client, echo_spec("bench", rootfs))?));
-        // Removing the last container powers the VM off.
+        // Removing the last container powers the VM off once we hang up.
+        drop(client);
         let status = vmm.wait()?;
         total.push(ms(t0.elapsed()));
         anyhow::ensure!(status.success(), "arca-vmm exited {status}");
@@ -277,6 +283,7 @@ fn process(opts: &Opts) -> anyhow::Result<()> {
             echo_spec(&format!("bench{round}"), rootfs),
         )?));
         client.shutdown()?;
+        drop(client);
         agent.wait()?;
         total.push(ms(t0.elapsed()));
 
@@ -327,6 +334,67 @@ fn process(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `arca run --rm busybox true` end to end, both isolations, beside crun and runc
+/// running `true` from the same rootfs.
+fn cli(opts: &Opts) -> anyhow::Result<()> {
+    let tar = opts.need("--image-tar")?;
+    let rootfs = PathBuf::from(opts.need("--rootfs")?);
+    let work = tempfile::tempdir()?;
+    let state = work.path().join("state");
+    let arca = |args: &[&str]| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let status = Command::new("arca")
+            .args(args)
+            .env("ARCA_STATE_DIR", &state)
+            .stdout(Stdio::null())
+            .status()
+            .context("run arca")?;
+        anyhow::ensure!(status.success(), "arca {args:?} exited {status}");
+        Ok(t.elapsed())
+    };
+    arca(&["load", "-i", tar])?;
+    // Build the per-image disk and the agent initramfs once: later runs are "cold" in
+    // the sense that no VM or agent is running, with caches in place.
+    arca(&["run", "--rm", "--isolation=vm", "busybox", "true"])?;
+    let bundle = work.path().join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let mut config = oci_config(&rootfs);
+    config["process"]["args"] = serde_json::json!(["true"]);
+    std::fs::write(bundle.join("config.json"), config.to_string())?;
+    let peer = |tool: &str, round: usize| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let status = Command::new(tool)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("bench-{}-{round}", std::process::id()))
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("run {tool}"))?;
+        anyhow::ensure!(status.success(), "{tool} exited {status}");
+        Ok(t.elapsed())
+    };
+    let (mut vm, mut process, mut crun, mut runc) = (vec![], vec![], vec![], vec![]);
+    for round in 0..opts.rounds {
+        vm.push(ms(arca(&["run", "--rm", "--isolation=vm", "busybox", "true"])?));
+        process.push(ms(arca(&["run", "--rm", "--isolation=process", "busybox", "true"])?));
+        if let Some(c) = opts.get("--crun") {
+            crun.push(ms(peer(c, round)?));
+        }
+        if let Some(r) = opts.get("--runc") {
+            runc.push(ms(peer(r, round)?));
+        }
+    }
+    println!("rounds: {} each, round-robin; `true` in the busybox image", opts.rounds);
+    println!("{:<44} {:>10} {:>10} {:>8}", "median ms", "arca", "peer", "ratio");
+    fn peer_of(v: &[f64]) -> Option<&[f64]> {
+        (!v.is_empty()).then_some(v)
+    }
+    row("arca run --rm --isolation=vm vs crun run", &vm, peer_of(&crun));
+    row("arca run --rm --isolation=process vs crun run", &process, peer_of(&crun));
+    row("arca run --rm --isolation=process vs runc run", &process, peer_of(&runc));
+    Ok(())
+}
+
 struct Opts {
     rounds: usize,
     pairs: Vec<(String, String)>,
@@ -364,6 +432,7 @@ fn main() -> anyhow::Result<()> {
     match mode.as_str() {
         "vm" => vm(&opts),
         "process" => process(&opts),
+        "cli" => cli(&opts),
         other => bail!("unknown mode {other} (vm or process)"),
     }
 }
