@@ -375,8 +375,20 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
     };
     let (mut vm, mut process, mut crun, mut runc) = (vec![], vec![], vec![], vec![]);
     for round in 0..opts.rounds {
-        vm.push(ms(arca(&["run", "--rm", "--isolation=vm", "busybox", "true"])?));
-        process.push(ms(arca(&["run", "--rm", "--isolation=process", "busybox", "true"])?));
+        vm.push(ms(arca(&[
+            "run",
+            "--rm",
+            "--isolation=vm",
+            "busybox",
+            "true",
+        ])?));
+        process.push(ms(arca(&[
+            "run",
+            "--rm",
+            "--isolation=process",
+            "busybox",
+            "true",
+        ])?));
         if let Some(c) = opts.get("--crun") {
             crun.push(ms(peer(c, round)?));
         }
@@ -384,14 +396,32 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
             runc.push(ms(peer(r, round)?));
         }
     }
-    println!("rounds: {} each, round-robin; `true` in the busybox image", opts.rounds);
-    println!("{:<44} {:>10} {:>10} {:>8}", "median ms", "arca", "peer", "ratio");
+    println!(
+        "rounds: {} each, round-robin; `true` in the busybox image",
+        opts.rounds
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>8}",
+        "median ms", "arca", "peer", "ratio"
+    );
     fn peer_of(v: &[f64]) -> Option<&[f64]> {
         (!v.is_empty()).then_some(v)
     }
-    row("arca run --rm --isolation=vm vs crun run", &vm, peer_of(&crun));
-    row("arca run --rm --isolation=process vs crun run", &process, peer_of(&crun));
-    row("arca run --rm --isolation=process vs runc run", &process, peer_of(&runc));
+    row(
+        "arca run --rm --isolation=vm vs crun run",
+        &vm,
+        peer_of(&crun),
+    );
+    row(
+        "arca run --rm --isolation=process vs crun run",
+        &process,
+        peer_of(&crun),
+    );
+    row(
+        "arca run --rm --isolation=process vs runc run",
+        &process,
+        peer_of(&runc),
+    );
     Ok(())
 }
 
