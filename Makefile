@@ -20,10 +20,11 @@ kernel:
 lab-prepare:
 	$(LAB) prepare >/dev/null
 
-# Host tools the end-to-end tests use (ext4 images, vsock peers).
+# Host tools the end-to-end tests use (ext4 images, vsock peers, a registry and a pusher).
 test-deps:
-	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs; }
+	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && \
+	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo; }
 
 lint:
 	$(CARGO) fmt --all --check

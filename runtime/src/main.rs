@@ -35,6 +35,17 @@ enum Cmd {
         #[arg(short, long)]
         input: PathBuf,
     },
+    /// Pull an image from a registry (plain HTTP: loopback, or --insecure).
+    Pull {
+        /// Allow a plain-HTTP registry that is not on loopback.
+        #[arg(long)]
+        insecure: bool,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+        /// NAME[:TAG|@DIGEST].
+        reference: String,
+    },
     /// List images.
     Images {
         /// Only image ids.
@@ -148,6 +159,23 @@ fn main() -> ExitCode {
             for name in store.load(&input).map_err(|e| chain(&e))? {
                 println!("Loaded image: {name}");
             }
+            Ok(0)
+        }
+        Cmd::Pull {
+            insecure,
+            quiet,
+            reference,
+        } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let tty = rustix::termios::isatty(std::io::stderr());
+            let (name, digest) =
+                arca_runtime::image::pull::pull(&store, &reference, insecure, tty && !quiet)
+                    .map_err(|e| chain(&e))?;
+            if !quiet {
+                println!("Digest: {digest}");
+                println!("Status: Downloaded image for {name}");
+            }
+            println!("{name}");
             Ok(0)
         }
         Cmd::Images { quiet } => {

@@ -47,6 +47,9 @@ pub enum RunError {
     /// Building the guest's files failed.
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
+    /// Pulling a missing image failed.
+    #[error(transparent)]
+    Pull(#[from] crate::image::pull::PullError),
 }
 
 impl RunError {
@@ -176,7 +179,15 @@ impl Drop for Reaped {
 /// Runs a container in the foreground and returns its exit code.
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let store = Store::open(state)?;
-    let image = store.resolve(&opts.image)?;
+    let image = match store.resolve(&opts.image) {
+        Err(StoreError::NotFound(_)) => {
+            // As Docker: a missing image is pulled first.
+            eprintln!("Unable to find image '{}' locally", opts.image);
+            let (name, _) = crate::image::pull::pull(&store, &opts.image, false, false)?;
+            store.resolve(&name)?
+        }
+        other => other?,
+    };
     let args = command_line(&image, opts)?;
     let id = match &opts.name {
         Some(n) => {

@@ -291,11 +291,11 @@ struct OciDocument {
     layers: Vec<Descriptor>,
 }
 
-/// One image found in an archive: tags, config file, layer files in order.
-struct Found {
-    tags: Vec<String>,
-    config: PathBuf,
-    layers: Vec<PathBuf>,
+/// One image to import: tags, config file, layer files in order.
+pub(crate) struct Found {
+    pub(crate) tags: Vec<String>,
+    pub(crate) config: PathBuf,
+    pub(crate) layers: Vec<PathBuf>,
 }
 
 /// The store.
@@ -331,6 +331,20 @@ impl Store {
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_err("lock", &path)(e.into()))?;
         Ok(StoreLock(f))
+    }
+
+    /// The store directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Imports one image whose files are already verified by digest (a pull).
+    pub(crate) fn import_found(&self, found: Found) -> Result<Vec<String>, StoreError> {
+        let _lock = self.lock()?;
+        let work = tempdir_in(&self.root.join("tmp"))?;
+        let result = self.import(found, &work);
+        let _ = fs::remove_dir_all(&work);
+        result
     }
 
     fn tags_path(&self) -> PathBuf {

@@ -1,0 +1,807 @@
+//! `arca pull`: images from an OCI distribution (registry v2) endpoint.
+//!
+//! Manifest lists and OCI indexes resolve to their linux/amd64 image; OCI and Docker
+//! schema 2 manifests are accepted; every manifest and blob is checked against its
+//! digest before it is used; bearer-token auth is followed when the registry asks for
+//! it; layers download in parallel into `images/partial/`, where an interrupted
+//! download resumes (HTTP Range) on the next pull. This version speaks plain HTTP only:
+//! registries on loopback, or any registry named with `--insecure`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::store::{Found, Store, StoreError, normalize_reference};
+
+/// Errors of a pull. Messages name the registry, image or blob concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The reference does not parse.
+    #[error("Invalid reference format: {0:?}")]
+    BadReference(String),
+    /// The registry needs HTTPS, which this version lacks.
+    #[error(
+        "Registry {0} needs HTTPS, which arca cannot speak yet: use a plain-HTTP registry with --insecure (loopback registries need no flag)"
+    )]
+    NeedsTls(String),
+    /// The registry cannot be reached.
+    #[error("Cannot reach registry {registry}")]
+    Unreachable {
+        /// host:port.
+        registry: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The registry answered with an error status.
+    #[error("Registry {registry} answered {status} for {what}{hint}")]
+    Status {
+        /// host:port.
+        registry: String,
+        /// HTTP status.
+        status: u16,
+        /// What was asked.
+        what: String,
+        /// Extra explanation.
+        hint: String,
+    },
+    /// The registry's answer is malformed.
+    #[error("Malformed answer from registry {registry}: {why}")]
+    Protocol {
+        /// host:port.
+        registry: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Content does not match its digest.
+    #[error("{what} fails verification: expected {expected}, got sha256:{actual}")]
+    DigestMismatch {
+        /// Which manifest or blob.
+        what: String,
+        /// The digest it should have.
+        expected: String,
+        /// The digest it has.
+        actual: String,
+    },
+    /// The image has nothing for this platform.
+    #[error("Image {0} has no linux/amd64 variant")]
+    NoPlatform(String),
+    /// A local file operation failed.
+    #[error("Cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Importing into the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PullError + 'a {
+    move |source| PullError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A parsed remote reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Repository path in the registry (`library/busybox`).
+    pub repository: String,
+    /// Tag, when no digest is given (`latest` by default).
+    pub tag: String,
+    /// `sha256:...` when pinned.
+    pub digest: Option<String>,
+}
+
+impl RemoteRef {
+    /// Docker's rules: the first component is a registry if it has a `.` or `:` or is
+    /// `localhost`; otherwise the registry is docker.io and one-word names live under
+    /// `library/`.
+    pub fn parse(reference: &str) -> Result<Self, PullError> {
+        let bad = || PullError::BadReference(reference.to_string());
+        let (rest, digest) = match reference.split_once('@') {
+            Some((r, d)) => {
+                let hexpart = d.strip_prefix("sha256:").ok_or_else(bad)?;
+                if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad());
+                }
+                (r, Some(d.to_string()))
+            }
+            None => (reference, None),
+        };
+        let (name, tag) = match rest.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, t.to_string()),
+            _ => (rest, "latest".to_string()),
+        };
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_string(), path.to_string())
+            }
+            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
+            _ => ("docker.io".to_string(), format!("library/{name}")),
+        };
+        // The local name must be valid too.
+        normalize_reference(&format!("{registry}/{repository}:{tag}")).map_err(|_| bad())?;
+        if repository.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// The name the image gets in the local store.
+    pub fn local_name(&self) -> String {
+        if self.registry == "docker.io" {
+            let repo = self
+                .repository
+                .strip_prefix("library/")
+                .unwrap_or(&self.repository);
+            format!("{repo}:{}", self.tag)
+        } else {
+            format!("{}/{}:{}", self.registry, self.repository, self.tag)
+        }
+    }
+
+    fn is_loopback(&self) -> bool {
+        let host = self
+            .registry
+            .rsplit_once(':')
+            .map_or(self.registry.as_str(), |(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    self.registry.as_str()
+                }
+            });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+}
+
+/// One HTTP answer.
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Box<dyn Read + Send>,
+}
+
+/// `http://host:port/path?query` split up.
+struct Url {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Option<Url> {
+    let rest = url.strip_prefix("http://")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (h.to_string(), p.parse().ok()?),
+        _ => (hostport.to_string(), 80),
+    };
+    Some(Url {
+        host,
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// Reads an HTTP/1.1 chunked body.
+struct Chunked<R> {
+    inner: R,
+    left: u64,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = size;
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "chunked body cut short",
+            ));
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            self.inner.read_line(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
+    let u = parse_url(url).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsupported URL {url}"),
+        )
+    })?;
+    let stream = TcpStream::connect((u.host.as_str(), u.port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = stream.try_clone()?;
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arca/{}\r\nConnection: close\r\n",
+        u.path,
+        u.host,
+        u.port,
+        env!("CARGO_PKG_VERSION")
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    w.write_all(req.as_bytes())?;
+    let mut r = BufReader::new(stream);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
+        })?;
+    let mut map = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            map.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let body: Box<dyn Read + Send> = if map
+        .get("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        Box::new(Chunked {
+            inner: r,
+            left: 0,
+            done: false,
+        })
+    } else if let Some(len) = map
+        .get("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
+        Box::new(r.take(len))
+    } else {
+        Box::new(r)
+    };
+    Ok(Answer {
+        status,
+        headers: map,
+        body,
+    })
+}
+
+/// A registry session: base URL and, once obtained, a bearer token.
+struct Registry {
+    base: String,
+    name: String,
+    token: Option<String>,
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+const MAX_MANIFEST: u64 = 4 << 20;
+
+impl Registry {
+    fn unreachable(&self, source: io::Error) -> PullError {
+        PullError::Unreachable {
+            registry: self.name.clone(),
+            source,
+        }
+    }
+
+    /// GET `path` (relative to the registry) with auth, following redirects.
+    fn get(
+        &mut self,
+        path: &str,
+        extra: &[(String, String)],
+        what: &str,
+    ) -> Result<Answer, PullError> {
+        let mut url = format!("{}{path}", self.base);
+        let mut authed_retry = false;
+        for _ in 0..6 {
+            let mut headers: Vec<(String, String)> = extra.to_vec();
+            let same_host = url.starts_with(&self.base);
+            if let (Some(t), true) = (&self.token, same_host) {
+                headers.push(("Authorization".into(), format!("Bearer {t}")));
+            }
+            let a = http_get(&url, &headers).map_err(|e| self.unreachable(e))?;
+            match a.status {
+                200 | 206 => return Ok(a),
+                301 | 302 | 303 | 307 | 308 => {
+                    let loc =
+                        a.headers
+                            .get("location")
+                            .cloned()
+                            .ok_or_else(|| PullError::Protocol {
+                                registry: self.name.clone(),
+                                why: "redirect without Location".into(),
+                            })?;
+                    url = if loc.starts_with('/') {
+                        format!("{}{loc}", self.base)
+                    } else {
+                        loc
+                    };
+                }
+                401 if !authed_retry => {
+                    let challenge = a
+                        .headers
+                        .get("www-authenticate")
+                        .cloned()
+                        .unwrap_or_default();
+                    self.token = Some(self.fetch_token(&challenge)?);
+                    authed_retry = true;
+                }
+                status => {
+                    let hint = match status {
+                        404 => " (no such image or tag)".to_string(),
+                        401 | 403 => " (access denied)".to_string(),
+                        _ => String::new(),
+                    };
+                    return Err(PullError::Status {
+                        registry: self.name.clone(),
+                        status,
+                        what: what.to_string(),
+                        hint,
+                    });
+                }
+            }
+        }
+        Err(PullError::Protocol {
+            registry: self.name.clone(),
+            why: format!("too many redirects for {what}"),
+        })
+    }
+
+    /// `Bearer realm="...",service="...",scope="..."` -> a token from the realm.
+    fn fetch_token(&self, challenge: &str) -> Result<String, PullError> {
+        let proto = |why: String| PullError::Protocol {
+            registry: self.name.clone(),
+            why,
+        };
+        let params = challenge
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| proto(format!("unsupported authentication {challenge:?}")))?;
+        let mut fields = BTreeMap::new();
+        for part in params.split(',') {
+            if let Some((k, v)) = part.split_once('=') {
+                fields.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+            }
+        }
+        let realm = fields
+            .get("realm")
+            .ok_or_else(|| proto("token challenge without realm".into()))?;
+        let mut url = realm.clone();
+        let query: Vec<String> = ["service", "scope"]
+            .iter()
+            .filter_map(|k| {
+                fields
+                    .get(*k)
+                    .map(|v| format!("{k}={}", v.replace(' ', "%20")))
+            })
+            .collect();
+        if !query.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&query.join("&"));
+        }
+        if !url.starts_with("http://") {
+            return Err(PullError::NeedsTls(realm.clone()));
+        }
+        let a = http_get(&url, &[]).map_err(|e| self.unreachable(e))?;
+        if a.status != 200 {
+            return Err(PullError::Status {
+                registry: self.name.clone(),
+                status: a.status,
+                what: "a token".into(),
+                hint: " (access denied)".into(),
+            });
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let mut body = Vec::new();
+        a.body
+            .take(1 << 20)
+            .read_to_end(&mut body)
+            .map_err(|e| self.unreachable(e))?;
+        let t: Token =
+            serde_json::from_slice(&body).map_err(|e| proto(format!("token answer: {e}")))?;
+        t.token
+            .or(t.access_token)
+            .ok_or_else(|| proto("token answer without a token".into()))
+    }
+
+    /// A manifest (or index) by tag or digest, verified when the digest is known.
+    fn manifest(&mut self, repo: &str, reference: &str) -> Result<(Vec<u8>, String), PullError> {
+        let accept = vec![("Accept".to_string(), MANIFEST_TYPES.to_string())];
+        let what = format!("manifest {repo}:{reference}");
+        let a = self.get(&format!("/v2/{repo}/manifests/{reference}"), &accept, &what)?;
+        let mut body = Vec::new();
+        a.body
+            .take(MAX_MANIFEST + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.unreachable(e))?;
+        if body.len() as u64 > MAX_MANIFEST {
+            return Err(PullError::Protocol {
+                registry: self.name.clone(),
+                why: format!("{what} is larger than 4 MiB"),
+            });
+        }
+        let actual = hex(&Sha256::digest(&body));
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            a.headers.get("docker-content-digest").cloned()
+        };
+        if let Some(e) = expected
+            && e != format!("sha256:{actual}")
+        {
+            return Err(PullError::DigestMismatch {
+                what,
+                expected: e,
+                actual,
+            });
+        }
+        Ok((body, format!("sha256:{actual}")))
+    }
+}
+
+fn sha256_of(path: &Path) -> Result<String, PullError> {
+    let mut file = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            return Ok(hex(&h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Document {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+fn valid_digest(d: &str) -> Option<&str> {
+    let h = d.strip_prefix("sha256:")?;
+    (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some(h)
+}
+
+/// Downloads one blob into `partial/<hex>`, resuming a previous partial download, and
+/// returns the verified file. A resumed download that fails verification is retried
+/// once from the start (the kept prefix may have been bad).
+fn fetch_blob(
+    reg: &mut Registry,
+    repo: &str,
+    desc: &Descriptor,
+    partial: &Path,
+    progress: bool,
+) -> Result<PathBuf, PullError> {
+    match fetch_blob_once(reg, repo, desc, partial, progress) {
+        Err(PullError::DigestMismatch { .. }) if resumed(partial, desc) => {
+            fetch_blob_once(reg, repo, desc, partial, progress)
+        }
+        other => other,
+    }
+}
+
+/// Whether the last attempt resumed (its marker is left by `fetch_blob_once`).
+fn resumed(partial: &Path, desc: &Descriptor) -> bool {
+    valid_digest(&desc.digest)
+        .is_some_and(|h| fs::remove_file(partial.join(format!("{h}.resumed"))).is_ok())
+}
+
+fn fetch_blob_once(
+    reg: &mut Registry,
+    repo: &str,
+    desc: &Descriptor,
+    partial: &Path,
+    progress: bool,
+) -> Result<PathBuf, PullError> {
+    let proto = |why: String| PullError::Protocol {
+        registry: reg.name.clone(),
+        why,
+    };
+    let hexpart =
+        valid_digest(&desc.digest).ok_or_else(|| proto(format!("bad digest {:?}", desc.digest)))?;
+    let path = partial.join(hexpart);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    // Another pull of the same blob waits here, then finds it complete.
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("lock", &path)(e.into()))?;
+    let mut have = f.metadata().map_err(io_err("inspect", &path))?.len();
+    let complete = |p: &Path| -> Result<bool, PullError> { Ok(sha256_of(p)? == hexpart) };
+    if have > 0 && (desc.size == 0 || have >= desc.size) && complete(&path)? {
+        return Ok(path);
+    }
+    if desc.size > 0 && have > desc.size {
+        f.set_len(0).map_err(io_err("truncate", &path))?;
+        have = 0;
+    }
+    let mut headers = Vec::new();
+    if have > 0 {
+        headers.push(("Range".to_string(), format!("bytes={have}-")));
+        let _ = fs::write(partial.join(format!("{hexpart}.resumed")), b"");
+    }
+    let what = format!("blob {}", desc.digest);
+    let a = reg.get(
+        &format!("/v2/{repo}/blobs/{}", desc.digest),
+        &headers,
+        &what,
+    )?;
+    let mut out = &f;
+    if a.status == 200 && have > 0 {
+        // The registry ignored the range: start over.
+        f.set_len(0).map_err(io_err("truncate", &path))?;
+        have = 0;
+    }
+    let mut body = a.body;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut done = have;
+    loop {
+        let n = body.read(&mut buf).map_err(|e| PullError::Unreachable {
+            registry: reg.name.clone(),
+            source: e,
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io_err("write", &path))?;
+        done += n as u64;
+        if progress {
+            eprint!(
+                "\r{}: {:.1}/{:.1} MB",
+                &hexpart[..12],
+                done as f64 / 1e6,
+                desc.size as f64 / 1e6
+            );
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    if !complete(&path)? {
+        let actual = sha256_of(&path)?;
+        let _ = fs::remove_file(&path);
+        return Err(PullError::DigestMismatch {
+            what,
+            expected: desc.digest.clone(),
+            actual,
+        });
+    }
+    Ok(path)
+}
+
+/// Pulls `reference` into `store`; returns the local name and the manifest digest.
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    insecure: bool,
+    progress: bool,
+) -> Result<(String, String), PullError> {
+    let r = RemoteRef::parse(reference)?;
+    if !insecure && !r.is_loopback() {
+        return Err(PullError::NeedsTls(r.registry.clone()));
+    }
+    let host = if r.registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        r.registry.as_str()
+    };
+    let mut reg = Registry {
+        base: format!("http://{host}"),
+        name: r.registry.clone(),
+        token: None,
+    };
+    let want = r.digest.clone().unwrap_or_else(|| r.tag.clone());
+    let (body, mut digest) = reg.manifest(&r.repository, &want)?;
+    let proto = |why: String| PullError::Protocol {
+        registry: r.registry.clone(),
+        why,
+    };
+    let mut doc: Document =
+        serde_json::from_slice(&body).map_err(|e| proto(format!("manifest: {e}")))?;
+    if doc.config.is_none() && !doc.manifests.is_empty() {
+        let pick = doc
+            .manifests
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            })
+            .ok_or_else(|| PullError::NoPlatform(reference.to_string()))?;
+        let (body, d) = reg.manifest(&r.repository, &pick.digest.clone())?;
+        digest = d;
+        doc = serde_json::from_slice(&body).map_err(|e| proto(format!("manifest: {e}")))?;
+    }
+    let config = doc
+        .config
+        .ok_or_else(|| proto("manifest without a config".into()))?;
+    for l in &doc.layers {
+        if l.media_type.contains("zstd") {
+            return Err(proto(format!(
+                "layer {} is zstd-compressed (unsupported)",
+                l.digest
+            )));
+        }
+    }
+    let partial = store.root().join("partial");
+    fs::create_dir_all(&partial).map_err(io_err("create", &partial))?;
+    let config_path = fetch_blob(&mut reg, &r.repository, &config, &partial, false)?;
+    // Layers in parallel, a few at a time.
+    let mut layer_paths: Vec<Option<PathBuf>> = vec![None; doc.layers.len()];
+    for (chunk_i, chunk) in doc.layers.chunks(3).enumerate() {
+        let results: Vec<Result<PathBuf, PullError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|l| {
+                    let mut reg = Registry {
+                        base: reg.base.clone(),
+                        name: reg.name.clone(),
+                        token: reg.token.clone(),
+                    };
+                    let partial = &partial;
+                    let repo = &r.repository;
+                    s.spawn(move || fetch_blob(&mut reg, repo, l, partial, progress))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(PullError::Protocol {
+                            registry: String::new(),
+                            why: "download thread failed".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for (i, res) in results.into_iter().enumerate() {
+            layer_paths[chunk_i * 3 + i] = Some(res?);
+        }
+    }
+    let name = r.local_name();
+    let found = Found {
+        tags: vec![name.clone()],
+        config: config_path,
+        layers: layer_paths.into_iter().flatten().collect(),
+    };
+    store.import_found(found)?;
+    Ok((name, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_registry_repository_tag_and_digest() {
+        let r = RemoteRef::parse("busybox").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("docker.io", "library/busybox", "latest")
+        );
+        assert_eq!(r.local_name(), "busybox:latest");
+        let r = RemoteRef::parse("localhost:5000/team/app:v2").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("localhost:5000", "team/app", "v2")
+        );
+        assert!(r.is_loopback());
+        assert_eq!(r.local_name(), "localhost:5000/team/app:v2");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = RemoteRef::parse(&format!("127.0.0.1:5000/app@{d}")).unwrap();
+        assert_eq!(r.digest.as_deref(), Some(d.as_str()));
+        assert!(!RemoteRef::parse("quay.io/x/y").unwrap().is_loopback());
+        for bad in ["", "UPPER/x", "app@sha256:zz", "app@md5:00", "a b"] {
+            assert!(RemoteRef::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let wire = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
+        let mut c = Chunked {
+            inner: &wire[..],
+            left: 0,
+            done: false,
+        };
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "Wikipedia");
+        let mut cut = Chunked {
+            inner: &b"9\r\nabc"[..],
+            left: 0,
+            done: false,
+        };
+        assert!(cut.read_to_string(&mut String::new()).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! `arca pull` against a real registry: Debian's `docker-registry` on loopback, with
+//! images pushed by `skopeo`. A pull by tag and by digest, a multi-arch index whose
+//! linux/amd64 entry must be chosen, a tampered blob that must be rejected, a resumed
+//! download, and a registry that is down.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_e2e::{binary, repo_root, stderr, stdout};
+
+struct Registry {
+    child: Child,
+    port: u16,
+    storage: PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tools_present() -> bool {
+    ["docker-registry", "skopeo"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn start_registry(dir: &Path) -> Registry {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = dir.join("registry");
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry {
+        child,
+        port,
+        storage,
+    }
+}
+
+fn image(dir: &Path) -> PathBuf {
+    let tree = dir.join("rootfs");
+    let tar = dir.join("busybox.tar");
+    assert!(
+        Command::new(repo_root().join("tests/guest/mkrootfs"))
+            .arg(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new(repo_root().join("tests/guest/mkimage"))
+            .arg(&tree)
+            .arg(&tar)
+            .arg("busybox:latest")
+            .status()
+            .unwrap()
+            .success()
+    );
+    tar
+}
+
+fn push(tar: &Path, port: u16, name: &str) {
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("docker://127.0.0.1:{port}/{name}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+}
+
+fn arca(state: &Path, args: &[&str]) -> Output {
+    Command::new(binary("arca"))
+        .args(args)
+        .env("ARCA_STATE_DIR", state)
+        .output()
+        .unwrap()
+}
+
+/// A raw HTTP request to the registry; returns status, headers and body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, resp[split + 4..].to_vec())
+}
+
+fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
+    if !tools_present() {
+        eprintln!("SKIP: docker-registry and skopeo are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = image(dir.path());
+    let reg = start_registry(dir.path());
+    let port = reg.port;
+    push(&tar, port, "busybox:latest");
+
+    // By tag.
+    let state = dir.path().join("state");
+    let name = format!("127.0.0.1:{port}/busybox:latest");
+    let out = arca(&state, &["pull", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: ").map(String::from))
+        .expect("a digest line");
+    let images = arca(&state, &["images"]);
+    assert!(stdout(&images).contains(&name), "{}", stdout(&images));
+    // By digest, into a fresh store.
+    let state2 = dir.path().join("state2");
+    let out = arca(
+        &state2,
+        &["pull", &format!("127.0.0.1:{port}/busybox@{digest}")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A multi-arch index: an arm64 entry first, then amd64.
+    let accept = "application/vnd.docker.distribution.manifest.v2+json";
+    let (st, head, manifest) = http(
+        port,
+        "GET",
+        "/v2/busybox/manifests/latest",
+        &[("Accept", accept)],
+        b"",
+    );
+    assert_eq!(st, 200);
+    let size = manifest.len();
+    let mdigest = header(&head, "Docker-Content-Digest");
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[
+            {{"mediaType":"{accept}","digest":"{mdigest}","size":{size},"platform":{{"architecture":"arm64","os":"linux"}}}},
+            {{"mediaType":"{accept}","digest":"{mdigest}","size":{size},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+    );
+    let (st, head, _) = http(
+        port,
+        "PUT",
+        "/v2/busybox/manifests/multi",
+        &[(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )],
+        index.as_bytes(),
+    );
+    assert_eq!(st, 201, "{head}");
+    let state3 = dir.path().join("state3");
+    let out = arca(
+        &state3,
+        &["pull", &format!("127.0.0.1:{port}/busybox:multi")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("Digest: {mdigest}")),
+        "{}",
+        stdout(&out)
+    );
+    // An index without linux/amd64 is refused by name.
+    let arm_only = index.replace("\"amd64\"", "\"riscv64\"");
+    let (st, _, _) = http(
+        port,
+        "PUT",
+        "/v2/busybox/manifests/armonly",
+        &[(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )],
+        arm_only.as_bytes(),
+    );
+    assert_eq!(st, 201);
+    let out = arca(
+        &state3,
+        &["pull", &format!("127.0.0.1:{port}/busybox:armonly")],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("no linux/amd64"), "{}", stderr(&out));
+
+    // A resumed download: the first half of the layer is already there.
+    let state4 = dir.path().join("state4");
+    let layer = layer_file(&reg.storage, &manifest);
+    let bytes = std::fs::read(&layer).unwrap();
+    let hexname = layer
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let partial = state4.join("images/partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join(&hexname), &bytes[..bytes.len() / 2]).unwrap();
+    let out = arca(&state4, &["pull", &name]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    // A bad kept prefix is detected and the blob fetched again from the start.
+    let state5 = dir.path().join("state5");
+    std::fs::create_dir_all(state5.join("images/partial")).unwrap();
+    std::fs::write(
+        state5.join("images/partial").join(&hexname),
+        vec![0u8; bytes.len() / 2],
+    )
+    .unwrap();
+    let out = arca(&state5, &["pull", &name]);
+    assert!(out.status.success(), "bad prefix: {}", stderr(&out));
+
+    // A tampered blob in the registry: refused, nothing tagged.
+    let mut tampered = bytes.clone();
+    tampered.extend_from_slice(b"tampered");
+    std::fs::write(&layer, &tampered).unwrap();
+    let state6 = dir.path().join("state6");
+    let out = arca(&state6, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fails verification"),
+        "{}",
+        stderr(&out)
+    );
+    let images = arca(&state6, &["images", "-q"]);
+    assert!(stdout(&images).trim().is_empty(), "{}", stdout(&images));
+
+    // Unknown tags and a registry that is down: one line, 125.
+    std::fs::write(&layer, &bytes).unwrap();
+    let out = arca(
+        &state6,
+        &["pull", &format!("127.0.0.1:{port}/busybox:nope")],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // `run` pulls a missing image first, as Docker does.
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| stdout(&o).trim() == "0");
+    if is_root {
+        let state7 = dir.path().join("state7");
+        let out = arca(
+            &state7,
+            &[
+                "run",
+                "--rm",
+                "--isolation=process",
+                &name,
+                "echo",
+                "pulled and ran",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "pulled and ran\n");
+        assert!(
+            stderr(&out).contains("Unable to find image"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    drop(reg);
+    let out = arca(&state6, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("Cannot reach registry"),
+        "{}",
+        stderr(&out)
+    );
+    let out = arca(&state6, &["pull", "quay.io/some/image"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("HTTPS"), "{}", stderr(&out));
+}
+
+/// The registry's storage file of the (only) layer of `manifest`.
+fn layer_file(storage: &Path, manifest: &[u8]) -> PathBuf {
+    let text = String::from_utf8_lossy(manifest);
+    let layers = text.split("\"layers\"").nth(1).expect("a layers field");
+    let digest = layers.split("sha256:").nth(1).expect("a layer digest");
+    let hexpart = &digest[..64];
+    storage.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hexpart}/data",
+        &hexpart[..2]
+    ))
+}
