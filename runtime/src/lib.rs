@@ -6,12 +6,15 @@
 //! - [`image::store`]: content-addressed image store (`load` of `docker save` and OCI
 //!   layout tarballs with every digest verified, tags, removal), locked with flock(2).
 //! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
-//! - [`run`]: `arca run` in the foreground, in a microVM or on the host.
-//!
-//! Registry pulls, detached containers and container state come next.
+//! - [`image::pull`]: registry v2 pulls.
+//! - [`run`]: `arca run`, in a microVM or on the host, in the foreground or detached
+//!   under a monitor process.
+//! - [`containers`]: container records and `ps`, `logs`, `stop`, `kill`, `rm`, `wait`,
+//!   `exec`.
 
 #![forbid(unsafe_code)]
 
+pub mod containers;
 pub mod guest;
 pub mod image;
 pub mod run;

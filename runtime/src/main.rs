@@ -1,15 +1,16 @@
 //! `arca`: Docker-style containers, each in its own KVM microVM (`--isolation=vm`, the
 //! default) or on this host (`--isolation=process`).
 //!
-//! This version: `load`, `images`, `rmi`, and `run` in the foreground. Exit codes follow
-//! Docker: the container's own; 125 when arca fails; 126/127 when the command cannot be
-//! run or found.
+//! Commands: `pull`, `load`, `images`, `rmi`, `run` (foreground or `-d`), `ps`, `logs`,
+//! `stop`, `kill`, `rm`, `wait`, `exec`. Exit codes follow Docker: the container's own;
+//! 125 when arca fails; 126/127 when the command cannot be run or found.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use arca_runtime::containers;
 use arca_runtime::image::store::Store;
-use arca_runtime::run::{Isolation, RunOptions, run, state_dir};
+use arca_runtime::run::{self, Isolation, RunOptions, run, state_dir};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -60,6 +61,85 @@ enum Cmd {
     },
     /// Run a command in a new container.
     Run(Box<RunArgs>),
+    /// List containers.
+    Ps {
+        /// Exited ones too.
+        #[arg(short, long)]
+        all: bool,
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a container's output.
+    Logs {
+        /// Keep following until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// The container.
+        container: String,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the grace time.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill running ones first.
+        #[arg(short, long)]
+        force: bool,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to exit and print their exit codes.
+    Wait {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Keep stdin open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal (not supported yet).
+        #[arg(short, long)]
+        tty: bool,
+        /// Environment variables.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// User.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// The container.
+        container: String,
+        /// The command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Internal: supervises a detached container.
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// The container.
+        id: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,10 +147,10 @@ struct RunArgs {
     /// Where the container runs.
     #[arg(long, value_enum, default_value = "vm")]
     isolation: Isolation,
-    /// Remove the container when it exits (this version always does).
+    /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
-    /// Run in the background (not supported yet).
+    /// Run in the background and print the container name.
     #[arg(short, long)]
     detach: bool,
     /// Allocate a terminal (not supported yet).
@@ -178,6 +258,67 @@ fn main() -> ExitCode {
             println!("{name}");
             Ok(0)
         }
+        Cmd::Ps { all, quiet } => {
+            containers::ps(&state, all, quiet);
+            Ok(0)
+        }
+        Cmd::Logs { follow, container } => {
+            containers::logs(&state, &container, follow).map_err(|e| chain(&e))
+        }
+        Cmd::Stop {
+            time,
+            containers: names,
+        } => each(&names, |n| {
+            containers::stop(&state, n, std::time::Duration::from_secs(time))
+        }),
+        Cmd::Kill {
+            signal,
+            containers: names,
+        } => {
+            let sig = containers::parse_signal(&signal).map_err(|e| chain(&e))?;
+            each(&names, |n| containers::kill(&state, n, sig))
+        }
+        Cmd::Rm {
+            force,
+            containers: names,
+        } => each(&names, |n| containers::rm(&state, n, force)),
+        Cmd::Wait { containers: names } => {
+            for n in &names {
+                let code = containers::wait(&state, n).map_err(|e| chain(&e))?;
+                println!("{code}");
+            }
+            Ok(0)
+        }
+        Cmd::Exec {
+            interactive,
+            tty,
+            env,
+            workdir,
+            user,
+            container,
+            command,
+        } => {
+            if tty {
+                return Err("exec -t is not supported yet by the CLI".into());
+            }
+            let process = arca_protocol::ProcessSpec {
+                args: command,
+                env,
+                cwd: workdir,
+                user,
+                stdin: interactive,
+                ..Default::default()
+            };
+            containers::exec(&state, &container, process).map_err(|e| {
+                let code = e.exit_code();
+                if code != 125 {
+                    eprintln!("arca: {}", chain(&e));
+                    std::process::exit(code);
+                }
+                chain(&e)
+            })
+        }
+        Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
         Cmd::Images { quiet } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let images = store.list().map_err(|e| chain(&e))?;
@@ -219,10 +360,8 @@ fn main() -> ExitCode {
         }
         Cmd::Run(a) => {
             let a = *a;
-            if a.detach {
-                return Err(
-                    "--detach is not supported yet: containers run in the foreground".into(),
-                );
+            if a.detach && a.interactive {
+                return Err("-d with -i is not supported yet (no attach)".into());
             }
             if a.tty {
                 return Err("--tty is not supported yet by arca run (the agent supports terminals; the CLI does not attach one)".into());
@@ -246,6 +385,8 @@ fn main() -> ExitCode {
                 interactive: a.interactive,
                 isolation: a.isolation,
                 name: a.name,
+                detach: a.detach,
+                rm: a.rm,
             };
             run(&state, &opts).map_err(|e| {
                 // 126/127 keep their codes; the message still goes to stderr.
@@ -259,12 +400,30 @@ fn main() -> ExitCode {
         }
     })();
     match result {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(255)),
         Err(msg) => {
             eprintln!("arca: {msg}");
             ExitCode::from(125)
         }
     }
+}
+
+/// Runs `f` for each name, printing names done (as Docker) and errors; 1 if any failed.
+fn each(
+    names: &[String],
+    f: impl Fn(&str) -> Result<(), arca_runtime::run::RunError>,
+) -> Result<i32, String> {
+    let mut failed = false;
+    for n in names {
+        match f(n) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("arca: {}", chain(&e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -7,6 +7,7 @@
 //! state directory; the agent powers the VM off once the container is removed.
 
 use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,6 +18,9 @@ use arca_protocol::{
 };
 use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
 
+use serde::{Deserialize, Serialize};
+
+use crate::containers::{ContainerRecord, Status, containers_dir, now};
 use crate::guest;
 use crate::image::store::{Image, Store, StoreError};
 
@@ -68,7 +72,8 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
 }
 
 /// Where the container runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Its own KVM microVM.
     Vm,
@@ -77,7 +82,7 @@ pub enum Isolation {
 }
 
 /// What `arca run` was asked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunOptions {
     /// Image reference.
     pub image: String,
@@ -105,6 +110,10 @@ pub struct RunOptions {
     pub isolation: Isolation,
     /// Container name (a generated one when absent).
     pub name: Option<String>,
+    /// `-d`.
+    pub detach: bool,
+    /// `--rm`.
+    pub rm: bool,
 }
 
 /// Docker's rules: `--entrypoint` replaces the image's Entrypoint and drops its Cmd;
@@ -176,7 +185,8 @@ impl Drop for Reaped {
     }
 }
 
-/// Runs a container in the foreground and returns its exit code.
+/// Runs a container: in the foreground (returns its exit code) or, with `detach`,
+/// under a background monitor (returns 0 once it runs and prints its id).
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let store = Store::open(state)?;
     let image = match store.resolve(&opts.image) {
@@ -196,31 +206,181 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         }
         None => format!("arca-{}", random_id()),
     };
-    let dir = state.join("containers").join(&id);
-    std::fs::create_dir_all(dir.parent().unwrap_or(state))
+    let dir = containers_dir(state).join(&id);
+    std::fs::create_dir_all(containers_dir(state))
         .map_err(io_err("create the container directory"))?;
     if let Err(e) = std::fs::create_dir(&dir) {
         return Err(if e.kind() == io::ErrorKind::AlreadyExists {
-            RunError::Invalid(format!("The container name {id:?} is already in use"))
+            RunError::Invalid(format!(
+                "The container name {id:?} is already in use: remove it (arca rm {id}) or choose another name"
+            ))
         } else {
             io_err(format!("create {}", dir.display()))(e)
         });
     }
-    let result = run_in(state, &store, &image, opts, args, &id, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    let record = ContainerRecord {
+        id: id.clone(),
+        image: opts.image.clone(),
+        image_id: image.id.clone(),
+        command: args.clone(),
+        isolation: opts.isolation,
+        created: now(),
+        status: Status::Starting,
+        exit_code: None,
+        error: None,
+        monitor_pid: std::process::id(),
+        sandbox_pid: None,
+        agent: None,
+        container_pid: None,
+        rm: opts.rm,
+    };
+    record.save(&dir)?;
+    if opts.detach {
+        return detach(state, &dir, opts, &id);
+    }
+    let result = supervise(
+        state,
+        &store,
+        &image,
+        opts,
+        args,
+        &dir,
+        record,
+        Output::Terminal,
+    );
+    if result.is_err() || opts.rm {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
+/// Starts `arca __monitor` for a detached container and waits until the container runs.
+fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, RunError> {
+    let options = serde_json::to_vec(opts).map_err(|e| RunError::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("options.json"), options)
+        .map_err(io_err("write the container options"))?;
+    let exe = std::env::current_exe().map_err(io_err("locate arca"))?;
+    let monitor = Command::new(exe)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["__monitor", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("monitor.log"))
+                .map_err(io_err("create the monitor log"))?,
+        )
+        // Out of the terminal's process group: a Ctrl-C there does not reach it.
+        .process_group(0)
+        .spawn();
+    let mut monitor = match monitor {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(io_err("start the container monitor")(e));
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let rec = ContainerRecord::load(dir).ok();
+        match rec.as_ref().map(|r| r.status) {
+            Some(Status::Running) | Some(Status::Exited)
+                if rec.as_ref().is_some_and(|r| r.error.is_none()) =>
+            {
+                break;
+            }
+            Some(Status::Exited) => {
+                let error = rec.and_then(|r| r.error).unwrap_or_default();
+                let _ = monitor.wait();
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(RunError::Invalid(error));
+            }
+            _ => {}
+        }
+        if let Ok(Some(status)) = monitor.try_wait() {
+            if status.success() {
+                // It ran and ended already (and, with --rm, is gone).
+                break;
+            }
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(RunError::Invalid(format!(
+                "The container monitor ended early ({status})"
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(RunError::Invalid(
+                "The container did not start within 120 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{id}");
+    Ok(0)
+}
+
+/// Entry of `arca __monitor ID`: runs a detached container to its end.
+pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
+    let dir = containers_dir(state).join(id);
+    let bytes =
+        std::fs::read(dir.join("options.json")).map_err(io_err("read the container options"))?;
+    let opts: RunOptions =
+        serde_json::from_slice(&bytes).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let mut record = ContainerRecord::load(&dir)?;
+    record.monitor_pid = std::process::id();
+    record.save(&dir)?;
+    let result = (|| {
+        let store = Store::open(state)?;
+        let image = store.resolve(&record.image_id)?;
+        supervise(
+            state,
+            &store,
+            &image,
+            &opts,
+            record.command.clone(),
+            &dir,
+            record.clone(),
+            Output::Logs,
+        )
+    })();
+    if let Err(e) = &result
+        && let Ok(mut r) = ContainerRecord::load(&dir)
+    {
+        r.status = Status::Exited;
+        r.exit_code.get_or_insert(e.exit_code());
+        r.error.get_or_insert_with(|| vmm::error_chain(e));
+        let _ = r.save(&dir);
+    }
+    if opts.rm && ContainerRecord::load(&dir).is_ok_and(|r| r.error.is_none()) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// Where a container's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// This terminal, and the logs.
+    Terminal,
+    /// The logs only.
+    Logs,
+}
+
+/// Runs the container to its end, keeping its record up to date.
 #[allow(clippy::too_many_arguments)]
-fn run_in(
+fn supervise(
     state: &Path,
     store: &Store,
     image: &Image,
     opts: &RunOptions,
     args: Vec<String>,
-    id: &str,
     dir: &Path,
+    mut record: ContainerRecord,
+    output: Output,
 ) -> Result<i32, RunError> {
+    let id = record.id.clone();
+    let id = id.as_str();
     let cfg = &image.config.config;
     let user = opts
         .user
@@ -244,6 +404,7 @@ fn run_in(
         stdin: opts.interactive,
         ..Default::default()
     };
+    let _ = state;
     let (address, rootfs, _child) = match opts.isolation {
         Isolation::Process => {
             let sock = dir.join("agent.sock");
@@ -312,7 +473,10 @@ fn run_in(
         network: NetworkMode::Isolated,
         init: opts.init,
     };
-    client.create(spec)?;
+    let container_pid = client.create(spec)?;
+    if opts.isolation == Isolation::Process {
+        record.container_pid = Some(container_pid);
+    }
     let out = address.attach(id, None, StdioStream::Stdout)?;
     let err = address.attach(id, None, StdioStream::Stderr)?;
     let input = if opts.interactive {
@@ -327,17 +491,46 @@ fn run_in(
         }
         return Err(e.into());
     }
+    record.status = Status::Running;
+    record.sandbox_pid = Some(child.0.id());
+    record.agent = Some(address.clone().into());
+    record.save(dir)?;
     if let Some(mut input) = input {
         std::thread::spawn(move || {
             let _ = io::copy(&mut io::stdin().lock(), &mut input);
             let _ = input.close_input();
         });
     }
-    let copy_out = std::thread::spawn(move || copy_to(out, io::stdout()));
-    let copy_err = std::thread::spawn(move || copy_to(err, io::stderr()));
-    let status = client.wait(id, None)?;
+    let log = |name: &str| {
+        std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
+    };
+    let (out_log, err_log) = (log("stdout.log")?, log("stderr.log")?);
+    let terminal = output == Output::Terminal;
+    let copy_out =
+        std::thread::spawn(move || copy_to(out, Tee(out_log, terminal.then(io::stdout))));
+    let copy_err =
+        std::thread::spawn(move || copy_to(err, Tee(err_log, terminal.then(io::stderr))));
+    let waited = client.wait(id, None);
+    let status = match waited {
+        Ok(s) => s,
+        Err(e) => {
+            // The sandbox died under the container (a VMM crash, a killed agent).
+            let gone = child.0.try_wait().ok().flatten();
+            record.status = Status::Exited;
+            record.exit_code = Some(137);
+            record.error = Some(match gone {
+                Some(st) => format!("The sandbox ended unexpectedly ({st})"),
+                None => format!("Lost the agent: {}", vmm::error_chain(&e)),
+            });
+            record.save(dir)?;
+            return Err(e.into());
+        }
+    };
     let _ = copy_out.join();
     let _ = copy_err.join();
+    record.status = Status::Exited;
+    record.exit_code = Some(status.code);
+    record.save(dir)?;
     client.remove(id, false)?;
     match opts.isolation {
         Isolation::Process => {
@@ -352,6 +545,26 @@ fn run_in(
         eprintln!("arca: the container was killed for exceeding its memory limit");
     }
     Ok(status.code)
+}
+
+/// Writes to a log file and, if present, a terminal stream.
+struct Tee<W: Write>(std::fs::File, Option<W>);
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        if let Some(t) = &mut self.1 {
+            // A closed terminal must not stop the log.
+            if t.write_all(buf).and_then(|()| t.flush()).is_err() {
+                self.1 = None;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 fn copy_to(mut from: impl Read, mut to: impl Write) {

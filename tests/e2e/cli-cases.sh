@@ -31,6 +31,34 @@ fi
 out=$(run no-such-image true 2>/dev/null); check unknown-image 125 "" $? "$out"
 out=$(run BAD:REF true 2>/dev/null); check bad-reference 125 "" $? "$out"
 out=$(run --bogus-flag busybox true 2>/dev/null); check unknown-flag 125 "" $? "$out"
-out=$(run -d busybox true 2>/dev/null); check detach-unsupported 125 "" $? "$out"
-left=$(ls "${ARCA_STATE_DIR:-/var/lib/arca}/containers" 2>/dev/null | wc -l); check nothing-left 0 0 0 "$left"
+out=$(run -d -i busybox true 2>/dev/null); check detach-with-stdin-unsupported 125 "" $? "$out"
+
+# Lifecycle: detached, ps, exec, stop, wait, logs, rm.
+state=${ARCA_STATE_DIR:-/var/lib/arca}
+out=$(arca run -d --isolation="$iso" --name lc busybox sh -c 'echo up; trap "echo bye; exit 5" TERM; while true; do sleep 0.1; done'); check detach-prints-name 0 lc $? "$out"
+out=$(arca ps -q); check ps-lists-running 0 lc $? "$out"
+out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in lc" $? "$out"
+out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? "$out"
+out=$(arca stop -t 5 lc); check stop 0 lc $? "$out"
+out=$(arca wait lc); check wait-code 0 5 $? "$out"
+out=$(arca logs lc); check logs 0 "up
+bye" $? "$out"
+out=$(arca exec lc true 2>/dev/null); check exec-into-stopped 125 "" $? "$out"
+out=$(arca rm lc); check rm 0 lc $? "$out"
+arca run -d --isolation="$iso" --name rf busybox sleep 100 >/dev/null
+out=$(arca rm rf 2>/dev/null); check rm-running-refused 1 "" $? "$out"
+out=$(arca rm -f rf); check rm-force 0 rf $? "$out"
+# A sandbox (VMM or agent) killed under its container: shown as exited, with the reason.
+arca run -d --isolation="$iso" --name crash busybox sleep 100 >/dev/null
+pid=$(sed -n 's/.*"sandbox_pid": *\([0-9]*\).*/\1/p' "$state/containers/crash/state.json")
+kill -9 "$pid"
+i=0; while ! arca ps -a | grep -q "^crash .*Exited"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(arca ps -a | grep -c "ended unexpectedly\|Lost the agent"); check crash-shows-reason 0 1 $? "$out"
+out=$(arca rm crash); check crash-rm 0 crash $? "$out"
+arca run -d --rm --isolation="$iso" --name gone busybox true >/dev/null
+i=0; while [ -e "$state/containers/gone" ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(ls "$state/containers" | grep -c gone); check detached-rm-cleans 1 0 $? "$out"
+out=$(run --name named busybox true; run --name named busybox true 2>/dev/null); check name-reuse-after-rm 0 "" $? "$out"
+
+left=$(ls "$state/containers" 2>/dev/null | wc -l); check nothing-left 0 0 0 "$left"
 [ $fails -eq 0 ]

@@ -1,0 +1,484 @@
+//! Container state and the commands that use it: `ps`, `logs`, `stop`, `kill`, `rm`,
+//! `exec`, `wait`.
+//!
+//! Each container has a directory `<state>/containers/<id>/` holding `state.json` (its
+//! record, written atomically by its monitor: the foreground `arca run`, or the
+//! `arca __monitor` a detached run starts), `stdout.log` and `stderr.log`, the agent's
+//! socket and, for VMs, the console log. The directory's creation is what reserves a
+//! name, so two CLIs cannot create the same container. A record that says "running"
+//! whose monitor is gone is shown as exited, with the reason.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arca_protocol::{ProcessSpec, StdioStream};
+use serde::{Deserialize, Serialize};
+use vmm::agent_client::{AgentAddress, AgentClient};
+
+use crate::run::{Isolation, RunError};
+
+/// Life stage of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Its sandbox is being prepared.
+    Starting,
+    /// Its process runs.
+    Running,
+    /// It ended (see `exit_code` and `error`).
+    Exited,
+}
+
+/// How to reach a container's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentEndpoint {
+    /// `arca-agent serve` on a Unix socket.
+    Unix(PathBuf),
+    /// The VMM's hybrid vsock socket and the agent's port.
+    Vsock {
+        /// The socket.
+        uds: PathBuf,
+        /// The port.
+        port: u32,
+    },
+}
+
+impl From<AgentAddress> for AgentEndpoint {
+    fn from(a: AgentAddress) -> Self {
+        match a {
+            AgentAddress::Unix(p) => AgentEndpoint::Unix(p),
+            AgentAddress::Vsock { uds, port } => AgentEndpoint::Vsock { uds, port },
+        }
+    }
+}
+
+impl From<&AgentEndpoint> for AgentAddress {
+    fn from(e: &AgentEndpoint) -> Self {
+        match e {
+            AgentEndpoint::Unix(p) => AgentAddress::Unix(p.clone()),
+            AgentEndpoint::Vsock { uds, port } => AgentAddress::Vsock {
+                uds: uds.clone(),
+                port: *port,
+            },
+        }
+    }
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Name.
+    pub id: String,
+    /// The reference given to `run`.
+    pub image: String,
+    /// The image id.
+    pub image_id: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// `vm` or `process`.
+    pub isolation: Isolation,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Stage.
+    pub status: Status,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Why it ended, if not by itself.
+    pub error: Option<String>,
+    /// The process that runs it.
+    pub monitor_pid: u32,
+    /// The VMM or agent process.
+    pub sandbox_pid: Option<u32>,
+    /// Its agent, once running.
+    pub agent: Option<AgentEndpoint>,
+    /// With process isolation: the container's PID 1 on this host.
+    #[serde(default)]
+    pub container_pid: Option<u32>,
+    /// Remove when it exits.
+    pub rm: bool,
+}
+
+/// `<state>/containers`.
+pub fn containers_dir(state: &Path) -> PathBuf {
+    state.join("containers")
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+impl ContainerRecord {
+    /// Reads `dir/state.json`.
+    pub fn load(dir: &Path) -> Result<Self, RunError> {
+        let path = dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(|source| RunError::Io {
+            action: format!("read {}", path.display()),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            RunError::Invalid(format!("Corrupt container record {}: {e}", path.display()))
+        })
+    }
+
+    /// Writes `dir/state.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), RunError> {
+        let tmp = dir.join(".state.json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| RunError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, dir.join("state.json")))
+            .map_err(|source| RunError::Io {
+                action: format!("write the record of container {}", self.id),
+                source,
+            })
+    }
+
+    /// The record as seen now: a running container whose monitor is gone has exited.
+    fn observed(mut self) -> Self {
+        if self.status != Status::Exited && !alive(self.monitor_pid) {
+            self.status = Status::Exited;
+            self.exit_code.get_or_insert(137);
+            self.error.get_or_insert_with(|| {
+                "Its monitor died (the arca process that ran it was killed)".into()
+            });
+        }
+        self
+    }
+
+    fn client(&self) -> Result<AgentClient, RunError> {
+        let endpoint = self
+            .agent
+            .as_ref()
+            .filter(|_| self.status == Status::Running)
+            .ok_or_else(|| RunError::Invalid(format!("Container {} is not running", self.id)))?;
+        Ok(AgentClient::connect(
+            &endpoint.into(),
+            Duration::from_secs(5),
+        )?)
+    }
+}
+
+/// Finds a container by name or unique prefix.
+pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), RunError> {
+    let dir = containers_dir(state);
+    let exact = dir.join(name);
+    if !name.is_empty() && !name.contains('/') && exact.join("state.json").is_file() {
+        return Ok((exact.clone(), ContainerRecord::load(&exact)?.observed()));
+    }
+    let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| !name.is_empty() && e.file_name().to_string_lossy().starts_with(name))
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((one.clone(), ContainerRecord::load(one)?.observed())),
+        [] => Err(RunError::Invalid(format!("No such container: {name}"))),
+        _ => Err(RunError::Invalid(format!(
+            "Container name {name:?} is ambiguous"
+        ))),
+    }
+}
+
+/// All containers.
+pub fn list(state: &Path) -> Vec<ContainerRecord> {
+    let mut out: Vec<ContainerRecord> = std::fs::read_dir(containers_dir(state))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| ContainerRecord::load(&e.path()).ok())
+        .map(ContainerRecord::observed)
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// `arca ps`.
+pub fn ps(state: &Path, all: bool, quiet: bool) {
+    let rows: Vec<ContainerRecord> = list(state)
+        .into_iter()
+        .filter(|r| all || r.status != Status::Exited)
+        .collect();
+    if quiet {
+        for r in rows {
+            println!("{}", r.id);
+        }
+        return;
+    }
+    println!(
+        "{:<20} {:<24} {:<24} {:<28} {:<8}",
+        "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "ISOLATION"
+    );
+    for r in rows {
+        let mut cmd = format!("\"{}\"", r.command.join(" "));
+        if cmd.len() > 22 {
+            cmd.truncate(21);
+            cmd.push_str("…\"");
+        }
+        let status = match (r.status, r.exit_code) {
+            (Status::Starting, _) => "Created".to_string(),
+            (Status::Running, _) => format!("Up {} s", now().saturating_sub(r.created)),
+            (Status::Exited, code) => format!("Exited ({})", code.unwrap_or(-1)),
+        };
+        let iso = match r.isolation {
+            Isolation::Vm => "vm",
+            Isolation::Process => "process",
+        };
+        println!(
+            "{:<20} {:<24} {:<24} {:<28} {:<8}",
+            r.id, r.image, cmd, status, iso
+        );
+        if let Some(e) = r.error.filter(|_| r.status == Status::Exited) {
+            println!("{:<20} └ {e}", "");
+        }
+    }
+}
+
+/// `arca logs [-f]`: stdout.log to stdout, stderr.log to stderr; with `follow`, until
+/// the container exits.
+pub fn logs(state: &Path, name: &str, follow: bool) -> Result<i32, RunError> {
+    let (dir, _) = find(state, name)?;
+    let open = |n: &str| std::fs::File::open(dir.join(n)).ok();
+    let (mut out, mut err) = (open("stdout.log"), open("stderr.log"));
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut any = false;
+        for (file, sink) in [(&mut out, 1), (&mut err, 2)] {
+            if let Some(f) = file {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    any = true;
+                    let _ = if sink == 1 {
+                        io::stdout().write_all(&buf[..n])
+                    } else {
+                        io::stderr().write_all(&buf[..n])
+                    };
+                }
+            }
+        }
+        let _ = io::stdout().flush();
+        if !follow {
+            return Ok(0);
+        }
+        let done = ContainerRecord::load(&dir)
+            .map(ContainerRecord::observed)
+            .map_or(true, |r| r.status == Status::Exited);
+        if done && !any {
+            return Ok(0);
+        }
+        if out.is_none() {
+            out = open("stdout.log");
+        }
+        if err.is_none() {
+            err = open("stderr.log");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Signal numbers by Docker's names (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(text: &str) -> Result<i32, RunError> {
+    let t = text.trim().to_ascii_uppercase();
+    let t = t.strip_prefix("SIG").unwrap_or(&t);
+    let n = match t {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "CONT" => 18,
+        "STOP" => 19,
+        "WINCH" => 28,
+        other => other.parse().unwrap_or(0),
+    };
+    if (1..=64).contains(&n) {
+        Ok(n)
+    } else {
+        Err(RunError::Invalid(format!("Invalid signal: {text}")))
+    }
+}
+
+/// Waits until the container's record says exited (or `timeout` passes).
+fn wait_exited(dir: &Path, timeout: Duration) -> Option<ContainerRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ContainerRecord::load(dir).map(ContainerRecord::observed) {
+            Ok(r) if r.status == Status::Exited => return Some(r),
+            Err(_) => return None,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `arca kill -s SIG`.
+pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
+    let (_, rec) = find(state, name)?;
+    rec.client()?.signal(&rec.id, None, signal)?;
+    Ok(())
+}
+
+/// `arca stop -t N`: SIGTERM, then SIGKILL after `grace`.
+pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if rec.status == Status::Exited {
+        return Ok(());
+    }
+    let mut client = rec.client()?;
+    let _ = client.signal(&rec.id, None, libc_sigterm());
+    if wait_exited(&dir, grace).is_none() {
+        let _ = client.signal(&rec.id, None, 9);
+        if wait_exited(&dir, Duration::from_secs(10)).is_none() {
+            return Err(RunError::Invalid(format!(
+                "Container {} did not stop",
+                rec.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+const fn libc_sigterm() -> i32 {
+    15
+}
+
+/// `arca rm [-f]`.
+pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if rec.status != Status::Exited {
+        if !force {
+            return Err(RunError::Invalid(format!(
+                "You cannot remove a running container {}: stop it first or remove it with -f",
+                rec.id
+            )));
+        }
+        // At once, as `docker rm -f`: SIGKILL, then make sure the sandbox is gone.
+        if let Ok(mut c) = rec.client() {
+            let _ = c.signal(&rec.id, None, 9);
+        }
+        if wait_exited(&dir, Duration::from_secs(10)).is_none() {
+            for pid in [rec.sandbox_pid, Some(rec.monitor_pid)]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        // Let the monitor finish its cleanup before the directory goes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(rec.monitor_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Some(pid) = rec
+        .sandbox_pid
+        .filter(|p| alive(*p) && !alive(rec.monitor_pid))
+    {
+        // A monitor that died left its VMM or agent behind.
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    if rec.isolation == Isolation::Process {
+        process_leftovers(&rec);
+    }
+    std::fs::remove_dir_all(&dir).map_err(|source| RunError::Io {
+        action: format!("remove {}", dir.display()),
+        source,
+    })
+}
+
+/// After a host agent died: the container's processes (its pid namespace goes with
+/// its PID 1) and its cgroup, which nothing else would remove.
+fn process_leftovers(rec: &ContainerRecord) {
+    let marker = format!("/arca/{}", rec.id);
+    if let Some(pid) = rec.container_pid {
+        // Only if that pid is still this container's (pids are reused).
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.lines().any(|l| l.ends_with(&marker)));
+        if ours && let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup2 = mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    });
+    if let Some(root) = cgroup2 {
+        let cg = root.join(marker.trim_start_matches('/'));
+        if cg.is_dir() {
+            let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+            for _ in 0..200 {
+                if std::fs::remove_dir(&cg).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// `arca wait`: blocks until the container exits; returns its exit code.
+pub fn wait(state: &Path, name: &str) -> Result<i32, RunError> {
+    let (dir, _) = find(state, name)?;
+    let rec = wait_exited(&dir, Duration::from_secs(u64::MAX / 4))
+        .ok_or_else(|| RunError::Invalid(format!("Container {name} went away")))?;
+    Ok(rec.exit_code.unwrap_or(-1))
+}
+
+/// `arca exec [-i] [-e] [-w] [-u] NAME CMD...`: returns the process's exit code.
+pub fn exec(state: &Path, name: &str, mut process: ProcessSpec) -> Result<i32, RunError> {
+    let (_, rec) = find(state, name)?;
+    let mut client = rec.client()?;
+    let exec_id = format!("exec-{}-{}", std::process::id(), now());
+    let interactive = process.stdin;
+    process.terminal = false;
+    let address = client.address().clone();
+    let pid = client.exec(&rec.id, &exec_id, process)?;
+    let _ = pid;
+    let out = address.attach(&rec.id, Some(&exec_id), StdioStream::Stdout)?;
+    let err = address.attach(&rec.id, Some(&exec_id), StdioStream::Stderr)?;
+    if interactive {
+        let mut input = address.attach(&rec.id, Some(&exec_id), StdioStream::Stdin)?;
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin().lock(), &mut input);
+            let _ = input.close_input();
+        });
+    }
+    let o = std::thread::spawn(move || {
+        let mut out = out;
+        let _ = io::copy(&mut out, &mut io::stdout());
+    });
+    let e = std::thread::spawn(move || {
+        let mut err = err;
+        let _ = io::copy(&mut err, &mut io::stderr());
+    });
+    let status = client.wait(&rec.id, Some(&exec_id))?;
+    let _ = o.join();
+    let _ = e.join();
+    Ok(status.code)
+}
