@@ -1,7 +1,8 @@
 //! `arca`: Docker-style containers, each in its own KVM microVM (`--isolation=vm`, the
 //! default) or on this host (`--isolation=process`).
 //!
-//! Commands: `pull`, `load`, `images`, `rmi`, `run` (foreground or `-d`), `ps`, `logs`,
+//! Commands: `pull`, `load`, `images`, `rmi`, `tag`, `inspect`, `run` (foreground or
+//! `-d`), `ps`, `logs`,
 //! `stop`, `kill`, `rm`, `wait`, `exec`. Exit codes follow Docker: the container's own;
 //! 125 when arca fails; 126/127 when the command cannot be run or found.
 
@@ -46,6 +47,19 @@ enum Cmd {
         quiet: bool,
         /// NAME[:TAG|@DIGEST].
         reference: String,
+    },
+    /// Add a name to an image.
+    Tag {
+        /// Existing image.
+        source: String,
+        /// New NAME[:TAG].
+        target: String,
+    },
+    /// Show containers or images as JSON.
+    Inspect {
+        /// Container or image names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// List images.
     Images {
@@ -153,7 +167,7 @@ struct RunArgs {
     /// Run in the background and print the container name.
     #[arg(short, long)]
     detach: bool,
-    /// Allocate a terminal (not supported yet).
+    /// Give the container a terminal.
     #[arg(short, long)]
     tty: bool,
     /// Keep stdin open.
@@ -319,6 +333,36 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
+        Cmd::Tag { source, target } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            store.tag(&source, &target).map_err(|e| chain(&e))?;
+            Ok(0)
+        }
+        Cmd::Inspect { names } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                if let Ok((_, rec)) = containers::find(&state, n) {
+                    out.push(serde_json::to_value(&rec).unwrap_or_default());
+                } else if let Ok(img) = store.resolve(n) {
+                    out.push(serde_json::json!({
+                        "Id": format!("sha256:{}", img.id),
+                        "RepoTags": img.tags,
+                        "Created": img.config.created,
+                        "Architecture": img.config.architecture,
+                        "Os": img.config.os,
+                        "Config": img.config.config,
+                        "RootFS": {"Type": "layers", "Layers": img.config.rootfs.diff_ids},
+                    }));
+                } else {
+                    eprintln!("arca: No such object: {n}");
+                    failed = true;
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            Ok(if failed { 1 } else { 0 })
+        }
         Cmd::Images { quiet } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let images = store.list().map_err(|e| chain(&e))?;
@@ -363,9 +407,6 @@ fn main() -> ExitCode {
             if a.detach && a.interactive {
                 return Err("-d with -i is not supported yet (no attach)".into());
             }
-            if a.tty {
-                return Err("--tty is not supported yet by arca run (the agent supports terminals; the CLI does not attach one)".into());
-            }
             let mut env = Vec::new();
             for f in &a.env_file {
                 env.extend(env_file(f)?);
@@ -383,6 +424,7 @@ fn main() -> ExitCode {
                 cpus: a.cpus,
                 init: a.init,
                 interactive: a.interactive,
+                tty: a.tty,
                 isolation: a.isolation,
                 name: a.name,
                 detach: a.detach,

@@ -106,6 +106,9 @@ pub struct RunOptions {
     pub init: bool,
     /// `-i`.
     pub interactive: bool,
+    /// `-t`.
+    #[serde(default)]
+    pub tty: bool,
     /// `--isolation`.
     pub isolation: Isolation,
     /// Container name (a generated one when absent).
@@ -401,7 +404,8 @@ fn supervise(
         env: environment(image, &opts.env),
         cwd,
         user,
-        stdin: opts.interactive,
+        stdin: opts.interactive && !opts.tty,
+        terminal: opts.tty,
         ..Default::default()
     };
     let _ = state;
@@ -477,12 +481,22 @@ fn supervise(
     if opts.isolation == Isolation::Process {
         record.container_pid = Some(container_pid);
     }
-    let out = address.attach(id, None, StdioStream::Stdout)?;
-    let err = address.attach(id, None, StdioStream::Stderr)?;
-    let input = if opts.interactive {
-        Some(address.attach(id, None, StdioStream::Stdin)?)
+    let terminal = output == Output::Terminal;
+    let streams = if opts.tty {
+        let tty = address.attach(id, None, StdioStream::Tty)?;
+        if terminal && let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout()) {
+            client.resize(id, None, ws.ws_row, ws.ws_col)?;
+        }
+        Streams::Tty(tty)
     } else {
-        None
+        let out = address.attach(id, None, StdioStream::Stdout)?;
+        let err = address.attach(id, None, StdioStream::Stderr)?;
+        let input = if opts.interactive {
+            Some(address.attach(id, None, StdioStream::Stdin)?)
+        } else {
+            None
+        };
+        Streams::Pipes { out, err, input }
     };
     if let Err(e) = client.start(id) {
         let _ = client.remove(id, true);
@@ -495,22 +509,51 @@ fn supervise(
     record.sandbox_pid = Some(child.0.id());
     record.agent = Some(address.clone().into());
     record.save(dir)?;
-    if let Some(mut input) = input {
-        std::thread::spawn(move || {
-            let _ = io::copy(&mut io::stdin().lock(), &mut input);
-            let _ = input.close_input();
-        });
-    }
     let log = |name: &str| {
         std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
     };
     let (out_log, err_log) = (log("stdout.log")?, log("stderr.log")?);
-    let terminal = output == Output::Terminal;
-    let copy_out =
-        std::thread::spawn(move || copy_to(out, Tee(out_log, terminal.then(io::stdout))));
-    let copy_err =
-        std::thread::spawn(move || copy_to(err, Tee(err_log, terminal.then(io::stderr))));
+    let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut _raw = None;
+    let (copy_out, copy_err) = match streams {
+        Streams::Pipes { out, err, input } => {
+            if let Some(mut input) = input {
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut io::stdin().lock(), &mut input);
+                    let _ = input.close_input();
+                });
+            }
+            (
+                std::thread::spawn(move || copy_to(out, Tee(out_log, terminal.then(io::stdout)))),
+                std::thread::spawn(move || copy_to(err, Tee(err_log, terminal.then(io::stderr)))),
+            )
+        }
+        Streams::Tty(tty) => {
+            let (pending, sock) = tty.into_parts();
+            if opts.interactive && terminal {
+                _raw = RawMode::enter();
+                if let Ok(mut to_tty) = sock.try_clone() {
+                    std::thread::spawn(move || {
+                        let _ = io::copy(&mut io::stdin().lock(), &mut to_tty);
+                    });
+                }
+            }
+            if terminal {
+                // No signal handler for SIGWINCH here: the size is polled.
+                let (flag, address, id) = (resizing.clone(), address.clone(), id.to_string());
+                std::thread::spawn(move || resize_loop(&flag, &address, &id));
+            }
+            let reader = io::Cursor::new(pending).chain(sock);
+            (
+                std::thread::spawn(move || {
+                    copy_to(reader, Tee(out_log, terminal.then(io::stdout)))
+                }),
+                std::thread::spawn(move || drop(err_log)),
+            )
+        }
+    };
     let waited = client.wait(id, None);
+    resizing.store(false, std::sync::atomic::Ordering::SeqCst);
     let status = match waited {
         Ok(s) => s,
         Err(e) => {
@@ -545,6 +588,59 @@ fn supervise(
         eprintln!("arca: the container was killed for exceeding its memory limit");
     }
     Ok(status.code)
+}
+
+/// The container's stdio as attached.
+enum Streams {
+    /// Separate pipes.
+    Pipes {
+        out: vmm::agent_client::StdioConnection,
+        err: vmm::agent_client::StdioConnection,
+        input: Option<vmm::agent_client::StdioConnection>,
+    },
+    /// One terminal.
+    Tty(vmm::agent_client::StdioConnection),
+}
+
+/// This terminal in raw mode until dropped (so keys reach the container's terminal).
+struct RawMode(rustix::termios::Termios);
+
+impl RawMode {
+    fn enter() -> Option<Self> {
+        let stdin = io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(Self(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ =
+            rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &self.0);
+    }
+}
+
+/// Follows this terminal's size into the container's while `flag` is set.
+fn resize_loop(flag: &std::sync::atomic::AtomicBool, address: &AgentAddress, id: &str) {
+    let Ok(mut client) = AgentClient::connect(address, Duration::from_secs(5)) else {
+        return;
+    };
+    let mut last = None;
+    while flag.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout()) {
+            let size = (ws.ws_row, ws.ws_col);
+            if last != Some(size) {
+                if client.resize(id, None, size.0, size.1).is_err() {
+                    return;
+                }
+                last = Some(size);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Writes to a log file and, if present, a terminal stream.

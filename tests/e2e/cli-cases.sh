@@ -22,6 +22,9 @@ out=$(run busybox); check image-cmd 0 "" $? "$out"
 out=$(run --entrypoint echo busybox from entrypoint); check entrypoint 0 "from entrypoint" $? "$out"
 out=$(echo piped | run -i busybox cat); check stdin 0 piped $? "$out"
 out=$(run busybox sh -c 'kill -9 $$; sleep 1; echo survived'); check pid1-ignores-own-sigkill 0 survived $? "$out"
+out=$(run -t busybox tty | tr -d '\r'); check tty 0 /dev/pts/0 $? "$out"
+out=$(printf 'echo typed\nexit 4\n' | run -it busybox sh | tr -d '\r' | grep -c '^typed$'); check tty-interactive 0 1 $? "$out"
+out=$(printf 'exit 4\n' | run -it busybox sh >/dev/null 2>&1); check tty-exit-code 4 "" $? "$out"
 out=$(run --memory 32m busybox sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a); echo survived' 2>/dev/null); rc=$?
 if [ "$iso" = process ] && [ ! -e /sys/fs/cgroup/memory.max ] && ! grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
   echo "skip memory-limit: no cgroup v2 memory controller on this host"
@@ -33,12 +36,20 @@ out=$(run BAD:REF true 2>/dev/null); check bad-reference 125 "" $? "$out"
 out=$(run --bogus-flag busybox true 2>/dev/null); check unknown-flag 125 "" $? "$out"
 out=$(run -d -i busybox true 2>/dev/null); check detach-with-stdin-unsupported 125 "" $? "$out"
 
+# Image names: tag, inspect, rmi of a tag.
+out=$(arca tag busybox mybox:v1 && run mybox:v1 echo tagged); check tag 0 tagged $? "$out"
+out=$(arca inspect mybox:v1 | grep -c '"mybox:v1"'); check inspect-image 0 1 $? "$out"
+out=$(arca inspect no-such-thing 2>/dev/null); check inspect-missing 1 "[]" $? "$out"
+out=$(arca rmi mybox:v1); check rmi-untags 0 "Untagged: mybox:v1" $? "$out"
+out=$(run busybox echo still-there); check rmi-keeps-other-tags 0 still-there $? "$out"
+
 # Lifecycle: detached, ps, exec, stop, wait, logs, rm.
 state=${ARCA_STATE_DIR:-/var/lib/arca}
 out=$(arca run -d --isolation="$iso" --name lc busybox sh -c 'echo up; trap "echo bye; exit 5" TERM; while true; do sleep 0.1; done'); check detach-prints-name 0 lc $? "$out"
 out=$(arca ps -q); check ps-lists-running 0 lc $? "$out"
 out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in lc" $? "$out"
 out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? "$out"
+out=$(arca inspect lc | grep -c '"status": "running"'); check inspect-container 0 1 $? "$out"
 out=$(arca stop -t 5 lc); check stop 0 lc $? "$out"
 out=$(arca wait lc); check wait-code 0 5 $? "$out"
 out=$(arca logs lc); check logs 0 "up

@@ -415,6 +415,17 @@ impl Store {
         Err(StoreError::NotFound(reference.to_string()))
     }
 
+    /// Adds tag `target` to the image `source` names.
+    pub fn tag(&self, source: &str, target: &str) -> Result<String, StoreError> {
+        let _lock = self.lock()?;
+        let image = self.resolve(source)?;
+        let name = normalize_reference(target)?;
+        let mut tags = self.tags()?;
+        tags.insert(name.clone(), image.id);
+        write_json(&self.tags_path(), &tags)?;
+        Ok(name)
+    }
+
     /// Removes a tag; the image goes when its last tag does (or when named by id).
     /// Returns the id if the image itself was deleted.
     pub fn remove(&self, reference: &str) -> Result<Option<String>, StoreError> {
