@@ -175,6 +175,10 @@ pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), RunE
     if !name.is_empty() && !name.contains('/') && exact.join("state.json").is_file() {
         return Ok((exact.clone(), ContainerRecord::load(&exact)?.observed()));
     }
+    // Names must be exact; only generated names (arca-<hex>) may be abbreviated.
+    if !name.starts_with("arca-") || name.len() < 7 {
+        return Err(RunError::Invalid(format!("No such container: {name}")));
+    }
     let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
@@ -222,11 +226,12 @@ pub fn ps(state: &Path, all: bool, quiet: bool) {
         "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "ISOLATION"
     );
     for r in rows {
-        let mut cmd = format!("\"{}\"", r.command.join(" "));
-        if cmd.len() > 22 {
-            cmd.truncate(21);
-            cmd.push_str("…\"");
-        }
+        let full = r.command.join(" ");
+        let cmd = if full.chars().count() > 20 {
+            format!("\"{}…\"", full.chars().take(19).collect::<String>())
+        } else {
+            format!("\"{full}\"")
+        };
         let status = match (r.status, r.exit_code) {
             (Status::Starting, _) => "Created".to_string(),
             (Status::Running, _) => format!("Up {} s", now().saturating_sub(r.created)),
@@ -346,9 +351,10 @@ pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     }
     let mut client = rec.client()?;
     let _ = client.signal(&rec.id, None, libc_sigterm());
-    if wait_exited(&dir, grace).is_none() {
+    // A record that vanished belonged to a `--rm` container that ended.
+    if wait_exited(&dir, grace).is_none() && dir.exists() {
         let _ = client.signal(&rec.id, None, 9);
-        if wait_exited(&dir, Duration::from_secs(10)).is_none() {
+        if wait_exited(&dir, Duration::from_secs(10)).is_none() && dir.exists() {
             return Err(RunError::Invalid(format!(
                 "Container {} did not stop",
                 rec.id
@@ -386,11 +392,15 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
                 }
             }
         }
-        // Let the monitor finish its cleanup before the directory goes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(rec.monitor_pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    }
+    // Let the monitor finish its teardown (it records "exited" before it removes the
+    // container from its sandbox) before the directory goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(rec.monitor_pid)
+        && rec.monitor_pid != std::process::id()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(pid) = rec
         .sandbox_pid
@@ -404,10 +414,13 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
     if rec.isolation == Isolation::Process {
         process_leftovers(&rec);
     }
-    std::fs::remove_dir_all(&dir).map_err(|source| RunError::Io {
-        action: format!("remove {}", dir.display()),
-        source,
-    })
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
+            action: format!("remove {}", dir.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// After a host agent died: the container's processes (its pid namespace goes with

@@ -225,6 +225,22 @@ pub fn agent_initramfs(state: &Path) -> Result<PathBuf, GuestError> {
     Ok(path)
 }
 
+/// Entries under `path` (files, directories, links), for the inode count.
+fn tree_entries(path: &Path) -> u64 {
+    1 + fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                tree_entries(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum::<u64>()
+}
+
 fn tree_size(path: &Path) -> u64 {
     let Ok(m) = fs::symlink_metadata(path) else {
         return 0;
@@ -261,7 +277,11 @@ pub fn image_disk(store: &Store, image: &Image) -> Result<PathBuf, GuestError> {
     f.set_len(size).map_err(io_err("size", &tmp))?;
     drop(f);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "^has_journal", "-L", "arca-image", "-d"])
+        // Inodes by count, not by bytes: images of many small files need them.
+        .args(["-q", "-F", "-O", "^has_journal", "-L", "arca-image"])
+        .arg("-N")
+        .arg((tree_entries(&image.rootfs) * 5 / 4 + 1024).to_string())
+        .arg("-d")
         .arg(&image.rootfs)
         .arg(&tmp)
         .output()

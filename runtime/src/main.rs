@@ -276,9 +276,13 @@ fn main() -> ExitCode {
             containers::ps(&state, all, quiet);
             Ok(0)
         }
-        Cmd::Logs { follow, container } => {
-            containers::logs(&state, &container, follow).map_err(|e| chain(&e))
-        }
+        Cmd::Logs { follow, container } => match containers::logs(&state, &container, follow) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("arca: {}", chain(&e));
+                Ok(1)
+            }
+        },
         Cmd::Stop {
             time,
             containers: names,
@@ -297,11 +301,17 @@ fn main() -> ExitCode {
             containers: names,
         } => each(&names, |n| containers::rm(&state, n, force)),
         Cmd::Wait { containers: names } => {
+            let mut failed = false;
             for n in &names {
-                let code = containers::wait(&state, n).map_err(|e| chain(&e))?;
-                println!("{code}");
+                match containers::wait(&state, n) {
+                    Ok(code) => println!("{code}"),
+                    Err(e) => {
+                        eprintln!("arca: {}", chain(&e));
+                        failed = true;
+                    }
+                }
             }
-            Ok(0)
+            Ok(if failed { 1 } else { 0 })
         }
         Cmd::Exec {
             interactive,

@@ -51,6 +51,14 @@ pub enum RunError {
     /// Building the guest's files failed.
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
+    /// The container could not run; Docker's exit code for that.
+    #[error("{message}")]
+    Failed {
+        /// 125, 126 or 127.
+        code: i32,
+        /// Why.
+        message: String,
+    },
     /// Pulling a missing image failed.
     #[error(transparent)]
     Pull(#[from] crate::image::pull::PullError),
@@ -61,6 +69,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Agent(AgentClientError::Agent(a)) => a.code.docker_exit_code(),
+            RunError::Failed { code, .. } => *code,
             _ => 125,
         }
     }
@@ -293,10 +302,13 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
                 break;
             }
             Some(Status::Exited) => {
-                let error = rec.and_then(|r| r.error).unwrap_or_default();
+                let (code, message) = rec
+                    .map(|r| (r.exit_code.unwrap_or(125), r.error.unwrap_or_default()))
+                    .unwrap_or((125, String::new()));
                 let _ = monitor.wait();
                 let _ = std::fs::remove_dir_all(dir);
-                return Err(RunError::Invalid(error));
+                let code = if matches!(code, 126 | 127) { code } else { 125 };
+                return Err(RunError::Failed { code, message });
             }
             _ => {}
         }
@@ -467,6 +479,8 @@ fn supervise(
         }
     };
     let mut child = _child;
+    record.sandbox_pid = Some(child.0.id());
+    record.save(dir)?;
     let mut client = AgentClient::connect(&address, Duration::from_secs(30))?;
     let spec = ContainerSpec {
         id: id.to_string(),
@@ -574,10 +588,21 @@ fn supervise(
     record.status = Status::Exited;
     record.exit_code = Some(status.code);
     record.save(dir)?;
-    client.remove(id, false)?;
+    // The container has ended: a teardown problem is worth a warning, not its exit code.
+    if let Err(e) = client.remove(id, false) {
+        eprintln!(
+            "arca: warning: removing {id} from its sandbox: {}",
+            vmm::error_chain(&e)
+        );
+    }
     match opts.isolation {
         Isolation::Process => {
-            client.shutdown()?;
+            if let Err(e) = client.shutdown() {
+                eprintln!(
+                    "arca: warning: stopping the agent of {id}: {}",
+                    vmm::error_chain(&e)
+                );
+            }
         }
         // The agent powers the VM off once its last container is gone.
         Isolation::Vm => {}

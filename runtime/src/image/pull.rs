@@ -133,6 +133,9 @@ impl RemoteRef {
             Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
                 (first.to_string(), path.to_string())
             }
+            Some(("docker.io", path)) if !path.contains('/') => {
+                ("docker.io".to_string(), format!("library/{path}"))
+            }
             _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
             _ => ("docker.io".to_string(), format!("library/{name}")),
         };
@@ -221,8 +224,7 @@ impl<R: BufRead> Read for Chunked<R> {
             return Ok(0);
         }
         if self.left == 0 {
-            let mut line = String::new();
-            self.inner.read_line(&mut line)?;
+            let line = bounded_line(&mut self.inner)?;
             let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
             if size == 0 {
@@ -243,11 +245,23 @@ impl<R: BufRead> Read for Chunked<R> {
         }
         self.left -= n as u64;
         if self.left == 0 {
-            let mut crlf = String::new();
-            self.inner.read_line(&mut crlf)?;
+            bounded_line(&mut self.inner)?;
         }
         Ok(n)
     }
+}
+
+/// Reads one line of at most 8 KiB (a hostile server must not make us buffer more).
+fn bounded_line<R: BufRead>(r: &mut R) -> io::Result<String> {
+    let mut line = String::new();
+    r.take(8192).read_line(&mut line)?;
+    if line.len() >= 8192 && !line.ends_with('\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "HTTP line longer than 8 KiB",
+        ));
+    }
+    Ok(line)
 }
 
 fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
@@ -257,7 +271,15 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
             format!("unsupported URL {url}"),
         )
     })?;
-    let stream = TcpStream::connect((u.host.as_str(), u.port))?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(u.host.as_str(), u.port))?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no address for {}", u.host),
+            )
+        })?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut w = stream.try_clone()?;
     let mut req = format!(
@@ -273,8 +295,7 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
     req.push_str("\r\n");
     w.write_all(req.as_bytes())?;
     let mut r = BufReader::new(stream);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line)?;
+    let status_line = bounded_line(&mut r)?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -286,9 +307,15 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
             )
         })?;
     let mut map = BTreeMap::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+    for n in 0.. {
+        if n > 100 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than 100 HTTP headers",
+            ));
+        }
+        let line = bounded_line(&mut r)?;
+        if line.is_empty() {
             break;
         }
         let line = line.trim_end();
@@ -299,10 +326,12 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
             map.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let body: Box<dyn Read + Send> = if map
-        .get("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-    {
+    let chunked = map.get("transfer-encoding").is_some_and(|t| {
+        t.rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    });
+    let body: Box<dyn Read + Send> = if chunked {
         Box::new(Chunked {
             inner: r,
             left: 0,
@@ -332,6 +361,8 @@ struct Registry {
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 const MAX_MANIFEST: u64 = 4 << 20;
+/// Largest blob accepted (a layer); the config must fit in [`MAX_MANIFEST`].
+const MAX_BLOB: u64 = 64 << 30;
 
 impl Registry {
     fn unreachable(&self, source: io::Error) -> PullError {
@@ -352,7 +383,10 @@ impl Registry {
         let mut authed_retry = false;
         for _ in 0..6 {
             let mut headers: Vec<(String, String)> = extra.to_vec();
-            let same_host = url.starts_with(&self.base);
+            let same_host = match (parse_url(&url), parse_url(&self.base)) {
+                (Some(a), Some(b)) => a.host == b.host && a.port == b.port,
+                _ => false,
+            };
             if let (Some(t), true) = (&self.token, same_host) {
                 headers.push(("Authorization".into(), format!("Bearer {t}")));
             }
@@ -368,10 +402,17 @@ impl Registry {
                                 registry: self.name.clone(),
                                 why: "redirect without Location".into(),
                             })?;
+                    if loc.starts_with("https://") {
+                        return Err(PullError::NeedsTls(loc));
+                    }
                     url = if loc.starts_with('/') {
                         format!("{}{loc}", self.base)
-                    } else {
+                    } else if loc.starts_with("http://") {
                         loc
+                    } else {
+                        // Relative to the current path.
+                        let cut = url.rfind('/').map_or(url.len(), |i| i + 1);
+                        format!("{}{loc}", &url[..cut])
                     };
                 }
                 401 if !authed_retry => {
@@ -580,8 +621,9 @@ fn fetch_blob_once(
     partial: &Path,
     progress: bool,
 ) -> Result<PathBuf, PullError> {
+    let registry_name = reg.name.clone();
     let proto = |why: String| PullError::Protocol {
-        registry: reg.name.clone(),
+        registry: registry_name.clone(),
         why,
     };
     let hexpart =
@@ -597,10 +639,17 @@ fn fetch_blob_once(
         .map_err(|e| io_err("lock", &path)(e.into()))?;
     let mut have = f.metadata().map_err(io_err("inspect", &path))?.len();
     let complete = |p: &Path| -> Result<bool, PullError> { Ok(sha256_of(p)? == hexpart) };
-    if have > 0 && (desc.size == 0 || have >= desc.size) && complete(&path)? {
-        return Ok(path);
+    if desc.size == 0 || desc.size > MAX_BLOB {
+        return Err(proto(format!(
+            "blob {} has an unusable size {}",
+            desc.digest, desc.size
+        )));
     }
-    if desc.size > 0 && have > desc.size {
+    if have >= desc.size {
+        if complete(&path)? {
+            return Ok(path);
+        }
+        // Full length but wrong content: start over.
         f.set_len(0).map_err(io_err("truncate", &path))?;
         have = 0;
     }
@@ -616,6 +665,16 @@ fn fetch_blob_once(
         &what,
     )?;
     let mut out = &f;
+    let resumes_here = a.headers.get("content-range").is_some_and(|r| {
+        r.trim_start_matches("bytes ")
+            .starts_with(&format!("{have}-"))
+    });
+    if a.status == 206 && !resumes_here {
+        f.set_len(0).map_err(io_err("truncate", &path))?;
+        return Err(proto(format!(
+            "{what}: a partial answer that does not continue the download"
+        )));
+    }
     if a.status == 200 && have > 0 {
         // The registry ignored the range: start over.
         f.set_len(0).map_err(io_err("truncate", &path))?;
@@ -632,8 +691,15 @@ fn fetch_blob_once(
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n]).map_err(io_err("write", &path))?;
         done += n as u64;
+        if done > desc.size {
+            f.set_len(0).map_err(io_err("truncate", &path))?;
+            return Err(proto(format!(
+                "{what} is larger than its announced {} bytes",
+                desc.size
+            )));
+        }
+        out.write_all(&buf[..n]).map_err(io_err("write", &path))?;
         if progress {
             eprint!(
                 "\r{}: {:.1}/{:.1} MB",
@@ -697,6 +763,12 @@ pub fn pull(
                     .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
             })
             .ok_or_else(|| PullError::NoPlatform(reference.to_string()))?;
+        if valid_digest(&pick.digest).is_none() {
+            return Err(proto(format!(
+                "index entry with a bad digest {:?}",
+                pick.digest
+            )));
+        }
         let (body, d) = reg.manifest(&r.repository, &pick.digest.clone())?;
         digest = d;
         doc = serde_json::from_slice(&body).map_err(|e| proto(format!("manifest: {e}")))?;
@@ -704,6 +776,12 @@ pub fn pull(
     let config = doc
         .config
         .ok_or_else(|| proto("manifest without a config".into()))?;
+    if config.size > MAX_MANIFEST {
+        return Err(proto(format!(
+            "config blob of {} bytes (limit 4 MiB)",
+            config.size
+        )));
+    }
     for l in &doc.layers {
         if l.media_type.contains("zstd") {
             return Err(proto(format!(
@@ -748,13 +826,24 @@ pub fn pull(
             layer_paths[chunk_i * 3 + i] = Some(res?);
         }
     }
-    let name = r.local_name();
-    let found = Found {
-        tags: vec![name.clone()],
-        config: config_path,
-        layers: layer_paths.into_iter().flatten().collect(),
+    // A pull by digest gets no tag (it must not move `latest`).
+    let tags = if r.digest.is_some() {
+        vec![]
+    } else {
+        vec![r.local_name()]
     };
-    store.import_found(found)?;
+    let layers: Vec<PathBuf> = layer_paths.into_iter().flatten().collect();
+    let found = Found {
+        tags,
+        config: config_path.clone(),
+        layers: layers.clone(),
+    };
+    let names = store.import_found(found)?;
+    // The image is unpacked: the downloads are no longer needed.
+    for p in layers.iter().chain(std::iter::once(&config_path)) {
+        let _ = fs::remove_file(p);
+    }
+    let name = names.into_iter().next().unwrap_or_default();
     Ok((name, digest))
 }
 

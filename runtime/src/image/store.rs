@@ -36,6 +36,16 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The image is used by a container.
+    #[error(
+        "Conflict: unable to remove image {image}: container {container} uses it (remove the container first)"
+    )]
+    InUse {
+        /// The image.
+        image: String,
+        /// The container.
+        container: String,
+    },
     /// No image by that name or id.
     #[error("No such image: {0}")]
     NotFound(String),
@@ -415,6 +425,19 @@ impl Store {
         Err(StoreError::NotFound(reference.to_string()))
     }
 
+    /// A container (in `<state>/containers`) whose record names image `id`.
+    fn container_using(&self, id: &str) -> Option<String> {
+        let containers = self.root.parent()?.join("containers");
+        fs::read_dir(containers)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find_map(|e| {
+                let text = fs::read_to_string(e.path().join("state.json")).ok()?;
+                text.contains(&format!("\"image_id\": \"{id}\""))
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+    }
+
     /// Adds tag `target` to the image `source` names.
     pub fn tag(&self, source: &str, target: &str) -> Result<String, StoreError> {
         let _lock = self.lock()?;
@@ -432,6 +455,15 @@ impl Store {
         let _lock = self.lock()?;
         let image = self.resolve(reference)?;
         let mut tags = self.tags()?;
+        let last_name = tags.values().filter(|v| **v == image.id).count() <= 1;
+        if (last_name || !normalize_reference(reference).is_ok_and(|n| tags.contains_key(&n)))
+            && let Some(user) = self.container_using(&image.id)
+        {
+            return Err(StoreError::InUse {
+                image: reference.to_string(),
+                container: user,
+            });
+        }
         let by_tag = normalize_reference(reference)
             .ok()
             .filter(|n| tags.contains_key(n));
@@ -446,7 +478,7 @@ impl Store {
             return Ok(None);
         }
         let dir = self.root.join("by-id").join(&image.id);
-        let trash = self.root.join("tmp").join(format!("rm-{}", image.id));
+        let trash = tempdir_in(&self.root.join("tmp"))?.join("image");
         fs::rename(&dir, &trash).map_err(io_err("remove", &dir))?;
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
         Ok(Some(image.id))
@@ -471,12 +503,12 @@ impl Store {
         fs::create_dir(&tree).map_err(io_err("create", &tree))?;
         // The archive is untrusted: extract it with the layer rules (no escapes).
         apply_layer(&tree, archive).map_err(|e| bad(e.to_string()))?;
-        let found = if tree.join("oci-layout").is_file() {
+        let found = if inside(&tree, "oci-layout").is_ok() {
             oci_layout(&tree).map_err(|e| match e {
                 StoreError::BadArchive { why, .. } => bad(why),
                 e => e,
             })?
-        } else if tree.join("manifest.json").is_file() {
+        } else if inside(&tree, "manifest.json").is_ok() {
             docker_archive(&tree)?
         } else {
             return Err(bad(
@@ -517,6 +549,11 @@ impl Store {
                 });
             }
         }
+        let names: Vec<String> = found
+            .tags
+            .iter()
+            .map(|t| normalize_reference(t))
+            .collect::<Result<_, _>>()?;
         let dest = self.root.join("by-id").join(&id);
         if !dest.join("rootfs").is_dir() {
             let staging = work.join(format!("image-{id}"));
@@ -528,13 +565,6 @@ impl Store {
                     layer: diff.clone(),
                     source,
                 })?;
-                let blob = self
-                    .root
-                    .join("blobs/sha256")
-                    .join(diff.strip_prefix("sha256:").unwrap_or(diff));
-                if !blob.exists() {
-                    fs::copy(layer, &blob).map_err(io_err("store", &blob))?;
-                }
             }
             fs::copy(&found.config, staging.join("config.json"))
                 .map_err(io_err("store", &found.config))?;
@@ -542,13 +572,11 @@ impl Store {
             fs::rename(&staging, &dest).map_err(io_err("store", &dest))?;
         }
         let mut tags = self.tags()?;
-        let mut names = Vec::new();
-        for t in &found.tags {
-            let name = normalize_reference(t)?;
+        for name in &names {
             tags.insert(name.clone(), id.clone());
-            names.push(name);
         }
         write_json(&self.tags_path(), &tags)?;
+        let mut names = names;
         if names.is_empty() {
             names.push(format!("sha256:{id}"));
         }
@@ -568,22 +596,43 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf, StoreError> {
     Err(io_err("create", parent)(io::Error::other("no free name")))
 }
 
-/// A path inside the archive tree; refuses names that climb out.
+/// A regular file inside the archive tree: no climbing out, no symlink on the way or
+/// at the end, no FIFO or device (an archive is untrusted: its files must not lead to
+/// the host's).
 fn inside(tree: &Path, name: &str) -> Result<PathBuf, StoreError> {
-    if Path::new(name)
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    let bad = |why: String| StoreError::BadArchive {
+        path: tree.to_path_buf(),
+        why,
+    };
+    if name.is_empty()
+        || Path::new(name)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(StoreError::BadArchive {
-            path: tree.to_path_buf(),
-            why: format!("bad path {name:?} in the manifest"),
-        });
+        return Err(bad(format!("bad path {name:?} in the manifest")));
     }
-    Ok(tree.join(name))
+    let mut at = tree.to_path_buf();
+    let parts: Vec<_> = Path::new(name).components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let meta = fs::symlink_metadata(&at)
+            .map_err(|_| bad(format!("{name} is missing from the archive")))?;
+        let last = i + 1 == parts.len();
+        let ok = if last {
+            meta.file_type().is_file()
+        } else {
+            meta.is_dir()
+        };
+        if !ok {
+            return Err(bad(format!("{name} is not a regular file in the archive")));
+        }
+    }
+    Ok(at)
 }
 
 fn docker_archive(tree: &Path) -> Result<Vec<Found>, StoreError> {
-    let manifests: Vec<DockerManifest> = read_json(&tree.join("manifest.json"), "manifest.json")?;
+    let manifests: Vec<DockerManifest> =
+        read_json(&inside(tree, "manifest.json")?, "manifest.json")?;
     manifests
         .into_iter()
         .map(|m| {
@@ -614,7 +663,7 @@ fn oci_blob(tree: &Path, digest: &str) -> Result<PathBuf, StoreError> {
             why: format!("malformed digest {digest:?}"),
         });
     }
-    let path = tree.join("blobs/sha256").join(hexpart);
+    let path = inside(tree, &format!("blobs/sha256/{hexpart}"))?;
     let actual = sha256_file(&path)?;
     if actual != hexpart {
         return Err(StoreError::DigestMismatch {
@@ -627,7 +676,7 @@ fn oci_blob(tree: &Path, digest: &str) -> Result<PathBuf, StoreError> {
 }
 
 fn oci_layout(tree: &Path) -> Result<Vec<Found>, StoreError> {
-    let index: OciDocument = read_json(&tree.join("index.json"), "index.json")?;
+    let index: OciDocument = read_json(&inside(tree, "index.json")?, "index.json")?;
     let mut out = Vec::new();
     for desc in index.manifests {
         let tag = desc

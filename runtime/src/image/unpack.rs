@@ -215,6 +215,10 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
             continue;
         }
         let shown = raw.display().to_string();
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if name != OPAQUE && matches!(target, "" | "." | "..") {
+            return Err(UnpackError::Escape { entry: shown });
+        }
         let Some(full) = parents(root, &rel, &shown, false)? else {
             continue;
         };
@@ -228,7 +232,7 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
                 }
             }
         } else {
-            let hidden = dir.join(&name[WHITEOUT_PREFIX.len()..]);
+            let hidden = dir.join(target);
             if fs::symlink_metadata(&hidden).is_ok() {
                 remove_existing(&hidden)?;
                 report.whiteouts += 1;
@@ -634,6 +638,19 @@ mod tests {
                 vec![E::File("../outside/.wh.secret", "")],
                 |_, r| assert!(matches!(r, Err(UnpackError::Escape { .. })), "{r:?}"),
             ),
+            (
+                "whiteout of the parent directory",
+                vec![E::File("a/.wh...", "")],
+                |_, r| assert!(matches!(r, Err(UnpackError::Escape { .. })), "{r:?}"),
+            ),
+            (
+                "whiteout of the root's parent",
+                vec![E::File(".wh...", "")],
+                |_, r| assert!(matches!(r, Err(UnpackError::Escape { .. })), "{r:?}"),
+            ),
+            ("empty whiteout", vec![E::File("a/.wh.", "")], |_, r| {
+                assert!(matches!(r, Err(UnpackError::Escape { .. })), "{r:?}")
+            }),
             (
                 "whiteout through a symlink",
                 vec![E::Symlink("s", "../outside"), E::File("s/.wh.secret", "")],
