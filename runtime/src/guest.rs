@@ -7,8 +7,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 use crate::image::store::{Image, Store, StoreError};
 
 /// Errors preparing a guest.
@@ -99,14 +97,6 @@ pub fn kernel() -> Result<PathBuf, GuestError> {
     })
 }
 
-fn sha256_hex(path: &Path) -> Result<String, GuestError> {
-    let bytes = fs::read(path).map_err(io_err("read", path))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 /// A `newc` cpio archive writer.
 struct Cpio<W: Write> {
     out: W,
@@ -181,7 +171,7 @@ fn libraries(exe: &Path) -> Vec<PathBuf> {
 /// `<state>/guest/` by the agent binary's digest.
 pub fn agent_initramfs(state: &Path) -> Result<PathBuf, GuestError> {
     let agent = agent_binary()?;
-    let digest = sha256_hex(&agent)?;
+    let digest = crate::image::store::sha256_file(&agent)?;
     let dir = state.join("guest");
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let path = dir.join(format!("agent-{}.cpio", &digest[..16]));

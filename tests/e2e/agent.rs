@@ -5,20 +5,12 @@
 //! a microVM over vsock.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arca_e2e::{TestFile, binary, lab, repo_root, run_with_kvm, stderr, stdout};
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-}
+use arca_e2e::{
+    TestFile, assert_success, binary, is_root, lab, repo_root, run_with_kvm, stderr, stdout,
+};
 
 /// Builds the busybox test rootfs as a directory and, if asked, an ext4 image of it.
 fn rootfs(dir: &Path, image: bool) -> TestFile {
@@ -55,7 +47,7 @@ fn agent_initramfs(dir: &Path) -> TestFile {
 
 #[test]
 fn scenarios_pass_on_this_host_with_process_isolation() {
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("SKIP: process isolation needs root (namespaces, mounts, cgroups)");
         return;
     }
@@ -76,19 +68,12 @@ fn scenarios_pass_on_this_host_with_process_isolation() {
         .expect("run agent-scenarios");
     let status = agent.0.wait().expect("agent exits after shutdown");
     eprintln!("{}", stdout(&out));
-    assert_ok(&out);
+    assert_success(&out);
     assert!(status.success(), "agent exit {status:?}");
     // Skips are allowed only for limits this host's cgroup v2 lacks.
     for line in stdout(&out).lines().filter(|l| l.starts_with("SKIP")) {
         assert!(line.contains("cgroup v2"), "unexpected skip: {line}");
     }
-}
-
-fn rustix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 #[test]
@@ -115,7 +100,7 @@ fn scenarios_pass_with_process_isolation_on_a_cgroup_v2_host() {
         600,
     );
     eprintln!("{}", stdout(&out));
-    assert_ok(&out);
+    assert_success(&out);
     assert!(!stdout(&out).contains("SKIP"), "{}", stdout(&out));
 }
 
@@ -142,7 +127,7 @@ fn scenarios_pass_in_a_microvm_over_vsock() {
         600,
     );
     eprintln!("{}", stdout(&out));
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     assert!(!text.contains("SKIP"), "{text}");
     assert!(
@@ -186,7 +171,7 @@ fn serve(dir: &Path) -> (Agent, std::path::PathBuf) {
 fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
     use arca_protocol::{ContainerSpec, ErrorCode, ProcessSpec, Rootfs, StdioStream};
     use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
-    if !rustix_is_root() {
+    if !is_root() {
         eprintln!("SKIP: process isolation needs root (namespaces, mounts, cgroups)");
         return;
     }

@@ -4,22 +4,12 @@
 use std::process::Output;
 
 use arca_e2e::guest::{bzimage, initramfs, initramfs_with, pvh_elf};
-use arca_e2e::{TestFile, run_with_kvm, stderr, stdout};
+use arca_e2e::{TestFile, assert_success, run_with_kvm, stderr, stdout};
 
 const READY: &str = "ARCA-GUEST-READY";
 
 fn run(files: &[TestFile], script: &str) -> Output {
     run_with_kvm(script, files, 300)
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
 }
 
 #[test]
@@ -30,7 +20,7 @@ fn guest_reaches_init_and_its_reboot_ends_the_vmm_with_0() {
         &[init],
         r#"arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-hello.cpio" --boot-timing; echo "vmm-exit=$?""#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     assert!(text.contains(&format!("{READY} cpus=1")), "{text}");
     assert!(text.contains("vmm-exit=0"), "{text}\n{}", stderr(&out));
@@ -56,7 +46,7 @@ fn guest_with_two_vcpus_sees_two_cpus() {
         &[init],
         r#"arca-vmm --cpus 2 --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-hello.cpio" --cmdline quiet"#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     assert!(
         stdout(&out).contains(&format!("{READY} cpus=2")),
         "{}",
@@ -75,7 +65,7 @@ fn vmlinux_boots_with_the_64_bit_protocol_and_the_bzimage_boots_too() {
         arca-vmm --kernel "$ARCA_E2E_DIR/bzImage" --cpus 2 --initrd "$ARCA_E2E_DIR/init-hello.cpio" --cmdline quiet || exit 11
         "#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     assert!(
         text.contains(&format!("{READY} cpus=1")) && text.contains(&format!("{READY} cpus=2")),
@@ -91,7 +81,7 @@ fn guest_kernel_panic_ends_the_vmm_with_2() {
         &[init],
         r#"arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/init-panic.cpio" --console file:/tmp/console.log; echo "vmm-exit=$?"; grep -c 'Kernel panic' /tmp/console.log"#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     assert_eq!(stdout(&out), "vmm-exit=2\n1\n", "stderr:\n{}", stderr(&out));
     assert!(
         stderr(&out).contains("arca-vmm: guest kernel panicked"),
@@ -113,7 +103,7 @@ fn guest_triple_fault_ends_the_vmm_with_3() {
         }],
         r#"arca-vmm --kernel "$ARCA_E2E_DIR/ud2.elf" --cpus 2; echo "vmm-exit=$?""#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     assert_eq!(stdout(&out), "vmm-exit=3\n", "stderr:\n{}", stderr(&out));
     assert!(
         stderr(&out).contains("vCPU 0 triple-faulted"),
@@ -153,7 +143,7 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         try arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/junk" --memory 32 --cmdline "$(head -c 5000 /dev/zero | tr '\0' x)"
         "#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     let expect = [
@@ -217,7 +207,7 @@ fn guest_reads_and_writes_an_ext4_disk_and_a_read_only_disk_stays_untouched() {
         md5sum -c ro.md5 >/dev/null && echo "HOST: ro image unchanged"
         "#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     for want in [
         "DISK: vda says: hello from the host",
@@ -279,7 +269,7 @@ fn host_and_guest_talk_over_vsock_in_both_directions() {
         test ! -e "$S" && echo "HOST: socket removed"
         "#,
     );
-    assert_ok(&out);
+    assert_success(&out);
     let text = stdout(&out);
     for want in [
         "HOST: reply OK ",

@@ -5,47 +5,13 @@
 //! in the lab's L1 (cgroup v2), and with `--isolation=vm` where KVM works; and image
 //! archives that must be refused.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
-use arca_e2e::{TestFile, bin_dir, binary, repo_root, run_with_kvm, stderr, stdout};
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-}
-
-/// The busybox test image as a `docker save` tarball.
-fn image(dir: &Path) -> PathBuf {
-    let tree = dir.join("rootfs");
-    let tar = dir.join("busybox.tar");
-    let ok = Command::new(repo_root().join("tests/guest/mkrootfs"))
-        .arg(&tree)
-        .status()
-        .unwrap()
-        .success()
-        && Command::new(repo_root().join("tests/guest/mkimage"))
-            .arg(&tree)
-            .arg(&tar)
-            .arg("busybox:latest")
-            .status()
-            .unwrap()
-            .success();
-    assert!(ok, "building the test image failed");
-    tar
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
+use arca_e2e::guest::busybox_image;
+use arca_e2e::{
+    TestFile, assert_success, bin_dir, binary, is_root, repo_root, run_with_kvm, stderr, stdout,
+};
 
 fn path_with_bins() -> String {
     format!(
@@ -63,7 +29,7 @@ fn cli_cases_pass_with_process_isolation_on_this_host() {
     }
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = image(dir.path());
+    let tar = busybox_image(dir.path());
     let out = Command::new("sh")
         .arg(repo_root().join("tests/e2e/cli-cases.sh"))
         .arg("process")
@@ -73,14 +39,14 @@ fn cli_cases_pass_with_process_isolation_on_this_host() {
         .output()
         .unwrap();
     eprintln!("{}", stdout(&out));
-    assert_ok(&out);
+    assert_success(&out);
 }
 
 #[test]
 fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = image(dir.path());
+    let tar = busybox_image(dir.path());
     let mke2fs = PathBuf::from("/sbin/mke2fs");
     let files = [
         TestFile {
@@ -105,7 +71,7 @@ fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
         [ $vm -eq 0 ] && [ $pr -eq 0 ]"#;
     let out = run_with_kvm(script, &files, 600);
     eprintln!("{}", stdout(&out));
-    assert_ok(&out);
+    assert_success(&out);
     assert!(!stdout(&out).contains("skip"), "{}", stdout(&out));
 }
 
@@ -113,7 +79,7 @@ fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
 fn tampered_and_malformed_archives_are_refused_with_nothing_loaded() {
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = image(dir.path());
+    let tar = busybox_image(dir.path());
     let state = dir.path().join("state");
     // A layer changed after its digest was recorded.
     let script = r#"set -e
@@ -129,7 +95,7 @@ fn tampered_and_malformed_archives_are_refused_with_nothing_loaded() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_ok(&prep);
+    assert_success(&prep);
     for (archive, needle) in [
         ("tampered.tar", "fails verification"),
         ("junk.tar", "not an image archive"),

@@ -90,3 +90,22 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(code);
     elf
 }
+
+/// The busybox test rootfs (`tests/guest/mkrootfs`) packed as a `docker save` tarball
+/// named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
+pub fn busybox_image(dir: &Path) -> PathBuf {
+    let tree = dir.join("rootfs");
+    let tar = dir.join("busybox.tar");
+    let ok = Command::new(repo_root().join("tests/guest/mkrootfs"))
+        .arg(&tree)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(repo_root().join("tests/guest/mkimage"))
+            .arg(&tree)
+            .arg(&tar)
+            .arg("busybox:latest")
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(ok, "building the busybox test image failed");
+    tar
+}

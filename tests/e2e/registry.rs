@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arca_e2e::{binary, repo_root, stderr, stdout};
+use arca_e2e::guest::busybox_image;
+use arca_e2e::{binary, is_root, stderr, stdout};
 
 struct Registry {
     child: Child,
@@ -66,28 +67,6 @@ fn start_registry(dir: &Path) -> Registry {
         port,
         storage,
     }
-}
-
-fn image(dir: &Path) -> PathBuf {
-    let tree = dir.join("rootfs");
-    let tar = dir.join("busybox.tar");
-    assert!(
-        Command::new(repo_root().join("tests/guest/mkrootfs"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new(repo_root().join("tests/guest/mkimage"))
-            .arg(&tree)
-            .arg(&tar)
-            .arg("busybox:latest")
-            .status()
-            .unwrap()
-            .success()
-    );
-    tar
 }
 
 fn push(tar: &Path, port: u16, name: &str) {
@@ -153,7 +132,7 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
     }
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = image(dir.path());
+    let tar = busybox_image(dir.path());
     let reg = start_registry(dir.path());
     let port = reg.port;
     push(&tar, port, "busybox:latest");
@@ -290,11 +269,7 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
     // `run` pulls a missing image first, as Docker does.
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| stdout(&o).trim() == "0");
-    if is_root {
+    if is_root() {
         let state7 = dir.path().join("state7");
         let out = arca(
             &state7,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::store::{Found, Store, StoreError, normalize_reference};
+use super::store::{Found, Store, StoreError, hex, normalize_reference, sha256_file};
 
 /// Errors of a pull. Messages name the registry, image or blob concerned.
 #[derive(Debug, thiserror::Error)]
@@ -540,23 +540,6 @@ impl Registry {
     }
 }
 
-fn sha256_of(path: &Path) -> Result<String, PullError> {
-    let mut file = fs::File::open(path).map_err(io_err("open", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err("read", path))?;
-        if n == 0 {
-            return Ok(hex(&h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Descriptor {
@@ -638,7 +621,7 @@ fn fetch_blob_once(
     rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| io_err("lock", &path)(e.into()))?;
     let mut have = f.metadata().map_err(io_err("inspect", &path))?.len();
-    let complete = |p: &Path| -> Result<bool, PullError> { Ok(sha256_of(p)? == hexpart) };
+    let complete = |p: &Path| -> Result<bool, PullError> { Ok(sha256_file(p)? == hexpart) };
     if desc.size == 0 || desc.size > MAX_BLOB {
         return Err(proto(format!(
             "blob {} has an unusable size {}",
@@ -713,7 +696,7 @@ fn fetch_blob_once(
         eprintln!();
     }
     if !complete(&path)? {
-        let actual = sha256_of(&path)?;
+        let actual = sha256_file(&path)?;
         let _ = fs::remove_file(&path);
         return Err(PullError::DigestMismatch {
             what,

@@ -197,21 +197,26 @@ pub fn normalize_reference(reference: &str) -> Result<String, StoreError> {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, StoreError> {
-    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
+/// Hex SHA-256 of everything `reader` yields (`path` names it in errors).
+fn sha256_reader(mut reader: impl Read, path: &Path) -> Result<String, StoreError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(io_err("read", path))?;
+        let n = reader.read(&mut buf).map_err(io_err("read", path))?;
         if n == 0 {
-            break;
+            return Ok(hex(&h.finalize()));
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Hex SHA-256 of a file.
+pub(crate) fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    sha256_reader(fs::File::open(path).map_err(io_err("open", path))?, path)
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -221,21 +226,12 @@ fn diff_id(path: &Path) -> Result<String, StoreError> {
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(io_err("read", path))?;
     let f = fs::File::open(path).map_err(io_err("open", path))?;
-    let mut reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
     } else {
         Box::new(io::BufReader::new(f))
     };
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let k = reader.read(&mut buf).map_err(io_err("read", path))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-    }
-    Ok(hex(&h.finalize()))
+    sha256_reader(reader, path)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(
