@@ -48,6 +48,15 @@ enum Cmd {
         /// NAME[:TAG|@DIGEST].
         reference: String,
     },
+    /// Save images to a `docker save` tarball.
+    Save {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Add a name to an image.
     Tag {
         /// Existing image.
@@ -343,6 +352,11 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
+        Cmd::Save { output, images } => {
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            store.save(&images, &output).map_err(|e| chain(&e))?;
+            Ok(0)
+        }
         Cmd::Tag { source, target } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             store.tag(&source, &target).map_err(|e| chain(&e))?;

@@ -43,6 +43,14 @@ out=$(arca inspect no-such-thing 2>/dev/null); check inspect-missing 1 "[]" $? "
 out=$(arca rmi mybox:v1); check rmi-untags 0 "Untagged: mybox:v1" $? "$out"
 out=$(run busybox echo still-there); check rmi-keeps-other-tags 0 still-there $? "$out"
 
+# save -> rmi -> load round trip; a failed save leaves no file.
+saved=$(mktemp -d)
+out=$(arca save -o "$saved/busybox.tar" busybox && arca rmi busybox >/dev/null && arca load -i "$saved/busybox.tar"); check save-load 0 "Loaded image: busybox:latest" $? "$out"
+out=$(run busybox echo reloaded); check run-reloaded 0 reloaded $? "$out"
+out=$(arca save -o "$saved/none.tar" no-such-image 2>/dev/null; echo $?; ls "$saved"); check save-unknown 0 "125
+busybox.tar" 0 "$out"
+rm -rf "$saved"
+
 # Lifecycle: detached, ps, exec, stop, wait, logs, rm.
 state=${ARCA_STATE_DIR:-/var/lib/arca}
 out=$(arca run -d --isolation="$iso" --name lc busybox sh -c 'echo up; trap "echo bye; exit 5" TERM; while true; do sleep 0.1; done'); check detach-prints-name 0 lc $? "$out"

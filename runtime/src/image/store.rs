@@ -474,10 +474,144 @@ impl Store {
             return Ok(None);
         }
         let dir = self.root.join("by-id").join(&image.id);
+        let layers: Vec<String> =
+            read_json(&dir.join("layers.json"), "layer list").unwrap_or_default();
         let trash = tempdir_in(&self.root.join("tmp"))?.join("image");
         fs::rename(&dir, &trash).map_err(io_err("remove", &dir))?;
         fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+        // Layers no other image lists go too.
+        let still_used: Vec<String> = fs::read_dir(self.root.join("by-id"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                read_json::<Vec<String>>(&e.path().join("layers.json"), "layer list").ok()
+            })
+            .flatten()
+            .collect();
+        for l in layers.iter().filter(|l| !still_used.contains(l)) {
+            let _ = fs::remove_file(self.root.join("blobs/sha256").join(l));
+        }
         Ok(Some(image.id))
+    }
+
+    /// Writes `references` as one `docker save` tarball at `out` (written to a
+    /// temporary file first, so a failure leaves nothing).
+    pub fn save(&self, references: &[String], out: &Path) -> Result<(), StoreError> {
+        let tmp = out.with_extension("arca-partial");
+        let result = self.save_to(references, &tmp);
+        match result {
+            Ok(()) => fs::rename(&tmp, out).map_err(io_err("write", out)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn save_to(&self, references: &[String], out: &Path) -> Result<(), StoreError> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            repo_tags: Vec<String>,
+            layers: Vec<String>,
+        }
+        let file = fs::File::create(out).map_err(io_err("create", out))?;
+        let mut tar = tar::Builder::new(io::BufWriter::new(file));
+        let mut add = |name: &str, data: &mut dyn Read, size: u64| -> Result<(), StoreError> {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, name, data)
+                .map_err(io_err("write", out))
+        };
+        let mut entries = Vec::new();
+        let mut written: Vec<String> = Vec::new();
+        for r in references {
+            let image = self.resolve(r)?;
+            let dir = self.root.join("by-id").join(&image.id);
+            let layers: Vec<String> =
+                read_json(&dir.join("layers.json"), "layer list").map_err(|_| {
+                    StoreError::BadArchive {
+                        path: dir.clone(),
+                        why: "the image was stored without its layers (load or pull it again)"
+                            .into(),
+                    }
+                })?;
+            let config = dir.join("config.json");
+            let config_name = format!("{}.json", image.id);
+            if !written.contains(&config_name) {
+                let size = fs::metadata(&config)
+                    .map_err(io_err("read", &config))?
+                    .len();
+                add(
+                    &config_name,
+                    &mut fs::File::open(&config).map_err(io_err("read", &config))?,
+                    size,
+                )?;
+                written.push(config_name.clone());
+            }
+            let mut names = Vec::new();
+            for (blob, diff) in layers.iter().zip(&image.config.rootfs.diff_ids) {
+                let diff = diff.strip_prefix("sha256:").unwrap_or(diff);
+                let name = format!("{diff}/layer.tar");
+                if !written.contains(&name) {
+                    // docker save layers are uncompressed: their digest is the diff_id.
+                    let path = self.root.join("blobs/sha256").join(blob);
+                    let mut f = fs::File::open(&path).map_err(io_err("read", &path))?;
+                    let mut magic = [0u8; 2];
+                    let gz = f.read(&mut magic).map_err(io_err("read", &path))? == 2
+                        && magic == [0x1f, 0x8b];
+                    let size = if gz {
+                        let mut n = 0u64;
+                        let mut d = flate2::read::GzDecoder::new(
+                            fs::File::open(&path).map_err(io_err("read", &path))?,
+                        );
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            let k = d.read(&mut buf).map_err(io_err("read", &path))?;
+                            if k == 0 {
+                                break n;
+                            }
+                            n += k as u64;
+                        }
+                    } else {
+                        fs::metadata(&path).map_err(io_err("read", &path))?.len()
+                    };
+                    let f = fs::File::open(&path).map_err(io_err("read", &path))?;
+                    let mut reader: Box<dyn Read> = if gz {
+                        Box::new(flate2::read::GzDecoder::new(f))
+                    } else {
+                        Box::new(f)
+                    };
+                    add(&name, &mut reader, size)?;
+                    written.push(name.clone());
+                }
+                names.push(name);
+            }
+            let repo_tags = match normalize_reference(r)
+                .ok()
+                .filter(|n| image.tags.contains(n))
+            {
+                Some(n) => vec![n],
+                None => image.tags.clone(),
+            };
+            entries.push(Entry {
+                config: config_name,
+                repo_tags,
+                layers: names,
+            });
+        }
+        let manifest = serde_json::to_vec(&entries).map_err(|source| StoreError::Json {
+            what: "manifest.json",
+            path: out.to_path_buf(),
+            source,
+        })?;
+        add("manifest.json", &mut &manifest[..], manifest.len() as u64)?;
+        let mut w = tar.into_inner().map_err(io_err("write", out))?;
+        io::Write::flush(&mut w).map_err(io_err("write", out))
     }
 
     /// Loads a `docker save` tarball or an OCI image layout tarball. Returns the tags
@@ -564,6 +698,20 @@ impl Store {
             }
             fs::copy(&found.config, staging.join("config.json"))
                 .map_err(io_err("store", &found.config))?;
+            // Keep the layers (as given, compressed or not) for `save`, by their own
+            // digest; `layers.json` lists them in order.
+            let mut kept = Vec::new();
+            for layer in &found.layers {
+                let digest = sha256_file(layer)?;
+                let blob = self.root.join("blobs/sha256").join(&digest);
+                if !blob.exists() {
+                    let tmp = blob.with_extension("tmp");
+                    fs::copy(layer, &tmp).map_err(io_err("store", &tmp))?;
+                    fs::rename(&tmp, &blob).map_err(io_err("store", &blob))?;
+                }
+                kept.push(digest);
+            }
+            write_json(&staging.join("layers.json"), &kept)?;
             let _ = fs::remove_dir_all(&dest);
             fs::rename(&staging, &dest).map_err(io_err("store", &dest))?;
         }
