@@ -431,6 +431,7 @@ fn supervise(
                 .arg(dir.join("run"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .map_err(io_err("start arca-agent"))?;
             let rootfs = Rootfs {
@@ -468,6 +469,7 @@ fn supervise(
                 .arg(format!("file:{}", dir.join("console.log").display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .map_err(io_err("start arca-vmm"))?;
             let rootfs = Rootfs {
@@ -566,6 +568,10 @@ fn supervise(
             )
         }
     };
+    // As `docker run` (sig-proxy): signals sent to arca go to the container.
+    if terminal {
+        forward_signals(&address, id);
+    }
     let waited = client.wait(id, None);
     resizing.store(false, std::sync::atomic::Ordering::SeqCst);
     let status = match waited {
@@ -646,6 +652,31 @@ impl Drop for RawMode {
         let _ =
             rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &self.0);
     }
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that arca receives to
+/// the container's main process, from a thread of its own.
+fn forward_signals(address: &AgentAddress, id: &str) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let Ok(mut signals) =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
+    else {
+        return;
+    };
+    let (address, id) = (address.clone(), id.to_string());
+    std::thread::spawn(move || {
+        let mut client = None;
+        for sig in signals.forever() {
+            if client.is_none() {
+                client = AgentClient::connect(&address, Duration::from_secs(5)).ok();
+            }
+            if let Some(c) = client.as_mut()
+                && c.signal(&id, None, sig).is_err()
+            {
+                client = None;
+            }
+        }
+    });
 }
 
 /// Follows this terminal's size into the container's while `flag` is set.

@@ -11,6 +11,7 @@ check() { # NAME EXPECTED_RC EXPECTED_STDOUT ACTUAL_RC ACTUAL_STDOUT
 }
 run() { arca run --rm --isolation="$iso" "$@"; }
 
+state=${ARCA_STATE_DIR:-/var/lib/arca}
 arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
 out=$(run busybox echo hello); check echo 0 hello $? "$out"
 out=$(run busybox sh -c 'echo err >&2; exit 3' 2>/dev/null); check exit-code 3 "" $? "$out"
@@ -22,6 +23,11 @@ out=$(run busybox); check image-cmd 0 "" $? "$out"
 out=$(run --entrypoint echo busybox from entrypoint); check entrypoint 0 "from entrypoint" $? "$out"
 out=$(echo piped | run -i busybox cat); check stdin 0 piped $? "$out"
 out=$(run busybox sh -c 'kill -9 $$; sleep 1; echo survived'); check pid1-ignores-own-sigkill 0 survived $? "$out"
+arca run --rm --isolation="$iso" busybox sh -c 'trap "echo got-term; exit 9" TERM; echo ready; while true; do sleep 0.1; done' >"$state.sig" &
+pid=$!
+i=0; while ! grep -q ready "$state.sig" 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+kill -TERM $pid; wait $pid; rc=$?
+out=$(tail -n 1 "$state.sig"); rm -f "$state.sig"; check signal-forwarded 9 got-term $rc "$out"
 out=$(run -t busybox tty | tr -d '\r'); check tty 0 /dev/pts/0 $? "$out"
 out=$(printf 'echo typed\nexit 4\n' | run -it busybox sh | tr -d '\r' | grep -c '^typed$'); check tty-interactive 0 1 $? "$out"
 out=$(printf 'exit 4\n' | run -it busybox sh >/dev/null 2>&1); check tty-exit-code 4 "" $? "$out"
