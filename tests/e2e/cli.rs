@@ -122,3 +122,62 @@ fn tampered_and_malformed_archives_are_refused_with_nothing_loaded() {
         .collect();
     assert!(leftovers.is_empty(), "work files left: {leftovers:?}");
 }
+
+#[test]
+fn oci_layout_archives_from_skopeo_load_and_save_back() {
+    binary("arca");
+    let has_skopeo = Command::new("sh")
+        .args(["-c", "command -v skopeo"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_skopeo {
+        eprintln!("SKIP: skopeo is needed (make test installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tar = busybox_image(dir.path());
+    let oci = dir.path().join("oci.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("oci-archive:{}:busybox:oci", oci.display()))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let state = dir.path().join("state");
+    let arca = |args: &[&str]| {
+        Command::new(binary("arca"))
+            .args(args)
+            .env("ARCA_STATE_DIR", &state)
+            .output()
+            .unwrap()
+    };
+    let out = arca(&["load", "-i", oci.to_str().unwrap()]);
+    assert_success(&out);
+    assert_eq!(stdout(&out), "Loaded image: busybox:oci\n");
+    // Saved back as a docker archive, it loads into a fresh store with the same id.
+    let saved = dir.path().join("saved.tar");
+    assert_success(&arca(&[
+        "save",
+        "-o",
+        saved.to_str().unwrap(),
+        "busybox:oci",
+    ]));
+    let id = stdout(&arca(&["images", "-q"]));
+    let out = Command::new(binary("arca"))
+        .args(["load", "-i", saved.to_str().unwrap()])
+        .env("ARCA_STATE_DIR", dir.path().join("state2"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let id2 = Command::new(binary("arca"))
+        .args(["images", "-q"])
+        .env("ARCA_STATE_DIR", dir.path().join("state2"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&id2),
+        id,
+        "the image id (config digest) survives save and load"
+    );
+}

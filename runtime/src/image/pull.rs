@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::store::{Found, Store, StoreError, hex, normalize_reference, sha256_file};
+use super::store::{
+    Descriptor, Found, OciDocument, Store, StoreError, hex, normalize_reference, sha256_file,
+};
 
 /// Errors of a pull. Messages name the registry, image or blob concerned.
 #[derive(Debug, thiserror::Error)]
@@ -540,34 +542,6 @@ impl Registry {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Document {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
 fn valid_digest(d: &str) -> Option<&str> {
     let h = d.strip_prefix("sha256:")?;
     (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some(h)
@@ -734,17 +708,11 @@ pub fn pull(
         registry: r.registry.clone(),
         why,
     };
-    let mut doc: Document =
+    let mut doc: OciDocument =
         serde_json::from_slice(&body).map_err(|e| proto(format!("manifest: {e}")))?;
     if doc.config.is_none() && !doc.manifests.is_empty() {
         let pick = doc
-            .manifests
-            .iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            })
+            .linux_amd64()
             .ok_or_else(|| PullError::NoPlatform(reference.to_string()))?;
         if valid_digest(&pick.digest).is_none() {
             return Err(proto(format!(
@@ -754,7 +722,8 @@ pub fn pull(
         }
         let (body, d) = reg.manifest(&r.repository, &pick.digest.clone())?;
         digest = d;
-        doc = serde_json::from_slice(&body).map_err(|e| proto(format!("manifest: {e}")))?;
+        doc = serde_json::from_slice::<OciDocument>(&body)
+            .map_err(|e| proto(format!("manifest: {e}")))?;
     }
     let config = doc
         .config

@@ -267,34 +267,48 @@ struct DockerManifest {
     layers: Vec<String>,
 }
 
-/// An OCI descriptor.
+/// An OCI (or Docker schema 2) descriptor: the fields used.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(crate) size: u64,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) platform: Option<Platform>,
 }
 
+/// A descriptor's platform.
 #[derive(Debug, Deserialize)]
-struct Platform {
-    architecture: String,
-    os: String,
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
 }
 
-/// An OCI index or manifest (the fields used).
+/// An OCI index or manifest, or a Docker manifest list or manifest (the fields used).
 #[derive(Debug, Deserialize)]
-struct OciDocument {
+pub(crate) struct OciDocument {
     #[serde(default)]
-    manifests: Vec<Descriptor>,
+    pub(crate) manifests: Vec<Descriptor>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub(crate) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub(crate) layers: Vec<Descriptor>,
+}
+
+impl OciDocument {
+    /// The linux/amd64 entry of an index.
+    pub(crate) fn linux_amd64(&self) -> Option<&Descriptor> {
+        self.manifests.iter().find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+    }
 }
 
 /// One image to import: tags, config file, layer files in order.
@@ -831,18 +845,10 @@ fn oci_layout(tree: &Path) -> Result<Vec<Found>, StoreError> {
         let mut doc: OciDocument = read_json(&oci_blob(tree, &desc.digest)?, "manifest")?;
         // A multi-platform index: take linux/amd64.
         if doc.config.is_none() && !doc.manifests.is_empty() {
-            let pick = doc
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform
-                        .as_ref()
-                        .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-                })
-                .ok_or_else(|| StoreError::BadArchive {
-                    path: tree.to_path_buf(),
-                    why: "its index has no linux/amd64 image".into(),
-                })?;
+            let pick = doc.linux_amd64().ok_or_else(|| StoreError::BadArchive {
+                path: tree.to_path_buf(),
+                why: "its index has no linux/amd64 image".into(),
+            })?;
             doc = read_json(&oci_blob(tree, &pick.digest)?, "manifest")?;
         }
         let config = doc.config.ok_or_else(|| StoreError::BadArchive {
