@@ -264,6 +264,19 @@ fn run_init(
     cgroup: Option<fs::File>,
 ) -> io::Result<Never> {
     let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
+    fork_child(sync, |slot| {
+        join_cgroup(cgroup.as_ref())?;
+        init_child(slot, &spec, &base, &hostname)
+    })
+}
+
+/// Forks the process the helper exists for. The parent reports its pid, lets go of the
+/// agent socket and ends as the child does; the child runs `child`, and if that fails
+/// it reports the error (while it still holds the socket) and exits with Docker's code.
+fn fork_child(
+    sync: OwnedFd,
+    child: impl FnOnce(&mut Option<OwnedFd>) -> Result<Never, AgentError>,
+) -> io::Result<Never> {
     match sys::fork()? {
         Forked::Parent(pid) => {
             send(sync.as_fd(), &FromHelper::Pid { pid: pid as u32 })?;
@@ -271,15 +284,13 @@ fn run_init(
             mirror_child(pid)
         }
         Forked::Child => {
-            let mut sync = Some(sync);
-            let result = join_cgroup(cgroup.as_ref())
-                .and_then(|()| init_child(&mut sync, &spec, &base, &hostname));
-            let error = match result {
+            let mut slot = Some(sync);
+            let error = match child(&mut slot) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
             let code = error.code.docker_exit_code();
-            if let Some(sync) = &sync {
+            if let Some(sync) = &slot {
                 let _ = send(sync.as_fd(), &FromHelper::Failed { error });
             }
             std::process::exit(code);
@@ -368,33 +379,16 @@ fn run_exec(
         }
     }
     drop(fds);
-    match sys::fork()? {
-        Forked::Parent(pid) => {
-            send(sync.as_fd(), &FromHelper::Pid { pid: pid as u32 })?;
-            drop(sync);
-            mirror_child(pid)
+    fork_child(sync, |slot| {
+        join_cgroup(cgroup.as_ref())?;
+        die_with_parent()?;
+        if process.terminal
+            && let Some(sync) = slot.as_ref()
+        {
+            open_terminal(sync)?;
         }
-        Forked::Child => {
-            let mut slot = Some(sync);
-            let result = join_cgroup(cgroup.as_ref())
-                .and_then(|()| die_with_parent())
-                .and_then(|()| match &slot {
-                    Some(sync) if process.terminal => open_terminal(sync),
-                    _ => Ok(()),
-                })
-                .and_then(|()| exec_process(&process, &hostname, false, &mut slot));
-            let error = match result {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            let Some(sync) = slot else {
-                std::process::exit(125)
-            };
-            let code = error.code.docker_exit_code();
-            let _ = send(sync.as_fd(), &FromHelper::Failed { error });
-            std::process::exit(code);
-        }
-    }
+        exec_process(&process, &hostname, false, slot)
+    })
 }
 
 fn die_with_parent() -> Result<(), AgentError> {
