@@ -24,7 +24,7 @@ lab-prepare:
 test-deps:
 	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && \
 	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo; }
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates; }
 
 lint:
 	$(CARGO) fmt --all --check

@@ -37,9 +37,9 @@ enum Cmd {
         #[arg(short, long)]
         input: PathBuf,
     },
-    /// Pull an image from a registry (plain HTTP: loopback, or --insecure).
+    /// Pull an image from a registry (HTTPS; plain HTTP for loopback or --insecure).
     Pull {
-        /// Allow a plain-HTTP registry that is not on loopback.
+        /// Fall back to plain HTTP for a registry that is not on loopback.
         #[arg(long)]
         insecure: bool,
         /// Print nothing but errors.

@@ -35,6 +35,11 @@ fn tools_present() -> bool {
 }
 
 fn start_registry(dir: &Path) -> Registry {
+    start_registry_with(dir, "")
+}
+
+/// A registry whose `http:` section gets `extra` (indented YAML lines).
+fn start_registry_with(dir: &Path, extra: &str) -> Registry {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,7 +50,7 @@ fn start_registry(dir: &Path) -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             storage.display()
         ),
     )
@@ -83,6 +88,7 @@ fn arca(state: &Path, args: &[&str]) -> Output {
     Command::new(binary("arca"))
         .args(args)
         .env("ARCA_STATE_DIR", state)
+        .env("ARCA_CONFIG_DIR", state.join("config"))
         .output()
         .unwrap()
 }
@@ -298,9 +304,6 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
         "{}",
         stderr(&out)
     );
-    let out = arca(&state6, &["pull", "quay.io/some/image"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("HTTPS"), "{}", stderr(&out));
 }
 
 /// The registry's storage file of the (only) layer of `manifest`.
@@ -313,4 +316,170 @@ fn layer_file(storage: &Path, manifest: &[u8]) -> PathBuf {
         "docker/registry/v2/blobs/sha256/{}/{hexpart}/data",
         &hexpart[..2]
     ))
+}
+
+/// A CA and a server certificate for `127.0.0.1` and `localhost`, made by `openssl`.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl: {}", stderr(&out));
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=arca-test-ca \
+        -keyout ca.key -out ca.crt 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+        -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > ext.cnf
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -days 2 -extfile ext.cnf -out server.crt 2>/dev/null",
+    );
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn pulls_over_tls_trust_the_registrys_own_ca_and_nothing_else() {
+    if !tools_present() || Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP: docker-registry, skopeo and openssl are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let tar = busybox_image(dir.path());
+    let reg = start_registry_with(
+        dir.path(),
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    push(&tar, reg.port, "busybox:tls");
+    let name = format!("127.0.0.1:{}/busybox:tls", reg.port);
+
+    // Without the CA the certificate is refused, and arca says where a CA goes; it does
+    // not fall back to plain HTTP.
+    let state = dir.path().join("state");
+    let out = arca(&state, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let certs = state
+        .join("config/certs.d")
+        .join(format!("127.0.0.1:{}", reg.port));
+    assert!(
+        stderr(&out).contains("certificate") && stderr(&out).contains(&*certs.to_string_lossy()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&arca(&state, &["images", "-q"])).trim().is_empty());
+
+    // With the CA in certs.d the pull goes through TLS.
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let out = arca(&state, &["pull", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&arca(&state, &["images"])).contains(&name));
+
+    // A certificate file that is not PEM is named in the error.
+    std::fs::write(
+        certs.join("broken.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    )
+    .unwrap();
+    let out = arca(&state, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("broken.crt"), "{}", stderr(&out));
+}
+
+/// A registry front that demands a bearer token, as Docker Hub does: `/token` hands out
+/// one token for `repository:busybox:pull`, and requests bearing it are passed to the
+/// real registry behind. Returns the address and the scopes the token endpoint saw.
+fn token_front(backend: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    // 127.0.0.2: loopback in fact, but not a name arca trusts with plain HTTP unasked.
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scopes = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&scopes);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                    // A TLS hello, not HTTP: hang up as a plain server would.
+                    if !head[0].is_ascii_uppercase() {
+                        return;
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                if let Some(query) = path.strip_prefix("/token?") {
+                    seen.lock().unwrap().push(query.to_string());
+                    let body = r#"{"token":"t0k3n"}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                } else if header(&text, "Authorization") == "Bearer t0k3n" {
+                    let mut back = TcpStream::connect(("127.0.0.1", backend)).unwrap();
+                    back.write_all(&head).unwrap();
+                    let _ = std::io::copy(&mut back, &mut conn);
+                } else {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.2:{port}/token\",service=\"arca-test\",scope=\"repository:busybox:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
+            });
+        }
+    });
+    (port, scopes)
+}
+
+#[test]
+fn pulls_follow_bearer_token_auth_and_plain_http_needs_insecure_off_localhost() {
+    if !tools_present() {
+        eprintln!("SKIP: docker-registry and skopeo are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = busybox_image(dir.path());
+    let reg = start_registry(dir.path());
+    push(&tar, reg.port, "busybox:latest");
+    let (front, scopes) = token_front(reg.port);
+    let name = format!("127.0.0.2:{front}/busybox:latest");
+    let state = dir.path().join("state");
+
+    // Not a loopback name: plain HTTP only when asked for.
+    let out = arca(&state, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+    assert!(scopes.lock().unwrap().is_empty());
+
+    let out = arca(&state, &["pull", "--insecure", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&arca(&state, &["images"])).contains(&name));
+    let seen = scopes.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|q| q.contains("service=arca-test") && q.contains("scope=repository:busybox:pull")),
+        "{seen:?}"
+    );
 }

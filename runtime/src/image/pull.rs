@@ -4,15 +4,23 @@
 //! schema 2 manifests are accepted; every manifest and blob is checked against its
 //! digest before it is used; bearer-token auth is followed when the registry asks for
 //! it; layers download in parallel into `images/partial/`, where an interrupted
-//! download resumes (HTTP Range) on the next pull. This version speaks plain HTTP only:
-//! registries on loopback, or any registry named with `--insecure`.
+//! download resumes (HTTP Range) on the next pull.
+//!
+//! Registries are spoken to over HTTPS (rustls), trusting the system's CA certificates
+//! plus any `*.crt` in `<config>/certs.d/<registry>/` (Docker's `certs.d` layout; see
+//! [`certs_dir`]). Plain HTTP is used only for loopback registries and those named with
+//! `--insecure`, and only when the registry does not speak TLS: as Docker does, HTTPS
+//! is tried first.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -27,11 +35,24 @@ pub enum PullError {
     /// The reference does not parse.
     #[error("Invalid reference format: {0:?}")]
     BadReference(String),
-    /// The registry needs HTTPS, which this version lacks.
+    /// The registry does not speak TLS and may not be used over plain HTTP.
     #[error(
-        "Registry {0} needs HTTPS, which arca cannot speak yet: use a plain-HTTP registry with --insecure (loopback registries need no flag)"
+        "Registry {0} does not speak HTTPS; if it is a plain-HTTP registry you trust, pull with --insecure"
     )]
     NeedsTls(String),
+    /// The registry's TLS certificate is not trusted.
+    #[error(
+        "Registry {registry} presented a certificate arca does not trust (put its CA in {certs}/ca.crt)"
+    )]
+    Untrusted {
+        /// host:port.
+        registry: String,
+        /// Where a CA for it is looked for.
+        certs: PathBuf,
+        /// rustls's verdict.
+        #[source]
+        source: io::Error,
+    },
     /// The registry cannot be reached.
     #[error("Cannot reach registry {registry}")]
     Unreachable {
@@ -189,28 +210,143 @@ struct Answer {
     body: Box<dyn Read + Send>,
 }
 
-/// `http://host:port/path?query` split up.
+/// `http[s]://host:port/path?query` split up.
+#[derive(Debug, PartialEq, Eq)]
 struct Url {
+    tls: bool,
     host: String,
     port: u16,
     path: String,
 }
 
 fn parse_url(url: &str) -> Option<Url> {
-    let rest = url.strip_prefix("http://")?;
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => (h.to_string(), p.parse().ok()?),
-        _ => (hostport.to_string(), 80),
+        Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (h.to_string(), p.parse().ok()?),
+        _ => (hostport.to_string(), if tls { 443 } else { 80 }),
     };
+    if host.is_empty() || host.starts_with(':') {
+        return None;
+    }
     Some(Url {
+        tls,
         host,
         port,
         path: path.to_string(),
     })
+}
+
+/// Where CA certificates for `registry` (`host[:port]`) are looked for:
+/// `$ARCA_CONFIG_DIR/certs.d/<registry>`, the config directory being `/etc/arca` for
+/// root and `$XDG_CONFIG_HOME/arca` (`~/.config/arca`) otherwise.
+pub fn certs_dir(registry: &str) -> PathBuf {
+    let config = if let Some(d) = std::env::var_os("ARCA_CONFIG_DIR") {
+        PathBuf::from(d)
+    } else if rustix::process::geteuid().is_root() {
+        PathBuf::from("/etc/arca")
+    } else {
+        std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .unwrap_or_else(|| PathBuf::from("/etc"))
+            .join("arca")
+    };
+    config.join("certs.d").join(registry)
+}
+
+/// The TLS client configuration for `registry`: the system's roots plus the
+/// registry's own CAs from [`certs_dir`].
+fn tls_config(registry: &str) -> Result<Arc<rustls::ClientConfig>, PullError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped, as every TLS client does.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    let dir = certs_dir(registry);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        files.sort();
+        for f in files {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&f)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| {
+                    io_err("read certificates from", &f)(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ))
+                })?;
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    io_err("use the certificate in", &f)(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ))
+                })?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PullError::Protocol {
+            registry: registry.to_string(),
+            why: format!("TLS setup: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A connection, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Whether `e` is rustls refusing the peer's certificate.
+fn is_certificate_error(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
 
 /// Reads an HTTP/1.1 chunked body.
@@ -266,7 +402,11 @@ fn bounded_line<R: BufRead>(r: &mut R) -> io::Result<String> {
     Ok(line)
 }
 
-fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
+fn http_get(
+    url: &str,
+    headers: &[(String, String)],
+    tls: &Arc<rustls::ClientConfig>,
+) -> io::Result<Answer> {
     let u = parse_url(url).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -283,7 +423,21 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
         })?;
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut w = stream.try_clone()?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut conn = if u.tls {
+        let name = ServerName::try_from(u.host.trim_matches(['[', ']']).to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let client = rustls::ClientConnection::new(Arc::clone(tls), name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut s = rustls::StreamOwned::new(client, stream);
+        // Handshake now, so that a certificate problem is reported as such.
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Conn::Tls(Box::new(s))
+    } else {
+        Conn::Plain(stream)
+    };
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: arca/{}\r\nConnection: close\r\n",
         u.path,
@@ -295,8 +449,9 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    w.write_all(req.as_bytes())?;
-    let mut r = BufReader::new(stream);
+    conn.write_all(req.as_bytes())?;
+    conn.flush()?;
+    let mut r = BufReader::new(conn);
     let status_line = bounded_line(&mut r)?;
     let status: u16 = status_line
         .split_whitespace()
@@ -355,10 +510,12 @@ fn http_get(url: &str, headers: &[(String, String)]) -> io::Result<Answer> {
 }
 
 /// A registry session: base URL and, once obtained, a bearer token.
+#[derive(Clone)]
 struct Registry {
     base: String,
     name: String,
     token: Option<String>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -368,9 +525,44 @@ const MAX_BLOB: u64 = 64 << 30;
 
 impl Registry {
     fn unreachable(&self, source: io::Error) -> PullError {
+        if is_certificate_error(&source) {
+            return PullError::Untrusted {
+                registry: self.name.clone(),
+                certs: certs_dir(&self.name),
+                source,
+            };
+        }
         PullError::Unreachable {
             registry: self.name.clone(),
             source,
+        }
+    }
+
+    /// Chooses the scheme: HTTPS, or plain HTTP when `plain_ok` and the registry does
+    /// not speak TLS. Asks `/v2/`, which answers 200 or 401 on a registry.
+    fn connect(host: &str, name: &str, plain_ok: bool) -> Result<Self, PullError> {
+        let mut reg = Registry {
+            base: format!("https://{host}"),
+            name: name.to_string(),
+            token: None,
+            tls: tls_config(name)?,
+        };
+        let probe = http_get(&format!("{}/v2/", reg.base), &[], &reg.tls);
+        match probe {
+            Ok(_) => Ok(reg),
+            Err(e) if is_certificate_error(&e) => Err(reg.unreachable(e)),
+            Err(e) if !plain_ok => Err(match e.kind() {
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::NotFound
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable => reg.unreachable(e),
+                _ => PullError::NeedsTls(name.to_string()),
+            }),
+            Err(_) => {
+                reg.base = format!("http://{host}");
+                Ok(reg)
+            }
         }
     }
 
@@ -386,13 +578,13 @@ impl Registry {
         for _ in 0..6 {
             let mut headers: Vec<(String, String)> = extra.to_vec();
             let same_host = match (parse_url(&url), parse_url(&self.base)) {
-                (Some(a), Some(b)) => a.host == b.host && a.port == b.port,
+                (Some(a), Some(b)) => a.host == b.host && a.port == b.port && a.tls == b.tls,
                 _ => false,
             };
             if let (Some(t), true) = (&self.token, same_host) {
                 headers.push(("Authorization".into(), format!("Bearer {t}")));
             }
-            let a = http_get(&url, &headers).map_err(|e| self.unreachable(e))?;
+            let a = http_get(&url, &headers, &self.tls).map_err(|e| self.unreachable(e))?;
             match a.status {
                 200 | 206 => return Ok(a),
                 301 | 302 | 303 | 307 | 308 => {
@@ -404,12 +596,9 @@ impl Registry {
                                 registry: self.name.clone(),
                                 why: "redirect without Location".into(),
                             })?;
-                    if loc.starts_with("https://") {
-                        return Err(PullError::NeedsTls(loc));
-                    }
                     url = if loc.starts_with('/') {
                         format!("{}{loc}", self.base)
-                    } else if loc.starts_with("http://") {
+                    } else if loc.starts_with("https://") || loc.starts_with("http://") {
                         loc
                     } else {
                         // Relative to the current path.
@@ -478,10 +667,12 @@ impl Registry {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&query.join("&"));
         }
-        if !url.starts_with("http://") {
-            return Err(PullError::NeedsTls(realm.clone()));
+        if parse_url(&url).is_none() {
+            return Err(proto(format!(
+                "token realm {realm:?} is not an HTTP(S) URL"
+            )));
         }
-        let a = http_get(&url, &[]).map_err(|e| self.unreachable(e))?;
+        let a = http_get(&url, &[], &self.tls).map_err(|e| self.unreachable(e))?;
         if a.status != 200 {
             return Err(PullError::Status {
                 registry: self.name.clone(),
@@ -689,19 +880,12 @@ pub fn pull(
     progress: bool,
 ) -> Result<(String, String), PullError> {
     let r = RemoteRef::parse(reference)?;
-    if !insecure && !r.is_loopback() {
-        return Err(PullError::NeedsTls(r.registry.clone()));
-    }
     let host = if r.registry == "docker.io" {
         "registry-1.docker.io"
     } else {
         r.registry.as_str()
     };
-    let mut reg = Registry {
-        base: format!("http://{host}"),
-        name: r.registry.clone(),
-        token: None,
-    };
+    let mut reg = Registry::connect(host, &r.registry, insecure || r.is_loopback())?;
     let want = r.digest.clone().unwrap_or_else(|| r.tag.clone());
     let (body, mut digest) = reg.manifest(&r.repository, &want)?;
     let proto = |why: String| PullError::Protocol {
@@ -752,11 +936,7 @@ pub fn pull(
             let handles: Vec<_> = chunk
                 .iter()
                 .map(|l| {
-                    let mut reg = Registry {
-                        base: reg.base.clone(),
-                        name: reg.name.clone(),
-                        token: reg.token.clone(),
-                    };
+                    let mut reg = reg.clone();
                     let partial = &partial;
                     let repo = &r.repository;
                     s.spawn(move || fetch_blob(&mut reg, repo, l, partial, progress))
@@ -825,6 +1005,34 @@ mod tests {
         for bad in ["", "UPPER/x", "app@sha256:zz", "app@md5:00", "a b"] {
             assert!(RemoteRef::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn urls_carry_scheme_host_port_and_path() {
+        let u =
+            parse_url("https://registry-1.docker.io/v2/library/busybox/manifests/latest").unwrap();
+        assert_eq!(
+            u,
+            Url {
+                tls: true,
+                host: "registry-1.docker.io".into(),
+                port: 443,
+                path: "/v2/library/busybox/manifests/latest".into()
+            }
+        );
+        let u = parse_url("http://127.0.0.1:5000").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (false, 5000, "/"));
+        let u = parse_url("https://[::1]:5443/v2/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("[::1]", 5443));
+        for bad in ["ftp://x/", "https://", "http://:80/", "https://host:port/"] {
+            assert!(parse_url(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn certificate_directories_follow_the_registry_name() {
+        let dir = certs_dir("registry.example:5000");
+        assert!(dir.ends_with("certs.d/registry.example:5000"), "{dir:?}");
     }
 
     #[test]
