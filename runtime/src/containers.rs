@@ -89,8 +89,15 @@ pub struct ContainerRecord {
     pub error: Option<String>,
     /// The process that runs it.
     pub monitor_pid: u32,
+    /// When the monitor started ([`start_time`]), to tell it from a later process that
+    /// reuses its pid.
+    #[serde(default)]
+    pub monitor_start: Option<u64>,
     /// The VMM or agent process.
     pub sandbox_pid: Option<u32>,
+    /// When the sandbox process started.
+    #[serde(default)]
+    pub sandbox_start: Option<u64>,
     /// Its agent, once running.
     pub agent: Option<AgentEndpoint>,
     /// With process isolation: the container's PID 1 on this host.
@@ -112,9 +119,29 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn alive(pid: u32) -> bool {
+/// A process's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive and, when `start` is known, still the process that started
+/// then (pids are reused).
+fn alive(pid: u32, start: Option<u64>) -> bool {
     rustix::process::Pid::from_raw(pid as i32)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+        && start.is_none_or(|s| start_time(pid) == Some(s))
+}
+
+/// SIGKILLs `pid` if it is still the process that started at `start`.
+fn kill_if_same(pid: u32, start: Option<u64>) {
+    if alive(pid, start)
+        && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
 }
 
 impl ContainerRecord {
@@ -145,7 +172,7 @@ impl ContainerRecord {
 
     /// The record as seen now: a running container whose monitor is gone has exited.
     fn observed(mut self) -> Self {
-        if self.status != Status::Exited && !alive(self.monitor_pid) {
+        if self.status != Status::Exited && !alive(self.monitor_pid, self.monitor_start) {
             self.status = Status::Exited;
             self.exit_code.get_or_insert(137);
             self.error.get_or_insert_with(|| {
@@ -383,33 +410,26 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
             let _ = c.signal(&rec.id, None, 9);
         }
         if wait_exited(&dir, Duration::from_secs(10)).is_none() {
-            for pid in [rec.sandbox_pid, Some(rec.monitor_pid)]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                }
+            if let Some(pid) = rec.sandbox_pid {
+                kill_if_same(pid, rec.sandbox_start);
             }
+            kill_if_same(rec.monitor_pid, rec.monitor_start);
         }
     }
     // Let the monitor finish its teardown (it records "exited" before it removes the
     // container from its sandbox) before the directory goes.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(rec.monitor_pid)
+    while alive(rec.monitor_pid, rec.monitor_start)
         && rec.monitor_pid != std::process::id()
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(pid) = rec
-        .sandbox_pid
-        .filter(|p| alive(*p) && !alive(rec.monitor_pid))
+    if let Some(pid) = rec.sandbox_pid
+        && !alive(rec.monitor_pid, rec.monitor_start)
     {
         // A monitor that died left its VMM or agent behind.
-        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
+        kill_if_same(pid, rec.sandbox_start);
     }
     if rec.isolation == Isolation::Process {
         process_leftovers(&rec);
@@ -463,16 +483,18 @@ pub fn wait(state: &Path, name: &str) -> Result<i32, RunError> {
     Ok(rec.exit_code.unwrap_or(-1))
 }
 
-/// `arca exec [-i] [-e] [-w] [-u] NAME CMD...`: returns the process's exit code.
-pub fn exec(state: &Path, name: &str, mut process: ProcessSpec) -> Result<i32, RunError> {
+/// `arca exec [-i] [-t] [-e] [-w] [-u] NAME CMD...`: returns the process's exit code.
+pub fn exec(state: &Path, name: &str, process: ProcessSpec) -> Result<i32, RunError> {
     let (_, rec) = find(state, name)?;
     let mut client = rec.client()?;
     let exec_id = format!("exec-{}-{}", std::process::id(), now());
     let interactive = process.stdin;
-    process.terminal = false;
+    let tty = process.terminal;
     let address = client.address().clone();
-    let pid = client.exec(&rec.id, &exec_id, process)?;
-    let _ = pid;
+    client.exec(&rec.id, &exec_id, process)?;
+    if tty {
+        return exec_terminal(client, &rec.id, &exec_id, interactive);
+    }
     let out = address.attach(&rec.id, Some(&exec_id), StdioStream::Stdout)?;
     let err = address.attach(&rec.id, Some(&exec_id), StdioStream::Stderr)?;
     if interactive {
@@ -494,4 +516,80 @@ pub fn exec(state: &Path, name: &str, mut process: ProcessSpec) -> Result<i32, R
     let _ = o.join();
     let _ = e.join();
     Ok(status.code)
+}
+
+/// The terminal half of `exec -t`: the process's tty to this terminal (raw while `-i`),
+/// its size following this one's.
+fn exec_terminal(
+    mut client: AgentClient,
+    id: &str,
+    exec_id: &str,
+    interactive: bool,
+) -> Result<i32, RunError> {
+    use std::io::IsTerminal;
+    let address = client.address().clone();
+    let tty = address.attach(id, Some(exec_id), StdioStream::Tty)?;
+    let terminal = io::stdout().is_terminal();
+    if terminal && let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout()) {
+        client.resize(id, Some(exec_id), ws.ws_row, ws.ws_col)?;
+    }
+    let (pending, sock) = tty.into_parts();
+    let mut _raw = None;
+    if interactive {
+        if io::stdin().is_terminal() {
+            _raw = crate::run::RawMode::enter();
+        }
+        if let Ok(mut to_tty) = sock.try_clone() {
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut to_tty);
+            });
+        }
+    }
+    let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(terminal));
+    if terminal {
+        let (flag, address, id, exec_id) = (
+            resizing.clone(),
+            address.clone(),
+            id.to_string(),
+            exec_id.to_string(),
+        );
+        std::thread::spawn(move || {
+            crate::run::resize_loop(&flag, &address, &id, Some(&exec_id));
+        });
+    }
+    let copy = std::thread::spawn(move || {
+        let mut reader = io::Cursor::new(pending).chain(sock);
+        let mut out = io::stdout();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let status = client.wait(id, Some(exec_id));
+    resizing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = copy.join();
+    Ok(status?.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_the_process_recorded() {
+        let me = std::process::id();
+        let started = start_time(me).expect("our own start time");
+        assert!(alive(me, Some(started)));
+        assert!(alive(me, None));
+        // Same pid, another start time: a different process now holds the pid.
+        assert!(!alive(me, Some(started + 1)));
+        // A process that has exited.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let child_start = start_time(pid);
+        child.wait().unwrap();
+        assert!(!alive(pid, child_start));
+    }
 }

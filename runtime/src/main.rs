@@ -139,7 +139,7 @@ enum Cmd {
         /// Keep stdin open.
         #[arg(short, long)]
         interactive: bool,
-        /// Allocate a terminal (not supported yet).
+        /// Allocate a terminal.
         #[arg(short, long)]
         tty: bool,
         /// Environment variables.
@@ -331,15 +331,13 @@ fn main() -> ExitCode {
             container,
             command,
         } => {
-            if tty {
-                return Err("exec -t is not supported yet by the CLI".into());
-            }
             let process = arca_protocol::ProcessSpec {
                 args: command,
                 env,
                 cwd: workdir,
                 user,
                 stdin: interactive,
+                terminal: tty,
                 ..Default::default()
             };
             containers::exec(&state, &container, process).map_err(|e| {

@@ -20,7 +20,7 @@ use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::containers::{ContainerRecord, Status, containers_dir, now};
+use crate::containers::{ContainerRecord, Status, containers_dir, now, start_time};
 use crate::guest;
 use crate::image::store::{Image, Store, StoreError};
 
@@ -241,7 +241,9 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         exit_code: None,
         error: None,
         monitor_pid: std::process::id(),
+        monitor_start: start_time(std::process::id()),
         sandbox_pid: None,
+        sandbox_start: None,
         agent: None,
         container_pid: None,
         rm: opts.rm,
@@ -344,6 +346,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
         serde_json::from_slice(&bytes).map_err(|e| RunError::Invalid(e.to_string()))?;
     let mut record = ContainerRecord::load(&dir)?;
     record.monitor_pid = std::process::id();
+    record.monitor_start = start_time(std::process::id());
     record.save(&dir)?;
     let result = (|| {
         let store = Store::open(state)?;
@@ -482,6 +485,7 @@ fn supervise(
     };
     let mut child = _child;
     record.sandbox_pid = Some(child.0.id());
+    record.sandbox_start = start_time(child.0.id());
     record.save(dir)?;
     let mut client = AgentClient::connect(&address, Duration::from_secs(30))?;
     let spec = ContainerSpec {
@@ -523,6 +527,7 @@ fn supervise(
     }
     record.status = Status::Running;
     record.sandbox_pid = Some(child.0.id());
+    record.sandbox_start = start_time(child.0.id());
     record.agent = Some(address.clone().into());
     record.save(dir)?;
     let log = |name: &str| {
@@ -557,7 +562,7 @@ fn supervise(
             if terminal {
                 // No signal handler for SIGWINCH here: the size is polled.
                 let (flag, address, id) = (resizing.clone(), address.clone(), id.to_string());
-                std::thread::spawn(move || resize_loop(&flag, &address, &id));
+                std::thread::spawn(move || resize_loop(&flag, &address, &id, None));
             }
             let reader = io::Cursor::new(pending).chain(sock);
             (
@@ -634,10 +639,10 @@ enum Streams {
 }
 
 /// This terminal in raw mode until dropped (so keys reach the container's terminal).
-struct RawMode(rustix::termios::Termios);
+pub(crate) struct RawMode(rustix::termios::Termios);
 
 impl RawMode {
-    fn enter() -> Option<Self> {
+    pub(crate) fn enter() -> Option<Self> {
         let stdin = io::stdin();
         let saved = rustix::termios::tcgetattr(&stdin).ok()?;
         let mut raw = saved.clone();
@@ -679,8 +684,14 @@ fn forward_signals(address: &AgentAddress, id: &str) {
     });
 }
 
-/// Follows this terminal's size into the container's while `flag` is set.
-fn resize_loop(flag: &std::sync::atomic::AtomicBool, address: &AgentAddress, id: &str) {
+/// Follows this terminal's size into the container's (or its exec'd `process`'s) while
+/// `flag` is set.
+pub(crate) fn resize_loop(
+    flag: &std::sync::atomic::AtomicBool,
+    address: &AgentAddress,
+    id: &str,
+    process: Option<&str>,
+) {
     let Ok(mut client) = AgentClient::connect(address, Duration::from_secs(5)) else {
         return;
     };
@@ -689,7 +700,7 @@ fn resize_loop(flag: &std::sync::atomic::AtomicBool, address: &AgentAddress, id:
         if let Ok(ws) = rustix::termios::tcgetwinsize(io::stdout()) {
             let size = (ws.ws_row, ws.ws_col);
             if last != Some(size) {
-                if client.resize(id, None, size.0, size.1).is_err() {
+                if client.resize(id, process, size.0, size.1).is_err() {
                     return;
                 }
                 last = Some(size);

@@ -40,6 +40,14 @@ pub enum AgentClientError {
     /// The agent closed the connection.
     #[error("The agent closed the connection")]
     Closed,
+    /// The agent did not answer a request in time.
+    #[error("The agent did not answer {request} within {waited:?}")]
+    Timeout {
+        /// The request's kind.
+        request: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The agent answered with something unexpected.
     #[error("Unexpected reply from the agent: {0}")]
     Unexpected(String),
@@ -248,7 +256,12 @@ pub struct AgentClient {
     stream: UnixStream,
     decoder: FrameDecoder,
     next_id: u64,
+    /// How long a quick request may take; see [`Self::answer_deadline`].
+    patience: Duration,
 }
+
+/// [`AgentClient`]'s default patience for quick requests.
+const QUICK_ANSWER: Duration = Duration::from_secs(30);
 
 impl AgentClient {
     /// Connects, waiting up to `timeout` for the agent to listen (a booting VM).
@@ -259,6 +272,7 @@ impl AgentClient {
             stream,
             decoder,
             next_id: 1,
+            patience: QUICK_ANSWER,
         })
     }
 
@@ -272,14 +286,43 @@ impl AgentClient {
         &self.address
     }
 
-    /// Sends `request` and waits for its response.
+    /// How long the answer to `request` may take: a `wait` blocks as long as the process
+    /// runs; requests that make or start processes wait three times the quick patience
+    /// (90 s, above the agent's own 60 s handshake timeout); the rest are quick.
+    fn answer_deadline(&self, request: &Request) -> Option<(&'static str, Duration)> {
+        let slow = self.patience * 3;
+        match request {
+            Request::Wait { .. } => None,
+            Request::Create { .. } => Some(("create", slow)),
+            Request::Start { .. } => Some(("start", slow)),
+            Request::Exec { .. } => Some(("exec", slow)),
+            Request::Remove { .. } => Some(("remove", slow)),
+            _ => Some(("a request", self.patience)),
+        }
+    }
+
+    /// Sends `request` and waits for its response (see [`Self::answer_deadline`]). After
+    /// a timeout the connection stays usable: a late answer is skipped by its id.
     pub fn request(&mut self, request: Request) -> Result<Reply, AgentClientError> {
         let id = self.next_id;
         self.next_id += 1;
+        let deadline = self.answer_deadline(&request);
         self.stream
             .write_all(&encode_frame(&RequestFrame { id, request })?)?;
+        self.stream.set_read_timeout(deadline.map(|(_, d)| d))?;
         loop {
-            let response: Response = read_frame(&mut self.stream, &mut self.decoder)?;
+            let response: Response = match read_frame(&mut self.stream, &mut self.decoder) {
+                Err(AgentClientError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let (request, waited) = deadline.unwrap_or(("a request", Duration::ZERO));
+                    return Err(AgentClientError::Timeout { request, waited });
+                }
+                other => other?,
+            };
             if response.id == id {
                 return Ok(response.result?);
             }
@@ -436,4 +479,50 @@ fn expect<T>(reply: Reply, pick: impl FnOnce(Reply) -> Option<T>) -> Result<T, A
 /// Reads lines until EOF (for small outputs in tests and tools).
 pub fn read_lines(conn: StdioConnection) -> io::Result<Vec<String>> {
     io::BufReader::new(conn).lines().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(stream: &mut UnixStream, id: u64) {
+        let frame = encode_frame(&Response {
+            id,
+            result: Ok(Reply::Pong),
+        })
+        .unwrap();
+        stream.write_all(&frame).unwrap();
+    }
+
+    #[test]
+    fn a_silent_agent_times_out_and_its_late_answer_is_skipped() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let mut client = AgentClient {
+            address: AgentAddress::Unix(PathBuf::from("/nonexistent")),
+            stream: ours,
+            decoder: FrameDecoder::new(),
+            next_id: 1,
+            patience: Duration::from_millis(100),
+        };
+        match client.ping() {
+            Err(AgentClientError::Timeout { waited, .. }) => {
+                assert_eq!(waited, Duration::from_millis(100));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        // The answer to the first ping comes late, then the second's.
+        answer(&mut agent, 1);
+        answer(&mut agent, 2);
+        client.ping().expect("the second ping is answered");
+        // An agent that hangs up is told apart from one that is slow.
+        drop(agent);
+        let gone = client.ping();
+        assert!(
+            matches!(
+                gone,
+                Err(AgentClientError::Closed | AgentClientError::Io(_))
+            ),
+            "{gone:?}"
+        );
+    }
 }
