@@ -347,10 +347,44 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
                 continue;
             }
         }
+        let xattrs = pax_xattrs(&mut entry);
         set_metadata(&entry, &full, kind, mode, as_root)?;
+        for (name, value) in xattrs {
+            // chown (in set_metadata) clears security.capability: xattrs come after it.
+            if let Err(e) = rustix::fs::lsetxattr(
+                &full,
+                name.as_str(),
+                &value,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                report
+                    .skipped
+                    .push(format!("{shown}: extended attribute {name} ({e})"));
+            }
+        }
         report.entries += 1;
     }
     Ok(report)
+}
+
+/// The extended attributes a PAX header gives an entry (`SCHILY.xattr.NAME`), in the
+/// namespaces a file may carry (`user.`, `trusted.`, `security.`); no more than 64
+/// of them, each value at most 64 KiB (the kernel's own limit).
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    exts.flatten()
+        .filter_map(|ext| {
+            let name = ext.key().ok()?.strip_prefix("SCHILY.xattr.")?;
+            let allowed = ["user.", "trusted.", "security."]
+                .iter()
+                .any(|ns| name.len() > ns.len() && name.starts_with(ns));
+            (allowed && !name.contains('\0') && ext.value_bytes().len() <= 65536)
+                .then(|| (name.to_string(), ext.value_bytes().to_vec()))
+        })
+        .take(64)
+        .collect()
 }
 
 /// Owner (as root), mode (not for symlinks) and modification time, in that order:
@@ -507,6 +541,54 @@ mod tests {
             fs::read_to_string(s.outside.join("secret")).unwrap(),
             "host data"
         );
+    }
+
+    #[test]
+    fn pax_xattrs_are_restored_in_file_namespaces_only() {
+        let s = setup();
+        let mut buf = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut buf);
+            b.append_pax_extensions([
+                ("SCHILY.xattr.user.arca", b"hello".as_slice()),
+                ("SCHILY.xattr.trusted.arca", b"root only".as_slice()),
+                ("SCHILY.xattr.system.posix_acl_access", b"\x02".as_slice()),
+                ("SCHILY.xattr.user.", b"no name".as_slice()),
+            ])
+            .unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(2);
+            h.set_mode(0o644);
+            b.append_data(&mut h, "tagged", b"hi".as_slice()).unwrap();
+            b.finish().unwrap();
+        }
+        let path = s.layers.join("x.tar");
+        fs::write(&path, buf).unwrap();
+        let report = apply_layer(&s.root, &path).unwrap();
+        let file = s.root.join("tagged");
+        let get = |name: &str| {
+            let mut v = vec![0u8; 64];
+            rustix::fs::lgetxattr(&file, name, &mut v[..])
+                .ok()
+                .map(|n| v[..n].to_vec())
+        };
+        assert_eq!(get("user.arca").as_deref(), Some(b"hello".as_slice()));
+        assert_eq!(get("system.posix_acl_access"), None);
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(
+                get("trusted.arca").as_deref(),
+                Some(b"root only".as_slice())
+            );
+            assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        } else {
+            assert_eq!(get("trusted.arca"), None);
+            assert!(
+                report.skipped.iter().any(|r| r.contains("trusted.arca")),
+                "{:?}",
+                report.skipped
+            );
+        }
     }
 
     #[test]
