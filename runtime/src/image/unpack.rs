@@ -568,7 +568,7 @@ mod tests {
         let report = apply_layer(&s.root, &path).unwrap();
         let file = s.root.join("tagged");
         let get = |name: &str| {
-            let mut v = vec![0u8; 64];
+            let mut v = [0u8; 64];
             rustix::fs::lgetxattr(&file, name, &mut v[..])
                 .ok()
                 .map(|n| v[..n].to_vec())
