@@ -289,7 +289,7 @@ impl Runtime {
                 .map_err(|e| internal(&format!("Cannot create {}", base.display()), e))?;
             let (process, sync) = self.spawn_helper("__container-init", flags, &spec.process)?;
             let init = ToHelper::Init {
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 base: base.display().to_string(),
                 cgroup_procs: cgroup.as_ref().map(cgroup_procs),
             };
@@ -538,6 +538,25 @@ impl Runtime {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// Where a forwarded connection to a port of running container `id` goes: its
+    /// PID 1 (whose network namespace to connect in) and its first interface address,
+    /// or loopback.
+    pub fn forward_target(&self, id: &str) -> Result<(i32, std::net::Ipv4Addr), AgentError> {
+        let c = self.get(id)?;
+        if c.state() != ContainerState::Running {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Container {id} is not running"),
+            ));
+        }
+        let address = c
+            .spec
+            .interfaces
+            .first()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |i| i.address);
+        Ok((c.main.pid, address))
     }
 
     /// Hands out one stdio stream of a process, once.

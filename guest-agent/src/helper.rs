@@ -42,7 +42,7 @@ pub enum ToHelper {
     /// Set up a container under `base` (an empty directory the agent made).
     Init {
         /// The container.
-        spec: ContainerSpec,
+        spec: Box<ContainerSpec>,
         /// Private working directory for the rootfs mounts.
         base: String,
         /// `cgroup.procs` of the container's cgroup. The container's PID 1 joins it; the
@@ -220,7 +220,7 @@ fn run(mode: &str) -> io::Result<Never> {
             },
         ) => {
             let cgroup = open_cgroup_procs(cgroup_procs.as_deref())?;
-            run_init(sync, spec, base, cgroup)
+            run_init(sync, *spec, base, cgroup)
         }
         (
             "__exec",
@@ -328,7 +328,34 @@ fn init_child(
         // The agent gave up on the container.
         _ => std::process::exit(1),
     }
+    // The host moved the container's interfaces in between create and start.
+    configure_interfaces(&spec.interfaces)?;
     exec_process(&spec.process, hostname, spec.init, sync_slot)
+}
+
+/// Addresses, link state and default routes of the container's interfaces, in its
+/// network namespace.
+fn configure_interfaces(interfaces: &[arca_protocol::Interface]) -> Result<(), AgentError> {
+    for i in interfaces {
+        sys::configure_interface(&i.name, i.address, i.prefix_len).map_err(|e| {
+            AgentError::new(
+                ErrorCode::Internal,
+                format!(
+                    "Cannot configure interface {} as {}/{}: {e}",
+                    i.name, i.address, i.prefix_len
+                ),
+            )
+        })?;
+        if let Some(gw) = i.gateway {
+            sys::add_default_route(gw).map_err(|e| {
+                AgentError::new(
+                    ErrorCode::Internal,
+                    format!("Cannot route through {gw} on {}: {e}", i.name),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn run_exec(
@@ -522,7 +549,7 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
     mount_inside(&root)?;
     pivot(&root)?;
     if writable {
-        write_etc(hostname);
+        write_etc(spec, hostname);
     }
     Ok(())
 }
@@ -680,20 +707,40 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Writes /etc/hostname and /etc/hosts inside the (pivoted) container. The image
-/// decides what those paths are: anything but a regular file or nothing (a symlink, a
-/// FIFO, a directory) is left alone, never followed or opened blocking.
-fn write_etc(hostname: &str) {
+/// The container's /etc/hosts: localhost, its own name on its first address, and the
+/// entries the host gave (other containers on its networks).
+fn hosts_file(spec: &ContainerSpec, hostname: &str) -> String {
+    let own = spec
+        .interfaces
+        .first()
+        .map_or_else(|| "127.0.1.1".to_string(), |i| i.address.to_string());
+    let mut text = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
+    );
+    for h in &spec.hosts {
+        text.push_str(&format!("{}\t{}\n", h.address, h.names.join(" ")));
+    }
+    text
+}
+
+/// Writes /etc/hostname, /etc/hosts and (when name servers are given) /etc/resolv.conf
+/// inside the (pivoted) container. The image decides what those paths are: anything
+/// but a regular file or nothing (a symlink, a FIFO, a directory) is left alone, never
+/// followed or opened blocking.
+fn write_etc(spec: &ContainerSpec, hostname: &str) {
     use rustix::fs::{Mode, OFlags};
-    let files = [
+    let mut files = vec![
         ("/etc/hostname", format!("{hostname}\n")),
-        (
-            "/etc/hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-            ),
-        ),
+        ("/etc/hosts", hosts_file(spec, hostname)),
     ];
+    if !spec.dns.is_empty() {
+        let servers: String = spec
+            .dns
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect();
+        files.push(("/etc/resolv.conf", servers));
+    }
     if !fs::symlink_metadata("/etc").is_ok_and(|m| m.is_dir()) {
         return;
     }

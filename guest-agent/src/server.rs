@@ -14,6 +14,7 @@ use arca_protocol::{
 };
 
 use crate::container::Runtime;
+use crate::sys;
 
 /// A connected stream socket (vsock or Unix).
 #[derive(Debug)]
@@ -241,6 +242,7 @@ impl Server {
                 ),
             ));
         }
+        let mut forward = None;
         let stdio = match (&reply.error, hello.channel) {
             (Some(_), _) | (None, Channel::Control) => None,
             (
@@ -257,14 +259,33 @@ impl Server {
                     None
                 }
             },
+            (None, Channel::Forward { container, port }) => {
+                match self.connect_forward(&container, port) {
+                    Ok(tcp) => forward = Some(tcp),
+                    Err(e) => reply.error = Some(e),
+                }
+                None
+            }
         };
         if write_frame(&conn, &reply).is_err() || reply.error.is_some() {
             return;
         }
-        match stdio {
-            None => self.control(conn, decoder),
-            Some((fd, stream)) => pump(conn, fd, stream, decoder.take_remainder()),
+        match (stdio, forward) {
+            (Some((fd, stream)), _) => pump(conn, fd, stream, decoder.take_remainder()),
+            (None, Some(tcp)) => splice_forward(conn, tcp.into(), &decoder.take_remainder()),
+            (None, None) => self.control(conn, decoder),
         }
+    }
+
+    /// A TCP connection to `port` of container `id`, made in its network namespace.
+    fn connect_forward(&self, id: &str, port: u16) -> Result<std::net::TcpStream, AgentError> {
+        let (pid, addr) = self.runtime.forward_target(id)?;
+        sys::connect_in_netns(pid, addr, port, FORWARD_CONNECT_TIMEOUT).map_err(|e| {
+            AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Cannot connect to {addr}:{port} in container {id}: {e}"),
+            )
+        })
     }
 
     fn control(self: Arc<Self>, conn: Conn, mut decoder: FrameDecoder) {
@@ -376,7 +397,7 @@ impl Server {
         let rt = &self.runtime;
         match request {
             Request::Ping => Ok(Reply::Pong),
-            Request::Create { spec } => rt.create(spec).map(|pid| Reply::Created { pid }),
+            Request::Create { spec } => rt.create(*spec).map(|pid| Reply::Created { pid }),
             Request::Start { container } => rt.start(&container).map(|()| Reply::Started),
             Request::Exec {
                 container,
@@ -483,6 +504,28 @@ fn copy_conn_to_fd(conn: &Conn, fd: &OwnedFd, first: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// How long a forwarded connection may take to reach the container's port.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Copies a forwarded connection both ways until each side has finished: a half-close
+/// on one side is passed on to the other.
+fn splice_forward(conn: Conn, tcp: OwnedFd, first: &[u8]) {
+    let (Ok(up_conn), Ok(up_tcp)) = (conn.try_clone(), tcp.try_clone()) else {
+        return;
+    };
+    let first = first.to_vec();
+    let upstream = std::thread::Builder::new()
+        .name("forward-in".into())
+        .spawn(move || {
+            copy_conn_to_fd(&up_conn, &up_tcp, &first);
+            let _ = rustix::net::shutdown(&up_tcp, rustix::net::Shutdown::Write);
+        });
+    copy_fd_to_conn(&tcp, &conn);
+    if let Ok(t) = upstream {
+        let _ = t.join();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -122,18 +122,7 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
         rustix::net::SocketType::DGRAM,
         None,
     )?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
+    let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags inside `req`, which lives
     // through the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) } < 0 {
@@ -333,4 +322,103 @@ pub fn vsock_peer_cid(fd: &OwnedFd) -> io::Result<u32> {
         ));
     }
     Ok(addr.svm_cid)
+}
+
+/// Connects to `addr:port` over TCP from the network namespace of process `pid` (the
+/// socket stays in that namespace; the calling thread does not move).
+pub fn connect_in_netns(
+    pid: i32,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::Builder::new()
+        .name("netns-connect".into())
+        .spawn(move || {
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            std::net::TcpStream::connect_timeout(&(addr, port).into(), timeout)
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("connect thread panicked")))
+}
+
+/// An `ifreq` for interface `name`.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// A `sockaddr` holding an IPv4 address, as the interface ioctls take it.
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain old data; sockaddr is
+    // the generic view of the same bytes the kernel expects.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Gives interface `name` (in this thread's network namespace) `addr/prefix_len` and
+/// brings it up.
+pub fn configure_interface(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    // SAFETY: SIOCSIFADDR reads `req` (name and address), which lives through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &raw const req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    req.ifr_ifru.ifru_netmask = sockaddr_in(std::net::Ipv4Addr::from(mask));
+    // SAFETY: SIOCSIFNETMASK reads `req` (name and mask), which lives through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &raw const req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    set_link_up(name)
+}
+
+/// Adds a default route through `gateway` (in this thread's network namespace).
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    // SAFETY: rtentry is plain old data; all-zero is a valid value (no device name).
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr_in(gateway);
+    rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+    // SAFETY: SIOCADDRT reads `rt`, which lives through the call; rt_dev is null.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &raw const rt) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -496,6 +496,9 @@ fn supervise(
         resources,
         network: NetworkMode::Isolated,
         init: opts.init,
+        interfaces: Vec::new(),
+        hosts: Vec::new(),
+        dns: Vec::new(),
     };
     let container_pid = client.create(spec)?;
     if opts.isolation == Isolation::Process {

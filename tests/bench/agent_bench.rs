@@ -75,6 +75,9 @@ fn echo_spec(id: &str, rootfs: Rootfs) -> ContainerSpec {
         resources: Resources::default(),
         network: NetworkMode::Isolated,
         init: false,
+        interfaces: Vec::new(),
+        hosts: Vec::new(),
+        dns: Vec::new(),
     }
 }
 

@@ -215,6 +215,9 @@ fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
         resources: Default::default(),
         network: Default::default(),
         init: false,
+        interfaces: Vec::new(),
+        hosts: Vec::new(),
+        dns: Vec::new(),
     };
     c.create(spec("hostile", &tree)).unwrap();
     let out = addr.attach("hostile", None, StdioStream::Stdout).unwrap();

@@ -345,10 +345,15 @@ impl AgentClient {
 
     /// Creates a container; returns its init pid as the agent sees it.
     pub fn create(&mut self, spec: ContainerSpec) -> Result<u32, AgentClientError> {
-        expect(self.request(Request::Create { spec })?, |r| match r {
-            Reply::Created { pid } => Some(pid),
-            _ => None,
-        })
+        expect(
+            self.request(Request::Create {
+                spec: Box::new(spec),
+            })?,
+            |r| match r {
+                Reply::Created { pid } => Some(pid),
+                _ => None,
+            },
+        )
     }
 
     /// Starts a created container's main process.

@@ -26,6 +26,15 @@ pub enum Channel {
         /// Which stream.
         stream: StdioStream,
     },
+    /// A TCP connection to `port` in the container's network namespace (`-p`): the
+    /// agent connects to the container's first interface address (loopback when it has
+    /// none) and, once the hello reply says it succeeded, copies raw bytes both ways.
+    Forward {
+        /// Container id.
+        container: String,
+        /// TCP port in the container.
+        port: u16,
+    },
 }
 
 /// A stdio stream of a process.
@@ -71,7 +80,7 @@ pub enum Request {
     /// Set up a container (namespaces, cgroup, rootfs) without running its process.
     Create {
         /// The container.
-        spec: ContainerSpec,
+        spec: Box<ContainerSpec>,
     },
     /// Run the main process of a created container.
     Start {
@@ -311,6 +320,50 @@ pub struct ContainerSpec {
     /// `--init`); otherwise the command itself is PID 1.
     #[serde(default)]
     pub init: bool,
+    /// Interfaces to configure in the container's network namespace before its process
+    /// starts (they must exist there by `start`: the host moves them in after `create`,
+    /// or they are the sandbox's own with [`NetworkMode::Host`]).
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Extra `/etc/hosts` entries (other containers on its networks).
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+    /// Name servers for `/etc/resolv.conf`; empty leaves the image's file alone.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// An IPv4 interface configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Interface name (`eth0`), at most 15 bytes.
+    pub name: String,
+    /// Its address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of its subnet (1..=32).
+    pub prefix_len: u8,
+    /// Default route through this gateway, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// One `/etc/hosts` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// The address.
+    pub address: std::net::Ipv4Addr,
+    /// Its names.
+    pub names: Vec<String>,
+}
+
+/// Whether `name` is a valid host name label sequence (letters, digits, `-`, `.`, `_`),
+/// 1 to 253 bytes.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && !name.starts_with(['-', '.'])
 }
 
 /// Where the root filesystem comes from.
@@ -534,6 +587,37 @@ impl ContainerSpec {
         if r.pids_max == Some(0) {
             return bad("Pids limit must be at least 1".into());
         }
+        if self.interfaces.len() > 8 {
+            return bad("More than 8 interfaces".into());
+        }
+        for i in &self.interfaces {
+            if i.name.is_empty()
+                || i.name.len() > 15
+                || !i
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return bad(format!("Invalid interface name {:?}", i.name));
+            }
+            if !(1..=32).contains(&i.prefix_len) {
+                return bad(format!(
+                    "Invalid prefix length /{} for {}",
+                    i.prefix_len, i.name
+                ));
+            }
+        }
+        if self.hosts.len() > 1024 || self.dns.len() > 3 {
+            return bad("Too many hosts entries or name servers (at most 1024 and 3)".into());
+        }
+        for h in &self.hosts {
+            if h.names.is_empty() || h.names.len() > 16 {
+                return bad(format!("Hosts entry {} needs 1 to 16 names", h.address));
+            }
+            if let Some(n) = h.names.iter().find(|n| !valid_host_name(n)) {
+                return bad(format!("Invalid host name {n:?}"));
+            }
+        }
         Ok(())
     }
 }
@@ -583,6 +667,9 @@ mod tests {
             },
             network: NetworkMode::Isolated,
             init: false,
+            interfaces: Vec::new(),
+            hosts: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
@@ -590,7 +677,9 @@ mod tests {
     fn every_message_kind_round_trips_through_a_frame() {
         let requests = vec![
             Request::Ping,
-            Request::Create { spec: spec() },
+            Request::Create {
+                spec: Box::new(spec()),
+            },
             Request::Start {
                 container: "c".into(),
             },
@@ -670,6 +759,15 @@ mod tests {
         assert_eq!(d.next::<Hello>().unwrap(), Some(hello));
     }
 
+    fn iface(name: &str, prefix_len: u8) -> Interface {
+        Interface {
+            name: name.into(),
+            address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len,
+            gateway: Some(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        }
+    }
+
     #[test]
     fn specs_with_bad_fields_are_refused_with_the_field_named() {
         assert!(spec().validate().is_ok());
@@ -716,7 +814,42 @@ mod tests {
                 },
                 "bogus",
             ),
+            (
+                |s| s.interfaces.push(iface("eth0; rm -rf /", 24)),
+                "interface name",
+            ),
+            (
+                |s| s.interfaces.push(iface("averyveryverylongname", 24)),
+                "interface name",
+            ),
+            (|s| s.interfaces.push(iface("eth0", 33)), "/33"),
+            (|s| s.interfaces.push(iface("eth0", 0)), "/0"),
+            (
+                |s| {
+                    s.hosts.push(HostEntry {
+                        address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+                        names: vec!["web\n10.0.0.9 bank".into()],
+                    })
+                },
+                "host name",
+            ),
+            (
+                |s| {
+                    s.hosts.push(HostEntry {
+                        address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+                        names: vec![],
+                    })
+                },
+                "1 to 16 names",
+            ),
         ];
+        let mut ok = spec();
+        ok.interfaces.push(iface("eth0", 24));
+        ok.hosts.push(HostEntry {
+            address: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            names: vec!["web".into(), "web.arca".into()],
+        });
+        assert!(ok.validate().is_ok());
         for (mutate, needle) in cases {
             let mut s = spec();
             mutate(&mut s);

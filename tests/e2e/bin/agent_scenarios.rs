@@ -59,6 +59,9 @@ impl Env {
             resources: Resources::default(),
             network: NetworkMode::Isolated,
             init: false,
+            interfaces: Vec::new(),
+            hosts: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
