@@ -10,6 +10,7 @@ use devices::bus::SharedDevice;
 use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
 use devices::signals::GuestSignals;
 use devices::virtio::block::{Block, BlockError};
+use devices::virtio::net::Net;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::vsock::backend::{Backend, BackendError};
 use event_manager::MutEventSubscriber;
@@ -18,6 +19,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::config::{Console, VmConfig};
+use crate::device_manager::net::NetEvents;
+use crate::device_manager::tap::{Tap, TapError};
 use crate::device_manager::vsock::VsockEvents;
 use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::kvm_probe::{self, KvmProbeError};
@@ -95,6 +98,9 @@ pub enum BuildError {
     /// The vsock device's host socket cannot be set up.
     #[error("Cannot set up vsock")]
     Vsock(#[source] BackendError),
+    /// The network device's TAP cannot be attached.
+    #[error("Cannot set up the network device")]
+    Net(#[source] TapError),
     /// A virtio device could not be wired in.
     #[error("Cannot add a virtio device")]
     Devices(#[source] DeviceManagerError),
@@ -166,7 +172,9 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     }
 
     // 6. Virtio devices on the MMIO bus, announced on the command line: the disks, in
-    //    the order given (the guest sees /dev/vda, /dev/vdb, ...), then vsock.
+    //    the order given (the guest sees /dev/vda, /dev/vdb, ...), then vsock, then
+    //    the network device (last, so that adding it moves no other device's slot or
+    //    IRQ).
     let mut device_manager = MmioDeviceManager::new();
     let mut subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> = Vec::new();
     for disk in &config.disks {
@@ -190,6 +198,21 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
             )
             .map_err(BuildError::Devices)?;
         subscribers.push(Arc::new(Mutex::new(VsockEvents::new(events, backend))));
+    }
+    //    ...and the network device on its TAP, which the event loop watches.
+    if let Some(net) = &config.net {
+        let tap = Tap::open(&net.tap).map_err(BuildError::Net)?;
+        let tap_fd = tap.watch_fd().map_err(BuildError::Net)?;
+        let events = device_manager
+            .add_virtio(
+                &vm,
+                memory,
+                &mut buses,
+                &mut cmdline,
+                Box::new(Net::new(net.mac, Box::new(tap))),
+            )
+            .map_err(BuildError::Devices)?;
+        subscribers.push(Arc::new(Mutex::new(NetEvents::new(events, tap_fd))));
     }
 
     // 7. Boot information: the command line (the user's part last, so that init

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use devices::virtio::block::DiskConfig;
+use devices::virtio::net::{MacAddr, NetError};
 
 use crate::arch::x86_64::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQ_RANGE};
 use crate::arch::x86_64::mptable::MAX_VCPUS;
+use crate::device_manager::tap;
 use crate::loader::ProtocolChoice;
 
 /// Errors in a VM configuration.
@@ -78,6 +80,18 @@ pub enum ConfigError {
         "The vsock socket {0} already exists (another VM's?); remove it or choose another path"
     )]
     VsockPathTaken(PathBuf),
+    /// A `--net` value does not parse.
+    #[error("Invalid network device {0:?}: use tap=NAME[,mac=XX:XX:XX:XX:XX:XX]")]
+    NetSpec(String),
+    /// The TAP name is not a valid interface name.
+    #[error(
+        "Invalid TAP name {0:?}: use 1 to {max} bytes without '/', ':', '%' or whitespace",
+        max = tap::MAX_NAME_LEN
+    )]
+    TapName(String),
+    /// The MAC address cannot be a network interface's.
+    #[error("Cannot use the network device's MAC address")]
+    Mac(#[source] NetError),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -185,6 +199,61 @@ impl VsockFile {
     }
 }
 
+/// The network device in the JSON form.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetFile {
+    /// The host TAP interface (created if it does not exist).
+    pub tap: String,
+    /// The guest's MAC address, `AA:BB:CC:DD:EE:FF`; derived from the TAP name when
+    /// not given.
+    pub mac: Option<String>,
+}
+
+impl NetFile {
+    /// Parses the `--net` form: `tap=NAME[,mac=AA:BB:CC:DD:EE:FF]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::NetSpec(spec.to_owned());
+        let (mut tap, mut mac) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) if tap.is_none() && !name.is_empty() => {
+                    tap = Some(name.to_owned())
+                }
+                Some(("mac", m)) if mac.is_none() && !m.is_empty() => mac = Some(m.to_owned()),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(NetFile {
+            tap: tap.ok_or_else(bad)?,
+            mac,
+        })
+    }
+}
+
+/// A checked network device configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Host TAP interface.
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: MacAddr,
+}
+
+impl NetConfig {
+    /// Checks the TAP name and the MAC address, or derives the address from the name.
+    fn check(file: NetFile) -> Result<Self, ConfigError> {
+        if !tap::valid_name(&file.tap) {
+            return Err(ConfigError::TapName(file.tap));
+        }
+        let mac = match &file.mac {
+            Some(text) => text.parse().map_err(ConfigError::Mac)?,
+            None => MacAddr::derived_from(&file.tap),
+        };
+        Ok(NetConfig { tap: file.tap, mac })
+    }
+}
+
 /// A checked vsock configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -217,6 +286,8 @@ pub struct ConfigFile {
     pub disks: Option<Vec<DiskFile>>,
     /// The vsock device.
     pub vsock: Option<VsockFile>,
+    /// The network device.
+    pub net: Option<NetFile>,
 }
 
 impl ConfigFile {
@@ -244,6 +315,7 @@ impl ConfigFile {
             boot_protocol: overrides.boot_protocol.or(self.boot_protocol),
             disks: overrides.disks.or(self.disks),
             vsock: overrides.vsock.or(self.vsock),
+            net: overrides.net.or(self.net),
         }
     }
 }
@@ -269,6 +341,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The network device, if any.
+    pub net: Option<NetConfig>,
 }
 
 /// Default vCPU count.
@@ -329,6 +403,7 @@ impl VmConfig {
             }
             None => None,
         };
+        let net = file.net.map(NetConfig::check).transpose()?;
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,
@@ -339,6 +414,7 @@ impl VmConfig {
             protocol,
             disks,
             vsock,
+            net,
         })
     }
 }
@@ -575,6 +651,96 @@ mod tests {
             VmConfig::from_file(taken, None),
             Err(ConfigError::VsockPathTaken(_))
         ));
+    }
+
+    #[test]
+    fn net_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            NetFile::parse("tap=tap0,mac=02:00:00:00:00:01").unwrap(),
+            NetFile {
+                tap: "tap0".into(),
+                mac: Some("02:00:00:00:00:01".into())
+            }
+        );
+        assert_eq!(NetFile::parse("tap=vm1").unwrap().mac, None);
+        for bad in [
+            "",
+            "tap0",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=a,tap=b",
+            "tap=a,mac=",
+            "tap=a,mtu=9000",
+            "tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
+        ] {
+            assert!(
+                matches!(NetFile::parse(bad), Err(ConfigError::NetSpec(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn net_devices_are_checked_and_get_a_mac() {
+        let k = kernel_file();
+        let with = |tap: &str, mac: Option<&str>| ConfigFile {
+            net: Some(NetFile {
+                tap: tap.into(),
+                mac: mac.map(Into::into),
+            }),
+            ..base(k.path())
+        };
+        let net = VmConfig::from_file(with("tap0", Some("02:AA:00:00:00:01")), None)
+            .unwrap()
+            .net
+            .unwrap();
+        assert_eq!(net.tap, "tap0");
+        assert_eq!(net.mac.to_string(), "02:aa:00:00:00:01");
+        let derived = VmConfig::from_file(with("tap0", None), None)
+            .unwrap()
+            .net
+            .unwrap()
+            .mac;
+        assert_eq!(derived, MacAddr::derived_from("tap0"));
+        assert_eq!(derived.bytes()[0] & 0b11, 0b10, "local unicast");
+        for bad in [
+            "02:00:00:00:00",
+            "zz:00:00:00:00:01",
+            "03:00:00:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let err = VmConfig::from_file(with("tap0", Some(bad)), None).unwrap_err();
+            assert!(matches!(err, ConfigError::Mac(_)), "{bad:?}");
+        }
+        let err = VmConfig::from_file(with("tap0", Some("zz")), None).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&err),
+            "Cannot use the network device's MAC address: Invalid MAC address \"zz\": \
+             use six hex bytes such as 02:00:00:00:00:01"
+        );
+        for bad in ["", "a/b", "tap%d", "a-name-far-too-long"] {
+            assert!(
+                matches!(
+                    VmConfig::from_file(with(bad, None), None),
+                    Err(ConfigError::TapName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(
+            &path,
+            r#"{"net": {"tap": "tap1", "mac": "02:00:00:00:00:09"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().net,
+            Some(NetFile {
+                tap: "tap1".into(),
+                mac: Some("02:00:00:00:00:09".into())
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use vmm::config::{ConfigFile, DiskFile, VmConfig, VsockFile, host_memory_mib};
+use vmm::config::{ConfigFile, DiskFile, NetFile, VmConfig, VsockFile, host_memory_mib};
 use vmm::error_chain;
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
@@ -23,8 +23,7 @@ struct Args {
     check_kvm: bool,
     /// JSON file with the VM's configuration (fields: kernel, initrd, cmdline, cpus,
     /// memory_mib, console, boot_protocol, disks: [{path, read_only, serial}], vsock:
-    /// {cid, uds}); flags
-    /// override it.
+    /// {cid, uds}, net: {tap, mac}); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
@@ -57,6 +56,13 @@ struct Args {
     /// go to the Unix socket PATH_P.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    /// Add a virtio-net device on a host TAP interface: tap=NAME[,mac=AA:BB:CC:DD:EE:FF].
+    /// The TAP is created if it does not exist (and then removed when the VMM exits);
+    /// configure it (address, bridge, up) on the host. Without mac= the guest gets a
+    /// locally administered address derived from NAME. The guest sees eth0, MTU 1500,
+    /// no offloads.
+    #[arg(long, value_name = "SPEC")]
+    net: Option<String>,
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
@@ -101,6 +107,7 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
             )
         },
         vsock: args.vsock.as_deref().map(VsockFile::parse).transpose()?,
+        net: args.net.as_deref().map(NetFile::parse).transpose()?,
     };
     let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
     let microvm = vmm::builder::build_microvm(&config, started)?;

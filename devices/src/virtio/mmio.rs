@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, QueueContext, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{Interrupt, QueueContext, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
 use crate::bus::BusDevice;
 
 /// "virt".
@@ -254,6 +254,13 @@ impl MmioTransport {
                 }
             }
             VIRTIO_CONFIG_S_DRIVER_OK => {
+                // The queues follow the ring layout the driver agreed to: with event-idx,
+                // interrupts and notifications are suppressed through used_event and
+                // avail_event instead of the rings' flags.
+                let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+                for q in &mut self.queues {
+                    q.set_event_idx(event_idx);
+                }
                 let mem = &self.mem;
                 let bad_queue = self.queues.iter().any(|q| q.ready() && !q.is_valid(mem));
                 if bad_queue || self.device.activate(self.driver_features).is_err() {
@@ -319,6 +326,8 @@ pub(crate) mod tests {
     /// A device that records what happens to it.
     #[derive(Default)]
     pub(crate) struct Probe {
+        /// Offered on top of bit 3.
+        pub extra_features: u64,
         pub activated: Arc<Mutex<Option<u64>>>,
         pub processed: Arc<Mutex<Vec<usize>>>,
         pub resets: Arc<Mutex<u32>>,
@@ -332,7 +341,7 @@ pub(crate) mod tests {
             &[16, 8]
         }
         fn features(&self) -> u64 {
-            1 << 3
+            1 << 3 | self.extra_features
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
@@ -437,6 +446,29 @@ pub(crate) mod tests {
         assert_eq!(r(&mut t, 0x60), 0);
         w(&mut t, 0x50, 9);
         assert_eq!(processed.lock().unwrap().len(), 1, "unknown queue ignored");
+    }
+
+    #[test]
+    fn event_idx_is_on_in_every_queue_only_when_the_driver_accepts_it() {
+        for accepted in [false, true] {
+            let probe = Probe {
+                extra_features: VIRTIO_RING_F_EVENT_IDX,
+                ..Probe::default()
+            };
+            let (mut t, _) = transport(Box::new(probe));
+            let mut features = VIRTIO_F_VERSION_1;
+            if accepted {
+                features |= VIRTIO_RING_F_EVENT_IDX;
+            }
+            bring_up(&mut t, features, &[16, 8]);
+            assert_eq!(r(&mut t, 0x70), 15);
+            for q in &t.queues {
+                assert_eq!(q.event_idx_enabled(), accepted);
+            }
+            // A reset forgets it with the rest of the negotiation.
+            w(&mut t, 0x70, 0);
+            assert!(t.queues.iter().all(|q| !q.event_idx_enabled()));
+        }
     }
 
     #[test]

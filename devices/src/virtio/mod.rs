@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +21,11 @@ use crate::legacy::EventFdTrigger;
 
 /// `VIRTIO_F_VERSION_1`: the modern interface, the only one Arca offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// `VIRTIO_RING_F_EVENT_IDX`: notification suppression through the rings' `used_event`
+/// and `avail_event` fields. A device that offers it must keep the driver's `avail_event`
+/// current with `enable_notification` whenever it waits for buffers; the transport turns
+/// it on in every queue when the driver accepts it.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Errors a device model reports while handling a queue.
 #[derive(Debug, thiserror::Error)]

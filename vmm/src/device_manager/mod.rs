@@ -3,6 +3,8 @@
 //! `virtio_mmio.device=` command-line entry the guest discovers them by, and an event
 //! loop subscriber that hands queue notifications to the device.
 
+pub mod net;
+pub mod tap;
 pub mod vsock;
 
 use std::os::fd::AsRawFd;
