@@ -23,8 +23,10 @@ lab-prepare:
 # Host tools the end-to-end tests use (ext4 images, vsock peers, a registry and a pusher).
 test-deps:
 	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && \
-	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates; }
+	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null && \
+	  command -v openssl >/dev/null && command -v nft >/dev/null && command -v ip >/dev/null && \
+	  command -v wget >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates iproute2 nftables wget; }
 
 lint:
 	$(CARGO) fmt --all --check

@@ -105,6 +105,15 @@ pub struct ContainerRecord {
     pub container_pid: Option<u32>,
     /// Remove when it exits.
     pub rm: bool,
+    /// The network it joined (`none`, `host` or a network's name).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Its address there.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Published ports, with the host ports bound.
+    #[serde(default)]
+    pub ports: Vec<crate::ports::PortMapping>,
 }
 
 /// `<state>/containers`.
@@ -119,20 +128,56 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A process's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
-pub fn start_time(pid: u32) -> Option<u64> {
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces and
+/// parentheses): field 3 (the state) first.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after its end.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Some(rest.split_whitespace().map(String::from).collect())
 }
 
-/// Whether `pid` is alive and, when `start` is known, still the process that started
-/// then (pids are reused).
+/// A process's start time, in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive (a zombie is not) and, when `start` is known, still the
+/// process that started then (pids are reused).
 fn alive(pid: u32, start: Option<u64>) -> bool {
-    rustix::process::Pid::from_raw(pid as i32)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-        && start.is_none_or(|s| start_time(pid) == Some(s))
+    let Some(fields) = stat_fields(pid) else {
+        return false;
+    };
+    let state = fields.first().map(String::as_str);
+    !matches!(state, Some("Z" | "X" | "x"))
+        && start.is_none_or(|s| fields.get(19).and_then(|f| f.parse().ok()) == Some(s))
+}
+
+/// Cleans up after containers whose monitor died (killed, or crashed with its host):
+/// kills their sandbox and, with process isolation, what was left of the container,
+/// and records them as exited with the reason. `ps` and `rm` call it, so any later
+/// `arca` command reconciles what a crash left behind.
+pub fn reap_crashed(state: &Path) {
+    let entries = std::fs::read_dir(containers_dir(state));
+    for e in entries.into_iter().flatten().flatten() {
+        let dir = e.path();
+        let Ok(rec) = ContainerRecord::load(&dir) else {
+            continue;
+        };
+        if rec.status == Status::Exited {
+            continue;
+        }
+        let seen = rec.clone().observed();
+        if seen.status != Status::Exited {
+            continue;
+        }
+        if let Some(pid) = rec.sandbox_pid {
+            kill_if_same(pid, rec.sandbox_start);
+        }
+        if rec.isolation == Isolation::Process {
+            process_leftovers(&rec);
+        }
+        let _ = seen.save(&dir);
+    }
 }
 
 /// SIGKILLs `pid` if it is still the process that started at `start`.
@@ -221,6 +266,14 @@ pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), RunE
             "Container name {name:?} is ambiguous"
         ))),
     }
+}
+
+/// Whether container `id` has a record that has not exited (one being set up counts).
+pub fn is_live(state: &Path, id: &str) -> bool {
+    !id.is_empty()
+        && !id.contains('/')
+        && ContainerRecord::load(&containers_dir(state).join(id))
+            .is_ok_and(|r| r.observed().status != Status::Exited)
 }
 
 /// All containers.
@@ -445,7 +498,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
 
 /// After a host agent died: the container's processes (its pid namespace goes with
 /// its PID 1) and its cgroup, which nothing else would remove.
-fn process_leftovers(rec: &ContainerRecord) {
+pub(crate) fn process_leftovers(rec: &ContainerRecord) {
     let marker = format!("/arca/{}", rec.id);
     if let Some(pid) = rec.container_pid {
         // Only if that pid is still this container's (pids are reused).

@@ -10,11 +10,15 @@
 //! - [`run`]: `arca run`, in a microVM or on the host, in the foreground or detached
 //!   under a monitor process.
 //! - [`containers`]: container records and `ps`, `logs`, `stop`, `kill`, `rm`, `wait`,
-//!   `exec`.
+//!   `exec`, `port`.
+//! - [`network`]: networks (`arca network`), address leases, bridges and NAT rules.
+//! - [`ports`]: `-p` listeners that forward connections through the agent.
 
 #![forbid(unsafe_code)]
 
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod network;
+pub mod ports;
 pub mod run;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use arca_runtime::containers;
 use arca_runtime::image::store::Store;
+use arca_runtime::network;
 use arca_runtime::run::{self, Isolation, RunOptions, run, state_dir};
 use clap::{Parser, Subcommand};
 
@@ -157,11 +158,54 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCmd,
+    },
+    /// List a container's published ports.
+    Port {
+        /// The container.
+        container: String,
+    },
     /// Internal: supervises a detached container.
     #[command(name = "__monitor", hide = true)]
     Monitor {
         /// The container.
         id: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create a network (a bridge with its own subnet; containers on it reach each
+    /// other by name).
+    Create {
+        /// Subnet in CIDR form (default: the next free /24 of 10.89.0.0/16).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Its name.
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove networks (refused while containers use them).
+    #[command(alias = "remove")]
+    Rm {
+        /// The networks.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show networks as JSON.
+    Inspect {
+        /// The networks.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -212,6 +256,13 @@ struct RunArgs {
     /// Run an init as PID 1 that forwards signals and reaps processes.
     #[arg(long)]
     init: bool,
+    /// Network: a network's name, `none` (loopback only), or `host` (process isolation
+    /// only); the default network `bridge` otherwise.
+    #[arg(long, alias = "net")]
+    network: Option<String>,
+    /// Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp].
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     /// The image.
     image: String,
     /// The command and its arguments.
@@ -282,9 +333,20 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Cmd::Ps { all, quiet } => {
+            // What crashed containers left behind goes now.
+            containers::reap_crashed(&state);
+            network::reconcile(&state);
             containers::ps(&state, all, quiet);
             Ok(0)
         }
+        Cmd::Port { container } => {
+            let (_, rec) = containers::find(&state, &container).map_err(|e| chain(&e))?;
+            for p in &rec.ports {
+                println!("{p}");
+            }
+            Ok(0)
+        }
+        Cmd::Network { command } => network_command(&state, command),
         Cmd::Logs { follow, container } => match containers::logs(&state, &container, follow) {
             Ok(code) => Ok(code),
             Err(e) => {
@@ -308,7 +370,12 @@ fn main() -> ExitCode {
         Cmd::Rm {
             force,
             containers: names,
-        } => each(&names, |n| containers::rm(&state, n, force)),
+        } => {
+            let code = each(&names, |n| containers::rm(&state, n, force));
+            containers::reap_crashed(&state);
+            network::reconcile(&state);
+            code
+        }
         Cmd::Wait { containers: names } => {
             let mut failed = false;
             for n in &names {
@@ -451,6 +518,12 @@ fn main() -> ExitCode {
                 name: a.name,
                 detach: a.detach,
                 rm: a.rm,
+                network: a.network,
+                publish: a
+                    .publish
+                    .iter()
+                    .map(|p| arca_runtime::ports::parse(p))
+                    .collect::<Result<_, _>>()?,
             };
             run(&state, &opts).map_err(|e| {
                 // 126/127 keep their codes; the message still goes to stderr.
@@ -492,4 +565,72 @@ fn each(
 
 fn chain(e: &dyn std::error::Error) -> String {
     vmm::error_chain(e)
+}
+
+fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, String> {
+    match command {
+        // As Docker's: errors of `network` commands exit with 1.
+        NetworkCmd::Create { subnet, name } => {
+            match network::create(state, &name, subnet.as_deref()) {
+                Ok(net) => {
+                    println!("{}", net.name);
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("arca: {}", chain(&e));
+                    Ok(1)
+                }
+            }
+        }
+        NetworkCmd::Ls { quiet } => {
+            network::reconcile(state);
+            let nets = network::list(state).map_err(|e| chain(&e))?;
+            if !quiet {
+                println!(
+                    "{:<24} {:<18} {:<16} {:<6}",
+                    "NAME", "SUBNET", "BRIDGE", "STATE"
+                );
+            }
+            for n in nets {
+                if quiet {
+                    println!("{}", n.name);
+                } else {
+                    let up = if network::is_up(&n) { "up" } else { "down" };
+                    println!("{:<24} {:<18} {:<16} {:<6}", n.name, n.cidr(), n.bridge, up);
+                }
+            }
+            Ok(0)
+        }
+        NetworkCmd::Rm { names } => {
+            let mut failed = false;
+            for n in &names {
+                match network::remove(state, n) {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("arca: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        NetworkCmd::Inspect { names } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match network::get(state, n) {
+                    Ok(net) => found.push(net),
+                    Err(e) => {
+                        eprintln!("arca: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+            );
+            Ok(if failed { 1 } else { 0 })
+        }
+    }
 }

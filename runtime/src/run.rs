@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::containers::{ContainerRecord, Status, containers_dir, now, start_time};
 use crate::guest;
 use crate::image::store::{Image, Store, StoreError};
+use crate::network::{self, Network};
+use crate::ports::{self, Forwarders};
 
 /// Errors of `arca run`. All map to exit code 125 except the container's own 126/127.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,9 @@ pub enum RunError {
     /// Pulling a missing image failed.
     #[error(transparent)]
     Pull(#[from] crate::image::pull::PullError),
+    /// Setting up the container's network failed.
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
 }
 
 impl RunError {
@@ -126,6 +131,12 @@ pub struct RunOptions {
     pub detach: bool,
     /// `--rm`.
     pub rm: bool,
+    /// `--network`: a network's name, `none` or `host`; the default network if absent.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `-p`.
+    #[serde(default)]
+    pub publish: Vec<crate::ports::PortMapping>,
 }
 
 /// Docker's rules: `--entrypoint` replaces the image's Entrypoint and drops its Cmd;
@@ -211,6 +222,18 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         other => other?,
     };
     let args = command_line(&image, opts)?;
+    // The network must exist before anything is made.
+    match (opts.network.as_deref(), opts.isolation) {
+        (Some("host"), Isolation::Vm) => {
+            return Err(RunError::Invalid(
+                "--network host is not possible with --isolation=vm: a microVM has its own network stack (use -p to publish ports)".into(),
+            ));
+        }
+        (Some("none" | "host"), _) => {}
+        (name, _) => {
+            network::get(state, name.unwrap_or(network::DEFAULT_NETWORK))?;
+        }
+    }
     let id = match &opts.name {
         Some(n) => {
             arca_protocol::validate_id("container", n).map_err(|e| RunError::Invalid(e.message))?;
@@ -247,6 +270,9 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         agent: None,
         container_pid: None,
         rm: opts.rm,
+        network: None,
+        ip: None,
+        ports: Vec::new(),
     };
     record.save(&dir)?;
     if opts.detach {
@@ -423,7 +449,9 @@ fn supervise(
         terminal: opts.tty,
         ..Default::default()
     };
-    let _ = state;
+    // Host ports first: one in use fails the run before anything starts.
+    let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;
+    let attachment = Attachment::prepare(state, opts, id)?;
     let (address, rootfs, _child) = match opts.isolation {
         Isolation::Process => {
             let sock = dir.join("agent.sock");
@@ -470,6 +498,13 @@ fn supervise(
                 .arg(format!("cid=3,uds={}", uds.display()))
                 .arg("--console")
                 .arg(format!("file:{}", dir.join("console.log").display()))
+                .args(
+                    attachment
+                        .link()
+                        .map(|(tap, _)| ["--net".to_string(), format!("tap={tap}")])
+                        .into_iter()
+                        .flatten(),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .process_group(0)
@@ -488,21 +523,41 @@ fn supervise(
     record.sandbox_start = start_time(child.0.id());
     record.save(dir)?;
     let mut client = AgentClient::connect(&address, Duration::from_secs(30))?;
+    if opts.isolation == Isolation::Vm
+        && let Some((tap, bridge)) = attachment.link()
+    {
+        // The VMM made its TAP before the guest booted; the agent answering means the
+        // guest is up.
+        network::ip(&["link", "set", &tap, "master", &bridge, "up"])?;
+    }
     let spec = ContainerSpec {
         id: id.to_string(),
         rootfs,
         process,
         hostname: opts.hostname.clone(),
         resources,
-        network: NetworkMode::Isolated,
+        network: attachment.mode(opts.isolation),
         init: opts.init,
-        interfaces: Vec::new(),
-        hosts: Vec::new(),
-        dns: Vec::new(),
+        interfaces: attachment.interfaces(),
+        hosts: attachment.hosts(state, id),
+        dns: attachment.dns(),
     };
     let container_pid = client.create(spec)?;
     if opts.isolation == Isolation::Process {
         record.container_pid = Some(container_pid);
+        if let Some((veth, bridge)) = attachment.link() {
+            // The container's end goes straight into its namespace, named eth0.
+            let pid = container_pid.to_string();
+            let linked = network::ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+            ])
+            .and_then(|()| network::ip(&["link", "set", &veth, "master", &bridge, "up"]));
+            if let Err(e) = linked {
+                let _ = client.remove(id, true);
+                let _ = client.shutdown();
+                return Err(e.into());
+            }
+        }
     }
     let terminal = output == Output::Terminal;
     let streams = if opts.tty {
@@ -532,7 +587,11 @@ fn supervise(
     record.sandbox_pid = Some(child.0.id());
     record.sandbox_start = start_time(child.0.id());
     record.agent = Some(address.clone().into());
+    record.network = Some(attachment.name());
+    record.ip = attachment.address();
+    record.ports = listeners.mappings();
     record.save(dir)?;
+    let forwarders = Forwarders::start(listeners, &address, id);
     let log = |name: &str| {
         std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
     };
@@ -581,6 +640,7 @@ fn supervise(
         forward_signals(&address, id);
     }
     let waited = client.wait(id, None);
+    drop(forwarders);
     resizing.store(false, std::sync::atomic::Ordering::SeqCst);
     let status = match waited {
         Ok(s) => s,
@@ -594,6 +654,10 @@ fn supervise(
                 None => format!("Lost the agent: {}", vmm::error_chain(&e)),
             });
             record.save(dir)?;
+            // A host agent's containers outlive it: end what is left of this one.
+            if opts.isolation == Isolation::Process {
+                crate::containers::process_leftovers(&record);
+            }
             return Err(e.into());
         }
     };
@@ -769,4 +833,147 @@ pub fn state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     data.join("arca")
+}
+
+/// A container's place on the network, decided before its sandbox starts: its address
+/// is leased and its network's bridge up. Dropping it gives the address back and takes
+/// the network down if nothing else uses it.
+struct Attachment<'a> {
+    state: &'a Path,
+    choice: NetChoice,
+}
+
+enum NetChoice {
+    /// `--network none`: loopback only.
+    None,
+    /// `--network host` (process isolation): the host's own stack.
+    Host,
+    /// A network: an address on its bridge, through a link named after the container.
+    Joined {
+        net: Network,
+        address: std::net::Ipv4Addr,
+        /// The host side of the container's link: a veth or a TAP.
+        link: String,
+        id: String,
+    },
+}
+
+impl<'a> Attachment<'a> {
+    fn prepare(state: &'a Path, opts: &RunOptions, id: &str) -> Result<Self, RunError> {
+        let choice = match opts.network.as_deref() {
+            Some("none") => NetChoice::None,
+            Some("host") => NetChoice::Host,
+            name => {
+                let net = network::get(state, name.unwrap_or(network::DEFAULT_NETWORK))?;
+                let address = network::lease(state, &net, id)?;
+                let kind = match opts.isolation {
+                    Isolation::Vm => network::LinkKind::Tap,
+                    Isolation::Process => network::LinkKind::Veth,
+                };
+                let link = network::link_name(kind, id);
+                let joined = NetChoice::Joined {
+                    net,
+                    address,
+                    link,
+                    id: id.to_string(),
+                };
+                // From here on, dropping the attachment gives the lease back.
+                let attachment = Attachment {
+                    state,
+                    choice: joined,
+                };
+                if let NetChoice::Joined { net, .. } = &attachment.choice {
+                    network::bring_up(state, net)?;
+                }
+                return Ok(attachment);
+            }
+        };
+        Ok(Attachment { state, choice })
+    }
+
+    /// The host link to make and the bridge it joins.
+    fn link(&self) -> Option<(String, String)> {
+        match &self.choice {
+            NetChoice::Joined { net, link, .. } => Some((link.clone(), net.bridge.clone())),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> String {
+        match &self.choice {
+            NetChoice::None => "none".into(),
+            NetChoice::Host => "host".into(),
+            NetChoice::Joined { net, .. } => net.name.clone(),
+        }
+    }
+
+    fn address(&self) -> Option<std::net::Ipv4Addr> {
+        match &self.choice {
+            NetChoice::Joined { address, .. } => Some(*address),
+            _ => None,
+        }
+    }
+
+    /// In a microVM the container shares the guest's stack (the VM is its wall); on
+    /// the host it gets a namespace of its own unless `--network host`.
+    fn mode(&self, isolation: Isolation) -> NetworkMode {
+        match (&self.choice, isolation) {
+            (NetChoice::Host, _) | (NetChoice::Joined { .. }, Isolation::Vm) => NetworkMode::Host,
+            _ => NetworkMode::Isolated,
+        }
+    }
+
+    fn interfaces(&self) -> Vec<arca_protocol::Interface> {
+        match &self.choice {
+            NetChoice::Joined { net, address, .. } => vec![arca_protocol::Interface {
+                name: "eth0".into(),
+                address: *address,
+                prefix_len: net.prefix_len,
+                gateway: Some(net.gateway),
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The other containers on its network, by name.
+    fn hosts(&self, state: &Path, id: &str) -> Vec<arca_protocol::HostEntry> {
+        match &self.choice {
+            NetChoice::Joined { net, .. } => network::members(state, net, id)
+                .into_iter()
+                .filter(|(_, name)| arca_protocol::valid_host_name(name))
+                .map(|(address, name)| arca_protocol::HostEntry {
+                    address,
+                    names: vec![name],
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn dns(&self) -> Vec<std::net::Ipv4Addr> {
+        match &self.choice {
+            NetChoice::Joined { .. } => network::name_servers(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        if let NetChoice::Joined {
+            net,
+            address,
+            link,
+            id,
+        } = &self.choice
+        {
+            // A veth goes with the container's namespace and a TAP with its VMM; this
+            // catches one whose owner outlived the container.
+            if std::path::Path::new("/sys/class/net").join(link).exists() {
+                let _ = network::ip(&["link", "del", link]);
+            }
+            network::release(self.state, &net.name, *address, id);
+            network::reconcile(self.state);
+        }
+    }
 }

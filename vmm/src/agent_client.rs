@@ -180,6 +180,20 @@ impl AgentAddress {
             stream,
         })
     }
+
+    /// Opens a TCP connection to `port` of `container`, which the agent makes inside
+    /// the container's network namespace; what is written and read is the TCP stream.
+    pub fn forward(&self, container: &str, port: u16) -> Result<StdioConnection, AgentClientError> {
+        let channel = Channel::Forward {
+            container: container.into(),
+            port,
+        };
+        let (stream, mut decoder) = self.open(channel, Duration::from_secs(10))?;
+        Ok(StdioConnection {
+            pending: decoder.take_remainder(),
+            stream,
+        })
+    }
 }
 
 fn read_frame<T: for<'de> serde::Deserialize<'de>>(

@@ -1,0 +1,708 @@
+//! Container networks: `arca network create/ls/rm/inspect`, addresses for containers,
+//! and the host side of their links.
+//!
+//! A network is a definition in `<state>/networks/<name>/network.json` (its subnet,
+//! gateway and bridge name) plus one lease file per address in use,
+//! `leases/<address>`, holding the container's id; creating the file (O_EXCL) is the
+//! allocation. The kernel objects, a Linux bridge with the gateway address and an
+//! nftables table of its own (masquerade for traffic leaving the host, isolation from
+//! other Arca networks), exist only while a running container uses the network: the
+//! first container brings them up, and [`reconcile`] takes them down once no lease
+//! belongs to a running container, which is also how leftovers of a killed monitor or
+//! VMM go away. A container's own link (a veth pair with process isolation, a TAP with
+//! a microVM) dies with its network namespace or VMM.
+//!
+//! The host side is driven with iproute2's `ip` and `nft`, as any administrator would
+//! do it by hand.
+
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of network operations. Messages name the network, address or command.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The request is invalid (bad name, subnet, overlap, in use).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such network.
+    #[error("network {0} not found")]
+    NotFound(String),
+    /// Every address of the subnet is taken.
+    #[error("No free address left in network {0}")]
+    Exhausted(String),
+    /// A host command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// A host tool is missing.
+    #[error("Networking needs `{0}` (Debian package {1}); install it or use --network none")]
+    MissingTool(&'static str, &'static str),
+    /// A local file operation failed.
+    #[error("Cannot {action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
+    let action = action.into();
+    move |source| NetworkError::Io { action, source }
+}
+
+/// The network every container joins unless told otherwise.
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The default network's subnet; user networks take the next free /24 after it.
+const DEFAULT_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 0);
+
+/// A network's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Its name.
+    pub name: String,
+    /// Subnet address.
+    pub subnet: Ipv4Addr,
+    /// Subnet prefix length.
+    pub prefix_len: u8,
+    /// The bridge's address, the containers' default route.
+    pub gateway: Ipv4Addr,
+    /// The host bridge's name.
+    pub bridge: String,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+impl Network {
+    fn mask(&self) -> u32 {
+        mask(self.prefix_len)
+    }
+
+    /// `a.b.c.d/n`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.subnet, self.prefix_len)
+    }
+
+    fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.subnet)
+    }
+
+    fn overlaps(&self, subnet: Ipv4Addr, prefix_len: u8) -> bool {
+        let m = self.mask() & mask(prefix_len);
+        u32::from(self.subnet) & m == u32::from(subnet) & m
+    }
+
+    /// The nftables table holding this network's rules.
+    fn table(&self) -> String {
+        format!("arca_{}", self.bridge.replace('-', "_"))
+    }
+}
+
+fn mask(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0)
+}
+
+/// `a.b.c.d/n` with the host bits clear, for a prefix of 8 to 29 bits.
+pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), NetworkError> {
+    let bad = || {
+        NetworkError::Invalid(format!(
+            "Invalid subnet {text:?}: use an IPv4 CIDR such as 10.90.0.0/24 (prefix /8 to /29)"
+        ))
+    };
+    let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=29).contains(&len) {
+        return Err(bad());
+    }
+    if u32::from(addr) & !mask(len) != 0 {
+        return Err(NetworkError::Invalid(format!(
+            "Invalid subnet {text:?}: host bits are set (did you mean {}/{len}?)",
+            Ipv4Addr::from(u32::from(addr) & mask(len))
+        )));
+    }
+    Ok((addr, len))
+}
+
+/// Docker's rule for network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, here at most 64 bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `<state>/networks`.
+fn networks_dir(state: &Path) -> PathBuf {
+    state.join("networks")
+}
+
+fn network_dir(state: &Path, name: &str) -> PathBuf {
+    networks_dir(state).join(name)
+}
+
+/// The store's lock, held while networks are created, removed, brought up or down.
+struct Lock(#[allow(dead_code)] fs::File);
+
+fn lock(state: &Path) -> Result<Lock, NetworkError> {
+    let dir = networks_dir(state);
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let path = dir.join(".lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err(format!("lock {}", path.display()))(e.into()))?;
+    Ok(Lock(f))
+}
+
+/// Reads a network's definition; the default network always exists.
+pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
+    if !valid_name(name) {
+        return Err(NetworkError::NotFound(name.to_string()));
+    }
+    let path = network_dir(state, name).join("network.json");
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            NetworkError::Invalid(format!("Corrupt network record {}: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && name == DEFAULT_NETWORK => {
+            let _l = lock(state)?;
+            // Made on first use, under the lock (another CLI may be doing the same).
+            match fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| NetworkError::Invalid(format!("Corrupt network record: {e}"))),
+                Err(_) => write_definition(
+                    state,
+                    Network {
+                        name: DEFAULT_NETWORK.into(),
+                        subnet: DEFAULT_SUBNET,
+                        prefix_len: 24,
+                        gateway: Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + 1),
+                        bridge: "arca0".into(),
+                        created: crate::containers::now(),
+                    },
+                ),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(NetworkError::NotFound(name.to_string()))
+        }
+        Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+    }
+}
+
+fn write_definition(state: &Path, net: Network) -> Result<Network, NetworkError> {
+    let dir = network_dir(state, &net.name);
+    fs::create_dir_all(dir.join("leases")).map_err(io_err(format!("create {}", dir.display())))?;
+    let tmp = dir.join(".network.json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(&net).map_err(|e| NetworkError::Invalid(e.to_string()))?;
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, dir.join("network.json")))
+        .map_err(io_err(format!("write the record of network {}", net.name)))?;
+    Ok(net)
+}
+
+/// Every network (the default one included).
+pub fn list(state: &Path) -> Result<Vec<Network>, NetworkError> {
+    let mut nets = vec![get(state, DEFAULT_NETWORK)?];
+    if let Ok(entries) = fs::read_dir(networks_dir(state)) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n) && n != DEFAULT_NETWORK)
+            .collect();
+        names.sort();
+        for n in names {
+            if let Ok(net) = get(state, &n) {
+                nets.push(net);
+            }
+        }
+    }
+    Ok(nets)
+}
+
+/// `arca network create [--subnet CIDR] NAME`.
+pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network, NetworkError> {
+    if !valid_name(name) {
+        return Err(NetworkError::Invalid(format!(
+            "Invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at most 64 characters"
+        )));
+    }
+    if matches!(name, "none" | "host" | DEFAULT_NETWORK) {
+        return Err(NetworkError::Invalid(format!(
+            "network with name {name} already exists (it is predefined)"
+        )));
+    }
+    let existing = list(state)?;
+    let _l = lock(state)?;
+    if network_dir(state, name).join("network.json").exists() {
+        return Err(NetworkError::Invalid(format!(
+            "network with name {name} already exists"
+        )));
+    }
+    let (subnet, prefix_len) = match subnet {
+        Some(s) => {
+            let (a, l) = parse_subnet(s)?;
+            if let Some(other) = existing.iter().find(|n| n.overlaps(a, l)) {
+                return Err(NetworkError::Invalid(format!(
+                    "Subnet {s} overlaps with network {} ({})",
+                    other.name,
+                    other.cidr()
+                )));
+            }
+            (a, l)
+        }
+        None => (1..=255u32)
+            .map(|i| Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + (i << 8)))
+            .find(|a| !existing.iter().any(|n| n.overlaps(*a, 24)))
+            .map(|a| (a, 24))
+            .ok_or_else(|| NetworkError::Invalid("No free subnet left in 10.89.0.0/16".into()))?,
+    };
+    if let Some(route) = host_route_overlap(subnet, prefix_len) {
+        return Err(NetworkError::Invalid(format!(
+            "Subnet {subnet}/{prefix_len} overlaps with the host's route to {route}"
+        )));
+    }
+    // Bridge names are at most 15 bytes: a hash of the network's name.
+    let bridge = format!("arcabr-{}", &crate::image::store::hex(name.as_bytes())[..8]);
+    write_definition(
+        state,
+        Network {
+            name: name.to_string(),
+            subnet,
+            prefix_len,
+            gateway: Ipv4Addr::from(u32::from(subnet) + 1),
+            bridge,
+            created: crate::containers::now(),
+        },
+    )
+}
+
+/// A host route (not one of Arca's bridges) that overlaps the subnet, from
+/// `/proc/net/route`.
+fn host_route_overlap(subnet: Ipv4Addr, prefix_len: u8) -> Option<String> {
+    let table = fs::read_to_string("/proc/net/route").ok()?;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0].starts_with("arca") {
+            continue;
+        }
+        let parse = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::from_be);
+        let (Some(dest), Some(m)) = (parse(f[1]), parse(f[7])) else {
+            continue;
+        };
+        // The default route overlaps everything: skip it.
+        if m == 0 {
+            continue;
+        }
+        let common = m & mask(prefix_len);
+        if dest & common == u32::from(subnet) & common {
+            return Some(format!(
+                "{}/{} on {}",
+                Ipv4Addr::from(dest),
+                m.count_ones(),
+                f[0]
+            ));
+        }
+    }
+    None
+}
+
+/// `arca network rm NAME`: refused while containers use it.
+pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
+    if matches!(name, "none" | "host" | DEFAULT_NETWORK) {
+        return Err(NetworkError::Invalid(format!(
+            "{name} is a pre-defined network and cannot be removed"
+        )));
+    }
+    let net = get(state, name)?;
+    reconcile(state);
+    let _l = lock(state)?;
+    let users = lease_holders(state, &net);
+    if !users.is_empty() {
+        return Err(NetworkError::Invalid(format!(
+            "error while removing network: network {name} has active endpoints ({})",
+            users.join(", ")
+        )));
+    }
+    bring_down(&net);
+    let dir = network_dir(state, name);
+    fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
+}
+
+/// The containers holding leases in `net`.
+fn lease_holders(state: &Path, net: &Network) -> Vec<String> {
+    let dir = network_dir(state, &net.name).join("leases");
+    let mut ids: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .map(|s| s.trim().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// An address for container `id` in `net`: the lowest free one after the gateway.
+pub fn lease(state: &Path, net: &Network, id: &str) -> Result<Ipv4Addr, NetworkError> {
+    let dir = network_dir(state, &net.name).join("leases");
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let first = u32::from(net.subnet) + 2;
+    let broadcast = u32::from(net.subnet) | !net.mask();
+    for a in first..broadcast {
+        let addr = Ipv4Addr::from(a);
+        let path = dir.join(addr.to_string());
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                io::Write::write_all(&mut f, id.as_bytes())
+                    .map_err(io_err(format!("write {}", path.display())))?;
+                return Ok(addr);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(format!("create {}", path.display()))(e)),
+        }
+    }
+    Err(NetworkError::Exhausted(net.name.clone()))
+}
+
+/// Gives back `addr` in `net` if container `id` holds it.
+pub fn release(state: &Path, net: &str, addr: Ipv4Addr, id: &str) {
+    let path = network_dir(state, net)
+        .join("leases")
+        .join(addr.to_string());
+    if fs::read_to_string(&path).is_ok_and(|held| held.trim() == id) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Containers in `net` other than `except` that hold leases: (address, container id).
+pub fn members(state: &Path, net: &Network, except: &str) -> Vec<(Ipv4Addr, String)> {
+    let dir = network_dir(state, &net.name).join("leases");
+    let mut out: Vec<(Ipv4Addr, String)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let addr: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+            let id = fs::read_to_string(e.path()).ok()?.trim().to_string();
+            (id != except && net.contains(addr)).then_some((addr, id))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn tool(name: &'static str, package: &'static str) -> Result<PathBuf, NetworkError> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or(NetworkError::MissingTool(name, package))
+}
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> Result<(), NetworkError> {
+    run(tool("ip", "iproute2")?, args, None)
+}
+
+fn run(program: PathBuf, args: &[&str], input: Option<&str>) -> Result<(), NetworkError> {
+    let command = format!(
+        "{} {}",
+        program.file_name().unwrap_or_default().to_string_lossy(),
+        args.join(" ")
+    );
+    let mut cmd = Command::new(&program);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err(format!("run {command}")))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        io::Write::write_all(&mut stdin, text.as_bytes())
+            .map_err(io_err(format!("feed {command}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io_err(format!("run {command}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// The kind of a container's host link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// The host end of a veth pair (process isolation).
+    Veth,
+    /// A microVM's TAP.
+    Tap,
+}
+
+/// The host link of container `id`: interface names are at most 15 bytes, so a prefix
+/// and a hash of the id.
+pub fn link_name(kind: LinkKind, id: &str) -> String {
+    use sha2::Digest;
+    let prefix = match kind {
+        LinkKind::Veth => "arcav",
+        LinkKind::Tap => "arcat",
+    };
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    format!("{prefix}{}", &crate::image::store::hex(&digest)[..10])
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Brings the network's bridge and rules up if they are not (under the lock).
+pub fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
+    let _l = lock(state)?;
+    if !link_exists(&net.bridge) {
+        let gw = format!("{}/{}", net.gateway, net.prefix_len);
+        let made = ip(&["link", "add", &net.bridge, "type", "bridge"])
+            .and_then(|()| ip(&["addr", "add", &gw, "dev", &net.bridge]))
+            .and_then(|()| ip(&["link", "set", &net.bridge, "up"]));
+        if let Err(e) = made {
+            let _ = ip(&["link", "del", &net.bridge]);
+            return Err(e);
+        }
+    }
+    // Routing between the bridge and the uplink, as Docker turns it on.
+    let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    let Ok(nft) = tool("nft", "nftables") else {
+        eprintln!(
+            "arca: warning: nft not found: containers on {} get no outbound NAT",
+            net.name
+        );
+        return Ok(());
+    };
+    // The table is replaced whole: its rules are exactly these.
+    let table = net.table();
+    let rules = format!(
+        "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\t}}\n\
+         \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{br}\" oifname \"arca*\" oifname != \"{br}\" drop\n\
+         \t\tiifname \"{br}\" accept\n\
+         \t\toifname \"{br}\" ct state established,related accept\n\t}}\n}}\n",
+        cidr = net.cidr(),
+        br = net.bridge,
+    );
+    run(nft, &["-f", "-"], Some(&rules))
+}
+
+/// Removes the network's bridge and rules (nothing if they are gone already).
+fn bring_down(net: &Network) {
+    if link_exists(&net.bridge) {
+        let _ = ip(&["link", "del", &net.bridge]);
+    }
+    if let Ok(nft) = tool("nft", "nftables") {
+        let _ = run(nft, &["delete", "table", "ip", &net.table()], None);
+    }
+}
+
+/// Whether the network's bridge exists on this host.
+pub fn is_up(net: &Network) -> bool {
+    link_exists(&net.bridge)
+}
+
+/// Frees leases whose container no longer runs and takes down networks no running
+/// container uses. Best effort: called by every command that looks at containers.
+pub fn reconcile(state: &Path) {
+    let Ok(nets) = list(state) else { return };
+    let Ok(_l) = lock(state) else { return };
+    for net in nets {
+        let dir = network_dir(state, &net.name).join("leases");
+        let mut held = 0;
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let id = fs::read_to_string(e.path()).unwrap_or_default();
+            let id = id.trim();
+            let keep = if id.is_empty() {
+                // A lease being written gets its id within microseconds; an empty one
+                // older than that is a leftover.
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|d| d.as_secs() < 5))
+            } else {
+                crate::containers::is_live(state, id)
+            };
+            if keep {
+                held += 1;
+            } else {
+                // Its host link, if its owner outlived the container (a veth whose
+                // namespace a leftover process still holds).
+                for kind in [LinkKind::Veth, LinkKind::Tap] {
+                    let link = link_name(kind, id);
+                    if !id.is_empty() && link_exists(&link) {
+                        let _ = ip(&["link", "del", &link]);
+                    }
+                }
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        if held == 0 && is_up(&net) {
+            bring_down(&net);
+        }
+    }
+}
+
+/// Name servers for containers: the host's, unless they are loopback addresses (a
+/// local resolver the container cannot reach), then Google's, as Docker does.
+pub fn name_servers() -> Vec<Ipv4Addr> {
+    let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<Ipv4Addr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .take(3)
+        .collect();
+    if servers.is_empty() {
+        vec![Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::new(8, 8, 4, 4)]
+    } else {
+        servers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(subnet: [u8; 4], prefix_len: u8) -> Network {
+        Network {
+            name: "n".into(),
+            subnet: Ipv4Addr::from(subnet),
+            prefix_len,
+            gateway: Ipv4Addr::from(u32::from(Ipv4Addr::from(subnet)) + 1),
+            bridge: "arcabr-test".into(),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn subnets_parse_with_clear_host_bits_and_sane_prefixes() {
+        assert_eq!(
+            parse_subnet("10.90.0.0/24").unwrap(),
+            (Ipv4Addr::new(10, 90, 0, 0), 24)
+        );
+        for bad in [
+            "10.90.0.0",
+            "10.90.0.0/33",
+            "10.90.0.0/30",
+            "10.0.0.0/7",
+            "x/24",
+            "10.90.0.0/",
+        ] {
+            assert!(parse_subnet(bad).is_err(), "{bad}");
+        }
+        let e = parse_subnet("10.90.0.5/24").unwrap_err().to_string();
+        assert!(e.contains("10.90.0.0/24"), "{e}");
+    }
+
+    #[test]
+    fn overlap_is_judged_on_the_shorter_prefix() {
+        let n = net([10, 89, 0, 0], 24);
+        assert!(n.overlaps(Ipv4Addr::new(10, 89, 0, 128), 25));
+        assert!(n.overlaps(Ipv4Addr::new(10, 0, 0, 0), 8));
+        assert!(!n.overlaps(Ipv4Addr::new(10, 89, 1, 0), 24));
+        assert!(n.contains(Ipv4Addr::new(10, 89, 0, 200)));
+        assert!(!n.contains(Ipv4Addr::new(10, 89, 1, 2)));
+    }
+
+    #[test]
+    fn leases_take_the_lowest_free_address_and_run_out_cleanly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path();
+        // A /29: gateway .1, containers .2 to .6, broadcast .7.
+        let n = Network {
+            name: "small".into(),
+            ..net([10, 99, 0, 0], 29)
+        };
+        write_definition(state, n.clone()).unwrap();
+        let got: Vec<Ipv4Addr> = (0..5)
+            .map(|i| lease(state, &n, &format!("c{i}")).unwrap())
+            .collect();
+        assert_eq!(got.first(), Some(&Ipv4Addr::new(10, 99, 0, 2)));
+        assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 99, 0, 6)));
+        assert!(matches!(
+            lease(state, &n, "c5"),
+            Err(NetworkError::Exhausted(_))
+        ));
+        // Only the holder gives an address back; it is then reused first.
+        release(state, "small", Ipv4Addr::new(10, 99, 0, 3), "someone-else");
+        assert!(matches!(
+            lease(state, &n, "c5"),
+            Err(NetworkError::Exhausted(_))
+        ));
+        release(state, "small", Ipv4Addr::new(10, 99, 0, 3), "c1");
+        assert_eq!(lease(state, &n, "c5").unwrap(), Ipv4Addr::new(10, 99, 0, 3));
+        let m = members(state, &n, "c5");
+        assert_eq!(m.len(), 4);
+        assert!(m.iter().all(|(_, id)| id != "c5"));
+    }
+
+    #[test]
+    fn network_names_follow_dockers_rule() {
+        assert!(valid_name("front-end_1.x"));
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_networks_get_the_next_free_subnet_and_refuse_overlaps_and_reserved_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path();
+        let a = create(state, "alpha", None).unwrap();
+        assert_eq!(a.cidr(), "10.89.1.0/24");
+        assert_eq!(a.gateway, Ipv4Addr::new(10, 89, 1, 1));
+        assert!(a.bridge.len() <= 15);
+        let b = create(state, "beta", None).unwrap();
+        assert_eq!(b.cidr(), "10.89.2.0/24");
+        let e = create(state, "gamma", Some("10.89.1.128/25")).unwrap_err();
+        assert!(e.to_string().contains("alpha"), "{e}");
+        assert!(create(state, "alpha", None).is_err());
+        for reserved in ["bridge", "none", "host"] {
+            assert!(create(state, reserved, None).is_err());
+        }
+        let names: Vec<String> = list(state).unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["bridge", "alpha", "beta"]);
+        assert!(matches!(get(state, "nope"), Err(NetworkError::NotFound(_))));
+        assert!(remove(state, "bridge").is_err());
+    }
+}

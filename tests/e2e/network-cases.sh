@@ -1,0 +1,81 @@
+#!/bin/sh
+# The networking scenario table, for one isolation mode:
+#   network-cases.sh vm|process IMAGE_TAR
+# Needs root, `arca` on PATH (and what it needs), iproute2's `ip`, `nft` and a `wget`.
+# Prints "ok NAME" or "FAIL NAME: ..." per case; exits 1 if any failed. POSIX sh, so
+# it runs in the lab's busybox too.
+iso=$1 img=$2
+fails=0
+check() { # NAME EXPECTED_RC EXPECTED_STDOUT ACTUAL_RC ACTUAL_STDOUT
+  if [ "$4" = "$2" ] && [ "$5" = "$3" ]; then echo "ok $1"; else echo "FAIL $1: rc $4 (want $2), stdout [$5] (want [$3])"; fails=$((fails+1)); fi
+}
+run() { arca run --rm --isolation="$iso" "$@"; }
+fetch() { # URL: the page, retrying while the server comes up
+  i=0
+  while [ $i -lt 50 ]; do
+    page=$(timeout 5 wget -q -O - "$1" 2>/dev/null) && { echo "$page"; return 0; }
+    i=$((i+1)); sleep 0.2
+  done
+  return 1
+}
+field() { arca inspect "$1" | grep "\"$2\"" | head -n 1 | sed 's/.*: *"\{0,1\}\([^",]*\)"\{0,1\},\{0,1\}$/\1/'; }
+leftovers() { # arca links, arca nft tables, and listeners on the given port
+  n=$(ip -o link | grep -c ' arca')
+  t=$(nft list tables 2>/dev/null | grep -c ' arca')
+  echo "links=$n tables=$t"
+}
+web() { # NAME PORT [NETWORK]: a detached httpd serving "hello from NAME"
+  arca run -d --isolation="$iso" --name "$1" -p "$2:80" ${3:+--network "$3"} busybox \
+    sh -c "mkdir -p /www && echo hello from $1 > /www/index.html && exec httpd -f -p 80 -h /www" >/dev/null
+}
+
+arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
+
+# Networks: create, list, inspect, refuse bad input.
+out=$(arca network create testnet); check network-create 0 testnet $? "$out"
+out=$(arca network create testnet 2>/dev/null); check network-create-duplicate 1 "" $? "$out"
+out=$(arca network create --subnet 10.89.77.5/24 badnet 2>&1 >/dev/null | grep -c 'host bits'); check network-bad-subnet 0 1 $? "$out"
+out=$(arca network ls -q | tr '\n' ' '); check network-ls 0 "bridge testnet " $? "$out"
+out=$(arca network inspect testnet | grep -c '"bridge": "arcabr-'); check network-inspect 0 1 $? "$out"
+out=$(run --network nosuchnet busybox true 2>&1 >/dev/null | grep -c 'network nosuchnet not found'); check run-unknown-network 0 1 $? "$out"
+
+# A web server published with -p, fetched from the host.
+web web 18080 testnet
+out=$(fetch http://127.0.0.1:18080/); check publish-fetch 0 "hello from web" $? "$out"
+out=$(arca port web); check port 0 "80/tcp -> 0.0.0.0:18080" $? "$out"
+out=$(run -p 18080:80 busybox true 2>&1 >/dev/null | grep -c 'port is already allocated'); check publish-port-in-use 0 1 $? "$out"
+webip=$(field web ip)
+out=$(run --network testnet busybox sh -c 'ip -o -4 addr show eth0 | grep -c "inet 10\.89\."'); check address 0 1 $? "$out"
+
+# Reachability: by name on the same network; not from another network; not from none.
+out=$(run --network testnet busybox wget -q -O - http://web/); check same-network-by-name 0 "hello from web" $? "$out"
+out=$(run busybox sh -c "nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"); check other-network-blocked 0 blocked $? "$out"
+out=$(run --network none busybox sh -c "ls /sys/class/net | tr '\n' ' '; nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"); check none-loopback-only 0 "lo blocked" $? "$out"
+out=$(arca network rm testnet 2>&1 >/dev/null | grep -c 'active endpoints'); check network-rm-in-use 0 1 $? "$out"
+
+# rm -f: nothing left (no bridge, link, nft table or listener).
+out=$(arca rm -f web); check rm-force 0 web $? "$out"
+out=$(leftovers); check nothing-left-after-rm 0 "links=0 tables=0" $? "$out"
+out=$(run -p 18080:80 busybox true); check listener-gone 0 "" $? "$out"
+
+# SIGKILL of the sandbox (VMM or host agent): its monitor cleans up.
+web crash1 18081 testnet
+out=$(fetch http://127.0.0.1:18081/); check crash1-serves 0 "hello from crash1" $? "$out"
+kill -9 "$(field crash1 sandbox_pid)"
+i=0; while [ "$(field crash1 status)" != exited ] && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
+out=$(arca ps -q; leftovers); check sandbox-killed-cleaned 0 "links=0 tables=0" $? "$out"
+arca rm crash1 >/dev/null
+
+# SIGKILL of the monitor and the sandbox together: the next `arca ps` cleans up.
+web crash2 18082 testnet
+out=$(fetch http://127.0.0.1:18082/); check crash2-serves 0 "hello from crash2" $? "$out"
+kill -9 "$(field crash2 monitor_pid)" "$(field crash2 sandbox_pid)"
+sleep 0.2
+out=$(arca ps -q; leftovers); check all-killed-ps-cleans 0 "links=0 tables=0" $? "$out"
+out=$(run -p 18082:80 busybox true); check crash2-listener-gone 0 "" $? "$out"
+arca rm crash2 >/dev/null
+
+out=$(arca network rm testnet); check network-rm 0 testnet $? "$out"
+out=$(arca network ls -q | tr '\n' ' '); check network-gone 0 "bridge " $? "$out"
+
+[ $fails -eq 0 ]

@@ -1,0 +1,51 @@
+//! Container networking: the scenario table of `tests/e2e/network-cases.sh` (networks
+//! created, listed and refused; `-p` fetched from the host and refused when the port is
+//! taken; containers reaching each other by name, not across networks, not from
+//! `--network none`; nothing left after `rm -f`, after the sandbox is SIGKILLed, or
+//! after the monitor and sandbox are SIGKILLed and `arca ps` runs), with
+//! `--isolation=process` on this host.
+
+use std::process::Command;
+
+use arca_e2e::guest::busybox_image;
+use arca_e2e::{assert_success, bin_dir, binary, is_root, repo_root, stdout};
+
+fn tool(name: &str) -> bool {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(name).exists())
+}
+
+#[test]
+fn network_cases_pass_with_process_isolation_on_this_host() {
+    if !is_root() {
+        eprintln!("SKIP: container networking needs root");
+        return;
+    }
+    if !["ip", "nft", "wget"].iter().all(|t| tool(t))
+        || !std::path::Path::new("/dev/net/tun").exists()
+    {
+        eprintln!("SKIP: ip, nft and wget are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = busybox_image(dir.path());
+    let out = Command::new("sh")
+        .arg(repo_root().join("tests/e2e/network-cases.sh"))
+        .arg("process")
+        .arg(&tar)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("ARCA_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    eprintln!("{}", stdout(&out));
+    assert_success(&out);
+}
