@@ -430,6 +430,13 @@ pub fn ip(args: &[&str]) -> Result<(), NetworkError> {
     run(tool("ip", "iproute2")?, args, None)
 }
 
+/// Runs several `ip` commands in one process (`ip -batch -`), stopping at the first
+/// that fails.
+pub fn ip_batch(commands: &[&[&str]]) -> Result<(), NetworkError> {
+    let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+    run(tool("ip", "iproute2")?, &["-batch", "-"], Some(&script))
+}
+
 fn run(program: PathBuf, args: &[&str], input: Option<&str>) -> Result<(), NetworkError> {
     let command = format!(
         "{} {}",
@@ -488,18 +495,25 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Brings the network's bridge and rules up if they are not (under the lock).
+/// Brings the network's bridge and rules up if they are not (under the lock). They
+/// come and go together (see [`reconcile`]): a bridge that exists has its rules.
 pub fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
+    if link_exists(&net.bridge) {
+        return Ok(());
+    }
     let _l = lock(state)?;
-    if !link_exists(&net.bridge) {
-        let gw = format!("{}/{}", net.gateway, net.prefix_len);
-        let made = ip(&["link", "add", &net.bridge, "type", "bridge"])
-            .and_then(|()| ip(&["addr", "add", &gw, "dev", &net.bridge]))
-            .and_then(|()| ip(&["link", "set", &net.bridge, "up"]));
-        if let Err(e) = made {
-            let _ = ip(&["link", "del", &net.bridge]);
-            return Err(e);
-        }
+    if link_exists(&net.bridge) {
+        return Ok(());
+    }
+    let gw = format!("{}/{}", net.gateway, net.prefix_len);
+    let made = ip_batch(&[
+        &["link", "add", &net.bridge, "type", "bridge"],
+        &["addr", "add", &gw, "dev", &net.bridge],
+        &["link", "set", &net.bridge, "up"],
+    ]);
+    if let Err(e) = made {
+        let _ = ip(&["link", "del", &net.bridge]);
+        return Err(e);
     }
     // Routing between the bridge and the uplink, as Docker turns it on.
     let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
@@ -510,6 +524,14 @@ pub fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
         );
         return Ok(());
     };
+    let result = apply_rules(nft, net);
+    if result.is_err() {
+        let _ = ip(&["link", "del", &net.bridge]);
+    }
+    result
+}
+
+fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
     // The table is replaced whole: its rules are exactly these.
     let table = net.table();
     let rules = format!(

@@ -548,10 +548,12 @@ fn supervise(
         if let Some((veth, bridge)) = attachment.link() {
             // The container's end goes straight into its namespace, named eth0.
             let pid = container_pid.to_string();
-            let linked = network::ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
-            ])
-            .and_then(|()| network::ip(&["link", "set", &veth, "master", &bridge, "up"]));
+            let linked = network::ip_batch(&[
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+                ],
+                &["link", "set", &veth, "master", &bridge, "up"],
+            ]);
             if let Err(e) = linked {
                 let _ = client.remove(id, true);
                 let _ = client.shutdown();
