@@ -46,19 +46,28 @@ fn report(what: &str, bytes: u64, took: Duration) -> Result<()> {
 fn http(addr: &str, n: usize) -> Result<()> {
     let mut times = Vec::with_capacity(n);
     let req = format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    // One unmeasured request: the server (and any forwarder) is warm.
-    for i in 0..=n {
-        let t = Instant::now();
+    let get = || -> Result<bool> {
         let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
         s.write_all(req.as_bytes())?;
         let mut body = Vec::new();
         s.read_to_end(&mut body)?;
-        if !body.starts_with(b"HTTP/1.") {
+        Ok(body.starts_with(b"HTTP/1."))
+    };
+    // Unmeasured requests until one is answered: the server may still be starting
+    // (a forwarder then accepts and closes at once), and is warm afterwards.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get().unwrap_or(false) {
+        if Instant::now() > deadline {
+            bail!("{addr}: no HTTP answer within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        if !get()? {
             bail!("{addr}: not an HTTP answer");
         }
-        if i > 0 {
-            times.push(t.elapsed());
-        }
+        times.push(t.elapsed());
     }
     times.sort();
     let pick = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
