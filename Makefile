@@ -50,6 +50,7 @@ bench: build kernel lab-prepare
 	tests/bench/boot.sh $(or $(ROUNDS),10)
 	tests/bench/devices.sh
 	tests/bench/agent.sh $(or $(ROUNDS),10)
+	tests/bench/net.sh
 
 # Fuzz every device target for FUZZ_SECONDS each (default 60). cargo-fuzz needs
 # nightly features; RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain here.
