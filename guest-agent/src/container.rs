@@ -540,6 +540,62 @@ impl Runtime {
         out
     }
 
+    /// Appends `entries` to the `/etc/hosts` of running container `id`, opened inside
+    /// its root (`openat2` with `RESOLVE_IN_ROOT` and no symlinks: the container owns
+    /// that path and must not point the agent elsewhere); only a regular file is written.
+    pub fn add_hosts(
+        &self,
+        id: &str,
+        entries: &[arca_protocol::HostEntry],
+    ) -> Result<(), AgentError> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        arca_protocol::validate_host_entries(entries)?;
+        let c = self.get(id)?;
+        if c.state() == ContainerState::Exited {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Container {id} has exited"),
+            ));
+        }
+        let unusable = |e: rustix::io::Errno| {
+            AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Cannot update /etc/hosts of container {id}: {e}"),
+            )
+        };
+        let root = rustix::fs::open(
+            format!("/proc/{}/root", c.main.pid).as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(unusable)?;
+        let fd = rustix::fs::openat2(
+            &root,
+            "etc/hosts",
+            OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(unusable)?;
+        let st = rustix::fs::fstat(&fd).map_err(unusable)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("/etc/hosts of container {id} is not a regular file"),
+            ));
+        }
+        let text: String = entries
+            .iter()
+            .map(|h| format!("{}\t{}\n", h.address, h.names.join(" ")))
+            .collect();
+        let mut bytes = text.as_bytes();
+        while !bytes.is_empty() {
+            let n = rustix::io::write(&fd, bytes).map_err(unusable)?;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
     /// Where a forwarded connection to a port of running container `id` goes: its
     /// PID 1 (whose network namespace to connect in) and its first interface address,
     /// or loopback.
@@ -673,12 +729,14 @@ fn abort(process: &Process, e: AgentError) -> AgentError {
 fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, AgentError> {
     let mut pid = None;
     let mut tty = None;
-    loop {
+    let mut ready = false;
+    // Both the pid and readiness are needed, whichever comes first.
+    while !(ready && pid.is_some()) {
         match helper::recv_with_fd::<FromHelper>(sync.as_fd()) {
             Ok(Some((FromHelper::Pid { pid: p }, _))) => pid = Some(p as i32),
             Ok(Some((FromHelper::Terminal, fd))) => tty = fd,
-            Ok(Some((FromHelper::Ready, _))) if init => break,
-            Ok(None) if !init && pid.is_some() => break,
+            Ok(Some((FromHelper::Ready, _))) if init => ready = true,
+            Ok(None) if !init && pid.is_some() => ready = true,
             Ok(Some((FromHelper::Failed { error }, _))) => {
                 helper.exit.wait();
                 return Err(error);

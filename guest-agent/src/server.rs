@@ -325,6 +325,7 @@ impl Server {
                     | Request::Stats { .. }
                     | Request::Signal { .. }
                     | Request::ResizeTty { .. }
+                    | Request::AddHosts { .. }
             );
             if quick {
                 let result = self.handle(frame.request);
@@ -434,6 +435,9 @@ impl Server {
                 rt.remove(&container, force).map(|()| Reply::Removed)
             }
             Request::Shutdown => Ok(Reply::ShuttingDown),
+            Request::AddHosts { container, entries } => rt
+                .add_hosts(&container, &entries)
+                .map(|()| Reply::HostsAdded),
         }
     }
 }

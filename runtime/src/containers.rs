@@ -227,7 +227,7 @@ impl ContainerRecord {
         self
     }
 
-    fn client(&self) -> Result<AgentClient, RunError> {
+    pub(crate) fn client(&self) -> Result<AgentClient, RunError> {
         let endpoint = self
             .agent
             .as_ref()

@@ -518,7 +518,11 @@ fn main() -> ExitCode {
                 name: a.name,
                 detach: a.detach,
                 rm: a.rm,
-                network: a.network,
+                // Bridges and links need root: a non-root user's containers get
+                // loopback only unless they ask (-p works either way).
+                network: a.network.or_else(|| {
+                    (!rustix::process::geteuid().is_root()).then(|| "none".to_string())
+                }),
                 publish: a
                     .publish
                     .iter()

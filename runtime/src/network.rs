@@ -181,15 +181,12 @@ pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
     }
     let path = network_dir(state, name).join("network.json");
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            NetworkError::Invalid(format!("Corrupt network record {}: {e}", path.display()))
-        }),
+        Ok(bytes) => parse_definition(&path, &bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound && name == DEFAULT_NETWORK => {
             let _l = lock(state)?;
             // Made on first use, under the lock (another CLI may be doing the same).
             match fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map_err(|e| NetworkError::Invalid(format!("Corrupt network record: {e}"))),
+                Ok(bytes) => parse_definition(&path, &bytes),
                 Err(_) => write_definition(
                     state,
                     Network {
@@ -197,7 +194,7 @@ pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
                         subnet: DEFAULT_SUBNET,
                         prefix_len: 24,
                         gateway: Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + 1),
-                        bridge: "arca0".into(),
+                        bridge: bridge_name(state, DEFAULT_NETWORK),
                         created: crate::containers::now(),
                     },
                 ),
@@ -208,6 +205,42 @@ pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
         }
         Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
     }
+}
+
+/// A definition as read from `path`: its bridge name goes to `ip` and `nft`, so it must
+/// be one Arca makes.
+fn parse_definition(path: &Path, bytes: &[u8]) -> Result<Network, NetworkError> {
+    let net: Network = serde_json::from_slice(bytes).map_err(|e| {
+        NetworkError::Invalid(format!("Corrupt network record {}: {e}", path.display()))
+    })?;
+    let ok = net.bridge.len() <= 15
+        && net.bridge.len() > 4
+        && net.bridge.starts_with("arca")
+        && net
+            .bridge
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok || !(8..=29).contains(&net.prefix_len) {
+        return Err(NetworkError::Invalid(format!(
+            "Corrupt network record {}: bridge {:?}, prefix /{}",
+            path.display(),
+            net.bridge,
+            net.prefix_len
+        )));
+    }
+    Ok(net)
+}
+
+/// The bridge of network `name` of this state directory: interface names are global
+/// and at most 15 bytes, so `arcabr` and a hash of both.
+fn bridge_name(state: &Path, name: &str) -> String {
+    use sha2::Digest;
+    let dir = fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    let mut h = sha2::Sha256::new();
+    h.update(dir.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    format!("arcabr{}", &crate::image::store::hex(&h.finalize())[..9])
 }
 
 fn write_definition(state: &Path, net: Network) -> Result<Network, NetworkError> {
@@ -253,8 +286,10 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
             "network with name {name} already exists (it is predefined)"
         )));
     }
-    let existing = list(state)?;
+    // The default network exists before the lock is taken (making it takes the lock).
+    get(state, DEFAULT_NETWORK)?;
     let _l = lock(state)?;
+    let existing = list(state)?;
     if network_dir(state, name).join("network.json").exists() {
         return Err(NetworkError::Invalid(format!(
             "network with name {name} already exists"
@@ -274,7 +309,9 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
         }
         None => (1..=255u32)
             .map(|i| Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + (i << 8)))
-            .find(|a| !existing.iter().any(|n| n.overlaps(*a, 24)))
+            .find(|a| {
+                !existing.iter().any(|n| n.overlaps(*a, 24)) && host_route_overlap(*a, 24).is_none()
+            })
             .map(|a| (a, 24))
             .ok_or_else(|| NetworkError::Invalid("No free subnet left in 10.89.0.0/16".into()))?,
     };
@@ -283,8 +320,7 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
             "Subnet {subnet}/{prefix_len} overlaps with the host's route to {route}"
         )));
     }
-    // Bridge names are at most 15 bytes: a hash of the network's name.
-    let bridge = format!("arcabr-{}", &crate::image::store::hex(name.as_bytes())[..8]);
+    let bridge = bridge_name(state, name);
     write_definition(
         state,
         Network {
@@ -298,13 +334,13 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
     )
 }
 
-/// A host route (not one of Arca's bridges) that overlaps the subnet, from
-/// `/proc/net/route`.
+/// A host route that overlaps the subnet, from `/proc/net/route` (a host network, or a
+/// bridge of another Arca state directory).
 fn host_route_overlap(subnet: Ipv4Addr, prefix_len: u8) -> Option<String> {
     let table = fs::read_to_string("/proc/net/route").ok()?;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 || f[0].starts_with("arca") {
+        if f.len() < 8 {
             continue;
         }
         let parse = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::from_be);
@@ -364,8 +400,24 @@ fn lease_holders(state: &Path, net: &Network) -> Vec<String> {
     ids
 }
 
+/// Joins container `id` to network `name`: under the lock (so that no concurrent
+/// [`reconcile`] takes the network down in between, and a concurrent `network rm` is
+/// either before or after), leases it an address and brings the network up.
+pub fn join(state: &Path, name: &str, id: &str) -> Result<(Network, Ipv4Addr), NetworkError> {
+    get(state, name)?;
+    let _l = lock(state)?;
+    // It may have been removed since.
+    let net = get(state, name)?;
+    let address = lease(state, &net, id)?;
+    if let Err(e) = bring_up(&net) {
+        release(state, &net.name, address, id);
+        return Err(e);
+    }
+    Ok((net, address))
+}
+
 /// An address for container `id` in `net`: the lowest free one after the gateway.
-pub fn lease(state: &Path, net: &Network, id: &str) -> Result<Ipv4Addr, NetworkError> {
+fn lease(state: &Path, net: &Network, id: &str) -> Result<Ipv4Addr, NetworkError> {
     let dir = network_dir(state, &net.name).join("leases");
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let first = u32::from(net.subnet) + 2;
@@ -495,15 +547,30 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Brings the network's bridge and rules up if they are not (under the lock). They
-/// come and go together (see [`reconcile`]): a bridge that exists has its rules.
-pub fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
-    if link_exists(&net.bridge) {
-        return Ok(());
+/// Brings the network's bridge up if it is not, and (re)applies its rules: a firewall
+/// reload may have flushed them. Called under the lock. Networks isolate containers
+/// only with their rules, so without `nft` there is no network.
+fn bring_up(net: &Network) -> Result<(), NetworkError> {
+    let nft = tool("nft", "nftables")?;
+    if !link_exists(&net.bridge) {
+        make_bridge(net)?;
     }
-    let _l = lock(state)?;
-    if link_exists(&net.bridge) {
-        return Ok(());
+    let result = apply_rules(nft, net);
+    if result.is_err() {
+        let _ = ip(&["link", "del", &net.bridge]);
+    }
+    // Routing between the bridge and the uplink, as Docker turns it on.
+    let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    result
+}
+
+fn make_bridge(net: &Network) -> Result<(), NetworkError> {
+    if let Some(route) = host_route_overlap(net.subnet, net.prefix_len) {
+        return Err(NetworkError::Invalid(format!(
+            "Network {}'s subnet {} is already routed on this host ({route}): another Arca state directory or a host network uses it; use a network with another --subnet",
+            net.name,
+            net.cidr()
+        )));
     }
     let gw = format!("{}/{}", net.gateway, net.prefix_len);
     let made = ip_batch(&[
@@ -515,20 +582,7 @@ pub fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
         let _ = ip(&["link", "del", &net.bridge]);
         return Err(e);
     }
-    // Routing between the bridge and the uplink, as Docker turns it on.
-    let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
-    let Ok(nft) = tool("nft", "nftables") else {
-        eprintln!(
-            "arca: warning: nft not found: containers on {} get no outbound NAT",
-            net.name
-        );
-        return Ok(());
-    };
-    let result = apply_rules(nft, net);
-    if result.is_err() {
-        let _ = ip(&["link", "del", &net.bridge]);
-    }
-    result
+    Ok(())
 }
 
 fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
@@ -541,7 +595,8 @@ fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
          \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
          \t\tiifname \"{br}\" oifname \"arca*\" oifname != \"{br}\" drop\n\
          \t\tiifname \"{br}\" accept\n\
-         \t\toifname \"{br}\" ct state established,related accept\n\t}}\n}}\n",
+         \t\toifname \"{br}\" ct state established,related accept\n\
+         \t\toifname \"{br}\" drop\n\t}}\n}}\n",
         cidr = net.cidr(),
         br = net.bridge,
     );
@@ -696,6 +751,29 @@ mod tests {
         let m = members(state, &n, "c5");
         assert_eq!(m.len(), 4);
         assert!(m.iter().all(|(_, id)| id != "c5"));
+    }
+
+    #[test]
+    fn bridges_are_named_per_state_directory_and_checked_on_load() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let name = |s: &Path, n: &str| bridge_name(s, n);
+        assert_ne!(name(a.path(), "test1"), name(a.path(), "test2"));
+        assert_ne!(name(a.path(), "bridge"), name(b.path(), "bridge"));
+        assert_eq!(name(a.path(), "x"), name(a.path(), "x"));
+        assert!(name(a.path(), "x").len() <= 15);
+        let net = get(a.path(), DEFAULT_NETWORK).unwrap();
+        assert_eq!(net.bridge, name(a.path(), DEFAULT_NETWORK));
+        // A tampered record cannot smuggle words into `ip` or `nft`.
+        let path = network_dir(a.path(), DEFAULT_NETWORK).join("network.json");
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace(&net.bridge, "eth0 type dummy");
+        fs::write(&path, text).unwrap();
+        assert!(matches!(
+            get(a.path(), DEFAULT_NETWORK),
+            Err(NetworkError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vmm::agent_client::AgentAddress;
@@ -131,6 +131,9 @@ impl Listeners {
     }
 }
 
+/// Connections one published port forwards at once; more are closed on arrival.
+const MAX_OPEN_CONNECTIONS: usize = 1024;
+
 /// Running forwarders; dropping them closes the listeners.
 #[derive(Debug)]
 pub struct Forwarders {
@@ -149,14 +152,35 @@ impl Forwarders {
                 kept.push(copy);
             }
             let (address, id, stop) = (address.clone(), id.to_string(), stop.clone());
+            let open = Arc::new(AtomicUsize::new(0));
             std::thread::spawn(move || {
                 for conn in l.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let Ok(conn) = conn else { continue };
-                    let (address, id) = (address.clone(), id.clone());
-                    std::thread::spawn(move || forward_one(conn, &address, &id, m.container_port));
+                    let conn = match conn {
+                        Ok(c) => c,
+                        // Out of descriptors, say: wait rather than spin.
+                        Err(_) => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    // Each connection costs two threads here: beyond the bound, refuse.
+                    if open.fetch_add(1, Ordering::SeqCst) >= MAX_OPEN_CONNECTIONS {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        drop(conn);
+                        continue;
+                    }
+                    let (address, id, done) = (address.clone(), id.clone(), open.clone());
+                    let spawned = std::thread::Builder::new().spawn(move || {
+                        forward_one(conn, &address, &id, m.container_port);
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
                 }
             });
         }

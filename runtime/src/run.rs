@@ -229,6 +229,9 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
                 "--network host is not possible with --isolation=vm: a microVM has its own network stack (use -p to publish ports)".into(),
             ));
         }
+        (Some("host"), _) if !opts.publish.is_empty() => {
+            eprintln!("WARNING: Published ports are discarded when using host network mode");
+        }
         (Some("none" | "host"), _) => {}
         (name, _) => {
             network::get(state, name.unwrap_or(network::DEFAULT_NETWORK))?;
@@ -449,8 +452,14 @@ fn supervise(
         terminal: opts.tty,
         ..Default::default()
     };
-    // Host ports first: one in use fails the run before anything starts.
-    let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;
+    // Host ports first: one in use fails the run before anything starts. With the host's
+    // network the container's ports are the host's: nothing to publish (see `run`).
+    let publish: &[ports::PortMapping] = if opts.network.as_deref() == Some("host") {
+        &[]
+    } else {
+        &opts.publish
+    };
+    let listeners = ports::bind(publish).map_err(RunError::Invalid)?;
     let attachment = Attachment::prepare(state, opts, id)?;
     let (address, rootfs, _child) = match opts.isolation {
         Isolation::Process => {
@@ -528,6 +537,7 @@ fn supervise(
     {
         // The VMM made its TAP before the guest booted; the agent answering means the
         // guest is up.
+        attachment.remember_link();
         network::ip(&["link", "set", &tap, "master", &bridge, "up"])?;
     }
     let spec = ContainerSpec {
@@ -554,6 +564,7 @@ fn supervise(
                 ],
                 &["link", "set", &veth, "master", &bridge, "up"],
             ]);
+            attachment.remember_link();
             if let Err(e) = linked {
                 let _ = client.remove(id, true);
                 let _ = client.shutdown();
@@ -594,6 +605,7 @@ fn supervise(
     record.ports = listeners.mappings();
     record.save(dir)?;
     let forwarders = Forwarders::start(listeners, &address, id);
+    let announced = attachment.announce(state, id);
     let log = |name: &str| {
         std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
     };
@@ -643,6 +655,9 @@ fn supervise(
     }
     let waited = client.wait(id, None);
     drop(forwarders);
+    if let Some(t) = announced {
+        let _ = t.join();
+    }
     resizing.store(false, std::sync::atomic::Ordering::SeqCst);
     let status = match waited {
         Ok(s) => s,
@@ -843,6 +858,16 @@ pub fn state_dir() -> PathBuf {
 struct Attachment<'a> {
     state: &'a Path,
     choice: NetChoice,
+    /// The index of the host link this container made, once made.
+    ifindex: std::cell::Cell<Option<u32>>,
+}
+
+fn link_index(link: &str) -> Option<u32> {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(link).join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 enum NetChoice {
@@ -866,31 +891,44 @@ impl<'a> Attachment<'a> {
             Some("none") => NetChoice::None,
             Some("host") => NetChoice::Host,
             name => {
-                let net = network::get(state, name.unwrap_or(network::DEFAULT_NETWORK))?;
-                let address = network::lease(state, &net, id)?;
+                let name = name.unwrap_or(network::DEFAULT_NETWORK);
+                if !rustix::process::geteuid().is_root() {
+                    return Err(RunError::Invalid(format!(
+                        "Joining network {name} needs root (it makes bridges and links): run as root, or use --network none (-p still works)"
+                    )));
+                }
+                let (net, address) = network::join(state, name, id)?;
                 let kind = match opts.isolation {
                     Isolation::Vm => network::LinkKind::Tap,
                     Isolation::Process => network::LinkKind::Veth,
                 };
                 let link = network::link_name(kind, id);
-                let joined = NetChoice::Joined {
-                    net,
-                    address,
-                    link,
-                    id: id.to_string(),
-                };
                 // From here on, dropping the attachment gives the lease back.
-                let attachment = Attachment {
+                return Ok(Attachment {
                     state,
-                    choice: joined,
-                };
-                if let NetChoice::Joined { net, .. } = &attachment.choice {
-                    network::bring_up(state, net)?;
-                }
-                return Ok(attachment);
+                    choice: NetChoice::Joined {
+                        net,
+                        address,
+                        link,
+                        id: id.to_string(),
+                    },
+                    ifindex: std::cell::Cell::new(None),
+                });
             }
         };
-        Ok(Attachment { state, choice })
+        Ok(Attachment {
+            state,
+            choice,
+            ifindex: std::cell::Cell::new(None),
+        })
+    }
+
+    /// Notes which link is ours (by its index: a later container of the same name gets
+    /// the same link name), once it exists.
+    fn remember_link(&self) {
+        if let Some((link, _)) = self.link() {
+            self.ifindex.set(link_index(&link));
+        }
     }
 
     /// The host link to make and the bridge it joins.
@@ -952,6 +990,34 @@ impl<'a> Attachment<'a> {
         }
     }
 
+    /// Tells the containers already running on its network its name (their
+    /// `/etc/hosts` got theirs when they started), from a thread: best effort, a peer
+    /// that cannot be told keeps resolving the others.
+    fn announce(&self, state: &Path, id: &str) -> Option<std::thread::JoinHandle<()>> {
+        let NetChoice::Joined { net, address, .. } = &self.choice else {
+            return None;
+        };
+        if !arca_protocol::valid_host_name(id) {
+            return None;
+        }
+        let peers = network::members(state, net, id);
+        let entry = arca_protocol::HostEntry {
+            address: *address,
+            names: vec![id.to_string()],
+        };
+        let state = state.to_path_buf();
+        Some(std::thread::spawn(move || {
+            for (_, peer) in peers {
+                let Ok((_, rec)) = crate::containers::find(&state, &peer) else {
+                    continue;
+                };
+                if let Ok(mut c) = rec.client() {
+                    let _ = c.add_hosts(&peer, vec![entry.clone()]);
+                }
+            }
+        }))
+    }
+
     fn dns(&self) -> Vec<std::net::Ipv4Addr> {
         match &self.choice {
             NetChoice::Joined { .. } => network::name_servers(),
@@ -970,8 +1036,9 @@ impl Drop for Attachment<'_> {
         } = &self.choice
         {
             // A veth goes with the container's namespace and a TAP with its VMM; this
-            // catches one whose owner outlived the container.
-            if std::path::Path::new("/sys/class/net").join(link).exists() {
+            // catches one whose owner outlived the container (only if it is still the
+            // link this container made).
+            if self.ifindex.get().is_some() && link_index(link) == self.ifindex.get() {
                 let _ = network::ip(&["link", "del", link]);
             }
             network::release(self.state, &net.name, *address, id);

@@ -36,7 +36,7 @@ out=$(arca network create testnet); check network-create 0 testnet $? "$out"
 out=$(arca network create testnet 2>/dev/null); check network-create-duplicate 1 "" $? "$out"
 out=$(arca network create --subnet 10.89.77.5/24 badnet 2>&1 >/dev/null | grep -c 'host bits'); check network-bad-subnet 0 1 $? "$out"
 out=$(arca network ls -q | tr '\n' ' '); check network-ls 0 "bridge testnet " $? "$out"
-out=$(arca network inspect testnet | grep -c '"bridge": "arcabr-'); check network-inspect 0 1 $? "$out"
+out=$(arca network inspect testnet | grep -c '"bridge": "arcabr'); check network-inspect 0 1 $? "$out"
 out=$(run --network nosuchnet busybox true 2>&1 >/dev/null | grep -c 'network nosuchnet not found'); check run-unknown-network 0 1 $? "$out"
 
 # A web server published with -p, fetched from the host.
@@ -49,6 +49,10 @@ out=$(run --network testnet busybox sh -c 'ip -o -4 addr show eth0 | grep -c "in
 
 # Reachability: by name on the same network; not from another network; not from none.
 out=$(run --network testnet busybox wget -q -O - http://web/); check same-network-by-name 0 "hello from web" $? "$out"
+web web2 18083 testnet
+out=$(fetch http://127.0.0.1:18083/); check web2-serves 0 "hello from web2" $? "$out"
+out=$(arca exec web wget -q -O - http://web2/); check earlier-container-resolves-later-one 0 "hello from web2" $? "$out"
+out=$(arca rm -f web2); check rm-web2 0 web2 $? "$out"
 out=$(run busybox sh -c "nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"); check other-network-blocked 0 blocked $? "$out"
 out=$(run --network none busybox sh -c "ls /sys/class/net | tr '\n' ' '; nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"); check none-loopback-only 0 "lo blocked" $? "$out"
 out=$(arca network rm testnet 2>&1 >/dev/null | grep -c 'active endpoints'); check network-rm-in-use 0 1 $? "$out"

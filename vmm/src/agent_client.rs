@@ -471,7 +471,22 @@ impl AgentClient {
         })
     }
 
-    /// Removes a container.
+    /// Appends entries to a running container's `/etc/hosts`.
+    pub fn add_hosts(
+        &mut self,
+        container: &str,
+        entries: Vec<arca_protocol::HostEntry>,
+    ) -> Result<(), AgentClientError> {
+        expect(
+            self.request(Request::AddHosts {
+                container: container.into(),
+                entries,
+            })?,
+            |r| matches!(r, Reply::HostsAdded).then_some(()),
+        )
+    }
+
+    /// Forgets a container (`force`: kills it first if it runs).
     pub fn remove(&mut self, container: &str, force: bool) -> Result<(), AgentClientError> {
         expect(
             self.request(Request::Remove {

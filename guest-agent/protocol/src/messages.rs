@@ -139,6 +139,14 @@ pub enum Request {
     },
     /// Kill every container and power the sandbox off (or end a host agent).
     Shutdown,
+    /// Append entries to a running container's `/etc/hosts` (a container that joined
+    /// its network later).
+    AddHosts {
+        /// Container id.
+        container: String,
+        /// The entries.
+        entries: Vec<HostEntry>,
+    },
 }
 
 /// The answer to a request.
@@ -191,6 +199,8 @@ pub enum Reply {
     Removed,
     /// The agent is shutting down.
     ShuttingDown,
+    /// The hosts entries were added.
+    HostsAdded,
 }
 
 /// How a process ended.
@@ -353,6 +363,23 @@ pub struct HostEntry {
     pub address: std::net::Ipv4Addr,
     /// Its names.
     pub names: Vec<String>,
+}
+
+/// Checks `/etc/hosts` entries: at most 1024, each with 1 to 16 valid names.
+pub fn validate_host_entries(entries: &[HostEntry]) -> Result<(), AgentError> {
+    let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
+    if entries.len() > 1024 {
+        return bad("Too many hosts entries (at most 1024)".into());
+    }
+    for h in entries {
+        if h.names.is_empty() || h.names.len() > 16 {
+            return bad(format!("Hosts entry {} needs 1 to 16 names", h.address));
+        }
+        if let Some(n) = h.names.iter().find(|n| !valid_host_name(n)) {
+            return bad(format!("Invalid host name {n:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `name` is a valid host name label sequence (letters, digits, `-`, `.`, `_`),
@@ -607,18 +634,10 @@ impl ContainerSpec {
                 ));
             }
         }
-        if self.hosts.len() > 1024 || self.dns.len() > 3 {
-            return bad("Too many hosts entries or name servers (at most 1024 and 3)".into());
+        if self.dns.len() > 3 {
+            return bad("Too many name servers (at most 3)".into());
         }
-        for h in &self.hosts {
-            if h.names.is_empty() || h.names.len() > 16 {
-                return bad(format!("Hosts entry {} needs 1 to 16 names", h.address));
-            }
-            if let Some(n) = h.names.iter().find(|n| !valid_host_name(n)) {
-                return bad(format!("Invalid host name {n:?}"));
-            }
-        }
-        Ok(())
+        validate_host_entries(&self.hosts)
     }
 }
 
@@ -712,6 +731,13 @@ mod tests {
                 force: true,
             },
             Request::Shutdown,
+            Request::AddHosts {
+                container: "c".into(),
+                entries: vec![HostEntry {
+                    address: std::net::Ipv4Addr::new(10, 89, 0, 3),
+                    names: vec!["db".into()],
+                }],
+            },
         ];
         let mut d = FrameDecoder::new();
         for (id, request) in requests.into_iter().enumerate() {
