@@ -117,11 +117,7 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
 
 /// Sets the `IFF_UP` flag of network interface `name` (for loopback).
 pub fn set_link_up(name: &str) -> io::Result<()> {
-    let sock = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
+    let sock = inet_socket()?;
     let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags inside `req`, which lives
     // through the call.
@@ -346,6 +342,15 @@ pub fn connect_in_netns(
         .unwrap_or_else(|_| Err(io::Error::other("connect thread panicked")))
 }
 
+/// A socket for the interface and route ioctls.
+fn inet_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?)
+}
+
 /// An `ifreq` for interface `name`.
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
@@ -381,11 +386,7 @@ fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
 /// Gives interface `name` (in this thread's network namespace) `addr/prefix_len` and
 /// brings it up.
 pub fn configure_interface(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8) -> io::Result<()> {
-    let sock = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
+    let sock = inet_socket()?;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: SIOCSIFADDR reads `req` (name and address), which lives through the call.
@@ -405,11 +406,7 @@ pub fn configure_interface(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8)
 
 /// Adds a default route through `gateway` (in this thread's network namespace).
 pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
-    let sock = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
+    let sock = inet_socket()?;
     // SAFETY: rtentry is plain old data; all-zero is a valid value (no device name).
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
     rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);

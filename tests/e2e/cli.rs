@@ -5,21 +5,12 @@
 //! in the lab's L1 (cgroup v2), and with `--isolation=vm` where KVM works; and image
 //! archives that must be refused.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use arca_e2e::guest::busybox_image;
 use arca_e2e::{
-    TestFile, assert_success, bin_dir, binary, is_root, repo_root, run_with_kvm, stderr, stdout,
+    assert_success, binary, case_table_on_host, case_table_with_kvm, is_root, stderr, stdout,
 };
-
-fn path_with_bins() -> String {
-    format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
 
 #[test]
 fn cli_cases_pass_with_process_isolation_on_this_host() {
@@ -28,16 +19,7 @@ fn cli_cases_pass_with_process_isolation_on_this_host() {
         return;
     }
     binary("arca");
-    let dir = tempfile::tempdir().unwrap();
-    let tar = busybox_image(dir.path());
-    let out = Command::new("sh")
-        .arg(repo_root().join("tests/e2e/cli-cases.sh"))
-        .arg("process")
-        .arg(&tar)
-        .env("PATH", path_with_bins())
-        .env("ARCA_STATE_DIR", dir.path().join("state"))
-        .output()
-        .unwrap();
+    let out = case_table_on_host("cli-cases.sh");
     eprintln!("{}", stdout(&out));
     assert_success(&out);
 }
@@ -45,31 +27,7 @@ fn cli_cases_pass_with_process_isolation_on_this_host() {
 #[test]
 fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
     binary("arca");
-    let dir = tempfile::tempdir().unwrap();
-    let tar = busybox_image(dir.path());
-    let mke2fs = PathBuf::from("/sbin/mke2fs");
-    let files = [
-        TestFile {
-            source: tar,
-            name: "busybox.tar".into(),
-        },
-        TestFile {
-            source: repo_root().join("tests/e2e/cli-cases.sh"),
-            name: "cli-cases.sh".into(),
-        },
-        TestFile {
-            source: mke2fs,
-            name: "mkfs.ext4".into(),
-        },
-    ];
-    let script = r#"export PATH="$ARCA_E2E_DIR:$PATH"
-        echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/cli-cases.sh" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
-        pr=0
-        if [ -n "$ARCA_LAB" ]; then
-          echo "== process"; ARCA_STATE_DIR=/tmp/arca-pr sh "$ARCA_E2E_DIR/cli-cases.sh" process "$ARCA_E2E_DIR/busybox.tar"; pr=$?
-        fi
-        [ $vm -eq 0 ] && [ $pr -eq 0 ]"#;
-    let out = run_with_kvm(script, &files, 600);
+    let out = case_table_with_kvm("cli-cases.sh", 600);
     eprintln!("{}", stdout(&out));
     assert_success(&out);
     assert!(!stdout(&out).contains("skip"), "{}", stdout(&out));

@@ -176,3 +176,56 @@ pub fn is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Runs the POSIX sh scenario table `tests/e2e/TABLE` (which takes `vm|process
+/// IMAGE_TAR`) on the busybox image, on this host with `--isolation=process`, with
+/// `arca` and its binaries on PATH and a fresh state directory.
+pub fn case_table_on_host(table: &str) -> Output {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let tar = guest::busybox_image(dir.path());
+    Command::new("sh")
+        .arg(repo_root().join("tests/e2e").join(table))
+        .arg("process")
+        .arg(&tar)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("ARCA_STATE_DIR", dir.path().join("state"))
+        .output()
+        .expect("run sh")
+}
+
+/// Runs the scenario table `tests/e2e/TABLE` where KVM works (see [`run_with_kvm`]):
+/// with `--isolation=vm`, and in the lab also with `--isolation=process` on L1.
+pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let files = [
+        TestFile {
+            source: guest::busybox_image(dir.path()),
+            name: "busybox.tar".into(),
+        },
+        TestFile {
+            source: repo_root().join("tests/e2e").join(table),
+            name: table.into(),
+        },
+        TestFile {
+            source: PathBuf::from("/sbin/mke2fs"),
+            name: "mkfs.ext4".into(),
+        },
+    ];
+    let script = format!(
+        r#"export PATH="$ARCA_E2E_DIR:$PATH"
+        echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/{table}" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
+        pr=0
+        if [ -n "$ARCA_LAB" ]; then
+          echo "== process"; ARCA_STATE_DIR=/tmp/arca-pr sh "$ARCA_E2E_DIR/{table}" process "$ARCA_E2E_DIR/busybox.tar"; pr=$?
+        fi
+        [ $vm -eq 0 ] && [ $pr -eq 0 ]"#
+    );
+    run_with_kvm(&script, &files, timeout_secs)
+}
