@@ -168,6 +168,12 @@ enum Cmd {
         /// The container.
         container: String,
     },
+    /// Internal: takes down networks no container uses, after a while.
+    #[command(name = "__network-gc", hide = true)]
+    NetworkGc {
+        /// The bridge of the network the last container left.
+        bridge: String,
+    },
     /// Internal: supervises a detached container.
     #[command(name = "__monitor", hide = true)]
     Monitor {
@@ -417,6 +423,10 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
+        Cmd::NetworkGc { bridge } => {
+            network::gc(&state, &bridge);
+            Ok(0)
+        }
         Cmd::Save { output, images } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             store.save(&images, &output).map_err(|e| chain(&e))?;

@@ -105,8 +105,12 @@ impl Network {
 
     /// The nftables table holding this network's rules.
     fn table(&self) -> String {
-        format!("arca_{}", self.bridge.replace('-', "_"))
+        table_name(&self.bridge)
     }
+}
+
+fn table_name(bridge: &str) -> String {
+    format!("arca_{}", bridge.replace('-', "_"))
 }
 
 fn mask(prefix_len: u8) -> u32 {
@@ -547,14 +551,18 @@ fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Brings the network's bridge up if it is not, and (re)applies its rules: a firewall
-/// reload may have flushed them. Called under the lock. Networks isolate containers
-/// only with their rules, so without `nft` there is no network.
+/// Brings the network's bridge and its rules up if the bridge is not there. Called
+/// under the lock; the bridge and the rules come and go together (see [`reconcile`]),
+/// and a bridge that exists has its rules: applying them costs `nft` about 5 ms a run,
+/// so a firewall reload that flushes every table takes them away until the network
+/// is next brought up. Networks isolate containers only with their rules, so without
+/// `nft` there is no network.
 fn bring_up(net: &Network) -> Result<(), NetworkError> {
     let nft = tool("nft", "nftables")?;
-    if !link_exists(&net.bridge) {
-        make_bridge(net)?;
+    if link_exists(&net.bridge) {
+        return Ok(());
     }
+    make_bridge(net)?;
     let result = apply_rules(nft, net);
     if result.is_err() {
         let _ = ip(&["link", "del", &net.bridge]);
@@ -605,11 +613,27 @@ fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
 
 /// Removes the network's bridge and rules (nothing if they are gone already).
 fn bring_down(net: &Network) {
-    if link_exists(&net.bridge) {
-        let _ = ip(&["link", "del", &net.bridge]);
+    remove_bridge(&net.bridge);
+}
+
+fn remove_bridge(bridge: &str) {
+    if link_exists(bridge) {
+        let _ = ip(&["link", "del", bridge]);
     }
     if let Ok(nft) = tool("nft", "nftables") {
-        let _ = run(nft, &["delete", "table", "ip", &net.table()], None);
+        let _ = run(nft, &["delete", "table", "ip", &table_name(bridge)], None);
+    }
+}
+
+/// The body of `arca __network-gc BRIDGE`: after [`LINGER`], [`reconcile`]; if the
+/// state directory went away meanwhile, nothing can use `bridge` any more (bridges are
+/// named per state directory), so it and its table go.
+pub fn gc(state: &Path, bridge: &str) {
+    std::thread::sleep(LINGER);
+    if networks_dir(state).is_dir() {
+        reconcile(state);
+    } else if bridge.starts_with("arcabr") && bridge.len() <= 15 {
+        remove_bridge(bridge);
     }
 }
 
@@ -621,8 +645,20 @@ pub fn is_up(net: &Network) -> bool {
 /// Frees leases whose container no longer runs and takes down networks no running
 /// container uses. Best effort: called by every command that looks at containers.
 pub fn reconcile(state: &Path) {
-    let Ok(nets) = list(state) else { return };
+    // Nothing to do (and nothing to create) where no network was ever used.
+    if !networks_dir(state).is_dir() {
+        return;
+    }
     let Ok(_l) = lock(state) else { return };
+    let nets: Vec<Network> = fs::read_dir(networks_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path().join("network.json");
+            parse_definition(&path, &fs::read(&path).ok()?).ok()
+        })
+        .collect();
     for net in nets {
         let dir = network_dir(state, &net.name).join("leases");
         let mut held = 0;
@@ -655,6 +691,32 @@ pub fn reconcile(state: &Path) {
         if held == 0 && is_up(&net) {
             bring_down(&net);
         }
+    }
+}
+
+/// How long an unused network stays up after its last container left, so that a run
+/// right after reuses its bridge (making and deleting one costs the kernel ~60 ms).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reconciles after [`LINGER`] from a detached `arca __network-gc` process, so that a
+/// container's exit does not wait for its network's teardown; synchronously if that
+/// process cannot start. `net`'s bridge is named to it in case the state directory is
+/// gone by then (a test's temporary one): its objects go anyway.
+pub fn reconcile_later(state: &Path, net: &Network) {
+    let spawned = std::env::current_exe().and_then(|exe| {
+        use std::os::unix::process::CommandExt;
+        Command::new(exe)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["__network-gc", &net.bridge])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if spawned.is_err() {
+        reconcile(state);
     }
 }
 

@@ -703,7 +703,9 @@ fn supervise(
         Isolation::Vm => {}
     }
     drop(client);
-    let _ = child.0.wait();
+    if child.0.wait().is_ok_and(|s| s.success()) {
+        attachment.ended.set(true);
+    }
     if status.oom_killed {
         eprintln!("arca: the container was killed for exceeding its memory limit");
     }
@@ -860,6 +862,8 @@ struct Attachment<'a> {
     choice: NetChoice,
     /// The index of the host link this container made, once made.
     ifindex: std::cell::Cell<Option<u32>>,
+    /// The sandbox ended cleanly, taking the container's link with it.
+    ended: std::cell::Cell<bool>,
 }
 
 fn link_index(link: &str) -> Option<u32> {
@@ -913,6 +917,7 @@ impl<'a> Attachment<'a> {
                         id: id.to_string(),
                     },
                     ifindex: std::cell::Cell::new(None),
+                    ended: std::cell::Cell::new(false),
                 });
             }
         };
@@ -920,6 +925,7 @@ impl<'a> Attachment<'a> {
             state,
             choice,
             ifindex: std::cell::Cell::new(None),
+            ended: std::cell::Cell::new(false),
         })
     }
 
@@ -1035,14 +1041,18 @@ impl Drop for Attachment<'_> {
             id,
         } = &self.choice
         {
-            // A veth goes with the container's namespace and a TAP with its VMM; this
-            // catches one whose owner outlived the container (only if it is still the
-            // link this container made).
-            if self.ifindex.get().is_some() && link_index(link) == self.ifindex.get() {
+            // A veth goes with the container's namespace and a TAP with its VMM (the
+            // kernel removes them, a little later). Unless the sandbox ended cleanly,
+            // its owner may outlive the container: delete the link if it is still the
+            // one this container made.
+            if !self.ended.get()
+                && self.ifindex.get().is_some()
+                && link_index(link) == self.ifindex.get()
+            {
                 let _ = network::ip(&["link", "del", link]);
             }
             network::release(self.state, &net.name, *address, id);
-            network::reconcile(self.state);
+            network::reconcile_later(self.state, net);
         }
     }
 }
