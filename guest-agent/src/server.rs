@@ -9,8 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use arca_protocol::{
-    AgentError, Channel, ErrorCode, FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION, Reply,
-    Request, RequestFrame, Response, StdioStream, encode_frame,
+    AgentError, Channel, ErrorCode, FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION,
+    PortProtocol, Reply, Request, RequestFrame, Response, StdioStream, encode_frame,
 };
 
 use crate::container::Runtime;
@@ -259,9 +259,16 @@ impl Server {
                     None
                 }
             },
-            (None, Channel::Forward { container, port }) => {
-                match self.connect_forward(&container, port) {
-                    Ok(tcp) => forward = Some(tcp),
+            (
+                None,
+                Channel::Forward {
+                    container,
+                    port,
+                    protocol,
+                },
+            ) => {
+                match self.connect_forward(&container, port, protocol) {
+                    Ok(target) => forward = Some(target),
                     Err(e) => reply.error = Some(e),
                 }
                 None
@@ -272,18 +279,35 @@ impl Server {
         }
         match (stdio, forward) {
             (Some((fd, stream)), _) => pump(conn, fd, stream, decoder.take_remainder()),
-            (None, Some(tcp)) => splice_forward(conn, tcp.into(), &decoder.take_remainder()),
+            (None, Some(Forwarded::Tcp(tcp))) => {
+                splice_forward(conn, tcp.into(), &decoder.take_remainder())
+            }
+            (None, Some(Forwarded::Udp(udp))) => {
+                splice_datagrams(conn, udp, &decoder.take_remainder())
+            }
             (None, None) => self.control(conn, decoder),
         }
     }
 
-    /// A TCP connection to `port` of container `id`, made in its network namespace.
-    fn connect_forward(&self, id: &str, port: u16) -> Result<std::net::TcpStream, AgentError> {
+    /// A TCP connection, or a connected UDP socket, to `port` of container `id`, made in
+    /// its network namespace.
+    fn connect_forward(
+        &self,
+        id: &str,
+        port: u16,
+        protocol: PortProtocol,
+    ) -> Result<Forwarded, AgentError> {
         let (pid, addr) = self.runtime.forward_target(id)?;
-        sys::connect_in_netns(pid, addr, port, FORWARD_CONNECT_TIMEOUT).map_err(|e| {
+        let made = match protocol {
+            PortProtocol::Tcp => {
+                sys::connect_in_netns(pid, addr, port, FORWARD_CONNECT_TIMEOUT).map(Forwarded::Tcp)
+            }
+            PortProtocol::Udp => sys::udp_in_netns(pid, addr, port).map(Forwarded::Udp),
+        };
+        made.map_err(|e| {
             AgentError::new(
                 ErrorCode::InvalidState,
-                format!("Cannot connect to {addr}:{port} in container {id}: {e}"),
+                format!("Cannot connect to {addr}:{port}/{protocol} in container {id}: {e}"),
             )
         })
     }
@@ -508,6 +532,66 @@ fn copy_conn_to_fd(conn: &Conn, fd: &OwnedFd, first: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// The container end of a forward connection.
+enum Forwarded {
+    Tcp(std::net::TcpStream),
+    Udp(std::net::UdpSocket),
+}
+
+/// Carries datagrams between a forward connection (framed: 2-byte big-endian length,
+/// payload) and a UDP socket connected to the container's port, until the host hangs
+/// up. A frame longer than a datagram can be ends the connection.
+fn splice_datagrams(conn: Conn, udp: std::net::UdpSocket, first: &[u8]) {
+    let (Ok(up_conn), Ok(up_udp)) = (conn.try_clone(), udp.try_clone()) else {
+        return;
+    };
+    let first = first.to_vec();
+    let upstream = std::thread::Builder::new()
+        .name("forward-udp-in".into())
+        .spawn(move || {
+            let mut reader = std::io::Cursor::new(first).chain(&up_conn);
+            let mut len = [0u8; 2];
+            let mut buf = vec![0u8; arca_protocol::MAX_DATAGRAM];
+            while reader.read_exact(&mut len).is_ok() {
+                let n = usize::from(u16::from_be_bytes(len));
+                if n > buf.len() || reader.read_exact(&mut buf[..n]).is_err() {
+                    break;
+                }
+                // A refused datagram (nothing listening yet) is UDP's own business.
+                let _ = up_udp.send(&buf[..n]);
+            }
+            // Wakes the receiving side below, which then ends.
+            let _ = rustix::net::shutdown(&up_udp, rustix::net::Shutdown::Read);
+        });
+    let mut buf = vec![0u8; arca_protocol::MAX_DATAGRAM];
+    loop {
+        match udp.recv(&mut buf) {
+            Ok(n) => {
+                if upstream.as_ref().is_ok_and(|t| t.is_finished()) {
+                    break;
+                }
+                let mut frame = Vec::with_capacity(n + 2);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+                frame.extend_from_slice(&buf[..n]);
+                if (&conn).write_all(&frame).is_err() {
+                    break;
+                }
+            }
+            // ECONNREFUSED from an earlier send: nothing listens (yet); go on.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                if upstream.as_ref().is_ok_and(|t| t.is_finished()) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    conn.shutdown_both();
+    if let Ok(t) = upstream {
+        let _ = t.join();
     }
 }
 

@@ -320,26 +320,49 @@ pub fn vsock_peer_cid(fd: &OwnedFd) -> io::Result<u32> {
     Ok(addr.svm_cid)
 }
 
-/// Connects to `addr:port` over TCP from the network namespace of process `pid` (the
-/// socket stays in that namespace; the calling thread does not move).
+/// Runs `f` on a thread of its own that has moved into the network namespace of process
+/// `pid`; sockets it makes stay in that namespace, and the calling thread does not move.
+fn in_netns<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            f()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("network namespace thread panicked")))
+}
+
+/// Connects to `addr:port` over TCP from the network namespace of process `pid`.
 pub fn connect_in_netns(
     pid: i32,
     addr: std::net::Ipv4Addr,
     port: u16,
     timeout: std::time::Duration,
 ) -> io::Result<std::net::TcpStream> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::Builder::new()
-        .name("netns-connect".into())
-        .spawn(move || {
-            rustix::thread::move_into_link_name_space(
-                ns.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            std::net::TcpStream::connect_timeout(&(addr, port).into(), timeout)
-        })?
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("connect thread panicked")))
+    in_netns(pid, move || {
+        std::net::TcpStream::connect_timeout(&(addr, port).into(), timeout)
+    })
+}
+
+/// A UDP socket in the network namespace of process `pid`, connected to `addr:port`.
+pub fn udp_in_netns(
+    pid: i32,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> io::Result<std::net::UdpSocket> {
+    in_netns(pid, move || {
+        let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect((addr, port))?;
+        Ok(s)
+    })
 }
 
 /// A socket for the interface and route ioctls.

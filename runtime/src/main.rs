@@ -266,7 +266,8 @@ struct RunArgs {
     /// only); the default network `bridge` otherwise.
     #[arg(long, alias = "net")]
     network: Option<String>,
-    /// Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp].
+    /// Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (ports may
+    /// be ranges: 8000-8010:80-90).
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
     /// The image.
@@ -537,7 +538,8 @@ fn main() -> ExitCode {
                     .publish
                     .iter()
                     .map(|p| arca_runtime::ports::parse(p))
-                    .collect::<Result<_, _>>()?,
+                    .collect::<Result<Vec<_>, _>>()?
+                    .concat(),
             };
             run(&state, &opts).map_err(|e| {
                 // 126/127 keep their codes; the message still goes to stderr.

@@ -91,8 +91,35 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
     elf
 }
 
-/// The busybox test rootfs (`tests/guest/mkrootfs`) packed as a `docker save` tarball
-/// named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
+/// `tests/guest/udp_echo.rs` built static (so that it runs in the busybox image), once
+/// per test process.
+pub fn udp_echo() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir()
+            .expect("create a temporary directory")
+            .keep();
+        let out = dir.join("udp-echo");
+        let status = Command::new("rustc")
+            .args([
+                "--edition",
+                "2024",
+                "-O",
+                "-C",
+                "target-feature=+crt-static",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(repo_root().join("tests/guest/udp_echo.rs"))
+            .status()
+            .expect("run rustc");
+        assert!(status.success(), "building tests/guest/udp_echo.rs failed");
+        out
+    })
+}
+
+/// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo`) packed as a
+/// `docker save` tarball named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
 pub fn busybox_image(dir: &Path) -> PathBuf {
     let tree = dir.join("rootfs");
     let tar = dir.join("busybox.tar");
@@ -100,6 +127,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         .arg(&tree)
         .status()
         .is_ok_and(|s| s.success())
+        && std::fs::copy(udp_echo(), tree.join("bin/udp-echo")).is_ok()
         && Command::new(repo_root().join("tests/guest/mkimage"))
             .arg(&tree)
             .arg(&tar)

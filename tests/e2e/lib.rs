@@ -217,6 +217,11 @@ pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
             source: PathBuf::from("/sbin/mke2fs"),
             name: "mkfs.ext4".into(),
         },
+        // The UDP client of the network table.
+        TestFile {
+            source: PathBuf::from("/usr/bin/socat"),
+            name: "socat".into(),
+        },
     ];
     let script = format!(
         r#"export PATH="$ARCA_E2E_DIR:$PATH"

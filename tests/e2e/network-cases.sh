@@ -47,6 +47,23 @@ out=$(run -p 18080:80 busybox true 2>&1 >/dev/null | grep -c 'port is already al
 webip=$(field web ip)
 out=$(run --network testnet busybox sh -c 'ip -o -4 addr show eth0 | grep -c "inet 10\.89\."'); check address 0 1 $? "$out"
 
+# UDP: a datagram to the published port comes back from the container's server.
+udp_ask() { # PORT MESSAGE: the answer, retrying while the server comes up
+  i=0
+  while [ $i -lt 20 ]; do
+    answer=$(printf '%s' "$2" | socat -t 1 - "UDP:127.0.0.1:$1" 2>/dev/null)
+    [ -n "$answer" ] && { echo "$answer"; return 0; }
+    i=$((i+1)); sleep 0.2
+  done
+  return 1
+}
+arca run -d --isolation="$iso" --name echo --network testnet -p 15353:53/udp busybox udp-echo 53 >/dev/null
+out=$(arca port echo); check port-udp 0 "53/udp -> 0.0.0.0:15353" $? "$out"
+out=$(udp_ask 15353 hello); check publish-udp 0 "echo:hello" $? "$out"
+out=$(run -p 15353:53/udp busybox true 2>&1 >/dev/null | grep -c 'port is already allocated'); check publish-udp-port-in-use 0 1 $? "$out"
+out=$(arca rm -f echo); check rm-echo 0 echo $? "$out"
+out=$(run -p 15353:53/udp busybox true); check udp-listener-gone 0 "" $? "$out"
+
 # Reachability: by name on the same network; not from another network; not from none.
 out=$(run --network testnet busybox wget -q -O - http://web/); check same-network-by-name 0 "hello from web" $? "$out"
 web web2 18083 testnet

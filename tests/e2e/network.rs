@@ -20,10 +20,10 @@ fn network_cases_pass_with_process_isolation_on_this_host() {
         eprintln!("SKIP: container networking needs root");
         return;
     }
-    if !["ip", "nft", "wget"].iter().all(|t| tool(t))
+    if !["ip", "nft", "wget", "socat"].iter().all(|t| tool(t))
         || !std::path::Path::new("/dev/net/tun").exists()
     {
-        eprintln!("SKIP: ip, nft and wget are needed (make test installs them)");
+        eprintln!("SKIP: ip, nft, wget and socat are needed (make test installs them)");
         return;
     }
     binary("arca");

@@ -181,12 +181,19 @@ impl AgentAddress {
         })
     }
 
-    /// Opens a TCP connection to `port` of `container`, which the agent makes inside
-    /// the container's network namespace; what is written and read is the TCP stream.
-    pub fn forward(&self, container: &str, port: u16) -> Result<StdioConnection, AgentClientError> {
+    /// Opens a connection to `port` of `container`, which the agent makes inside the
+    /// container's network namespace: for TCP what is written and read is the TCP
+    /// stream; for UDP, datagrams framed as the protocol says ([`Channel::Forward`]).
+    pub fn forward(
+        &self,
+        container: &str,
+        port: u16,
+        protocol: arca_protocol::PortProtocol,
+    ) -> Result<StdioConnection, AgentClientError> {
         let channel = Channel::Forward {
             container: container.into(),
             port,
+            protocol,
         };
         let (stream, mut decoder) = self.open(channel, Duration::from_secs(10))?;
         Ok(StdioConnection {

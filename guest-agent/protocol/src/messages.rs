@@ -29,13 +29,41 @@ pub enum Channel {
     /// A TCP connection to `port` in the container's network namespace (`-p`): the
     /// agent connects to the container's first interface address (loopback when it has
     /// none) and, once the hello reply says it succeeded, copies raw bytes both ways.
+    /// For UDP the connection carries datagrams instead, each as a 2-byte big-endian
+    /// length and its payload, both ways, to and from one socket connected to the port.
     Forward {
         /// Container id.
         container: String,
-        /// TCP port in the container.
+        /// Port in the container.
         port: u16,
+        /// TCP (the default) or UDP.
+        #[serde(default)]
+        protocol: PortProtocol,
     },
 }
+
+/// The transport of a forwarded port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    /// A byte stream.
+    #[default]
+    Tcp,
+    /// Datagrams, framed on the forward connection.
+    Udp,
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// The largest UDP payload a forward connection carries (IPv4's limit).
+pub const MAX_DATAGRAM: usize = 65507;
 
 /// A stdio stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
