@@ -13,9 +13,11 @@
 //!   `exec`, `port`.
 //! - [`network`]: networks (`arca network`), address leases, bridges and NAT rules.
 //! - [`ports`]: `-p` listeners that forward connections through the agent.
+//! - [`attach`]: `arca attach` to a detached container's terminal or stdio.
 
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod containers;
 pub mod guest;
 pub mod image;

@@ -163,6 +163,12 @@ enum Cmd {
         #[command(subcommand)]
         command: NetworkCmd,
     },
+    /// Attach to a detached container's terminal or output (and input, if it was run
+    /// with -i); Ctrl-P Ctrl-Q detaches from a terminal.
+    Attach {
+        /// The container.
+        container: String,
+    },
     /// List a container's published ports.
     Port {
         /// The container.
@@ -354,6 +360,9 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Cmd::Network { command } => network_command(&state, command),
+        Cmd::Attach { container } => {
+            arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
+        }
         Cmd::Logs { follow, container } => match containers::logs(&state, &container, follow) {
             Ok(code) => Ok(code),
             Err(e) => {
@@ -504,9 +513,6 @@ fn main() -> ExitCode {
         }
         Cmd::Run(a) => {
             let a = *a;
-            if a.detach && a.interactive {
-                return Err("-d with -i is not supported yet (no attach)".into());
-            }
             let mut env = Vec::new();
             for f in &a.env_file {
                 env.extend(env_file(f)?);

@@ -338,9 +338,20 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
     )
 }
 
-/// A host route that overlaps the subnet, from `/proc/net/route` (a host network, or a
-/// bridge of another Arca state directory).
+/// Whether bridge `iface` has no ports (no container's link is on it).
+fn bridge_is_idle(iface: &str) -> bool {
+    fs::read_dir(Path::new("/sys/class/net").join(iface).join("brif"))
+        .is_ok_and(|mut ports| ports.next().is_none())
+}
+
+/// A host route that overlaps the subnet, described for a message.
 fn host_route_overlap(subnet: Ipv4Addr, prefix_len: u8) -> Option<String> {
+    host_route_overlap_iface(subnet, prefix_len).map(|(_, described)| described)
+}
+
+/// A host route that overlaps the subnet, from `/proc/net/route` (a host network, or a
+/// bridge of another Arca state directory): its interface, and a description.
+fn host_route_overlap_iface(subnet: Ipv4Addr, prefix_len: u8) -> Option<(String, String)> {
     let table = fs::read_to_string("/proc/net/route").ok()?;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -357,11 +368,9 @@ fn host_route_overlap(subnet: Ipv4Addr, prefix_len: u8) -> Option<String> {
         }
         let common = m & mask(prefix_len);
         if dest & common == u32::from(subnet) & common {
-            return Some(format!(
-                "{}/{} on {}",
-                Ipv4Addr::from(dest),
-                m.count_ones(),
-                f[0]
+            return Some((
+                f[0].to_string(),
+                format!("{}/{} on {}", Ipv4Addr::from(dest), m.count_ones(), f[0]),
             ));
         }
     }
@@ -573,6 +582,16 @@ fn bring_up(net: &Network) -> Result<(), NetworkError> {
 }
 
 fn make_bridge(net: &Network) -> Result<(), NetworkError> {
+    // An idle Arca bridge of another state directory (left to its `__network-gc`) is
+    // no conflict: nothing is on it, so it goes now.
+    while let Some((iface, _)) = host_route_overlap_iface(net.subnet, net.prefix_len)
+        .filter(|(iface, _)| iface.starts_with("arcabr") && bridge_is_idle(iface))
+    {
+        remove_bridge(&iface);
+        if link_exists(&iface) {
+            break;
+        }
+    }
     if let Some(route) = host_route_overlap(net.subnet, net.prefix_len) {
         return Err(NetworkError::Invalid(format!(
             "Network {}'s subnet {} is already routed on this host ({route}): another Arca state directory or a host network uses it; use a network with another --subnet",

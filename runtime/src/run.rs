@@ -20,6 +20,7 @@ use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attach;
 use crate::containers::{ContainerRecord, Status, containers_dir, now, start_time};
 use crate::guest;
 use crate::image::store::{Image, Store, StoreError};
@@ -612,21 +613,43 @@ fn supervise(
     let (out_log, err_log) = (log("stdout.log")?, log("stderr.log")?);
     let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut _raw = None;
+    // A detached container serves `arca attach` clients: its output, and its input.
+    let mut hub = None;
     let (copy_out, copy_err) = match streams {
         Streams::Pipes { out, err, input } => {
-            if let Some(mut input) = input {
-                std::thread::spawn(move || {
-                    let _ = io::copy(&mut io::stdin().lock(), &mut input);
-                    let _ = input.close_input();
-                });
+            match input {
+                Some(mut input) if terminal => {
+                    std::thread::spawn(move || {
+                        let _ = io::copy(&mut io::stdin().lock(), &mut input);
+                        let _ = input.close_input();
+                    });
+                }
+                input => {
+                    let input = input.map_or(attach::Input::None, |i| {
+                        attach::Input::Stdin(i.into_parts().1)
+                    });
+                    hub = Some(attach::Hub::serve(dir, input).map_err(io_err("serve attach"))?);
+                }
             }
+            let (h1, h2) = (hub.clone(), hub.clone());
             (
-                std::thread::spawn(move || copy_to(out, Tee(out_log, terminal.then(io::stdout)))),
-                std::thread::spawn(move || copy_to(err, Tee(err_log, terminal.then(io::stderr)))),
+                std::thread::spawn(move || {
+                    copy_to(out, Tee(out_log, terminal.then(io::stdout), h1))
+                }),
+                std::thread::spawn(move || {
+                    copy_to(err, Tee(err_log, terminal.then(io::stderr), h2))
+                }),
             )
         }
         Streams::Tty(tty) => {
             let (pending, sock) = tty.into_parts();
+            if !terminal {
+                let input = opts.interactive.then(|| sock.try_clone().ok()).flatten();
+                hub = Some(
+                    attach::Hub::serve(dir, attach::Input::Tty(input))
+                        .map_err(io_err("serve attach"))?,
+                );
+            }
             if opts.interactive && terminal {
                 _raw = RawMode::enter();
                 if let Ok(mut to_tty) = sock.try_clone() {
@@ -641,9 +664,10 @@ fn supervise(
                 std::thread::spawn(move || resize_loop(&flag, &address, &id, None));
             }
             let reader = io::Cursor::new(pending).chain(sock);
+            let h = hub.clone();
             (
                 std::thread::spawn(move || {
-                    copy_to(reader, Tee(out_log, terminal.then(io::stdout)))
+                    copy_to(reader, Tee(out_log, terminal.then(io::stdout), h))
                 }),
                 std::thread::spawn(move || drop(err_log)),
             )
@@ -675,11 +699,18 @@ fn supervise(
             if opts.isolation == Isolation::Process {
                 crate::containers::process_leftovers(&record);
             }
+            if let Some(h) = &hub {
+                h.close();
+            }
             return Err(e.into());
         }
     };
     let _ = copy_out.join();
     let _ = copy_err.join();
+    // All output has reached the attached clients: let them go.
+    if let Some(h) = &hub {
+        h.close();
+    }
     record.status = Status::Exited;
     record.exit_code = Some(status.code);
     record.save(dir)?;
@@ -796,8 +827,12 @@ pub(crate) fn resize_loop(
     }
 }
 
-/// Writes to a log file and, if present, a terminal stream.
-struct Tee<W: Write>(std::fs::File, Option<W>);
+/// Writes to a log file and, if present, a terminal stream and `arca attach` clients.
+struct Tee<W: Write>(
+    std::fs::File,
+    Option<W>,
+    Option<std::sync::Arc<attach::Hub>>,
+);
 
 impl<W: Write> Write for Tee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -807,6 +842,9 @@ impl<W: Write> Write for Tee<W> {
             if t.write_all(buf).and_then(|()| t.flush()).is_err() {
                 self.1 = None;
             }
+        }
+        if let Some(h) = &self.2 {
+            h.broadcast(buf);
         }
         Ok(buf.len())
     }

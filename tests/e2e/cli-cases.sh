@@ -40,7 +40,6 @@ fi
 out=$(run no-such-image true 2>/dev/null); check unknown-image 125 "" $? "$out"
 out=$(run BAD:REF true 2>/dev/null); check bad-reference 125 "" $? "$out"
 out=$(run --bogus-flag busybox true 2>/dev/null); check unknown-flag 125 "" $? "$out"
-out=$(run -d -i busybox true 2>/dev/null); check detach-with-stdin-unsupported 125 "" $? "$out"
 
 # Image names: tag, inspect, rmi of a tag.
 out=$(arca tag busybox mybox:v1 && run mybox:v1 echo tagged); check tag 0 tagged $? "$out"
@@ -73,6 +72,17 @@ out=$(arca logs lc); check logs 0 "up
 bye" $? "$out"
 out=$(arca exec lc true 2>/dev/null); check exec-into-stopped 125 "" $? "$out"
 out=$(arca rm lc); check rm 0 lc $? "$out"
+# attach: to a detached container's stdin and output, and to its terminal.
+arca run -d -i --isolation="$iso" --name att busybox sh -c 'while read l; do echo "got:$l"; done; exit 7' >/dev/null
+printf 'one\ntwo\n' | arca attach att >"$state.att"; rc=$?
+out=$(tr '\n' ' ' <"$state.att"); rm -f "$state.att"; check attach-stdin 7 "got:one got:two " $rc "$out"
+out=$(arca wait att); check attach-exit-code 0 7 $? "$out"
+arca rm att >/dev/null
+arca run -d -it --isolation="$iso" --name atty busybox sh >/dev/null
+out=$(printf 'echo typed-in-attach\nexit 3\n' | arca attach atty | tr -d '\r' | grep -c '^typed-in-attach$'); check attach-tty 0 1 $? "$out"
+out=$(arca wait atty); check attach-tty-exit-code 0 3 $? "$out"
+arca rm atty >/dev/null
+out=$(arca attach lc-gone 2>/dev/null); check attach-missing 125 "" $? "$out"
 arca run -d --isolation="$iso" --name rf busybox sleep 100 >/dev/null
 out=$(arca rm rf 2>/dev/null); check rm-running-refused 1 "" $? "$out"
 out=$(arca rm -f rf); check rm-force 0 rf $? "$out"

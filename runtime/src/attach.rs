@@ -1,0 +1,201 @@
+//! `arca attach`: the terminal or stdio of a detached container, from another `arca`.
+//!
+//! A detached container's monitor serves `<state>/containers/<name>/attach.sock`. Every
+//! client that connects gets the container's output from then on (stdout and stderr
+//! together, or the terminal), as the logs do, and, when the container was started
+//! with `-i`, its bytes go to the container's stdin or terminal. A client whose input
+//! ends closes the container's stdin (as `arca run -i` does); with a terminal, Ctrl-P
+//! Ctrl-Q detaches instead. The monitor closes every client when the container exits;
+//! the client then exits with the container's code.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::containers::{ContainerRecord, Status, find};
+use crate::run::{RunError, RunOptions};
+
+/// The monitor's side: the attached clients.
+#[derive(Debug)]
+pub struct Hub {
+    clients: Mutex<Vec<UnixStream>>,
+    path: PathBuf,
+}
+
+/// Where the container's input goes: its stdin pipe (closed when a client's input
+/// ends) or its terminal.
+#[derive(Debug)]
+pub enum Input {
+    /// `-i` without a terminal.
+    Stdin(UnixStream),
+    /// A terminal, with or without `-i` (without it, clients only watch).
+    Tty(Option<UnixStream>),
+    /// No input: clients only watch.
+    None,
+}
+
+impl Hub {
+    /// Listens on `dir/attach.sock` and serves clients from a thread.
+    pub fn serve(dir: &Path, input: Input) -> io::Result<Arc<Self>> {
+        let path = dir.join("attach.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let hub = Arc::new(Hub {
+            clients: Mutex::new(Vec::new()),
+            path,
+        });
+        let served = Arc::clone(&hub);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let Ok(copy) = conn.try_clone() else { continue };
+                served.lock().push(copy);
+                let target = match &input {
+                    Input::Stdin(s) => s.try_clone().ok().map(|s| (s, true)),
+                    Input::Tty(Some(s)) => s.try_clone().ok().map(|s| (s, false)),
+                    Input::Tty(None) | Input::None => None,
+                };
+                if let Some((mut to, close_at_end)) = target {
+                    std::thread::spawn(move || {
+                        let mut from = conn;
+                        let _ = io::copy(&mut from, &mut to);
+                        if close_at_end {
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        }
+                    });
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UnixStream>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `bytes` to every client; one that cannot take them is dropped.
+    pub fn broadcast(&self, bytes: &[u8]) {
+        self.lock().retain_mut(|c| c.write_all(bytes).is_ok());
+    }
+
+    /// Ends every client's session (the container has exited) and stops listening.
+    pub fn close(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        for c in self.lock().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Ctrl-P Ctrl-Q, Docker's detach keys.
+const DETACH_KEYS: [u8; 2] = [0x10, 0x11];
+
+/// `arca attach NAME`: returns the container's exit code, or 0 when detached.
+pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
+    use std::io::IsTerminal;
+    let (dir, rec) = find(state, name)?;
+    if rec.status != Status::Running {
+        return Err(RunError::Invalid(
+            "You cannot attach to a stopped container, start it first".into(),
+        ));
+    }
+    let opts: Option<RunOptions> = std::fs::read(dir.join("options.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(opts) = opts else {
+        return Err(RunError::Invalid(format!(
+            "Container {name} runs in the foreground of another arca run: nothing to attach to"
+        )));
+    };
+    let sock = UnixStream::connect(dir.join("attach.sock")).map_err(|e| RunError::Io {
+        action: format!("attach to container {name}"),
+        source: e,
+    })?;
+    let mut _raw = None;
+    let resizing = Arc::new(AtomicBool::new(false));
+    if opts.tty
+        && io::stdout().is_terminal()
+        && let Some(endpoint) = rec.agent.clone()
+    {
+        resizing.store(true, Ordering::SeqCst);
+        let address: vmm::agent_client::AgentAddress = (&endpoint).into();
+        let (flag, id) = (resizing.clone(), rec.id.clone());
+        std::thread::spawn(move || crate::run::resize_loop(&flag, &address, &id, None));
+    }
+    let detached = Arc::new(AtomicBool::new(false));
+    if opts.interactive {
+        if opts.tty && io::stdin().is_terminal() {
+            _raw = crate::run::RawMode::enter();
+        }
+        let (mut to, flag, tty) = (
+            sock.try_clone().map_err(io_err)?,
+            detached.clone(),
+            opts.tty,
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut last = 0u8;
+            loop {
+                let n = match io::stdin().lock().read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let chunk = &buf[..n];
+                if tty {
+                    let pressed = std::iter::once(last)
+                        .chain(chunk.iter().copied())
+                        .collect::<Vec<_>>()
+                        .windows(2)
+                        .any(|w| w == DETACH_KEYS);
+                    if pressed {
+                        flag.store(true, Ordering::SeqCst);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    last = chunk[n - 1];
+                }
+                if to.write_all(chunk).is_err() {
+                    return;
+                }
+            }
+            // The end of our input is the end of the container's (not a terminal's).
+            if !tty {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            }
+        });
+    }
+    let mut out = io::stdout();
+    let mut from = sock;
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    resizing.store(false, Ordering::SeqCst);
+    drop(_raw);
+    if detached.load(Ordering::SeqCst) {
+        eprintln!("\r\nread escape sequence\r");
+        return Ok(0);
+    }
+    // The monitor closes clients once the container has exited; its record follows.
+    for _ in 0..500 {
+        if let Ok(r) = ContainerRecord::load(&dir)
+            && r.status == Status::Exited
+        {
+            return Ok(r.exit_code.unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(0)
+}
+
+fn io_err(source: io::Error) -> RunError {
+    RunError::Io {
+        action: "attach".into(),
+        source,
+    }
+}
