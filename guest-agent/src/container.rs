@@ -540,9 +540,11 @@ impl Runtime {
         out
     }
 
-    /// Appends `entries` to the `/etc/hosts` of running container `id`, opened inside
-    /// its root (`openat2` with `RESOLVE_IN_ROOT` and no symlinks: the container owns
-    /// that path and must not point the agent elsewhere); only a regular file is written.
+    /// Adds `entries` to the `/etc/hosts` of running container `id`, replacing the lines
+    /// that carried any of their names (a container re-created under its name has a new
+    /// address). The file is opened inside the container's root (`openat2` with
+    /// `RESOLVE_IN_ROOT` and no symlinks: the container owns that path and must not point
+    /// the agent elsewhere); only a regular file of at most 1 MiB is rewritten.
     pub fn add_hosts(
         &self,
         id: &str,
@@ -572,34 +574,48 @@ impl Runtime {
         let fd = rustix::fs::openat2(
             &root,
             "etc/hosts",
-            OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
         .map_err(unusable)?;
         let st = rustix::fs::fstat(&fd).map_err(unusable)?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            || st.st_size > 1 << 20
+        {
             return Err(AgentError::new(
                 ErrorCode::InvalidState,
-                format!("/etc/hosts of container {id} is not a regular file"),
+                format!("/etc/hosts of container {id} is not a regular file of at most 1 MiB"),
             ));
         }
-        let text: String = entries
-            .iter()
-            .map(|h| format!("{}\t{}\n", h.address, h.names.join(" ")))
-            .collect();
+        let mut old = vec![0u8; usize::try_from(st.st_size).unwrap_or(0)];
+        let mut got = 0;
+        while got < old.len() {
+            match rustix::io::pread(&fd, &mut old[got..], got as u64).map_err(unusable)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        old.truncate(got);
+        let text = replace_host_lines(&String::from_utf8_lossy(&old), entries);
+        rustix::fs::ftruncate(&fd, 0).map_err(unusable)?;
         let mut bytes = text.as_bytes();
+        let mut at = 0u64;
         while !bytes.is_empty() {
-            let n = rustix::io::write(&fd, bytes).map_err(unusable)?;
+            let n = rustix::io::pwrite(&fd, bytes, at).map_err(unusable)?;
             bytes = &bytes[n..];
+            at += n as u64;
         }
         Ok(())
     }
 
     /// Where a forwarded connection to a port of running container `id` goes: its
-    /// PID 1 (whose network namespace to connect in) and its first interface address,
-    /// or loopback.
-    pub fn forward_target(&self, id: &str) -> Result<(i32, std::net::Ipv4Addr), AgentError> {
+    /// PID 1, whose network namespace to connect in (none when the container shares
+    /// the agent's), and its first interface address, or loopback.
+    pub fn forward_target(
+        &self,
+        id: &str,
+    ) -> Result<(Option<i32>, std::net::Ipv4Addr), AgentError> {
         let c = self.get(id)?;
         if c.state() != ContainerState::Running {
             return Err(AgentError::new(
@@ -612,7 +628,8 @@ impl Runtime {
             .interfaces
             .first()
             .map_or(std::net::Ipv4Addr::LOCALHOST, |i| i.address);
-        Ok((c.main.pid, address))
+        let netns = (c.spec.network == NetworkMode::Isolated).then_some(c.main.pid);
+        Ok((netns, address))
     }
 
     /// Hands out one stdio stream of a process, once.
@@ -723,6 +740,25 @@ fn abort(process: &Process, e: AgentError) -> AgentError {
     e
 }
 
+/// `hosts` without the lines naming any of `entries`' names, then `entries`.
+fn replace_host_lines(hosts: &str, entries: &[arca_protocol::HostEntry]) -> String {
+    let named = |line: &str| {
+        let line = line.split('#').next().unwrap_or("");
+        line.split_whitespace()
+            .skip(1)
+            .any(|n| entries.iter().any(|e| e.names.iter().any(|m| m == n)))
+    };
+    let mut out: String = hosts
+        .lines()
+        .filter(|l| !named(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for e in entries {
+        out.push_str(&format!("{e}\n"));
+    }
+    out
+}
+
 /// Reads the helper's reports until the process is ready (`init`: `Ready`; exec: the
 /// socket's end of file, which its exec causes). Messages may come in any order: the
 /// helper's `Pid` races with its child's first report.
@@ -731,7 +767,10 @@ fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, Age
     let mut tty = None;
     let mut ready = false;
     // Both the pid and readiness are needed, whichever comes first.
-    while !(ready && pid.is_some()) {
+    let pid = loop {
+        if let (true, Some(p)) = (ready, pid) {
+            break p;
+        }
         match helper::recv_with_fd::<FromHelper>(sync.as_fd()) {
             Ok(Some((FromHelper::Pid { pid: p }, _))) => pid = Some(p as i32),
             Ok(Some((FromHelper::Terminal, fd))) => tty = fd,
@@ -751,12 +790,6 @@ fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, Age
                 return Err(abort(&helper, internal("Container helper failed", why)));
             }
         }
-    }
-    let Some(pid) = pid else {
-        return Err(abort(
-            &helper,
-            internal("Container helper failed", "no pid reported"),
-        ));
     };
     if tty.is_some() {
         lock(&helper.stdio).tty = tty;
@@ -794,4 +827,26 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError>
         },
         [stdin_theirs, Stdio::from(out_w), Stdio::from(err_w)],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lines_of_a_renamed_or_readdressed_name_are_replaced() {
+        let hosts = "127.0.0.1\tlocalhost\n10.89.0.3\tweb\n10.89.0.4\tdb db.local # the db\n";
+        let entry = |a: [u8; 4], n: &str| arca_protocol::HostEntry {
+            address: a.into(),
+            names: vec![n.into()],
+        };
+        let out = replace_host_lines(hosts, &[entry([10, 89, 0, 9], "db")]);
+        assert_eq!(
+            out, "127.0.0.1\tlocalhost\n10.89.0.3\tweb\n10.89.0.9\tdb\n",
+            "the old db line goes, others stay"
+        );
+        // A name only in a comment is not a name.
+        let out = replace_host_lines("10.0.0.1\tother # web\n", &[entry([10, 0, 0, 2], "web")]);
+        assert_eq!(out, "10.0.0.1\tother # web\n10.0.0.2\tweb\n");
+    }
 }

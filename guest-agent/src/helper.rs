@@ -718,7 +718,7 @@ fn hosts_file(spec: &ContainerSpec, hostname: &str) -> String {
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
     );
     for h in &spec.hosts {
-        text.push_str(&format!("{}\t{}\n", h.address, h.names.join(" ")));
+        text.push_str(&format!("{h}\n"));
     }
     text
 }

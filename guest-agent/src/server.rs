@@ -553,13 +553,8 @@ fn splice_datagrams(conn: Conn, udp: std::net::UdpSocket, first: &[u8]) {
         .name("forward-udp-in".into())
         .spawn(move || {
             let mut reader = std::io::Cursor::new(first).chain(&up_conn);
-            let mut len = [0u8; 2];
             let mut buf = vec![0u8; arca_protocol::MAX_DATAGRAM];
-            while reader.read_exact(&mut len).is_ok() {
-                let n = usize::from(u16::from_be_bytes(len));
-                if n > buf.len() || reader.read_exact(&mut buf[..n]).is_err() {
-                    break;
-                }
+            while let Ok(Some(n)) = arca_protocol::read_datagram(&mut reader, &mut buf) {
                 // A refused datagram (nothing listening yet) is UDP's own business.
                 let _ = up_udp.send(&buf[..n]);
             }
@@ -573,10 +568,7 @@ fn splice_datagrams(conn: Conn, udp: std::net::UdpSocket, first: &[u8]) {
                 if upstream.as_ref().is_ok_and(|t| t.is_finished()) {
                     break;
                 }
-                let mut frame = Vec::with_capacity(n + 2);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-                frame.extend_from_slice(&buf[..n]);
-                if (&conn).write_all(&frame).is_err() {
+                if arca_protocol::write_datagram(&mut &conn, &buf[..n]).is_err() {
                     break;
                 }
             }

@@ -322,10 +322,14 @@ pub fn vsock_peer_cid(fd: &OwnedFd) -> io::Result<u32> {
 
 /// Runs `f` on a thread of its own that has moved into the network namespace of process
 /// `pid`; sockets it makes stay in that namespace, and the calling thread does not move.
+/// Without a `pid`, `f` runs here, in this namespace.
 fn in_netns<T: Send + 'static>(
-    pid: i32,
+    pid: Option<i32>,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
+    let Some(pid) = pid else {
+        return f();
+    };
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::Builder::new()
         .name("netns".into())
@@ -342,7 +346,7 @@ fn in_netns<T: Send + 'static>(
 
 /// Connects to `addr:port` over TCP from the network namespace of process `pid`.
 pub fn connect_in_netns(
-    pid: i32,
+    pid: Option<i32>,
     addr: std::net::Ipv4Addr,
     port: u16,
     timeout: std::time::Duration,
@@ -354,7 +358,7 @@ pub fn connect_in_netns(
 
 /// A UDP socket in the network namespace of process `pid`, connected to `addr:port`.
 pub fn udp_in_netns(
-    pid: i32,
+    pid: Option<i32>,
     addr: std::net::Ipv4Addr,
     port: u16,
 ) -> io::Result<std::net::UdpSocket> {

@@ -52,6 +52,9 @@ impl Hub {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let Ok(copy) = conn.try_clone() else { continue };
+                // A client that stops reading must not stall the container's output
+                // (and its logs): after this long it is let go.
+                let _ = copy.set_write_timeout(Some(CLIENT_STALL));
                 served.lock().push(copy);
                 let target = match &input {
                     Input::Stdin(s) => s.try_clone().ok().map(|s| (s, true)),
@@ -89,6 +92,9 @@ impl Hub {
         }
     }
 }
+
+/// How long an attach client may keep the container's output waiting.
+const CLIENT_STALL: Duration = Duration::from_secs(2);
 
 /// Ctrl-P Ctrl-Q, Docker's detach keys.
 const DETACH_KEYS: [u8; 2] = [0x10, 0x11];
@@ -145,11 +151,8 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
                 };
                 let chunk = &buf[..n];
                 if tty {
-                    let pressed = std::iter::once(last)
-                        .chain(chunk.iter().copied())
-                        .collect::<Vec<_>>()
-                        .windows(2)
-                        .any(|w| w == DETACH_KEYS);
+                    let pressed = (last == DETACH_KEYS[0] && chunk[0] == DETACH_KEYS[1])
+                        || chunk.windows(2).any(|w| w == DETACH_KEYS);
                     if pressed {
                         flag.store(true, Ordering::SeqCst);
                         let _ = to.shutdown(std::net::Shutdown::Both);
@@ -167,14 +170,7 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
             }
         });
     }
-    let mut out = io::stdout();
-    let mut from = sock;
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-            break;
-        }
-    }
+    crate::run::copy_to(sock, io::stdout());
     resizing.store(false, Ordering::SeqCst);
     drop(_raw);
     if detached.load(Ordering::SeqCst) {

@@ -170,12 +170,7 @@ pub fn reap_crashed(state: &Path) {
         if seen.status != Status::Exited {
             continue;
         }
-        if let Some(pid) = rec.sandbox_pid {
-            kill_if_same(pid, rec.sandbox_start);
-        }
-        if rec.isolation == Isolation::Process {
-            process_leftovers(&rec);
-        }
+        end_leftovers(&rec);
         let _ = seen.save(&dir);
     }
 }
@@ -478,13 +473,11 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(pid) = rec.sandbox_pid
-        && !alive(rec.monitor_pid, rec.monitor_start)
-    {
-        // A monitor that died left its VMM or agent behind.
-        kill_if_same(pid, rec.sandbox_start);
-    }
-    if rec.isolation == Isolation::Process {
+    if !alive(rec.monitor_pid, rec.monitor_start) {
+        // A monitor that died left its VMM or agent behind, and a host agent's death
+        // leaves its container's processes.
+        end_leftovers(&rec);
+    } else if rec.isolation == Isolation::Process {
         process_leftovers(&rec);
     }
     match std::fs::remove_dir_all(&dir) {
@@ -493,6 +486,17 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+/// What a container whose monitor died leaves: its sandbox (VMM or host agent) and,
+/// with process isolation, its processes and cgroup.
+fn end_leftovers(rec: &ContainerRecord) {
+    if let Some(pid) = rec.sandbox_pid {
+        kill_if_same(pid, rec.sandbox_start);
+    }
+    if rec.isolation == Isolation::Process {
+        process_leftovers(rec);
     }
 }
 
@@ -611,14 +615,7 @@ fn exec_terminal(
         });
     }
     let copy = std::thread::spawn(move || {
-        let mut reader = io::Cursor::new(pending).chain(sock);
-        let mut out = io::stdout();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-                break;
-            }
-        }
+        crate::run::copy_to(io::Cursor::new(pending).chain(sock), io::stdout());
     });
     let status = client.wait(id, Some(exec_id));
     resizing.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -568,9 +568,9 @@ fn main() -> ExitCode {
 }
 
 /// Runs `f` for each name, printing names done (as Docker) and errors; 1 if any failed.
-fn each(
+fn each<E: std::error::Error>(
     names: &[String],
-    f: impl Fn(&str) -> Result<(), arca_runtime::run::RunError>,
+    f: impl Fn(&str) -> Result<(), E>,
 ) -> Result<i32, String> {
     let mut failed = false;
     for n in names {
@@ -623,19 +623,7 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
             }
             Ok(0)
         }
-        NetworkCmd::Rm { names } => {
-            let mut failed = false;
-            for n in &names {
-                match network::remove(state, n) {
-                    Ok(()) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("arca: {}", chain(&e));
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { 1 } else { 0 })
-        }
+        NetworkCmd::Rm { names } => each(&names, |n| network::remove(state, n)),
         NetworkCmd::Inspect { names } => {
             let mut found = Vec::new();
             let mut failed = false;

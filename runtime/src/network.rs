@@ -164,6 +164,15 @@ fn network_dir(state: &Path, name: &str) -> PathBuf {
 struct Lock(#[allow(dead_code)] fs::File);
 
 fn lock(state: &Path) -> Result<Lock, NetworkError> {
+    lock_as(state, rustix::fs::FlockOperation::LockExclusive)
+}
+
+/// The lock if nobody holds it.
+fn try_lock(state: &Path) -> Result<Lock, NetworkError> {
+    lock_as(state, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+}
+
+fn lock_as(state: &Path, how: rustix::fs::FlockOperation) -> Result<Lock, NetworkError> {
     let dir = networks_dir(state);
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let path = dir.join(".lock");
@@ -173,8 +182,7 @@ fn lock(state: &Path) -> Result<Lock, NetworkError> {
         .write(true)
         .open(&path)
         .map_err(io_err(format!("open {}", path.display())))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err(format!("lock {}", path.display()))(e.into()))?;
+    rustix::fs::flock(&f, how).map_err(|e| io_err(format!("lock {}", path.display()))(e.into()))?;
     Ok(Lock(f))
 }
 
@@ -294,6 +302,7 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
     get(state, DEFAULT_NETWORK)?;
     let _l = lock(state)?;
     let existing = list(state)?;
+    let routes = host_routes();
     if network_dir(state, name).join("network.json").exists() {
         return Err(NetworkError::Invalid(format!(
             "network with name {name} already exists"
@@ -314,14 +323,16 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
         None => (1..=255u32)
             .map(|i| Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + (i << 8)))
             .find(|a| {
-                !existing.iter().any(|n| n.overlaps(*a, 24)) && host_route_overlap(*a, 24).is_none()
+                !existing.iter().any(|n| n.overlaps(*a, 24))
+                    && overlapping(&routes, *a, 24).is_none()
             })
             .map(|a| (a, 24))
             .ok_or_else(|| NetworkError::Invalid("No free subnet left in 10.89.0.0/16".into()))?,
     };
-    if let Some(route) = host_route_overlap(subnet, prefix_len) {
+    if let Some(route) = overlapping(&routes, subnet, prefix_len) {
         return Err(NetworkError::Invalid(format!(
-            "Subnet {subnet}/{prefix_len} overlaps with the host's route to {route}"
+            "Subnet {subnet}/{prefix_len} overlaps with the host's route to {}",
+            route.describe()
         )));
     }
     let bridge = bridge_name(state, name);
@@ -338,43 +349,51 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
     )
 }
 
-/// Whether bridge `iface` has no ports (no container's link is on it).
-fn bridge_is_idle(iface: &str) -> bool {
-    fs::read_dir(Path::new("/sys/class/net").join(iface).join("brif"))
-        .is_ok_and(|mut ports| ports.next().is_none())
+/// A route of the host: its interface, destination and mask.
+struct Route {
+    iface: String,
+    dest: u32,
+    mask: u32,
 }
 
-/// A host route that overlaps the subnet, described for a message.
-fn host_route_overlap(subnet: Ipv4Addr, prefix_len: u8) -> Option<String> {
-    host_route_overlap_iface(subnet, prefix_len).map(|(_, described)| described)
-}
-
-/// A host route that overlaps the subnet, from `/proc/net/route` (a host network, or a
-/// bridge of another Arca state directory): its interface, and a description.
-fn host_route_overlap_iface(subnet: Ipv4Addr, prefix_len: u8) -> Option<(String, String)> {
-    let table = fs::read_to_string("/proc/net/route").ok()?;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 {
-            continue;
-        }
-        let parse = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::from_be);
-        let (Some(dest), Some(m)) = (parse(f[1]), parse(f[7])) else {
-            continue;
-        };
-        // The default route overlaps everything: skip it.
-        if m == 0 {
-            continue;
-        }
-        let common = m & mask(prefix_len);
-        if dest & common == u32::from(subnet) & common {
-            return Some((
-                f[0].to_string(),
-                format!("{}/{} on {}", Ipv4Addr::from(dest), m.count_ones(), f[0]),
-            ));
-        }
+impl Route {
+    fn describe(&self) -> String {
+        format!(
+            "{}/{} on {}",
+            Ipv4Addr::from(self.dest),
+            self.mask.count_ones(),
+            self.iface
+        )
     }
-    None
+}
+
+/// The host's IPv4 routes but the default one (which overlaps everything), from
+/// `/proc/net/route`.
+fn host_routes() -> Vec<Route> {
+    let table = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let parse = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::from_be);
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dest, mask) = (parse(f.get(1)?)?, parse(f.get(7)?)?);
+            (mask != 0).then(|| Route {
+                iface: f[0].to_string(),
+                dest,
+                mask,
+            })
+        })
+        .collect()
+}
+
+/// The first of `routes` that overlaps the subnet (a host network, or a bridge of
+/// another Arca state directory).
+fn overlapping(routes: &[Route], subnet: Ipv4Addr, prefix_len: u8) -> Option<&Route> {
+    routes.iter().find(|r| {
+        let common = r.mask & mask(prefix_len);
+        r.dest & common == u32::from(subnet) & common
+    })
 }
 
 /// `arca network rm NAME`: refused while containers use it.
@@ -422,7 +441,7 @@ pub fn join(state: &Path, name: &str, id: &str) -> Result<(Network, Ipv4Addr), N
     // It may have been removed since.
     let net = get(state, name)?;
     let address = lease(state, &net, id)?;
-    if let Err(e) = bring_up(&net) {
+    if let Err(e) = bring_up(state, &net) {
         release(state, &net.name, address, id);
         return Err(e);
     }
@@ -566,12 +585,12 @@ fn link_exists(name: &str) -> bool {
 /// so a firewall reload that flushes every table takes them away until the network
 /// is next brought up. Networks isolate containers only with their rules, so without
 /// `nft` there is no network.
-fn bring_up(net: &Network) -> Result<(), NetworkError> {
+fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
     let nft = tool("nft", "nftables")?;
     if link_exists(&net.bridge) {
         return Ok(());
     }
-    make_bridge(net)?;
+    make_bridge(state, net)?;
     let result = apply_rules(nft, net);
     if result.is_err() {
         let _ = ip(&["link", "del", &net.bridge]);
@@ -581,22 +600,39 @@ fn bring_up(net: &Network) -> Result<(), NetworkError> {
     result
 }
 
-fn make_bridge(net: &Network) -> Result<(), NetworkError> {
-    // An idle Arca bridge of another state directory (left to its `__network-gc`) is
-    // no conflict: nothing is on it, so it goes now.
-    while let Some((iface, _)) = host_route_overlap_iface(net.subnet, net.prefix_len)
-        .filter(|(iface, _)| iface.starts_with("arcabr") && bridge_is_idle(iface))
-    {
-        remove_bridge(&iface);
+fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
+    let ours = fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    // A bridge of another state directory on the same subnet may be one its
+    // `__network-gc` has yet to take down: that directory reconciles now, if it is not
+    // busy (never waiting for its lock while holding ours), or, if it is gone, nothing
+    // can use the bridge any more. Bridges carry their state directory as their alias.
+    for _ in 0..4 {
+        let routes = host_routes();
+        let Some(iface) = overlapping(&routes, net.subnet, net.prefix_len).map(|r| r.iface.clone())
+        else {
+            break;
+        };
+        let owner = fs::read_to_string(Path::new("/sys/class/net").join(&iface).join("ifalias"))
+            .unwrap_or_default();
+        let owner = PathBuf::from(owner.trim());
+        if !iface.starts_with("arcabr") || owner.as_os_str().is_empty() || owner == ours {
+            break;
+        }
+        if networks_dir(&owner).is_dir() {
+            reconcile_with(&owner, false);
+        } else {
+            remove_bridge(&iface);
+        }
         if link_exists(&iface) {
             break;
         }
     }
-    if let Some(route) = host_route_overlap(net.subnet, net.prefix_len) {
+    if let Some(route) = overlapping(&host_routes(), net.subnet, net.prefix_len) {
         return Err(NetworkError::Invalid(format!(
-            "Network {}'s subnet {} is already routed on this host ({route}): another Arca state directory or a host network uses it; use a network with another --subnet",
+            "Network {}'s subnet {} is already routed on this host ({}): another Arca state directory or a host network uses it; use a network with another --subnet",
             net.name,
-            net.cidr()
+            net.cidr(),
+            route.describe()
         )));
     }
     let gw = format!("{}/{}", net.gateway, net.prefix_len);
@@ -604,7 +640,13 @@ fn make_bridge(net: &Network) -> Result<(), NetworkError> {
         &["link", "add", &net.bridge, "type", "bridge"],
         &["addr", "add", &gw, "dev", &net.bridge],
         &["link", "set", &net.bridge, "up"],
-    ]);
+    ])
+    .and_then(|()| match ours.to_str() {
+        // The alias says whose bridge this is (at most 255 bytes; a longer path goes
+        // without, and its bridge is then never taken down by another directory).
+        Some(path) if path.len() < 256 => ip(&["link", "set", "dev", &net.bridge, "alias", path]),
+        _ => Ok(()),
+    });
     if let Err(e) = made {
         let _ = ip(&["link", "del", &net.bridge]);
         return Err(e);
@@ -664,11 +706,17 @@ pub fn is_up(net: &Network) -> bool {
 /// Frees leases whose container no longer runs and takes down networks no running
 /// container uses. Best effort: called by every command that looks at containers.
 pub fn reconcile(state: &Path) {
+    reconcile_with(state, true);
+}
+
+/// [`reconcile`], waiting for the lock or (`wait` false) giving up if it is held.
+fn reconcile_with(state: &Path, wait: bool) {
     // Nothing to do (and nothing to create) where no network was ever used.
     if !networks_dir(state).is_dir() {
         return;
     }
-    let Ok(_l) = lock(state) else { return };
+    let locked = if wait { lock(state) } else { try_lock(state) };
+    let Ok(_l) = locked else { return };
     let nets: Vec<Network> = fs::read_dir(networks_dir(state))
         .into_iter()
         .flatten()

@@ -10,7 +10,7 @@
 //! rules. The sockets close when the supervisor stops forwarding or dies.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -281,8 +281,20 @@ struct UdpClient {
 fn serve_udp(u: &UdpSocket, address: &AgentAddress, id: &str, m: PortMapping, stop: &AtomicBool) {
     let mut clients: HashMap<SocketAddr, UdpClient> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut swept = Instant::now();
     let _ = u.set_read_timeout(Some(Duration::from_secs(1)));
     while !stop.load(Ordering::SeqCst) {
+        // Quiet clients go, however busy the others keep the socket.
+        if swept.elapsed() >= Duration::from_secs(1) {
+            swept = Instant::now();
+            clients.retain(|_, c| {
+                let keep = c.last.elapsed() < UDP_IDLE;
+                if !keep {
+                    let _ = c.agent.shutdown(Shutdown::Both);
+                }
+                keep
+            });
+        }
         let (n, from) = match u.recv_from(&mut buf) {
             Ok(got) => got,
             Err(e)
@@ -291,13 +303,6 @@ fn serve_udp(u: &UdpSocket, address: &AgentAddress, id: &str, m: PortMapping, st
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                clients.retain(|_, c| {
-                    let keep = c.last.elapsed() < UDP_IDLE;
-                    if !keep {
-                        let _ = c.agent.shutdown(Shutdown::Both);
-                    }
-                    keep
-                });
                 continue;
             }
             Err(_) => {
@@ -318,10 +323,7 @@ fn serve_udp(u: &UdpSocket, address: &AgentAddress, id: &str, m: PortMapping, st
             continue;
         };
         c.last = Instant::now();
-        let mut frame = Vec::with_capacity(n + 2);
-        frame.extend_from_slice(&(n as u16).to_be_bytes());
-        frame.extend_from_slice(&buf[..n]);
-        if c.agent.write_all(&frame).is_err() {
+        if arca_protocol::write_datagram(&mut c.agent, &buf[..n]).is_err() {
             clients.remove(&from);
         }
     }
@@ -346,13 +348,8 @@ fn open_udp_client(
     };
     std::thread::spawn(move || {
         let mut from_agent = io::Cursor::new(pending).chain(back);
-        let mut len = [0u8; 2];
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        while from_agent.read_exact(&mut len).is_ok() {
-            let n = usize::from(u16::from_be_bytes(len));
-            if n > buf.len() || from_agent.read_exact(&mut buf[..n]).is_err() {
-                return;
-            }
+        while let Ok(Some(n)) = arca_protocol::read_datagram(&mut from_agent, &mut buf) {
             let _ = reply_socket.send_to(&buf[..n], from);
         }
     });
@@ -378,22 +375,9 @@ fn forward_one(client: TcpStream, address: &AgentAddress, id: &str, port: u16) {
         let _ = io::copy(&mut client_in, &mut agent_out);
         let _ = agent_out.shutdown(Shutdown::Write);
     });
-    let mut client_out = client;
-    let mut from_agent = io::Cursor::new(pending).chain(agent);
-    let _ = copy_until_closed(&mut from_agent, &mut client_out);
-    let _ = client_out.shutdown(Shutdown::Write);
+    crate::run::copy_to(io::Cursor::new(pending).chain(agent), &client);
+    let _ = client.shutdown(Shutdown::Write);
     let _ = upstream.join();
-}
-
-fn copy_until_closed(from: &mut impl Read, to: &mut TcpStream) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        to.write_all(&buf[..n])?;
-    }
 }
 
 #[cfg(test)]

@@ -212,6 +212,19 @@ impl Drop for Reaped {
 /// Runs a container: in the foreground (returns its exit code) or, with `detach`,
 /// under a background monitor (returns 0 once it runs and prints its id).
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
+    // With the host's network the container's ports are the host's: as Docker, `-p`
+    // is discarded, with a warning.
+    let without_ports;
+    let opts = if opts.network.as_deref() == Some("host") && !opts.publish.is_empty() {
+        eprintln!("WARNING: Published ports are discarded when using host network mode");
+        without_ports = RunOptions {
+            publish: Vec::new(),
+            ..opts.clone()
+        };
+        &without_ports
+    } else {
+        opts
+    };
     let store = Store::open(state)?;
     let image = match store.resolve(&opts.image) {
         Err(StoreError::NotFound(_)) => {
@@ -229,9 +242,6 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
             return Err(RunError::Invalid(
                 "--network host is not possible with --isolation=vm: a microVM has its own network stack (use -p to publish ports)".into(),
             ));
-        }
-        (Some("host"), _) if !opts.publish.is_empty() => {
-            eprintln!("WARNING: Published ports are discarded when using host network mode");
         }
         (Some("none" | "host"), _) => {}
         (name, _) => {
@@ -453,14 +463,8 @@ fn supervise(
         terminal: opts.tty,
         ..Default::default()
     };
-    // Host ports first: one in use fails the run before anything starts. With the host's
-    // network the container's ports are the host's: nothing to publish (see `run`).
-    let publish: &[ports::PortMapping] = if opts.network.as_deref() == Some("host") {
-        &[]
-    } else {
-        &opts.publish
-    };
-    let listeners = ports::bind(publish).map_err(RunError::Invalid)?;
+    // Host ports first: one in use fails the run before anything starts.
+    let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;
     let attachment = Attachment::prepare(state, opts, id)?;
     let (address, rootfs, _child) = match opts.isolation {
         Isolation::Process => {
@@ -606,7 +610,7 @@ fn supervise(
     record.ports = listeners.mappings();
     record.save(dir)?;
     let forwarders = Forwarders::start(listeners, &address, id);
-    let announced = attachment.announce(state, id);
+    attachment.announce(state, id);
     let log = |name: &str| {
         std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
     };
@@ -679,9 +683,6 @@ fn supervise(
     }
     let waited = client.wait(id, None);
     drop(forwarders);
-    if let Some(t) = announced {
-        let _ = t.join();
-    }
     resizing.store(false, std::sync::atomic::Ordering::SeqCst);
     let status = match waited {
         Ok(s) => s,
@@ -854,7 +855,9 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
-fn copy_to(mut from: impl Read, mut to: impl Write) {
+/// Copies until `from` ends or `to` fails, flushing as it goes (a terminal sees output
+/// as it comes).
+pub(crate) fn copy_to(mut from: impl Read, mut to: impl Write) {
     let mut buf = [0u8; 65536];
     loop {
         match from.read(&mut buf) {
@@ -1035,14 +1038,14 @@ impl<'a> Attachment<'a> {
     }
 
     /// Tells the containers already running on its network its name (their
-    /// `/etc/hosts` got theirs when they started), from a thread: best effort, a peer
-    /// that cannot be told keeps resolving the others.
-    fn announce(&self, state: &Path, id: &str) -> Option<std::thread::JoinHandle<()>> {
+    /// `/etc/hosts` got theirs when they started), from a thread nobody waits for: best
+    /// effort, a peer that cannot be told keeps resolving the others.
+    fn announce(&self, state: &Path, id: &str) {
         let NetChoice::Joined { net, address, .. } = &self.choice else {
-            return None;
+            return;
         };
         if !arca_protocol::valid_host_name(id) {
-            return None;
+            return;
         }
         let peers = network::members(state, net, id);
         let entry = arca_protocol::HostEntry {
@@ -1050,7 +1053,7 @@ impl<'a> Attachment<'a> {
             names: vec![id.to_string()],
         };
         let state = state.to_path_buf();
-        Some(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             for (_, peer) in peers {
                 let Ok((_, rec)) = crate::containers::find(&state, &peer) else {
                     continue;
@@ -1059,7 +1062,7 @@ impl<'a> Attachment<'a> {
                     let _ = c.add_hosts(&peer, vec![entry.clone()]);
                 }
             }
-        }))
+        });
     }
 
     fn dns(&self) -> Vec<std::net::Ipv4Addr> {

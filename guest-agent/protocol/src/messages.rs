@@ -65,6 +65,40 @@ impl std::fmt::Display for PortProtocol {
 /// The largest UDP payload a forward connection carries (IPv4's limit).
 pub const MAX_DATAGRAM: usize = 65507;
 
+/// Writes one datagram to a UDP forward connection: its 2-byte big-endian length, then
+/// the payload (at most [`MAX_DATAGRAM`] bytes).
+pub fn write_datagram(w: &mut impl std::io::Write, payload: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(payload.len())
+        .ok()
+        .filter(|n| usize::from(*n) <= MAX_DATAGRAM)
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "datagram too long")
+        })?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(payload)
+}
+
+/// Reads one datagram from a UDP forward connection into `buf` (which must hold
+/// [`MAX_DATAGRAM`] bytes); `None` at the connection's end. A length beyond a datagram
+/// is an error.
+pub fn read_datagram(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    let mut len = [0u8; 2];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = usize::from(u16::from_be_bytes(len));
+    if n > MAX_DATAGRAM || n > buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "datagram longer than UDP allows",
+        ));
+    }
+    r.read_exact(&mut buf[..n])?;
+    Ok(Some(n))
+}
+
 /// A stdio stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -391,6 +425,13 @@ pub struct HostEntry {
     pub address: std::net::Ipv4Addr,
     /// Its names.
     pub names: Vec<String>,
+}
+
+impl std::fmt::Display for HostEntry {
+    /// The line, without its newline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\t{}", self.address, self.names.join(" "))
+    }
 }
 
 /// Checks `/etc/hosts` entries: at most 1024, each with 1 to 16 valid names.
@@ -915,6 +956,27 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn datagrams_round_trip_and_oversized_ones_are_refused() {
+        let mut wire = Vec::new();
+        write_datagram(&mut wire, b"hello").unwrap();
+        write_datagram(&mut wire, b"").unwrap();
+        assert_eq!(&wire[..2], &[0, 5]);
+        let mut r = wire.as_slice();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        assert_eq!(read_datagram(&mut r, &mut buf).unwrap(), Some(5));
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(read_datagram(&mut r, &mut buf).unwrap(), Some(0));
+        assert_eq!(read_datagram(&mut r, &mut buf).unwrap(), None);
+        assert!(write_datagram(&mut Vec::new(), &vec![0u8; MAX_DATAGRAM + 1]).is_err());
+        // A hostile length is refused, not trusted.
+        let mut r: &[u8] = &[0xff, 0xff, 1, 2, 3];
+        assert!(read_datagram(&mut r, &mut buf).is_err());
+        // A frame cut short is an error, not a datagram.
+        let mut r: &[u8] = &[0, 9, 1];
+        assert!(read_datagram(&mut r, &mut buf).is_err());
     }
 
     #[test]
