@@ -9,7 +9,9 @@
 #   tests/bench/net.sh [MIB]        (default 32 MiB per transfer; `make bench` runs it)
 #
 # On a host whose KVM boots standard guests it runs there; otherwise inside the lab
-# (L1 under TCG: absolute figures are the emulator's; the ratios are what to read).
+# (L1 under TCG: absolute figures are the emulator's; the ratios are what to read),
+# with LAB_CPUS L1 CPUs (default 1: the guest's vCPU, the VMM and the host side then
+# take turns on one CPU; 2 lets them run side by side, as on a real host).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mib=${1:-32}
@@ -77,10 +79,11 @@ else
     B=$tmp MODES=process PATH="$PWD/target/release:$PATH" sh "$tmp/run.sh"
     rm -rf /tmp/arca-netbench
   fi
-  echo "== in the nested lab (L1 under TCG: read the ratios, not the absolute figures)"
+  cpus=${LAB_CPUS:-1}
+  echo "== in the nested lab, $cpus L1 CPU(s) (L1 under TCG: read the ratios, not the absolute figures)"
   files=(--file "$tmp/busybox.tar:/bench/busybox.tar" --file "$tmp/run.sh:/bench/run.sh"
     --file "target/release/net-bench:/opt/arca/bin/net-bench"
     --file "$(command -v mke2fs):/usr/sbin/mkfs.ext4")
-  ARCA_KERNEL=$kernel tests/lab/lab run --timeout 900 "${files[@]}" -- \
+  ARCA_KERNEL=$kernel tests/lab/lab run --cpus "$cpus" --timeout 900 "${files[@]}" -- \
     'B=/bench MODES="vm process" sh /bench/run.sh'
 fi

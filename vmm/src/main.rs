@@ -60,7 +60,7 @@ struct Args {
     /// The TAP is created if it does not exist (and then removed when the VMM exits);
     /// configure it (address, bridge, up) on the host. Without mac= the guest gets a
     /// locally administered address derived from NAME. The guest sees eth0, MTU 1500,
-    /// no offloads.
+    /// with checksum and TCP segmentation offloads and mergeable rx buffers.
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
     /// Print boot timestamps to stderr when the VM ends.

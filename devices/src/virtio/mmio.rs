@@ -246,9 +246,11 @@ impl MmioTransport {
         match added {
             VIRTIO_CONFIG_S_FEATURES_OK => {
                 let offered = self.device.features() | VIRTIO_F_VERSION_1;
-                // The driver may accept only what was offered, and must accept v1.
+                // The driver may accept only what was offered, must accept v1, and must
+                // accept a set the device can work with.
                 if self.driver_features & !offered != 0
                     || self.driver_features & VIRTIO_F_VERSION_1 == 0
+                    || !self.device.accepts_features(self.driver_features)
                 {
                     return;
                 }

@@ -36,6 +36,9 @@ pub enum DeviceError {
     /// The queue itself is unusable (its rings lie outside guest memory).
     #[error("Virtqueue failure")]
     Queue(#[source] virtio_queue::Error),
+    /// The host side of the device failed (a backend refused what the driver asked).
+    #[error("Device backend failure")]
+    Backend(#[source] std::io::Error),
 }
 
 /// The device's interrupt line and its ISR status bits.
@@ -130,6 +133,12 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
     fn features(&self) -> u64;
+    /// Whether the device can work with `features`, a subset of what it offered, that
+    /// the driver accepted: FEATURES_OK is refused otherwise (such as a set breaking
+    /// the spec's feature dependencies).
+    fn accepts_features(&self, _features: u64) -> bool {
+        true
+    }
     /// Reads device configuration space at `offset`. Bytes beyond it read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space; ignored unless the device has writable fields.

@@ -1,10 +1,23 @@
 //! virtio-net over a host backend (a TAP device in the VMM): one rx and one tx queue,
-//! a MAC address, no offloads.
+//! a MAC address, checksum and TCP segmentation offloads both ways, and mergeable
+//! receive buffers.
 //!
-//! Every frame in either direction is preceded by the 12-byte `virtio_net_hdr_v1`. On
-//! tx the device strips it and hands the bare Ethernet frame to the [`NetBackend`]; on
-//! rx it writes a zeroed header (`num_buffers` = 1) and then the frame. No checksum or
-//! segmentation offload is offered, so the header carries nothing the device needs.
+//! Every frame in either direction is preceded by the 12-byte `virtio_net_hdr_v1`, and
+//! the device passes it through: on tx the guest's header and frame go to the
+//! [`NetBackend`] as they are (a TAP with `IFF_VNET_HDR` reads the same layout, and
+//! finishes a partial checksum or segments a TSO frame on the host side); on rx the
+//! backend's header comes with the frame, and the device only fills in `num_buffers`.
+//! The header is checked against what the driver negotiated both ways: a tx header
+//! asking for an offload the driver did not accept is dropped, an rx header the driver
+//! could not read (a segmentation type it did not accept) is dropped too, and rx
+//! checksum flags are cleared unless the driver accepted `GUEST_CSUM`. Which offloads
+//! the host may use on rx is told to the backend when the driver activates the device
+//! ([`NetBackend::set_offloads`]).
+//!
+//! Receiving: without `VIRTIO_NET_F_MRG_RXBUF` a frame goes into one rx chain (and is
+//! dropped if it does not fit). With it, a frame is spread over as many chains as it
+//! needs, `num_buffers` in the first chain's header saying how many; a frame is only
+//! delivered whole: when the ring holds too few buffers it waits for more.
 //!
 //! Notifications: while the device works through a queue, the driver's notifications
 //! for it are off; they are turned on again (`enable_notification`, which also keeps
@@ -15,8 +28,8 @@
 //!
 //! Receiving is driven from two sides: the event loop runs the rx queue when the host
 //! backend becomes readable, and the driver notifies it when it adds buffers. A frame
-//! read from the backend when the guest has no buffer waits in the device (one frame)
-//! until the driver adds one.
+//! read from the backend when the guest has no room for it waits in the device (one
+//! frame) until the driver adds buffers.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -26,7 +39,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET as ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT, Writer};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -42,14 +59,111 @@ pub const TX_QUEUE: usize = 1;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), in front of every frame.
 pub const NET_HDR_SIZE: usize = 12;
-/// Largest Ethernet frame (without the virtio header) the device moves either way.
+/// Largest Ethernet frame (without the virtio header) the device moves either way: a
+/// 64 KiB segmentation-offload frame and its Ethernet header.
 pub const MAX_FRAME_SIZE: usize = 65550;
 /// The MTU the device reports (`VIRTIO_NET_F_MTU`); the host TAP should use the same.
 pub const MTU: u16 = 1500;
-/// An Ethernet header: a tx frame shorter than this is malformed.
+/// An Ethernet header: a frame shorter than this is malformed.
 const ETH_HLEN: usize = 14;
+/// Offset of `flags` in the header.
+const FLAGS_OFFSET: usize = 0;
+/// Offset of `gso_type` in the header.
+const GSO_TYPE_OFFSET: usize = 1;
 /// Offset of `num_buffers` in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
+
+const fn bit(feature: u32) -> u64 {
+    1 << feature
+}
+
+/// `VIRTIO_NET_F_CSUM`: the device takes frames with a partial checksum.
+pub const F_CSUM: u64 = bit(VIRTIO_NET_F_CSUM);
+/// `VIRTIO_NET_F_GUEST_CSUM`: the driver takes frames with a partial checksum.
+pub const F_GUEST_CSUM: u64 = bit(VIRTIO_NET_F_GUEST_CSUM);
+/// `VIRTIO_NET_F_GUEST_TSO4`: the driver takes TCP/IPv4 frames still to be segmented.
+pub const F_GUEST_TSO4: u64 = bit(VIRTIO_NET_F_GUEST_TSO4);
+/// `VIRTIO_NET_F_GUEST_TSO6`: the driver takes TCP/IPv6 frames still to be segmented.
+pub const F_GUEST_TSO6: u64 = bit(VIRTIO_NET_F_GUEST_TSO6);
+/// `VIRTIO_NET_F_GUEST_ECN`: ... with the ECN bit (not offered).
+pub const F_GUEST_ECN: u64 = bit(VIRTIO_NET_F_GUEST_ECN);
+/// `VIRTIO_NET_F_HOST_TSO4`: the device takes TCP/IPv4 frames still to be segmented.
+pub const F_HOST_TSO4: u64 = bit(VIRTIO_NET_F_HOST_TSO4);
+/// `VIRTIO_NET_F_HOST_TSO6`: the device takes TCP/IPv6 frames still to be segmented.
+pub const F_HOST_TSO6: u64 = bit(VIRTIO_NET_F_HOST_TSO6);
+/// `VIRTIO_NET_F_HOST_ECN`: ... with the ECN bit (not offered).
+pub const F_HOST_ECN: u64 = bit(VIRTIO_NET_F_HOST_ECN);
+/// `VIRTIO_NET_F_MRG_RXBUF`: an rx frame may span several rx chains.
+pub const F_MRG_RXBUF: u64 = bit(VIRTIO_NET_F_MRG_RXBUF);
+
+/// Every feature the device offers.
+const OFFERED: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_RING_F_EVENT_IDX
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_NET_F_MTU)
+    | bit(VIRTIO_NET_F_STATUS)
+    | F_CSUM
+    | F_GUEST_CSUM
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_MRG_RXBUF;
+
+const NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+const DATA_VALID: u8 = VIRTIO_NET_HDR_F_DATA_VALID as u8;
+const GSO_NONE: u8 = VIRTIO_NET_HDR_GSO_NONE as u8;
+const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6 as u8;
+
+/// Whether `features` respect the feature dependencies of virtio 1.x 5.1.3.1 for the
+/// offloads: guest TSO and ECN need guest checksumming (and ECN a TSO), host TSO and
+/// ECN need host checksumming (and ECN a TSO).
+pub fn features_consistent(features: u64) -> bool {
+    let has = |f: u64| features & f != 0;
+    let guest_tso = has(F_GUEST_TSO4) || has(F_GUEST_TSO6);
+    let host_tso = has(F_HOST_TSO4) || has(F_HOST_TSO6);
+    (!guest_tso || has(F_GUEST_CSUM))
+        && (!has(F_GUEST_ECN) || guest_tso)
+        && (!host_tso || has(F_CSUM))
+        && (!has(F_HOST_ECN) || host_tso)
+}
+
+/// What the host may hand the guest on rx, from the features the driver accepted: a
+/// partial checksum (`GUEST_CSUM`), and TCP frames still to be segmented (`GUEST_TSO4`,
+/// `GUEST_TSO6`, with the ECN bit for `GUEST_ECN`), each only where its dependencies
+/// were accepted too.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuestOffloads {
+    /// Frames may carry a partial checksum (`NEEDS_CSUM`) for the guest to finish.
+    pub csum: bool,
+    /// TCP/IPv4 frames may be up to 64 KiB, to be segmented by the guest.
+    pub tso4: bool,
+    /// TCP/IPv6 frames may be up to 64 KiB, to be segmented by the guest.
+    pub tso6: bool,
+    /// Such frames may have the ECN bit set.
+    pub tso_ecn: bool,
+}
+
+impl GuestOffloads {
+    /// The rx offloads that `features` (as the driver accepted them) allow.
+    pub fn from_features(features: u64) -> Self {
+        let csum = features & F_GUEST_CSUM != 0;
+        let tso4 = csum && features & F_GUEST_TSO4 != 0;
+        let tso6 = csum && features & F_GUEST_TSO6 != 0;
+        Self {
+            csum,
+            tso4,
+            tso6,
+            tso_ecn: (tso4 || tso6) && features & F_GUEST_ECN != 0,
+        }
+    }
+
+    /// Whether none is allowed.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+}
 
 /// Errors of this module: MAC addresses that cannot be a NIC's.
 #[derive(Debug, thiserror::Error)]
@@ -133,15 +247,31 @@ impl FromStr for MacAddr {
 }
 
 /// The host side of a network device: where tx frames go and rx frames come from. Both
-/// calls move one whole Ethernet frame, without the virtio header, and must not block.
+/// calls move one whole packet: a `virtio_net_hdr_v1` ([`NET_HDR_SIZE`] bytes, in the
+/// layout of a TAP with `IFF_VNET_HDR` and a header size of 12) followed by one
+/// Ethernet frame. Neither may block.
 pub trait NetBackend: Send {
-    /// Sends one frame to the host.
-    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
-    /// Reads the next frame from the host into `buf` and returns its length;
-    /// `ErrorKind::WouldBlock` when there is none. A frame longer than `buf` may be cut
-    /// short; the device passes a buffer one byte longer than [`MAX_FRAME_SIZE`], so a
-    /// frame that fills it is too long and is dropped.
+    /// Sends one header and frame to the host.
+    fn send(&mut self, packet: &[u8]) -> io::Result<()>;
+    /// Reads the next header and frame from the host into `buf` and returns their
+    /// length; `ErrorKind::WouldBlock` when there is none. A packet longer than `buf`
+    /// may be cut short; the device passes a buffer one byte longer than a header and
+    /// [`MAX_FRAME_SIZE`], so a packet that fills it is too long and is dropped. The
+    /// header's `num_buffers` need not be set.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// From now on, hand the guest only frames it can take with `offloads` (checksums
+    /// left partial, TCP frames not yet segmented): called when the driver activates
+    /// the device, and with none at reset. A backend that cannot offload refuses any.
+    fn set_offloads(&mut self, offloads: GuestOffloads) -> io::Result<()> {
+        if offloads.is_none() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this network backend cannot pass offloads to the guest",
+            ))
+        }
+    }
 }
 
 /// Frame counters, shared with whoever wants to read them.
@@ -155,21 +285,24 @@ pub struct NetCounters {
     tx_dropped: AtomicU64,
 }
 
-/// A snapshot of [`NetCounters`].
+/// A snapshot of [`NetCounters`]. With segmentation offloads, a "frame" is what crossed
+/// the device in one piece: a TSO frame of up to 64 KiB counts once.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetStats {
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Bytes of those frames (without headers).
     pub rx_bytes: u64,
-    /// Frames from the host that were dropped: too long, no room in the guest's buffer,
-    /// a buffer outside guest memory, or a backend read error.
+    /// Frames from the host that were dropped: too long or too short, a header the
+    /// driver could not read, no room in the guest's buffers, a buffer outside guest
+    /// memory, or a backend read error.
     pub rx_dropped: u64,
     /// Frames sent to the host.
     pub tx_frames: u64,
     /// Bytes of those frames (without headers).
     pub tx_bytes: u64,
-    /// Guest frames that were dropped: malformed chains, or refused by the backend.
+    /// Guest frames that were dropped: malformed chains, headers asking for an offload
+    /// the driver did not negotiate, or refused by the backend.
     pub tx_dropped: u64,
 }
 
@@ -197,11 +330,13 @@ pub struct Net {
     mac: MacAddr,
     backend: Box<dyn NetBackend>,
     counters: Arc<NetCounters>,
+    /// The features the driver accepted (0 until it activates the device).
+    acked: u64,
     /// Header and frame of the tx chain being read.
     tx_buf: Vec<u8>,
-    /// The frame read from the backend (one byte longer than the largest frame).
+    /// Header and frame read from the backend (one byte longer than the largest).
     rx_buf: Vec<u8>,
-    /// Length of the frame in `rx_buf` that waits for a guest buffer.
+    /// Length (header included) of the packet in `rx_buf` that waits for guest buffers.
     rx_pending: Option<usize>,
 }
 
@@ -209,6 +344,7 @@ impl fmt::Debug for Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Net")
             .field("mac", &self.mac)
+            .field("acked", &format_args!("{:#x}", self.acked))
             .field("rx_pending", &self.rx_pending)
             .finish_non_exhaustive()
     }
@@ -227,6 +363,20 @@ enum Malformed {
     TooLong,
     /// Less than a header and an Ethernet header.
     TooShort,
+    /// The header asks for an offload the driver did not negotiate.
+    Offload,
+}
+
+/// What became of one rx packet.
+#[derive(Debug, PartialEq, Eq)]
+enum Rx {
+    /// Delivered, or dropped with the buffers taken for it returned empty: used
+    /// entries were added.
+    Used,
+    /// Dropped without touching the ring.
+    Skipped,
+    /// The ring has too few buffers for it yet: it waits, nothing was taken.
+    Wait,
 }
 
 impl Net {
@@ -236,8 +386,9 @@ impl Net {
             mac,
             backend,
             counters: Arc::default(),
+            acked: 0,
             tx_buf: Vec::with_capacity(NET_HDR_SIZE + MAX_FRAME_SIZE),
-            rx_buf: vec![0; MAX_FRAME_SIZE + 1],
+            rx_buf: vec![0; NET_HDR_SIZE + MAX_FRAME_SIZE + 1],
             rx_pending: None,
         }
     }
@@ -252,7 +403,11 @@ impl Net {
         self.counters.clone()
     }
 
-    /// Sends every frame the guest queued on tx to the backend.
+    fn acked(&self, feature: u64) -> bool {
+        self.acked & feature != 0
+    }
+
+    /// Sends every frame the guest queued on tx to the backend, header included.
     pub fn process_tx(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
         let mem = ctx.mem;
         let Some(queue) = ctx.queues.get_mut(TX_QUEUE).filter(|q| q.ready()) else {
@@ -264,19 +419,21 @@ impl Net {
         let mut used = false;
         while let Some(chain) = next_chain(queue, mem)? {
             let head = chain.head_index();
-            match self.read_tx_chain(chain, mem) {
-                Ok(()) => {
-                    let frame = &self.tx_buf[NET_HDR_SIZE..];
-                    match self.backend.send(frame) {
-                        Ok(()) => {
-                            NetCounters::add(&self.counters.tx_frames, 1);
-                            NetCounters::add(&self.counters.tx_bytes, frame.len() as u64);
-                        }
-                        // The host could not take it (interface down, queue full): a
-                        // network may lose frames, the guest's protocols recover.
-                        Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
+            match self
+                .read_tx_chain(chain, mem)
+                .and_then(|()| self.check_tx_header())
+            {
+                Ok(()) => match self.backend.send(&self.tx_buf) {
+                    Ok(()) => {
+                        let len = self.tx_buf.len() - NET_HDR_SIZE;
+                        NetCounters::add(&self.counters.tx_frames, 1);
+                        NetCounters::add(&self.counters.tx_bytes, len as u64);
                     }
-                }
+                    // The host could not take it (interface down, queue full, a header
+                    // it found invalid): a network may lose frames, the guest's
+                    // protocols recover.
+                    Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
+                },
                 Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
             }
             queue.add_used(mem, head, 0).map_err(DeviceError::Queue)?;
@@ -321,7 +478,28 @@ impl Net {
         Ok(())
     }
 
-    /// Delivers frames from the backend into guest rx buffers while both exist. The
+    /// Refuses a tx header that uses what the driver did not negotiate: a partial
+    /// checksum without `CSUM`, segmentation of a kind without its `HOST_TSO*` (ECN and
+    /// UDP segmentation are never offered), or flags a driver may not set on tx. The
+    /// rest of the header (lengths and offsets) is the host kernel's to check, as for
+    /// any TAP writer.
+    fn check_tx_header(&self) -> Result<(), Malformed> {
+        let flags = self.tx_buf[FLAGS_OFFSET];
+        let flags_ok = flags == 0 || (flags == NEEDS_CSUM && self.acked(F_CSUM));
+        let gso_ok = match self.tx_buf[GSO_TYPE_OFFSET] {
+            GSO_NONE => true,
+            GSO_TCPV4 => self.acked(F_HOST_TSO4),
+            GSO_TCPV6 => self.acked(F_HOST_TSO6),
+            _ => false,
+        };
+        if flags_ok && gso_ok {
+            Ok(())
+        } else {
+            Err(Malformed::Offload)
+        }
+    }
+
+    /// Delivers packets from the backend into guest rx buffers while both exist. The
     /// event loop runs this (through the transport's rx notification) when the backend
     /// becomes readable; the driver's rx notifications run it when buffers arrive.
     pub fn process_rx(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
@@ -334,25 +512,28 @@ impl Net {
             .map_err(DeviceError::Queue)?;
         let mut used = false;
         loop {
-            let len = match self.rx_pending.take() {
-                Some(len) => len,
-                None => match self.read_frame() {
-                    Some(len) => len,
+            let total = match self.rx_pending.take() {
+                Some(total) => total,
+                None => match self.read_packet() {
+                    Some(total) => total,
                     None => break,
                 },
             };
-            let Some(chain) = next_chain(queue, mem)? else {
-                // No buffer: the frame waits, and the driver's next rx notification
-                // (enabled by next_chain) brings it in.
-                self.rx_pending = Some(len);
-                break;
+            let outcome = if self.acked(F_MRG_RXBUF) {
+                self.deliver_merged(queue, mem, total)?
+            } else {
+                self.deliver_single(queue, mem, total)?
             };
-            let head = chain.head_index();
-            let written = self.write_rx_chain(chain, mem, len);
-            queue
-                .add_used(mem, head, written)
-                .map_err(DeviceError::Queue)?;
-            used = true;
+            match outcome {
+                Rx::Used => used = true,
+                Rx::Skipped => {}
+                // No room: the packet waits, and the driver's next rx notification
+                // (enabled by next_chain) brings it in.
+                Rx::Wait => {
+                    self.rx_pending = Some(total);
+                    break;
+                }
+            }
         }
         if used {
             ctx.notify_used(RX_QUEUE);
@@ -360,11 +541,15 @@ impl Net {
         Ok(())
     }
 
-    /// Reads the next frame from the backend into `rx_buf`; `None` when there is none.
-    fn read_frame(&mut self) -> Option<usize> {
+    /// Reads the next header and frame from the backend into `rx_buf` and makes the
+    /// header fit what the driver negotiated; returns their length, `None` when there
+    /// is nothing to read.
+    fn read_packet(&mut self) -> Option<usize> {
+        const SIZES: std::ops::RangeInclusive<usize> =
+            NET_HDR_SIZE + ETH_HLEN..=NET_HDR_SIZE + MAX_FRAME_SIZE;
         loop {
             match self.backend.recv(&mut self.rx_buf) {
-                Ok(len) if (ETH_HLEN..=MAX_FRAME_SIZE).contains(&len) => return Some(len),
+                Ok(len) if SIZES.contains(&len) && self.fix_rx_header() => return Some(len),
                 Ok(_) => NetCounters::add(&self.counters.rx_dropped, 1),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -376,33 +561,139 @@ impl Net {
         }
     }
 
-    /// Writes a header and the `len`-byte frame in `rx_buf` into an rx chain; returns the
-    /// used length: 0 when the frame was dropped (the buffer is returned empty).
-    fn write_rx_chain(
+    /// Checks the header in `rx_buf` against the driver's features: flags other than a
+    /// partial or validated checksum are cleared, and all of them without
+    /// `GUEST_CSUM` (virtio 1.x 5.1.6.4.1); a partial checksum the driver cannot finish,
+    /// or a segmentation type it did not accept, makes the frame unusable (`false`).
+    /// The backend was told which offloads to use, so this only catches frames queued
+    /// before that, or a backend that ignored it.
+    fn fix_rx_header(&mut self) -> bool {
+        let flags = self.rx_buf[FLAGS_OFFSET];
+        let gso_ok = match self.rx_buf[GSO_TYPE_OFFSET] {
+            GSO_NONE => true,
+            GSO_TCPV4 => self.acked(F_GUEST_TSO4),
+            GSO_TCPV6 => self.acked(F_GUEST_TSO6),
+            _ => false,
+        };
+        if self.acked(F_GUEST_CSUM) {
+            self.rx_buf[FLAGS_OFFSET] = flags & (NEEDS_CSUM | DATA_VALID);
+        } else if flags & NEEDS_CSUM != 0 {
+            return false;
+        } else {
+            self.rx_buf[FLAGS_OFFSET] = 0;
+        }
+        gso_ok
+    }
+
+    /// Sets `num_buffers` in the header in `rx_buf`.
+    fn set_num_buffers(&mut self, n: u16) {
+        self.rx_buf[NUM_BUFFERS_OFFSET..NET_HDR_SIZE].copy_from_slice(&n.to_le_bytes());
+    }
+
+    /// Without mergeable buffers: the `total`-byte packet in `rx_buf` goes into one
+    /// chain whole, or the chain is returned empty and the packet dropped.
+    fn deliver_single(
         &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        queue: &mut Queue,
         mem: &GuestMemoryMmap,
-        len: usize,
-    ) -> u32 {
-        let total = NET_HDR_SIZE + len;
+        total: usize,
+    ) -> Result<Rx, DeviceError> {
+        let Some(chain) = next_chain(queue, mem)? else {
+            return Ok(Rx::Wait);
+        };
+        let head = chain.head_index();
+        self.set_num_buffers(1);
         let delivered = match Writer::new(mem, chain) {
-            // The whole frame fits, or none of it is written.
+            // The whole packet fits, or none of it is written.
             Ok(mut writer) if writer.available_bytes() >= total => {
-                let mut header = [0u8; NET_HDR_SIZE];
-                header[NUM_BUFFERS_OFFSET..].copy_from_slice(&1u16.to_le_bytes());
-                writer.write_all(&header).is_ok() && writer.write_all(&self.rx_buf[..len]).is_ok()
+                writer.write_all(&self.rx_buf[..total]).is_ok()
             }
             // Too small, or outside guest memory.
             _ => false,
         };
-        if delivered {
-            NetCounters::add(&self.counters.rx_frames, 1);
-            NetCounters::add(&self.counters.rx_bytes, len as u64);
+        let written = if delivered {
+            self.count_delivered(total);
             total as u32
         } else {
             NetCounters::add(&self.counters.rx_dropped, 1);
             0
+        };
+        queue
+            .add_used(mem, head, written)
+            .map_err(DeviceError::Queue)?;
+        Ok(Rx::Used)
+    }
+
+    /// With mergeable buffers: the `total`-byte packet in `rx_buf` is spread over as
+    /// many chains as it needs, each filled in turn and used with the length written
+    /// to it, the first one's header saying how many. Chains are taken only once
+    /// enough are there: otherwise those taken are put back and the packet waits. A
+    /// chain that cannot be used (outside guest memory, smaller than a header, which
+    /// the driver must not offer) drops the packet, and every chain taken for it is
+    /// returned empty, in order, so that no used entry falls between a packet's
+    /// chains. A packet larger than the whole ring is dropped, the ring untouched.
+    fn deliver_merged(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        total: usize,
+    ) -> Result<Rx, DeviceError> {
+        let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
+        let mut room = 0usize;
+        // Where the ring stood, to put back chains taken for a packet that waits.
+        let start = queue.next_avail();
+        while room < total {
+            if chains.len() >= usize::from(queue.size()) {
+                // Even a full ring does not hold it.
+                queue.set_next_avail(start);
+                NetCounters::add(&self.counters.rx_dropped, 1);
+                return Ok(Rx::Skipped);
+            }
+            let Some(chain) = next_chain(queue, mem)? else {
+                queue.set_next_avail(start);
+                return Ok(Rx::Wait);
+            };
+            let head = chain.head_index();
+            match Writer::new(mem, chain) {
+                Ok(writer) if writer.available_bytes() >= NET_HDR_SIZE => {
+                    room = room.saturating_add(writer.available_bytes());
+                    chains.push((head, writer));
+                }
+                _ => {
+                    for head in chains.iter().map(|&(h, _)| h).chain([head]) {
+                        queue.add_used(mem, head, 0).map_err(DeviceError::Queue)?;
+                    }
+                    NetCounters::add(&self.counters.rx_dropped, 1);
+                    return Ok(Rx::Used);
+                }
+            }
         }
+        // At most a queue's worth of chains: the count fits num_buffers.
+        self.set_num_buffers(chains.len() as u16);
+        let mut offset = 0;
+        let mut whole = true;
+        for (head, mut writer) in chains {
+            // Every chain but the last is filled; the last holds the rest (at least a
+            // byte, or it would not have been taken).
+            let n = writer.available_bytes().min(total - offset);
+            whole &= writer.write_all(&self.rx_buf[offset..offset + n]).is_ok();
+            queue
+                .add_used(mem, head, n as u32)
+                .map_err(DeviceError::Queue)?;
+            offset += n;
+        }
+        if whole {
+            self.count_delivered(total);
+        } else {
+            // Cannot happen: every buffer was resolved in guest memory above.
+            NetCounters::add(&self.counters.rx_dropped, 1);
+        }
+        Ok(Rx::Used)
+    }
+
+    fn count_delivered(&self, total: usize) {
+        NetCounters::add(&self.counters.rx_frames, 1);
+        NetCounters::add(&self.counters.rx_bytes, (total - NET_HDR_SIZE) as u64);
     }
 }
 
@@ -442,11 +733,11 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_NET_F_MAC
-            | 1 << VIRTIO_NET_F_MTU
-            | 1 << VIRTIO_NET_F_STATUS
+        OFFERED
+    }
+
+    fn accepts_features(&self, features: u64) -> bool {
+        features_consistent(features)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -458,6 +749,19 @@ impl VirtioDevice for Net {
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         config[10..12].copy_from_slice(&MTU.to_le_bytes());
         super::copy_config(&config, offset, data);
+    }
+
+    fn activate(&mut self, features: u64) -> Result<(), DeviceError> {
+        if !features_consistent(features) {
+            return Err(DeviceError::Protocol(format!(
+                "inconsistent virtio-net features {features:#x}"
+            )));
+        }
+        self.backend
+            .set_offloads(GuestOffloads::from_features(features))
+            .map_err(DeviceError::Backend)?;
+        self.acked = features;
+        Ok(())
     }
 
     fn process_queue(
@@ -474,6 +778,10 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.rx_pending = None;
+        self.acked = 0;
+        // Until the driver negotiates again nothing is read; should this fail, frames
+        // with offloads the next driver does not take are dropped by fix_rx_header.
+        let _ = self.backend.set_offloads(GuestOffloads::default());
     }
 }
 
@@ -498,46 +806,86 @@ mod tests {
     const SIZE: u16 = 16;
     const MAC: MacAddr = MacAddr::new([0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
 
-    /// An in-memory host: frames sent, and frames waiting to be received.
+    /// An in-memory host: packets (header and frame) sent, packets waiting to be
+    /// received, and the offloads the device asked for.
     #[derive(Default, Clone)]
     struct Host {
         sent: Arc<Mutex<Vec<Vec<u8>>>>,
         incoming: Arc<Mutex<VecDeque<Vec<u8>>>>,
         refuse_sends: Arc<Mutex<bool>>,
+        offloads: Arc<Mutex<Vec<GuestOffloads>>>,
     }
 
     impl NetBackend for Host {
-        fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        fn send(&mut self, packet: &[u8]) -> io::Result<()> {
             if *self.refuse_sends.lock().unwrap() {
                 return Err(io::Error::from_raw_os_error(5));
             }
-            self.sent.lock().unwrap().push(frame.to_vec());
+            self.sent.lock().unwrap().push(packet.to_vec());
             Ok(())
         }
 
         fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let frame = self
+            let packet = self
                 .incoming
                 .lock()
                 .unwrap()
                 .pop_front()
                 .ok_or(io::ErrorKind::WouldBlock)?;
-            let n = frame.len().min(buf.len());
-            buf[..n].copy_from_slice(&frame[..n]);
+            let n = packet.len().min(buf.len());
+            buf[..n].copy_from_slice(&packet[..n]);
             Ok(n)
+        }
+
+        fn set_offloads(&mut self, offloads: GuestOffloads) -> io::Result<()> {
+            self.offloads.lock().unwrap().push(offloads);
+            Ok(())
         }
     }
 
     impl Host {
+        /// The frames sent, without their headers (which must be all zeros).
         fn sent(&self) -> Vec<Vec<u8>> {
+            self.sent_packets()
+                .into_iter()
+                .map(|p| {
+                    assert_eq!(p[..NET_HDR_SIZE], [0; NET_HDR_SIZE], "a plain header");
+                    p[NET_HDR_SIZE..].to_vec()
+                })
+                .collect()
+        }
+        /// The packets sent, headers and frames.
+        fn sent_packets(&self) -> Vec<Vec<u8>> {
             self.sent.lock().unwrap().clone()
         }
+        /// A frame for the guest, after a zeroed header (as a TAP without offloads).
         fn push(&self, frame: Vec<u8>) {
-            self.incoming.lock().unwrap().push_back(frame);
+            self.push_packet(&[0; NET_HDR_SIZE], &frame);
+        }
+        /// A frame for the guest after `header`.
+        fn push_packet(&self, header: &[u8; NET_HDR_SIZE], frame: &[u8]) {
+            let mut packet = header.to_vec();
+            packet.extend_from_slice(frame);
+            self.incoming.lock().unwrap().push_back(packet);
         }
         fn waiting(&self) -> usize {
             self.incoming.lock().unwrap().len()
         }
+        fn offloads(&self) -> Vec<GuestOffloads> {
+            self.offloads.lock().unwrap().clone()
+        }
+    }
+
+    /// A `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start,
+    /// csum_offset, num_buffers.
+    fn header(flags: u8, gso_type: u8, fields: [u16; 5]) -> [u8; NET_HDR_SIZE] {
+        let mut h = [0u8; NET_HDR_SIZE];
+        h[0] = flags;
+        h[1] = gso_type;
+        for (i, v) in fields.iter().enumerate() {
+            h[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        h
     }
 
     /// A test frame of `len` bytes: an Ethernet header and a counting payload.
@@ -643,17 +991,25 @@ mod tests {
             head
         }
 
-        /// Offers a tx frame: a header buffer, then the frame.
+        /// Offers a tx frame: a zeroed header buffer, then the frame.
         fn send(&mut self, frame: &[u8], at: u64) {
-            self.mem
-                .write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
-                .unwrap();
+            self.send_with(&[0; NET_HDR_SIZE], frame, at);
+        }
+
+        /// Offers a tx frame: a buffer with `header`, then the frame.
+        fn send_with(&mut self, header: &[u8; NET_HDR_SIZE], frame: &[u8], at: u64) {
+            self.mem.write_slice(header, GuestAddress(at)).unwrap();
             let data = at + NET_HDR_SIZE as u64;
             self.mem.write_slice(frame, GuestAddress(data)).unwrap();
             self.offer(
                 TX_QUEUE,
                 &[(at, NET_HDR_SIZE as u32, 0), (data, frame.len() as u32, 0)],
             );
+        }
+
+        /// The driver accepts `features` and sets DRIVER_OK.
+        fn activate(&mut self, features: u64) {
+            self.net.activate(features).unwrap();
         }
 
         fn run(&mut self, q: usize) -> Result<(), DeviceError> {
@@ -714,7 +1070,7 @@ mod tests {
     const BUF: u64 = 0x10000;
 
     #[test]
-    fn tx_frames_reach_the_backend_without_the_header() {
+    fn tx_frames_reach_the_backend_after_their_header() {
         let mem = memory();
         let mut d = Driver::new(&mem, false);
         let first = frame(60, 1);
@@ -998,7 +1354,23 @@ mod tests {
             assert_ne!(low & (1 << bit), 0, "feature {bit}");
         }
         assert_ne!(low & (1 << 29), 0, "event-idx");
-        assert_eq!(low & 0xc7, 0, "no checksum or segmentation offloads");
+        for f in [
+            F_CSUM,
+            F_GUEST_CSUM,
+            F_GUEST_TSO4,
+            F_GUEST_TSO6,
+            F_HOST_TSO4,
+            F_HOST_TSO6,
+            F_MRG_RXBUF,
+        ] {
+            assert_ne!(u64::from(low) & f, 0, "offload {f:#x}");
+        }
+        let not_offered = F_GUEST_ECN | F_HOST_ECN | 1 << 10 | 1 << 14 | 1 << 17 | 1 << 22;
+        assert_eq!(
+            u64::from(low) & not_offered,
+            0,
+            "no ECN, UFO, control queue or MQ"
+        );
         let mut mac = [0u8; 6];
         crate::bus::BusDevice::read(&mut t, 0x100, &mut mac);
         assert_eq!(mac, MAC.bytes());
@@ -1010,6 +1382,403 @@ mod tests {
         crate::bus::BusDevice::read(&mut t, 0x10a, &mut field);
         assert_eq!(u16::from_le_bytes(field), MTU);
         assert_eq!(r(&mut t, 0x10c), 0, "nothing beyond");
+    }
+
+    /// Every offload the device offers, accepted.
+    const ALL: u64 = OFFERED;
+
+    #[test]
+    fn tx_headers_pass_through_unchanged() {
+        let mem = memory();
+        let mut d = Driver::new(&mem, false);
+        d.activate(ALL);
+        // A 40 KiB TCP/IPv4 frame for the host to segment, its checksum left partial.
+        let tso = header(NEEDS_CSUM, GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        let big = frame(40_000, 1);
+        d.send_with(&tso, &big, BUF);
+        // IPv6 as well, and a frame with only a partial checksum.
+        let tso6 = header(NEEDS_CSUM, GSO_TCPV6, [86, 1428, 54, 16, 0]);
+        d.send_with(&tso6, &frame(20_000, 2), BUF + 0x1_0000);
+        let csum = header(NEEDS_CSUM, GSO_NONE, [0, 0, 34, 6, 0]);
+        d.send_with(&csum, &frame(1000, 3), BUF + 0x2_0000);
+        d.run(TX_QUEUE).unwrap();
+        let sent = d.host.sent_packets();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0][..NET_HDR_SIZE], tso, "header intact");
+        assert_eq!(sent[0][NET_HDR_SIZE..], big, "frame intact");
+        assert_eq!(sent[1][..NET_HDR_SIZE], tso6);
+        assert_eq!(sent[2][..NET_HDR_SIZE], csum);
+        let stats = d.stats();
+        assert_eq!((stats.tx_frames, stats.tx_bytes), (3, 61_000));
+        // Header and frame in a single buffer go through as they are too.
+        let mut one = tso.to_vec();
+        one.extend_from_slice(&frame(3000, 4));
+        mem.write_slice(&one, GuestAddress(BUF + 0x3_0000)).unwrap();
+        d.offer(TX_QUEUE, &[(BUF + 0x3_0000, one.len() as u32, 0)]);
+        d.run(TX_QUEUE).unwrap();
+        assert_eq!(d.host.sent_packets()[3], one);
+    }
+
+    #[test]
+    fn tx_headers_asking_for_offloads_not_negotiated_are_dropped() {
+        let plain = [0u8; NET_HDR_SIZE];
+        let csum = header(NEEDS_CSUM, GSO_NONE, [0, 0, 34, 16, 0]);
+        let tso4 = header(NEEDS_CSUM, GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        let tso6 = header(NEEDS_CSUM, GSO_TCPV6, [86, 1428, 54, 16, 0]);
+        let ecn = header(NEEDS_CSUM, GSO_TCPV4 | 0x80, [66, 1448, 34, 16, 0]);
+        let udp = header(NEEDS_CSUM, 3, [42, 1472, 34, 6, 0]);
+        let udp_l4 = header(NEEDS_CSUM, 5, [42, 1472, 34, 6, 0]);
+        let data_valid = header(DATA_VALID, GSO_NONE, [0; 5]);
+        let unknown_flag = header(0x80, GSO_NONE, [0; 5]);
+        // (features accepted, header, goes out)
+        let cases: Vec<(u64, [u8; NET_HDR_SIZE], bool)> = vec![
+            (0, plain, true),
+            (0, csum, false),
+            (0, tso4, false),
+            (F_CSUM, csum, true),
+            (F_CSUM, tso4, false),
+            (F_CSUM | F_HOST_TSO4, tso4, true),
+            (F_CSUM | F_HOST_TSO4, tso6, false),
+            (F_CSUM | F_HOST_TSO6, tso6, true),
+            (F_CSUM | F_HOST_TSO6, tso4, false),
+            (ALL, ecn, false),
+            (ALL, udp, false),
+            (ALL, udp_l4, false),
+            (ALL, data_valid, false),
+            (ALL, unknown_flag, false),
+            (ALL & !F_CSUM & !F_HOST_TSO4 & !F_HOST_TSO6, csum, false),
+        ];
+        for (i, (features, hdr, goes)) in cases.into_iter().enumerate() {
+            let mem = memory();
+            let mut d = Driver::new(&mem, false);
+            d.activate(VIRTIO_F_VERSION_1 | features);
+            d.send_with(&hdr, &frame(2000, 1), BUF);
+            // A plain frame behind it goes out either way.
+            d.send(&frame(60, 2), BUF + 0x1_0000);
+            d.run(TX_QUEUE).unwrap();
+            let sent = d.host.sent_packets();
+            assert_eq!(sent.len(), if goes { 2 } else { 1 }, "case {i}");
+            if goes {
+                assert_eq!(sent[0][..NET_HDR_SIZE], hdr, "case {i}");
+            }
+            assert_eq!(d.stats().tx_dropped, u64::from(!goes), "case {i}");
+            assert_eq!(d.used(TX_QUEUE).len(), 2, "case {i}: both chains used");
+        }
+    }
+
+    /// Offers `n` rx chains of one `len`-byte buffer each, 4 KiB apart from `at`.
+    fn offer_rx(d: &mut Driver<'_>, at: u64, n: u64, len: u32) {
+        for i in 0..n {
+            d.offer(RX_QUEUE, &[(at + 0x1000 * i, len, WRITE)]);
+        }
+    }
+
+    #[test]
+    fn a_large_rx_frame_spreads_over_merged_buffers() {
+        let mem = memory();
+        let mut d = Driver::new(&mem, false);
+        d.activate(ALL);
+        // A 40 KiB TCP frame the guest segments (or rather: takes as it is).
+        let tso = header(NEEDS_CSUM | DATA_VALID, GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        let big = frame(40_000, 5);
+        d.host.push_packet(&tso, &big);
+        let small = frame(60, 6);
+        d.host.push(small.clone());
+        mem.write_slice(&[0xee; 0x1000 * 12], GuestAddress(BUF))
+            .unwrap();
+        offer_rx(&mut d, BUF, 12, 4096);
+        d.run(RX_QUEUE).unwrap();
+        // 12 + 40000 bytes: nine full chains and 3148 bytes in the tenth; the small
+        // frame has the eleventh to itself.
+        let mut want: Vec<(u32, u32)> = (0..9).map(|i| (i, 4096)).collect();
+        want.push((9, 3148));
+        want.push((10, 72));
+        assert_eq!(d.used(RX_QUEUE), want);
+        let mut expected_hdr = tso;
+        expected_hdr[NUM_BUFFERS_OFFSET] = 10;
+        assert_eq!(d.read(BUF, NET_HDR_SIZE), expected_hdr, "num_buffers 10");
+        let mut got = d.read(BUF, 4096)[NET_HDR_SIZE..].to_vec();
+        for i in 1..9 {
+            got.extend(d.read(BUF + 0x1000 * i, 4096));
+        }
+        got.extend(d.read(BUF + 0x9000, 3148));
+        assert_eq!(got, big);
+        assert_eq!(d.read(BUF + 0x9000 + 3148, 4), [0xee; 4], "nothing beyond");
+        let mut one = [0u8; NET_HDR_SIZE];
+        one[NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(d.read(BUF + 0xa000, NET_HDR_SIZE), one);
+        assert_eq!(d.read(BUF + 0xa000 + NET_HDR_SIZE as u64, 60), small);
+        assert!(d.interrupted());
+        let stats = d.stats();
+        assert_eq!(
+            (stats.rx_frames, stats.rx_bytes, stats.rx_dropped),
+            (2, 40_060, 0)
+        );
+    }
+
+    #[test]
+    fn a_merged_rx_frame_waits_until_enough_buffers_are_there() {
+        for event_idx in [false, true] {
+            let mem = memory();
+            let mut d = Driver::new(&mem, event_idx);
+            d.activate(ALL);
+            let big = frame(40_000, 7);
+            d.host.push(big.clone());
+            // Five chains are not enough: none is used, the frame waits.
+            offer_rx(&mut d, BUF, 5, 4096);
+            d.run(RX_QUEUE).unwrap();
+            assert!(d.used(RX_QUEUE).is_empty(), "no partial frame");
+            assert!(d.net.rx_pending.is_some());
+            assert!(!d.interrupted());
+            if event_idx {
+                assert_eq!(
+                    d.avail_event(RX_QUEUE),
+                    5,
+                    "asks to hear of the next buffer"
+                );
+            } else {
+                assert_eq!(d.used_flags(RX_QUEUE), 0, "notifications on");
+            }
+            // A backend edge in between changes nothing.
+            d.run(RX_QUEUE).unwrap();
+            assert!(d.used(RX_QUEUE).is_empty());
+            // Five more: the frame goes into the first ten, in order.
+            offer_rx(&mut d, BUF + 0x5000, 5, 4096);
+            d.run(RX_QUEUE).unwrap();
+            let used = d.used(RX_QUEUE);
+            let heads: Vec<u32> = used.iter().map(|&(h, _)| h).collect();
+            assert_eq!(heads, (0..10).collect::<Vec<_>>());
+            assert_eq!(used.iter().map(|&(_, l)| l).sum::<u32>(), 40_012);
+            assert_eq!(d.read(BUF + NET_HDR_SIZE as u64, 100), big[..100]);
+            assert_eq!(
+                d.read(BUF + 0x9000, 3148)[3148 - 100..],
+                big[40_000 - 100..]
+            );
+            assert_eq!(
+                u16::from_le_bytes([d.read(BUF + 10, 2)[0], d.read(BUF + 11, 1)[0]]),
+                10
+            );
+            assert!(d.interrupted());
+            assert!(d.net.rx_pending.is_none());
+        }
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_takes_one_chain_or_is_dropped() {
+        let mem = memory();
+        let mut d = Driver::new(&mem, false);
+        d.activate(ALL & !F_MRG_RXBUF);
+        // A frame larger than the chain is dropped as before, not spread.
+        d.host.push(frame(3000, 1));
+        offer_rx(&mut d, BUF, 2, 1526);
+        d.run(RX_QUEUE).unwrap();
+        // The next frame went into the next chain, num_buffers 1.
+        d.host.push(frame(1000, 2));
+        d.run(RX_QUEUE).unwrap();
+        assert_eq!(d.used(RX_QUEUE), vec![(0, 0), (1, 1012)]);
+        let mut one = [0u8; NET_HDR_SIZE];
+        one[NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(d.read(BUF + 0x1000, NET_HDR_SIZE), one);
+        // A 40 KiB TSO frame fits a chain of big buffers (the driver's "big packets").
+        let tso = header(NEEDS_CSUM, GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        let big = frame(40_000, 3);
+        d.host.push_packet(&tso, &big);
+        let bufs: Vec<(u64, u32, u16)> = (0..10)
+            .map(|i| (BUF + 0x1_0000 + 0x1000 * i, 4096, WRITE))
+            .collect();
+        d.offer(RX_QUEUE, &bufs);
+        d.run(RX_QUEUE).unwrap();
+        assert_eq!(d.used(RX_QUEUE)[2], (2, 40_012));
+        let mut want = tso;
+        want[NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(d.read(BUF + 0x1_0000, NET_HDR_SIZE), want);
+        let stats = d.stats();
+        assert_eq!((stats.rx_frames, stats.rx_dropped), (2, 1));
+    }
+
+    #[test]
+    fn rx_headers_carry_only_what_the_driver_negotiated() {
+        let tso4 = header(NEEDS_CSUM, GSO_TCPV4, [66, 1448, 34, 16, 0]);
+        let tso6 = header(NEEDS_CSUM, GSO_TCPV6, [86, 1428, 54, 16, 0]);
+        let csum = header(NEEDS_CSUM, GSO_NONE, [0, 0, 34, 16, 0]);
+        let valid = header(DATA_VALID, GSO_NONE, [0; 5]);
+        let rsc = header(DATA_VALID | 4, GSO_NONE, [0; 5]);
+        let ecn = header(NEEDS_CSUM, GSO_TCPV4 | 0x80, [66, 1448, 34, 16, 0]);
+        let udp = header(NEEDS_CSUM, 3, [42, 1472, 34, 6, 0]);
+        // (features, header from the host, flags the guest sees or None for dropped)
+        let cases: Vec<(u64, [u8; NET_HDR_SIZE], Option<u8>)> = vec![
+            (ALL, tso4, Some(NEEDS_CSUM)),
+            (ALL, tso6, Some(NEEDS_CSUM)),
+            (ALL, valid, Some(DATA_VALID)),
+            (ALL, rsc, Some(DATA_VALID)),
+            (ALL, ecn, None),
+            (ALL, udp, None),
+            (ALL & !F_GUEST_TSO4, tso4, None),
+            (ALL & !F_GUEST_TSO6, tso6, None),
+            (F_GUEST_CSUM, csum, Some(NEEDS_CSUM)),
+            (0, csum, None),
+            (0, valid, Some(0)),
+            (0, tso4, None),
+        ];
+        for (i, (features, hdr, flags)) in cases.into_iter().enumerate() {
+            let mem = memory();
+            let mut d = Driver::new(&mem, false);
+            d.activate(VIRTIO_F_VERSION_1 | features);
+            d.host.push_packet(&hdr, &frame(2000, 1));
+            d.host.push(frame(60, 2));
+            offer_rx(&mut d, BUF, 2, 4096);
+            d.run(RX_QUEUE).unwrap();
+            match flags {
+                Some(flags) => {
+                    assert_eq!(d.used(RX_QUEUE)[0], (0, 2012), "case {i}");
+                    let got = d.read(BUF, NET_HDR_SIZE);
+                    assert_eq!(got[0], flags, "case {i}");
+                    assert_eq!(got[1..NUM_BUFFERS_OFFSET], hdr[1..NUM_BUFFERS_OFFSET]);
+                }
+                None => {
+                    assert_eq!(d.used(RX_QUEUE), vec![(0, 72)], "case {i}");
+                    assert_eq!(d.stats().rx_dropped, 1, "case {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn negotiated_offloads_reach_the_backend() {
+        let none = GuestOffloads::default();
+        let cases = [
+            (
+                ALL,
+                GuestOffloads {
+                    csum: true,
+                    tso4: true,
+                    tso6: true,
+                    tso_ecn: false,
+                },
+            ),
+            (F_GUEST_CSUM, GuestOffloads { csum: true, ..none }),
+            (
+                F_GUEST_CSUM | F_GUEST_TSO6,
+                GuestOffloads {
+                    csum: true,
+                    tso6: true,
+                    ..none
+                },
+            ),
+            (F_CSUM | F_HOST_TSO4 | F_MRG_RXBUF, none),
+            (0, none),
+        ];
+        for (features, want) in cases {
+            let mem = memory();
+            let mut d = Driver::new(&mem, false);
+            d.activate(VIRTIO_F_VERSION_1 | features);
+            assert_eq!(d.host.offloads(), vec![want], "{features:#x}");
+            d.net.reset();
+            assert_eq!(d.host.offloads(), vec![want, none], "reset turns them off");
+        }
+        // The dependencies hold even for a set the transport would have refused.
+        let odd = GuestOffloads::from_features(F_GUEST_TSO4 | F_GUEST_ECN);
+        assert_eq!(odd, none);
+        let ecn = GuestOffloads::from_features(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_ECN);
+        assert!(ecn.tso4 && ecn.tso_ecn);
+
+        // Through the transport: a consistent set gets to DRIVER_OK with its offloads
+        // set; one that breaks the feature dependencies is refused at FEATURES_OK.
+        use crate::virtio::mmio::tests::bring_up;
+        for (features, accepted) in [
+            (ALL, true),
+            (VIRTIO_F_VERSION_1 | F_GUEST_TSO4, false),
+            (VIRTIO_F_VERSION_1 | F_HOST_TSO6, false),
+            (
+                VIRTIO_F_VERSION_1 | F_GUEST_CSUM | F_CSUM | F_HOST_TSO6,
+                true,
+            ),
+        ] {
+            let host = Host::default();
+            let (mut t, _) = transport(Box::new(Net::new(MAC, Box::new(host.clone()))));
+            bring_up(&mut t, features, &[16, 16]);
+            assert_eq!(r(&mut t, 0x70) == 15, accepted, "{features:#x}");
+            assert_eq!(
+                host.offloads().len(),
+                usize::from(accepted),
+                "{features:#x}"
+            );
+        }
+
+        // A backend that cannot offload refuses, and the device then needs a reset.
+        struct Plain;
+        impl NetBackend for Plain {
+            fn send(&mut self, _: &[u8]) -> io::Result<()> {
+                Ok(())
+            }
+            fn recv(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+        let mut net = Net::new(MAC, Box::new(Plain));
+        assert!(net.activate(VIRTIO_F_VERSION_1 | F_MRG_RXBUF).is_ok());
+        assert!(matches!(net.activate(ALL), Err(DeviceError::Backend(_))));
+    }
+
+    #[test]
+    fn hostile_chains_among_merged_buffers_drop_the_frame_not_the_vmm() {
+        let hdr = NET_HDR_SIZE as u32;
+        // (name, the second chain's descriptors as (address, length, flags))
+        type Case = (&'static str, Vec<(u64, u32, u16)>);
+        let cases: Vec<Case> = vec![
+            ("outside guest memory", vec![(1 << 40, 4096, WRITE)]),
+            (
+                "running off the end of memory",
+                vec![(0xf_ff00, 0x200, WRITE)],
+            ),
+            (
+                "smaller than a header",
+                vec![(BUF + 0x1000, hdr - 1, WRITE)],
+            ),
+            ("nothing writable", vec![(BUF + 0x1000, 4096, 0)]),
+            (
+                "giant lengths",
+                vec![
+                    (BUF + 0x1000, u32::MAX, WRITE),
+                    (BUF + 0x2000, u32::MAX, WRITE),
+                ],
+            ),
+        ];
+        for (name, bad) in cases {
+            let mem = memory();
+            let mut d = Driver::new(&mem, false);
+            d.activate(ALL);
+            d.host.push(frame(10_000, 1));
+            let good = frame(60, 2);
+            d.host.push(good.clone());
+            d.offer(RX_QUEUE, &[(BUF, 4096, WRITE)]);
+            let bad_head = d.offer(RX_QUEUE, &bad);
+            offer_rx(&mut d, BUF + 0x4000, 4, 4096);
+            d.run(RX_QUEUE).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let used = d.used(RX_QUEUE);
+            // The first chain and the bad one come back empty, before anything else;
+            // the small frame takes the next good chain.
+            assert_eq!(used[0], (0, 0), "{name}");
+            assert_eq!(used[1], (u32::from(bad_head), 0), "{name}");
+            assert_eq!(used[2].1, 72, "{name}");
+            assert_eq!(used.len(), 3, "{name}");
+            let at = BUF + 0x4000 + NET_HDR_SIZE as u64;
+            assert_eq!(d.read(at, 60), good, "{name}");
+            let stats = d.stats();
+            assert_eq!((stats.rx_frames, stats.rx_dropped), (1, 1), "{name}");
+        }
+        // A frame no full ring can hold is dropped, the ring left as it was.
+        let mem = memory();
+        let mut d = Driver::new(&mem, false);
+        d.activate(ALL);
+        d.host.push(frame(10_000, 3));
+        let good = frame(60, 4);
+        d.host.push(good.clone());
+        offer_rx(&mut d, BUF, u64::from(SIZE), 100);
+        d.run(RX_QUEUE).unwrap();
+        assert_eq!(d.used(RX_QUEUE), vec![(0, 72)]);
+        assert_eq!(d.read(BUF + NET_HDR_SIZE as u64, 60), good);
+        assert_eq!(d.stats().rx_dropped, 1);
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Host TAP devices, the host end of virtio-net: `/dev/net/tun` attached to a named TAP
-//! interface (`IFF_TAP | IFF_NO_PI`, no `IFF_VNET_HDR`: the device strips and writes the
-//! virtio header itself), non-blocking, one Ethernet frame per read or write.
+//! interface with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, non-blocking, one packet per
+//! read or write: a 12-byte `virtio_net_hdr_v1` (`TUNSETVNETHDRSZ`) and an Ethernet
+//! frame, which is exactly what the guest's driver puts in front of its frames, so the
+//! device passes headers through. The kernel then finishes partial checksums and
+//! segments TSO frames the guest sends, and hands the guest frames with partial
+//! checksums or still to be segmented as far as `TUNSETOFFLOAD` allows, which is set
+//! from what the guest's driver negotiated ([`NetBackend::set_offloads`]); until then,
+//! none.
 //!
 //! Attaching creates the interface if it does not exist (it then disappears with the
 //! VMM); a persistent one made beforehand (`ip tuntap add NAME mode tap`) is attached
@@ -12,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use devices::virtio::net::NetBackend;
+use devices::virtio::net::{GuestOffloads, NET_HDR_SIZE, NetBackend};
 
 /// Longest interface name (`IFNAMSIZ` less its NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -32,6 +38,16 @@ pub enum TapError {
     /// `TUNSETIFF` refused the interface.
     #[error("Cannot attach to the TAP device {name}")]
     Attach {
+        /// The interface.
+        name: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The TAP refused the virtio header size or the offloads (a kernel without
+    /// `IFF_VNET_HDR` support).
+    #[error("Cannot set up virtio headers on the TAP device {name}")]
+    VnetHdr {
         /// The interface.
         name: String,
         /// What the kernel said.
@@ -66,6 +82,28 @@ struct IfReq {
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == std::mem::size_of::<libc::ifreq>());
 
+/// The virtio header in front of every packet: `virtio_net_hdr_v1`, with `num_buffers`.
+const VNET_HDR_SIZE: libc::c_int = NET_HDR_SIZE as libc::c_int;
+
+/// The `TUNSETOFFLOAD` flags for `offloads`: what the TAP may hand the guest. TSO needs
+/// checksum offload (the kernel refuses it alone), and ECN a TSO.
+pub fn tun_offload_flags(offloads: GuestOffloads) -> libc::c_uint {
+    let mut flags = 0;
+    if offloads.csum {
+        flags |= libc::TUN_F_CSUM;
+        if offloads.tso4 {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if offloads.tso6 {
+            flags |= libc::TUN_F_TSO6;
+        }
+        if offloads.tso_ecn && (offloads.tso4 || offloads.tso6) {
+            flags |= libc::TUN_F_TSO_ECN;
+        }
+    }
+    flags
+}
+
 /// A TAP interface attached to this process.
 #[derive(Debug)]
 pub struct Tap {
@@ -87,7 +125,7 @@ impl Tap {
             .map_err(TapError::Open)?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _rest: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -107,10 +145,44 @@ impl Tap {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(req.name.len());
-        Ok(Self {
+        let tap = Self {
             file,
             name: String::from_utf8_lossy(&req.name[..end]).into_owned(),
-        })
+        };
+        let vnet_error = |source| TapError::VnetHdr {
+            name: tap.name.clone(),
+            source,
+        };
+        let size = VNET_HDR_SIZE;
+        // SAFETY: the descriptor is an open /dev/net/tun that `tap` owns for the whole
+        // call, attached above; TUNSETVNETHDRSZ reads one `c_int` through the pointer,
+        // which points to `size`, an initialised c_int that outlives the call.
+        let ret = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size) };
+        if ret < 0 {
+            return Err(vnet_error(io::Error::last_os_error()));
+        }
+        // A persistent TAP keeps the offloads its last user set: none until the guest
+        // says what it takes.
+        tap.set_tun_offload(0).map_err(vnet_error)?;
+        Ok(tap)
+    }
+
+    /// Tells the TAP which offloads the reader (the guest) takes: `TUN_F_*` flags.
+    fn set_tun_offload(&self, flags: libc::c_uint) -> io::Result<()> {
+        // SAFETY: the descriptor is an open /dev/net/tun that `self.file` owns for the
+        // whole call, attached with TUNSETIFF; TUNSETOFFLOAD takes its argument by
+        // value (an unsigned long of flags), so no memory is passed or touched.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The interface's name, as the kernel reports it.
@@ -134,13 +206,14 @@ impl AsFd for Tap {
 }
 
 impl NetBackend for Tap {
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        // A TAP write is one frame: all of it or an error.
-        let n = self.file.write(frame)?;
-        if n != frame.len() {
+    fn send(&mut self, packet: &[u8]) -> io::Result<()> {
+        // A TAP write is one header and frame: all of it or an error (the kernel checks
+        // the header, as for any TAP writer).
+        let n = self.file.write(packet)?;
+        if n != packet.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("TAP took {n} of {} bytes", frame.len()),
+                format!("TAP took {n} of {} bytes", packet.len()),
             ));
         }
         Ok(())
@@ -148,6 +221,10 @@ impl NetBackend for Tap {
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
+    }
+
+    fn set_offloads(&mut self, offloads: GuestOffloads) -> io::Result<()> {
+        self.set_tun_offload(tun_offload_flags(offloads))
     }
 }
 
@@ -158,6 +235,56 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    #[test]
+    fn offloads_map_to_tun_flags() {
+        let none = GuestOffloads::default();
+        let csum = GuestOffloads { csum: true, ..none };
+        let cases = [
+            (none, 0),
+            (csum, libc::TUN_F_CSUM),
+            (
+                GuestOffloads {
+                    tso4: true,
+                    tso6: true,
+                    ..csum
+                },
+                libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6,
+            ),
+            (
+                GuestOffloads { tso6: true, ..csum },
+                libc::TUN_F_CSUM | libc::TUN_F_TSO6,
+            ),
+            (
+                GuestOffloads {
+                    tso4: true,
+                    tso_ecn: true,
+                    ..csum
+                },
+                libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO_ECN,
+            ),
+            // Never TSO without checksums, nor ECN without TSO: the kernel refuses both.
+            (
+                GuestOffloads {
+                    tso4: true,
+                    tso6: true,
+                    tso_ecn: true,
+                    ..none
+                },
+                0,
+            ),
+            (
+                GuestOffloads {
+                    tso_ecn: true,
+                    ..csum
+                },
+                libc::TUN_F_CSUM,
+            ),
+        ];
+        for (offloads, flags) in cases {
+            assert_eq!(tun_offload_flags(offloads), flags, "{offloads:?}");
+        }
+    }
 
     #[test]
     fn interface_names_are_checked() {
@@ -251,14 +378,18 @@ mod tests {
         f
     }
 
-    /// Reads frames with `read` until `want` arrives, for up to 5 seconds; the host may
-    /// send its own (IPv6 neighbour discovery and the like) in between.
-    fn wait_for(mut read: impl FnMut(&mut [u8]) -> io::Result<usize>, want: &[u8]) -> bool {
+    /// Reads frames with `read` until one that `want` accepts arrives, for up to 5
+    /// seconds; the host may send its own (IPv6 neighbour discovery and the like) in
+    /// between.
+    fn wait_for(
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut buf = vec![0u8; 65536];
         while Instant::now() < deadline {
             match read(&mut buf) {
-                Ok(n) if &buf[..n] == want => return true,
+                Ok(n) if want(&buf[..n]) => return true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -300,21 +431,56 @@ mod tests {
         }
         let host = PacketSocket::bind(&name).expect("packet socket on the TAP");
 
-        // Guest to host: what the device sends appears on the interface.
+        // Guest to host: what the device sends, a header and a frame, appears on the
+        // interface as the frame.
         let out = test_frame([0x02, 0, 0, 0, 0, 1], b"from the guest");
-        tap.send(&out).expect("write to the TAP");
+        let mut packet = vec![0u8; NET_HDR_SIZE];
+        packet.extend_from_slice(&out);
+        tap.send(&packet).expect("write to the TAP");
         assert!(
-            wait_for(|b| host.recv(b), &out),
+            wait_for(|b| host.recv(b), |f| f == out),
             "frame never reached the host"
         );
 
-        // Host to guest: what the host sends out of the interface is read from the TAP.
+        // Host to guest: what the host sends out of the interface is read from the TAP
+        // after a header: no checksum to finish, no segmentation (num_buffers, the
+        // last two bytes, is the device's to fill in).
         let back = test_frame([0x02, 0, 0, 0, 0, 2], b"from the host");
         host.send(&back).expect("send on the interface");
         assert!(
-            wait_for(|b| tap.recv(b), &back),
+            wait_for(
+                |b| tap.recv(b),
+                |p| p.len() == NET_HDR_SIZE + back.len()
+                    && p[..10] == [0; 10]
+                    && p[NET_HDR_SIZE..] == back
+            ),
             "frame never came out of the TAP"
         );
+
+        // Every offload set the guest can negotiate is one the TAP takes; TSO without
+        // checksum offload is not (which tun_offload_flags never asks for).
+        let all = GuestOffloads {
+            csum: true,
+            tso4: true,
+            tso6: true,
+            tso_ecn: true,
+        };
+        for offloads in [
+            all,
+            GuestOffloads {
+                tso_ecn: false,
+                ..all
+            },
+            GuestOffloads {
+                csum: true,
+                ..GuestOffloads::default()
+            },
+            GuestOffloads::default(),
+        ] {
+            tap.set_offloads(offloads)
+                .unwrap_or_else(|e| panic!("{offloads:?}: {e}"));
+        }
+        assert!(tap.set_tun_offload(libc::TUN_F_TSO4).is_err());
         // With nothing more for it, a read says so at once.
         let mut buf = [0u8; 2048];
         loop {
