@@ -74,6 +74,15 @@ fn start_registry_with(dir: &Path, extra: &str) -> Registry {
     }
 }
 
+/// A plain-HTTP registry in `dir` holding the busybox image as `busybox:latest`, and
+/// that image's archive.
+fn registry_with_busybox(dir: &Path) -> (Registry, PathBuf) {
+    let tar = busybox_image(dir);
+    let reg = start_registry(dir);
+    push(&tar, reg.port, "busybox:latest");
+    (reg, tar)
+}
+
 fn push(tar: &Path, port: u16, name: &str) {
     let out = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
@@ -138,10 +147,8 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
     }
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = busybox_image(dir.path());
-    let reg = start_registry(dir.path());
+    let (reg, tar) = registry_with_busybox(dir.path());
     let port = reg.port;
-    push(&tar, port, "busybox:latest");
 
     // By tag.
     let state = dir.path().join("state");
@@ -460,9 +467,7 @@ fn pulls_follow_bearer_token_auth_and_plain_http_needs_insecure_off_localhost() 
     }
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let tar = busybox_image(dir.path());
-    let reg = start_registry(dir.path());
-    push(&tar, reg.port, "busybox:latest");
+    let (reg, _) = registry_with_busybox(dir.path());
     let (front, scopes) = token_front(reg.port);
     let name = format!("127.0.0.2:{front}/busybox:latest");
     let state = dir.path().join("state");

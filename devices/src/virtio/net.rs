@@ -393,11 +393,6 @@ impl Net {
         }
     }
 
-    /// The device's MAC address.
-    pub fn mac(&self) -> MacAddr {
-        self.mac
-    }
-
     /// The device's frame counters.
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
