@@ -147,7 +147,7 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
     }
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
-    let (reg, tar) = registry_with_busybox(dir.path());
+    let (reg, _) = registry_with_busybox(dir.path());
     let port = reg.port;
 
     // By tag.
