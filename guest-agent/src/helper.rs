@@ -194,6 +194,10 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AgentError {
 
 /// Entry point of the helper process. Never returns.
 pub fn main(mode: &str) -> ! {
+    // Docker's (runc's) umask for everything made in and for the container (its
+    // /etc/hosts, working directory, processes), whatever the agent inherited: a host
+    // `arca` runs with 077 to keep its state private.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let code = match run(mode) {
         Ok(never) => match never {},
         Err(e) => {

@@ -99,7 +99,20 @@ impl Listener {
                     }
                 }
             }
-            Listener::Unix(l) => OwnedFd::from(l.accept()?.0),
+            Listener::Unix(l) => {
+                let conn = l.accept()?.0;
+                // On the host, only the user who started the agent (or root) may drive
+                // it, even if the socket's directory were reachable.
+                let cred = rustix::net::sockopt::socket_peercred(&conn)?;
+                let (uid, me) = (cred.uid.as_raw(), rustix::process::geteuid().as_raw());
+                if uid != 0 && uid != me {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("refused a connection from uid {uid}"),
+                    ));
+                }
+                OwnedFd::from(conn)
+            }
         };
         Ok(Conn(fd))
     }

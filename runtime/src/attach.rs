@@ -51,6 +51,10 @@ impl Hub {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
+                // Only the container's owner (or root) attaches.
+                if !crate::state::peer_is_trusted(&conn) {
+                    continue;
+                }
                 let Ok(copy) = conn.try_clone() else { continue };
                 // A client that stops reading must not stall the container's output
                 // (and its logs): after this long it is let go.

@@ -16,6 +16,7 @@ use arca_protocol::{ProcessSpec, StdioStream};
 use serde::{Deserialize, Serialize};
 use vmm::agent_client::{AgentAddress, AgentClient};
 
+use crate::logs::LogReader;
 use crate::run::{Isolation, RunError};
 
 /// Life stage of a container.
@@ -143,7 +144,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// Whether `pid` is alive (a zombie is not) and, when `start` is known, still the
 /// process that started then (pids are reused).
-fn alive(pid: u32, start: Option<u64>) -> bool {
+pub(crate) fn alive(pid: u32, start: Option<u64>) -> bool {
     let Some(fields) = stat_fields(pid) else {
         return false;
     };
@@ -326,30 +327,16 @@ pub fn ps(state: &Path, all: bool, quiet: bool) {
     }
 }
 
-/// `arca logs [-f]`: stdout.log to stdout, stderr.log to stderr; with `follow`, until
-/// the container exits.
+/// `arca logs [-f]`: the stdout log to stdout, the stderr log to stderr, each from its
+/// oldest rotated file on; with `follow`, until the container exits, across rotations.
 pub fn logs(state: &Path, name: &str, follow: bool) -> Result<i32, RunError> {
     let (dir, _) = find(state, name)?;
-    let open = |n: &str| std::fs::File::open(dir.join(n)).ok();
-    let (mut out, mut err) = (open("stdout.log"), open("stderr.log"));
-    let mut buf = vec![0u8; 65536];
+    let mut out = LogReader::open(&dir.join("stdout.log"));
+    let mut err = LogReader::open(&dir.join("stderr.log"));
     loop {
-        let mut any = false;
-        for (file, sink) in [(&mut out, 1), (&mut err, 2)] {
-            if let Some(f) = file {
-                while let Ok(n) = f.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    any = true;
-                    let _ = if sink == 1 {
-                        io::stdout().write_all(&buf[..n])
-                    } else {
-                        io::stderr().write_all(&buf[..n])
-                    };
-                }
-            }
-        }
+        // A closed stdout (`arca logs | head`) ends the command quietly.
+        let any = out.drain(&mut io::stdout().lock()).unwrap_or(false)
+            | err.drain(&mut io::stderr().lock()).unwrap_or(false);
         let _ = io::stdout().flush();
         if !follow {
             return Ok(0);
@@ -359,12 +346,6 @@ pub fn logs(state: &Path, name: &str, follow: bool) -> Result<i32, RunError> {
             .map_or(true, |r| r.status == Status::Exited);
         if done && !any {
             return Ok(0);
-        }
-        if out.is_none() {
-            out = open("stdout.log");
-        }
-        if err.is_none() {
-            err = open("stderr.log");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -424,20 +405,38 @@ pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     if rec.status == Status::Exited {
         return Ok(());
     }
-    let mut client = rec.client()?;
-    let _ = client.signal(&rec.id, None, libc_sigterm());
+    // An agent that does not answer (a wedged or hostile guest) costs at most
+    // SIGNAL_PATIENCE per signal; the grace period runs either way.
+    let mut client = rec.client().map(|c| c.with_patience(SIGNAL_PATIENCE));
+    if let Ok(c) = client.as_mut() {
+        let _ = c.signal(&rec.id, None, libc_sigterm());
+    }
     // A record that vanished belonged to a `--rm` container that ended.
     if wait_exited(&dir, grace).is_none() && dir.exists() {
-        let _ = client.signal(&rec.id, None, 9);
-        if wait_exited(&dir, Duration::from_secs(10)).is_none() && dir.exists() {
-            return Err(RunError::Invalid(format!(
-                "Container {} did not stop",
-                rec.id
-            )));
+        if let Ok(c) = client.as_mut() {
+            let _ = c.signal(&rec.id, None, 9);
+        }
+        if wait_exited(&dir, SIGKILL_GRACE).is_none() && dir.exists() {
+            // The container outlived SIGKILL (its guest ignores the agent, or the
+            // agent is gone): the sandbox itself goes, which its monitor sees.
+            if let Some(pid) = rec.sandbox_pid {
+                kill_if_same(pid, rec.sandbox_start);
+            }
+            if wait_exited(&dir, Duration::from_secs(10)).is_none() && dir.exists() {
+                return Err(RunError::Invalid(format!(
+                    "Container {} did not stop",
+                    rec.id
+                )));
+            }
         }
     }
     Ok(())
 }
+
+/// How long `stop` and `rm -f` give the agent to answer a signal request.
+const SIGNAL_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `stop` waits after SIGKILL before it kills the sandbox.
+const SIGKILL_GRACE: Duration = Duration::from_secs(5);
 
 const fn libc_sigterm() -> i32 {
     15
@@ -454,8 +453,8 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
             )));
         }
         // At once, as `docker rm -f`: SIGKILL, then make sure the sandbox is gone.
-        if let Ok(mut c) = rec.client() {
-            let _ = c.signal(&rec.id, None, 9);
+        if let Ok(c) = rec.client() {
+            let _ = c.with_patience(SIGNAL_PATIENCE).signal(&rec.id, None, 9);
         }
         if wait_exited(&dir, Duration::from_secs(10)).is_none() {
             if let Some(pid) = rec.sandbox_pid {

@@ -262,7 +262,11 @@ pub fn image_disk(store: &Store, image: &Image) -> Result<PathBuf, GuestError> {
     let tmp = image
         .rootfs
         .with_file_name(format!(".rootfs.ext4.{}", std::process::id()));
-    let size = (tree_size(&image.rootfs) * 13 / 10 + (16 << 20)).max(32 << 20);
+    // Whole MiBs: a block device's size is a multiple of its sectors (virtio-blk
+    // refuses a disk image that is not a multiple of 512 bytes).
+    let size = (tree_size(&image.rootfs) * 13 / 10 + (16 << 20))
+        .max(32 << 20)
+        .next_multiple_of(1 << 20);
     let f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.set_len(size).map_err(io_err("size", &tmp))?;
     drop(f);

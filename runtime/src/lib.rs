@@ -14,6 +14,8 @@
 //! - [`network`]: networks (`arca network`), address leases, bridges and NAT rules.
 //! - [`ports`]: `-p` listeners that forward connections through the agent.
 //! - [`attach`]: `arca attach` to a detached container's terminal or stdio.
+//! - [`logs`]: container logs rotated like Docker's `local` driver, and their readers.
+//! - [`state`]: the state directory, private to its user, and peer checks on sockets.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,8 @@ pub mod attach;
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod logs;
 pub mod network;
 pub mod ports;
 pub mod run;
+pub mod state;

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 
 use arca_runtime::containers;
 use arca_runtime::image::store::Store;
+use arca_runtime::logs::LogOptions;
 use arca_runtime::network;
-use arca_runtime::run::{self, Isolation, RunOptions, run, state_dir};
+use arca_runtime::run::{self, Isolation, RunOptions, run};
+use arca_runtime::state;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -276,6 +278,14 @@ struct RunArgs {
     /// be ranges: 8000-8010:80-90).
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Log rotation, as Docker's local driver: max-size=SIZE (default 20m), max-file=N
+    /// (default 5), per output stream.
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
+    /// Arca only: keep the microVM's serial console in console.log in the container's
+    /// directory (capped at 1 MiB), for debugging a guest; off by default.
+    #[arg(long)]
+    guest_console: bool,
     /// The image.
     image: String,
     /// The command and its arguments.
@@ -285,17 +295,7 @@ struct RunArgs {
 
 /// Docker's memory syntax: a number with an optional b, k, m or g suffix.
 fn parse_memory(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'b')) => (&t[..i], 1),
-        Some((i, 'k')) => (&t[..i], 1 << 10),
-        Some((i, 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'g')) => (&t[..i], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
+    arca_runtime::logs::parse_size(text)
         .ok_or_else(|| format!("invalid memory size {text:?} (use e.g. 64m or 1g)"))
 }
 
@@ -319,7 +319,19 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let state = cli.state_dir.clone().unwrap_or_else(state_dir);
+    // Files 0600 and directories 0700: nothing arca makes is for other local users.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let state = match cli.state_dir.clone().map_or_else(state::state_dir, Ok) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("arca: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    if let Err(e) = state::secure(&state) {
+        eprintln!("arca: {}", chain(&e));
+        return ExitCode::from(125);
+    }
     let result: Result<i32, String> = (|| match cli.command {
         Cmd::Load { input } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
@@ -527,6 +539,8 @@ fn main() -> ExitCode {
                 user: a.user,
                 hostname: a.hostname,
                 memory: a.memory.as_deref().map(parse_memory).transpose()?,
+                log: LogOptions::parse(&a.log_opt).map_err(|e| e.to_string())?,
+                guest_console: a.guest_console,
                 cpus: a.cpus,
                 init: a.init,
                 interactive: a.interactive,

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
 use serde::{Deserialize, Serialize};
 
 use crate::attach;
-use crate::containers::{ContainerRecord, Status, containers_dir, now, start_time};
+use crate::containers::{ContainerRecord, Status, alive, containers_dir, now, start_time};
 use crate::guest;
 use crate::image::store::{Image, Store, StoreError};
+use crate::logs::{LogOptions, RotatingLog};
 use crate::network::{self, Network};
 use crate::ports::{self, Forwarders};
 
@@ -68,6 +69,16 @@ pub enum RunError {
     /// Setting up the container's network failed.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// The sandbox process (VMM or host agent) ended before its agent answered.
+    #[error("{program} ended before the container's agent answered ({status}): {output}")]
+    SandboxFailed {
+        /// `arca-vmm` or `arca-agent`.
+        program: &'static str,
+        /// How it ended.
+        status: String,
+        /// The end of what it wrote to stderr.
+        output: String,
+    },
 }
 
 impl RunError {
@@ -138,6 +149,12 @@ pub struct RunOptions {
     /// `-p`.
     #[serde(default)]
     pub publish: Vec<crate::ports::PortMapping>,
+    /// `--log-opt`: how the logs rotate.
+    #[serde(default)]
+    pub log: LogOptions,
+    /// `--guest-console`: keep the microVM's console in `console.log`.
+    #[serde(default)]
+    pub guest_console: bool,
 }
 
 /// Docker's rules: `--entrypoint` replaces the image's Entrypoint and drops its Cmd;
@@ -416,6 +433,60 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
     result
 }
 
+/// How long the output copies may go on after the container exited.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+/// How often a waiting supervisor checks that the agent still answers, how long each
+/// check may take, and how many missed checks in a row mean the sandbox is wedged.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_PATIENCE: Duration = Duration::from_secs(10);
+const PINGS_MISSED: u32 = 3;
+
+/// What a supervisor asks while it waits on the agent: whether the sandbox process is
+/// still there, and every [`PING_EVERY`] whether its agent still answers a ping on a
+/// connection of its own. A dead sandbox, or one whose agent missed [`PINGS_MISSED`]
+/// checks in a row (a wedged VMM or guest), ends the wait instead of hanging it.
+fn sandbox_watch(
+    pid: u32,
+    started: Option<u64>,
+    address: AgentAddress,
+    program: &'static str,
+) -> vmm::agent_client::Watch {
+    let mut last = std::time::Instant::now();
+    let mut missed = 0;
+    Box::new(move || {
+        if !alive(pid, started) {
+            return Some(format!("{program} exited"));
+        }
+        if last.elapsed() < PING_EVERY {
+            return None;
+        }
+        let answered = AgentClient::connect(&address, PING_PATIENCE)
+            .map(|c| c.with_patience(PING_PATIENCE))
+            .and_then(|mut c| c.ping())
+            .is_ok();
+        last = std::time::Instant::now();
+        missed = if answered { 0 } else { missed + 1 };
+        (missed >= PINGS_MISSED).then(|| {
+            format!(
+                "{program} stopped answering (its agent missed {missed} liveness checks in a row)"
+            )
+        })
+    })
+}
+
+/// The last lines of a sandbox's stderr (at most 2 KiB), for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(2048)..];
+    let tail = String::from_utf8_lossy(tail);
+    let tail = tail.trim();
+    if tail.is_empty() {
+        "it said nothing".into()
+    } else {
+        tail.replace('\n', "; ")
+    }
+}
+
 /// Where a container's output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -466,6 +537,10 @@ fn supervise(
     // Host ports first: one in use fails the run before anything starts.
     let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;
     let attachment = Attachment::prepare(state, opts, id)?;
+    // What the sandbox says goes to a file of the container's: a VMM that fails at
+    // start is reported with its own words.
+    let sandbox_log = dir.join("sandbox.log");
+    let stderr = || std::fs::File::create(&sandbox_log).map_err(io_err("create the sandbox log"));
     let (address, rootfs, _child) = match opts.isolation {
         Isolation::Process => {
             let sock = dir.join("agent.sock");
@@ -476,6 +551,7 @@ fn supervise(
                 .arg(dir.join("run"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .stderr(stderr()?)
                 .process_group(0)
                 .spawn()
                 .map_err(io_err("start arca-agent"))?;
@@ -510,8 +586,14 @@ fn supervise(
                 .arg(format!("{},ro", disk.display()))
                 .arg("--vsock")
                 .arg(format!("cid=3,uds={}", uds.display()))
+                // The console is the guest's to fill: off unless asked for (and then
+                // capped by the VMM).
                 .arg("--console")
-                .arg(format!("file:{}", dir.join("console.log").display()))
+                .arg(if opts.guest_console {
+                    format!("file:{}", dir.join("console.log").display())
+                } else {
+                    "none".into()
+                })
                 .args(
                     attachment
                         .link()
@@ -521,6 +603,7 @@ fn supervise(
                 )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .stderr(stderr()?)
                 .process_group(0)
                 .spawn()
                 .map_err(io_err("start arca-vmm"))?;
@@ -533,10 +616,34 @@ fn supervise(
         }
     };
     let mut child = _child;
-    record.sandbox_pid = Some(child.0.id());
-    record.sandbox_start = start_time(child.0.id());
+    let (pid, started) = (child.0.id(), start_time(child.0.id()));
+    record.sandbox_pid = Some(pid);
+    record.sandbox_start = started;
     record.save(dir)?;
-    let mut client = AgentClient::connect(&address, Duration::from_secs(30))?;
+    let program = match opts.isolation {
+        Isolation::Vm => "arca-vmm",
+        Isolation::Process => "arca-agent",
+    };
+    let booting: vmm::agent_client::Watch =
+        Box::new(move || (!alive(pid, started)).then(|| format!("{program} exited")));
+    let mut client = match AgentClient::connect_watched(&address, Duration::from_secs(30), booting)
+    {
+        Ok(c) => c,
+        Err(AgentClientError::SandboxGone(_)) => {
+            let status = child
+                .0
+                .wait()
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            return Err(RunError::SandboxFailed {
+                program,
+                status,
+                output: log_tail(&sandbox_log),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // From now on a sandbox that dies or stops answering ends every wait on it.
+    client.set_watch(sandbox_watch(pid, started, address.clone(), program));
     if opts.isolation == Isolation::Vm
         && let Some((tap, bridge)) = attachment.link()
     {
@@ -612,15 +719,22 @@ fn supervise(
     let forwarders = Forwarders::start(listeners, &address, id);
     attachment.announce(state, id);
     let log = |name: &str| {
-        std::fs::File::create(dir.join(name)).map_err(io_err(format!("create the {name}")))
+        RotatingLog::create(&dir.join(name), opts.log).map_err(io_err(format!("create the {name}")))
     };
     let (out_log, err_log) = (log("stdout.log")?, log("stderr.log")?);
     let resizing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut _raw = None;
     // A detached container serves `arca attach` clients: its output, and its input.
     let mut hub = None;
+    // The container's output sockets, to end the copies if the sandbox never closes them.
+    let mut drains = Vec::new();
     let (copy_out, copy_err) = match streams {
         Streams::Pipes { out, err, input } => {
+            drains.extend(
+                [out.socket_clone(), err.socket_clone()]
+                    .into_iter()
+                    .flatten(),
+            );
             match input {
                 Some(mut input) if terminal => {
                     std::thread::spawn(move || {
@@ -647,6 +761,7 @@ fn supervise(
         }
         Streams::Tty(tty) => {
             let (pending, sock) = tty.into_parts();
+            drains.extend(sock.try_clone());
             if !terminal {
                 let input = opts.interactive.then(|| sock.try_clone().ok()).flatten();
                 hub = Some(
@@ -687,13 +802,21 @@ fn supervise(
     let status = match waited {
         Ok(s) => s,
         Err(e) => {
-            // The sandbox died under the container (a VMM crash, a killed agent).
-            let gone = child.0.try_wait().ok().flatten();
+            // The sandbox died under the container (a VMM crash, a killed agent) or
+            // stopped answering (a wedged VMM or guest): it goes, and the wait ends.
+            let _ = child.0.kill();
+            let gone = child.0.wait().ok();
             record.status = Status::Exited;
             record.exit_code = Some(137);
-            record.error = Some(match gone {
-                Some(st) => format!("The sandbox ended unexpectedly ({st})"),
-                None => format!("Lost the agent: {}", vmm::error_chain(&e)),
+            record.error = Some(match (&e, gone) {
+                (AgentClientError::SandboxGone(why), Some(st)) => {
+                    format!("The sandbox ended unexpectedly: {why} ({st})")
+                }
+                (_, Some(st)) => format!(
+                    "The sandbox ended unexpectedly ({st}): {}",
+                    vmm::error_chain(&e)
+                ),
+                (_, None) => format!("Lost the agent: {}", vmm::error_chain(&e)),
             });
             record.save(dir)?;
             // A host agent's containers outlive it: end what is left of this one.
@@ -706,6 +829,17 @@ fn supervise(
             return Err(e.into());
         }
     };
+    // What the container wrote before it ended is still coming; a sandbox that keeps
+    // its streams open after that gets a little while, not forever.
+    let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
+    while !(copy_out.is_finished() && copy_err.is_finished())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for s in &drains {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
     let _ = copy_out.join();
     let _ = copy_err.join();
     // All output has reached the attached clients: let them go.
@@ -829,11 +963,7 @@ pub(crate) fn resize_loop(
 }
 
 /// Writes to a log file and, if present, a terminal stream and `arca attach` clients.
-struct Tee<W: Write>(
-    std::fs::File,
-    Option<W>,
-    Option<std::sync::Arc<attach::Hub>>,
-);
+struct Tee<W: Write>(RotatingLog, Option<W>, Option<std::sync::Arc<attach::Hub>>);
 
 impl<W: Write> Write for Tee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -877,22 +1007,6 @@ pub fn is_exec_failure(code: ErrorCode) -> bool {
         code,
         ErrorCode::CommandNotFound | ErrorCode::CommandNotExecutable
     )
-}
-
-/// Where `arca` keeps state: `$ARCA_STATE_DIR`, else `/var/lib/arca` as root, else
-/// `$XDG_DATA_HOME/arca` (`~/.local/share/arca`).
-pub fn state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ARCA_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/arca");
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    data.join("arca")
 }
 
 /// A container's place on the network, decided before its sandbox starts: its address

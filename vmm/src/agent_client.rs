@@ -54,7 +54,21 @@ pub enum AgentClientError {
     /// The agent refused the request.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The agent's sandbox (VMM or host agent) ended or stopped answering while we
+    /// waited; the text says how.
+    #[error("{0}")]
+    SandboxGone(String),
 }
+
+/// Asked while a connection or an answer is awaited: `Some(why)` once the agent's
+/// sandbox is known to be gone, which ends the wait with
+/// [`AgentClientError::SandboxGone`].
+pub type Watch = Box<dyn FnMut() -> Option<String> + Send>;
+
+/// How long the vsock handshake (`CONNECT`, `OK`) may take in all.
+const HANDSHAKE: Duration = Duration::from_millis(500);
+/// How often a [`Watch`] is asked while an answer is awaited.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +103,15 @@ impl AgentAddress {
             AgentAddress::Unix(p) => UnixStream::connect(p),
             AgentAddress::Vsock { uds, port } => {
                 let mut s = UnixStream::connect(uds)?;
-                // A guest whose vsock driver is not up yet may not answer at all.
-                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                // A guest whose vsock driver is not up yet may not answer at all; one
+                // that trickles bytes gets no longer in all.
+                let deadline = Instant::now() + HANDSHAKE;
                 s.write_all(format!("CONNECT {port}\n").as_bytes())?;
                 // Read the "OK <port>" line byte by byte: what follows belongs to the agent.
                 let mut line = Vec::new();
                 let mut byte = [0u8; 1];
                 while byte[0] != b'\n' {
+                    s.set_read_timeout(Some(remaining(deadline)?))?;
                     if s.read(&mut byte)? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::ConnectionRefused,
@@ -122,11 +138,13 @@ impl AgentAddress {
         }
     }
 
-    /// Connects and exchanges hellos, retrying refused connections until `timeout`.
+    /// Connects and exchanges hellos, retrying refused connections until `timeout`
+    /// (and, between tries, asking `watch` whether the agent's sandbox is still there).
     fn open(
         &self,
         channel: Channel,
         timeout: Duration,
+        watch: &mut dyn FnMut() -> Option<String>,
     ) -> Result<(UnixStream, FrameDecoder), AgentClientError> {
         let start = Instant::now();
         let mut stream = loop {
@@ -139,7 +157,12 @@ impl AgentAddress {
                         source: e,
                     });
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => {
+                    if let Some(why) = watch() {
+                        return Err(AgentClientError::SandboxGone(why));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         };
         stream.write_all(&encode_frame(&Hello {
@@ -148,12 +171,16 @@ impl AgentAddress {
         })?)?;
         let mut decoder = FrameDecoder::new();
         // A wedged agent must not hang the host: the hello gets what is left of the
-        // timeout (at least a second).
+        // timeout (at least a second), in all, however slowly its bytes come.
         let left = timeout
             .saturating_sub(start.elapsed())
             .max(Duration::from_secs(1));
-        stream.set_read_timeout(Some(left))?;
-        let reply: HelloReply = read_frame(&mut stream, &mut decoder)?;
+        let reply: HelloReply = read_frame(
+            &mut stream,
+            &mut decoder,
+            Instant::now() + left,
+            ("the hello", left),
+        )?;
         stream.set_read_timeout(None)?;
         if let Some(e) = reply.error {
             return Err(e.into());
@@ -174,7 +201,7 @@ impl AgentAddress {
             process: process.map(Into::into),
             stream,
         };
-        let (stream, mut decoder) = self.open(channel, Duration::from_secs(5))?;
+        let (stream, mut decoder) = self.open(channel, Duration::from_secs(5), &mut || None)?;
         Ok(StdioConnection {
             pending: decoder.take_remainder(),
             stream,
@@ -195,7 +222,7 @@ impl AgentAddress {
             port,
             protocol,
         };
-        let (stream, mut decoder) = self.open(channel, Duration::from_secs(10))?;
+        let (stream, mut decoder) = self.open(channel, Duration::from_secs(10), &mut || None)?;
         Ok(StdioConnection {
             pending: decoder.take_remainder(),
             stream,
@@ -203,16 +230,45 @@ impl AgentAddress {
     }
 }
 
+/// The time left before `deadline`, or `TimedOut` once it has passed.
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
+    }
+}
+
+/// Reads one frame, all of it before `deadline` (however the bytes trickle in); past
+/// it, [`AgentClientError::Timeout`] naming `what`.
 fn read_frame<T: for<'de> serde::Deserialize<'de>>(
     stream: &mut UnixStream,
     decoder: &mut FrameDecoder,
+    deadline: Instant,
+    what: (&'static str, Duration),
 ) -> Result<T, AgentClientError> {
     let mut buf = [0u8; 8192];
+    let timeout = || AgentClientError::Timeout {
+        request: what.0,
+        waited: what.1,
+    };
     loop {
         if let Some(m) = decoder.next::<T>()? {
             return Ok(m);
         }
-        let n = stream.read(&mut buf)?;
+        stream.set_read_timeout(Some(remaining(deadline).map_err(|_| timeout())?))?;
+        let n = match stream.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timeout());
+            }
+            other => other?,
+        };
         if n == 0 {
             decoder.finish()?;
             return Err(AgentClientError::Closed);
@@ -232,6 +288,11 @@ impl StdioConnection {
     /// Ends the process's input (for stdin and tty streams).
     pub fn close_input(&self) -> io::Result<()> {
         self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Another handle on the socket (to shut it down from elsewhere).
+    pub fn socket_clone(&self) -> io::Result<UnixStream> {
+        self.stream.try_clone()
     }
 
     /// Reads everything until the process closes the stream.
@@ -271,7 +332,6 @@ impl Write for StdioConnection {
 }
 
 /// A control connection.
-#[derive(Debug)]
 pub struct AgentClient {
     address: AgentAddress,
     stream: UnixStream,
@@ -279,6 +339,19 @@ pub struct AgentClient {
     next_id: u64,
     /// How long a quick request may take; see [`Self::answer_deadline`].
     patience: Duration,
+    /// Asked while answers are awaited (see [`Watch`]).
+    watch: Option<Watch>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("address", &self.address)
+            .field("next_id", &self.next_id)
+            .field("patience", &self.patience)
+            .field("watched", &self.watch.is_some())
+            .finish()
+    }
 }
 
 /// [`AgentClient`]'s default patience for quick requests.
@@ -287,14 +360,38 @@ const QUICK_ANSWER: Duration = Duration::from_secs(30);
 impl AgentClient {
     /// Connects, waiting up to `timeout` for the agent to listen (a booting VM).
     pub fn connect(address: &AgentAddress, timeout: Duration) -> Result<Self, AgentClientError> {
-        let (stream, decoder) = address.open(Channel::Control, timeout)?;
+        Self::connect_watched(address, timeout, Box::new(|| None))
+    }
+
+    /// As [`Self::connect`], but gives up as soon as `watch` reports the sandbox gone
+    /// (a VMM that exits at start fails the connection at once, with its reason), and
+    /// keeps asking it while answers are awaited.
+    pub fn connect_watched(
+        address: &AgentAddress,
+        timeout: Duration,
+        mut watch: Watch,
+    ) -> Result<Self, AgentClientError> {
+        let (stream, decoder) = address.open(Channel::Control, timeout, &mut watch)?;
         Ok(Self {
             address: address.clone(),
             stream,
             decoder,
             next_id: 1,
             patience: QUICK_ANSWER,
+            watch: Some(watch),
         })
+    }
+
+    /// Replaces what is asked while answers are awaited.
+    pub fn set_watch(&mut self, watch: Watch) {
+        self.watch = Some(watch);
+    }
+
+    /// Sets how long a quick request may take in all (slow ones get three times as
+    /// long); callers with their own deadline (`stop`, `rm -f`) shorten it.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Another control connection to the same agent (for a blocking `wait`).
@@ -307,9 +404,10 @@ impl AgentClient {
         &self.address
     }
 
-    /// How long the answer to `request` may take: a `wait` blocks as long as the process
-    /// runs; requests that make or start processes wait three times the quick patience
-    /// (90 s, above the agent's own 60 s handshake timeout); the rest are quick.
+    /// How long the answer to `request` may take in all: a `wait` blocks as long as the
+    /// process runs (its end is watched instead); requests that make or start
+    /// processes wait three times the quick patience (90 s, above the agent's own 60 s
+    /// handshake timeout); the rest are quick.
     fn answer_deadline(&self, request: &Request) -> Option<(&'static str, Duration)> {
         let slow = self.patience * 3;
         match request {
@@ -322,28 +420,43 @@ impl AgentClient {
         }
     }
 
-    /// Sends `request` and waits for its response (see [`Self::answer_deadline`]). After
-    /// a timeout the connection stays usable: a late answer is skipped by its id.
+    /// Sends `request` and waits for its response: all of it within the request's
+    /// deadline (see [`Self::answer_deadline`]), however slowly its bytes come, and only
+    /// while the watch (if any) does not report the sandbox gone. After a timeout the
+    /// connection stays usable: a late answer is skipped by its id.
     pub fn request(&mut self, request: Request) -> Result<Reply, AgentClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let deadline = self.answer_deadline(&request);
+        let limit = self.answer_deadline(&request);
+        let deadline = limit.map(|(_, d)| Instant::now() + d);
+        let what = limit.unwrap_or(("wait", Duration::ZERO));
+        // An agent that reads nothing must not block the write either.
+        self.stream.set_write_timeout(Some(self.patience))?;
         self.stream
-            .write_all(&encode_frame(&RequestFrame { id, request })?)?;
-        self.stream.set_read_timeout(deadline.map(|(_, d)| d))?;
+            .write_all(&encode_frame(&RequestFrame { id, request })?)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => AgentClientError::Timeout {
+                    request: what.0,
+                    waited: self.patience,
+                },
+                _ => e.into(),
+            })?;
         loop {
-            let response: Response = match read_frame(&mut self.stream, &mut self.decoder) {
-                Err(AgentClientError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    let (request, waited) = deadline.unwrap_or(("a request", Duration::ZERO));
-                    return Err(AgentClientError::Timeout { request, waited });
-                }
-                other => other?,
-            };
+            // Read in slices, asking the watch between them.
+            let slice = Instant::now() + WATCH_INTERVAL;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let response: Response =
+                match read_frame(&mut self.stream, &mut self.decoder, until, what) {
+                    Err(AgentClientError::Timeout { .. })
+                        if deadline.is_none_or(|d| Instant::now() < d) =>
+                    {
+                        if let Some(why) = self.watch.as_mut().and_then(|w| w()) {
+                            return Err(AgentClientError::SandboxGone(why));
+                        }
+                        continue;
+                    }
+                    other => other?,
+                };
             if response.id == id {
                 return Ok(response.result?);
             }
@@ -535,16 +648,90 @@ mod tests {
         stream.write_all(&frame).unwrap();
     }
 
+    fn client(stream: UnixStream, patience: Duration) -> AgentClient {
+        AgentClient {
+            address: AgentAddress::Unix(PathBuf::from("/nonexistent")),
+            stream,
+            decoder: FrameDecoder::new(),
+            next_id: 1,
+            patience,
+            watch: None,
+        }
+    }
+
+    #[test]
+    fn an_agent_trickling_its_answer_byte_by_byte_is_cut_off_at_the_deadline() {
+        // Hostile: each byte arrives well within a per-read timeout, so only an overall
+        // deadline ends the request.
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let mut client = client(ours, Duration::from_millis(300));
+        let frame = encode_frame(&Response {
+            id: 1,
+            result: Ok(Reply::Pong),
+        })
+        .unwrap();
+        let trickle = std::thread::spawn(move || {
+            for b in frame {
+                if agent.write_all(&[b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let start = Instant::now();
+        let got = client.ping();
+        assert!(
+            matches!(got, Err(AgentClientError::Timeout { .. })),
+            "{got:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(client);
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn a_wait_ends_when_the_watch_reports_the_sandbox_gone() {
+        // A wedged or dead VMM never answers a wait: the watch ends it.
+        let (ours, _agent) = UnixStream::pair().unwrap();
+        let mut client = client(ours, Duration::from_secs(30));
+        let mut asked = 0;
+        client.set_watch(Box::new(move || {
+            asked += 1;
+            (asked == 3).then(|| "arca-vmm exited (exit status: 1)".to_string())
+        }));
+        let start = Instant::now();
+        match client.wait("c", None) {
+            Err(AgentClientError::SandboxGone(why)) => assert!(why.contains("exited"), "{why}"),
+            other => panic!("expected SandboxGone, got {other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_connection_to_a_sandbox_that_died_fails_at_once_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = AgentAddress::Unix(dir.path().join("never.sock"));
+        let start = Instant::now();
+        let got = AgentClient::connect_watched(
+            &address,
+            Duration::from_secs(30),
+            Box::new(|| Some("arca-vmm exited: bad disk".into())),
+        );
+        match got {
+            Err(AgentClientError::SandboxGone(why)) => assert_eq!(why, "arca-vmm exited: bad disk"),
+            other => panic!("expected SandboxGone, got {other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
     #[test]
     fn a_silent_agent_times_out_and_its_late_answer_is_skipped() {
         let (ours, mut agent) = UnixStream::pair().unwrap();
-        let mut client = AgentClient {
-            address: AgentAddress::Unix(PathBuf::from("/nonexistent")),
-            stream: ours,
-            decoder: FrameDecoder::new(),
-            next_id: 1,
-            patience: Duration::from_millis(100),
-        };
+        let mut client = client(ours, Duration::from_millis(100));
         match client.ping() {
             Err(AgentClientError::Timeout { waited, .. }) => {
                 assert_eq!(waited, Duration::from_millis(100));

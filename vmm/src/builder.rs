@@ -256,13 +256,73 @@ fn console_output(console: &Console) -> Result<Box<dyn Write + Send>, BuildError
     Ok(match console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::None => Box::new(std::io::sink()),
-        Console::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| BuildError::ConsoleFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
-        }
+        Console::File(path) => Box::new(CappedFile {
+            file: File::create(path).map_err(|source| BuildError::ConsoleFile {
+                path: path.clone(),
+                source,
+            })?,
+            left: CONSOLE_FILE_CAP,
+        }),
     })
+}
+
+/// The most a guest may write to a console file: the guest controls what it prints, and
+/// the host's disk is not its to fill.
+pub const CONSOLE_FILE_CAP: u64 = 1 << 20;
+
+/// A console file that takes [`CONSOLE_FILE_CAP`] bytes, notes the cut, and drops the
+/// rest.
+struct CappedFile {
+    file: File,
+    left: u64,
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(buf.len());
+        }
+        let n = buf.len().min(self.left as usize);
+        self.file.write_all(&buf[..n])?;
+        self.left -= n as u64;
+        if self.left == 0 {
+            self.file.write_all(
+                b"\n[arca-vmm: console output capped at 1 MiB; the rest is dropped]\n",
+            )?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_flooding_a_console_file_fills_at_most_the_cap() {
+        // Hostile: a guest that prints without end to its serial console.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut out = console_output(&Console::File(path.clone())).unwrap();
+        let line = [b'x'; 4096];
+        for _ in 0..1000 {
+            assert_eq!(
+                out.write(&line).unwrap(),
+                line.len(),
+                "the guest never blocks"
+            );
+        }
+        out.flush().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            len > CONSOLE_FILE_CAP && len < CONSOLE_FILE_CAP + 100,
+            "{len}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("the rest is dropped]\n"));
+    }
 }

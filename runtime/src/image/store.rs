@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -327,6 +328,13 @@ pub struct Store {
 /// Holds the store lock until dropped.
 #[derive(Debug)]
 pub struct StoreLock(#[allow(dead_code)] fs::File);
+
+/// Copies `from` to `to` as a private file (0600): `fs::copy` would keep the mode an
+/// archive gave `from`.
+fn copy_private(from: &Path, to: &Path) -> Result<(), StoreError> {
+    fs::copy(from, to).map_err(io_err("store", to))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o600)).map_err(io_err("store", to))
+}
 
 impl Store {
     /// Opens (creating) the store under `state_dir`.
@@ -703,6 +711,9 @@ impl Store {
             let staging = work.join(format!("image-{id}"));
             let rootfs = staging.join("rootfs");
             fs::create_dir_all(&rootfs).map_err(io_err("create", &rootfs))?;
+            // The container's `/`, unless a layer says otherwise: not arca's 0700.
+            fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("create", &rootfs))?;
             for (layer, diff) in found.layers.iter().zip(&config.rootfs.diff_ids) {
                 apply_layer(&rootfs, layer).map_err(|source| StoreError::Layer {
                     image: id.clone(),
@@ -710,8 +721,7 @@ impl Store {
                     source,
                 })?;
             }
-            fs::copy(&found.config, staging.join("config.json"))
-                .map_err(io_err("store", &found.config))?;
+            copy_private(&found.config, &staging.join("config.json"))?;
             // Keep the layers (as given, compressed or not) for `save`, by their own
             // digest; `layers.json` lists them in order.
             let mut kept = Vec::new();
@@ -720,7 +730,7 @@ impl Store {
                 let blob = self.root.join("blobs/sha256").join(&digest);
                 if !blob.exists() {
                     let tmp = blob.with_extension("tmp");
-                    fs::copy(layer, &tmp).map_err(io_err("store", &tmp))?;
+                    copy_private(layer, &tmp)?;
                     fs::rename(&tmp, &blob).map_err(io_err("store", &blob))?;
                 }
                 kept.push(digest);

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
@@ -156,6 +157,9 @@ fn parents(
                     return Ok(None);
                 }
                 fs::create_dir(&at).map_err(io_err("create directory", &at))?;
+                // A parent no entry describes gets Docker's 0755, not arca's umask.
+                fs::set_permissions(&at, fs::Permissions::from_mode(0o755))
+                    .map_err(io_err("create directory", &at))?;
             }
             Err(e) => return Err(io_err("inspect", &at)(e)),
         }
