@@ -20,13 +20,14 @@ kernel:
 lab-prepare:
 	$(LAB) prepare >/dev/null
 
-# Host tools the end-to-end tests use (ext4 images, vsock peers, a registry and a pusher).
+# Host tools the end-to-end tests use (ext4 images, vsock peers, a registry and a pusher,
+# debootstrap for a real Debian image, setpriv to act as another local user).
 test-deps:
 	@command -v socat >/dev/null && command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && \
 	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null && \
 	  command -v openssl >/dev/null && command -v nft >/dev/null && command -v ip >/dev/null && \
-	  command -v wget >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates iproute2 nftables wget; }
+	  command -v wget >/dev/null && command -v debootstrap >/dev/null && command -v setpriv >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates iproute2 nftables wget debootstrap util-linux; }
 
 lint:
 	$(CARGO) fmt --all --check

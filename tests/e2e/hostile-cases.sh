@@ -1,0 +1,66 @@
+#!/bin/sh
+# The hostile-guest table, for one isolation mode:
+#   hostile-cases.sh vm|process IMAGE_TAR
+# What a hostile container or a wedged sandbox tries against the host around it, and
+# what bounds it. POSIX sh (it runs in the lab's busybox too). Prints "ok NAME" or
+# "FAIL NAME: ..." per case; exits 1 if any failed.
+iso=$1 img=$2
+state=${ARCA_STATE_DIR:-/var/lib/arca}
+fails=0
+ok() { echo "ok $1"; }
+bad() { echo "FAIL $1"; fails=$((fails + 1)); }
+run_d() { arca run -d --isolation="$iso" --network none "$@" >/dev/null; }
+sandbox_pid() { grep -o '"sandbox_pid": [0-9]*' "$state/containers/$1/state.json" | grep -o '[0-9]*$'; }
+now() { cut -d. -f1 /proc/uptime; }
+
+arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
+
+# A container that prints without end: its logs rotate within the cap, and the newest
+# output is still there.
+run_d --name flood --log-opt max-size=64k,max-file=2 busybox sh -c 'while :; do echo floodfloodfloodflood; done'
+i=0
+while [ ! -e "$state/containers/flood/stdout.log.1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 3
+if [ -e "$state/containers/flood/stdout.log.1" ]; then ok flood-rotates; else bad "flood-rotates: no rotation after 30 s"; fi
+kb=$(du -sk "$state/containers/flood" | cut -f1)
+# Two files of 64 KiB for stdout (stderr is empty), and the records.
+[ "$kb" -le 200 ] && ok "flood-capped ($kb KiB)" || bad "flood-capped: $kb KiB on disk"
+[ ! -e "$state/containers/flood/stdout.log.2" ] && ok flood-max-file || bad "flood-max-file: a third file"
+last=$(arca logs flood | tail -n 1)
+[ "$last" = floodfloodfloodflood ] && ok flood-logs-read || bad "flood-logs-read: [$last]"
+arca rm -f flood >/dev/null || bad flood-rm
+
+# A sandbox that stops answering (a wedged VMM or guest; here SIGSTOPped): stop, rm -f
+# and wait each end within their deadlines, and say why.
+run_d --name wedged1 busybox sleep 1000
+kill -STOP "$(sandbox_pid wedged1)"
+t0=$(now)
+arca stop -t 1 wedged1 >/dev/null; rc=$?
+t=$(($(now) - t0))
+[ $rc = 0 ] && [ $t -le 40 ] && ok "wedged-stop (${t} s)" || bad "wedged-stop: rc $rc after $t s"
+status=$(arca ps -a | grep -c 'wedged1 .*Exited')
+[ "$status" = 1 ] && ok wedged-stop-exited || bad "wedged-stop-exited: $(arca ps -a)"
+arca rm wedged1 >/dev/null || bad wedged-stop-rm
+
+run_d --name wedged2 busybox sleep 1000
+pid=$(sandbox_pid wedged2)
+kill -STOP "$pid"
+t0=$(now)
+arca rm -f wedged2 >/dev/null; rc=$?
+t=$(($(now) - t0))
+[ $rc = 0 ] && [ $t -le 40 ] && ok "wedged-rm-f (${t} s)" || bad "wedged-rm-f: rc $rc after $t s"
+[ ! -d "/proc/$pid" ] || grep -q '^State:.*Z' "/proc/$pid/status" && ok wedged-rm-f-sandbox-gone || bad "wedged-rm-f: sandbox $pid still there"
+[ -z "$(arca ps -aq)" ] && ok wedged-rm-f-nothing-left || bad "wedged-rm-f: $(arca ps -aq)"
+
+run_d --name wedged3 busybox sleep 1000
+kill -STOP "$(sandbox_pid wedged3)"
+t0=$(now)
+code=$(arca wait wedged3)
+t=$(($(now) - t0))
+[ "$code" = 137 ] && [ $t -le 120 ] && ok "wedged-wait (${t} s)" || bad "wedged-wait: [$code] after $t s"
+why=$(arca ps -a | grep -c 'stopped answering')
+[ "$why" = 1 ] && ok wedged-wait-reason || bad "wedged-wait-reason: $(arca ps -a)"
+arca rm wedged3 >/dev/null || bad wedged-wait-rm
+
+echo "$fails failed"
+[ "$fails" -eq 0 ]
