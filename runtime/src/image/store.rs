@@ -11,6 +11,13 @@
 //! ```
 //!
 //! The image id is the hex SHA-256 of the image config, as Docker's.
+//!
+//! An image may decompress to at most [`DEFAULT_MAX_IMAGE_SIZE`] (or
+//! `$ARCA_MAX_IMAGE_SIZE`, or [`Store::with_max_image_size`]): the layers' decompressed
+//! bytes are counted while their `diff_id`s are checked, before anything is unpacked,
+//! and again while unpacking (see [`super::unpack::SizeCap`]). Whatever an import left
+//! in `tmp/` (a failure, or a killed `arca`) is removed there and then, or by the next
+//! import: every user of `tmp/` holds the store lock.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,7 +28,52 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::unpack::{UnpackError, apply_layer};
+use super::unpack::{SizeCap, UnpackError, apply_layer, capped, decompressed};
+
+/// The default cap on an image's decompressed size: 64 GiB. Far above real images (the
+/// largest public ones, CUDA and ML stacks, stay under 30 GiB unpacked) and equal to
+/// the largest layer a pull downloads, while a gzip bomb (1000:1 and more) stops long
+/// before it fills a disk.
+pub const DEFAULT_MAX_IMAGE_SIZE: u64 = 64 << 30;
+
+/// The environment variable that sets the cap, in bytes with an optional `k`, `m`, `g`
+/// or `t` suffix (powers of 1024).
+pub const MAX_IMAGE_SIZE_VAR: &str = "ARCA_MAX_IMAGE_SIZE";
+
+/// `1234`, `512k`, `64m`, `64G`, `1t` (suffixes are powers of 1024, any case) in bytes;
+/// `None` for anything else, zero, or an overflow.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, shift) = match t.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&t[..t.len() - 1], 10),
+        b'm' => (&t[..t.len() - 1], 20),
+        b'g' => (&t[..t.len() - 1], 30),
+        b't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let bytes = n.checked_mul(1u64 << shift)?;
+    (bytes > 0).then_some(bytes)
+}
+
+/// `n` bytes for people: `64 GiB`, `1.5 MiB`, `512 bytes`.
+pub fn show_size(n: u64) -> String {
+    let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+    for (shift, unit) in units {
+        if n >= 1 << shift {
+            let v = n as f64 / (1u64 << shift) as f64;
+            return if n.is_multiple_of(1 << shift) {
+                format!("{} {unit}", n >> shift)
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{n} bytes")
+}
 
 /// Errors of the image store. Messages name the image or file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +133,29 @@ pub enum StoreError {
         /// Why.
         #[source]
         source: UnpackError,
+    },
+    /// An image decompresses past the size cap.
+    #[error(
+        "Image {image} is larger than the size cap of {} ({limit} bytes): it passes it at layer {layer} (raise the cap with ARCA_MAX_IMAGE_SIZE)",
+        show_size(*.limit)
+    )]
+    TooLarge {
+        /// The image id.
+        image: String,
+        /// The digest (`diff_id`) of the layer at which the cap was passed.
+        layer: String,
+        /// The cap, in bytes.
+        limit: u64,
+    },
+    /// A setting from the environment does not parse.
+    #[error(
+        "Invalid {name} {value:?}: give a size in bytes, with an optional k, m, g or t suffix (powers of 1024)"
+    )]
+    BadSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
     },
     /// A JSON document of the image is malformed.
     #[error("Malformed {what} in {path}")]
@@ -221,18 +296,35 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// sha256 of a layer's uncompressed tar stream (its `diff_id`).
-fn diff_id(path: &Path) -> Result<String, StoreError> {
-    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(io_err("read", path))?;
-    let f = fs::File::open(path).map_err(io_err("open", path))?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
-    } else {
-        Box::new(io::BufReader::new(f))
+/// sha256 of a layer's uncompressed tar stream (its `diff_id`), read no further than
+/// `cap` leaves ([`UnpackError::TooLarge`] past it), and the stream's length.
+fn diff_id(path: &Path, cap: &SizeCap) -> Result<(String, u64), UnpackError> {
+    let (mut reader, count) = decompressed(path, cap)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let result = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(hex(&h.finalize())),
+            Ok(n) => h.update(&buf[..n]),
+            Err(source) => {
+                break Err(UnpackError::Archive {
+                    layer: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
     };
-    sha256_reader(reader, path)
+    Ok((capped(result, &count, cap, path)?, count.get()))
+}
+
+/// What the store lock protects in `tmp/` is never in use when the lock is taken:
+/// anything there was left by a failed or killed import.
+fn clear_tmp(tmp: &Path) {
+    if let Ok(entries) = fs::read_dir(tmp) {
+        for e in entries.flatten() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(
@@ -323,6 +415,7 @@ pub(crate) struct Found {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    max_image_size: Option<u64>,
 }
 
 /// Holds the store lock until dropped.
@@ -344,7 +437,35 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            max_image_size: None,
+        })
+    }
+
+    /// Caps the decompressed size of an image this store imports at `bytes` (instead
+    /// of `$ARCA_MAX_IMAGE_SIZE` or [`DEFAULT_MAX_IMAGE_SIZE`]).
+    pub fn with_max_image_size(mut self, bytes: u64) -> Self {
+        self.max_image_size = Some(bytes);
+        self
+    }
+
+    /// The cap on an image's decompressed size, in bytes.
+    pub fn max_image_size(&self) -> Result<u64, StoreError> {
+        if let Some(n) = self.max_image_size {
+            return Ok(n);
+        }
+        match std::env::var(MAX_IMAGE_SIZE_VAR) {
+            Ok(v) => parse_size(&v).ok_or(StoreError::BadSetting {
+                name: MAX_IMAGE_SIZE_VAR,
+                value: v,
+            }),
+            Err(std::env::VarError::NotPresent) => Ok(DEFAULT_MAX_IMAGE_SIZE),
+            Err(std::env::VarError::NotUnicode(v)) => Err(StoreError::BadSetting {
+                name: MAX_IMAGE_SIZE_VAR,
+                value: v.to_string_lossy().into_owned(),
+            }),
+        }
     }
 
     /// Takes the exclusive store lock (blocking until other `arca` processes let go).
@@ -369,6 +490,7 @@ impl Store {
     /// Imports one image whose files are already verified by digest (a pull).
     pub(crate) fn import_found(&self, found: Found) -> Result<Vec<String>, StoreError> {
         let _lock = self.lock()?;
+        clear_tmp(&self.root.join("tmp"));
         let work = tempdir_in(&self.root.join("tmp"))?;
         let result = self.import(found, &work);
         let _ = fs::remove_dir_all(&work);
@@ -640,6 +762,7 @@ impl Store {
     /// (or ids, for untagged images) loaded.
     pub fn load(&self, archive: &Path) -> Result<Vec<String>, StoreError> {
         let _lock = self.lock()?;
+        clear_tmp(&self.root.join("tmp"));
         let work = tempdir_in(&self.root.join("tmp"))?;
         let result = self.load_in(archive, &work);
         let _ = fs::remove_dir_all(&work);
@@ -653,8 +776,16 @@ impl Store {
         };
         let tree = work.join("archive");
         fs::create_dir(&tree).map_err(io_err("create", &tree))?;
-        // The archive is untrusted: extract it with the layer rules (no escapes).
-        apply_layer(&tree, archive).map_err(|e| bad(e.to_string()))?;
+        // The archive is untrusted: extract it with the layer rules (no escapes), and
+        // the image size cap (it may be a compressed bomb too).
+        let limit = self.max_image_size()?;
+        apply_layer(&tree, archive, &mut SizeCap::new(limit)).map_err(|e| match e {
+            UnpackError::TooLarge { .. } => bad(format!(
+                "it unpacks to more than the image size cap of {} (raise the cap with ARCA_MAX_IMAGE_SIZE)",
+                show_size(limit)
+            )),
+            e => bad(e.to_string()),
+        })?;
         let found = if inside(&tree, "oci-layout").is_ok() {
             oci_layout(&tree).map_err(|e| match e {
                 StoreError::BadArchive { why, .. } => bad(why),
@@ -690,8 +821,25 @@ impl Store {
                 ),
             });
         }
+        let limit = self.max_image_size()?;
+        let too_large = |layer: &str| StoreError::TooLarge {
+            image: id.clone(),
+            layer: layer.to_string(),
+            limit,
+        };
+        // The sum of the layers' decompressed sizes meets the cap here, before anything
+        // is unpacked.
+        let mut cap = SizeCap::new(limit);
         for (layer, want) in found.layers.iter().zip(&config.rootfs.diff_ids) {
-            let got = diff_id(layer)?;
+            let (got, size) = diff_id(layer, &cap).map_err(|source| match source {
+                UnpackError::TooLarge { .. } => too_large(want),
+                source => StoreError::Layer {
+                    image: id.clone(),
+                    layer: want.clone(),
+                    source,
+                },
+            })?;
+            cap.add(size);
             let want = want.strip_prefix("sha256:").unwrap_or(want);
             if got != want {
                 return Err(StoreError::DigestMismatch {
@@ -714,11 +862,16 @@ impl Store {
             // The container's `/`, unless a layer says otherwise: not arca's 0700.
             fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("create", &rootfs))?;
+            // Counted again: the unpacking reads the layers anew.
+            let mut cap = SizeCap::new(limit);
             for (layer, diff) in found.layers.iter().zip(&config.rootfs.diff_ids) {
-                apply_layer(&rootfs, layer).map_err(|source| StoreError::Layer {
-                    image: id.clone(),
-                    layer: diff.clone(),
-                    source,
+                apply_layer(&rootfs, layer, &mut cap).map_err(|source| match source {
+                    UnpackError::TooLarge { .. } => too_large(diff),
+                    source => StoreError::Layer {
+                        image: id.clone(),
+                        layer: diff.clone(),
+                        source,
+                    },
                 })?;
             }
             copy_private(&found.config, &staging.join("config.json"))?;
@@ -895,6 +1048,187 @@ fn oci_layout(tree: &Path) -> Result<Vec<Found>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar of one file `name` holding `size` zero bytes: (tar bytes, its diff_id).
+    fn zeros_tar(name: &str, size: u64) -> (Vec<u8>, String) {
+        let mut buf = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut buf);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(size);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, io::repeat(0).take(size))
+                .unwrap();
+            b.finish().unwrap();
+        }
+        let id = hex(&Sha256::digest(&buf));
+        (buf, id)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gz, data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A `docker save` archive of one image tagged `bomb:latest` whose layers are files
+    /// of zeros of `sizes` bytes, gzipped (a few KiB each). Returns it and the diff_ids.
+    fn zeros_image(dir: &Path, sizes: &[u64]) -> (PathBuf, Vec<String>) {
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut diff_ids = Vec::new();
+        let mut layer_names = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let (tar, id) = zeros_tar(&format!("zeros{i}"), *size);
+            let name = format!("{id}/layer.tar");
+            files.push((name.clone(), gzip(&tar)));
+            layer_names.push(name);
+            diff_ids.push(format!("sha256:{id}"));
+        }
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let config_name = format!("{}.json", hex(&Sha256::digest(&config)));
+        files.push((config_name.clone(), config));
+        let manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": config_name, "RepoTags": ["bomb:latest"], "Layers": layer_names,
+        }]))
+        .unwrap();
+        files.push(("manifest.json".into(), manifest));
+        let out = dir.join("image.tar");
+        let mut b = tar::Builder::new(fs::File::create(&out).unwrap());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.finish().unwrap();
+        (out, diff_ids)
+    }
+
+    /// Nothing of a refused import stays: no image, no tag, nothing in `tmp/`.
+    fn store_is_empty(store: &Store) {
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.tags().unwrap().is_empty());
+        let left: Vec<_> = fs::read_dir(store.root().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "left in tmp: {left:?}");
+    }
+
+    /// A hostile image is a gzip bomb: 8 MiB of zeros in a few KiB. With a 1 MiB cap
+    /// it is refused, naming the layer and the cap, before it is unpacked.
+    #[test]
+    fn an_image_past_the_size_cap_is_refused_naming_the_layer_and_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, diff_ids) = zeros_image(dir.path(), &[8 << 20]);
+        assert!(fs::metadata(&archive).unwrap().len() < 64 << 10);
+        let store = Store::open(&dir.path().join("state"))
+            .unwrap()
+            .with_max_image_size(1 << 20);
+        let e = store.load(&archive).unwrap_err();
+        match &e {
+            StoreError::TooLarge { layer, limit, .. } => {
+                assert_eq!((layer, *limit), (&diff_ids[0], 1 << 20));
+            }
+            e => panic!("{e:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&diff_ids[0]) && msg.contains("1 MiB") && msg.contains(MAX_IMAGE_SIZE_VAR),
+            "{msg}"
+        );
+        store_is_empty(&store);
+        // Under a cap it fits, it loads.
+        let store = store.with_max_image_size(16 << 20);
+        assert_eq!(
+            store.load(&archive).unwrap(),
+            vec!["bomb:latest".to_string()]
+        );
+        let image = store.resolve("bomb").unwrap();
+        assert_eq!(
+            fs::metadata(image.rootfs.join("zeros0")).unwrap().len(),
+            8 << 20
+        );
+    }
+
+    /// Layers each under the cap are refused together: the cap is the image's, and the
+    /// layer named is the one that passes it.
+    #[test]
+    fn the_size_cap_counts_all_layers_of_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, diff_ids) = zeros_image(dir.path(), &[600 << 10, 600 << 10]);
+        let store = Store::open(&dir.path().join("state"))
+            .unwrap()
+            .with_max_image_size(1 << 20);
+        match store.load(&archive).unwrap_err() {
+            StoreError::TooLarge { layer, .. } => assert_eq!(layer, diff_ids[1]),
+            e => panic!("{e:?}"),
+        }
+        store_is_empty(&store);
+    }
+
+    /// The archive itself can be the bomb (`docker save | gzip`): its extraction is
+    /// capped too.
+    #[test]
+    fn a_compressed_archive_past_the_size_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tar, _) = zeros_tar("padding", 8 << 20);
+        let archive = dir.path().join("bomb.tar.gz");
+        fs::write(&archive, gzip(&tar)).unwrap();
+        let store = Store::open(&dir.path().join("state"))
+            .unwrap()
+            .with_max_image_size(1 << 20);
+        let e = store.load(&archive).unwrap_err();
+        assert!(
+            matches!(e, StoreError::BadArchive { .. })
+                && e.to_string().contains("size cap of 1 MiB"),
+            "{e}"
+        );
+        store_is_empty(&store);
+    }
+
+    /// An import killed half-way (its work directory stays in `tmp/`) is cleared by the
+    /// next one.
+    #[test]
+    fn leftovers_of_a_killed_import_go_at_the_next_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, _) = zeros_image(dir.path(), &[1 << 10]);
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let left = store.root().join("tmp/load-999999-0/image-x/rootfs/big");
+        fs::create_dir_all(left.parent().unwrap()).unwrap();
+        fs::write(&left, "half unpacked").unwrap();
+        store.load(&archive).unwrap();
+        let left: Vec<_> = fs::read_dir(store.root().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "left in tmp: {left:?}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("1234"), Some(1234));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size(" 64g "), Some(64 << 30));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        for bad in [
+            "",
+            "g",
+            "0",
+            "-1",
+            "1.5g",
+            "64 g",
+            "64gb",
+            "x",
+            "99999999999999999999",
+            "20000000t",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(show_size(DEFAULT_MAX_IMAGE_SIZE), "64 GiB");
+        assert_eq!(show_size(1536 << 10), "1.5 MiB");
+        assert_eq!(show_size(100), "100 bytes");
+    }
 
     #[test]
     fn references_normalise_as_docker_does() {

@@ -11,12 +11,21 @@
 //! the entries.
 //!
 //! Ownership is restored when running as root; otherwise files belong to the caller.
-//! Extended attributes are not restored yet.
+//! Of the extended attributes a layer carries (PAX `SCHILY.xattr.*`) only `user.*` and
+//! `security.capability` are restored; `trusted.*`, `security.selinux`, ACLs and the
+//! rest are the host's business and are reported as skipped.
+//!
+//! A layer's decompressed size is counted at the decompressor, not taken from its tar
+//! headers: a [`SizeCap`] shared by an image's layers stops the unpacking with
+//! [`UnpackError::TooLarge`] as soon as the bytes read pass it (a gzip bomb fills no
+//! disk; the first pass, which only reads, already meets the cap).
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use tar::EntryType;
 
@@ -80,6 +89,14 @@ pub enum UnpackError {
         layer: PathBuf,
         /// What it uses.
         compression: &'static str,
+    },
+    /// The layer decompresses past what the image's size cap leaves.
+    #[error("Layer {layer} decompresses past the image size cap of {limit} bytes")]
+    TooLarge {
+        /// The layer file.
+        layer: PathBuf,
+        /// The cap for the whole image, in bytes.
+        limit: u64,
     },
 }
 
@@ -178,6 +195,96 @@ fn remove_existing(path: &Path) -> Result<(), UnpackError> {
     }
 }
 
+/// The decompressed bytes an image may take, shared by its layers in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeCap {
+    limit: u64,
+    used: u64,
+}
+
+impl SizeCap {
+    /// A cap of `limit` decompressed bytes, none used yet.
+    pub fn new(limit: u64) -> Self {
+        Self { limit, used: 0 }
+    }
+
+    /// The cap, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The bytes counted so far.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Counts `n` more bytes.
+    pub(crate) fn add(&mut self, n: u64) {
+        self.used = self.used.saturating_add(n);
+    }
+
+    fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+}
+
+/// The bytes a [`decompressed`] stream yielded so far.
+pub(crate) type Counter = Rc<Cell<u64>>;
+
+/// Counts the bytes read through it, failing every read once they pass `limit`.
+struct Capped<R> {
+    inner: R,
+    count: Counter,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.count.get() > self.limit {
+            return Err(io::Error::other("decompressed size cap passed"));
+        }
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        if self.count.get() > self.limit {
+            return Err(io::Error::other("decompressed size cap passed"));
+        }
+        Ok(n)
+    }
+}
+
+/// A layer's decompressed stream, limited to what `cap` leaves, and the counter of the
+/// bytes it yielded. Errors while reading it go through [`capped`].
+pub(crate) fn decompressed(
+    layer: &Path,
+    cap: &SizeCap,
+) -> Result<(Box<dyn Read>, Counter), UnpackError> {
+    let count = Rc::new(Cell::new(0));
+    let reader = Capped {
+        inner: open_layer(layer)?,
+        count: Rc::clone(&count),
+        limit: cap.remaining(),
+    };
+    Ok((Box::new(reader), count))
+}
+
+/// `result` of reading a stream from [`decompressed`], its error replaced by
+/// [`UnpackError::TooLarge`] when the stream passed the cap (tar wraps the reader's
+/// error, so the counter, not the error, tells).
+pub(crate) fn capped<T>(
+    result: Result<T, UnpackError>,
+    count: &Cell<u64>,
+    cap: &SizeCap,
+    layer: &Path,
+) -> Result<T, UnpackError> {
+    if count.get() > cap.remaining() {
+        return Err(UnpackError::TooLarge {
+            layer: layer.to_path_buf(),
+            limit: cap.limit,
+        });
+    }
+    result
+}
+
 /// Opens a layer, gunzipping it if it starts with the gzip magic.
 fn open_layer(layer: &Path) -> Result<Box<dyn Read>, UnpackError> {
     let mut f = fs::File::open(layer).map_err(io_err("open", layer))?;
@@ -203,11 +310,35 @@ fn archive_err(layer: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     }
 }
 
-/// Applies one layer to `root` (which must exist).
-pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError> {
+/// Applies one layer to `root` (which must exist), counting its decompressed bytes
+/// against `cap`. On an error `root` may hold part of the layer: the caller unpacks
+/// into a staging directory and removes it.
+pub fn apply_layer(
+    root: &Path,
+    layer: &Path,
+    cap: &mut SizeCap,
+) -> Result<LayerReport, UnpackError> {
     let mut report = LayerReport::default();
-    // Pass 1: whiteouts, which act on the lower layers only.
-    let mut archive = tar::Archive::new(open_layer(layer)?);
+    // Pass 1 reads the whole tar stream (tar skips entry data by reading it), so it
+    // meets the cap before pass 2 writes anything.
+    let (reader, count) = decompressed(layer, cap)?;
+    let result = whiteouts(root, layer, reader, &mut report);
+    capped(result, &count, cap, layer)?;
+    let (reader, count) = decompressed(layer, cap)?;
+    let result = extract(root, layer, reader, &mut report);
+    capped(result, &count, cap, layer)?;
+    cap.add(count.get());
+    Ok(report)
+}
+
+/// Pass 1: whiteouts, which act on the lower layers only.
+fn whiteouts(
+    root: &Path,
+    layer: &Path,
+    reader: Box<dyn Read>,
+    report: &mut LayerReport,
+) -> Result<(), UnpackError> {
+    let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(archive_err(layer))? {
         let entry = entry.map_err(archive_err(layer))?;
         let raw = entry.path().map_err(archive_err(layer))?.into_owned();
@@ -243,8 +374,17 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
             }
         }
     }
-    // Pass 2: everything else.
-    let mut archive = tar::Archive::new(open_layer(layer)?);
+    Ok(())
+}
+
+/// Pass 2: everything else.
+fn extract(
+    root: &Path,
+    layer: &Path,
+    reader: Box<dyn Read>,
+    report: &mut LayerReport,
+) -> Result<(), UnpackError> {
+    let mut archive = tar::Archive::new(reader);
     let as_root = rustix::process::geteuid().is_root();
     for entry in archive.entries().map_err(archive_err(layer))? {
         let mut entry = entry.map_err(archive_err(layer))?;
@@ -351,7 +491,12 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
                 continue;
             }
         }
-        let xattrs = pax_xattrs(&mut entry);
+        let (xattrs, refused) = pax_xattrs(&mut entry);
+        for name in refused {
+            report
+                .skipped
+                .push(format!("{shown}: extended attribute {name} (not restored)"));
+        }
         set_metadata(&entry, &full, kind, mode, as_root)?;
         for (name, value) in xattrs {
             // chown (in set_metadata) clears security.capability: xattrs come after it.
@@ -368,27 +513,39 @@ pub fn apply_layer(root: &Path, layer: &Path) -> Result<LayerReport, UnpackError
         }
         report.entries += 1;
     }
-    Ok(report)
+    Ok(())
 }
 
-/// The extended attributes a PAX header gives an entry (`SCHILY.xattr.NAME`), in the
-/// namespaces a file may carry (`user.`, `trusted.`, `security.`); no more than 64
-/// of them, each value at most 64 KiB (the kernel's own limit).
-fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+/// Whether an image may set extended attribute `name`: its own `user.*` data, and
+/// `security.capability` (file capabilities, which binaries such as `ping` need).
+/// `trusted.*` and `security.*` others (SELinux labels, IMA/EVM) are the host's policy,
+/// `system.*` (ACLs) grants access a layer's mode does not show.
+fn xattr_allowed(name: &str) -> bool {
+    (name.len() > "user.".len() && name.starts_with("user.")) || name == "security.capability"
+}
+
+/// The extended attributes a PAX header gives an entry (`SCHILY.xattr.NAME`): those to
+/// restore (allowed by [`xattr_allowed`], no NUL in the name, value at most 64 KiB,
+/// the kernel's own limit) and the names of those refused; 64 of each at most.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let (mut restore, mut refused) = (Vec::new(), Vec::new());
     let Ok(Some(exts)) = entry.pax_extensions() else {
-        return Vec::new();
+        return (restore, refused);
     };
-    exts.flatten()
-        .filter_map(|ext| {
-            let name = ext.key().ok()?.strip_prefix("SCHILY.xattr.")?;
-            let allowed = ["user.", "trusted.", "security."]
-                .iter()
-                .any(|ns| name.len() > ns.len() && name.starts_with(ns));
-            (allowed && !name.contains('\0') && ext.value_bytes().len() <= 65536)
-                .then(|| (name.to_string(), ext.value_bytes().to_vec()))
-        })
-        .take(64)
-        .collect()
+    for ext in exts.flatten() {
+        let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) else {
+            continue;
+        };
+        let value = ext.value_bytes();
+        if xattr_allowed(name) && !name.contains('\0') && value.len() <= 65536 {
+            if restore.len() < 64 {
+                restore.push((name.to_string(), value.to_vec()));
+            }
+        } else if refused.len() < 64 {
+            refused.push(name.escape_debug().to_string());
+        }
+    }
+    (restore, refused)
 }
 
 /// Owner (as root), mode (not for symlinks) and modification time, in that order:
@@ -503,6 +660,10 @@ mod tests {
         out
     }
 
+    fn unlimited() -> SizeCap {
+        SizeCap::new(u64::MAX)
+    }
+
     struct Setup {
         _tmp: tempfile::TempDir,
         root: PathBuf,
@@ -528,7 +689,11 @@ mod tests {
     }
 
     fn apply(s: &Setup, name: &str, entries: &[E<'_>]) -> Result<LayerReport, UnpackError> {
-        apply_layer(&s.root, &layer(&s.layers, name, entries, false))
+        apply_layer(
+            &s.root,
+            &layer(&s.layers, name, entries, false),
+            &mut unlimited(),
+        )
     }
 
     fn outside_untouched(s: &Setup) {
@@ -547,15 +712,28 @@ mod tests {
         );
     }
 
+    /// A hostile layer sets xattrs the host acts on: a `trusted.*` one (read by
+    /// root-only overlay and security tools), an SELinux label it picked, an ACL granting
+    /// what its mode does not. Only `user.*` and `security.capability` are restored; the
+    /// rest are reported as skipped, whoever unpacks.
     #[test]
-    fn pax_xattrs_are_restored_in_file_namespaces_only() {
+    fn pax_xattrs_are_restored_for_user_and_file_capabilities_only() {
+        // vfs_cap_data revision 2, effective, permitted CAP_NET_RAW (ping's capability).
+        let cap_net_raw: &[u8] = &[
+            0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         let s = setup();
         let mut buf = Vec::new();
         {
             let mut b = tar::Builder::new(&mut buf);
             b.append_pax_extensions([
                 ("SCHILY.xattr.user.arca", b"hello".as_slice()),
+                ("SCHILY.xattr.security.capability", cap_net_raw),
                 ("SCHILY.xattr.trusted.arca", b"root only".as_slice()),
+                (
+                    "SCHILY.xattr.security.selinux",
+                    b"system_u:object_r:hostile_t:s0".as_slice(),
+                ),
                 ("SCHILY.xattr.system.posix_acl_access", b"\x02".as_slice()),
                 ("SCHILY.xattr.user.", b"no name".as_slice()),
             ])
@@ -563,13 +741,13 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(EntryType::Regular);
             h.set_size(2);
-            h.set_mode(0o644);
+            h.set_mode(0o755);
             b.append_data(&mut h, "tagged", b"hi".as_slice()).unwrap();
             b.finish().unwrap();
         }
         let path = s.layers.join("x.tar");
         fs::write(&path, buf).unwrap();
-        let report = apply_layer(&s.root, &path).unwrap();
+        let report = apply_layer(&s.root, &path, &mut unlimited()).unwrap();
         let file = s.root.join("tagged");
         let get = |name: &str| {
             let mut v = [0u8; 64];
@@ -578,20 +756,29 @@ mod tests {
                 .map(|n| v[..n].to_vec())
         };
         assert_eq!(get("user.arca").as_deref(), Some(b"hello".as_slice()));
+        assert_eq!(get("trusted.arca"), None);
         assert_eq!(get("system.posix_acl_access"), None);
+        assert_ne!(
+            get("security.selinux").as_deref(),
+            Some(b"system_u:object_r:hostile_t:s0".as_slice()),
+            "the image's SELinux label was applied"
+        );
+        let skipped = |name: &str| report.skipped.iter().any(|r| r.contains(name));
+        for name in [
+            "trusted.arca",
+            "security.selinux",
+            "system.posix_acl_access",
+            "user. ",
+        ] {
+            assert!(skipped(name), "{name} not reported: {:?}", report.skipped);
+        }
         if rustix::process::geteuid().is_root() {
-            assert_eq!(
-                get("trusted.arca").as_deref(),
-                Some(b"root only".as_slice())
-            );
-            assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+            assert_eq!(get("security.capability").as_deref(), Some(cap_net_raw));
+            assert!(!skipped("security.capability"), "{:?}", report.skipped);
         } else {
-            assert_eq!(get("trusted.arca"), None);
-            assert!(
-                report.skipped.iter().any(|r| r.contains("trusted.arca")),
-                "{:?}",
-                report.skipped
-            );
+            // Setting file capabilities needs CAP_SETFCAP: reported, not fatal.
+            assert_eq!(get("security.capability"), None);
+            assert!(skipped("security.capability"), "{:?}", report.skipped);
         }
     }
 
@@ -613,6 +800,7 @@ mod tests {
                 ],
                 true,
             ),
+            &mut unlimited(),
         )
         .unwrap();
         assert_eq!(r.entries, 6);
@@ -821,18 +1009,74 @@ mod tests {
         );
     }
 
+    /// A layer of `size` zero bytes in one file, gzipped: a few KiB on disk for MiBs
+    /// unpacked (a gzip bomb, at test scale).
+    fn zeros_layer(dir: &Path, name: &str, size: usize) -> PathBuf {
+        let mut buf = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut buf);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(size as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, io::repeat(0).take(size as u64))
+                .unwrap();
+            b.finish().unwrap();
+        }
+        let out = dir.join(format!("{name}.tar.gz"));
+        let mut gz = flate2::write::GzEncoder::new(
+            fs::File::create(&out).unwrap(),
+            flate2::Compression::best(),
+        );
+        gz.write_all(&buf).unwrap();
+        gz.finish().unwrap();
+        out
+    }
+
+    /// A hostile image ships a gzip bomb to fill the host's disk. The bytes coming out
+    /// of the decompressor are counted (not the sizes tar headers claim), and the
+    /// first pass, which writes nothing, already stops at the cap.
+    #[test]
+    fn a_gzip_bomb_stops_at_the_cap_before_anything_is_written() {
+        let s = setup();
+        let bomb = zeros_layer(&s.layers, "bomb", 8 << 20);
+        assert!(fs::metadata(&bomb).unwrap().len() < 64 << 10);
+        let mut cap = SizeCap::new(1 << 20);
+        let e = apply_layer(&s.root, &bomb, &mut cap).unwrap_err();
+        assert!(
+            matches!(&e, UnpackError::TooLarge { layer, limit: 1048576 } if *layer == bomb),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("1048576"), "{e}");
+        assert!(!s.root.join("bomb").exists(), "the bomb was written");
+    }
+
+    /// The cap is for the image: layers each under it add up past it.
+    #[test]
+    fn the_cap_is_shared_by_an_images_layers() {
+        let s = setup();
+        let mut cap = SizeCap::new(1 << 20);
+        let one = zeros_layer(&s.layers, "one", 600 << 10);
+        let two = zeros_layer(&s.layers, "two", 600 << 10);
+        apply_layer(&s.root, &one, &mut cap).unwrap();
+        assert!(cap.used() > 600 << 10 && cap.used() < 1 << 20, "{cap:?}");
+        let e = apply_layer(&s.root, &two, &mut cap).unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge { .. }), "{e:?}");
+        assert!(!s.root.join("two").exists());
+    }
+
     #[test]
     fn unreadable_and_zstd_layers_are_clear_errors() {
         let s = setup();
         let junk = s.layers.join("junk");
         fs::write(&junk, vec![0xffu8; 1024]).unwrap();
         assert!(matches!(
-            apply_layer(&s.root, &junk),
+            apply_layer(&s.root, &junk, &mut unlimited()),
             Err(UnpackError::Archive { .. })
         ));
         let zstd = s.layers.join("z");
         fs::write(&zstd, [0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap();
-        let e = apply_layer(&s.root, &zstd).unwrap_err();
+        let e = apply_layer(&s.root, &zstd, &mut unlimited()).unwrap_err();
         assert!(e.to_string().contains("zstd"), "{e}");
     }
 }
