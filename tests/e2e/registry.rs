@@ -408,17 +408,38 @@ fn pulls_over_tls_trust_the_registrys_own_ca_and_nothing_else() {
 /// A registry front that demands a bearer token, as Docker Hub does: `/token` hands out
 /// one token for `repository:busybox:pull`, and requests bearing it are passed to the
 /// real registry behind. Returns the address and the scopes the token endpoint saw.
-fn token_front(backend: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// The realm is on the front's own host (`127.0.0.2`), or with `realm_host` on that
+/// address (which must be `127.0.0.1`: the front listens there too, on the same port).
+fn token_front(
+    backend: u16,
+    realm_host: Option<&str>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::sync::{Arc, Mutex};
     // 127.0.0.2: loopback in fact, but not a name arca trusts with plain HTTP unasked.
     let listener = TcpListener::bind("127.0.0.2:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let realm = format!("http://{}:{port}/token", realm_host.unwrap_or("127.0.0.2"));
     let scopes = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&scopes);
+    if realm_host.is_some() {
+        let other = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        serve_front(other, backend, realm.clone(), Arc::clone(&scopes));
+    }
+    serve_front(listener, backend, realm, Arc::clone(&scopes));
+    (port, scopes)
+}
+
+fn serve_front(
+    listener: TcpListener,
+    backend: u16,
+    realm: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::Arc;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let seen = Arc::clone(&seen);
+            let realm = realm.clone();
             std::thread::spawn(move || {
                 conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 let mut head = Vec::new();
@@ -450,13 +471,12 @@ fn token_front(backend: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String
                 } else {
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.2:{port}/token\",service=\"arca-test\",scope=\"repository:busybox:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"arca-test\",scope=\"repository:busybox:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     );
                 }
             });
         }
     });
-    (port, scopes)
 }
 
 #[test]
@@ -468,7 +488,7 @@ fn pulls_follow_bearer_token_auth_and_plain_http_needs_insecure_off_localhost() 
     binary("arca");
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry_with_busybox(dir.path());
-    let (front, scopes) = token_front(reg.port);
+    let (front, scopes) = token_front(reg.port, None);
     let name = format!("127.0.0.2:{front}/busybox:latest");
     let state = dir.path().join("state");
 
@@ -487,4 +507,47 @@ fn pulls_follow_bearer_token_auth_and_plain_http_needs_insecure_off_localhost() 
             .any(|q| q.contains("service=arca-test") && q.contains("scope=repository:busybox:pull")),
         "{seen:?}"
     );
+}
+
+/// A hostile registry names a token realm on another host, to make arca fetch a URL of
+/// its choosing: refused, naming the `token-realms` line that would allow it, and the
+/// realm is never asked; with that line in arca's config directory the pull goes
+/// through.
+#[test]
+fn token_realms_on_another_host_need_the_token_realms_file() {
+    if !tools_present() {
+        eprintln!("SKIP: docker-registry and skopeo are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = registry_with_busybox(dir.path());
+    let (front, scopes) = token_front(reg.port, Some("127.0.0.1"));
+    let name = format!("127.0.0.2:{front}/busybox:latest");
+    let state = dir.path().join("state");
+
+    let out = arca(&state, &["pull", "--insecure", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let line = format!("127.0.0.2:{front} 127.0.0.1");
+    assert!(
+        stderr(&out).contains(&line) && stderr(&out).contains("token-realms"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        scopes.lock().unwrap().is_empty(),
+        "the foreign realm was asked"
+    );
+    assert!(stdout(&arca(&state, &["images", "-q"])).trim().is_empty());
+
+    std::fs::create_dir_all(state.join("config")).unwrap();
+    std::fs::write(
+        state.join("config/token-realms"),
+        format!("# the test's token server\n{line}\n"),
+    )
+    .unwrap();
+    let out = arca(&state, &["pull", "--insecure", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!scopes.lock().unwrap().is_empty());
+    assert!(stdout(&arca(&state, &["images"])).contains(&name));
 }

@@ -10,7 +10,12 @@
 //! plus any `*.crt` in `<config>/certs.d/<registry>/` (Docker's `certs.d` layout; see
 //! [`certs_dir`]). Plain HTTP is used only for loopback registries and those named with
 //! `--insecure`, and only when the registry does not speak TLS: as Docker does, HTTPS
-//! is tried first.
+//! is tried first. A registry is hostile too: a redirect from HTTPS to plain HTTP is
+//! refused (so is a plain-HTTP token realm for an HTTPS registry), and a bearer-token
+//! realm must be on the registry's own host, unless `<config>/token-realms` lets it
+//! (see [`token_realms_file`]; Docker Hub's `auth.docker.io` is built in). An image
+//! whose compressed layers already pass the store's size cap is refused before any
+//! download.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -105,6 +110,45 @@ pub enum PullError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A redirect or a token realm would leave HTTPS for plain HTTP.
+    #[error(
+        "Registry {registry} sent arca from {from} to plain HTTP ({to}): refused, a pull over HTTPS stays on HTTPS"
+    )]
+    Downgrade {
+        /// host:port.
+        registry: String,
+        /// The URL asked (or the registry, for a token realm).
+        from: String,
+        /// Where the redirect or realm pointed.
+        to: String,
+    },
+    /// The registry sends for tokens to a host arca is not told to trust with that.
+    #[error(
+        "Registry {registry} sends for tokens to {realm}, which is not on its host: refused (if you trust it, add the line \"{registry} {realm_host}\" to {file})"
+    )]
+    ForeignRealm {
+        /// host:port as named in the reference.
+        registry: String,
+        /// The realm URL.
+        realm: String,
+        /// The realm's host.
+        realm_host: String,
+        /// The file that allows realms.
+        file: PathBuf,
+    },
+    /// The image's compressed layers already pass the store's size cap.
+    #[error(
+        "Image {image} is larger than the size cap of {}: its compressed layers pass it at layer {layer} (raise the cap with ARCA_MAX_IMAGE_SIZE)",
+        super::store::show_size(*.limit)
+    )]
+    TooLarge {
+        /// The reference pulled.
+        image: String,
+        /// The layer (blob digest) at which the sum passes the cap.
+        layer: String,
+        /// The cap, in bytes.
+        limit: u64,
     },
     /// Importing into the store failed.
     #[error(transparent)]
@@ -244,10 +288,106 @@ fn parse_url(url: &str) -> Option<Url> {
 }
 
 /// Where CA certificates for `registry` (`host[:port]`) are looked for:
-/// `$ARCA_CONFIG_DIR/certs.d/<registry>`, the config directory being `/etc/arca` for
-/// root and `$XDG_CONFIG_HOME/arca` (`~/.config/arca`) otherwise.
+/// `<config>/certs.d/<registry>` (see [`config_dir`]).
 pub fn certs_dir(registry: &str) -> PathBuf {
-    let config = if let Some(d) = std::env::var_os("ARCA_CONFIG_DIR") {
+    config_dir().join("certs.d").join(registry)
+}
+
+/// Token realms allowed on other hosts than their registry's: `<config>/token-realms`
+/// (see [`config_dir`]), one `REGISTRY REALM-HOST` pair a line (`REGISTRY` as in the
+/// image reference, `host[:port]`; `REALM-HOST` without a port), `#` comments.
+pub fn token_realms_file() -> PathBuf {
+    config_dir().join("token-realms")
+}
+
+/// Realms arca allows without configuration: Docker Hub's
+/// (`registry-1.docker.io` sends for tokens to `auth.docker.io`) and GitLab.com's
+/// (`registry.gitlab.com` to `gitlab.com`).
+const BUILTIN_REALMS: &[(&str, &str)] = &[
+    ("docker.io", "auth.docker.io"),
+    ("registry.gitlab.com", "gitlab.com"),
+];
+
+/// The realm hosts allowed for `registry` by [`BUILTIN_REALMS`] and the `text` of a
+/// [`token_realms_file`].
+fn allowed_realms(registry: &str, text: &str) -> Vec<String> {
+    let from_file = text.lines().filter_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(r), Some(host), None) if r == registry => Some(host.to_ascii_lowercase()),
+            _ => None,
+        }
+    });
+    BUILTIN_REALMS
+        .iter()
+        .filter(|(r, _)| *r == registry)
+        .map(|(_, h)| h.to_string())
+        .chain(from_file)
+        .collect()
+}
+
+/// Why a token realm is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum RealmRefusal {
+    /// A plain-HTTP realm for an HTTPS registry: the token would travel in the clear.
+    PlainHttp,
+    /// A realm on another host than the registry's, not allowed: a hostile registry
+    /// would make arca fetch any URL (a host-local service, a cloud metadata address).
+    OtherHost,
+}
+
+/// Whether the token realm `realm` of the registry at `base` is refused; `allowed`
+/// lists the other hosts allowed for it.
+fn realm_refusal(base: &Url, realm: &Url, allowed: &[String]) -> Option<RealmRefusal> {
+    if base.tls && !realm.tls {
+        return Some(RealmRefusal::PlainHttp);
+    }
+    let host = realm.host.to_ascii_lowercase();
+    if host != base.host.to_ascii_lowercase() && !allowed.contains(&host) {
+        return Some(RealmRefusal::OtherHost);
+    }
+    None
+}
+
+/// Where a redirect from `current` to `location` leads: an absolute URL, a path on
+/// `current`'s origin, or a path relative to `current`'s. `Err` with the target when
+/// it would leave HTTPS for plain HTTP.
+fn redirect_target(current: &str, location: &str) -> Result<String, String> {
+    let target = if location.starts_with("https://") || location.starts_with("http://") {
+        location.to_string()
+    } else {
+        let origin_end = current
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|start| current[start..].find('/').map(|j| start + j))
+            .unwrap_or(current.len());
+        if location.starts_with('/') {
+            format!("{}{location}", &current[..origin_end])
+        } else {
+            let path = &current[..current.find('?').unwrap_or(current.len())];
+            let cut = path
+                .rfind('/')
+                .filter(|&i| i >= origin_end)
+                .map_or(path.len(), |i| i + 1);
+            let sep = if cut == path.len() && !path.ends_with('/') {
+                "/"
+            } else {
+                ""
+            };
+            format!("{}{sep}{location}", &path[..cut])
+        }
+    };
+    if current.starts_with("https://") && !target.starts_with("https://") {
+        return Err(target);
+    }
+    Ok(target)
+}
+
+/// arca's config directory: `$ARCA_CONFIG_DIR`, else `/etc/arca` for root and
+/// `$XDG_CONFIG_HOME/arca` (`~/.config/arca`) otherwise.
+pub fn config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ARCA_CONFIG_DIR") {
         PathBuf::from(d)
     } else if rustix::process::geteuid().is_root() {
         PathBuf::from("/etc/arca")
@@ -257,8 +397,7 @@ pub fn certs_dir(registry: &str) -> PathBuf {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
             .unwrap_or_else(|| PathBuf::from("/etc"))
             .join("arca")
-    };
-    config.join("certs.d").join(registry)
+    }
 }
 
 /// The TLS client configuration for `registry`: the system's roots plus the
@@ -516,6 +655,8 @@ struct Registry {
     name: String,
     token: Option<String>,
     tls: Arc<rustls::ClientConfig>,
+    /// Realm hosts allowed besides the registry's own (see [`allowed_realms`]).
+    realms: Vec<String>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -541,11 +682,18 @@ impl Registry {
     /// Chooses the scheme: HTTPS, or plain HTTP when `plain_ok` and the registry does
     /// not speak TLS. Asks `/v2/`, which answers 200 or 401 on a registry.
     fn connect(host: &str, name: &str, plain_ok: bool) -> Result<Self, PullError> {
+        let file = token_realms_file();
+        let text = match fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err("read", &file)(e)),
+        };
         let mut reg = Registry {
             base: format!("https://{host}"),
             name: name.to_string(),
             token: None,
             tls: tls_config(name)?,
+            realms: allowed_realms(name, &text),
         };
         let probe = http_get(&format!("{}/v2/", reg.base), &[], &reg.tls);
         match probe {
@@ -596,15 +744,11 @@ impl Registry {
                                 registry: self.name.clone(),
                                 why: "redirect without Location".into(),
                             })?;
-                    url = if loc.starts_with('/') {
-                        format!("{}{loc}", self.base)
-                    } else if loc.starts_with("https://") || loc.starts_with("http://") {
-                        loc
-                    } else {
-                        // Relative to the current path.
-                        let cut = url.rfind('/').map_or(url.len(), |i| i + 1);
-                        format!("{}{loc}", &url[..cut])
-                    };
+                    url = redirect_target(&url, &loc).map_err(|to| PullError::Downgrade {
+                        registry: self.name.clone(),
+                        from: url.clone(),
+                        to,
+                    })?;
                 }
                 401 if !authed_retry => {
                     let challenge = a
@@ -667,10 +811,28 @@ impl Registry {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&query.join("&"));
         }
-        if parse_url(&url).is_none() {
+        let (Some(realm_url), Some(base)) = (parse_url(&url), parse_url(&self.base)) else {
             return Err(proto(format!(
                 "token realm {realm:?} is not an HTTP(S) URL"
             )));
+        };
+        match realm_refusal(&base, &realm_url, &self.realms) {
+            None => {}
+            Some(RealmRefusal::PlainHttp) => {
+                return Err(PullError::Downgrade {
+                    registry: self.name.clone(),
+                    from: self.base.clone(),
+                    to: realm.clone(),
+                });
+            }
+            Some(RealmRefusal::OtherHost) => {
+                return Err(PullError::ForeignRealm {
+                    registry: self.name.clone(),
+                    realm: realm.clone(),
+                    realm_host: realm_url.host,
+                    file: token_realms_file(),
+                });
+            }
         }
         let a = http_get(&url, &[], &self.tls).map_err(|e| self.unreachable(e))?;
         if a.status != 200 {
@@ -731,6 +893,15 @@ impl Registry {
         }
         Ok((body, format!("sha256:{actual}")))
     }
+}
+
+/// The layer at which the announced (compressed) sizes add up past `limit`.
+fn layer_past_cap(layers: &[Descriptor], limit: u64) -> Option<&Descriptor> {
+    let mut total = 0u64;
+    layers.iter().find(|l| {
+        total = total.saturating_add(l.size);
+        total > limit
+    })
 }
 
 fn valid_digest(d: &str) -> Option<&str> {
@@ -926,6 +1097,16 @@ pub fn pull(
             )));
         }
     }
+    // The compressed layers bound the image's size from below: past the cap, nothing is
+    // downloaded.
+    let limit = store.max_image_size()?;
+    if let Some(l) = layer_past_cap(&doc.layers, limit) {
+        return Err(PullError::TooLarge {
+            image: reference.to_string(),
+            layer: l.digest.clone(),
+            limit,
+        });
+    }
     let partial = store.root().join("partial");
     fs::create_dir_all(&partial).map_err(io_err("create", &partial))?;
     let config_path = fetch_blob(&mut reg, &r.repository, &config, &partial, false)?;
@@ -1033,6 +1214,196 @@ mod tests {
     fn certificate_directories_follow_the_registry_name() {
         let dir = certs_dir("registry.example:5000");
         assert!(dir.ends_with("certs.d/registry.example:5000"), "{dir:?}");
+    }
+
+    /// A hostile registry (or whoever sits between arca and a CDN it redirects to)
+    /// sends arca from HTTPS to plain HTTP, where the traffic can be read and changed.
+    #[test]
+    fn redirects_resolve_on_the_current_origin_and_never_leave_https() {
+        let cur = "https://reg.example/v2/app/blobs/sha256:ab?x=1";
+        assert_eq!(
+            redirect_target(cur, "/v2/other"),
+            Ok("https://reg.example/v2/other".into())
+        );
+        assert_eq!(
+            redirect_target(cur, "sha256:cd"),
+            Ok("https://reg.example/v2/app/blobs/sha256:cd".into())
+        );
+        assert_eq!(
+            redirect_target("https://cdn.example:8443", "data"),
+            Ok("https://cdn.example:8443/data".into())
+        );
+        assert_eq!(
+            redirect_target(cur, "https://cdn.example/blob?sig=1"),
+            Ok("https://cdn.example/blob?sig=1".into())
+        );
+        assert_eq!(
+            redirect_target(cur, "http://cdn.example/blob"),
+            Err("http://cdn.example/blob".into())
+        );
+        // A plain-HTTP registry (loopback or --insecure) may go either way.
+        assert_eq!(
+            redirect_target("http://127.0.0.1:5000/v2/x", "http://127.0.0.1:6000/y"),
+            Ok("http://127.0.0.1:6000/y".into())
+        );
+        assert_eq!(
+            redirect_target("http://127.0.0.1:5000/v2/x", "https://cdn.example/y"),
+            Ok("https://cdn.example/y".into())
+        );
+    }
+
+    /// A hostile registry names a token realm elsewhere to make arca fetch any URL (a
+    /// service on the host, a cloud metadata address), or a plain-HTTP one for an HTTPS
+    /// registry. Only the registry's own host and the allowed ones pass.
+    #[test]
+    fn token_realms_must_be_on_the_registrys_host_or_allowed() {
+        let url = |u: &str| parse_url(u).unwrap();
+        let hub = url("https://registry-1.docker.io");
+        let hub_realms = allowed_realms("docker.io", "");
+        assert_eq!(
+            realm_refusal(&hub, &url("https://auth.docker.io/token"), &hub_realms),
+            None,
+            "Docker Hub works without configuration"
+        );
+        assert_eq!(
+            realm_refusal(&hub, &url("http://auth.docker.io/token"), &hub_realms),
+            Some(RealmRefusal::PlainHttp)
+        );
+        let reg = url("https://reg.example:5000");
+        assert_eq!(
+            realm_refusal(&reg, &url("https://REG.example:5001/token"), &[]),
+            None,
+            "the registry's own host, any port"
+        );
+        for evil in [
+            "https://169.254.169.254/latest/meta-data",
+            "https://localhost:8080/admin",
+            "https://auth.docker.io/token",
+        ] {
+            assert_eq!(
+                realm_refusal(&reg, &url(evil), &allowed_realms("reg.example:5000", "")),
+                Some(RealmRefusal::OtherHost),
+                "{evil}"
+            );
+        }
+        let file = "# realms\nreg.example:5000 auth.example  # ours\nother.example evil.example\nbroken line here\n";
+        let allowed = allowed_realms("reg.example:5000", file);
+        assert_eq!(allowed, vec!["auth.example".to_string()]);
+        assert_eq!(
+            realm_refusal(&reg, &url("https://auth.example/t"), &allowed),
+            None
+        );
+        assert_eq!(
+            realm_refusal(&reg, &url("https://evil.example/t"), &allowed),
+            Some(RealmRefusal::OtherHost)
+        );
+    }
+
+    /// A hostile registry announces layers that already add up past the cap (or lie
+    /// with `u64::MAX`): refused before any download.
+    #[test]
+    fn compressed_layers_past_the_cap_are_refused_before_downloading() {
+        let layers: Vec<Descriptor> = serde_json::from_str(
+            r#"[{"digest":"sha256:a","size":600},{"digest":"sha256:b","size":600},
+                {"digest":"sha256:c","size":18446744073709551615}]"#,
+        )
+        .unwrap();
+        assert_eq!(layer_past_cap(&layers[..2], 1200).map(|l| &l.digest), None);
+        assert_eq!(
+            layer_past_cap(&layers, 1000).map(|l| l.digest.as_str()),
+            Some("sha256:b")
+        );
+        assert_eq!(
+            layer_past_cap(&layers, u64::MAX - 1).map(|l| l.digest.as_str()),
+            Some("sha256:c")
+        );
+    }
+
+    /// A one-thread HTTP server on `ip` answering each request with `answer` of its
+    /// head; returns its port and the heads it saw.
+    fn fake_server(
+        ip: &str,
+        answer: impl Fn(&str) -> String + Send + 'static,
+    ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let reply = answer(&head);
+                log.lock().unwrap().push(head);
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        (port, seen)
+    }
+
+    fn fake_registry(port: u16, realms: &[&str]) -> Registry {
+        Registry {
+            base: format!("http://127.0.0.1:{port}"),
+            name: format!("127.0.0.1:{port}"),
+            token: None,
+            tls: tls_config("127.0.0.1").unwrap(),
+            realms: realms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// A fake registry on 127.0.0.1 sends for tokens to 127.0.0.2 (another host):
+    /// arca refuses, naming the file that would allow it, and the realm never
+    /// hears from it; allowed, the token is fetched and used.
+    #[test]
+    fn a_registry_sending_for_tokens_to_another_host_is_refused_unless_allowed() {
+        let (token_port, token_seen) = fake_server("127.0.0.2", |_| {
+            let body = r#"{"token":"t0k3n"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        });
+        let (port, seen) = fake_server("127.0.0.1", move |head| {
+            if head.contains("Authorization: Bearer t0k3n") {
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".into()
+            } else {
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.2:{token_port}/token\",service=\"fake\"\r\nContent-Length: 0\r\n\r\n"
+                )
+            }
+        });
+        let mut reg = fake_registry(port, &[]);
+        let e = reg
+            .get("/v2/app/manifests/latest", &[], "manifest app:latest")
+            .err()
+            .expect("a foreign realm is refused");
+        assert!(matches!(e, PullError::ForeignRealm { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("127.0.0.2:{token_port}"))
+                && msg.contains(&format!("\"127.0.0.1:{port} 127.0.0.2\""))
+                && msg.contains("token-realms"),
+            "{msg}"
+        );
+        assert!(token_seen.lock().unwrap().is_empty(), "the realm was asked");
+
+        let mut reg = fake_registry(port, &["127.0.0.2"]);
+        let mut a = reg
+            .get("/v2/app/manifests/latest", &[], "manifest app:latest")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut body = String::new();
+        a.body.read_to_string(&mut body).unwrap();
+        assert_eq!((a.status, body.as_str()), (200, "{}"));
+        assert_eq!(token_seen.lock().unwrap().len(), 1);
+        assert!(seen.lock().unwrap().len() >= 3);
     }
 
     #[test]
