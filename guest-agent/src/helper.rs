@@ -819,8 +819,11 @@ fn exec_process(
     sync: &mut Option<OwnedFd>,
 ) -> Result<Never, AgentError> {
     let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    // The container's own files, read as hostile (see `user::read_file`).
+    let root = user::own_root().map_err(|e| bad(e.to_string()))?;
+    let passwd = user::read_file(root.as_fd(), "etc/passwd").map_err(|e| bad(e.to_string()))?;
+    let group = user::read_file(root.as_fd(), "etc/group").map_err(|e| bad(e.to_string()))?;
+    drop(root);
     let creds = user::resolve(
         process.user.as_deref(),
         &process.additional_groups,

@@ -1,5 +1,24 @@
 //! `user[:group]` to uid, gid, supplementary groups and home, from a container's
 //! /etc/passwd and /etc/group, as Docker resolves `--user`.
+//!
+//! Those files are the image's (or a running container's, for `exec`): [`read_file`]
+//! reads them as hostile. The path resolves inside the given root only
+//! (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: a symlink to `/etc/shadow` of
+//! the host, `../..` or `/proc/self/fd/N` cannot lead out; a symlink inside the root
+//! is followed, as Docker does: Nix-built images link `/etc/passwd` into `/nix/store`),
+//! the file is opened `O_NONBLOCK | O_NOCTTY` (a FIFO cannot block the opener), must be
+//! a regular file (fstat) and is read up to [`MAX_FILE`] bytes; a missing file reads as
+//! empty. Kernels without `openat2` (before 5.6) get `O_NOFOLLOW` instead: a symlinked
+//! file is refused there.
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// The largest passwd or group file read: 4 MiB, some 50,000 entries.
+pub const MAX_FILE: u64 = 4 << 20;
 
 /// Errors in user resolution.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -13,6 +32,90 @@ pub enum UserError {
     /// The user spec is empty or has an empty part.
     #[error("Invalid user {0:?}: use user, uid, user:group or uid:gid")]
     Invalid(String),
+    /// The container's passwd or group file is not one arca reads.
+    #[error("Cannot read {path} in the container: {why}")]
+    File {
+        /// The file, as the container sees it.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Reads `path` (relative, `etc/passwd`) below the directory `root` as described in
+/// the module's documentation: `""` when it does not exist, an error naming it when it
+/// is not a regular file (a FIFO, a device, a directory, a symlink out of the root
+/// through `/proc`), is larger than [`MAX_FILE`] or cannot be read.
+pub fn read_file(root: BorrowedFd<'_>, path: &str) -> Result<String, UserError> {
+    let err = |why: String| UserError::File {
+        path: format!("/{}", path.trim_start_matches('/')),
+        why,
+    };
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let opened = match rustix::fs::openat2(
+        root,
+        path,
+        flags,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Err(Errno::NOSYS) => {
+            rustix::fs::openat(root, path, flags | OFlags::NOFOLLOW, Mode::empty())
+        }
+        other => other,
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        // No file, or no /etc directory: no entries, as before the image had any.
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(String::new()),
+        Err(Errno::LOOP) => {
+            return Err(err(
+                "it is a symbolic link arca does not follow (a loop, a /proc magic link, or any link on kernels before 5.6)".into(),
+            ));
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| err(e.to_string()))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let what = match kind {
+        FileType::RegularFile => None,
+        FileType::Fifo => Some("a FIFO"),
+        FileType::Directory => Some("a directory"),
+        FileType::CharacterDevice | FileType::BlockDevice => Some("a device"),
+        FileType::Socket => Some("a socket"),
+        _ => Some("something else"),
+    };
+    if let Some(what) = what {
+        return Err(err(format!("it is {what}, not a regular file")));
+    }
+    let too_large = || err(format!("it is larger than {} MiB", MAX_FILE >> 20));
+    if u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_FILE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // Counted again while reading: the file may grow after the fstat.
+    std::fs::File::from(fd)
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The process's own root directory, for [`read_file`]: in the helper, after the
+/// pivot (or `setns` into the container's mount namespace), the container's root.
+pub fn own_root() -> Result<impl AsFd, UserError> {
+    rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| UserError::File {
+        path: "/".into(),
+        why: e.to_string(),
+    })
 }
 
 /// Resolved credentials.
@@ -247,6 +350,127 @@ mod tests {
             resolve(Some(":1"), &[], PASSWD, GROUP),
             Err(UserError::Invalid(_))
         ));
+    }
+
+    /// A container root in a temporary directory, beside a "host" file outside it.
+    struct Root {
+        _tmp: tempfile::TempDir,
+        root: std::path::PathBuf,
+        host_file: std::path::PathBuf,
+        fd: std::fs::File,
+    }
+
+    fn root() -> Root {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let host_file = tmp.path().join("shadow");
+        std::fs::write(&host_file, "root:HOST-SECRET:0:0::/root:/bin/sh\n").unwrap();
+        let fd = std::fs::File::open(&root).unwrap();
+        Root {
+            _tmp: tmp,
+            root,
+            host_file,
+            fd,
+        }
+    }
+
+    fn read(r: &Root, path: &str) -> Result<String, UserError> {
+        read_file(r.fd.as_fd(), path)
+    }
+
+    fn refused(r: &Root, path: &str, why: &str) {
+        match read(r, path) {
+            Err(UserError::File { path: p, why: w }) => {
+                assert_eq!(p, format!("/{path}"));
+                assert!(w.contains(why), "{w:?} does not say {why:?}");
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_passwd_is_read_and_a_missing_one_is_empty() {
+        let r = root();
+        std::fs::write(r.root.join("etc/passwd"), PASSWD).unwrap();
+        assert_eq!(read(&r, "etc/passwd").unwrap(), PASSWD);
+        assert_eq!(read(&r, "etc/group").unwrap(), "");
+        assert_eq!(read(&r, "nothing/here").unwrap(), "");
+    }
+
+    /// A hostile image links /etc/passwd to a host file, by absolute path or by
+    /// climbing with `..`: the link resolves inside the container's root, where there is
+    /// no such file, and the host's is never read. A link inside the root is followed,
+    /// as Docker does (Nix-built images have one).
+    #[test]
+    fn symlinks_resolve_inside_the_container_root_only() {
+        let r = root();
+        let etc = r.root.join("etc");
+        std::os::unix::fs::symlink(&r.host_file, etc.join("passwd")).unwrap();
+        assert_eq!(read(&r, "etc/passwd").unwrap(), "");
+        std::os::unix::fs::symlink("../../../../../../../shadow", etc.join("group")).unwrap();
+        assert_eq!(read(&r, "etc/group").unwrap(), "");
+        // /etc itself a link out.
+        let r2 = root();
+        std::fs::remove_dir(r2.root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(r2.host_file.parent().unwrap(), r2.root.join("etc")).unwrap();
+        assert_eq!(read(&r2, "etc/shadow").unwrap(), "");
+        // Inside the root: followed.
+        let r3 = root();
+        std::fs::create_dir_all(r3.root.join("nix/store/x")).unwrap();
+        std::fs::write(r3.root.join("nix/store/x/passwd"), PASSWD).unwrap();
+        std::os::unix::fs::symlink("/nix/store/x/passwd", r3.root.join("etc/passwd")).unwrap();
+        assert_eq!(read(&r3, "etc/passwd").unwrap(), PASSWD);
+    }
+
+    /// A /proc magic link (`/proc/self/fd/N`, `/proc/1/root/...`) could reach past any
+    /// root: refused.
+    #[test]
+    fn proc_magic_links_are_refused() {
+        let root = std::fs::File::open("/").unwrap();
+        match read_file(root.as_fd(), "proc/self/fd/0") {
+            Err(UserError::File { why, .. }) => assert!(why.contains("symbolic link"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A hostile image makes /etc/passwd a FIFO (whose reader blocks until a writer
+    /// comes, forever), a device, or a directory: refused at once, naming the file.
+    #[test]
+    fn fifos_devices_and_directories_are_refused_without_blocking() {
+        let r = root();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &r.root.join("etc/passwd"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        refused(&r, "etc/passwd", "a FIFO");
+        std::os::unix::fs::symlink("/dev/null", r.root.join("etc/group")).unwrap();
+        // /dev/null of the container root is whatever the image put there: nothing here.
+        assert_eq!(read(&r, "etc/group").unwrap(), "");
+        let host_null = std::fs::File::open("/").unwrap();
+        match read_file(host_null.as_fd(), "dev/null") {
+            Err(UserError::File { why, .. }) => assert!(why.contains("a device"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::create_dir(r.root.join("etc/shadow")).unwrap();
+        refused(&r, "etc/shadow", "a directory");
+    }
+
+    /// A hostile image ships a 10 GB /etc/passwd (sparse here) to exhaust the agent's
+    /// memory: refused by its size, naming the file.
+    #[test]
+    fn oversize_files_are_refused() {
+        let r = root();
+        let f = std::fs::File::create(r.root.join("etc/passwd")).unwrap();
+        f.set_len(10 << 30).unwrap();
+        refused(&r, "etc/passwd", "larger than 4 MiB");
+        let f = std::fs::File::create(r.root.join("etc/group")).unwrap();
+        f.set_len(MAX_FILE).unwrap();
+        assert_eq!(read(&r, "etc/group").unwrap().len() as u64, MAX_FILE);
     }
 
     #[test]
