@@ -441,7 +441,7 @@ mod tests {
         let r = root();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &r.root.join("etc/passwd"),
+            r.root.join("etc/passwd"),
             FileType::Fifo,
             Mode::from_raw_mode(0o644),
             0,
