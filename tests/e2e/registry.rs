@@ -551,3 +551,100 @@ fn token_realms_on_another_host_need_the_token_realms_file() {
     assert!(!scopes.lock().unwrap().is_empty());
     assert!(stdout(&arca(&state, &["images"])).contains(&name));
 }
+
+/// `arca` with `ARCA_MAX_IMAGE_SIZE` set to `cap`.
+fn arca_capped(state: &Path, cap: &str, args: &[&str]) -> Output {
+    Command::new(binary("arca"))
+        .args(args)
+        .env("ARCA_STATE_DIR", state)
+        .env("ARCA_CONFIG_DIR", state.join("config"))
+        .env("ARCA_MAX_IMAGE_SIZE", cap)
+        .output()
+        .unwrap()
+}
+
+/// A hostile registry serves an image that unpacks to more than the host should give
+/// it. With the cap below the announced (compressed) layer sizes nothing is downloaded;
+/// with it between compressed and decompressed size the layer is downloaded, found too
+/// large while its digest is checked, and nothing is unpacked or kept. A cap that does
+/// not parse is named.
+#[test]
+fn images_past_the_size_cap_are_refused_and_leave_nothing() {
+    if !tools_present() {
+        eprintln!("SKIP: docker-registry and skopeo are needed (make test installs them)");
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = registry_with_busybox(dir.path());
+    let name = format!("127.0.0.1:{}/busybox:latest", reg.port);
+    let (st, _, manifest) = http(
+        reg.port,
+        "GET",
+        "/v2/busybox/manifests/latest",
+        &[(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
+        b"",
+    );
+    assert_eq!(st, 200);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let compressed: u64 = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let state = dir.path().join("state");
+    let nothing_kept = |state: &Path| {
+        assert!(stdout(&arca(state, &["images", "-q"])).trim().is_empty());
+        for sub in ["tmp", "by-id"] {
+            let d = state.join("images").join(sub);
+            let left: Vec<_> = std::fs::read_dir(&d)
+                .map(|r| r.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "left in {}: {left:?}", d.display());
+        }
+    };
+
+    let out = arca_capped(&state, "1k", &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("size cap of 1 KiB")
+            && stderr(&out).contains("compressed layers")
+            && stderr(&out).contains("ARCA_MAX_IMAGE_SIZE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !state.join("images/partial").exists(),
+        "something was downloaded"
+    );
+    nothing_kept(&state);
+
+    // Downloaded, but it decompresses past the cap.
+    let cap = (compressed + 1).to_string();
+    let out = arca_capped(&state, &cap, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is larger than the size cap")
+            && !stderr(&out).contains("compressed layers")
+            && stderr(&out).contains("passes it at layer sha256:"),
+        "{}",
+        stderr(&out)
+    );
+    nothing_kept(&state);
+
+    let out = arca_capped(&state, "12x", &["pull", &name]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Invalid ARCA_MAX_IMAGE_SIZE \"12x\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // With room, it goes through.
+    let out = arca_capped(&state, "1g", &["pull", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
