@@ -4,12 +4,13 @@
 //! A network is a definition in `<state>/networks/<name>/network.json` (its subnet,
 //! gateway and bridge name) plus one lease file per address in use,
 //! `leases/<address>`, holding the container's id; creating the file (O_EXCL) is the
-//! allocation. The kernel objects, a Linux bridge with the gateway address and an
-//! nftables table of its own (masquerade for traffic leaving the host, isolation from
-//! other Arca networks), exist only while a running container uses the network: the
-//! first container brings them up, and [`reconcile`] takes them down once no lease
-//! belongs to a running container, which is also how leftovers of a killed monitor or
-//! VMM go away. A container's own link (a veth pair with process isolation, a TAP with
+//! allocation. The kernel objects, a Linux bridge with the gateway address and
+//! nftables tables of its own (masquerade for traffic leaving the host, isolation from
+//! other Arca networks, from the host itself and from link-local addresses, and
+//! per-link anti-spoofing rules), exist only while a running container uses the
+//! network: the first container brings them up, and [`reconcile`] takes them down
+//! once no lease belongs to a running container, which is also how leftovers of a
+//! killed monitor or VMM go away. A container's own link (a veth pair with process isolation, a TAP with
 //! a microVM) dies with its network namespace or VMM.
 //!
 //! The host side is driven with iproute2's `ip` and `nft`, as any administrator would
@@ -413,7 +414,7 @@ pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
             users.join(", ")
         )));
     }
-    bring_down(&net);
+    bring_down(state, &net);
     let dir = network_dir(state, name);
     fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
 }
@@ -591,12 +592,10 @@ fn bring_up(state: &Path, net: &Network) -> Result<(), NetworkError> {
         return Ok(());
     }
     make_bridge(state, net)?;
-    let result = apply_rules(nft, net);
+    let result = apply_rules(nft.clone(), net).and_then(|()| forwarding_on(state, nft));
     if result.is_err() {
-        let _ = ip(&["link", "del", &net.bridge]);
+        remove_bridge(&net.bridge);
     }
-    // Routing between the bridge and the uplink, as Docker turns it on.
-    let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     result
 }
 
@@ -636,8 +635,21 @@ fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
         )));
     }
     let gw = format!("{}/{}", net.gateway, net.prefix_len);
+    // A bridge without an address of its own takes its ports' lowest, and changes it
+    // (flushing its neighbours, and leaving containers with a stale gateway MAC) as
+    // containers come and go: it gets the gateway's, made as containers' are.
+    let mac = mac_address(net.gateway);
     let made = ip_batch(&[
-        &["link", "add", &net.bridge, "type", "bridge"],
+        &[
+            "link",
+            "add",
+            "name",
+            &net.bridge,
+            "address",
+            &mac,
+            "type",
+            "bridge",
+        ],
         &["addr", "add", &gw, "dev", &net.bridge],
         &["link", "set", &net.bridge, "up"],
     ])
@@ -655,26 +667,156 @@ fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
 }
 
 fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
-    // The table is replaced whole: its rules are exactly these.
+    run(nft, &["-f", "-"], Some(&network_rules(net)))
+}
+
+/// The network's two tables, replaced whole (their rules are exactly these):
+/// - `ip arca_<bridge>`: masquerade for traffic leaving through another interface; in
+///   the forward hook, drops for the link-local range (a cloud's metadata service) and
+///   for other Arca bridges, accept for traffic from the bridge, accept for replies to
+///   it, drop for anything else routed to it; in the input hook, a drop for everything
+///   from the bridge to the host itself but replies to connections the host opened
+///   (nothing Arca serves listens there: `-p` goes through the agent, and there is no
+///   DHCP or DNS on the bridge).
+/// - `bridge arca_<bridge>`: each container link's frames go through a chain of its
+///   own ([`guard_link`]), found by the link's name in the `links` map.
+fn network_rules(net: &Network) -> String {
     let table = net.table();
-    let rules = format!(
+    format!(
         "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n\
          \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\t}}\n\
          \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{br}\" ip daddr {LINK_LOCAL} drop\n\
          \t\tiifname \"{br}\" oifname \"arca*\" oifname != \"{br}\" drop\n\
          \t\tiifname \"{br}\" accept\n\
          \t\toifname \"{br}\" ct state established,related accept\n\
-         \t\toifname \"{br}\" drop\n\t}}\n}}\n",
+         \t\toifname \"{br}\" drop\n\t}}\n\
+         \tchain input {{ type filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{br}\" ip daddr {LINK_LOCAL} drop\n\
+         \t\tiifname \"{br}\" ct state established,related accept\n\
+         \t\tiifname \"{br}\" drop\n\t}}\n}}\n\
+         table bridge {table}\ndelete table bridge {table}\n{links}",
         cidr = net.cidr(),
         br = net.bridge,
-    );
-    run(nft, &["-f", "-"], Some(&rules))
+        links = links_table(&table),
+    )
 }
 
-/// Removes the network's bridge and rules (nothing if they are gone already).
-fn bring_down(net: &Network) {
+/// Link-local addresses, where clouds serve instance metadata (169.254.169.254).
+const LINK_LOCAL: &str = "169.254.0.0/16";
+
+/// The bridge-family table's map and base chain, declared (created if missing, as
+/// after a firewall reload, kept if there), the base chain's one rule rewritten.
+fn links_table(table: &str) -> String {
+    format!(
+        "table bridge {table} {{\n\
+         \tmap links {{ type ifname : verdict; }}\n\
+         \tchain prerouting {{ type filter hook prerouting priority filter; policy accept; }}\n}}\n\
+         flush chain bridge {table} prerouting\n\
+         add rule bridge {table} prerouting iifname vmap @links\n"
+    )
+}
+
+/// The MAC address of the container holding `address`: Docker's, `02:42` and the
+/// address's four bytes (locally administered, unicast).
+pub fn mac_address(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The chain of `link` in the bridge-family table.
+fn link_chain(link: &str) -> String {
+    format!("link_{link}")
+}
+
+/// The rules `link` (the host end of a container's veth, or its TAP) gets, in one
+/// batch: frames entering the bridge from it must come from the container's MAC and,
+/// for IPv4 and ARP, from its leased address; ARP must be Ethernet/IPv4; anything but
+/// IPv4 and ARP (IPv6, VLAN tags, other protocols) is dropped. So a container cannot
+/// take another's address or MAC, poison the host's or its peers' ARP caches, or
+/// reach anything over IPv6, which Arca does not configure. A chain left by an earlier
+/// link of the same name (the same container name) is replaced.
+fn link_rules(table: &str, link: &str, address: Ipv4Addr) -> String {
+    let chain = link_chain(link);
+    let mac = mac_address(address);
+    format!(
+        "{declare}add chain bridge {table} {chain}\nflush chain bridge {table} {chain}\n\
+         add rule bridge {table} {chain} ether saddr != {mac} drop\n\
+         add rule bridge {table} {chain} ether type != {{ ip, arp }} drop\n\
+         add rule bridge {table} {chain} arp htype != 1 drop\n\
+         add rule bridge {table} {chain} arp ptype != ip drop\n\
+         add rule bridge {table} {chain} arp hlen != 6 drop\n\
+         add rule bridge {table} {chain} arp plen != 4 drop\n\
+         add rule bridge {table} {chain} arp saddr ether != {mac} drop\n\
+         add rule bridge {table} {chain} arp saddr ip != {address} drop\n\
+         add rule bridge {table} {chain} ip saddr != {address} drop\n\
+         add element bridge {table} links {{ \"{link}\" : jump {chain} }}\n",
+        declare = links_table(table),
+    )
+}
+
+/// Guards `link` (see [`link_rules`]) and then runs `join`, which puts the link on
+/// the network's bridge: a link is never on the bridge without its rules. Under the
+/// networks' lock, so that the teardown of an earlier container of the same name
+/// ([`unguard_link`]) cannot remove these rules in between.
+pub fn guard_link(
+    state: &Path,
+    net: &Network,
+    link: &str,
+    address: Ipv4Addr,
+    join: impl FnOnce() -> Result<(), NetworkError>,
+) -> Result<(), NetworkError> {
+    let nft = tool("nft", "nftables")?;
+    let _l = lock(state)?;
+    run(
+        nft,
+        &["-f", "-"],
+        Some(&link_rules(&net.table(), link, address)),
+    )?;
+    join()
+}
+
+/// Removes `link`'s rules if `ours` says, under the networks' lock, that the link is
+/// gone or still the one this container made (not a later container's of the same
+/// name). Best effort: the rules go with the network's table anyway.
+pub fn unguard_link(state: &Path, net: &Network, link: &str, ours: impl FnOnce() -> bool) {
+    let Ok(_l) = lock(state) else { return };
+    if ours() {
+        drop_link_rules(&net.table(), &[link.to_string()]);
+    }
+}
+
+/// Deletes the links' map entries and chains, in one batch that holds whether or not
+/// they are there (each is declared, then deleted); nothing if the table is gone.
+fn drop_link_rules(table: &str, links: &[String]) {
+    if links.is_empty() {
+        return;
+    }
+    let batch: String = links
+        .iter()
+        .map(|link| {
+            let chain = link_chain(link);
+            format!(
+                "add chain bridge {table} {chain}
+                 add element bridge {table} links {{ \"{link}\" : jump {chain} }}
+                 delete element bridge {table} links {{ \"{link}\" }}
+                 flush chain bridge {table} {chain}
+delete chain bridge {table} {chain}
+"
+            )
+        })
+        .collect();
+    if let Ok(nft) = tool("nft", "nftables") {
+        let _ = run(nft, &["-f", "-"], Some(&batch));
+    }
+}
+
+/// Removes the network's bridge and tables (nothing if they are gone already), and
+/// gives forwarding back if Arca turned it on and no Arca bridge is left.
+fn bring_down(state: &Path, net: &Network) {
     remove_bridge(&net.bridge);
+    forwarding_off_if_unused(state);
 }
 
 fn remove_bridge(bridge: &str) {
@@ -682,8 +824,113 @@ fn remove_bridge(bridge: &str) {
         let _ = ip(&["link", "del", bridge]);
     }
     if let Ok(nft) = tool("nft", "nftables") {
-        let _ = run(nft, &["delete", "table", "ip", &table_name(bridge)], None);
+        for family in ["ip", "bridge"] {
+            let _ = run(
+                nft.clone(),
+                &["delete", "table", family, &table_name(bridge)],
+                None,
+            );
+        }
     }
+}
+
+/// IPv4 forwarding, host-wide.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The table that keeps forwarding to Arca's bridges when Arca turned it on; while it
+/// exists, Arca owns `ip_forward`.
+const FORWARD_TABLE: &str = "arca_forward";
+
+/// `<state>/networks/ip_forward`: this state directory turned forwarding on during the
+/// boot whose id it holds.
+fn forwarding_record(state: &Path) -> PathBuf {
+    networks_dir(state).join("ip_forward")
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether this state directory turned forwarding on during this boot.
+fn recorded_forwarding(state: &Path) -> bool {
+    let id = boot_id();
+    !id.is_empty() && fs::read_to_string(forwarding_record(state)).is_ok_and(|r| r.trim() == id)
+}
+
+/// The host-wide lock of the forwarding decision (state directories have locks of
+/// their own): `/run/arca-forward.lock`, in a directory only root writes to. Taken
+/// after a state directory's lock, never before. Without `/run`, no lock.
+fn forwarding_lock() -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open("/run/arca-forward.lock")
+        .ok()?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    Some(f)
+}
+
+/// The guard that comes with forwarding Arca turned on: forwarded traffic neither
+/// from nor to an Arca bridge is dropped, so the host's other interfaces keep not
+/// routing (Docker sets the FORWARD policy to DROP for the same reason).
+fn forward_guard() -> String {
+    format!(
+        "table ip {FORWARD_TABLE}\ndelete table ip {FORWARD_TABLE}\ntable ip {FORWARD_TABLE} {{\n\
+         \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+         \t\tiifname != \"arcabr*\" oifname != \"arcabr*\" drop\n\t}}\n}}\n"
+    )
+}
+
+/// Routing between a bridge and the uplink, as Docker turns it on: if it is off, the
+/// guard first, then `ip_forward`, and the decision recorded; if this state
+/// directory's record says Arca turned it on, the guard again (a firewall reload may
+/// have flushed it). Forwarding someone else turned on is left as it is.
+fn forwarding_on(state: &Path, nft: PathBuf) -> Result<(), NetworkError> {
+    let _g = forwarding_lock();
+    let on = fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() != "0");
+    if !on {
+        run(nft, &["-f", "-"], Some(&forward_guard()))?;
+        // Unwritable (a read-only /proc/sys): containers have no way out, but nothing
+        // else changes.
+        if fs::write(IP_FORWARD, "1").is_ok() {
+            let _ = fs::write(forwarding_record(state), boot_id());
+        }
+    } else if recorded_forwarding(state) {
+        run(nft, &["-f", "-"], Some(&forward_guard()))?;
+    }
+    Ok(())
+}
+
+/// Once no Arca bridge is left on the host (of any state directory): if Arca turned
+/// forwarding on (its guard is there, or this state directory's record says so),
+/// `ip_forward` back to 0, then the guard goes.
+fn forwarding_off_if_unused(state: &Path) {
+    let _g = forwarding_lock();
+    let bridges_left = fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("arcabr"));
+    if bridges_left {
+        return;
+    }
+    let Ok(nft) = tool("nft", "nftables") else {
+        return;
+    };
+    let guard = run(nft.clone(), &["list", "table", "ip", FORWARD_TABLE], None).is_ok();
+    if guard || recorded_forwarding(state) {
+        let _ = fs::write(IP_FORWARD, "0");
+        if guard {
+            let _ = run(nft, &["delete", "table", "ip", FORWARD_TABLE], None);
+        }
+    }
+    let _ = fs::remove_file(forwarding_record(state));
 }
 
 /// The body of `arca __network-gc BRIDGE`: after [`LINGER`], [`reconcile`]; if the
@@ -695,6 +942,7 @@ pub fn gc(state: &Path, bridge: &str) {
         reconcile(state);
     } else if bridge.starts_with("arcabr") && bridge.len() <= 15 {
         remove_bridge(bridge);
+        forwarding_off_if_unused(state);
     }
 }
 
@@ -729,6 +977,7 @@ fn reconcile_with(state: &Path, wait: bool) {
     for net in nets {
         let dir = network_dir(state, &net.name).join("leases");
         let mut held = 0;
+        let mut freed = Vec::new();
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let id = fs::read_to_string(e.path()).unwrap_or_default();
             let id = id.trim();
@@ -745,18 +994,23 @@ fn reconcile_with(state: &Path, wait: bool) {
                 held += 1;
             } else {
                 // Its host link, if its owner outlived the container (a veth whose
-                // namespace a leftover process still holds).
+                // namespace a leftover process still holds), and the link's rules.
                 for kind in [LinkKind::Veth, LinkKind::Tap] {
                     let link = link_name(kind, id);
                     if !id.is_empty() && link_exists(&link) {
                         let _ = ip(&["link", "del", &link]);
+                    }
+                    if !id.is_empty() {
+                        freed.push(link);
                     }
                 }
                 let _ = fs::remove_file(e.path());
             }
         }
         if held == 0 && is_up(&net) {
-            bring_down(&net);
+            bring_down(state, &net);
+        } else if is_up(&net) {
+            drop_link_rules(&net.table(), &freed);
         }
     }
 }
@@ -787,15 +1041,16 @@ pub fn reconcile_later(state: &Path, net: &Network) {
     }
 }
 
-/// Name servers for containers: the host's, unless they are loopback addresses (a
-/// local resolver the container cannot reach), then Google's, as Docker does.
+/// Name servers for containers: the host's, unless they are loopback addresses or
+/// the host's own (a local resolver the container cannot reach: containers are kept
+/// off the host), then Google's, as Docker does.
 pub fn name_servers() -> Vec<Ipv4Addr> {
     let text = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let servers: Vec<Ipv4Addr> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .filter(|a| !a.is_loopback())
+        .filter(|a| !a.is_loopback() && !is_host_address(*a))
         .take(3)
         .collect();
     if servers.is_empty() {
@@ -803,6 +1058,11 @@ pub fn name_servers() -> Vec<Ipv4Addr> {
     } else {
         servers
     }
+}
+
+/// Whether `a` is one of the host's own addresses: only those can be bound.
+fn is_host_address(a: Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((a, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -903,6 +1163,70 @@ mod tests {
             get(a.path(), DEFAULT_NETWORK),
             Err(NetworkError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn containers_get_dockers_mac_for_their_address() {
+        assert_eq!(
+            mac_address(Ipv4Addr::new(10, 89, 0, 2)),
+            "02:42:0a:59:00:02"
+        );
+        assert_eq!(
+            mac_address(Ipv4Addr::new(192, 168, 255, 254)),
+            "02:42:c0:a8:ff:fe"
+        );
+    }
+
+    /// What a hostile container tries, and the rule of its link that stops it:
+    /// another source MAC, another source address (IPv4 or in ARP), ARP that is not
+    /// Ethernet/IPv4, IPv6 or any other protocol; the host itself and link-local
+    /// addresses are out of its reach in the network's own table.
+    #[test]
+    fn link_rules_allow_only_the_leased_address_and_mac() {
+        let rules = link_rules("arca_br", "arcavx", Ipv4Addr::new(10, 89, 0, 7));
+        for rule in [
+            "link_arcavx ether saddr != 02:42:0a:59:00:07 drop",
+            "link_arcavx ether type != { ip, arp } drop",
+            "link_arcavx arp saddr ether != 02:42:0a:59:00:07 drop",
+            "link_arcavx arp saddr ip != 10.89.0.7 drop",
+            "link_arcavx ip saddr != 10.89.0.7 drop",
+            "links { \"arcavx\" : jump link_arcavx }",
+            "flush chain bridge arca_br link_arcavx",
+        ] {
+            assert!(rules.contains(rule), "{rule} missing from {rules}");
+        }
+        let net = net([10, 89, 0, 0], 24);
+        let table = network_rules(&net);
+        for rule in [
+            "iifname \"arcabr-test\" ip daddr 169.254.0.0/16 drop",
+            "chain input {",
+            "iifname \"arcabr-test\" ct state established,related accept",
+            "iifname \"arcabr-test\" drop",
+            "table bridge arca_arcabr_test",
+        ] {
+            assert!(table.contains(rule), "{rule} missing from {table}");
+        }
+    }
+
+    /// The batches are nftables' own syntax: `nft --check` (root only) parses them
+    /// and has the kernel try them.
+    #[test]
+    fn nft_accepts_the_batches() {
+        let Ok(nft) = tool("nft", "nftables") else {
+            return;
+        };
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let net = Network {
+            bridge: "arcabrnfttest".into(),
+            ..net([10, 89, 250, 0], 24)
+        };
+        let table = net.table();
+        let batch = network_rules(&net)
+            + &link_rules(&table, "arcavnfttest", Ipv4Addr::new(10, 89, 250, 2))
+            + &forward_guard();
+        run(nft, &["--check", "-f", "-"], Some(&batch)).unwrap();
     }
 
     #[test]

@@ -597,7 +597,10 @@ fn supervise(
                 .args(
                     attachment
                         .link()
-                        .map(|(tap, _)| ["--net".to_string(), format!("tap={tap}")])
+                        .zip(attachment.mac())
+                        .map(|((tap, _), mac)| {
+                            ["--net".to_string(), format!("tap={tap},mac={mac}")]
+                        })
                         .into_iter()
                         .flatten(),
                 )
@@ -648,9 +651,9 @@ fn supervise(
         && let Some((tap, bridge)) = attachment.link()
     {
         // The VMM made its TAP before the guest booted; the agent answering means the
-        // guest is up.
+        // guest is up. The TAP joins the bridge with its rules.
         attachment.remember_link();
-        network::ip(&["link", "set", &tap, "master", &bridge, "up"])?;
+        attachment.guard(|| network::ip(&["link", "set", &tap, "master", &bridge, "up"]))?;
     }
     let spec = ContainerSpec {
         id: id.to_string(),
@@ -667,15 +670,19 @@ fn supervise(
     let container_pid = client.create(spec)?;
     if opts.isolation == Isolation::Process {
         record.container_pid = Some(container_pid);
-        if let Some((veth, bridge)) = attachment.link() {
-            // The container's end goes straight into its namespace, named eth0.
+        if let (Some((veth, bridge)), Some(mac)) = (attachment.link(), attachment.mac()) {
+            // The container's end goes straight into its namespace, named eth0, with
+            // the MAC its rules allow; the host end joins the bridge with its rules.
             let pid = container_pid.to_string();
-            let linked = network::ip_batch(&[
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pid,
-                ],
-                &["link", "set", &veth, "master", &bridge, "up"],
-            ]);
+            let linked = attachment.guard(|| {
+                network::ip_batch(&[
+                    &[
+                        "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address",
+                        &mac, "netns", &pid,
+                    ],
+                    &["link", "set", &veth, "master", &bridge, "up"],
+                ])
+            });
             attachment.remember_link();
             if let Err(e) = linked {
                 let _ = client.remove(id, true);
@@ -1100,6 +1107,25 @@ impl<'a> Attachment<'a> {
         }
     }
 
+    /// The container's MAC address, the only one its link may send from.
+    fn mac(&self) -> Option<String> {
+        self.address().map(network::mac_address)
+    }
+
+    /// Puts the container's link under its anti-spoofing rules, then runs `join`
+    /// (which puts the link on the bridge).
+    fn guard(
+        &self,
+        join: impl FnOnce() -> Result<(), network::NetworkError>,
+    ) -> Result<(), network::NetworkError> {
+        match &self.choice {
+            NetChoice::Joined {
+                net, address, link, ..
+            } => network::guard_link(self.state, net, link, *address, join),
+            _ => Ok(()),
+        }
+    }
+
     fn name(&self) -> String {
         match &self.choice {
             NetChoice::None => "none".into(),
@@ -1206,6 +1232,12 @@ impl Drop for Attachment<'_> {
             {
                 let _ = network::ip(&["link", "del", link]);
             }
+            // Its rules, unless a later container of the same name has the link now.
+            let made = self.ifindex.get();
+            network::unguard_link(self.state, net, link, || {
+                let now = link_index(link);
+                now.is_none() || (made.is_some() && now == made)
+            });
             network::release(self.state, &net.name, *address, id);
             network::reconcile_later(self.state, net);
         }

@@ -95,30 +95,40 @@ pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
 /// per test process.
 pub fn udp_echo() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir()
-            .expect("create a temporary directory")
-            .keep();
-        let out = dir.join("udp-echo");
-        let status = Command::new("rustc")
-            .args([
-                "--edition",
-                "2024",
-                "-O",
-                "-C",
-                "target-feature=+crt-static",
-                "-o",
-            ])
-            .arg(&out)
-            .arg(repo_root().join("tests/guest/udp_echo.rs"))
-            .status()
-            .expect("run rustc");
-        assert!(status.success(), "building tests/guest/udp_echo.rs failed");
-        out
-    })
+    BUILT.get_or_init(|| build_static("udp_echo.rs", "udp-echo"))
 }
 
-/// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo`) packed as a
+/// `tests/guest/spoof_frame.rs` built static, once per test process.
+pub fn spoof_frame() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_static("spoof_frame.rs", "spoof-frame"))
+}
+
+/// `tests/guest/SOURCE` built static as `NAME` in a temporary directory of its own.
+fn build_static(source: &str, name: &str) -> PathBuf {
+    let dir = tempfile::tempdir()
+        .expect("create a temporary directory")
+        .keep();
+    let out = dir.join(name);
+    let status = Command::new("rustc")
+        .args([
+            "--edition",
+            "2024",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(repo_root().join("tests/guest").join(source))
+        .status()
+        .expect("run rustc");
+    assert!(status.success(), "building tests/guest/{source} failed");
+    out
+}
+
+/// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo` and
+/// `/bin/spoof-frame`) packed as a
 /// `docker save` tarball named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
 pub fn busybox_image(dir: &Path) -> PathBuf {
     let tree = dir.join("rootfs");
@@ -128,6 +138,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         .status()
         .is_ok_and(|s| s.success())
         && std::fs::copy(udp_echo(), tree.join("bin/udp-echo")).is_ok()
+        && std::fs::copy(spoof_frame(), tree.join("bin/spoof-frame")).is_ok()
         && Command::new(repo_root().join("tests/guest/mkimage"))
             .arg(&tree)
             .arg(&tar)

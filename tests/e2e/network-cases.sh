@@ -19,11 +19,19 @@ fetch() { # URL: the page, retrying while the server comes up
   return 1
 }
 field() { arca inspect "$1" | grep "\"$2\"" | head -n 1 | sed 's/.*: *"\{0,1\}\([^",]*\)"\{0,1\},\{0,1\}$/\1/'; }
-leftovers() { # arca links, arca nft tables, and listeners on the given port
+leftovers() { # arca links and the nft tables of arca bridges
   n=$(ip -o link | grep -c ' arca')
-  t=$(nft list tables 2>/dev/null | grep -c ' arca')
+  t=$(nft list tables 2>/dev/null | grep -c ' arca_arcabr')
   echo "links=$n tables=$t"
 }
+mac_of() { # ADDRESS: the MAC Arca gives the container holding it (02:42 and its bytes)
+  printf '02:42:%02x:%02x:%02x:%02x' $(echo "$1" | tr . ' ')
+}
+link_local_of() { # ADDRESS: the IPv6 link-local address its MAC makes (EUI-64)
+  set -- $(echo "$1" | tr . ' ')
+  printf 'fe80::42:%xff:fe%02x:%x' "$1" "$2" $(($3 * 256 + $4))
+}
+fwd0=$(cat /proc/sys/net/ipv4/ip_forward)
 web() { # NAME PORT [NETWORK]: a detached httpd serving "hello from NAME"
   arca run -d --isolation="$iso" --name "$1" -p "$2:80" ${3:+--network "$3"} busybox \
     sh -c "mkdir -p /www && echo hello from $1 > /www/index.html && exec httpd -f -p 80 -h /www" >/dev/null
@@ -77,28 +85,88 @@ out=$(arca network rm testnet 2>&1 >/dev/null | grep -c 'active endpoints'); che
 # Data integrity across the link, where checksum and segmentation offloads would
 # corrupt silently: 4 MiB of random bytes from a container to another by name (with
 # microVMs: guest tx, TAP, bridge, TAP, guest rx), from a container to the host, and
-# from the host to a container, md5 compared at both ends. A listening busybox nc
-# whose stdin ends half-closes the connection, and the sending nc then stops: the
-# listeners read stdin from a FIFO held open instead.
+# from the host to a container, md5 compared at both ends (containers cannot open
+# connections to the host: the host connects). A listening busybox nc whose stdin ends
+# half-closes the connection, and the sending nc then stops: the listeners read stdin
+# from a FIFO held open instead.
 bb=$(command -v busybox 2>/dev/null)
 sender() { # HOST PORT: a container command sending 4 MiB of random bytes, then printing their md5
   echo "dd if=/dev/urandom of=/tmp/d bs=65536 count=64 2>/dev/null; i=0; until nc $1 $2 </tmp/d 2>/dev/null; do i=\$((i+1)); [ \$i -lt 100 ] || exit 1; sleep 0.2; done; md5sum </tmp/d"
 }
+sink() { # NAME: a detached container printing the md5 of what its port 5000 receives
+  arca run -d --isolation="$iso" --name "$1" --network testnet busybox \
+    sh -c 'mkfifo /tmp/f && exec 3<>/tmp/f && nc -l -p 5000 <&3 | md5sum' >/dev/null
+}
 tmpd=$(mktemp -d)
-arca run -d --isolation="$iso" --name sink --network testnet busybox \
-  sh -c 'mkfifo /tmp/f && exec 3<>/tmp/f && nc -l -p 5000 <&3 | md5sum' >/dev/null
+sink sink
 if sent=$(run --network testnet busybox sh -c "$(sender sink 5000)"); then rc=$(arca wait sink); else rc=none; fi
 got=$(arca logs sink); arca rm -f sink >/dev/null
 check integrity-container-to-container 0 "$sent" "$rc" "$got"
-mkfifo "$tmpd/f"
-( exec 3<>"$tmpd/f"; $bb nc -l -p 18090 <&3 | md5sum >"$tmpd/got" ) & l=$!
-if sent=$(run busybox sh -c "$(sender 10.89.0.1 18090)"); then wait $l; rc=$?; else echo | $bb nc 127.0.0.1 18090 >/dev/null 2>&1; wait $l; rc=none; fi
-check integrity-container-to-host 0 "$sent" "$rc" "$(cat "$tmpd/got")"
-mkdir "$tmpd/www" && dd if=/dev/urandom of="$tmpd/www/data" bs=65536 count=64 2>/dev/null
-$bb httpd -f -p 18091 -h "$tmpd/www" & h=$!
-want=$(md5sum <"$tmpd/www/data")
-out=$(run busybox sh -c 'wget -q -O - http://10.89.0.1:18091/data | md5sum'); check integrity-host-to-container 0 "$want" $? "$out"
-kill $h; wait $h 2>/dev/null; rm -rf "$tmpd"
+arca run -d --isolation="$iso" --name src --network testnet busybox sh -c \
+  'mkdir /www && dd if=/dev/urandom of=/www/data bs=65536 count=64 2>/dev/null && md5sum </www/data && exec httpd -f -p 80 -h /www' >/dev/null
+i=0; until timeout 10 wget -q -O "$tmpd/got" "http://$(field src ip)/data" 2>/dev/null || [ $i -ge 50 ]; do i=$((i+1)); sleep 0.2; done
+check integrity-container-to-host 0 "$(arca logs src)" $? "$(md5sum <"$tmpd/got")"
+arca rm -f src >/dev/null
+sink sink2
+dd if=/dev/urandom of="$tmpd/data" bs=65536 count=64 2>/dev/null
+i=0; until $bb nc "$(field sink2 ip)" 5000 <"$tmpd/data" 2>/dev/null || [ $i -ge 100 ]; do i=$((i+1)); sleep 0.2; done
+rc=$(arca wait sink2); got=$(arca logs sink2); arca rm -f sink2 >/dev/null
+check integrity-host-to-container 0 "$(md5sum <"$tmpd/data")" "$rc" "$got"
+
+# A hostile container against the host: it opens a connection to a service the host
+# runs on 0.0.0.0, through its gateway (the bridge's address) and through the host's
+# other addresses; it asks for the cloud's metadata at 169.254.169.254 (here an address
+# of the host's loopback with a server on it). Arca's input rule drops all of it.
+mkdir "$tmpd/www" && echo host-secret >"$tmpd/www/index.html"
+$bb httpd -f -p 18092 -h "$tmpd/www" & h1=$!
+ip addr add 169.254.169.254/32 dev lo
+$bb httpd -f -p 169.254.169.254:18093 -h "$tmpd/www" & h2=$!
+out=$(fetch http://127.0.0.1:18092/); check host-service-up 0 host-secret $? "$out"
+out=$(fetch http://169.254.169.254:18093/); check metadata-service-up 0 host-secret $? "$out"
+probe() { # ADDRESS PORT [NETWORK]: "reached" or "blocked", from a container
+  run ${3:+--network "$3"} busybox sh -c "nc -w 2 $1 $2 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"
+}
+out=$(probe 10.89.0.1 18092); check host-via-gateway-blocked 0 blocked $? "$out"
+gw=$(arca network inspect testnet | grep '"gateway"' | sed 's/.*"\([0-9.]*\)".*/\1/')
+out=$(probe "$gw" 18092 testnet); check host-via-user-network-gateway-blocked 0 blocked $? "$out"
+hostip=$(ip -o -4 addr show scope global | grep -v ' arca' | head -n 1 | sed 's/.* inet \([0-9.]*\).*/\1/')
+if [ -n "$hostip" ]; then
+  out=$(probe "$hostip" 18092); check host-other-address-blocked 0 blocked $? "$out"
+fi
+out=$(probe 169.254.169.254 18093); check metadata-blocked 0 blocked $? "$out"
+kill $h1 $h2; wait $h1 $h2 2>/dev/null
+ip addr del 169.254.169.254/32 dev lo
+
+# A hostile container against its peers: it sends UDP datagrams in frames it crafts
+# (AF_PACKET, CAP_NET_RAW) to a peer's listener, from another container's (web's)
+# address, from web's MAC, from both; broadcasts an ARP reply claiming the peer's
+# address; pings the peer over IPv6 (link-local: Arca configures no IPv6). Only its
+# honest datagram arrives; the host's neighbour entry for the peer keeps the peer's
+# MAC. The bridge-family rules of its link drop the rest.
+arca run -d --isolation="$iso" --name peer --network testnet busybox udp-echo 5001 >/dev/null
+peerip=$(field peer ip); peermac=$(mac_of "$peerip"); webmac=$(mac_of "$webip")
+i=0; until $bb ping -c 1 -W 1 "$peerip" >/dev/null 2>&1 || [ $i -ge 25 ]; do i=$((i+1)); sleep 0.2; done
+bridge=$(arca network inspect testnet | grep '"bridge"' | sed 's/.*"\(arcabr[0-9a-f]*\)".*/\1/')
+out=$(run --network testnet busybox sh -c "
+  me=\$(ip -o -4 addr show eth0 | sed 's/.* inet \([0-9.]*\).*/\1/'); mac=\$(cat /sys/class/net/eth0/address)
+  [ \$mac = \$(printf '02:42:%02x:%02x:%02x:%02x' \$(echo \$me | tr . ' ')) ] || echo \"unexpected MAC \$mac\"
+  spoof-frame udp eth0 \$mac $webip $peermac $peerip 5001 spoofed-ip
+  spoof-frame udp eth0 $webmac \$me $peermac $peerip 5001 spoofed-mac
+  spoof-frame udp eth0 $webmac $webip $peermac $peerip 5001 spoofed-both
+  sleep 1.2; spoof-frame arp eth0 \$mac $peerip
+  spoof-frame udp eth0 \$mac \$me $peermac $peerip 5001 honest && echo sent
+  ping -6 -c 1 -w 2 $(link_local_of "$peerip")%eth0 >/dev/null 2>&1 && echo ipv6-reached || true")
+check spoof-sent-ipv6-dropped 0 sent $? "$out"
+i=0; until arca logs peer | grep -q got:honest || [ $i -ge 25 ]; do i=$((i+1)); sleep 0.2; done; sleep 0.2
+out=$(arca logs peer | tr '\n' ' '); check spoofed-source-ip-and-mac-dropped 0 "got:honest " $? "$out"
+out=$(ip neigh show "$peerip" dev "$bridge" | grep -c "$peermac"); check arp-spoof-dropped 0 1 $? "$out"
+out=$(arca rm -f peer); check rm-peer 0 peer $? "$out"
+
+# Forwarding: turned on only for Arca's bridges when Arca turned it on (it was off).
+if [ "$fwd0" = 0 ]; then
+  out=$(cat /proc/sys/net/ipv4/ip_forward; nft list table ip arca_forward | grep -c 'iifname != "arcabr\*" oifname != "arcabr\*" drop')
+  check forwarding-only-for-arca-bridges 0 "1 1" $? "$(echo $out)"
+fi
 
 # rm -f: nothing left (no bridge, link, nft table or listener).
 out=$(arca rm -f web); check rm-force 0 web $? "$out"
@@ -124,5 +192,11 @@ arca rm crash2 >/dev/null
 
 out=$(arca network rm testnet); check network-rm 0 testnet $? "$out"
 out=$(arca network ls -q | tr '\n' ' '); check network-gone 0 "bridge " $? "$out"
+# Forwarding given back once no Arca bridge is left (on this host, other tests' may be).
+if [ "$fwd0" = 0 ] && ! ip -o link | grep -q ' arcabr'; then
+  out=$(cat /proc/sys/net/ipv4/ip_forward; nft list tables | grep -c arca_forward)
+  check forwarding-given-back 0 "0 0" 0 "$(echo $out)"
+fi
+rm -rf "$tmpd"
 
 [ $fails -eq 0 ]
