@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::vsock::RX_QUEUE;
 use devices::virtio::vsock::backend::{Backend, FdChange, LISTENER_TOKEN};
-use devices::virtio::vsock::{RX_QUEUE, TX_QUEUE};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -134,10 +134,9 @@ impl MutEventSubscriber for VsockEvents {
         if let Some(evt) = self.queue_evts.get(token as usize) {
             let _ = evt.read();
             self.notify(token as usize);
-            if token as usize == TX_QUEUE {
-                // Connections the guest opened may need watching at once.
-                self.apply_changes(ops);
-            }
+            // Connections the guest opened may need watching at once, and a REQUEST
+            // that reached an rx buffer starts a deadline the timer must wake for.
+            self.apply_changes(ops);
             return;
         }
         {
