@@ -1,9 +1,11 @@
 //! Arbitrary guest packets through the vsock host side, interleaved with delivery to
-//! the guest: any outcome but a panic is fine.
+//! the guest, with deadlines passing (the clock jumps ahead) and `accept` failing now
+//! and then: any outcome but a panic is fine.
 
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use devices::virtio::vsock::backend::Backend;
 use devices::virtio::vsock::packet::{HDR_SIZE, Header};
@@ -35,6 +37,15 @@ fuzz_target!(|data: &[u8]| {
         backend.from_guest(&header, &rest[..len]);
         rest = &rest[len..];
         while backend.next_rx(usize::from(raw[1]) * 64).is_some() {}
+        match raw[2] {
+            0xfe => backend.tick(Instant::now() + Duration::from_secs(3600)),
+            0xfd => {
+                let _ = backend.accept_failed(&std::io::Error::from_raw_os_error(24));
+            }
+            0xfc => backend.tick(Instant::now() + Duration::from_secs(1)),
+            _ => {}
+        }
+        let _ = backend.next_deadline();
         backend.take_changes();
         backend.release_closed();
     }

@@ -12,12 +12,25 @@
 //! from a host socket while that credit is exhausted, and advertises its own buffer per
 //! connection, which the guest respects; data the host socket cannot take yet waits in
 //! that buffer. A guest that overruns it gets its connection reset.
+//!
+//! A hostile guest cannot hold host resources forever (Firecracker's muxer is the
+//! model): a REQUEST the guest does not answer within [`REQUEST_TIMEOUT`], and a
+//! connection the host side closed that the guest does not reset within
+//! [`SHUTDOWN_TIMEOUT`], are reset and their sockets closed; a host client that does not
+//! finish its `CONNECT` line within [`CONNECT_LINE_TIMEOUT`] is dropped. The backend
+//! reads no clock for expiry: the event loop calls [`Backend::tick`] with the time when
+//! [`Backend::next_deadline`] passes. Guest-initiated connections stop at
+//! [`MAX_GUEST_CONNECTIONS`] and short of the open-file limit, so host-initiated ones
+//! (the runtime's control, stdio and forwarded connections) always find a slot. A
+//! listener whose `accept` fails (EMFILE, ENFILE) is unwatched until a connection closes
+//! or [`ACCEPT_RETRY`] passes, instead of waking the event loop without end.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::packet::{Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 
@@ -29,6 +42,24 @@ pub const CONN_BUF_SIZE: u32 = 256 << 10;
 pub const MAX_PAYLOAD: usize = 64 << 10;
 /// Most connections at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connection slots, and file descriptors, that guest-initiated connections may not
+/// take: they stay free for host-initiated ones.
+pub const RESERVED_FOR_HOST: usize = 64;
+/// Most guest-initiated connections at once; more are refused with RST.
+pub const MAX_GUEST_CONNECTIONS: usize = MAX_CONNECTIONS - RESERVED_FOR_HOST;
+/// How long the guest has to answer a host-initiated REQUEST, counted from when the
+/// REQUEST reaches an rx buffer (a booting guest with no buffers yet is not timed).
+/// Firecracker's CONN_REQUEST_TIMEOUT_MS; the guest kernel answers at once.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the guest has to reset a connection once the host side closed it (or once
+/// the guest closed it with data still waiting for the host socket).
+/// Firecracker's CONN_SHUTDOWN_TIMEOUT_MS.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a host client has to send its whole `CONNECT <port>` line.
+pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an unwatched listener (after `accept` failed) waits when no connection
+/// closes first.
+pub const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 /// First local port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line.
@@ -66,7 +97,9 @@ pub enum FdChange {
         /// Its token.
         token: u32,
     },
-    /// Stop watching `fd`; it closes when the loop calls [`Backend::release_closed`].
+    /// Stop watching `fd`; a connection's socket closes when the loop calls
+    /// [`Backend::release_closed`] (the listener stays open, unwatched, until it is
+    /// added again).
     Remove {
         /// The fd.
         fd: RawFd,
@@ -111,6 +144,12 @@ struct Conn {
     guest_send_done: bool,
     /// The guest closed: reset and forget the connection once `to_host` is drained.
     close_when_drained: bool,
+    /// The host side closed its socket (hung up), not just its write side.
+    host_closed: bool,
+    /// The guest opened it (to a host listener `<uds>_PORT`).
+    guest_initiated: bool,
+    /// When it is reset unless something happens first (see `Backend::tick`).
+    deadline: Option<Instant>,
     connect_line: Vec<u8>,
 }
 
@@ -176,6 +215,15 @@ pub struct Backend {
     control: VecDeque<Header>,
     changes: Vec<FdChange>,
     closing: Vec<UnixStream>,
+    /// Every connection deadline, soonest first.
+    deadlines: BTreeSet<(Instant, (u32, u32))>,
+    /// Open guest-initiated connections.
+    guest_conns: usize,
+    /// The process's soft open-file limit, read at start.
+    fd_limit: u64,
+    /// `accept` failed: the listener is unwatched until a connection closes or this
+    /// time passes.
+    accept_retry: Option<Instant>,
 }
 
 impl Drop for Backend {
@@ -209,6 +257,12 @@ impl Backend {
             control: VecDeque::new(),
             changes,
             closing: Vec::new(),
+            deadlines: BTreeSet::new(),
+            guest_conns: 0,
+            fd_limit: rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(u64::MAX),
+            accept_retry: None,
         })
     }
 
@@ -220,6 +274,70 @@ impl Backend {
     /// Number of open connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// When [`Backend::tick`] next has something to do, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let conn = self.deadlines.first().map(|&(at, _)| at);
+        conn.into_iter().chain(self.accept_retry).min()
+    }
+
+    /// The time is `now`: connections past their deadline are reset (a host client
+    /// that never finished its line is just closed), and a listener unwatched for
+    /// [`ACCEPT_RETRY`] is watched again.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            conn.deadline = None;
+            if conn.state == State::AwaitingConnectLine {
+                self.remove_conn(key);
+            } else {
+                self.abort(key);
+            }
+        }
+        if self.accept_retry.is_some_and(|at| at <= now) {
+            self.watch_listener();
+        }
+    }
+
+    fn set_deadline(&mut self, key: (u32, u32), deadline: Option<Instant>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Some(old) = conn.deadline.take() {
+            self.deadlines.remove(&(old, key));
+        }
+        if let Some(at) = deadline {
+            conn.deadline = Some(at);
+            self.deadlines.insert((at, key));
+        }
+    }
+
+    /// Stops watching the listener after `accept` failed.
+    fn unwatch_listener(&mut self) {
+        if self.accept_retry.is_none() {
+            self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+            self.changes.push(FdChange::Remove {
+                fd: self.listener.as_raw_fd(),
+            });
+        }
+    }
+
+    /// Watches the listener again (level-triggered: clients waiting in its backlog
+    /// wake the loop at once).
+    fn watch_listener(&mut self) {
+        if self.accept_retry.take().is_some() {
+            self.changes.push(FdChange::Add {
+                fd: self.listener.as_raw_fd(),
+                token: LISTENER_TOKEN,
+            });
+        }
     }
 
     /// Fd changes the event loop must apply, oldest first.
@@ -270,7 +388,13 @@ impl Backend {
         }
     }
 
-    fn add_conn(&mut self, stream: UnixStream, state: State, local_port: u32, peer_port: u32) {
+    fn add_conn(
+        &mut self,
+        stream: UnixStream,
+        state: State,
+        (local_port, peer_port): (u32, u32),
+        guest_initiated: bool,
+    ) {
         let token = self.next_token;
         self.next_token = self.next_token.checked_add(1).unwrap_or(LISTENER_TOKEN + 1);
         let conn = Conn {
@@ -291,8 +415,14 @@ impl Backend {
             host_eof: false,
             guest_send_done: false,
             close_when_drained: false,
+            host_closed: false,
+            guest_initiated,
+            deadline: None,
             connect_line: Vec::new(),
         };
+        if guest_initiated {
+            self.guest_conns += 1;
+        }
         self.changes.push(FdChange::Add {
             fd: conn.stream.as_raw_fd(),
             token,
@@ -304,6 +434,14 @@ impl Backend {
     fn remove_conn(&mut self, key: (u32, u32)) {
         if let Some(conn) = self.conns.remove(&key) {
             self.tokens.remove(&conn.token);
+            if let Some(at) = conn.deadline {
+                self.deadlines.remove(&(at, key));
+            }
+            if conn.guest_initiated {
+                self.guest_conns -= 1;
+            }
+            // A descriptor frees: a listener that ran out of them may accept again.
+            self.watch_listener();
             self.changes.push(FdChange::Remove {
                 fd: conn.stream.as_raw_fd(),
             });
@@ -323,6 +461,9 @@ impl Backend {
 
     /// The listening socket is readable: accept host clients.
     pub fn accept(&mut self) {
+        if self.accept_retry.is_some() {
+            return; // unwatched; a stale event
+        }
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -331,12 +472,31 @@ impl Backend {
                         continue; // dropping the stream refuses the client
                     }
                     let local_port = self.alloc_local_port();
-                    self.add_conn(stream, State::AwaitingConnectLine, local_port, 0);
+                    self.add_conn(stream, State::AwaitingConnectLine, (local_port, 0), false);
+                    let deadline = Some(Instant::now() + CONNECT_LINE_TIMEOUT);
+                    self.set_deadline((local_port, 0), deadline);
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // WouldBlock: all accepted. Anything else (EMFILE) would repeat at
-                // once; the client waits in the backlog until a connection closes.
-                Err(_) => break,
+                Err(e) => {
+                    if !self.accept_failed(&e) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles an error from `accept` on the listener; whether to try again at once.
+    /// WouldBlock means all are accepted. An error that would repeat at once (EMFILE,
+    /// ENFILE, ENOBUFS, ...) unwatches the level-triggered listener, which would
+    /// otherwise wake the event loop without end; the clients wait in its backlog until
+    /// a connection closes or [`ACCEPT_RETRY`] passes.
+    pub fn accept_failed(&mut self, error: &std::io::Error) -> bool {
+        match error.kind() {
+            ErrorKind::Interrupted | ErrorKind::ConnectionAborted => true,
+            ErrorKind::WouldBlock => false,
+            _ => {
+                self.unwatch_listener();
+                false
             }
         }
     }
@@ -354,23 +514,40 @@ impl Backend {
         }
     }
 
-    /// A connection socket became readable, writable, or hung up.
-    pub fn host_event(&mut self, token: u32, readable: bool, writable: bool) {
+    /// A connection socket became readable, writable, or `closed` (hung up: the host
+    /// side closed it whole, not only its write side).
+    pub fn host_event(&mut self, token: u32, readable: bool, writable: bool, closed: bool) {
         let Some(&key) = self.tokens.get(&token) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if readable {
+        if readable || closed {
             conn.host_readable = true;
         }
-        if writable {
+        if writable || closed {
             conn.host_writable = true;
         }
-        if conn.state == State::AwaitingConnectLine {
-            self.read_connect_line(key);
-        } else if writable {
+        match conn.state {
+            State::AwaitingConnectLine => return self.read_connect_line(key),
+            // The client gave up before the guest answered.
+            State::Connecting if closed => return self.abort(key),
+            State::Connecting => {}
+            State::Established if closed && !conn.host_closed => {
+                conn.host_closed = true;
+                if conn.host_eof {
+                    // The guest heard SHUTDOWN(SEND) already; now it hears the rest.
+                    self.queue_control(key, op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                }
+                // What is left in the socket goes to the guest, which then has to
+                // reset the connection; a guest that grants no credit or never resets
+                // loses it at the deadline.
+                self.set_deadline(key, Some(Instant::now() + SHUTDOWN_TIMEOUT));
+            }
+            State::Established => {}
+        }
+        if writable || closed {
             self.flush_to_host(key);
         }
     }
@@ -411,6 +588,7 @@ impl Backend {
         if self.conns.contains_key(&(key.0, port)) {
             return self.remove_conn(key);
         }
+        self.set_deadline(key, None);
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
@@ -479,8 +657,9 @@ impl Backend {
                 conn.state = State::Established;
                 let line = format!("OK {}\n", conn.local_port);
                 if conn.stream.write_all(line.as_bytes()).is_err() {
-                    self.abort(key);
+                    return self.abort(key);
                 }
+                self.set_deadline(key, None);
             }
             (op::RW, Some(State::Established)) => {
                 let Some(conn) = self.conns.get_mut(&key) else {
@@ -503,8 +682,14 @@ impl Backend {
                 if hdr.flags & SHUTDOWN_SEND != 0 {
                     conn.guest_send_done = true;
                 }
-                if hdr.flags & SHUTDOWN_RCV != 0 && hdr.flags & SHUTDOWN_SEND != 0 {
+                let closes = hdr.flags & SHUTDOWN_RCV != 0 && hdr.flags & SHUTDOWN_SEND != 0;
+                if closes && !conn.close_when_drained {
                     conn.close_when_drained = true;
+                    // A host socket that does not take the rest in time is not waited
+                    // for without end.
+                    if conn.deadline.is_none() {
+                        self.set_deadline(key, Some(Instant::now() + SHUTDOWN_TIMEOUT));
+                    }
                 }
                 self.flush_to_host(key);
             }
@@ -525,17 +710,26 @@ impl Backend {
     /// A guest connection to host port `dst_port`: connect to `<uds_path>_<port>`,
     /// without blocking (a listener with a full backlog gets the guest a RST, never
     /// stalls the event loop).
+    /// A guest may hold at most [`MAX_GUEST_CONNECTIONS`], and none that leaves fewer than
+    /// [`RESERVED_FOR_HOST`] descriptors under the open-file limit: the rest is kept for
+    /// host-initiated connections.
     fn connect_to_host(&mut self, hdr: &Header) {
         let path = format!("{}_{}", self.uds_path.display(), hdr.dst_port);
-        let stream = if self.conns.len() < MAX_CONNECTIONS {
-            connect_nonblocking(&path)
-        } else {
-            None
-        };
+        let stream =
+            if self.guest_conns < MAX_GUEST_CONNECTIONS && self.conns.len() < MAX_CONNECTIONS {
+                connect_nonblocking(&path)
+            } else {
+                None
+            };
+        // Descriptors are handed out lowest first: this one's number is how many are in
+        // use below it.
+        let fd_limit = self.fd_limit;
+        let stream = stream
+            .filter(|s| (s.as_raw_fd() as u64).saturating_add(RESERVED_FOR_HOST as u64) < fd_limit);
         match stream {
             Some(stream) => {
                 let key = (hdr.dst_port, hdr.src_port);
-                self.add_conn(stream, State::Established, key.0, key.1);
+                self.add_conn(stream, State::Established, key, true);
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.peer_buf_alloc = hdr.buf_alloc;
                     conn.peer_fwd_cnt = hdr.fwd_cnt;
@@ -558,6 +752,11 @@ impl Backend {
     /// The next packet for the guest, carrying at most `max_payload` bytes of data.
     pub fn next_rx(&mut self, max_payload: usize) -> Option<RxPacket> {
         if let Some(header) = self.control.pop_front() {
+            if header.op == op::REQUEST {
+                // The guest has it now: its answer is timed from here.
+                let key = (header.src_port, header.dst_port);
+                self.set_deadline(key, Some(Instant::now() + REQUEST_TIMEOUT));
+            }
             return Some(RxPacket {
                 header,
                 data: Vec::new(),
@@ -595,7 +794,11 @@ impl Backend {
                     conn.host_eof = true;
                     conn.fwd_cnt_reported = conn.fwd_cnt;
                     let header = Header {
-                        flags: SHUTDOWN_SEND,
+                        flags: if conn.host_closed {
+                            SHUTDOWN_RCV | SHUTDOWN_SEND
+                        } else {
+                            SHUTDOWN_SEND
+                        },
                         ..conn_header(guest_cid, conn, op::SHUTDOWN)
                     };
                     return Some(RxPacket {
@@ -678,7 +881,7 @@ mod tests {
         client.write_all(b"CONNECT 52\n").unwrap();
         b.accept();
         let token = new_token(b);
-        b.host_event(token, true, true);
+        b.host_event(token, true, true, false);
         let req = b.next_rx(4096).unwrap().header;
         assert_eq!(
             (req.op, req.dst_port, req.dst_cid, req.buf_alloc),
@@ -698,7 +901,7 @@ mod tests {
         let (dir, mut b) = backend();
         let (mut client, token, local) = host_initiated(&mut b, dir.path(), 1 << 20);
         client.write_all(b"ping").unwrap();
-        b.host_event(token, true, false);
+        b.host_event(token, true, false, false);
         let pkt = b.next_rx(4096).unwrap();
         assert_eq!(
             (pkt.header.op, pkt.header.len, pkt.data.as_slice()),
@@ -710,7 +913,7 @@ mod tests {
         assert_eq!(&got, b"pong");
         // Host half-close: the guest hears SHUTDOWN(SEND).
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        b.host_event(token, true, false);
+        b.host_event(token, true, false, false);
         let pkt = b.next_rx(4096).unwrap();
         assert_eq!(
             (pkt.header.op, pkt.header.flags),
@@ -760,7 +963,7 @@ mod tests {
         let (dir, mut b) = backend();
         let (mut client, token, local) = host_initiated(&mut b, dir.path(), 4);
         client.write_all(b"0123456789").unwrap();
-        b.host_event(token, true, false);
+        b.host_event(token, true, false, false);
         let pkt = b.next_rx(4096).unwrap();
         assert_eq!(pkt.data, b"0123");
         let ask = b.next_rx(4096).unwrap().header;
@@ -846,7 +1049,7 @@ mod tests {
         client.write_all(b"HELLO 52\n").unwrap();
         b.accept();
         let token = new_token(&mut b);
-        b.host_event(token, true, false);
+        b.host_event(token, true, false, false);
         b.take_changes();
         b.release_closed();
         let mut reply = String::new();
@@ -889,7 +1092,7 @@ mod tests {
         b.accept();
         client.write_all(b"CONNECT 1024\n").unwrap();
         let token = new_token(&mut b);
-        b.host_event(token, true, false);
+        b.host_event(token, true, false, false);
         b.reset();
         // No release_closed(): the client still hears EOF at once.
         client
@@ -909,5 +1112,339 @@ mod tests {
             Backend::new(GUEST, Path::new("/nonexistent/dir/v.sock")),
             Err(BackendError::Listen { .. })
         ));
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Runs `f` and returns the times just before and just after it: a deadline `f`
+    /// set from the clock lies between `before + timeout` and `after + timeout`.
+    fn timed<T>(f: impl FnOnce() -> T) -> (Instant, T, Instant) {
+        let before = Instant::now();
+        let out = f();
+        (before, out, Instant::now())
+    }
+
+    fn read_to_eof(client: &mut UnixStream) -> Vec<u8> {
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        rest
+    }
+
+    #[test]
+    fn a_guest_that_never_answers_a_request_is_reset_at_the_request_timeout() {
+        // The guest takes the REQUEST and sits on it, holding the host client and a
+        // slot. The REQUEST is timed from its delivery (a booting guest with no rx
+        // buffers yet is not), and the connection is reset at REQUEST_TIMEOUT.
+        let (dir, mut b) = backend();
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 52\n").unwrap();
+        b.accept();
+        let token = new_token(&mut b);
+        b.host_event(token, true, false, false);
+        assert_eq!(b.next_deadline(), None, "not timed before the guest has it");
+        let (before, req, after) = timed(|| b.next_rx(4096).unwrap().header);
+        assert_eq!(req.op, op::REQUEST);
+        b.tick(before + REQUEST_TIMEOUT - MS);
+        assert_eq!(b.connections(), 1, "not before the deadline");
+        assert!(
+            b.next_deadline()
+                .is_some_and(|d| d <= after + REQUEST_TIMEOUT)
+        );
+        b.tick(after + REQUEST_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+        let rst = b.next_rx(4096).unwrap().header;
+        assert_eq!(
+            (rst.op, rst.src_port, rst.dst_port),
+            (op::RST, req.src_port, 52)
+        );
+        assert_eq!(b.next_deadline(), None);
+        b.take_changes();
+        b.release_closed();
+        assert!(read_to_eof(&mut client).is_empty(), "no OK line, just EOF");
+        // A RESPONSE coming late is for no connection: the guest gets a RST.
+        b.from_guest(&guest(op::RESPONSE, 52, req.src_port, 4096, 0), &[]);
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::RST);
+    }
+
+    #[test]
+    fn an_answered_request_is_not_timed() {
+        let (dir, mut b) = backend();
+        let (_client, _token, _local) = host_initiated(&mut b, dir.path(), 4096);
+        assert_eq!(b.next_deadline(), None);
+        b.tick(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(b.connections(), 1);
+    }
+
+    #[test]
+    fn a_guest_that_never_resets_after_the_host_closed_is_reset_at_the_shutdown_timeout() {
+        // The host client is done and closes; the guest hears SHUTDOWN(RCV|SEND) and
+        // ignores it, to keep the connection (and a slot and a descriptor) forever.
+        let (dir, mut b) = backend();
+        let (mut client, token, local) = host_initiated(&mut b, dir.path(), 4096);
+        client.write_all(b"bye").unwrap();
+        drop(client);
+        let (before, (), after) = timed(|| b.host_event(token, true, true, true));
+        assert_eq!(
+            b.next_rx(4096).unwrap().data,
+            b"bye",
+            "what was sent arrives"
+        );
+        let shut = b.next_rx(4096).unwrap().header;
+        assert_eq!(
+            (shut.op, shut.flags),
+            (op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
+        );
+        b.tick(before + SHUTDOWN_TIMEOUT - MS);
+        assert_eq!(b.connections(), 1, "not before the deadline");
+        b.tick(after + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+        let rst = b.next_rx(4096).unwrap().header;
+        assert_eq!((rst.op, rst.src_port, rst.dst_port), (op::RST, local, 52));
+    }
+
+    #[test]
+    fn a_guest_that_grants_no_credit_after_the_host_closed_still_loses_the_connection() {
+        // With no credit the VMM never reads to the EOF, so the guest never hears the
+        // SHUTDOWN it would have to answer; the deadline runs from the hang-up anyway.
+        let (dir, mut b) = backend();
+        let (mut client, token, _local) = host_initiated(&mut b, dir.path(), 0);
+        client.write_all(b"unread").unwrap();
+        drop(client);
+        let (_, (), after) = timed(|| b.host_event(token, true, true, true));
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::CREDIT_REQUEST);
+        assert!(b.next_rx(4096).is_none());
+        b.tick(after + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::RST);
+    }
+
+    #[test]
+    fn a_host_half_close_is_not_timed_but_the_full_close_after_it_is() {
+        // `arca exec` closes stdin and keeps reading output: the guest may take as long
+        // as it likes. Only a host side that closed for good starts the clock.
+        let (dir, mut b) = backend();
+        let (mut client, token, local) = host_initiated(&mut b, dir.path(), 4096);
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        b.host_event(token, true, false, false);
+        let shut = b.next_rx(4096).unwrap().header;
+        assert_eq!((shut.op, shut.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+        assert_eq!(b.next_deadline(), None);
+        b.tick(Instant::now() + Duration::from_secs(3600));
+        b.from_guest(&guest(op::RW, 52, local, 4096, 6), b"output");
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"output");
+        drop(client);
+        let (_, (), after) = timed(|| b.host_event(token, true, true, true));
+        let shut = b.next_rx(4096).unwrap().header;
+        assert_eq!(
+            (shut.op, shut.flags),
+            (op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
+        );
+        b.tick(after + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+    }
+
+    #[test]
+    fn a_client_that_gives_up_before_the_guest_answers_is_forgotten_at_once() {
+        let (dir, mut b) = backend();
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 52\n").unwrap();
+        b.accept();
+        let token = new_token(&mut b);
+        b.host_event(token, true, false, false);
+        drop(client);
+        b.host_event(token, true, true, true);
+        assert_eq!(b.connections(), 0);
+        let ops: Vec<u16> = std::iter::from_fn(|| b.next_rx(4096))
+            .map(|p| p.header.op)
+            .collect();
+        assert_eq!(ops, [op::REQUEST, op::RST]);
+    }
+
+    #[test]
+    fn a_host_client_that_never_finishes_its_connect_line_is_dropped() {
+        // A client that connects and trickles (or sends nothing) holds a slot and a
+        // descriptor until CONNECT_LINE_TIMEOUT; the guest never hears of it.
+        let (dir, mut b) = backend();
+        let mut client = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 5").unwrap();
+        let (before, (), after) = timed(|| b.accept());
+        let token = new_token(&mut b);
+        b.host_event(token, true, false, false);
+        b.tick(before + CONNECT_LINE_TIMEOUT - MS);
+        assert_eq!(b.connections(), 1, "not before the deadline");
+        b.tick(after + CONNECT_LINE_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+        assert!(b.next_rx(4096).is_none(), "nothing for the guest");
+        b.take_changes();
+        b.release_closed();
+        assert!(read_to_eof(&mut client).is_empty());
+    }
+
+    #[test]
+    fn a_guest_close_with_data_the_host_socket_will_not_take_is_reset_at_the_shutdown_timeout() {
+        let (dir, mut b) = backend();
+        let listener = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        b.from_guest(&guest(op::REQUEST, 9, 7, 1 << 16, 0), &[]);
+        b.next_rx(4096).unwrap();
+        let _server = listener.accept().unwrap(); // never reads
+        let chunk = vec![0u8; MAX_PAYLOAD];
+        for _ in 0..CONN_BUF_SIZE as usize / MAX_PAYLOAD {
+            b.from_guest(&guest(op::RW, 9, 7, 1 << 16, chunk.len() as u32), &chunk);
+        }
+        assert!(
+            b.conns.values().any(|c| !c.to_host.is_empty()),
+            "the socket is full and data waits"
+        );
+        let closing = Header {
+            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+            ..guest(op::SHUTDOWN, 9, 7, 1 << 16, 0)
+        };
+        let (_, (), after) = timed(|| b.from_guest(&closing, &[]));
+        assert_eq!(b.connections(), 1, "the buffered data gets its chance");
+        b.tick(after + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+    }
+
+    fn listener_changes(b: &mut Backend) -> Vec<FdChange> {
+        let fd = b.listener.as_raw_fd();
+        b.take_changes()
+            .into_iter()
+            .filter(|c| matches!(c, FdChange::Add { fd: f, .. } | FdChange::Remove { fd: f } if *f == fd))
+            .collect()
+    }
+
+    #[test]
+    fn a_listener_out_of_descriptors_is_unwatched_until_a_connection_closes() {
+        // A guest that fills the fd table makes accept fail with EMFILE; the listener
+        // is level-triggered and its client still waits, so watching it would spin the
+        // event loop. It is unwatched, and watched again when a descriptor frees.
+        let (dir, mut b) = backend();
+        let fd = b.listener.as_raw_fd();
+        let server = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        b.from_guest(&guest(op::REQUEST, 9, 7, 1 << 16, 0), &[]);
+        b.next_rx(4096).unwrap();
+        let _peer = server.accept().unwrap();
+        b.take_changes();
+
+        let emfile = std::io::Error::from(rustix::io::Errno::MFILE);
+        let (_, again, after) = timed(|| b.accept_failed(&emfile));
+        assert!(!again, "no retry at once");
+        assert_eq!(listener_changes(&mut b), [FdChange::Remove { fd }]);
+        assert!(!b.accept_failed(&std::io::Error::from(rustix::io::Errno::NFILE)));
+        assert!(listener_changes(&mut b).is_empty(), "unwatched once");
+        assert!(b.next_deadline().is_some_and(|d| d <= after + ACCEPT_RETRY));
+        // A stale event for the listener accepts nothing while it is unwatched.
+        let _waiting = UnixStream::connect(dir.path().join("v.sock")).unwrap();
+        b.accept();
+        assert_eq!(b.connections(), 1);
+
+        // A connection closes: the listener is watched again and the client accepted.
+        b.from_guest(&guest(op::RST, 9, 7, 0, 0), &[]);
+        assert_eq!(
+            listener_changes(&mut b),
+            [FdChange::Add {
+                fd,
+                token: LISTENER_TOKEN
+            }]
+        );
+        assert_eq!(b.next_deadline(), None);
+        b.accept();
+        assert_eq!(b.connections(), 1, "the waiting client");
+    }
+
+    #[test]
+    fn an_unwatched_listener_is_watched_again_after_accept_retry_without_a_close() {
+        let (_dir, mut b) = backend();
+        let fd = b.listener.as_raw_fd();
+        b.take_changes();
+        let (before, _, after) =
+            timed(|| b.accept_failed(&std::io::Error::from(rustix::io::Errno::NOBUFS)));
+        assert_eq!(listener_changes(&mut b), [FdChange::Remove { fd }]);
+        b.tick(before + ACCEPT_RETRY - MS);
+        assert!(listener_changes(&mut b).is_empty());
+        b.tick(after + ACCEPT_RETRY);
+        assert_eq!(
+            listener_changes(&mut b),
+            [FdChange::Add {
+                fd,
+                token: LISTENER_TOKEN
+            }]
+        );
+        // WouldBlock ends an accept round; EINTR and an aborted client try again.
+        let kind = |k: ErrorKind| std::io::Error::from(k);
+        assert!(!b.accept_failed(&kind(ErrorKind::WouldBlock)));
+        assert!(b.accept_failed(&kind(ErrorKind::Interrupted)));
+        assert!(b.accept_failed(&kind(ErrorKind::ConnectionAborted)));
+        assert!(listener_changes(&mut b).is_empty());
+    }
+
+    /// Lets this test process open a few thousand descriptors where the hard limit
+    /// allows.
+    fn raise_fd_limit() {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        let want = limit.maximum.map_or(4096, |max| max.min(4096));
+        if limit.current.is_some_and(|cur| cur < want) {
+            limit.current = Some(want);
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+    }
+
+    #[test]
+    fn a_guest_flooding_connections_cannot_take_the_slots_kept_for_the_host() {
+        // The guest opens connections to a host listener until refused; the runtime's
+        // control connection must still get through.
+        raise_fd_limit();
+        let (dir, mut b) = backend();
+        if b.fd_limit < (MAX_CONNECTIONS + 2 * RESERVED_FOR_HOST) as u64 {
+            eprintln!("skipped: the open-file limit is too low for this test");
+            return;
+        }
+        let server = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut port = 0;
+        loop {
+            b.from_guest(&guest(op::REQUEST, port, 7, 1 << 16, 0), &[]);
+            let reply = b.next_rx(4096).unwrap().header;
+            while server.accept().is_ok() {} // keep the backlog empty
+            if reply.op == op::RST {
+                break;
+            }
+            assert_eq!(reply.op, op::RESPONSE);
+            port += 1;
+        }
+        assert_eq!(port as usize, MAX_GUEST_CONNECTIONS, "refused at the cap");
+        assert_eq!(b.connections(), MAX_GUEST_CONNECTIONS);
+        b.take_changes();
+        // Host-initiated connections still find a slot.
+        let (_client, _token, _local) = host_initiated(&mut b, dir.path(), 4096);
+        assert_eq!(b.connections(), MAX_GUEST_CONNECTIONS + 1);
+        // And a guest connection that closes frees a guest slot.
+        b.from_guest(&guest(op::RST, 0, 7, 0, 0), &[]);
+        b.from_guest(&guest(op::REQUEST, 100_000, 7, 1 << 16, 0), &[]);
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::RESPONSE);
+    }
+
+    #[test]
+    fn a_guest_cannot_take_the_descriptors_kept_for_the_host() {
+        // Under a low open-file limit the cap on connections is not what runs out
+        // first: guest connections stop RESERVED_FOR_HOST descriptors short of it.
+        let (dir, mut b) = backend();
+        let _server = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        b.fd_limit = RESERVED_FOR_HOST as u64;
+        b.from_guest(&guest(op::REQUEST, 9, 7, 1 << 16, 0), &[]);
+        assert_eq!(b.next_rx(4096).unwrap().header.op, op::RST);
+        assert_eq!(b.connections(), 0);
+        let (_client, _token, _local) = host_initiated(&mut b, dir.path(), 4096);
+        assert_eq!(
+            b.connections(),
+            1,
+            "host-initiated connections are not held back"
+        );
     }
 }
