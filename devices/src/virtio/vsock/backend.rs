@@ -789,7 +789,14 @@ impl Backend {
             if buf.is_empty() {
                 return None;
             }
-            match conn.stream.read(&mut buf) {
+            // A signal must not leave readable data behind: the edge is spent.
+            let read = loop {
+                match conn.stream.read(&mut buf) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            match read {
                 Ok(0) => {
                     conn.host_eof = true;
                     conn.fwd_cnt_reported = conn.fwd_cnt;
@@ -817,7 +824,6 @@ impl Backend {
                     return Some(RxPacket { header, data: buf });
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => conn.host_readable = false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.abort(key);
                     return self.control.pop_front().map(|header| RxPacket {

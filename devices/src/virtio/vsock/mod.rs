@@ -103,6 +103,11 @@ impl Vsock {
                                 0
                             }
                         }
+                        // Only control packets fit a header-sized buffer: with none
+                        // waiting it would block every connection's data at the head
+                        // of the ring, so it goes back used and empty (the driver
+                        // drops it and posts another).
+                        None if writer.available_bytes() == HDR_SIZE => 0,
                         None => {
                             // Nothing after all: give the buffer back.
                             queue.go_to_previous_position();
