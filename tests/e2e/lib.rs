@@ -39,6 +39,15 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/release"))
 }
 
+/// `$PATH` with the release binaries first.
+pub fn path_with_binaries() -> String {
+    format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// The path of release binary `name`; panics with what to do when it was not built.
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
@@ -117,11 +126,7 @@ pub fn run_with_kvm(script: &str, files: &[TestFile], timeout_secs: u32) -> Outp
             for f in files {
                 std::fs::copy(&f.source, dir.path().join(&f.name)).expect("copy a test file");
             }
-            let path = format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            );
+            let path = path_with_binaries();
             Command::new("timeout")
                 .arg(timeout_secs.to_string())
                 .args(["sh", "-c", script])
@@ -187,14 +192,7 @@ pub fn case_table_on_host(table: &str) -> Output {
         .arg(repo_root().join("tests/e2e").join(table))
         .arg("process")
         .arg(&tar)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_binaries())
         .env("ARCA_STATE_DIR", dir.path().join("state"))
         .output()
         .expect("run sh")

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use arca_e2e::guest::busybox_image;
-use arca_e2e::{assert_success, bin_dir, binary, is_root, repo_root, stdout};
+use arca_e2e::{assert_success, binary, is_root, path_with_binaries, repo_root, stdout};
 
 fn has(tool: &str) -> bool {
     Command::new("sh")
@@ -32,14 +32,7 @@ fn another_local_user_reaches_nothing_below_the_state_root() {
     let out = Command::new("sh")
         .arg(repo_root().join("tests/e2e/local-user-cases.sh"))
         .arg(&tar)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_binaries())
         .env("ARCA_STATE_DIR", dir.path().join("state"))
         .output()
         .unwrap();
@@ -135,14 +128,7 @@ fn a_large_debian_image_runs_in_a_microvm_and_on_the_host() {
     let state = dir.path().join("state");
     let host = Command::new("sh")
         .args(["-c", &script("process")])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin_dir().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", path_with_binaries())
         .env("ARCA_STATE_DIR", &state)
         .env("ARCA_E2E_DIR", dir.path())
         .output()

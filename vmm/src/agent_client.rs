@@ -267,6 +267,9 @@ fn read_frame<T: for<'de> serde::Deserialize<'de>>(
             {
                 return Err(timeout());
             }
+            // A read with a timeout is not restarted after a signal handler (SA_RESTART
+            // does not cover SO_RCVTIMEO sockets), and `arca run` forwards signals.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => other?,
         };
         if n == 0 {
