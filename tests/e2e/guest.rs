@@ -104,6 +104,12 @@ pub fn spoof_frame() -> &'static Path {
     BUILT.get_or_init(|| build_static("spoof_frame.rs", "spoof-frame"))
 }
 
+/// `tests/guest/vsock_flood.rs` built static, once per test process.
+pub fn vsock_flood() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_static("vsock_flood.rs", "vsock-flood"))
+}
+
 /// `tests/guest/SOURCE` built static as `NAME` in a temporary directory of its own.
 fn build_static(source: &str, name: &str) -> PathBuf {
     let dir = tempfile::tempdir()
@@ -127,8 +133,8 @@ fn build_static(source: &str, name: &str) -> PathBuf {
     out
 }
 
-/// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo` and
-/// `/bin/spoof-frame`) packed as a
+/// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo`,
+/// `/bin/spoof-frame` and `/bin/vsock-flood`) packed as a
 /// `docker save` tarball named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
 pub fn busybox_image(dir: &Path) -> PathBuf {
     let tree = dir.join("rootfs");
@@ -139,6 +145,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         .is_ok_and(|s| s.success())
         && std::fs::copy(udp_echo(), tree.join("bin/udp-echo")).is_ok()
         && std::fs::copy(spoof_frame(), tree.join("bin/spoof-frame")).is_ok()
+        && std::fs::copy(vsock_flood(), tree.join("bin/vsock-flood")).is_ok()
         && Command::new(repo_root().join("tests/guest/mkimage"))
             .arg(&tree)
             .arg(&tar)

@@ -62,5 +62,36 @@ why=$(arca ps -a | grep -c 'stopped answering')
 [ "$why" = 1 ] && ok wedged-wait-reason || bad "wedged-wait-reason: $(arca ps -a)"
 arca rm wedged3 >/dev/null || bad wedged-wait-rm
 
+# A guest that opens connection after connection to a host listener (vm only: the VMM's
+# vsock muxer): it gets at most the guest's share of the slots, the VMM does not spin,
+# and the runtime's own connections (exec) still go through.
+if [ "$iso" = vm ]; then
+  run_d --name vflood busybox sleep 1000
+  uds=$(sed -n 's/.*"uds": *"\([^"]*\)".*/\1/p' "$state/containers/vflood/state.json")
+  flood=$(find "$state/images" -path '*/rootfs/bin/vsock-flood' | head -1)
+  "$flood" listen "${uds}_5000" &
+  lpid=$!
+  vmm=$(sandbox_pid vflood)
+  arca exec vflood vsock-flood connect 1500 5000 20 >"$state.vflood" 2>&1 &
+  epid=$!
+  i=0
+  while ! grep -q connected= "$state.vflood" && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+  got=$(cat "$state.vflood")
+  connected=${got#connected=}; connected=${connected%% *}
+  refused=${got##*refused=}
+  [ -n "$connected" ] && [ "$connected" -gt 100 ] && [ "$connected" -le 960 ] && [ "$refused" -gt 0 ] &&
+    ok "vsock-flood-capped ($got)" || bad "vsock-flood-capped: [$got]"
+  ticks() { awk '{print $14 + $15}' "/proc/$vmm/stat"; }
+  c0=$(ticks); sleep 3; c1=$(ticks)
+  # 3 s is 300 ticks: a VMM spinning on its listener would use most of them.
+  [ $((c1 - c0)) -lt 100 ] && ok "vsock-flood-no-spin ($((c1 - c0)) ticks in 3 s)" || bad "vsock-flood-no-spin: $((c1 - c0)) ticks in 3 s"
+  out=$(arca exec vflood echo alive)
+  [ "$out" = alive ] && ok vsock-flood-exec-still-works || bad "vsock-flood-exec-still-works: [$out]"
+  kill $lpid 2>/dev/null
+  arca rm -f vflood >/dev/null || bad vflood-rm
+  wait $epid 2>/dev/null
+  rm -f "$state.vflood"
+fi
+
 echo "$fails failed"
 [ "$fails" -eq 0 ]
