@@ -74,6 +74,10 @@ fn guest_init() -> anyhow::Result<()> {
 }
 
 fn serve(args: &[String]) -> anyhow::Result<()> {
+    // What the agent makes for containers (their cgroup directories, which are their
+    // /sys/fs/cgroup) must be readable by a container's non-root user, whatever umask
+    // it inherited (`arca` runs with 077); its own socket sits in a 0700 directory.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let mut listen = None;
     let mut config = RuntimeConfig::default();
     let mut it = args.iter();

@@ -4,7 +4,7 @@
 //! the host's disk. Rotated files are `NAME.1` (the newest) to `NAME.<max-file - 1>`;
 //! readers go through them oldest first, and a follower crosses a rotation.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// A `--log-opt` Arca does not know or cannot honour.
-    #[error("Unknown log opt '{0}' for the local log driver (Arca knows max-size and max-file)")]
+    #[error(
+        "Unknown log opt '{0}' for the local log driver (Arca knows max-size, max-file and compress)"
+    )]
     UnknownOption(String),
     /// A value that does not parse.
     #[error("Invalid value for log opt {key}: {value:?} ({why})")]
@@ -61,14 +63,11 @@ impl LogOptions {
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
             match key {
                 "max-size" => {
-                    o.max_size =
-                        parse_size(value)
-                            .filter(|&n| n > 0)
-                            .ok_or_else(|| LogError::BadValue {
-                                key: "max-size",
-                                value: value.into(),
-                                why: "a positive size such as 10m or 512k",
-                            })?;
+                    o.max_size = crate::parse_size(value).ok_or_else(|| LogError::BadValue {
+                        key: "max-size",
+                        value: value.into(),
+                        why: "a positive size such as 10m or 512k",
+                    })?;
                 }
                 "max-file" => {
                     o.max_file = value
@@ -81,24 +80,14 @@ impl LogOptions {
                             why: "a count from 1 to 1000",
                         })?;
                 }
+                // Docker's local driver compresses rotated files; Arca keeps them
+                // plain (`arca logs` reads them as they are): accepted, no effect.
+                "compress" if matches!(value, "true" | "false") => {}
                 _ => return Err(LogError::UnknownOption(item.into())),
             }
         }
         Ok(o)
     }
-}
-
-/// Docker's size syntax: a number with an optional b, k, m or g suffix (powers of 1024).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').filter(|r| !r.is_empty()).unwrap_or(&t);
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k')) => (&t[..i], 1 << 10),
-        Some((i, 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'g')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// `path` with `.N` appended (`N` = 0 is `path` itself).
@@ -134,9 +123,7 @@ impl RotatingLog {
     /// `NAME` -> `NAME.1` -> ... ; the oldest beyond `max_file` goes.
     fn rotate(&mut self) -> io::Result<()> {
         if self.opts.max_file <= 1 {
-            self.file.set_len(0)?;
-            // A file opened without O_APPEND writes at its offset: back to the start.
-            self.file = OpenOptions::new().write(true).open(&self.path)?;
+            self.file = File::create(&self.path)?;
         } else {
             for n in (1..self.opts.max_file - 1).rev() {
                 let from = numbered(&self.path, n);
@@ -254,13 +241,13 @@ mod tests {
         assert_eq!(LogOptions::parse(&[]).unwrap(), LogOptions::default());
         let o = LogOptions::parse(&["max-size=10m".into(), "max-file=3".into()]).unwrap();
         assert_eq!(o, opts(10 << 20, 3));
-        let o = LogOptions::parse(&["max-size=512k,max-file=2".into()]).unwrap();
+        let o = LogOptions::parse(&["max-size=512k,max-file=2,compress=false".into()]).unwrap();
         assert_eq!(o, opts(512 << 10, 2));
         for (bad, needle) in [
             ("max-size=lots", "max-size"),
             ("max-size=0", "max-size"),
             ("max-file=0", "max-file"),
-            ("compress=true", "Unknown log opt 'compress=true'"),
+            ("mode=non-blocking", "Unknown log opt 'mode=non-blocking'"),
         ] {
             let e = LogOptions::parse(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");

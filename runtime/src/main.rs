@@ -295,7 +295,7 @@ struct RunArgs {
 
 /// Docker's memory syntax: a number with an optional b, k, m or g suffix.
 fn parse_memory(text: &str) -> Result<u64, String> {
-    arca_runtime::logs::parse_size(text)
+    arca_runtime::parse_size(text)
         .ok_or_else(|| format!("invalid memory size {text:?} (use e.g. 64m or 1g)"))
 }
 

@@ -433,7 +433,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
     result
 }
 
-/// How long the output copies may go on after the container exited.
+/// How long the output copies may sit idle after the container exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// How often a waiting supervisor checks that the agent still answers, how long each
 /// check may take, and how many missed checks in a row mean the sandbox is wedged.
@@ -474,6 +474,9 @@ fn sandbox_watch(
     })
 }
 
+/// What [`log_tail`] says of an empty log.
+const NOTHING_SAID: &str = "it said nothing";
+
 /// The last lines of a sandbox's stderr (at most 2 KiB), for an error message.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -481,7 +484,7 @@ fn log_tail(path: &Path) -> String {
     let tail = String::from_utf8_lossy(tail);
     let tail = tail.trim();
     if tail.is_empty() {
-        "it said nothing".into()
+        NOTHING_SAID.into()
     } else {
         tail.replace('\n', "; ")
     }
@@ -735,6 +738,7 @@ fn supervise(
     let mut hub = None;
     // The container's output sockets, to end the copies if the sandbox never closes them.
     let mut drains = Vec::new();
+    let progress = std::sync::Arc::new(Progress::default());
     let (copy_out, copy_err) = match streams {
         Streams::Pipes { out, err, input } => {
             drains.extend(
@@ -757,12 +761,13 @@ fn supervise(
                 }
             }
             let (h1, h2) = (hub.clone(), hub.clone());
+            let (p1, p2) = (progress.clone(), progress.clone());
             (
                 std::thread::spawn(move || {
-                    copy_to(out, Tee(out_log, terminal.then(io::stdout), h1))
+                    copy_to(out, Tee(out_log, terminal.then(io::stdout), h1, p1))
                 }),
                 std::thread::spawn(move || {
-                    copy_to(err, Tee(err_log, terminal.then(io::stderr), h2))
+                    copy_to(err, Tee(err_log, terminal.then(io::stderr), h2, p2))
                 }),
             )
         }
@@ -791,9 +796,10 @@ fn supervise(
             }
             let reader = io::Cursor::new(pending).chain(sock);
             let h = hub.clone();
+            let p = progress.clone();
             (
                 std::thread::spawn(move || {
-                    copy_to(reader, Tee(out_log, terminal.then(io::stdout), h))
+                    copy_to(reader, Tee(out_log, terminal.then(io::stdout), h, p))
                 }),
                 std::thread::spawn(move || drop(err_log)),
             )
@@ -825,6 +831,11 @@ fn supervise(
                 ),
                 (_, None) => format!("Lost the agent: {}", vmm::error_chain(&e)),
             });
+            // What the VMM or host agent said on its way out belongs with the reason.
+            let said = log_tail(&sandbox_log);
+            if let Some(error) = record.error.as_mut().filter(|_| said != NOTHING_SAID) {
+                error.push_str(&format!("; {program} said: {said}"));
+            }
             record.save(dir)?;
             // A host agent's containers outlive it: end what is left of this one.
             if opts.isolation == Isolation::Process {
@@ -836,13 +847,19 @@ fn supervise(
             return Err(e.into());
         }
     };
-    // What the container wrote before it ended is still coming; a sandbox that keeps
-    // its streams open after that gets a little while, not forever.
-    let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
-    while !(copy_out.is_finished() && copy_err.is_finished())
-        && std::time::Instant::now() < deadline
+    // What the container wrote before it ended is still coming, and a slow reader of
+    // ours may take its time; a sandbox that keeps its streams open with nothing in
+    // them gets OUTPUT_DRAIN of silence, not forever.
+    let mut idle_since = std::time::Instant::now();
+    let mut moved = progress.moved.load(std::sync::atomic::Ordering::SeqCst);
+    while !(copy_out.is_finished() && copy_err.is_finished()) && idle_since.elapsed() < OUTPUT_DRAIN
     {
         std::thread::sleep(Duration::from_millis(10));
+        let now_moved = progress.moved.load(std::sync::atomic::Ordering::SeqCst);
+        if now_moved != moved || progress.writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            moved = now_moved;
+            idle_since = std::time::Instant::now();
+        }
     }
     for s in &drains {
         let _ = s.shutdown(std::net::Shutdown::Both);
@@ -970,10 +987,41 @@ pub(crate) fn resize_loop(
 }
 
 /// Writes to a log file and, if present, a terminal stream and `arca attach` clients.
-struct Tee<W: Write>(RotatingLog, Option<W>, Option<std::sync::Arc<attach::Hub>>);
+struct Tee<W: Write>(
+    RotatingLog,
+    Option<W>,
+    Option<std::sync::Arc<attach::Hub>>,
+    std::sync::Arc<Progress>,
+);
+
+/// What the output copies are doing, so that the drain after the container's exit
+/// waits on a copy that still moves bytes (or is blocked on a slow reader) and not on
+/// one whose sandbox never closes its stream.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Writes under way (a slow terminal or pipe blocks them).
+    writing: std::sync::atomic::AtomicUsize,
+    /// Bytes copied so far.
+    moved: std::sync::atomic::AtomicU64,
+}
 
 impl<W: Write> Write for Tee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.3.writing.fetch_add(1, SeqCst);
+        let done = self.write_all_sinks(buf);
+        self.3.moved.fetch_add(buf.len() as u64, SeqCst);
+        self.3.writing.fetch_sub(1, SeqCst);
+        done
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Tee<W> {
+    fn write_all_sinks(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write_all(buf)?;
         if let Some(t) = &mut self.1 {
             // A closed terminal must not stop the log.
@@ -985,10 +1033,6 @@ impl<W: Write> Write for Tee<W> {
             h.broadcast(buf);
         }
         Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
     }
 }
 

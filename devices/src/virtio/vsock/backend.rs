@@ -606,12 +606,14 @@ impl Backend {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        let mut progressed = false;
         while conn.host_writable && !conn.to_host.is_empty() {
             let (front, _) = conn.to_host.as_slices();
             match conn.stream.write(front) {
                 Ok(n) => {
                     conn.to_host.drain(..n);
                     conn.fwd_cnt = conn.fwd_cnt.wrapping_add(n as u32);
+                    progressed |= n > 0;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => conn.host_writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -622,12 +624,18 @@ impl Backend {
         if drained && conn.close_when_drained {
             return self.abort(key);
         }
+        // A slow reader that still takes the guest's last bytes keeps them: the
+        // shutdown deadline counts from the last progress, not from the close.
+        let extend = progressed && conn.close_when_drained && !conn.host_closed;
         if drained && conn.guest_send_done {
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
         // Tell the guest about freed buffer space once a quarter of it is free again.
         if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_reported) >= CONN_BUF_SIZE / 4 {
             self.queue_control(key, op::CREDIT_UPDATE, 0);
+        }
+        if extend {
+            self.set_deadline(key, Some(Instant::now() + SHUTDOWN_TIMEOUT));
         }
     }
 
@@ -1313,6 +1321,44 @@ mod tests {
         let (_, (), after) = timed(|| b.from_guest(&closing, &[]));
         assert_eq!(b.connections(), 1, "the buffered data gets its chance");
         b.tick(after + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 0);
+    }
+
+    #[test]
+    fn a_slow_host_reader_after_a_guest_close_keeps_the_guest_s_last_bytes() {
+        // `arca run ... | slow-consumer`: the guest sent its output and closed; the host
+        // takes it slowly. Each bit of progress moves the deadline, so nothing is cut.
+        let (dir, mut b) = backend();
+        let listener = UnixListener::bind(dir.path().join("v.sock_7")).unwrap();
+        b.from_guest(&guest(op::REQUEST, 9, 7, 1 << 16, 0), &[]);
+        b.next_rx(4096).unwrap();
+        let token = new_token(&mut b);
+        let (mut server, _) = listener.accept().unwrap();
+        // A small socket buffer, so that most of the guest's data waits in ours.
+        let ours = &b.conns.values().next().unwrap().stream;
+        rustix::net::sockopt::set_socket_send_buffer_size(ours, 4096).unwrap();
+        let chunk = vec![7u8; MAX_PAYLOAD];
+        for _ in 0..CONN_BUF_SIZE as usize / MAX_PAYLOAD {
+            b.from_guest(&guest(op::RW, 9, 7, 1 << 16, chunk.len() as u32), &chunk);
+        }
+        let closing = Header {
+            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+            ..guest(op::SHUTDOWN, 9, 7, 1 << 16, 0)
+        };
+        let (_, (), closed_at) = timed(|| b.from_guest(&closing, &[]));
+        std::thread::sleep(Duration::from_millis(20));
+        // The reader takes a little; the socket has room again, for some of the rest.
+        let waiting = |b: &Backend| b.conns.values().map(|c| c.to_host.len()).sum::<usize>();
+        let before = waiting(&b);
+        let mut buf = vec![0u8; 64 << 10];
+        assert!(server.read(&mut buf).unwrap() > 0);
+        b.host_event(token, false, true, false);
+        let after = waiting(&b);
+        assert!(after < before && after > 0, "{before} -> {after}");
+        b.tick(closed_at + SHUTDOWN_TIMEOUT);
+        assert_eq!(b.connections(), 1, "progress moved the deadline");
+        // A reader that then takes nothing more still loses it, later.
+        b.tick(Instant::now() + SHUTDOWN_TIMEOUT);
         assert_eq!(b.connections(), 0);
     }
 
