@@ -75,8 +75,8 @@ fn guest_init() -> anyhow::Result<()> {
 
 fn serve(args: &[String]) -> anyhow::Result<()> {
     // What the agent makes for containers (their cgroup directories, which are their
-    // /sys/fs/cgroup) must be readable by a container's non-root user, whatever umask
-    // it inherited (`arca` runs with 077); its own socket sits in a 0700 directory.
+    // /sys/fs/cgroup) must be readable by a container's non-root user, as runc's umask
+    // 022 makes them, whatever umask it inherited (`arca` runs with 077).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let mut listen = None;
     let mut config = RuntimeConfig::default();
@@ -112,8 +112,11 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     if let Some(p) = runtime.cgroup_problem() {
         eprintln!("arca-agent: containers get no cgroup: {p}");
     }
+    // Its own socket is private (it also checks its peer).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let listener = UnixListener::bind(&listen)
         .with_context(|| format!("Cannot listen on {}", listen.display()))?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let server = Server::new(Arc::new(runtime), false, false);
     server.run(Listener::Unix(listener));
     let _ = std::fs::remove_file(&listen);

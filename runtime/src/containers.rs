@@ -479,6 +479,14 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
     } else if rec.isolation == Isolation::Process {
         process_leftovers(&rec);
     }
+    // A killed VMM still has to give back its guest's memory: `rm -f` returns once
+    // the sandbox is gone, as `docker rm -f` returns once the container is.
+    if force && let Some(pid) = rec.sandbox_pid {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid, rec.sandbox_start) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
             action: format!("remove {}", dir.display()),
