@@ -1,6 +1,6 @@
 //! What a hostile guest agent sends the host: arbitrary bytes, cut into arbitrary
 //! reads, through the frame decoder the VMM's agent client uses (a `HelloReply`, then
-//! `Response`s, as `vmm/src/agent_client.rs` reads them). Any error is fine; a panic,
+//! `Response`s, as `guest-agent/client` reads them). Any error is fine; a panic,
 //! or a buffer beyond one unfinished frame and the latest read, is not. Every message
 //! that decodes must encode and decode back to itself.
 

@@ -8,15 +8,17 @@
 //! Ctrl-Q detaches instead. The monitor closes every client when the container exits;
 //! the client then exits with the container's code.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::containers::{ContainerRecord, Status, find};
-use crate::run::{RunError, RunOptions};
+use arca_agent_client::AgentAddress;
+
+use crate::container::{ContainerRecord, RunOptions, Status, find};
+use crate::error::RunError;
+use crate::terminal::{InputEnd, Session, copy_to};
 
 /// The monitor's side: the attached clients.
 #[derive(Debug)]
@@ -100,22 +102,15 @@ impl Hub {
 /// How long an attach client may keep the container's output waiting.
 const CLIENT_STALL: Duration = Duration::from_secs(2);
 
-/// Ctrl-P Ctrl-Q, Docker's detach keys.
-const DETACH_KEYS: [u8; 2] = [0x10, 0x11];
-
 /// `arca attach NAME`: returns the container's exit code, or 0 when detached.
 pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
-    use std::io::IsTerminal;
     let (dir, rec) = find(state, name)?;
     if rec.status != Status::Running {
         return Err(RunError::Invalid(
             "You cannot attach to a stopped container, start it first".into(),
         ));
     }
-    let opts: Option<RunOptions> = std::fs::read(dir.join("options.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(opts) = opts else {
+    let Ok(opts) = RunOptions::load(&dir) else {
         return Err(RunError::Invalid(format!(
             "Container {name} runs in the foreground of another arca run: nothing to attach to"
         )));
@@ -124,60 +119,30 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
         action: format!("attach to container {name}"),
         source: e,
     })?;
-    let mut _raw = None;
-    let resizing = Arc::new(AtomicBool::new(false));
+    let session = Session::start(opts.tty && opts.interactive);
     if opts.tty
-        && io::stdout().is_terminal()
-        && let Some(endpoint) = rec.agent.clone()
+        && let Some(endpoint) = &rec.agent
     {
-        resizing.store(true, Ordering::SeqCst);
-        let address: vmm::agent_client::AgentAddress = (&endpoint).into();
-        let (flag, id) = (resizing.clone(), rec.id.clone());
-        std::thread::spawn(move || crate::run::resize_loop(&flag, &address, &id, None));
+        session.follow_size(&AgentAddress::from(endpoint), &rec.id, None);
     }
-    let detached = Arc::new(AtomicBool::new(false));
     if opts.interactive {
-        if opts.tty && io::stdin().is_terminal() {
-            _raw = crate::run::RawMode::enter();
-        }
-        let (mut to, flag, tty) = (
-            sock.try_clone().map_err(io_err)?,
-            detached.clone(),
-            opts.tty,
-        );
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut last = 0u8;
-            loop {
-                let n = match io::stdin().lock().read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let chunk = &buf[..n];
-                if tty {
-                    let pressed = (last == DETACH_KEYS[0] && chunk[0] == DETACH_KEYS[1])
-                        || chunk.windows(2).any(|w| w == DETACH_KEYS);
-                    if pressed {
-                        flag.store(true, Ordering::SeqCst);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                        return;
-                    }
-                    last = chunk[n - 1];
-                }
-                if to.write_all(chunk).is_err() {
-                    return;
-                }
-            }
-            // The end of our input is the end of the container's (not a terminal's).
-            if !tty {
-                let _ = to.shutdown(std::net::Shutdown::Write);
-            }
-        });
+        let to = sock.try_clone().map_err(|source| RunError::Io {
+            action: "attach".into(),
+            source,
+        })?;
+        // The end of our input is the end of the container's (not a terminal's); with
+        // a terminal, the detach keys detach.
+        let end = if opts.tty {
+            InputEnd::Keep
+        } else {
+            InputEnd::Close
+        };
+        session.pump_input(to, end, opts.tty);
     }
-    crate::run::copy_to(sock, io::stdout());
-    resizing.store(false, Ordering::SeqCst);
-    drop(_raw);
-    if detached.load(Ordering::SeqCst) {
+    copy_to(sock, io::stdout());
+    let detached = session.detached();
+    drop(session);
+    if detached {
         eprintln!("\r\nread escape sequence\r");
         return Ok(0);
     }
@@ -191,11 +156,4 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(0)
-}
-
-fn io_err(source: io::Error) -> RunError {
-    RunError::Io {
-        action: "attach".into(),
-        source,
-    }
 }

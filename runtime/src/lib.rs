@@ -1,33 +1,61 @@
-//! Arca's runtime: what the `arca` CLI is built on.
+//! Arca's runtime: what the `arca` CLI is built on. The modules, from the leaves up
+//! (each uses only those above it; `docs/architecture.md` has the map):
 //!
-//! - [`image::unpack`]: applies OCI/Docker image layers to a directory, safely: no path
-//!   escapes through `..`, absolute paths, symlinks or hard links; whiteouts and opaque
-//!   directories honoured; device nodes refused.
-//! - [`image::store`]: content-addressed image store (`load` of `docker save` and OCI
-//!   layout tarballs with every digest verified, tags, removal), locked with flock(2).
-//! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
-//! - [`image::pull`]: registry v2 pulls.
-//! - [`run`]: `arca run`, in a microVM or on the host, in the foreground or detached
-//!   under a monitor process.
-//! - [`containers`]: container records and `ps`, `logs`, `stop`, `kill`, `rm`, `wait`,
-//!   `exec`, `port`.
-//! - [`network`]: networks (`arca network`), address leases, bridges and NAT rules.
-//! - [`ports`]: `-p` listeners that forward connections through the agent.
-//! - [`attach`]: `arca attach` to a detached container's terminal or stdio.
-//! - [`logs`]: container logs rotated like Docker's `local` driver, and their readers.
 //! - [`state`]: the state directory, private to its user, and peer checks on sockets.
+//! - [`logs`]: container logs rotated like Docker's `local` driver, and their readers.
+//! - [`image`]: the content-addressed image store (`load`, tags, removal, locked with
+//!   flock(2)), safe layer unpacking, and registry v2 pulls.
+//! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
+//! - [`terminal`]: one terminal session (raw mode, size following, input pump) for
+//!   `run -it`, `exec -it` and `attach`.
+//! - [`ports`]: `-p` listeners that forward connections through the agent.
+//! - [`container`]: container records (one module per concern: host process identity,
+//!   the record, what `run` was asked, the lifecycle commands, what users read).
+//! - [`network`]: networks (`arca network`), address leases, bridges and nftables rules.
+//! - [`error`]: [`RunError`], what container commands fail with, and Docker's exit code
+//!   for each.
+//! - [`sandbox`]: a container's sandbox (a microVM or a host agent): launching it,
+//!   linking it to its network, watching it, and its teardown.
+//! - [`attach`]: `arca attach`, and the hub a detached container's monitor serves it from.
+//! - [`exec`]: `arca exec`.
+//! - [`run`]: `arca run`, in the foreground or detached under a monitor process.
 
 #![forbid(unsafe_code)]
 
 pub mod attach;
-pub mod containers;
+pub mod container;
+pub mod error;
+pub mod exec;
 pub mod guest;
 pub mod image;
 pub mod logs;
 pub mod network;
 pub mod ports;
 pub mod run;
+pub mod sandbox;
 pub mod state;
+pub mod terminal;
+
+pub use error::RunError;
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `err` and its sources, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 /// A size as Docker writes them: `1234`, `512k`, `64m`, `64MiB`, `1g`, `1t` (suffixes
 /// are powers of 1024, any case, an optional `i` and `b` after them) in bytes; `None`

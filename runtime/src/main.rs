@@ -9,12 +9,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arca_runtime::containers;
+use arca_runtime::container::{Isolation, RunOptions, find, lifecycle, view};
 use arca_runtime::image::store::Store;
 use arca_runtime::logs::LogOptions;
-use arca_runtime::network;
-use arca_runtime::run::{self, Isolation, RunOptions, run};
-use arca_runtime::state;
+use arca_runtime::run::{self, run};
+use arca_runtime::{error_chain, network, state};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -359,13 +358,13 @@ fn main() -> ExitCode {
         }
         Cmd::Ps { all, quiet } => {
             // What crashed containers left behind goes now.
-            containers::reap_crashed(&state);
+            lifecycle::reap_crashed(&state);
             network::reconcile(&state);
-            containers::ps(&state, all, quiet);
+            view::ps(&state, all, quiet);
             Ok(0)
         }
         Cmd::Port { container } => {
-            let (_, rec) = containers::find(&state, &container).map_err(|e| chain(&e))?;
+            let (_, rec) = find(&state, &container).map_err(|e| chain(&e))?;
             for p in &rec.ports {
                 println!("{p}");
             }
@@ -375,7 +374,7 @@ fn main() -> ExitCode {
         Cmd::Attach { container } => {
             arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
         }
-        Cmd::Logs { follow, container } => match containers::logs(&state, &container, follow) {
+        Cmd::Logs { follow, container } => match view::logs(&state, &container, follow) {
             Ok(code) => Ok(code),
             Err(e) => {
                 eprintln!("arca: {}", chain(&e));
@@ -386,28 +385,28 @@ fn main() -> ExitCode {
             time,
             containers: names,
         } => each(&names, |n| {
-            containers::stop(&state, n, std::time::Duration::from_secs(time))
+            lifecycle::stop(&state, n, std::time::Duration::from_secs(time))
         }),
         Cmd::Kill {
             signal,
             containers: names,
         } => {
-            let sig = containers::parse_signal(&signal).map_err(|e| chain(&e))?;
-            each(&names, |n| containers::kill(&state, n, sig))
+            let sig = lifecycle::parse_signal(&signal).map_err(|e| chain(&e))?;
+            each(&names, |n| lifecycle::kill(&state, n, sig))
         }
         Cmd::Rm {
             force,
             containers: names,
         } => {
-            let code = each(&names, |n| containers::rm(&state, n, force));
-            containers::reap_crashed(&state);
+            let code = each(&names, |n| lifecycle::rm(&state, n, force));
+            lifecycle::reap_crashed(&state);
             network::reconcile(&state);
             code
         }
         Cmd::Wait { containers: names } => {
             let mut failed = false;
             for n in &names {
-                match containers::wait(&state, n) {
+                match lifecycle::wait(&state, n) {
                     Ok(code) => println!("{code}"),
                     Err(e) => {
                         eprintln!("arca: {}", chain(&e));
@@ -435,7 +434,7 @@ fn main() -> ExitCode {
                 terminal: tty,
                 ..Default::default()
             };
-            containers::exec(&state, &container, process).map_err(|e| {
+            arca_runtime::exec::exec(&state, &container, process).map_err(|e| {
                 let code = e.exit_code();
                 if code != 125 {
                     eprintln!("arca: {}", chain(&e));
@@ -464,7 +463,7 @@ fn main() -> ExitCode {
             let mut out = Vec::new();
             let mut failed = false;
             for n in &names {
-                if let Ok((_, rec)) = containers::find(&state, n) {
+                if let Ok((_, rec)) = find(&state, n) {
                     out.push(serde_json::to_value(&rec).unwrap_or_default());
                 } else if let Ok(img) = store.resolve(n) {
                     out.push(serde_json::json!({
@@ -600,7 +599,7 @@ fn each<E: std::error::Error>(
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    vmm::error_chain(e)
+    error_chain(e)
 }
 
 fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, String> {

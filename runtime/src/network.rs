@@ -208,7 +208,7 @@ pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
                         prefix_len: 24,
                         gateway: Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + 1),
                         bridge: bridge_name(state, DEFAULT_NETWORK),
-                        created: crate::containers::now(),
+                        created: crate::now(),
                     },
                 ),
             }
@@ -345,7 +345,7 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
             prefix_len,
             gateway: Ipv4Addr::from(u32::from(subnet) + 1),
             bridge,
-            created: crate::containers::now(),
+            created: crate::now(),
         },
     )
 }
@@ -988,7 +988,7 @@ fn reconcile_with(state: &Path, wait: bool) {
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t.elapsed().is_ok_and(|d| d.as_secs() < 5))
             } else {
-                crate::containers::is_live(state, id)
+                crate::container::record::is_live(state, id)
             };
             if keep {
                 held += 1;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arca_agent_client::AgentAddress;
 use arca_protocol::{MAX_DATAGRAM, PortProtocol};
 use serde::{Deserialize, Serialize};
-use vmm::agent_client::AgentAddress;
 
 /// One published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,7 +375,7 @@ fn forward_one(client: TcpStream, address: &AgentAddress, id: &str, port: u16) {
         let _ = io::copy(&mut client_in, &mut agent_out);
         let _ = agent_out.shutdown(Shutdown::Write);
     });
-    crate::run::copy_to(io::Cursor::new(pending).chain(agent), &client);
+    crate::terminal::copy_to(io::Cursor::new(pending).chain(agent), &client);
     let _ = client.shutdown(Shutdown::Write);
     let _ = upstream.join();
 }

@@ -27,10 +27,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use arca_agent_client::{AgentAddress, AgentClient};
 use arca_protocol::{
     ContainerSpec, NetworkMode, ProcessSpec, Resources, Rootfs, StdioStream, WritableLayer,
 };
-use vmm::agent_client::{AgentAddress, AgentClient};
 
 const READY_LINE: &str = "arca-agent: ready";
 

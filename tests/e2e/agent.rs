@@ -169,8 +169,8 @@ fn serve(dir: &Path) -> (Agent, std::path::PathBuf) {
 
 #[test]
 fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
+    use arca_agent_client::{AgentAddress, AgentClient, AgentClientError};
     use arca_protocol::{ContainerSpec, ErrorCode, ProcessSpec, Rootfs, StdioStream};
-    use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
     if !is_root() {
         eprintln!("SKIP: process isolation needs root (namespaces, mounts, cgroups)");
         return;

@@ -4,7 +4,6 @@
 //! Every KVM ioctl lives under [`vstate`]; [`arch`] holds the pure x86 computations.
 //! See `docs/architecture.md` for the crate map, the boot sequence and the threads.
 
-pub mod agent_client;
 pub mod arch;
 pub mod builder;
 pub mod config;

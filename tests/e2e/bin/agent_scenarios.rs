@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use arca_agent_client::{AgentAddress, AgentClient, AgentClientError};
 use arca_protocol::{
     ContainerSpec, ErrorCode, NetworkMode, ProcessSpec, Resources, Rootfs, StdioStream,
     WritableLayer,
 };
-use vmm::agent_client::{AgentAddress, AgentClient, AgentClientError};
 
 struct Env {
     address: AgentAddress,

@@ -1,0 +1,210 @@
+//! The lifecycle commands: `stop`, `kill`, `rm`, `wait`, and cleaning up after
+//! containers whose monitor died.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::pids::{alive, kill_if_same, wait_gone};
+use super::record::{ContainerRecord, Isolation, Status, containers_dir, find, wait_exited};
+use crate::error::RunError;
+
+/// Cleans up after containers whose monitor died (killed, or crashed with its host):
+/// kills their sandbox and, with process isolation, what was left of the container,
+/// and records them as exited with the reason. `ps` and `rm` call it, so any later
+/// `arca` command reconciles what a crash left behind.
+pub fn reap_crashed(state: &Path) {
+    let entries = std::fs::read_dir(containers_dir(state));
+    for e in entries.into_iter().flatten().flatten() {
+        let dir = e.path();
+        let Ok(rec) = ContainerRecord::load(&dir) else {
+            continue;
+        };
+        if rec.status == Status::Exited {
+            continue;
+        }
+        let seen = rec.clone().observed();
+        if seen.status != Status::Exited {
+            continue;
+        }
+        end_leftovers(&rec);
+        let _ = seen.save(&dir);
+    }
+}
+
+/// Signal numbers by Docker's names (`SIGTERM`, `TERM`, `15`).
+pub fn parse_signal(text: &str) -> Result<i32, RunError> {
+    let t = text.trim().to_ascii_uppercase();
+    let t = t.strip_prefix("SIG").unwrap_or(&t);
+    let n = match t {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "CONT" => 18,
+        "STOP" => 19,
+        "WINCH" => 28,
+        other => other.parse().unwrap_or(0),
+    };
+    if (1..=64).contains(&n) {
+        Ok(n)
+    } else {
+        Err(RunError::Invalid(format!("Invalid signal: {text}")))
+    }
+}
+
+/// `arca kill -s SIG`.
+pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
+    let (_, rec) = find(state, name)?;
+    rec.client()?.signal(&rec.id, None, signal)?;
+    Ok(())
+}
+
+/// `arca stop -t N`: SIGTERM, then SIGKILL after `grace`.
+pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if rec.status == Status::Exited {
+        return Ok(());
+    }
+    // An agent that does not answer (a wedged or hostile guest) costs at most
+    // SIGNAL_PATIENCE per signal; the grace period runs either way.
+    let mut client = rec.client().map(|c| c.with_patience(SIGNAL_PATIENCE));
+    if let Ok(c) = client.as_mut() {
+        let _ = c.signal(&rec.id, None, libc_sigterm());
+    }
+    // A record that vanished belonged to a `--rm` container that ended.
+    if wait_exited(&dir, grace).is_none() && dir.exists() {
+        if let Ok(c) = client.as_mut() {
+            let _ = c.signal(&rec.id, None, 9);
+        }
+        if wait_exited(&dir, SIGKILL_GRACE).is_none() && dir.exists() {
+            // The container outlived SIGKILL (its guest ignores the agent, or the
+            // agent is gone): the sandbox itself goes, which its monitor sees.
+            if let Some(pid) = rec.sandbox_pid {
+                kill_if_same(pid, rec.sandbox_start);
+            }
+            if wait_exited(&dir, Duration::from_secs(10)).is_none() && dir.exists() {
+                return Err(RunError::Invalid(format!(
+                    "Container {} did not stop",
+                    rec.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long `stop` and `rm -f` give the agent to answer a signal request.
+const SIGNAL_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `stop` waits after SIGKILL before it kills the sandbox.
+const SIGKILL_GRACE: Duration = Duration::from_secs(5);
+
+const fn libc_sigterm() -> i32 {
+    15
+}
+
+/// `arca rm [-f]`.
+pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if rec.status != Status::Exited {
+        if !force {
+            return Err(RunError::Invalid(format!(
+                "You cannot remove a running container {}: stop it first or remove it with -f",
+                rec.id
+            )));
+        }
+        // At once, as `docker rm -f`: SIGKILL, then make sure the sandbox is gone.
+        if let Ok(c) = rec.client() {
+            let _ = c.with_patience(SIGNAL_PATIENCE).signal(&rec.id, None, 9);
+        }
+        if wait_exited(&dir, Duration::from_secs(10)).is_none() {
+            if let Some(pid) = rec.sandbox_pid {
+                kill_if_same(pid, rec.sandbox_start);
+            }
+            kill_if_same(rec.monitor_pid, rec.monitor_start);
+        }
+    }
+    // Let the monitor finish its teardown (it records "exited" before it removes the
+    // container from its sandbox) before the directory goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(rec.monitor_pid, rec.monitor_start)
+        && rec.monitor_pid != std::process::id()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !alive(rec.monitor_pid, rec.monitor_start) {
+        // A monitor that died left its VMM or agent behind, and a host agent's death
+        // leaves its container's processes.
+        end_leftovers(&rec);
+    } else if rec.isolation == Isolation::Process {
+        process_leftovers(&rec);
+    }
+    // A killed VMM still has to give back its guest's memory: `rm -f` returns once
+    // the sandbox is gone, as `docker rm -f` returns once the container is.
+    if force && let Some(pid) = rec.sandbox_pid {
+        wait_gone(pid, rec.sandbox_start, Duration::from_secs(10));
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
+            action: format!("remove {}", dir.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What a container whose monitor died leaves: its sandbox (VMM or host agent) and,
+/// with process isolation, its processes and cgroup.
+fn end_leftovers(rec: &ContainerRecord) {
+    if let Some(pid) = rec.sandbox_pid {
+        kill_if_same(pid, rec.sandbox_start);
+    }
+    if rec.isolation == Isolation::Process {
+        process_leftovers(rec);
+    }
+}
+
+/// After a host agent died: the container's processes (its pid namespace goes with
+/// its PID 1) and its cgroup, which nothing else would remove.
+pub fn process_leftovers(rec: &ContainerRecord) {
+    let marker = format!("/arca/{}", rec.id);
+    if let Some(pid) = rec.container_pid {
+        // Only if that pid is still this container's (pids are reused).
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.lines().any(|l| l.ends_with(&marker)));
+        if ours && let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup2 = mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    });
+    if let Some(root) = cgroup2 {
+        let cg = root.join(marker.trim_start_matches('/'));
+        if cg.is_dir() {
+            let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+            for _ in 0..200 {
+                if std::fs::remove_dir(&cg).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// `arca wait`: blocks until the container exits; returns its exit code.
+pub fn wait(state: &Path, name: &str) -> Result<i32, RunError> {
+    let (dir, _) = find(state, name)?;
+    let rec = wait_exited(&dir, Duration::from_secs(u64::MAX / 4))
+        .ok_or_else(|| RunError::Invalid(format!("Container {name} went away")))?;
+    Ok(rec.exit_code.unwrap_or(-1))
+}

@@ -1,0 +1,290 @@
+//! A container's record, `<state>/containers/<id>/state.json`: what it is, where it
+//! stands, and the host processes and agent that run it. Its monitor writes it
+//! atomically; every other command reads it, and sees a record that says "running"
+//! whose monitor is gone as exited, with the reason.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arca_agent_client::{AgentAddress, AgentClient, AgentClientError};
+use serde::{Deserialize, Serialize};
+
+use super::pids::alive;
+use crate::ports::PortMapping;
+
+/// Errors finding, reading or writing container records.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// No container has that name (or unique prefix).
+    #[error("No such container: {0}")]
+    NotFound(String),
+    /// A prefix names more than one container.
+    #[error("Container name {0:?} is ambiguous")]
+    Ambiguous(String),
+    /// The container is not running, so it has no agent to talk to.
+    #[error("Container {0} is not running")]
+    NotRunning(String),
+    /// `state.json` is not a record.
+    #[error("Corrupt container record {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing the record failed.
+    #[error("Cannot {action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container's agent could not be reached.
+    #[error(transparent)]
+    Agent(#[from] AgentClientError),
+}
+
+/// Where the container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Its own KVM microVM.
+    Vm,
+    /// Namespaces and cgroups on this host.
+    Process,
+}
+
+impl Isolation {
+    /// As the CLI and `ps` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Vm => "vm",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+/// Life stage of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Its sandbox is being prepared.
+    Starting,
+    /// Its process runs.
+    Running,
+    /// It ended (see `exit_code` and `error`).
+    Exited,
+}
+
+/// How to reach a container's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentEndpoint {
+    /// `arca-agent serve` on a Unix socket.
+    Unix(PathBuf),
+    /// The VMM's hybrid vsock socket and the agent's port.
+    Vsock {
+        /// The socket.
+        uds: PathBuf,
+        /// The port.
+        port: u32,
+    },
+}
+
+impl From<AgentAddress> for AgentEndpoint {
+    fn from(a: AgentAddress) -> Self {
+        match a {
+            AgentAddress::Unix(p) => AgentEndpoint::Unix(p),
+            AgentAddress::Vsock { uds, port } => AgentEndpoint::Vsock { uds, port },
+        }
+    }
+}
+
+impl From<&AgentEndpoint> for AgentAddress {
+    fn from(e: &AgentEndpoint) -> Self {
+        match e {
+            AgentEndpoint::Unix(p) => AgentAddress::Unix(p.clone()),
+            AgentEndpoint::Vsock { uds, port } => AgentAddress::Vsock {
+                uds: uds.clone(),
+                port: *port,
+            },
+        }
+    }
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Name.
+    pub id: String,
+    /// The reference given to `run`.
+    pub image: String,
+    /// The image id.
+    pub image_id: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// `vm` or `process`.
+    pub isolation: Isolation,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Stage.
+    pub status: Status,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Why it ended, if not by itself.
+    pub error: Option<String>,
+    /// The process that runs it.
+    pub monitor_pid: u32,
+    /// When the monitor started ([`super::pids::start_time`]), to tell it from a later
+    /// process that reuses its pid.
+    #[serde(default)]
+    pub monitor_start: Option<u64>,
+    /// The VMM or agent process.
+    pub sandbox_pid: Option<u32>,
+    /// When the sandbox process started.
+    #[serde(default)]
+    pub sandbox_start: Option<u64>,
+    /// Its agent, once running.
+    pub agent: Option<AgentEndpoint>,
+    /// With process isolation: the container's PID 1 on this host.
+    #[serde(default)]
+    pub container_pid: Option<u32>,
+    /// Remove when it exits.
+    pub rm: bool,
+    /// The network it joined (`none`, `host` or a network's name).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Its address there.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Published ports, with the host ports bound.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// `<state>/containers`.
+pub fn containers_dir(state: &Path) -> PathBuf {
+    state.join("containers")
+}
+
+impl ContainerRecord {
+    /// Reads `dir/state.json`.
+    pub fn load(dir: &Path) -> Result<Self, RecordError> {
+        let path = dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(|source| RecordError::Io {
+            action: format!("read {}", path.display()),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| RecordError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `dir/state.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), RecordError> {
+        let tmp = dir.join(".state.json.tmp");
+        let io = |source| RecordError::Io {
+            action: format!("write the record of container {}", self.id),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(e.into()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, dir.join("state.json")))
+            .map_err(io)
+    }
+
+    /// The record as seen now: a running container whose monitor is gone has exited.
+    pub fn observed(mut self) -> Self {
+        if self.status != Status::Exited && !alive(self.monitor_pid, self.monitor_start) {
+            self.status = Status::Exited;
+            self.exit_code.get_or_insert(137);
+            self.error.get_or_insert_with(|| {
+                "Its monitor died (the arca process that ran it was killed)".into()
+            });
+        }
+        self
+    }
+
+    /// A control connection to the agent of this running container.
+    pub fn client(&self) -> Result<AgentClient, RecordError> {
+        let endpoint = self
+            .agent
+            .as_ref()
+            .filter(|_| self.status == Status::Running)
+            .ok_or_else(|| RecordError::NotRunning(self.id.clone()))?;
+        Ok(AgentClient::connect(
+            &endpoint.into(),
+            Duration::from_secs(5),
+        )?)
+    }
+
+    /// Reads the record in `dir` as seen now ([`Self::observed`]).
+    pub fn observe(dir: &Path) -> Result<Self, RecordError> {
+        Self::load(dir).map(Self::observed)
+    }
+}
+
+/// Finds a container by name or unique prefix.
+pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), RecordError> {
+    let dir = containers_dir(state);
+    let exact = dir.join(name);
+    if !name.is_empty() && !name.contains('/') && exact.join("state.json").is_file() {
+        return Ok((exact.clone(), ContainerRecord::observe(&exact)?));
+    }
+    // Names must be exact; only generated names (arca-<hex>) may be abbreviated.
+    if !name.starts_with("arca-") || name.len() < 7 {
+        return Err(RecordError::NotFound(name.into()));
+    }
+    let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(name))
+        .map(|e| e.path())
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((one.clone(), ContainerRecord::observe(one)?)),
+        [] => Err(RecordError::NotFound(name.into())),
+        _ => Err(RecordError::Ambiguous(name.into())),
+    }
+}
+
+/// Whether container `id` has a record that has not exited (one being set up counts).
+pub fn is_live(state: &Path, id: &str) -> bool {
+    !id.is_empty()
+        && !id.contains('/')
+        && ContainerRecord::observe(&containers_dir(state).join(id))
+            .is_ok_and(|r| r.status != Status::Exited)
+}
+
+/// All containers, newest first.
+pub fn list(state: &Path) -> Vec<ContainerRecord> {
+    let mut out: Vec<ContainerRecord> = std::fs::read_dir(containers_dir(state))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| ContainerRecord::observe(&e.path()).ok())
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// Waits until the container's record in `dir` says exited (or `timeout` passes).
+pub fn wait_exited(dir: &Path, timeout: Duration) -> Option<ContainerRecord> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match ContainerRecord::observe(dir) {
+            Ok(r) if r.status == Status::Exited => return Some(r),
+            Err(_) => return None,
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,395 @@
+//! A container's sandbox: its own microVM (`arca-vmm` booting the guest kernel with the
+//! agent initramfs, the image as a read-only ext4 disk and a vsock socket in the
+//! container's directory) or, with process isolation, an `arca-agent serve` of its own
+//! on a Unix socket there. Either way the same agent and protocol run the container.
+//!
+//! [`Sandbox`] owns the sandbox's life: joining the container's network before it
+//! starts ([`network::Attachment`]), launching it, waiting for its agent while watching
+//! that it lives, linking the container to the network, and its teardown, cleanly
+//! after the container ended or at once when it failed. What the sandbox process says
+//! goes to `sandbox.log`, so a failure is reported with its own words.
+
+pub mod network;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_agent_client::{AgentAddress, AgentClient, AgentClientError, Watch};
+use arca_protocol::{ContainerSpec, ProcessSpec, Rootfs, WritableLayer};
+
+use crate::container::pids::{alive, start_time};
+use crate::container::{Isolation, RunOptions};
+use crate::error::{RunError, io_err};
+use crate::error_chain;
+use crate::guest;
+use crate::image::store::{Image, Store};
+use network::Attachment;
+
+/// How long a sandbox has to boot until its agent answers.
+const BOOT_PATIENCE: Duration = Duration::from_secs(30);
+/// How often a waiting supervisor checks that the agent still answers, how long each
+/// check may take, and how many missed checks in a row mean the sandbox is wedged.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_PATIENCE: Duration = Duration::from_secs(10);
+const PINGS_MISSED: u32 = 3;
+/// The agent's vsock port in a microVM.
+const AGENT_PORT: u32 = 1024;
+/// What [`log_tail`] says of an empty log.
+const NOTHING_SAID: &str = "it said nothing";
+
+/// A running sandbox. Dropping it kills what is left of it and gives its network
+/// address back.
+#[derive(Debug)]
+pub struct Sandbox<'a> {
+    isolation: Isolation,
+    // Dropped before `network`: the link goes with the sandbox process.
+    process: Reaped,
+    started: Option<u64>,
+    address: AgentAddress,
+    log: PathBuf,
+    network: Attachment<'a>,
+}
+
+impl<'a> Sandbox<'a> {
+    /// Joins container `id`'s network (leasing its address) and starts its sandbox,
+    /// whose files live in `dir`.
+    pub fn launch(
+        state: &'a Path,
+        store: &Store,
+        image: &Image,
+        opts: &RunOptions,
+        dir: &Path,
+        id: &str,
+    ) -> Result<Self, RunError> {
+        let network = Attachment::prepare(state, opts, id)?;
+        let log = dir.join("sandbox.log");
+        let stderr = std::fs::File::create(&log).map_err(io_err("create the sandbox log"))?;
+        let (mut command, address) = match opts.isolation {
+            Isolation::Process => {
+                let sock = dir.join("agent.sock");
+                let mut agent = Command::new(guest::agent_binary()?);
+                agent
+                    .args(["serve", "--listen"])
+                    .arg(&sock)
+                    .arg("--run-dir")
+                    .arg(dir.join("run"));
+                (agent, AgentAddress::Unix(sock))
+            }
+            Isolation::Vm => {
+                let uds = dir.join("vsock.sock");
+                let vmm = vmm_command(state, store, image, opts, dir, &uds, &network)?;
+                (
+                    vmm,
+                    AgentAddress::Vsock {
+                        uds,
+                        port: AGENT_PORT,
+                    },
+                )
+            }
+        };
+        let program = program(opts.isolation);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Out of the terminal's process group: a Ctrl-C there does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(io_err(format!("start {program}")))?;
+        Ok(Sandbox {
+            isolation: opts.isolation,
+            started: start_time(child.id()),
+            process: Reaped(child),
+            address,
+            log,
+            network,
+        })
+    }
+
+    /// The sandbox process's pid and start time.
+    pub fn pid(&self) -> (u32, Option<u64>) {
+        (self.process.0.id(), self.started)
+    }
+
+    /// Where its agent listens.
+    pub fn address(&self) -> &AgentAddress {
+        &self.address
+    }
+
+    /// Its place on the network.
+    pub fn network(&self) -> &Attachment<'a> {
+        &self.network
+    }
+
+    /// Waits until its agent answers (at most [`BOOT_PATIENCE`], and no longer than
+    /// the sandbox lives: a VMM that dies at start fails at once, in its own words).
+    /// From then on a sandbox that dies or stops answering ends every wait on the
+    /// client. A microVM's TAP joins its bridge once the guest is up.
+    pub fn connect(&mut self) -> Result<AgentClient, RunError> {
+        let (pid, started) = self.pid();
+        let program = program(self.isolation);
+        let booting: Watch =
+            Box::new(move || (!alive(pid, started)).then(|| format!("{program} exited")));
+        let mut client = match AgentClient::connect_watched(&self.address, BOOT_PATIENCE, booting) {
+            Ok(c) => c,
+            Err(AgentClientError::SandboxGone(_)) => {
+                let status = self
+                    .process
+                    .0
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                return Err(RunError::SandboxFailed {
+                    program,
+                    status,
+                    output: log_tail(&self.log),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        client.set_watch(watch(pid, started, self.address.clone(), program));
+        if self.isolation == Isolation::Vm
+            && let Some((tap, bridge)) = self.network.link()
+        {
+            // The VMM made its TAP before the guest booted; the agent answering means
+            // the guest is up. The TAP joins the bridge with its rules.
+            self.network.remember_link();
+            self.network
+                .guard(|| crate::network::ip(&["link", "set", &tap, "master", &bridge, "up"]))?;
+        }
+        Ok(client)
+    }
+
+    /// What the agent is asked to create: `process` in the image as this sandbox sees
+    /// it, on its network.
+    pub fn container_spec(
+        &self,
+        state: &Path,
+        id: &str,
+        image: &Image,
+        opts: &RunOptions,
+        process: ProcessSpec,
+    ) -> ContainerSpec {
+        let rootfs = match self.isolation {
+            Isolation::Process => Rootfs {
+                source: image.rootfs.display().to_string(),
+                fstype: "dir".into(),
+                writable: WritableLayer::Tmpfs,
+            },
+            Isolation::Vm => Rootfs {
+                source: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs,
+            },
+        };
+        ContainerSpec {
+            id: id.to_string(),
+            rootfs,
+            process,
+            hostname: opts.hostname.clone(),
+            resources: opts.resources(),
+            network: self.network.mode(self.isolation),
+            init: opts.init,
+            interfaces: self.network.interfaces(),
+            hosts: self.network.hosts(state, id),
+            dns: self.network.dns(),
+        }
+    }
+
+    /// With process isolation, once the container exists (its PID 1 is
+    /// `container_pid`): its end of the link goes straight into its namespace, named
+    /// eth0, with the MAC its rules allow; the host end joins the bridge with its rules.
+    /// A failure removes the container and ends the sandbox.
+    pub fn link_container(
+        &self,
+        client: &mut AgentClient,
+        id: &str,
+        container_pid: u32,
+    ) -> Result<(), RunError> {
+        if self.isolation != Isolation::Process {
+            return Ok(());
+        }
+        let (Some((veth, bridge)), Some(mac)) = (self.network.link(), self.network.mac()) else {
+            return Ok(());
+        };
+        let pid = container_pid.to_string();
+        let linked = self.network.guard(|| {
+            crate::network::ip_batch(&[
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac,
+                    "netns", &pid,
+                ],
+                &["link", "set", &veth, "master", &bridge, "up"],
+            ])
+        });
+        self.network.remember_link();
+        if let Err(e) = linked {
+            self.abort(client, id);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The container could not start: it goes from the sandbox, and a host agent with
+    /// it (a microVM's agent powers off once it has no container).
+    pub fn abort(&self, client: &mut AgentClient, id: &str) {
+        let _ = client.remove(id, true);
+        if self.isolation == Isolation::Process {
+            let _ = client.shutdown();
+        }
+    }
+
+    /// The sandbox failed under the container (it died, or stopped answering: `e` is
+    /// how its agent was lost): it goes, and the reason returned says why, with the
+    /// sandbox's last words.
+    pub fn lost(&mut self, e: &AgentClientError) -> String {
+        let _ = self.process.0.kill();
+        let gone = self.process.0.wait().ok();
+        let mut reason = match (e, gone) {
+            (AgentClientError::SandboxGone(why), Some(st)) => {
+                format!("The sandbox ended unexpectedly: {why} ({st})")
+            }
+            (_, Some(st)) => format!("The sandbox ended unexpectedly ({st}): {}", error_chain(e)),
+            (_, None) => format!("Lost the agent: {}", error_chain(e)),
+        };
+        let said = log_tail(&self.log);
+        if said != NOTHING_SAID {
+            reason.push_str(&format!("; {} said: {said}", program(self.isolation)));
+        }
+        reason
+    }
+
+    /// After the container ended: it is removed from the sandbox, and the sandbox ends
+    /// (a host agent is told to; a microVM's agent powers off once its last container
+    /// is gone). Teardown problems are warnings: the container's exit code stands.
+    pub fn finish(mut self, mut client: AgentClient, id: &str) {
+        if let Err(e) = client.remove(id, false) {
+            eprintln!(
+                "arca: warning: removing {id} from its sandbox: {}",
+                error_chain(&e)
+            );
+        }
+        if self.isolation == Isolation::Process
+            && let Err(e) = client.shutdown()
+        {
+            eprintln!(
+                "arca: warning: stopping the agent of {id}: {}",
+                error_chain(&e)
+            );
+        }
+        drop(client);
+        if self.process.0.wait().is_ok_and(|s| s.success()) {
+            // Its link went with it.
+            self.network.ended.set(true);
+        }
+    }
+}
+
+/// `arca-vmm` or `arca-agent`.
+fn program(isolation: Isolation) -> &'static str {
+    match isolation {
+        Isolation::Vm => "arca-vmm",
+        Isolation::Process => "arca-agent",
+    }
+}
+
+/// The VMM's command line: the guest kernel, the agent initramfs, the image's disk
+/// read-only, the vsock socket at `uds`, the TAP of its network link, and a console
+/// only when asked for (the guest's to fill, capped by the VMM).
+fn vmm_command(
+    state: &Path,
+    store: &Store,
+    image: &Image,
+    opts: &RunOptions,
+    dir: &Path,
+    uds: &Path,
+    network: &Attachment<'_>,
+) -> Result<Command, RunError> {
+    let kernel = guest::kernel()?;
+    let initrd = guest::agent_initramfs(state)?;
+    let disk = guest::image_disk(store, image)?;
+    // The guest needs room for its kernel, the agent and the container.
+    let mem_mib = opts.memory.map_or(256, |m| (m >> 20) + 128).max(128);
+    let cpus = opts.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
+    let mut vmm = Command::new(guest::vmm_binary()?);
+    vmm.arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args([
+            "--memory",
+            &mem_mib.to_string(),
+            "--cpus",
+            &cpus.to_string(),
+        ])
+        .args(["--cmdline", "quiet"])
+        .arg("--disk")
+        .arg(format!("{},ro", disk.display()))
+        .arg("--vsock")
+        .arg(format!("cid=3,uds={}", uds.display()))
+        .arg("--console")
+        .arg(if opts.guest_console {
+            format!("file:{}", dir.join("console.log").display())
+        } else {
+            "none".into()
+        });
+    if let (Some((tap, _)), Some(mac)) = (network.link(), network.mac()) {
+        vmm.arg("--net").arg(format!("tap={tap},mac={mac}"));
+    }
+    Ok(vmm)
+}
+
+/// What a supervisor asks while it waits on the agent: whether the sandbox process is
+/// still there, and every [`PING_EVERY`] whether its agent still answers a ping on a
+/// connection of its own. A dead sandbox, or one whose agent missed [`PINGS_MISSED`]
+/// checks in a row (a wedged VMM or guest), ends the wait instead of hanging it.
+fn watch(pid: u32, started: Option<u64>, address: AgentAddress, program: &'static str) -> Watch {
+    let mut last = Instant::now();
+    let mut missed = 0;
+    Box::new(move || {
+        if !alive(pid, started) {
+            return Some(format!("{program} exited"));
+        }
+        if last.elapsed() < PING_EVERY {
+            return None;
+        }
+        let answered = AgentClient::connect(&address, PING_PATIENCE)
+            .map(|c| c.with_patience(PING_PATIENCE))
+            .and_then(|mut c| c.ping())
+            .is_ok();
+        last = Instant::now();
+        missed = if answered { 0 } else { missed + 1 };
+        (missed >= PINGS_MISSED).then(|| {
+            format!(
+                "{program} stopped answering (its agent missed {missed} liveness checks in a row)"
+            )
+        })
+    })
+}
+
+/// The last lines of a sandbox's stderr (at most 2 KiB), for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(2048)..];
+    let tail = String::from_utf8_lossy(tail);
+    let tail = tail.trim();
+    if tail.is_empty() {
+        NOTHING_SAID.into()
+    } else {
+        tail.replace('\n', "; ")
+    }
+}
+
+/// A child process killed if still running when dropped.
+#[derive(Debug)]
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
