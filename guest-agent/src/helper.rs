@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use arca_protocol::{
-    AgentError, ContainerSpec, ErrorCode, NetworkMode, ProcessSpec, WritableLayer,
-    rlimit_resource_known,
+    AgentError, ContainerSpec, ErrorCode, Mount, MountSource, NetworkMode, ProcessSpec,
+    WritableLayer, rlimit_resource_known,
 };
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use serde::{Deserialize, Serialize};
@@ -516,44 +516,171 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
             )
         })?;
     }
-    let writable = match &spec.rootfs.writable {
-        WritableLayer::ReadOnly => {
-            rustix::mount::mount_bind_recursive(&lower, &root)
-                .map_err(|e| mount_err("the rootfs", &root, e))?;
-            false
-        }
-        layer => {
-            let dir = match layer {
-                WritableLayer::Dir { path } => PathBuf::from(path),
-                _ => base.to_path_buf(),
-            };
-            let (upper, work) = (dir.join("upper"), dir.join("work"));
-            for d in [&upper, &work] {
-                fs::create_dir_all(d)
-                    .map_err(|e| internal(&format!("Cannot create {}", d.display()), e))?;
-            }
-            let opts = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            );
-            let opts = sys::cstring(&opts).map_err(|e| internal("Bad overlay options", e))?;
+    let layer = match &spec.rootfs.writable {
+        WritableLayer::Dir { path } => PathBuf::from(path),
+        WritableLayer::Disk { device, fstype } => {
+            let disk = base.join("disk");
+            fs::create_dir(&disk)
+                .map_err(|e| internal(&format!("Cannot create {}", disk.display()), e))?;
             rustix::mount::mount(
-                "overlay",
-                &root,
-                "overlay",
-                MountFlags::empty(),
-                Some(opts.as_c_str()),
+                device.as_str(),
+                &disk,
+                fstype.as_str(),
+                MountFlags::NOSUID | MountFlags::NODEV,
+                None,
             )
-            .map_err(|e| mount_err("overlayfs", &root, e))?;
-            true
+            .map_err(|e| {
+                AgentError::new(
+                    ErrorCode::BadRequest,
+                    format!("Cannot mount the writable layer {device} as {fstype}: {e}"),
+                )
+            })?;
+            disk
         }
+        // A read-only root still gets a small layer for the mount points and files the
+        // container needs (Docker makes them too); it is made read-only below.
+        WritableLayer::Tmpfs | WritableLayer::ReadOnly => base.to_path_buf(),
     };
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for d in [&upper, &work] {
+        fs::create_dir_all(d)
+            .map_err(|e| internal(&format!("Cannot create {}", d.display()), e))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let opts = sys::cstring(&opts).map_err(|e| internal("Bad overlay options", e))?;
+    rustix::mount::mount(
+        "overlay",
+        &root,
+        "overlay",
+        MountFlags::empty(),
+        Some(opts.as_c_str()),
+    )
+    .map_err(|e| mount_err("overlayfs", &root, e))?;
     mount_inside(&root)?;
+    for m in &spec.mounts {
+        mount_user(&root, m)?;
+    }
     pivot(&root)?;
-    if writable {
-        write_etc(spec, hostname);
+    write_etc(spec, hostname);
+    if spec.rootfs.writable == WritableLayer::ReadOnly {
+        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
+    }
+    Ok(())
+}
+
+/// Mounts `m` in the container whose root is `root`. The path to its target is walked
+/// one component at a time without following links: the image is untrusted, and a
+/// symlink on the way would put the mount anywhere in the sandbox. Missing directories
+/// are made (a file for a file bind), as Docker does.
+fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
+    use rustix::fs::{Mode, OFlags};
+    arca_protocol::validate_mount_target(&m.target)?;
+    let source_is_file = match &m.source {
+        MountSource::Bind { path } => fs::metadata(path)
+            .map_err(|e| {
+                AgentError::new(
+                    ErrorCode::BadRequest,
+                    format!("Bind source {path} for {}: {e}", m.target),
+                )
+            })?
+            .is_file(),
+        MountSource::Tmpfs { .. } => false,
+    };
+    let parts: Vec<&str> = m.target.split('/').filter(|c| !c.is_empty()).collect();
+    let mut dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| internal("Cannot open the rootfs", e))?;
+    let mut seen = PathBuf::from("/");
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        seen.push(part);
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&dir, *part, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                let made = if last && source_is_file {
+                    rustix::fs::openat(
+                        &dir,
+                        *part,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o644),
+                    )
+                    .map(drop)
+                } else {
+                    rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755))
+                };
+                made.map_err(|e| {
+                    internal(
+                        &format!("Cannot make the mount point {}", seen.display()),
+                        e,
+                    )
+                })?;
+                rustix::fs::openat(&dir, *part, flags, Mode::empty())
+                    .map_err(|e| internal(&format!("Cannot open {}", seen.display()), e))?
+            }
+            Err(e) => return Err(internal(&format!("Cannot open {}", seen.display()), e)),
+        };
+        let kind = rustix::fs::fstat(&fd)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+            .map_err(|e| internal(&format!("Cannot inspect {}", seen.display()), e))?;
+        let fits = match kind {
+            rustix::fs::FileType::Directory => !(last && source_is_file),
+            rustix::fs::FileType::RegularFile => last && source_is_file,
+            _ => false,
+        };
+        if !fits {
+            let what = if kind == rustix::fs::FileType::Symlink {
+                "a symlink"
+            } else {
+                "not a directory"
+            };
+            return Err(AgentError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "Cannot mount on {}: the image's {} is {what} (a mount point must be a real {} in the container)",
+                    m.target,
+                    seen.display(),
+                    if source_is_file { "file" } else { "directory" },
+                ),
+            ));
+        }
+        dir = fd;
+    }
+    let target = root.join(m.target.trim_start_matches('/'));
+    match &m.source {
+        MountSource::Tmpfs { size, mode, noexec } => {
+            let mut opts = format!("mode={:o}", mode.unwrap_or(0o1777));
+            if let Some(size) = size {
+                opts.push_str(&format!(",size={size}"));
+            }
+            let opts = sys::cstring(&opts).map_err(|e| internal("Bad tmpfs options", e))?;
+            let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+            if *noexec {
+                flags |= MountFlags::NOEXEC;
+            }
+            if m.readonly {
+                flags |= MountFlags::RDONLY;
+            }
+            rustix::mount::mount("tmpfs", &target, "tmpfs", flags, Some(opts.as_c_str()))
+                .map_err(|e| mount_err("tmpfs", &target, e))?;
+        }
+        MountSource::Bind { path } => {
+            rustix::mount::mount_bind_recursive(path.as_str(), &target)
+                .map_err(|e| mount_err(path, &target, e))?;
+            if m.readonly {
+                rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
+                    .map_err(|e| mount_err(&format!("{path} read-only"), &target, e))?;
+            }
+        }
     }
     Ok(())
 }
@@ -578,7 +705,7 @@ fn ensure_dir(path: &Path) -> Result<(), AgentError> {
         AgentError::new(
             ErrorCode::BadRequest,
             format!(
-                "The image lacks {} and its rootfs is read-only ({e})",
+                "The image lacks {} and it cannot be made ({e})",
                 path.display()
             ),
         )

@@ -10,6 +10,7 @@ use crate::guest::GuestError;
 use crate::image::pull::PullError;
 use crate::image::store::StoreError;
 use crate::network::NetworkError;
+use crate::storage::StorageError;
 
 /// Errors of container commands. All map to exit code 125 except the container's own
 /// 126/127.
@@ -56,6 +57,9 @@ pub enum RunError {
     /// Setting up the container's network failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// A storage option was bad, or the writable layer could not be made.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The sandbox process (VMM or host agent) ended before its agent answered.
     #[error("{program} ended before the container's agent answered ({status}): {output}")]
     SandboxFailed {

@@ -8,6 +8,7 @@
 //! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
 //! - [`terminal`]: one terminal session (raw mode, size following, input pump) for
 //!   `run -it`, `exec -it` and `attach`.
+//! - [`storage`]: the writable layer on host disk, `--tmpfs` and `--storage-opt`.
 //! - [`ports`]: `-p` listeners that forward connections through the agent.
 //! - [`container`]: container records (one module per concern: host process identity,
 //!   the record, what `run` was asked, the lifecycle commands, what users read).
@@ -34,6 +35,7 @@ pub mod ports;
 pub mod run;
 pub mod sandbox;
 pub mod state;
+pub mod storage;
 pub mod terminal;
 
 pub use error::RunError;

@@ -281,6 +281,18 @@ struct RunArgs {
     /// (default 5), per output stream.
     #[arg(long = "log-opt")]
     log_opt: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Mount a tmpfs: PATH[:OPTIONS] (rw, ro, size=SIZE, mode=OCTAL, exec, noexec; noexec
+    /// by default, as Docker).
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Storage driver options: size=SIZE, the writable layer's size (microVMs only: a
+    /// sparse disk, 10g by default; with process isolation the layer is a directory on
+    /// the state directory's filesystem, and size= is refused).
+    #[arg(long = "storage-opt")]
+    storage_opt: Vec<String>,
     /// Arca only: keep the microVM's serial console in console.log in the container's
     /// directory (capped at 1 MiB), for debugging a guest; off by default.
     #[arg(long)]
@@ -529,7 +541,22 @@ fn main() -> ExitCode {
                 env.extend(env_file(f)?);
             }
             env.extend(a.env.iter().cloned());
+            let mut mounts = a
+                .tmpfs
+                .iter()
+                .map(|t| arca_runtime::storage::parse_tmpfs(t))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            arca_runtime::storage::order_mounts(&mut mounts).map_err(|e| e.to_string())?;
+            let storage_size = arca_runtime::storage::parse_storage_opts(&a.storage_opt)
+                .map_err(|e| e.to_string())?;
+            if storage_size.is_some() && a.isolation == Isolation::Process {
+                return Err("--storage-opt size= needs --isolation=vm: with process isolation the writable layer is a directory on the state directory's filesystem, without a quota".into());
+            }
             let opts = RunOptions {
+                read_only: a.read_only,
+                mounts,
+                storage_size,
                 image: a.image,
                 args: a.command,
                 entrypoint: a.entrypoint,

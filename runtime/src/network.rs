@@ -605,7 +605,8 @@ fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
     // `__network-gc` has yet to take down: that directory reconciles now, if it is not
     // busy (never waiting for its lock while holding ours), or, if it is gone, nothing
     // can use the bridge any more. Bridges carry their state directory as their alias.
-    for _ in 0..4 {
+    let since = std::time::Instant::now();
+    for _ in 0..100 {
         let routes = host_routes();
         let Some(iface) = overlapping(&routes, net.subnet, net.prefix_len).map(|r| r.iface.clone())
         else {
@@ -618,7 +619,14 @@ fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
             break;
         }
         if networks_dir(&owner).is_dir() {
-            reconcile_with(&owner, false);
+            if !reconcile_with(&owner, false) {
+                // Busy: likely its `__network-gc` taking the bridge down right now.
+                if since.elapsed() > OTHER_STATE_PATIENCE {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
         } else {
             remove_bridge(&iface);
         }
@@ -957,14 +965,19 @@ pub fn reconcile(state: &Path) {
     reconcile_with(state, true);
 }
 
-/// [`reconcile`], waiting for the lock or (`wait` false) giving up if it is held.
-fn reconcile_with(state: &Path, wait: bool) {
+/// How long a new bridge waits for another state directory busy reconciling (its
+/// `__network-gc` may be taking down the bridge on the same subnet right now).
+const OTHER_STATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`reconcile`], waiting for the lock or (`wait` false) giving up if it is held;
+/// false when it gave up.
+fn reconcile_with(state: &Path, wait: bool) -> bool {
     // Nothing to do (and nothing to create) where no network was ever used.
     if !networks_dir(state).is_dir() {
-        return;
+        return true;
     }
     let locked = if wait { lock(state) } else { try_lock(state) };
-    let Ok(_l) = locked else { return };
+    let Ok(_l) = locked else { return false };
     let nets: Vec<Network> = fs::read_dir(networks_dir(state))
         .into_iter()
         .flatten()
@@ -1013,6 +1026,7 @@ fn reconcile_with(state: &Path, wait: bool) {
             drop_link_rules(&net.table(), &freed);
         }
     }
+    true
 }
 
 /// How long an unused network stays up after its last container left, so that a run

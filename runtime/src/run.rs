@@ -253,7 +253,7 @@ fn supervise(
     record.save(dir)?;
     let mut client = sandbox.connect()?;
     let process = opts.process(&image, record.command.clone());
-    let spec = sandbox.container_spec(state, id, &image, opts, process);
+    let spec = sandbox.container_spec(state, dir, id, &image, opts, process);
     let container_pid = client.create(spec)?;
     if opts.isolation == Isolation::Process {
         record.container_pid = Some(container_pid);

@@ -78,6 +78,7 @@ fn echo_spec(id: &str, rootfs: Rootfs) -> ContainerSpec {
         interfaces: Vec::new(),
         hosts: Vec::new(),
         dns: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 

@@ -38,6 +38,26 @@ if [ "$iso" = process ] && [ ! -e /sys/fs/cgroup/memory.max ] && ! grep -qw memo
 else
   check memory-limit 137 "" $rc "$out"
 fi
+# Storage: the writable layer lives on host disk (a sparse disk per microVM container),
+# --tmpfs, --read-only, --storage-opt; hostile mount points refused.
+out=$(run busybox sh -c 'dd if=/dev/zero of=/big bs=1M count=1024 2>/dev/null && sync && wc -c </big'); check write-1g-to-root 0 1073741824 $? "$out"
+out=$(run --read-only busybox sh -c 'touch /x 2>/dev/null; echo $?; cat /etc/hostname | wc -l'); check read-only-root 0 "1
+1" $? "$out"
+out=$(run --read-only --tmpfs /tmp busybox sh -c 'touch /tmp/x && echo ok'); check read-only-with-tmpfs 0 ok $? "$out"
+out=$(run --tmpfs /scratch:size=8m busybox sh -c "df -k /scratch | tail -n 1 | awk '{print \$2}'; stat -c %a /scratch; grep ' /scratch ' /proc/mounts | grep -c noexec"); check tmpfs-size-mode-noexec 0 "8192
+1777
+1" $? "$out"
+out=$(run --tmpfs /deep/er:mode=700,exec busybox sh -c 'stat -c %a /deep/er; grep " /deep/er " /proc/mounts | grep -c noexec; true'); check tmpfs-made-with-options 0 "700
+0" $? "$out"
+out=$(run --tmpfs /a/../../etc busybox true 2>&1 >/dev/null | grep -c 'invalid --tmpfs'); check tmpfs-dotdot-refused 0 1 $? "$out"
+out=$(run --tmpfs /bin/sh/x busybox true 2>&1 >/dev/null | grep -c 'is a symlink'); check tmpfs-through-image-symlink-refused 0 1 $? "$out"
+out=$(run --tmpfs /bin/sh busybox true 2>/dev/null); check tmpfs-on-image-symlink-exit 125 "" $? "$out"
+out=$(run --storage-opt dm.basesize=1g busybox true 2>&1 >/dev/null | grep -c 'unknown storage option'); check storage-opt-unknown 0 1 $? "$out"
+if [ "$iso" = vm ]; then
+  out=$(run --storage-opt size=100m busybox sh -c "df -k / | tail -n 1 | awk '{print (\$2 > 80000 && \$2 <= 102400)}'"); check storage-opt-size 0 1 $? "$out"
+else
+  out=$(run --storage-opt size=100m busybox true 2>&1 >/dev/null | grep -c 'needs --isolation=vm'); check storage-opt-size-needs-vm 0 1 $? "$out"
+fi
 out=$(run no-such-image true 2>/dev/null); check unknown-image 125 "" $? "$out"
 out=$(run BAD:REF true 2>/dev/null); check bad-reference 125 "" $? "$out"
 out=$(run --bogus-flag busybox true 2>/dev/null); check unknown-flag 125 "" $? "$out"

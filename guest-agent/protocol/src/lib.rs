@@ -20,4 +20,4 @@ pub use frame::{FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN, encode_fram
 pub use messages::*;
 
 /// Version of this protocol. A peer with another version is refused in the hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

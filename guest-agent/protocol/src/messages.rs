@@ -403,6 +403,68 @@ pub struct ContainerSpec {
     /// Name servers for `/etc/resolv.conf`; empty leaves the image's file alone.
     #[serde(default)]
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// Mounts over the root filesystem, in order (a later one may sit inside an earlier
+    /// one).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// A mount in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path in the container, without `.` or `..` components. Missing
+    /// directories on the way are made; a symlink on the way is refused (the image is
+    /// untrusted: it would send the mount outside the container).
+    pub target: String,
+    /// What is mounted.
+    pub source: MountSource,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MountSource {
+    /// A fresh tmpfs (`nosuid,nodev`), lost with the container.
+    Tmpfs {
+        /// `size=`, bytes; the kernel's default (half of RAM) when absent.
+        size: Option<u64>,
+        /// `mode=` of its root, octal bits (default 01777, Docker's).
+        mode: Option<u32>,
+        /// `noexec` (Docker's `--tmpfs` default).
+        #[serde(default)]
+        noexec: bool,
+    },
+    /// A bind mount of a path the agent sees (a file or directory).
+    Bind {
+        /// Absolute path in the agent's filesystem.
+        path: String,
+    },
+}
+
+/// Largest number of mounts a container may ask for.
+pub const MAX_MOUNTS: usize = 128;
+
+/// Checks a mount target: an absolute path of normal components (no `.`, `..`, empty
+/// or NUL-bearing ones) that is not `/` itself, at most 4096 bytes.
+pub fn validate_mount_target(target: &str) -> Result<(), AgentError> {
+    let ok = target.starts_with('/')
+        && target.len() <= 4096
+        && !target.contains('\0')
+        && target.split('/').skip(1).all(|c| !matches!(c, "." | ".."))
+        && target.split('/').any(|c| !c.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "Invalid mount target {target:?}: use an absolute path in the container, other than /, without . or .. components"
+            ),
+        ))
+    }
 }
 
 /// An IPv4 interface configuration.
@@ -486,7 +548,17 @@ pub enum WritableLayer {
         /// The directory; `upper` and `work` are made inside it.
         path: String,
     },
-    /// No writable layer: the root filesystem is read-only.
+    /// An overlay upper layer on a block device holding a filesystem (empty, or the
+    /// container's earlier writes; the agent never formats it); `upper` and `work` are
+    /// made at its root.
+    Disk {
+        /// The device, e.g. `/dev/vdb`.
+        device: String,
+        /// Its filesystem: `ext4`.
+        fstype: String,
+    },
+    /// No writable layer: the root filesystem is read-only (mount points the
+    /// container needs are made in a small tmpfs layer first, as Docker does).
     ReadOnly,
 }
 
@@ -659,6 +731,43 @@ impl ContainerSpec {
                 self.rootfs.source
             ));
         }
+        if let WritableLayer::Disk { device, fstype } = &self.rootfs.writable {
+            if !device.starts_with("/dev/") || device.contains('\0') || device.contains("..") {
+                return bad(format!(
+                    "Writable layer device {device:?} is not a path under /dev"
+                ));
+            }
+            if fstype != "ext4" {
+                return bad(format!(
+                    "Unsupported writable layer filesystem {fstype:?} (use ext4)"
+                ));
+            }
+        }
+        if self.mounts.len() > MAX_MOUNTS {
+            return bad(format!("More than {MAX_MOUNTS} mounts"));
+        }
+        for m in &self.mounts {
+            validate_mount_target(&m.target)?;
+            match &m.source {
+                MountSource::Tmpfs { mode, .. } => {
+                    if mode.is_some_and(|m| m > 0o7777) {
+                        return bad(format!(
+                            "Invalid tmpfs mode {:o} for {}",
+                            mode.unwrap_or_default(),
+                            m.target
+                        ));
+                    }
+                }
+                MountSource::Bind { path } => {
+                    if !path.starts_with('/') || path.contains('\0') {
+                        return bad(format!(
+                            "Bind source {path:?} for {} is not an absolute path",
+                            m.target
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(h) = &self.hostname {
             let ok = !h.is_empty()
                 && h.len() <= 64
@@ -758,6 +867,7 @@ mod tests {
             interfaces: Vec::new(),
             hosts: Vec::new(),
             dns: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 
@@ -985,5 +1095,79 @@ mod tests {
         assert_eq!(ErrorCode::CommandNotExecutable.docker_exit_code(), 126);
         assert_eq!(ErrorCode::NotFound.docker_exit_code(), 125);
         assert_eq!(ExitStatus::signalled(9).code, 137);
+    }
+
+    /// A hostile client (or a bug) asks for mounts that climb out of the container, sit
+    /// on its root or point the writable layer at a host file: refused before anything
+    /// is mounted.
+    #[test]
+    fn hostile_mounts_and_writable_layers_are_refused() {
+        for target in [
+            "",
+            "/",
+            "//",
+            "rel",
+            "/a/../../etc",
+            "/a/./b",
+            "/..",
+            "/a\0b",
+        ] {
+            let mut s = spec();
+            s.mounts.push(Mount {
+                target: target.into(),
+                source: MountSource::Tmpfs {
+                    size: None,
+                    mode: None,
+                    noexec: false,
+                },
+                readonly: false,
+            });
+            let err = s.validate().unwrap_err();
+            assert!(
+                err.message.contains("Invalid mount target"),
+                "{target:?}: {err:?}"
+            );
+        }
+        let mut s = spec();
+        s.mounts.push(Mount {
+            target: "/data/x".into(),
+            source: MountSource::Bind {
+                path: "relative".into(),
+            },
+            readonly: true,
+        });
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.mounts.push(Mount {
+            target: "/tmp".into(),
+            source: MountSource::Tmpfs {
+                size: Some(1 << 20),
+                mode: Some(0o1777),
+                noexec: true,
+            },
+            readonly: false,
+        });
+        s.validate().unwrap();
+        for device in ["/etc/passwd", "/dev/../etc/passwd", "vdb"] {
+            let mut s = spec();
+            s.rootfs.writable = WritableLayer::Disk {
+                device: device.into(),
+                fstype: "ext4".into(),
+            };
+            assert!(s.validate().is_err(), "{device}");
+        }
+        let mut s = spec();
+        s.mounts = (0..=MAX_MOUNTS)
+            .map(|i| Mount {
+                target: format!("/m{i}"),
+                source: MountSource::Tmpfs {
+                    size: None,
+                    mode: None,
+                    noexec: false,
+                },
+                readonly: false,
+            })
+            .collect();
+        assert!(s.validate().is_err());
     }
 }

@@ -59,6 +59,15 @@ pub struct RunOptions {
     /// `--guest-console`: keep the microVM's console in `console.log`.
     #[serde(default)]
     pub guest_console: bool,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--tmpfs` (and, later, volumes): mounts in the container, parents first.
+    #[serde(default)]
+    pub mounts: Vec<arca_protocol::Mount>,
+    /// `--storage-opt size=`: the writable layer's size in bytes (microVMs).
+    #[serde(default)]
+    pub storage_size: Option<u64>,
 }
 
 impl RunOptions {

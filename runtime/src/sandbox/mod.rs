@@ -25,6 +25,7 @@ use crate::error::{RunError, io_err};
 use crate::error_chain;
 use crate::guest;
 use crate::image::store::{Image, Store};
+use crate::storage;
 use network::Attachment;
 
 /// How long a sandbox has to boot until its agent answers.
@@ -166,21 +167,34 @@ impl<'a> Sandbox<'a> {
     pub fn container_spec(
         &self,
         state: &Path,
+        dir: &Path,
         id: &str,
         image: &Image,
         opts: &RunOptions,
         process: ProcessSpec,
     ) -> ContainerSpec {
+        // The writable layer is on host disk: a directory of the container's with
+        // process isolation, the guest's second disk (see `vmm_command`) in a microVM.
+        let writable = match self.isolation {
+            _ if opts.read_only => WritableLayer::ReadOnly,
+            Isolation::Process => WritableLayer::Dir {
+                path: storage::layer_dir(dir).display().to_string(),
+            },
+            Isolation::Vm => WritableLayer::Disk {
+                device: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+            },
+        };
         let rootfs = match self.isolation {
             Isolation::Process => Rootfs {
                 source: image.rootfs.display().to_string(),
                 fstype: "dir".into(),
-                writable: WritableLayer::Tmpfs,
+                writable,
             },
             Isolation::Vm => Rootfs {
                 source: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                writable: WritableLayer::Tmpfs,
+                writable,
             },
         };
         ContainerSpec {
@@ -194,6 +208,7 @@ impl<'a> Sandbox<'a> {
             interfaces: self.network.interfaces(),
             hosts: self.network.hosts(state, id),
             dns: self.network.dns(),
+            mounts: opts.mounts.clone(),
         }
     }
 
@@ -295,7 +310,8 @@ fn program(isolation: Isolation) -> &'static str {
 }
 
 /// The VMM's command line: the guest kernel, the agent initramfs, the image's disk
-/// read-only, the vsock socket at `uds`, the TAP of its network link, and a console
+/// read-only, the container's writable layer (unless its root is read-only), the vsock
+/// socket at `uds`, the TAP of its network link, and a console
 /// only when asked for (the guest's to fill, capped by the VMM).
 fn vmm_command(
     state: &Path,
@@ -325,8 +341,12 @@ fn vmm_command(
         ])
         .args(["--cmdline", "quiet"])
         .arg("--disk")
-        .arg(format!("{},ro", disk.display()))
-        .arg("--vsock")
+        .arg(format!("{},ro", disk.display()));
+    if !opts.read_only {
+        let size = opts.storage_size.unwrap_or(storage::DEFAULT_LAYER_SIZE);
+        vmm.arg("--disk").arg(storage::layer_image(dir, size)?);
+    }
+    vmm.arg("--vsock")
         .arg(format!("cid=3,uds={}", uds.display()))
         .arg("--console")
         .arg(if opts.guest_console {

@@ -62,6 +62,7 @@ impl Env {
             interfaces: Vec::new(),
             hosts: Vec::new(),
             dns: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 
