@@ -590,7 +590,7 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
                 )
             })?
             .is_file(),
-        MountSource::Tmpfs { .. } => false,
+        MountSource::Tmpfs { .. } | MountSource::Virtiofs { .. } => false,
     };
     let parts: Vec<&str> = m.target.split('/').filter(|c| !c.is_empty()).collect();
     let mut dir = rustix::fs::open(
@@ -672,6 +672,14 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
             }
             rustix::mount::mount("tmpfs", &target, "tmpfs", flags, Some(opts.as_c_str()))
                 .map_err(|e| mount_err("tmpfs", &target, e))?;
+        }
+        MountSource::Virtiofs { tag } => {
+            let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+            if m.readonly {
+                flags |= MountFlags::RDONLY;
+            }
+            rustix::mount::mount(tag.as_str(), &target, "virtiofs", flags, None)
+                .map_err(|e| mount_err(&format!("virtio-fs {tag}"), &target, e))?;
         }
         MountSource::Bind { path } => {
             rustix::mount::mount_bind_recursive(path.as_str(), &target)

@@ -11,6 +11,7 @@ use crate::image::pull::PullError;
 use crate::image::store::StoreError;
 use crate::network::NetworkError;
 use crate::storage::StorageError;
+use crate::volume::VolumeError;
 
 /// Errors of container commands. All map to exit code 125 except the container's own
 /// 126/127.
@@ -60,6 +61,9 @@ pub enum RunError {
     /// A storage option was bad, or the writable layer could not be made.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A volume or mount could not be made.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// The sandbox process (VMM or host agent) ended before its agent answered.
     #[error("{program} ended before the container's agent answered ({status}): {output}")]
     SandboxFailed {

@@ -12,6 +12,8 @@
 //! - [`ports`]: `-p` listeners that forward connections through the agent.
 //! - [`container`]: container records (one module per concern: host process identity,
 //!   the record, what `run` was asked, the lifecycle commands, what users read).
+//! - [`volume`]: volumes (`arca volume`, `-v NAME:/path`), filled from images, kept
+//!   apart from containers.
 //! - [`network`]: networks (`arca network`), address leases, bridges and nftables rules.
 //! - [`error`]: [`RunError`], what container commands fail with, and Docker's exit code
 //!   for each.
@@ -37,6 +39,7 @@ pub mod sandbox;
 pub mod state;
 pub mod storage;
 pub mod terminal;
+pub mod volume;
 
 pub use error::RunError;
 
@@ -45,6 +48,29 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC (`2026-12-06T01:02:03Z`), as Docker
+/// writes times in `inspect`.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `err` and its sources, joined with ": ".
@@ -85,7 +111,14 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, rfc3339};
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_526_123), "2026-12-06T03:02:03Z");
+    }
 
     #[test]
     fn sizes_parse_as_docker_writes_them() {

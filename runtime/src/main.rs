@@ -13,7 +13,7 @@ use arca_runtime::container::{Isolation, RunOptions, find, lifecycle, view};
 use arca_runtime::image::store::Store;
 use arca_runtime::logs::LogOptions;
 use arca_runtime::run::{self, run};
-use arca_runtime::{error_chain, network, state};
+use arca_runtime::{error_chain, network, state, volume};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -126,6 +126,9 @@ enum Cmd {
         /// Kill running ones first.
         #[arg(short, long)]
         force: bool,
+        /// Remove their anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
         /// The containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -159,6 +162,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Manage volumes.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCmd,
+    },
     /// Manage networks.
     Network {
         #[command(subcommand)]
@@ -186,6 +194,59 @@ enum Cmd {
     Monitor {
         /// The container.
         id: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum VolumeCmd {
+    /// Create a volume (a name is made up when none is given); prints its name.
+    Create {
+        /// Volume driver: local only.
+        #[arg(short, long)]
+        driver: Option<String>,
+        /// Driver options (refused: Arca's volumes are directories).
+        #[arg(short, long = "opt")]
+        opt: Vec<String>,
+        /// Metadata: KEY=VALUE.
+        #[arg(long)]
+        label: Vec<String>,
+        /// Its name.
+        name: Option<String>,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: dangling=true|false, name=TEXT, label=KEY[=VALUE].
+        #[arg(short, long)]
+        filter: Vec<String>,
+    },
+    /// Show volumes as JSON.
+    Inspect {
+        /// The volumes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes (refused while a container uses them).
+    #[command(alias = "remove")]
+    Rm {
+        /// No error for a volume that does not exist.
+        #[arg(short, long)]
+        force: bool,
+        /// The volumes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove the anonymous volumes no container uses (all unused ones with -a).
+    Prune {
+        /// Named volumes too.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not ask.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -284,6 +345,16 @@ struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     read_only: bool,
+    /// Bind a host path or mount a volume: [SOURCE:]DEST[:OPTIONS] (SOURCE a host path
+    /// or a volume name; DEST alone is an anonymous volume; OPTIONS ro, rw, nocopy).
+    #[arg(short = 'v', long = "volume")]
+    volume: Vec<String>,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=..,target=..[,readonly].
+    #[arg(long)]
+    mount: Vec<String>,
+    /// Mount the volumes and bind mounts of another container: NAME[:ro|rw].
+    #[arg(long = "volumes-from")]
+    volumes_from: Vec<String>,
     /// Mount a tmpfs: PATH[:OPTIONS] (rw, ro, size=SIZE, mode=OCTAL, exec, noexec; noexec
     /// by default, as Docker).
     #[arg(long)]
@@ -383,6 +454,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Cmd::Network { command } => network_command(&state, command),
+        Cmd::Volume { command } => volume_command(&state, command),
         Cmd::Attach { container } => {
             arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
         }
@@ -408,9 +480,19 @@ fn main() -> ExitCode {
         }
         Cmd::Rm {
             force,
+            volumes,
             containers: names,
         } => {
-            let code = each(&names, |n| lifecycle::rm(&state, n, force));
+            let code = each(&names, |n| {
+                let anonymous = find(&state, n)
+                    .map(|(_, r)| volume::anonymous_of(&r.mounts))
+                    .unwrap_or_default();
+                lifecycle::rm(&state, n, force)?;
+                if volumes {
+                    volume::remove_anonymous(&state, &anonymous);
+                }
+                Ok::<(), arca_runtime::RunError>(())
+            });
             lifecycle::reap_crashed(&state);
             network::reconcile(&state);
             code
@@ -541,13 +623,8 @@ fn main() -> ExitCode {
                 env.extend(env_file(f)?);
             }
             env.extend(a.env.iter().cloned());
-            let mut mounts = a
-                .tmpfs
-                .iter()
-                .map(|t| arca_runtime::storage::parse_tmpfs(t))
-                .collect::<Result<Vec<_>, _>>()
+            let mounts = arca_runtime::storage::parse_mount_flags(&a.volume, &a.mount, &a.tmpfs)
                 .map_err(|e| e.to_string())?;
-            arca_runtime::storage::order_mounts(&mut mounts).map_err(|e| e.to_string())?;
             let storage_size = arca_runtime::storage::parse_storage_opts(&a.storage_opt)
                 .map_err(|e| e.to_string())?;
             if storage_size.is_some() && a.isolation == Isolation::Process {
@@ -556,6 +633,7 @@ fn main() -> ExitCode {
             let opts = RunOptions {
                 read_only: a.read_only,
                 mounts,
+                volumes_from: a.volumes_from,
                 storage_size,
                 image: a.image,
                 args: a.command,
@@ -683,4 +761,166 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
             Ok(if failed { 1 } else { 0 })
         }
     }
+}
+
+fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, String> {
+    use std::collections::BTreeMap;
+    // As Docker's: errors of `volume` commands exit with 1 (bad flags with 125).
+    let fail = |e: &dyn std::error::Error| {
+        eprintln!("arca: {}", chain(e));
+        Ok(1)
+    };
+    match command {
+        VolumeCmd::Create {
+            driver,
+            opt,
+            label,
+            name,
+        } => {
+            let labels = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect::<BTreeMap<_, _>>();
+            let made = volume::check_create_options(driver.as_deref(), &opt).and_then(|()| {
+                let name = name.unwrap_or_else(volume::anonymous_name);
+                volume::validate_name(&name)?;
+                let lock = volume::lock(state)?;
+                volume::ensure(state, &lock, &name, labels, false)
+            });
+            match made {
+                Ok((v, _)) => {
+                    println!("{}", v.name);
+                    Ok(0)
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        VolumeCmd::Ls { quiet, filter } => {
+            let mut volumes = match volume::list(state) {
+                Ok(v) => v,
+                Err(e) => return fail(&e),
+            };
+            for f in &filter {
+                let (key, value) = f.split_once('=').unwrap_or((f, ""));
+                match key {
+                    "dangling" => {
+                        let want = matches!(value, "true" | "1");
+                        if !matches!(value, "true" | "1" | "false" | "0") {
+                            return Err(format!("invalid filter 'dangling={value}'"));
+                        }
+                        volumes.retain(|v| volume::users(state, &v.name).is_empty() == want);
+                    }
+                    "name" => volumes.retain(|v| v.name.contains(value)),
+                    "label" => {
+                        let (k, val) = value
+                            .split_once('=')
+                            .map_or((value, None), |(k, v)| (k, Some(v)));
+                        volumes.retain(|v| {
+                            v.labels
+                                .get(k)
+                                .is_some_and(|x| val.is_none_or(|want| x == want))
+                        });
+                    }
+                    _ => {
+                        return Err(format!(
+                            "invalid filter '{key}' (Arca takes dangling, name, label)"
+                        ));
+                    }
+                }
+            }
+            if !quiet {
+                println!("{:<10}VOLUME NAME", "DRIVER");
+            }
+            for v in volumes {
+                if quiet {
+                    println!("{}", v.name);
+                } else {
+                    println!("{:<10}{}", "local", v.name);
+                }
+            }
+            Ok(0)
+        }
+        VolumeCmd::Inspect { names } => {
+            let mut found = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match volume::get(state, n) {
+                    Ok(v) => found.push(volume::inspect_json(state, &v)),
+                    Err(e) => {
+                        eprintln!("arca: {}", chain(&e));
+                        failed = true;
+                    }
+                }
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+            );
+            Ok(if failed { 1 } else { 0 })
+        }
+        VolumeCmd::Rm { force, names } => each(&names, |n| match volume::remove(state, n) {
+            Err(volume::VolumeError::NotFound(_)) if force => Ok(()),
+            other => other,
+        }),
+        VolumeCmd::Prune { all, force } => {
+            if !force {
+                let what = if all {
+                    "all local volumes not used by at least one container"
+                } else {
+                    "anonymous local volumes not used by at least one container"
+                };
+                eprint!(
+                    "WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] "
+                );
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Ok(0);
+                }
+            }
+            match volume::prune(state, all) {
+                Ok((names, freed)) => {
+                    if !names.is_empty() {
+                        println!("Deleted Volumes:");
+                        for n in names {
+                            println!("{n}");
+                        }
+                        println!();
+                    }
+                    println!("Total reclaimed space: {}", human_size(freed));
+                    Ok(0)
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+/// Bytes as Docker prints reclaimed space: `0B`, `1.5kB`, `12.35MB` (powers of 1000,
+/// 4 significant digits).
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit + 1 < units.len() {
+        size /= 1000.0;
+        unit += 1;
+    }
+    let decimals = if size >= 100.0 {
+        1
+    } else if size >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let text = format!("{size:.decimals$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{}", units[unit])
 }

@@ -30,6 +30,7 @@ use crate::network;
 use crate::ports::{self, Forwarders};
 use crate::sandbox::Sandbox;
 use crate::terminal::{InputEnd, Session, copy_to};
+use crate::volume;
 use crate::{error_chain, now};
 
 fn random_id() -> String {
@@ -98,7 +99,7 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
             io_err(format!("create {}", dir.display()))(e)
         });
     }
-    let record = ContainerRecord {
+    let mut record = ContainerRecord {
         id: id.clone(),
         image: opts.image.clone(),
         image_id: image.id.clone(),
@@ -118,16 +119,38 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         network: None,
         ip: None,
         ports: Vec::new(),
+        mounts: Vec::new(),
     };
-    record.save(&dir)?;
+    // Its volumes are made and named in its record under the volumes' lock: a
+    // `volume rm` sees them in use from then on.
+    let claimed = volume::lock(state).and_then(|lock| {
+        record.mounts = volume::resolve(state, &lock, &image, &opts.mounts, &opts.volumes_from)?;
+        record
+            .save(&dir)
+            .map_err(|e| volume::VolumeError::Mount(e.to_string()))
+    });
+    if let Err(e) = claimed {
+        discard(state, &dir);
+        return Err(e.into());
+    }
     if opts.detach {
         return detach(state, &dir, opts, &id);
     }
     let result = supervise(state, opts, &dir, record, Output::Terminal);
     if result.is_err() || opts.rm {
-        let _ = std::fs::remove_dir_all(&dir);
+        discard(state, &dir);
     }
     result
+}
+
+/// Removes a container's directory and the anonymous volumes made for it (a failed
+/// run, or one with `--rm`).
+fn discard(state: &Path, dir: &Path) {
+    let anonymous = ContainerRecord::load(dir)
+        .map(|r| volume::anonymous_of(&r.mounts))
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir_all(dir);
+    volume::remove_anonymous(state, &anonymous);
 }
 
 /// Starts `arca __monitor` for a detached container and waits until the container runs.
@@ -150,7 +173,7 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
     let mut monitor = match monitor {
         Ok(m) => m,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(dir);
+            discard(state, dir);
             return Err(io_err("start the container monitor")(e));
         }
     };
@@ -168,7 +191,7 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
                     .map(|r| (r.exit_code.unwrap_or(125), r.error.unwrap_or_default()))
                     .unwrap_or((125, String::new()));
                 let _ = monitor.wait();
-                let _ = std::fs::remove_dir_all(dir);
+                discard(state, dir);
                 let code = if matches!(code, 126 | 127) { code } else { 125 };
                 return Err(RunError::Failed { code, message });
             }
@@ -179,14 +202,14 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
                 // It ran and ended already (and, with --rm, is gone).
                 break;
             }
-            let _ = std::fs::remove_dir_all(dir);
+            discard(state, dir);
             return Err(RunError::Invalid(format!(
                 "The container monitor ended early ({status})"
             )));
         }
         if std::time::Instant::now() > deadline {
             let _ = monitor.kill();
-            let _ = std::fs::remove_dir_all(dir);
+            discard(state, dir);
             return Err(RunError::Invalid(
                 "The container did not start within 120 s".into(),
             ));
@@ -215,7 +238,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
         let _ = r.save(&dir);
     }
     if opts.rm && ContainerRecord::load(&dir).is_ok_and(|r| r.error.is_none()) {
-        let _ = std::fs::remove_dir_all(&dir);
+        discard(state, &dir);
     }
     result
 }
@@ -247,7 +270,7 @@ fn supervise(
     let id = id.as_str();
     // Host ports first: one in use fails the run before anything starts.
     let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;
-    let mut sandbox = Sandbox::launch(state, &store, &image, opts, dir, id)?;
+    let mut sandbox = Sandbox::launch(state, &store, &image, opts, &record.mounts, dir, id)?;
     let (pid, started) = sandbox.pid();
     (record.sandbox_pid, record.sandbox_start) = (Some(pid), started);
     record.save(dir)?;

@@ -1,6 +1,7 @@
 //! A container's storage besides its image: the writable layer on host disk (a sparse
-//! ext4 image per microVM container, a directory per host container), `--tmpfs`
-//! mounts and `--storage-opt`.
+//! ext4 image per microVM container, a directory per host container), the mounts a
+//! user asks for (`-v`, `--mount`, `--tmpfs`, Docker's syntax and rules) and
+//! `--storage-opt`.
 //!
 //! The image's disk is read-only and shared by every container of the image; what a
 //! container writes goes to its own layer, which lives in its state directory and goes
@@ -9,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use arca_protocol::{Mount, MountSource};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The writable layer's size when `--storage-opt size=` does not say (sparse: only
@@ -80,9 +81,342 @@ pub fn parse_storage_opts(opts: &[String]) -> Result<Option<u64>, StorageError> 
     Ok(size)
 }
 
+/// A mount as the user asked for it (`-v`, `--mount`, `--tmpfs`), before volumes are
+/// made and sources checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRequest {
+    /// Absolute path in the container (checked: no `.` or `..`, not `/`).
+    pub target: String,
+    /// What goes there.
+    pub kind: RequestKind,
+    /// Read-only.
+    pub readonly: bool,
+}
+
+/// What a [`MountRequest`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RequestKind {
+    /// A host path (absolute; relative ones are resolved against the working
+    /// directory, as the docker CLI does).
+    Bind {
+        /// The host path.
+        source: PathBuf,
+        /// Made (a directory) when missing: `-v`'s rule; `--mount` refuses instead.
+        create: bool,
+    },
+    /// A volume: named, or anonymous (a new one for this container) when `None`.
+    Volume {
+        /// Its name.
+        name: Option<String>,
+        /// Do not fill a new volume from the image.
+        nocopy: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs(TmpfsOptions),
+}
+
+/// A tmpfs mount's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TmpfsOptions {
+    /// Bytes; the kernel's default (half of RAM) when absent.
+    pub size: Option<u64>,
+    /// Octal mode of its root (01777 when absent).
+    pub mode: Option<u32>,
+    /// `noexec` (the default, as Docker's).
+    pub noexec: bool,
+}
+
+/// A mount of a container as it was made, in its record (what `inspect` shows as
+/// `Mounts`, Docker's field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: MountType,
+    /// The volume's name.
+    #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The host path (a volume's `_data`; empty for a tmpfs).
+    #[serde(rename = "Source")]
+    pub source: PathBuf,
+    /// Path in the container.
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    /// Writable.
+    #[serde(rename = "RW")]
+    pub rw: bool,
+    /// A tmpfs's options.
+    #[serde(rename = "Tmpfs", default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsOptions>,
+    /// An anonymous volume (goes with the container under `run --rm` and `rm -v`).
+    #[serde(
+        rename = "Anonymous",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub anonymous: bool,
+}
+
+/// The kinds of [`MountPoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A host path.
+    Bind,
+    /// A volume.
+    Volume,
+    /// A tmpfs.
+    Tmpfs,
+}
+
+fn check_target(target: &str, bad: &dyn Fn(String) -> StorageError) -> Result<(), StorageError> {
+    if target == "/" {
+        return Err(bad("the destination cannot be '/'".into()));
+    }
+    if !target.starts_with('/') {
+        return Err(bad(format!(
+            "mount path {target:?} must be absolute (a path in the container)"
+        )));
+    }
+    arca_protocol::validate_mount_target(target).map_err(|e| bad(e.message))
+}
+
+/// A host path from the command line: relative ones (`.`, `./src`, `../x`) against the
+/// working directory, as the docker CLI does; `.` and `..` are resolved lexically.
+fn host_path(text: &str) -> Result<PathBuf, String> {
+    let mut path = if text.starts_with('/') {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().map_err(|e| format!("cannot resolve {text:?}: {e}"))?
+    };
+    for part in text.split('/').filter(|c| !c.is_empty()) {
+        match part {
+            "." => {}
+            ".." => {
+                path.pop();
+            }
+            p => path.push(p),
+        }
+    }
+    Ok(path)
+}
+
+/// `-v`/`--volume`, Docker's syntax: `DEST` (an anonymous volume), `SRC:DEST[:OPTIONS]`
+/// where `SRC` is a host path (absolute, or relative starting with `.`) or a volume
+/// name. Options, comma-separated: `ro`, `rw`, `nocopy` (volumes), `z`/`Z` (SELinux
+/// labels: this host has none, so no effect, as Docker without SELinux),
+/// `rprivate`/`private` (the propagation Arca mounts have); other propagations are
+/// refused.
+pub fn parse_volume(text: &str) -> Result<MountRequest, StorageError> {
+    let bad = |why: String| {
+        StorageError::Invalid(format!("invalid volume specification: '{text}': {why}"))
+    };
+    let parts: Vec<&str> = text.split(':').collect();
+    let is_mode = |m: &str| m.split(',').all(mode_word);
+    let (source, target, mode) = match parts.as_slice() {
+        [t] => (None, *t, ""),
+        [t, m] if is_mode(m) && t.starts_with('/') => (None, *t, *m),
+        [s, t] => (Some(*s), *t, ""),
+        [s, t, m] => (Some(*s), *t, *m),
+        _ => return Err(bad("too many colons (use SOURCE:DEST[:OPTIONS])".into())),
+    };
+    check_target(target, &bad)?;
+    let (mut readonly, mut nocopy) = (false, false);
+    for m in mode.split(',').filter(|m| !m.is_empty()) {
+        match m {
+            "ro" => readonly = true,
+            "rw" => readonly = false,
+            "nocopy" => nocopy = true,
+            m if mode_word(m) => {}
+            _ if matches!(m, "shared" | "rshared" | "slave" | "rslave") => {
+                return Err(bad(format!(
+                    "propagation {m:?} is not supported: Arca's mounts are rprivate"
+                )));
+            }
+            _ => return Err(bad(format!("invalid mode {m:?}"))),
+        }
+    }
+    let kind = match source {
+        Some("") => return Err(bad("empty source".into())),
+        Some(s) if s.starts_with('/') || s.starts_with('.') => {
+            if nocopy {
+                return Err(bad("nocopy applies to volumes, not host paths".into()));
+            }
+            RequestKind::Bind {
+                source: host_path(s).map_err(bad)?,
+                create: true,
+            }
+        }
+        Some(name) => {
+            crate::volume::validate_name(name).map_err(|e| bad(e.to_string()))?;
+            RequestKind::Volume {
+                name: Some(name.to_string()),
+                nocopy,
+            }
+        }
+        None => RequestKind::Volume { name: None, nocopy },
+    };
+    Ok(MountRequest {
+        target: target.to_string(),
+        kind,
+        readonly,
+    })
+}
+
+/// Mode words `-v` takes besides `ro`/`rw`/`nocopy`: SELinux labels (no SELinux
+/// here), consistency hints (ignored on Linux, by Docker too), the default propagation.
+fn mode_word(m: &str) -> bool {
+    matches!(
+        m,
+        "ro" | "rw"
+            | "nocopy"
+            | "z"
+            | "Z"
+            | "rprivate"
+            | "private"
+            | "consistent"
+            | "cached"
+            | "delegated"
+    )
+}
+
+/// `--mount KEY=VALUE,...`, Docker's keys: `type` (`bind`, `volume` (default),
+/// `tmpfs`), `source`/`src`, `target`/`destination`/`dst`, `readonly`/`ro`[`=BOOL`],
+/// `volume-nocopy`, `tmpfs-size`, `tmpfs-mode`, `bind-propagation=rprivate`,
+/// `consistency` (ignored on Linux, as by Docker). A missing bind source is an error
+/// (unlike `-v`). Other keys (`volume-driver` other than local, `volume-opt`,
+/// `volume-subpath`, ...) are refused by name.
+pub fn parse_mount<'a>(text: &'a str) -> Result<MountRequest, StorageError> {
+    let bad = |why: String| {
+        StorageError::Invalid(format!(
+            "invalid argument {text:?} for \"--mount\" flag: {why}"
+        ))
+    };
+    let (mut kind, mut source, mut target) = ("volume", None, None);
+    let (mut readonly, mut nocopy) = (false, false);
+    let mut tmpfs = TmpfsOptions {
+        size: None,
+        mode: None,
+        noexec: true,
+    };
+    let mut seen_kind_keys: Vec<&str> = Vec::new();
+    let boolean = |key: &str, v: Option<&str>| match v {
+        None | Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(v) => Err(bad(format!(
+            "invalid value {v:?} for {key} (use true or false)"
+        ))),
+    };
+    for field in text.split(',') {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v)),
+            None => (field.trim(), None),
+        };
+        let need = |v: Option<&'a str>| -> Result<&'a str, StorageError> {
+            v.filter(|v| !v.is_empty())
+                .ok_or_else(|| bad(format!("invalid field '{field}' must be a key=value pair")))
+        };
+        match key {
+            "type" => kind = need(value)?,
+            "source" | "src" => source = Some(need(value)?),
+            "target" | "destination" | "dst" => target = Some(need(value)?),
+            "readonly" | "ro" => readonly = boolean(key, value)?,
+            "consistency" => {
+                need(value)?;
+            }
+            "bind-propagation" => {
+                seen_kind_keys.push("bind");
+                let v = need(value)?;
+                if !matches!(v, "rprivate" | "private") {
+                    return Err(bad(format!(
+                        "bind-propagation {v:?} is not supported: Arca's mounts are rprivate"
+                    )));
+                }
+            }
+            "volume-nocopy" => {
+                seen_kind_keys.push("volume");
+                nocopy = boolean(key, value)?;
+            }
+            "volume-driver" => {
+                seen_kind_keys.push("volume");
+                let v = need(value)?;
+                if v != "local" {
+                    return Err(bad(format!(
+                        "volume driver {v:?} is not supported: Arca has the local driver only"
+                    )));
+                }
+            }
+            "tmpfs-size" => {
+                seen_kind_keys.push("tmpfs");
+                let v = need(value)?;
+                tmpfs.size = Some(
+                    crate::parse_size(v).ok_or_else(|| bad(format!("invalid tmpfs-size {v:?}")))?,
+                );
+            }
+            "tmpfs-mode" => {
+                seen_kind_keys.push("tmpfs");
+                let v = need(value)?;
+                tmpfs.mode = Some(
+                    u32::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|&m| m <= 0o7777)
+                        .ok_or_else(|| bad(format!("invalid tmpfs-mode {v:?} (use octal)")))?,
+                );
+            }
+            "" => return Err(bad("empty field".into())),
+            other => {
+                return Err(bad(format!(
+                    "unsupported field {other:?} (Arca takes type, source, target, readonly, volume-nocopy, volume-driver=local, tmpfs-size, tmpfs-mode, bind-propagation=rprivate, consistency)"
+                )));
+            }
+        }
+    }
+    let target = target.ok_or_else(|| bad("target is required".into()))?;
+    check_target(target, &bad)?;
+    if let Some(k) = seen_kind_keys.iter().find(|k| **k != kind) {
+        return Err(bad(format!("{k}-* options do not apply to type={kind}")));
+    }
+    let kind = match kind {
+        "bind" => {
+            let s = source.ok_or_else(|| bad("source is required for a bind mount".into()))?;
+            RequestKind::Bind {
+                source: host_path(s).map_err(bad)?,
+                create: false,
+            }
+        }
+        "volume" => {
+            if let Some(name) = source {
+                crate::volume::validate_name(name).map_err(|e| bad(e.to_string()))?;
+            }
+            RequestKind::Volume {
+                name: source.map(String::from),
+                nocopy,
+            }
+        }
+        "tmpfs" => {
+            if source.is_some() {
+                return Err(bad("a tmpfs mount takes no source".into()));
+            }
+            RequestKind::Tmpfs(tmpfs)
+        }
+        other => {
+            return Err(bad(format!(
+                "mount type {other:?} is not supported (use bind, volume or tmpfs)"
+            )));
+        }
+    };
+    Ok(MountRequest {
+        target: target.to_string(),
+        kind,
+        readonly,
+    })
+}
+
 /// `--tmpfs PATH[:OPTIONS]`, Docker's syntax: options `rw`, `ro`, `size=SIZE`,
 /// `mode=OCTAL`, `exec`, `noexec` (the default), `nosuid`, `nodev` (always on).
-pub fn parse_tmpfs(text: &str) -> Result<Mount, StorageError> {
+pub fn parse_tmpfs(text: &str) -> Result<MountRequest, StorageError> {
     let bad = |why: String| StorageError::Invalid(format!("invalid --tmpfs {text:?}: {why}"));
     let (target, options) = text.split_once(':').unwrap_or((text, ""));
     arca_protocol::validate_mount_target(target).map_err(|e| bad(e.message))?;
@@ -116,23 +450,42 @@ pub fn parse_tmpfs(text: &str) -> Result<Mount, StorageError> {
             }
         }
     }
-    Ok(Mount {
+    Ok(MountRequest {
         target: target.to_string(),
-        source: MountSource::Tmpfs { size, mode, noexec },
+        kind: RequestKind::Tmpfs(TmpfsOptions { size, mode, noexec }),
         readonly,
     })
 }
 
+/// The mount flags of `run` (`-v`, `--mount`, `--tmpfs`), parsed.
+pub fn parse_mount_flags(
+    volumes: &[String],
+    mounts: &[String],
+    tmpfs: &[String],
+) -> Result<Vec<MountRequest>, StorageError> {
+    let mut out = Vec::new();
+    for v in volumes {
+        out.push(parse_volume(v)?);
+    }
+    for m in mounts {
+        out.push(parse_mount(m)?);
+    }
+    for t in tmpfs {
+        out.push(parse_tmpfs(t)?);
+    }
+    Ok(out)
+}
+
 /// Orders mounts so that one inside another comes after it (Docker sorts them by
 /// depth), keeping the given order otherwise; the same target twice is refused.
-pub fn order_mounts(mounts: &mut [Mount]) -> Result<(), StorageError> {
-    let depth = |m: &Mount| m.target.split('/').filter(|c| !c.is_empty()).count();
+pub fn order_mounts(mounts: &mut [MountPoint]) -> Result<(), StorageError> {
+    let depth = |m: &MountPoint| m.destination.split('/').filter(|c| !c.is_empty()).count();
     mounts.sort_by_key(depth);
-    let norm = |m: &Mount| m.target.trim_end_matches('/').to_string();
+    let norm = |m: &MountPoint| m.destination.trim_end_matches('/').to_string();
     for (i, m) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|o| norm(o) == norm(m)) {
             return Err(StorageError::Invalid(format!(
-                "duplicate mount point: {}",
+                "Duplicate mount point: {}",
                 norm(m)
             )));
         }
@@ -186,13 +539,20 @@ pub fn layer_dir(dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn tmpfs(m: &MountRequest) -> TmpfsOptions {
+        match m.kind {
+            RequestKind::Tmpfs(t) => t,
+            ref k => panic!("{k:?}"),
+        }
+    }
+
     #[test]
     fn tmpfs_takes_dockers_options_and_refuses_the_rest() {
         let m = parse_tmpfs("/run:size=64m,mode=755,exec").unwrap();
         assert_eq!(m.target, "/run");
         assert_eq!(
-            m.source,
-            MountSource::Tmpfs {
+            tmpfs(&m),
+            TmpfsOptions {
                 size: Some(64 << 20),
                 mode: Some(0o755),
                 noexec: false
@@ -200,8 +560,8 @@ mod tests {
         );
         let m = parse_tmpfs("/tmp").unwrap();
         assert_eq!(
-            m.source,
-            MountSource::Tmpfs {
+            tmpfs(&m),
+            TmpfsOptions {
                 size: None,
                 mode: None,
                 noexec: true
@@ -219,6 +579,119 @@ mod tests {
         ] {
             let err = parse_tmpfs(bad).unwrap_err().to_string();
             assert!(err.contains("invalid --tmpfs"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn volume_flags_follow_dockers_syntax() {
+        let m = parse_volume("/data").unwrap();
+        assert_eq!(
+            m.kind,
+            RequestKind::Volume {
+                name: None,
+                nocopy: false
+            }
+        );
+        let m = parse_volume("/data:ro").unwrap();
+        assert!(m.readonly && matches!(m.kind, RequestKind::Volume { name: None, .. }));
+        let m = parse_volume("cache:/root/.cache:nocopy").unwrap();
+        assert_eq!(
+            m.kind,
+            RequestKind::Volume {
+                name: Some("cache".into()),
+                nocopy: true
+            }
+        );
+        let m = parse_volume("/srv/src:/src:ro,z").unwrap();
+        assert!(m.readonly);
+        assert_eq!(
+            m.kind,
+            RequestKind::Bind {
+                source: "/srv/src".into(),
+                create: true
+            }
+        );
+        let m = parse_volume("./out/../out:/out").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            m.kind,
+            RequestKind::Bind {
+                source: cwd.join("out"),
+                create: true
+            }
+        );
+        // What a hostile or mistaken caller tries: targets that climb out, the root,
+        // relative targets, a volume name that is a path, propagation into the host.
+        for (bad, says) in [
+            ("/x:/a/../../etc", "Invalid mount target"),
+            ("/x:/", "cannot be '/'"),
+            ("/x:rel", "must be absolute"),
+            ("a/b:/data", "invalid characters"),
+            ("x:/data", "invalid characters"),
+            ("/x:/d:rshared", "propagation"),
+            ("/x:/d:rw,bogus", "invalid mode"),
+            ("/x:/d:nocopy", "nocopy applies to volumes"),
+            ("a:b:c:d", "too many colons"),
+            (":/d", "empty source"),
+        ] {
+            let err = parse_volume(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid volume specification"), "{bad}: {err}");
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn mount_flags_follow_dockers_keys() {
+        let m = parse_mount("type=bind,source=/srv,target=/srv,readonly").unwrap();
+        assert!(m.readonly);
+        assert_eq!(
+            m.kind,
+            RequestKind::Bind {
+                source: "/srv".into(),
+                create: false
+            }
+        );
+        let m = parse_mount("src=data,dst=/data,volume-nocopy=true,ro=false").unwrap();
+        assert!(!m.readonly);
+        assert_eq!(
+            m.kind,
+            RequestKind::Volume {
+                name: Some("data".into()),
+                nocopy: true
+            }
+        );
+        let m = parse_mount("type=tmpfs,destination=/run,tmpfs-size=1m,tmpfs-mode=700").unwrap();
+        assert_eq!(
+            tmpfs(&m),
+            TmpfsOptions {
+                size: Some(1 << 20),
+                mode: Some(0o700),
+                noexec: true
+            }
+        );
+        for (bad, says) in [
+            ("type=bind,target=/x", "source is required"),
+            ("type=volume,source=/x", ""),
+            ("source=v", "target is required"),
+            ("type=image,source=a,target=/x", "not supported"),
+            (
+                "type=bind,source=/a,target=/x,volume-nocopy",
+                "do not apply",
+            ),
+            ("target=/x,volume-opt=type=nfs", "unsupported field"),
+            ("target=/x,volume-driver=nfs", "local driver only"),
+            ("type=tmpfs,source=x,target=/x", "takes no source"),
+            ("target=/x,readonly=maybe", "invalid value"),
+            ("target=/x,,", "empty field"),
+            ("target", "key=value"),
+            (
+                "type=bind,source=/a,target=/x,bind-propagation=shared",
+                "rprivate",
+            ),
+        ] {
+            let err = parse_mount(bad).unwrap_err().to_string();
+            assert!(err.contains("for \"--mount\" flag"), "{bad}: {err}");
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 
@@ -242,16 +715,22 @@ mod tests {
 
     #[test]
     fn mounts_are_ordered_parents_first_and_duplicates_refused() {
-        let mut m = vec![
-            parse_tmpfs("/a/b/c").unwrap(),
-            parse_tmpfs("/a").unwrap(),
-            parse_tmpfs("/z/y").unwrap(),
-        ];
+        let point = |d: &str| MountPoint {
+            kind: MountType::Tmpfs,
+            name: None,
+            source: PathBuf::new(),
+            destination: d.into(),
+            rw: true,
+            tmpfs: None,
+            anonymous: false,
+        };
+        let mut m = vec![point("/a/b/c"), point("/a"), point("/z/y")];
         order_mounts(&mut m).unwrap();
-        let t: Vec<_> = m.iter().map(|m| m.target.as_str()).collect();
+        let t: Vec<_> = m.iter().map(|m| m.destination.as_str()).collect();
         assert_eq!(t, ["/a", "/z/y", "/a/b/c"]);
-        let mut m = vec![parse_tmpfs("/a").unwrap(), parse_tmpfs("/a/").unwrap()];
-        assert!(order_mounts(&mut m).is_err());
+        let mut m = vec![point("/a"), point("/a/")];
+        let err = order_mounts(&mut m).unwrap_err().to_string();
+        assert_eq!(err, "Duplicate mount point: /a");
     }
 
     #[test]

@@ -13,6 +13,8 @@ run() { arca run --rm --isolation="$iso" "$@"; }
 
 state=${ARCA_STATE_DIR:-/var/lib/arca}
 arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
+# volbox:latest: the same rootfs with VOLUME /srv/data.
+arca load -i "${img%/*}/volbox.tar" >/dev/null || { echo "FAIL load volbox"; exit 1; }
 out=$(run busybox echo hello); check echo 0 hello $? "$out"
 out=$(run busybox sh -c 'echo err >&2; exit 3' 2>/dev/null); check exit-code 3 "" $? "$out"
 err=$(run busybox sh -c 'echo err >&2' 2>&1 >/dev/null); check stderr 0 err $? "$err"
@@ -58,6 +60,69 @@ if [ "$iso" = vm ]; then
 else
   out=$(run --storage-opt size=100m busybox true 2>&1 >/dev/null | grep -c 'needs --isolation=vm'); check storage-opt-size-needs-vm 0 1 $? "$out"
 fi
+# Bind mounts and volumes (-v, --mount, --volumes-from, image VOLUMEs, arca volume);
+# in microVMs they travel over virtio-fs. A hostile caller or image tries targets that
+# climb out, a symlink at the mount point, a volume name that is a path: refused.
+vt=$(mktemp -d)
+mkdir "$vt/bind"
+out=$(run -v "$vt/bind:/mnt" busybox sh -c 'echo hi >/mnt/f && chmod 640 /mnt/f && chown 1000:1000 /mnt/f && echo done'; stat -c '%a %u %s' "$vt/bind/f"); check bind-rw-owner-mode 0 "done
+640 1000 3" $? "$out"
+out=$(run -v "$vt/bind:/mnt:ro" busybox sh -c 'cat /mnt/f; touch /mnt/g 2>&1 | grep -c "Read-only file system"; (echo x >/mnt/f) 2>/dev/null || echo refused'; ls "$vt/bind"; cat "$vt/bind/f"); check bind-ro-erofs-host-untouched 0 "hi
+1
+refused
+f
+hi" $? "$out"
+out=$(run --mount "type=bind,source=$vt/bind,target=/mnt,readonly" busybox cat /mnt/f); check mount-bind-readonly 0 hi $? "$out"
+out=$(run -v "$vt/made/sub:/mnt" busybox true; stat -c %F "$vt/made/sub"); check bind-missing-source-made 0 directory $? "$out"
+out=$(run --mount "type=bind,source=$vt/nope,target=/mnt" busybox true 2>&1 >/dev/null | grep -c 'bind source path does not exist'; ls "$vt" | grep -c nope); check mount-bind-missing-refused 1 "1
+0" $? "$out"
+out=$(cd "$vt" && run -v ./bind:/mnt busybox cat /mnt/f); check bind-relative-path 0 hi $? "$out"
+out=$(run -v vol1:/data busybox sh -c 'echo kept >/data/k'; run -v vol1:/data busybox cat /data/k); check named-volume-persists 0 kept $? "$out"
+out=$(arca volume ls -q; arca volume inspect vol1 | grep -c '"Driver": "local"'); check volume-ls-inspect 0 "vol1
+1" $? "$out"
+out=$(arca volume rm vol1 && arca volume ls -q | wc -l && ls "$state/volumes" | grep -c vol1); check volume-rm 1 "vol1
+0
+0" $? "$out"
+out=$(run -v popvol:/srv/data busybox sh -c 'cat /srv/data/seed; stat -c %u /srv/data'; arca volume rm popvol); check volume-filled-from-image 0 "seeded
+1000
+popvol" $? "$out"
+out=$(run -v nocp:/srv/data:nocopy busybox ls /srv/data | wc -l; arca volume rm nocp); check volume-nocopy 0 "0
+nocp" $? "$out"
+arca run -d --isolation="$iso" --name user1 -v busy:/data busybox sleep 100 >/dev/null
+out=$(arca volume rm busy 2>&1 >/dev/null | grep -c 'volume is in use - \[user1\]'; arca rm -f user1 >/dev/null; arca volume rm busy); check volume-in-use-refused 0 "1
+busy" $? "$out"
+out=$(run -v /anon busybox sh -c 'echo x >/anon/x'; arca volume ls -q | wc -l); check anonymous-volume-goes-with-rm 0 0 $? "$out"
+out=$(run volbox sh -c 'cat /srv/data/seed; grep -c " /srv/data " /proc/mounts'; arca volume ls -q | wc -l); check image-volume-anonymous 0 "seeded
+1
+0" $? "$out"
+arca run --isolation="$iso" --name keep -v named2:/n -v /anon busybox sh -c 'echo in >/n/f; echo a >/anon/a'
+out=$(arca inspect keep | grep -c '"Destination": "/anon"'; arca volume ls -q | wc -l; run --volumes-from keep:ro busybox sh -c 'cat /n/f /anon/a; touch /n/g 2>/dev/null || echo ro'); check volumes-from 0 "1
+2
+in
+a
+ro" $? "$out"
+out=$(arca rm -v keep && arca volume ls -q); check rm-v-keeps-named 0 "keep
+named2" $? "$out"
+out=$(arca volume create --label team=ci named3 && arca volume ls -q --filter label=team=ci && arca volume ls -q --filter dangling=true | wc -l); check volume-create-label-filter 0 "named3
+named3
+2" $? "$out"
+out=$(arca volume prune -f | tail -n 1; arca volume ls -q | wc -l; arca volume prune -a -f | grep -c named; arca volume ls -q | wc -l); check volume-prune 0 "Total reclaimed space: 0B
+2
+2
+0" $? "$out"
+out=$(arca volume create a/b 2>&1 >/dev/null | grep -c 'invalid characters'; arca volume rm no-such 2>/dev/null; echo $?; arca volume rm -f no-such; echo $?); check volume-bad-name-and-missing 0 "1
+1
+no-such
+0" $? "$out"
+out=$(arca volume create -o type=nfs v 2>&1 >/dev/null | grep -c 'not supported'); check volume-create-opt-refused 0 1 $? "$out"
+out=$(run -v "$vt/bind:/a/../../etc" busybox true 2>&1 >/dev/null | grep -c 'invalid volume specification'); check volume-dotdot-target-refused 0 1 $? "$out"
+out=$(run -v a/b:/data busybox true 2>&1 >/dev/null | grep -c 'invalid characters'); check volume-name-with-slash-refused 0 1 $? "$out"
+out=$(run -v "$vt/bind:/bin/sh/x" busybox true 2>&1 >/dev/null | grep -c 'is a symlink'); check volume-through-image-symlink-refused 0 1 $? "$out"
+out=$(run -v "$vt/bind:/d" --tmpfs /d busybox true 2>&1 >/dev/null | grep -c 'Duplicate mount point: /d'); check duplicate-mount-point 0 1 $? "$out"
+out=$(run --mount type=tmpfs,target=/t,tmpfs-size=4m busybox sh -c "df -k /t | tail -n 1 | awk '{print \$2}'"); check mount-tmpfs 0 4096 $? "$out"
+out=$(run --mount type=bind,source=/x,target=/y,bind-propagation=shared busybox true 2>/dev/null); check mount-propagation-refused 125 "" $? "$out"
+left=$(arca volume ls -q | wc -l); check no-volumes-left 0 0 0 "$left"
+rm -rf "$vt"
 out=$(run no-such-image true 2>/dev/null); check unknown-image 125 "" $? "$out"
 out=$(run BAD:REF true 2>/dev/null); check bad-reference 125 "" $? "$out"
 out=$(run --bogus-flag busybox true 2>/dev/null); check unknown-flag 125 "" $? "$out"

@@ -134,7 +134,7 @@ fn build_static(source: &str, name: &str) -> PathBuf {
 }
 
 /// The busybox test rootfs (`tests/guest/mkrootfs`, plus `/bin/udp-echo`,
-/// `/bin/spoof-frame` and `/bin/vsock-flood`) packed as a
+/// `/bin/spoof-frame`, `/bin/vsock-flood` and `/srv/data/seed`) packed as a
 /// `docker save` tarball named `busybox:latest` (`tests/guest/mkimage`), in `dir`.
 pub fn busybox_image(dir: &Path) -> PathBuf {
     let tree = dir.join("rootfs");
@@ -146,6 +146,14 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         && std::fs::copy(udp_echo(), tree.join("bin/udp-echo")).is_ok()
         && std::fs::copy(spoof_frame(), tree.join("bin/spoof-frame")).is_ok()
         && std::fs::copy(vsock_flood(), tree.join("bin/vsock-flood")).is_ok()
+        // Content a new volume at /srv/data is filled with, owned by app (1000).
+        && std::fs::create_dir_all(tree.join("srv/data")).is_ok()
+        && std::fs::write(tree.join("srv/data/seed"), "seeded\n").is_ok()
+        && Command::new("chown")
+            .args(["-R", "1000:1000"])
+            .arg(tree.join("srv/data"))
+            .status()
+            .is_ok_and(|s| s.success())
         && Command::new(repo_root().join("tests/guest/mkimage"))
             .arg(&tree)
             .arg(&tar)
@@ -153,5 +161,19 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
             .status()
             .is_ok_and(|s| s.success());
     assert!(ok, "building the busybox test image failed");
+    tar
+}
+
+/// The rootfs of [`busybox_image`] (call that first, with the same `dir`) as
+/// `volbox:latest`, whose config declares `VOLUME /srv/data`, in `dir/volbox.tar`.
+pub fn volume_image(dir: &Path) -> PathBuf {
+    let tar = dir.join("volbox.tar");
+    let ok = Command::new(repo_root().join("tests/guest/mkimage"))
+        .arg(dir.join("rootfs"))
+        .arg(&tar)
+        .args(["volbox:latest", r#"["sh"]"#, r#"{"/srv/data":{}}"#])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "building the volbox test image failed");
     tar
 }

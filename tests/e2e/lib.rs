@@ -188,6 +188,7 @@ pub fn is_root() -> bool {
 pub fn case_table_on_host(table: &str) -> Output {
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let tar = guest::busybox_image(dir.path());
+    guest::volume_image(dir.path());
     Command::new("sh")
         .arg(repo_root().join("tests/e2e").join(table))
         .arg("process")
@@ -206,6 +207,11 @@ pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
         TestFile {
             source: guest::busybox_image(dir.path()),
             name: "busybox.tar".into(),
+        },
+        // Beside busybox.tar, where the tables look for it.
+        TestFile {
+            source: guest::volume_image(dir.path()),
+            name: "volbox.tar".into(),
         },
         TestFile {
             source: repo_root().join("tests/e2e").join(table),

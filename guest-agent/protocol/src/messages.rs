@@ -442,7 +442,16 @@ pub enum MountSource {
         /// Absolute path in the agent's filesystem.
         path: String,
     },
+    /// A virtio-fs device of the microVM, by its tag (a host directory that the VMM's
+    /// virtio-fs backend serves).
+    Virtiofs {
+        /// The device's tag: 1 to [`MAX_VIRTIOFS_TAG`] bytes, no NUL.
+        tag: String,
+    },
 }
+
+/// Longest virtio-fs tag (the device's config space holds 36 bytes).
+pub const MAX_VIRTIOFS_TAG: usize = 36;
 
 /// Largest number of mounts a container may ask for.
 pub const MAX_MOUNTS: usize = 128;
@@ -764,6 +773,11 @@ impl ContainerSpec {
                             "Bind source {path:?} for {} is not an absolute path",
                             m.target
                         ));
+                    }
+                }
+                MountSource::Virtiofs { tag } => {
+                    if tag.is_empty() || tag.len() > MAX_VIRTIOFS_TAG || tag.contains('\0') {
+                        return bad(format!("Invalid virtio-fs tag {tag:?} for {}", m.target));
                     }
                 }
             }
@@ -1137,6 +1151,16 @@ mod tests {
             readonly: true,
         });
         assert!(s.validate().is_err());
+        for tag in ["", "a\0b", &"t".repeat(MAX_VIRTIOFS_TAG + 1)] {
+            let mut s = spec();
+            s.mounts.push(Mount {
+                target: "/data".into(),
+                source: MountSource::Virtiofs { tag: tag.into() },
+                readonly: false,
+            });
+            let err = s.validate().unwrap_err();
+            assert!(err.message.contains("Invalid virtio-fs tag"), "{err:?}");
+        }
         let mut s = spec();
         s.mounts.push(Mount {
             target: "/tmp".into(),

@@ -62,9 +62,12 @@ pub struct RunOptions {
     /// `--read-only`: the root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
-    /// `--tmpfs` (and, later, volumes): mounts in the container, parents first.
+    /// `-v`, `--mount` and `--tmpfs`, as asked (the record has them made).
     #[serde(default)]
-    pub mounts: Vec<arca_protocol::Mount>,
+    pub mounts: Vec<crate::storage::MountRequest>,
+    /// `--volumes-from`: containers whose mounts this one gets (`NAME[:ro|rw]`).
+    #[serde(default)]
+    pub volumes_from: Vec<String>,
     /// `--storage-opt size=`: the writable layer's size in bytes (microVMs).
     #[serde(default)]
     pub storage_size: Option<u64>,

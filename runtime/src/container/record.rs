@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pids::alive;
 use crate::ports::PortMapping;
+use crate::storage::MountPoint;
 
 /// Errors finding, reading or writing container records.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +163,9 @@ pub struct ContainerRecord {
     /// Published ports, with the host ports bound.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Its mounts (bind mounts, volumes, tmpfs), parents first.
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
 }
 
 /// `<state>/containers`.

@@ -198,6 +198,10 @@ pub struct RunConfig {
     /// `User`.
     #[serde(default)]
     pub user: Option<String>,
+    /// `Volumes`: mount points that get an anonymous volume unless the run mounts
+    /// something there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// `rootfs` of an image config.

@@ -10,6 +10,7 @@
 //! goes to `sandbox.log`, so a failure is reported with its own words.
 
 pub mod network;
+pub mod shares;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arca_agent_client::{AgentAddress, AgentClient, AgentClientError, Watch};
-use arca_protocol::{ContainerSpec, ProcessSpec, Rootfs, WritableLayer};
+use arca_protocol::{ContainerSpec, Mount, MountSource, ProcessSpec, Rootfs, WritableLayer};
 
 use crate::container::pids::{alive, start_time};
 use crate::container::{Isolation, RunOptions};
@@ -25,8 +26,9 @@ use crate::error::{RunError, io_err};
 use crate::error_chain;
 use crate::guest;
 use crate::image::store::{Image, Store};
-use crate::storage;
+use crate::storage::{self, MountPoint, MountType};
 use network::Attachment;
+use shares::Shares;
 
 /// How long a sandbox has to boot until its agent answers.
 const BOOT_PATIENCE: Duration = Duration::from_secs(30);
@@ -47,6 +49,9 @@ pub struct Sandbox<'a> {
     isolation: Isolation,
     // Dropped before `network`: the link goes with the sandbox process.
     process: Reaped,
+    // A microVM's virtiofsd daemons, after their VMM.
+    _shares: Shares,
+    mounts: Vec<MountPoint>,
     started: Option<u64>,
     address: AgentAddress,
     log: PathBuf,
@@ -61,10 +66,15 @@ impl<'a> Sandbox<'a> {
         store: &Store,
         image: &Image,
         opts: &RunOptions,
+        mounts: &[MountPoint],
         dir: &Path,
         id: &str,
     ) -> Result<Self, RunError> {
         let network = Attachment::prepare(state, opts, id)?;
+        let shares = match opts.isolation {
+            Isolation::Vm => shares::start(dir, mounts)?,
+            Isolation::Process => Shares::default(),
+        };
         let log = dir.join("sandbox.log");
         let stderr = std::fs::File::create(&log).map_err(io_err("create the sandbox log"))?;
         let (mut command, address) = match opts.isolation {
@@ -80,7 +90,7 @@ impl<'a> Sandbox<'a> {
             }
             Isolation::Vm => {
                 let uds = dir.join("vsock.sock");
-                let vmm = vmm_command(state, store, image, opts, dir, &uds, &network)?;
+                let vmm = vmm_command(state, store, image, opts, dir, &uds, &network, &shares)?;
                 (
                     vmm,
                     AgentAddress::Vsock {
@@ -103,6 +113,8 @@ impl<'a> Sandbox<'a> {
             isolation: opts.isolation,
             started: start_time(child.id()),
             process: Reaped(child),
+            _shares: shares,
+            mounts: mounts.to_vec(),
             address,
             log,
             network,
@@ -208,7 +220,43 @@ impl<'a> Sandbox<'a> {
             interfaces: self.network.interfaces(),
             hosts: self.network.hosts(state, id),
             dns: self.network.dns(),
-            mounts: opts.mounts.clone(),
+            mounts: self
+                .mounts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| self.mount(i, m))
+                .collect(),
+        }
+    }
+
+    /// Mount `m`, the `index`th of the container, as this sandbox makes it: a host
+    /// directory is bound straight in with process isolation and served over virtio-fs
+    /// in a microVM.
+    fn mount(&self, index: usize, m: &MountPoint) -> Mount {
+        let source = match (m.kind, self.isolation) {
+            (MountType::Tmpfs, _) => {
+                let t = m.tmpfs.unwrap_or(storage::TmpfsOptions {
+                    size: None,
+                    mode: None,
+                    noexec: true,
+                });
+                MountSource::Tmpfs {
+                    size: t.size,
+                    mode: t.mode,
+                    noexec: t.noexec,
+                }
+            }
+            (_, Isolation::Process) => MountSource::Bind {
+                path: m.source.display().to_string(),
+            },
+            (_, Isolation::Vm) => MountSource::Virtiofs {
+                tag: shares::tag(index),
+            },
+        };
+        Mount {
+            target: m.destination.clone(),
+            source,
+            readonly: !m.rw,
         }
     }
 
@@ -311,8 +359,10 @@ fn program(isolation: Isolation) -> &'static str {
 
 /// The VMM's command line: the guest kernel, the agent initramfs, the image's disk
 /// read-only, the container's writable layer (unless its root is read-only), the vsock
-/// socket at `uds`, the TAP of its network link, and a console
+/// socket at `uds`, the TAP of its network link, a virtio-fs device per shared
+/// directory, and a console
 /// only when asked for (the guest's to fill, capped by the VMM).
+#[allow(clippy::too_many_arguments)]
 fn vmm_command(
     state: &Path,
     store: &Store,
@@ -321,6 +371,7 @@ fn vmm_command(
     dir: &Path,
     uds: &Path,
     network: &Attachment<'_>,
+    shares: &Shares,
 ) -> Result<Command, RunError> {
     let kernel = guest::kernel()?;
     let initrd = guest::agent_initramfs(state)?;
@@ -356,6 +407,10 @@ fn vmm_command(
         });
     if let (Some((tap, _)), Some(mac)) = (network.link(), network.mac()) {
         vmm.arg("--net").arg(format!("tap={tap},mac={mac}"));
+    }
+    for (tag, socket) in &shares.devices {
+        vmm.arg("--fs")
+            .arg(format!("tag={tag},socket={}", socket.display()));
     }
     Ok(vmm)
 }
