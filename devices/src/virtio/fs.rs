@@ -29,7 +29,7 @@ use vhost::vhost_user::{
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -388,7 +388,10 @@ impl Fs {
             queue
                 .disable_notification(mem)
                 .map_err(DeviceError::Queue)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            // An available index more than a queue ahead is an error here, not an empty
+            // queue: `enable_notification` would see new buffers again and again, and
+            // the loop would spin (the device then needs a reset).
+            while let Some(chain) = queue.iter(mem).map_err(DeviceError::Queue)?.next() {
                 let head = chain.head_index();
                 let len = fail_request(chain, mem);
                 queue.add_used(mem, head, len).map_err(DeviceError::Queue)?;
@@ -1096,6 +1099,32 @@ mod tests {
         // A second notification finds nothing more.
         fs.process_queue(1, &mut ctx).unwrap();
         assert_eq!(vq.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn an_avail_index_far_ahead_needs_a_reset_instead_of_spinning() {
+        // Hostile (found by fuzzing): the guest moves the available index more than a
+        // queue ahead of the device once the device answers the queue itself.
+        let backend = FakeBackend::start(Script::default());
+        let mut fs = Fs::new(&backend.config()).unwrap();
+        fs.health().mark_gone("test");
+        let mem = shared_memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(&[desc(0x10000, 40, 0, 0)], 0).unwrap();
+        let queue: virtio_queue::Queue = vq.create_queue().unwrap();
+        vq.avail().idx().store(100);
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(EventFdTrigger::new(evt));
+        let mut queues = [virtio_queue::Queue::new(16).unwrap(), queue];
+        let mut ctx = QueueContext {
+            queues: &mut queues,
+            mem: &mem,
+            interrupt: &interrupt,
+        };
+        assert!(matches!(
+            fs.process_queue(1, &mut ctx),
+            Err(DeviceError::Queue(_))
+        ));
     }
 
     #[test]
