@@ -141,6 +141,11 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         try arca-vmm --config "$ARCA_E2E_DIR/vm.json"
         try arca-vmm --kernel "$ARCA_E2E_DIR/junk"
         try arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/junk" --memory 32 --cmdline "$(head -c 5000 /dev/zero | tr '\0' x)"
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=a-tag-longer-than-thirty-six-bytes-xx,socket=/tmp
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=v,socket=/tmp --fs tag=v,socket=/tmp
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol,socket=/nonexistent/vfs.sock
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol,socket="$ARCA_E2E_DIR/junk"
         "#,
     );
     assert_success(&out);
@@ -155,6 +160,11 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         "unknown field `vcpus`",
         "is not a kernel Arca can boot: expected an ELF vmlinux or a bzImage",
         "Invalid kernel command line",
+        "Invalid virtio-fs device \"tag=vol\": use tag=NAME,socket=PATH[,queue-size=N]",
+        "Invalid virtio-fs tag \"a-tag-longer-than-thirty-six-bytes-xx\": use 1 to 36 bytes",
+        "The virtio-fs tag \"v\" is given twice",
+        "The virtio-fs socket /nonexistent/vfs.sock does not exist",
+        "Cannot connect to the virtio-fs backend socket",
     ];
     assert_eq!(lines.len(), expect.len(), "{lines:#?}");
     for (line, want) in lines.iter().zip(expect) {
