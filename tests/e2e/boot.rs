@@ -359,6 +359,7 @@ fn guest_mounts_a_host_directory_over_virtio_fs_and_survives_virtiofsd_dying() {
     for want in [
         "FS: mounted",
         "FS: host file says: hello from the host",
+        "FS: mounted again after a reset: hello from the host",
         "FS: wrote from-guest.txt",
         "HOST: guest wrote: written by the guest",
         "HOST: owner and mode: 1234:5678 640",
