@@ -811,8 +811,7 @@ mod tests {
         );
         assert_eq!(fs.device_type(), 26);
         assert_eq!(fs.queue_max_sizes(), &[16, 16]);
-        let mut config = [0xffu8; 40];
-        config.fill(0);
+        let mut config = [0u8; 40];
         fs.read_config(0, &mut config);
         assert_eq!(&config[..4], b"vol\0");
         assert!(config[3..36].iter().all(|&b| b == 0));
