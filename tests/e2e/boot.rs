@@ -141,6 +141,11 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         try arca-vmm --config "$ARCA_E2E_DIR/vm.json"
         try arca-vmm --kernel "$ARCA_E2E_DIR/junk"
         try arca-vmm --kernel "$ARCA_KERNEL" --initrd "$ARCA_E2E_DIR/junk" --memory 32 --cmdline "$(head -c 5000 /dev/zero | tr '\0' x)"
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=a-tag-longer-than-thirty-six-bytes-xx,socket=/tmp
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=v,socket=/tmp --fs tag=v,socket=/tmp
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol,socket=/nonexistent/vfs.sock
+        try arca-vmm --kernel "$ARCA_KERNEL" --fs tag=vol,socket="$ARCA_E2E_DIR/junk"
         "#,
     );
     assert_success(&out);
@@ -155,6 +160,11 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_1() {
         "unknown field `vcpus`",
         "is not a kernel Arca can boot: expected an ELF vmlinux or a bzImage",
         "Invalid kernel command line",
+        "Invalid virtio-fs device \"tag=vol\": use tag=NAME,socket=PATH[,queue-size=N]",
+        "Invalid virtio-fs tag \"a-tag-longer-than-thirty-six-bytes-xx\": use 1 to 36 bytes",
+        "The virtio-fs tag \"v\" is given twice",
+        "The virtio-fs socket /nonexistent/vfs.sock does not exist",
+        "Cannot connect to the virtio-fs backend socket",
     ];
     assert_eq!(lines.len(), expect.len(), "{lines:#?}");
     for (line, want) in lines.iter().zip(expect) {
@@ -297,4 +307,71 @@ fn host_and_guest_talk_over_vsock_in_both_directions() {
         md5_of("HOST: received md5 "),
         "{text}"
     );
+}
+
+#[test]
+fn guest_mounts_a_host_directory_over_virtio_fs_and_survives_virtiofsd_dying() {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v virtiofsd"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(found) = found else {
+        eprintln!("SKIP: virtiofsd is needed (make test-deps installs it)");
+        return;
+    };
+    let virtiofsd = std::path::PathBuf::from(stdout(&found).trim());
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        initramfs(dir.path(), "init-fs"),
+        TestFile {
+            source: virtiofsd,
+            name: "virtiofsd".into(),
+        },
+    ];
+    let out = run(
+        &files,
+        r#"
+        cd "$ARCA_E2E_DIR"
+        mkdir -p shared
+        echo "hello from the host" > shared/hello.txt
+        S=/tmp/arca-vfs-$$.sock
+        # virtiofsd's own sandbox (namespaces); cache never: every guest access is a
+        # request, so the guest notices the backend's death at its next one.
+        ./virtiofsd --socket-path $S --shared-dir "$PWD/shared" --sandbox namespace \
+            --cache never > virtiofsd.log 2>&1 &
+        vfs=$!
+        for i in $(seq 100); do [ -S $S ] && break; sleep 0.1; done
+        arca-vmm --kernel "$ARCA_KERNEL" --initrd init-fs.cpio --cmdline quiet \
+            --fs tag=vol,socket=$S > console.log 2> vmm.err &
+        vmm=$!
+        for i in $(seq 600); do [ -e shared/from-guest.txt ] && break; sleep 0.1; done
+        echo "HOST: guest wrote: $(cat shared/from-guest.txt)"
+        echo "HOST: owner and mode: $(stat -c '%u:%g %a' shared/from-guest.txt)"
+        kill -9 $vfs
+        wait $vmm; echo "HOST: vmm exit $?"
+        grep '^FS:' console.log
+        cat vmm.err
+        "#,
+    );
+    assert_success(&out);
+    let text = stdout(&out);
+    for want in [
+        "FS: mounted",
+        "FS: host file says: hello from the host",
+        "FS: mounted again after a reset: hello from the host",
+        "FS: wrote from-guest.txt",
+        "HOST: guest wrote: written by the guest",
+        "HOST: owner and mode: 1234:5678 640",
+        "FS: after the backend died: cat: can't open '/mnt/vol/hello.txt': Input/output error",
+        "can't create /mnt/vol/late.txt: Input/output error",
+        "arca-vmm: virtio-fs \"vol\": the backend is gone",
+        "HOST: vmm exit 0",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} in:\n{text}\nstderr:\n{}",
+            stderr(&out)
+        );
+    }
 }

@@ -10,6 +10,7 @@ use devices::bus::SharedDevice;
 use devices::legacy::{ConsoleWriter, DebugPort, EventFdTrigger, I8042, Serial};
 use devices::signals::GuestSignals;
 use devices::virtio::block::{Block, BlockError};
+use devices::virtio::fs::{Fs, FsError};
 use devices::virtio::net::Net;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::vsock::backend::{Backend, BackendError};
@@ -19,6 +20,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::arch::x86_64::layout::ram_regions;
 use crate::arch::x86_64::{cpuid, mptable, regs};
 use crate::config::{Console, VmConfig};
+use crate::device_manager::fs::FsEvents;
 use crate::device_manager::net::NetEvents;
 use crate::device_manager::tap::{Tap, TapError};
 use crate::device_manager::vsock::VsockEvents;
@@ -101,6 +103,12 @@ pub enum BuildError {
     /// The network device's TAP cannot be attached.
     #[error("Cannot set up the network device")]
     Net(#[source] TapError),
+    /// A virtio-fs device's backend cannot be used.
+    #[error("Cannot set up a virtio-fs device")]
+    Fs(#[source] FsError),
+    /// A descriptor could not be duplicated for the event loop.
+    #[error("Cannot duplicate a device's descriptor")]
+    Dup(#[source] std::io::Error),
     /// A virtio device could not be wired in.
     #[error("Cannot add a virtio device")]
     Devices(#[source] DeviceManagerError),
@@ -119,9 +127,16 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
     )
     .map_err(BuildError::Kvm)?;
 
-    // 2. Guest memory: RAM below the MMIO gap, the rest above 4 GiB, 2 MiB aligned.
+    // 2. Guest memory: RAM below the MMIO gap, the rest above 4 GiB, 2 MiB aligned;
+    //    a shared memfd when a vhost-user backend (virtiofsd) must map it too.
     let mem_size = config.memory_mib << 20;
-    let ram = GuestRam::new(&ram_regions(mem_size)).map_err(|source| BuildError::Memory {
+    let regions = ram_regions(mem_size);
+    let ram = if config.fs.is_empty() {
+        GuestRam::new(&regions)
+    } else {
+        GuestRam::new_shared(&regions)
+    }
+    .map_err(|source| BuildError::Memory {
         mib: config.memory_mib,
         source,
     })?;
@@ -173,8 +188,8 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
 
     // 6. Virtio devices on the MMIO bus, announced on the command line: the disks, in
     //    the order given (the guest sees /dev/vda, /dev/vdb, ...), then vsock, then
-    //    the network device (last, so that adding it moves no other device's slot or
-    //    IRQ).
+    //    the network device, then virtio-fs devices (last, so that adding them moves
+    //    no other device's slot or IRQ).
     let mut device_manager = MmioDeviceManager::new();
     let mut subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> = Vec::new();
     for disk in &config.disks {
@@ -213,6 +228,19 @@ pub fn build_microvm(config: &VmConfig, started: Instant) -> Result<Microvm, Bui
             )
             .map_err(BuildError::Devices)?;
         subscribers.push(Arc::new(Mutex::new(NetEvents::new(events, tap_fd))));
+    }
+    //    ...and the virtio-fs devices, each connected to its backend from now.
+    for fs in &config.fs {
+        let device = Fs::new(fs).map_err(BuildError::Fs)?;
+        let calls = device.call_events().map_err(BuildError::Dup)?;
+        let socket = device.backend_socket().map_err(BuildError::Dup)?;
+        let (health, tag) = (device.health(), device.tag().to_owned());
+        let events = device_manager
+            .add_virtio(&vm, memory, &mut buses, &mut cmdline, Box::new(device))
+            .map_err(BuildError::Devices)?;
+        subscribers.push(Arc::new(Mutex::new(FsEvents::new(
+            events, calls, socket, health, tag,
+        ))));
     }
 
     // 7. Boot information: the command line (the user's part last, so that init

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use devices::virtio::block::DiskConfig;
+use devices::virtio::fs::{self as virtio_fs, FsConfig};
 use devices::virtio::net::{MacAddr, NetError};
 
 use crate::arch::x86_64::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB, VIRTIO_IRQ_RANGE};
@@ -92,6 +93,21 @@ pub enum ConfigError {
     /// The MAC address cannot be a network interface's.
     #[error("Cannot use the network device's MAC address")]
     Mac(#[source] NetError),
+    /// A `--fs` value does not parse.
+    #[error("Invalid virtio-fs device {0:?}: use tag=NAME,socket=PATH[,queue-size=N]")]
+    FsSpec(String),
+    /// The tag or queue size of a virtio-fs device cannot be used.
+    #[error("Cannot use the virtio-fs device {0:?}")]
+    Fs(String, #[source] virtio_fs::FsError),
+    /// Two virtio-fs devices have one tag.
+    #[error("The virtio-fs tag {0:?} is given twice: each device needs its own")]
+    DuplicateFsTag(String),
+    /// The backend's socket is not there.
+    #[error("The virtio-fs socket {0} does not exist (start virtiofsd with --socket-path first)")]
+    FsSocket(PathBuf),
+    /// More devices than slots.
+    #[error("Too many virtio devices: {0} given, at most {max} fit", max = VIRTIO_IRQ_RANGE.count())]
+    TooManyDevices(usize),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -231,6 +247,69 @@ impl NetFile {
     }
 }
 
+/// A virtio-fs device in the JSON form.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FsFile {
+    /// What the guest mounts: `mount -t virtiofs TAG DIR` (1 to 36 bytes).
+    pub tag: String,
+    /// The vhost-user socket of the backend (virtiofsd's `--socket-path`).
+    pub socket: PathBuf,
+    /// Size of each of its queues (a power of two, 2 to 32768); 1024 when not given.
+    pub queue_size: Option<u32>,
+}
+
+impl FsFile {
+    /// Parses the `--fs` form: `tag=NAME,socket=PATH[,queue-size=N]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::FsSpec(spec.to_owned());
+        let (mut tag, mut socket, mut queue_size) = (None, None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tag", t)) if tag.is_none() => tag = Some(t.to_owned()),
+                Some(("socket", p)) if socket.is_none() && !p.is_empty() => {
+                    socket = Some(PathBuf::from(p))
+                }
+                Some(("queue-size", n)) if queue_size.is_none() => {
+                    queue_size = Some(n.parse().map_err(|_| bad())?)
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(FsFile {
+            tag: tag.ok_or_else(bad)?,
+            socket: socket.ok_or_else(bad)?,
+            queue_size,
+        })
+    }
+}
+
+/// Checks the virtio-fs devices: tags valid and unique, queue sizes usable, sockets
+/// present.
+fn check_fs(list: Vec<FsFile>) -> Result<Vec<FsConfig>, ConfigError> {
+    let mut out: Vec<FsConfig> = Vec::with_capacity(list.len());
+    for fs in list {
+        virtio_fs::check_tag(&fs.tag).map_err(|e| ConfigError::Fs(fs.tag.clone(), e))?;
+        let queue_size = virtio_fs::check_queue_size(
+            fs.queue_size
+                .unwrap_or(u32::from(virtio_fs::DEFAULT_QUEUE_SIZE)),
+        )
+        .map_err(|e| ConfigError::Fs(fs.tag.clone(), e))?;
+        if out.iter().any(|o| o.tag == fs.tag) {
+            return Err(ConfigError::DuplicateFsTag(fs.tag));
+        }
+        if !fs.socket.exists() {
+            return Err(ConfigError::FsSocket(fs.socket));
+        }
+        out.push(FsConfig {
+            tag: fs.tag,
+            socket: fs.socket,
+            queue_size,
+        });
+    }
+    Ok(out)
+}
+
 /// A checked network device configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
@@ -288,6 +367,8 @@ pub struct ConfigFile {
     pub vsock: Option<VsockFile>,
     /// The network device.
     pub net: Option<NetFile>,
+    /// virtio-fs devices.
+    pub fs: Option<Vec<FsFile>>,
 }
 
 impl ConfigFile {
@@ -316,6 +397,7 @@ impl ConfigFile {
             disks: overrides.disks.or(self.disks),
             vsock: overrides.vsock.or(self.vsock),
             net: overrides.net.or(self.net),
+            fs: overrides.fs.or(self.fs),
         }
     }
 }
@@ -343,6 +425,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The network device, if any.
     pub net: Option<NetConfig>,
+    /// virtio-fs devices (guest RAM is then shared with their backends).
+    pub fs: Vec<FsConfig>,
 }
 
 /// Default vCPU count.
@@ -404,6 +488,12 @@ impl VmConfig {
             None => None,
         };
         let net = file.net.map(NetConfig::check).transpose()?;
+        let fs = check_fs(file.fs.unwrap_or_default())?;
+        let devices =
+            disks.len() + usize::from(vsock.is_some()) + usize::from(net.is_some()) + fs.len();
+        if devices > VIRTIO_IRQ_RANGE.count() {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,
@@ -415,6 +505,7 @@ impl VmConfig {
             disks,
             vsock,
             net,
+            fs,
         })
     }
 }
@@ -740,6 +831,108 @@ mod tests {
                 tap: "tap1".into(),
                 mac: Some("02:00:00:00:00:09".into())
             })
+        );
+    }
+
+    #[test]
+    fn fs_specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            FsFile::parse("tag=vol,socket=/run/vfs.sock,queue-size=256").unwrap(),
+            FsFile {
+                tag: "vol".into(),
+                socket: "/run/vfs.sock".into(),
+                queue_size: Some(256)
+            }
+        );
+        assert_eq!(
+            FsFile::parse("socket=/s,tag=data").unwrap().queue_size,
+            None
+        );
+        for bad in [
+            "",
+            "tag=vol",
+            "socket=/s",
+            "tag=vol,socket=",
+            "tag=vol,socket=/s,queue-size=x",
+            "tag=a,tag=b,socket=/s",
+            "tag=vol,socket=/s,cache=never",
+        ] {
+            assert!(
+                matches!(FsFile::parse(bad), Err(ConfigError::FsSpec(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fs_devices_are_checked_tags_unique_and_sockets_present() {
+        let k = kernel_file();
+        let socket = kernel_file();
+        let fs = |tag: &str, queue_size: Option<u32>| FsFile {
+            tag: tag.into(),
+            socket: socket.path().to_owned(),
+            queue_size,
+        };
+        let with = |list: Vec<FsFile>| ConfigFile {
+            fs: Some(list),
+            ..base(k.path())
+        };
+        let ok = VmConfig::from_file(with(vec![fs("vol", None), fs("data", Some(64))]), None)
+            .unwrap()
+            .fs;
+        assert_eq!(
+            ok.iter()
+                .map(|f| (f.tag.as_str(), f.queue_size))
+                .collect::<Vec<_>>(),
+            [("vol", 1024), ("data", 64)]
+        );
+        let err =
+            VmConfig::from_file(with(vec![fs("vol", None), fs("vol", None)]), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The virtio-fs tag \"vol\" is given twice: each device needs its own"
+        );
+        let long = "x".repeat(37);
+        for (bad, size) in [
+            ("", None),
+            (long.as_str(), None),
+            ("a b", None),
+            ("vol", Some(1000)),
+        ] {
+            let err = VmConfig::from_file(with(vec![fs(bad, size)]), None).unwrap_err();
+            assert!(matches!(err, ConfigError::Fs(..)), "{bad:?}: {err}");
+        }
+        let err = VmConfig::from_file(with(vec![fs(&long, None)]), None).unwrap_err();
+        assert!(
+            crate::error_chain(&err).contains("use 1 to 36 bytes"),
+            "{}",
+            crate::error_chain(&err)
+        );
+        let missing = FsFile {
+            socket: "/nonexistent/vfs.sock".into(),
+            ..fs("vol", None)
+        };
+        let err = VmConfig::from_file(with(vec![missing]), None).unwrap_err();
+        assert!(matches!(err, ConfigError::FsSocket(_)), "{err}");
+        let many = (0..20).map(|i| fs(&format!("t{i}"), None)).collect();
+        assert!(matches!(
+            VmConfig::from_file(with(many), None),
+            Err(ConfigError::TooManyDevices(20))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(
+            &path,
+            r#"{"fs": [{"tag": "vol", "socket": "/run/vfs.sock", "queue_size": 128}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().fs,
+            Some(vec![FsFile {
+                tag: "vol".into(),
+                socket: "/run/vfs.sock".into(),
+                queue_size: Some(128)
+            }])
         );
     }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use vmm::config::{ConfigFile, DiskFile, NetFile, VmConfig, VsockFile, host_memory_mib};
+use vmm::config::{ConfigFile, DiskFile, FsFile, NetFile, VmConfig, VsockFile, host_memory_mib};
 use vmm::error_chain;
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
@@ -23,7 +23,7 @@ struct Args {
     check_kvm: bool,
     /// JSON file with the VM's configuration (fields: kernel, initrd, cmdline, cpus,
     /// memory_mib, console, boot_protocol, disks: [{path, read_only, serial}], vsock:
-    /// {cid, uds}, net: {tap, mac}); flags override it.
+    /// {cid, uds}, net: {tap, mac}, fs: [{tag, socket, queue_size}]); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
@@ -63,6 +63,12 @@ struct Args {
     /// with checksum and TCP segmentation offloads and mergeable rx buffers.
     #[arg(long, value_name = "SPEC")]
     net: Option<String>,
+    /// Add a virtio-fs device served by a vhost-user backend (virtiofsd) listening on
+    /// PATH: tag=NAME,socket=PATH[,queue-size=N]. The guest mounts it with
+    /// `mount -t virtiofs NAME DIR`. Repeat for more; tags are 1 to 36 bytes and unique.
+    /// Guest RAM is then a shared memfd the backend maps.
+    #[arg(long = "fs", value_name = "SPEC")]
+    fs: Vec<String>,
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
@@ -108,6 +114,16 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         },
         vsock: args.vsock.as_deref().map(VsockFile::parse).transpose()?,
         net: args.net.as_deref().map(NetFile::parse).transpose()?,
+        fs: if args.fs.is_empty() {
+            None
+        } else {
+            Some(
+                args.fs
+                    .iter()
+                    .map(|f| FsFile::parse(f))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
     };
     let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
     let microvm = vmm::builder::build_microvm(&config, started)?;

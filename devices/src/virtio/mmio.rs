@@ -10,7 +10,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, QueueContext, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice};
+use super::{
+    Interrupt, QueueContext, QueueSetup, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+};
 use crate::bus::BusDevice;
 
 /// "virt".
@@ -99,6 +101,12 @@ impl MmioTransport {
     /// The device status register.
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// The device's interrupt: for relaying a used-buffer notification that an
+    /// external backend signalled on an eventfd of its own.
+    pub fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
     }
 
     fn is_active(&self) -> bool {
@@ -265,7 +273,17 @@ impl MmioTransport {
                 }
                 let mem = &self.mem;
                 let bad_queue = self.queues.iter().any(|q| q.ready() && !q.is_valid(mem));
-                if bad_queue || self.device.activate(self.driver_features).is_err() {
+                let setup = QueueSetup {
+                    queues: &self.queues,
+                    queue_events: &self.queue_evts,
+                    mem,
+                };
+                if bad_queue
+                    || self
+                        .device
+                        .activate_queues(self.driver_features, setup)
+                        .is_err()
+                {
                     self.status |= VIRTIO_CONFIG_S_DRIVER_OK;
                     self.needs_reset();
                     return;

@@ -7,6 +7,7 @@
 //! never allowed to panic the VMM.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::legacy::EventFdTrigger;
 
@@ -125,6 +127,19 @@ impl QueueContext<'_> {
     }
 }
 
+/// What a device gets at activation when its queues are served elsewhere (by an
+/// external vhost-user backend): the queues as the driver set them up, the eventfds its
+/// notifications signal (KVM's ioeventfds), and guest memory.
+#[derive(Debug)]
+pub struct QueueSetup<'a> {
+    /// The device's queues, in index order (sizes, ring addresses, readiness).
+    pub queues: &'a [Queue],
+    /// One eventfd per queue, signalled by the driver's QueueNotify writes.
+    pub queue_events: &'a [EventFd],
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`VIRTIO_ID_*`).
@@ -146,6 +161,17 @@ pub trait VirtioDevice: Send {
     /// The driver set DRIVER_OK with these features; the queues are ready.
     fn activate(&mut self, _features: u64) -> Result<(), DeviceError> {
         Ok(())
+    }
+    /// Activation for devices whose queues are handed to an external backend: the
+    /// transport calls this (not [`VirtioDevice::activate`] directly) when the driver
+    /// sets DRIVER_OK. The default is `activate`; such a device overrides it to send
+    /// the queues, their eventfds and guest memory to its backend.
+    fn activate_queues(
+        &mut self,
+        features: u64,
+        _setup: QueueSetup<'_>,
+    ) -> Result<(), DeviceError> {
+        self.activate(features)
     }
     /// The driver notified queue `index`.
     fn process_queue(

@@ -3,6 +3,7 @@
 //! `virtio_mmio.device=` command-line entry the guest discovers them by, and an event
 //! loop subscriber that hands queue notifications to the device.
 
+pub mod fs;
 pub mod net;
 pub mod tap;
 pub mod vsock;

@@ -1,6 +1,7 @@
 //! Loading an ELF vmlinux by mapping it: each `PT_LOAD` segment's whole pages are
 //! mapped privately from the file over guest RAM (copy-on-write), and only the partial
-//! pages at its ends are copied. Nothing is read until the guest touches it, and the
+//! pages at its ends are copied (guest RAM shared with a vhost-user backend is copied
+//! into instead). Nothing is read until the guest touches it, and the
 //! kernel's pages stay shared in the host page cache by every VM that boots it.
 //!
 //! The ELF is the user's input: every header field is checked before use, and a file
@@ -231,8 +232,11 @@ fn map_segment(
             .write_slice(&bytes, GuestAddress(gpa))
             .map_err(ElfError::Copy)
     };
-    // Page alignment must agree between file offset and address to map at all.
-    if seg.offset % PAGE != seg.paddr % PAGE {
+    // Page alignment must agree between file offset and address to map at all; and
+    // RAM shared with a vhost-user backend (a memfd) must stay that memfd: the backend
+    // would not see a private file mapping's pages (the kernel frees its init sections
+    // to the guest's page allocator, so they may end up holding I/O buffers).
+    if seg.offset % PAGE != seg.paddr % PAGE || region.file_offset().is_some() {
         return copy(seg.paddr, seg.offset, seg.filesz);
     }
     let head = (PAGE - seg.paddr % PAGE) % PAGE;
