@@ -172,13 +172,17 @@ out=$(arca attach lc-gone 2>/dev/null); check attach-missing 125 "" $? "$out"
 arca run -d --isolation="$iso" --name rf busybox sleep 100 >/dev/null
 out=$(arca rm rf 2>/dev/null); check rm-running-refused 1 "" $? "$out"
 out=$(arca rm -f rf); check rm-force 0 rf $? "$out"
-# A sandbox (VMM or agent) killed under its container: shown as exited, with the reason.
-arca run -d --isolation="$iso" --name crash busybox sleep 100 >/dev/null
+# A sandbox (VMM or agent) killed under its container: shown as exited, with the reason;
+# what the container wrote to a volume and synced before is on the host.
+arca run -d --isolation="$iso" --name crash -v crashv:/d busybox sh -c 'echo safe >/d/f && sync && touch /d/synced && sleep 100' >/dev/null
+i=0; while [ ! -e "$state/volumes/crashv/_data/synced" ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
 pid=$(sed -n 's/.*"sandbox_pid": *\([0-9]*\).*/\1/p' "$state/containers/crash/state.json")
 kill -9 "$pid"
+out=$(cat "$state/volumes/crashv/_data/f"); check synced-volume-survives-sigkill 0 safe $? "$out"
 i=0; while ! arca ps -a | grep -q "^crash .*Exited"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
 out=$(arca ps -a | grep -c "ended unexpectedly\|Lost the agent"); check crash-shows-reason 0 1 $? "$out"
-out=$(arca rm crash); check crash-rm 0 crash $? "$out"
+out=$(arca rm crash && arca volume rm crashv); check crash-rm 0 "crash
+crashv" $? "$out"
 arca run -d --rm --isolation="$iso" --name gone busybox true >/dev/null
 i=0; while [ -e "$state/containers/gone" ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
 out=$(ls "$state/containers" | grep -c gone); check detached-rm-cleans 1 0 $? "$out"

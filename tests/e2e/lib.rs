@@ -199,11 +199,24 @@ pub fn case_table_on_host(table: &str) -> Output {
         .expect("run sh")
 }
 
+/// The virtiofsd on PATH or in cargo's bin directory (`make test-deps` installs it).
+pub fn virtiofsd() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+}
+
 /// Runs the scenario table `tests/e2e/TABLE` where KVM works (see [`run_with_kvm`]):
 /// with `--isolation=vm`, and in the lab also with `--isolation=process` on L1.
 pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let files = [
+    let mut files = vec![
         TestFile {
             source: guest::busybox_image(dir.path()),
             name: "busybox.tar".into(),
@@ -227,6 +240,13 @@ pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
             name: "socat".into(),
         },
     ];
+    // Volumes in microVMs need virtiofsd (its libraries come along).
+    if let Some(v) = virtiofsd() {
+        files.push(TestFile {
+            source: v,
+            name: "virtiofsd".into(),
+        });
+    }
     let script = format!(
         r#"export PATH="$ARCA_E2E_DIR:$PATH"
         echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/{table}" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
