@@ -53,11 +53,13 @@ demo: build kernel lab-prepare
 	@tools/demo.sh
 
 # Benchmarks print figures beside their peers'; they are never pass/fail tests.
-bench: build kernel lab-prepare
+# (test-deps: the storage benchmark's volumes need virtiofsd.)
+bench: build kernel lab-prepare test-deps
 	tests/bench/boot.sh $(or $(ROUNDS),10)
 	tests/bench/devices.sh
 	tests/bench/agent.sh $(or $(ROUNDS),10)
 	tests/bench/net.sh
+	tests/bench/storage.sh
 
 # Fuzz every device target for FUZZ_SECONDS each (default 60). cargo-fuzz needs
 # nightly features; RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain here.
