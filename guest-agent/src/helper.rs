@@ -590,7 +590,8 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
                 )
             })?
             .is_file(),
-        MountSource::Tmpfs { .. } | MountSource::Virtiofs { .. } => false,
+        MountSource::Virtiofs { file, .. } => file.is_some(),
+        MountSource::Tmpfs { .. } => false,
     };
     let parts: Vec<&str> = m.target.split('/').filter(|c| !c.is_empty()).collect();
     let mut dir = rustix::fs::open(
@@ -673,13 +674,46 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
             rustix::mount::mount("tmpfs", &target, "tmpfs", flags, Some(opts.as_c_str()))
                 .map_err(|e| mount_err("tmpfs", &target, e))?;
         }
-        MountSource::Virtiofs { tag } => {
+        MountSource::Virtiofs { tag, file } => {
             let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
             if m.readonly {
                 flags |= MountFlags::RDONLY;
             }
-            rustix::mount::mount(tag.as_str(), &target, "virtiofs", flags, None)
-                .map_err(|e| mount_err(&format!("virtio-fs {tag}"), &target, e))?;
+            // A file bind: the share goes beside the rootfs, in the helper's private
+            // tmpfs (gone from view once it pivots), and only its file is bound in.
+            let (at, file) = match file {
+                Some(f) => {
+                    let base = root.parent().unwrap_or(root);
+                    let stage = base.join(format!("share-{tag}"));
+                    fs::create_dir(&stage).map_err(|e| {
+                        internal(&format!("Cannot create {}", stage.display()), e)
+                    })?;
+                    (stage, Some(f))
+                }
+                None => (target.clone(), None),
+            };
+            rustix::mount::mount(tag.as_str(), &at, "virtiofs", flags, None)
+                .map_err(|e| mount_err(&format!("virtio-fs {tag}"), &at, e))?;
+            if let Some(f) = file {
+                let source = at.join(f);
+                let is_file = fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
+                if !is_file {
+                    return Err(AgentError::new(
+                        ErrorCode::BadRequest,
+                        format!("virtio-fs {tag} has no file {f} to mount on {}", m.target),
+                    ));
+                }
+                rustix::mount::mount_bind(&source, &target)
+                    .map_err(|e| mount_err(&source.display().to_string(), &target, e))?;
+                if m.readonly {
+                    rustix::mount::mount_remount(
+                        &target,
+                        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                        "",
+                    )
+                    .map_err(|e| mount_err(&format!("{f} read-only"), &target, e))?;
+                }
+            }
         }
         MountSource::Bind { path } => {
             rustix::mount::mount_bind_recursive(path.as_str(), &target)

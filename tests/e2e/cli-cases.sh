@@ -77,6 +77,12 @@ out=$(run -v "$vt/made/sub:/mnt" busybox true; stat -c %F "$vt/made/sub"); check
 out=$(run --mount "type=bind,source=$vt/nope,target=/mnt" busybox true 2>&1 >/dev/null | grep -c 'bind source path does not exist'; ls "$vt" | grep -c nope); check mount-bind-missing-refused 1 "1
 0" $? "$out"
 out=$(cd "$vt" && run -v ./bind:/mnt busybox cat /mnt/f); check bind-relative-path 0 hi $? "$out"
+out=$(run -v "$vt/bind/f:/etc/app.conf" busybox sh -c 'cat /etc/app.conf && echo more >>/etc/app.conf && echo ok'; cat "$vt/bind/f"); check file-bind 0 "hi
+ok
+hi
+more" $? "$out"
+out=$(run -v "$vt/bind/f:/app.conf:ro" busybox sh -c '(echo x >>/app.conf) 2>/dev/null || echo refused'; wc -l <"$vt/bind/f"); check file-bind-ro 0 "refused
+2" $? "$out"
 out=$(run -v vol1:/data busybox sh -c 'echo kept >/data/k'; run -v vol1:/data busybox cat /data/k); check named-volume-persists 0 kept $? "$out"
 out=$(arca volume ls -q; arca volume inspect vol1 | grep -c '"Driver": "local"'); check volume-ls-inspect 0 "vol1
 1" $? "$out"

@@ -447,6 +447,11 @@ pub enum MountSource {
     Virtiofs {
         /// The device's tag: 1 to [`MAX_VIRTIOFS_TAG`] bytes, no NUL.
         tag: String,
+        /// A file at the share's top to bind on the target instead of the share itself
+        /// (a file bind mount: the share is mounted privately, only the file shows): one
+        /// plain file name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
 }
 
@@ -775,9 +780,17 @@ impl ContainerSpec {
                         ));
                     }
                 }
-                MountSource::Virtiofs { tag } => {
+                MountSource::Virtiofs { tag, file } => {
                     if tag.is_empty() || tag.len() > MAX_VIRTIOFS_TAG || tag.contains('\0') {
                         return bad(format!("Invalid virtio-fs tag {tag:?} for {}", m.target));
+                    }
+                    if let Some(f) = file
+                        && (f.is_empty()
+                            || f.len() > 255
+                            || matches!(f.as_str(), "." | "..")
+                            || f.contains(['/', '\0']))
+                    {
+                        return bad(format!("Invalid virtio-fs file {f:?} for {}", m.target));
                     }
                 }
             }
@@ -1155,11 +1168,27 @@ mod tests {
             let mut s = spec();
             s.mounts.push(Mount {
                 target: "/data".into(),
-                source: MountSource::Virtiofs { tag: tag.into() },
+                source: MountSource::Virtiofs {
+                    tag: tag.into(),
+                    file: None,
+                },
                 readonly: false,
             });
             let err = s.validate().unwrap_err();
             assert!(err.message.contains("Invalid virtio-fs tag"), "{err:?}");
+        }
+        for file in ["", ".", "..", "a/b", "../../etc/passwd"] {
+            let mut s = spec();
+            s.mounts.push(Mount {
+                target: "/etc/app.conf".into(),
+                source: MountSource::Virtiofs {
+                    tag: "arca0".into(),
+                    file: Some(file.into()),
+                },
+                readonly: false,
+            });
+            let err = s.validate().unwrap_err();
+            assert!(err.message.contains("Invalid virtio-fs file"), "{err:?}");
         }
         let mut s = spec();
         s.mounts.push(Mount {

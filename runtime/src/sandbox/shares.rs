@@ -4,6 +4,9 @@
 //! mount, so the host refuses writes whatever the guest does), and one `--fs` device of
 //! the VMM for each, with its own tag. A virtiofsd ends when its VMM does.
 //!
+//! A single file is shared through a directory of its own that only the daemon sees
+//! ([`file_share`]).
+//!
 //! One daemon per mount rather than one per VM serving a tree of bind mounts: nothing
 //! has to be mounted on the host (and cleaned up after a crash), read-only is per
 //! daemon, and a guest can never reach a sibling directory of what it was given.
@@ -59,6 +62,38 @@ fn virtiofsd() -> Result<PathBuf, RunError> {
         })
 }
 
+/// The name a shared file has at the top of its share.
+pub const SHARED_FILE: &str = "file";
+
+/// A virtiofsd that shares one file (`-v /host/app.conf:/etc/app.conf`): virtio-fs
+/// shares directories, so the daemon starts in a mount namespace of its own where a
+/// 64 KiB tmpfs on the container's `fs<i>` directory holds only [`SHARED_FILE`], a
+/// bind mount of `source`. Nothing is mounted on the host's view (the namespace, and
+/// its mounts, go with the daemon), and the guest sees nothing beside the file (what
+/// it writes beside it lands in that tmpfs).
+fn file_share(dir: &Path, index: usize, source: &Path, program: &Path) -> Result<Command, RunError> {
+    let stage = dir.join(format!("fs{index}"));
+    std::fs::create_dir_all(&stage).map_err(io_err(format!("create {}", stage.display())))?;
+    let stage = stage
+        .canonicalize()
+        .map_err(io_err(format!("resolve {}", stage.display())))?;
+    let source = source
+        .canonicalize()
+        .map_err(io_err(format!("resolve {}", source.display())))?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=64k,mode=755 arca-share \"$1\" && touch \"$1/{SHARED_FILE}\" && mount --bind \"$2\" \"$1/{SHARED_FILE}\" && shift 2 && exec \"$@\""
+        ))
+        .arg("sh")
+        .arg(&stage)
+        .arg(&source)
+        .arg(program)
+        .arg("--shared-dir")
+        .arg(&stage);
+    Ok(cmd)
+}
+
 /// Starts a virtiofsd for each shared mount of `mounts`, sockets and logs in `dir`,
 /// and waits until each listens.
 pub fn start(dir: &Path, mounts: &[MountPoint]) -> Result<Shares, RunError> {
@@ -70,21 +105,24 @@ pub fn start(dir: &Path, mounts: &[MountPoint]) -> Result<Shares, RunError> {
     for (i, m) in mounts.iter().enumerate().filter(|(_, m)| shared(m)) {
         let meta = std::fs::metadata(&m.source)
             .map_err(io_err(format!("inspect {}", m.source.display())))?;
-        if !meta.is_dir() {
-            return Err(RunError::Invalid(format!(
-                "Cannot mount the file {} on {} in a microVM: virtio-fs shares directories (mount its directory, or use --isolation=process)",
-                m.source.display(),
-                m.destination
-            )));
-        }
         let socket = dir.join(format!("fs{i}.sock"));
         let log = dir.join(format!("fs{i}.log"));
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new(&program);
+        let mut cmd = if meta.is_dir() {
+            let mut cmd = Command::new(&program);
+            cmd.arg("--shared-dir").arg(&m.source);
+            cmd
+        } else if meta.is_file() {
+            file_share(dir, i, &m.source, &program)?
+        } else {
+            return Err(RunError::Invalid(format!(
+                "Cannot mount {} on {}: not a directory or a regular file",
+                m.source.display(),
+                m.destination
+            )));
+        };
         cmd.arg("--socket-path")
             .arg(&socket)
-            .arg("--shared-dir")
-            .arg(&m.source)
             .args(["--sandbox", "namespace", "--cache", "auto"])
             // Quiet unless something goes wrong.
             .args(["--log-level", "error"]);
