@@ -685,9 +685,8 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
                 Some(f) => {
                     let base = root.parent().unwrap_or(root);
                     let stage = base.join(format!("share-{tag}"));
-                    fs::create_dir(&stage).map_err(|e| {
-                        internal(&format!("Cannot create {}", stage.display()), e)
-                    })?;
+                    fs::create_dir(&stage)
+                        .map_err(|e| internal(&format!("Cannot create {}", stage.display()), e))?;
                     (stage, Some(f))
                 }
                 None => (target.clone(), None),
@@ -708,7 +707,10 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
                 if m.readonly {
                     rustix::mount::mount_remount(
                         &target,
-                        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                        MountFlags::BIND
+                            | MountFlags::RDONLY
+                            | MountFlags::NOSUID
+                            | MountFlags::NODEV,
                         "",
                     )
                     .map_err(|e| mount_err(&format!("{f} read-only"), &target, e))?;

@@ -251,10 +251,7 @@ impl<'a> Sandbox<'a> {
             },
             (_, Isolation::Vm) => MountSource::Virtiofs {
                 tag: shares::tag(index),
-                file: m
-                    .source
-                    .is_file()
-                    .then(|| shares::SHARED_FILE.to_string()),
+                file: m.source.is_file().then(|| shares::SHARED_FILE.to_string()),
             },
         };
         Mount {

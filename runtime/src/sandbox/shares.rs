@@ -71,7 +71,12 @@ pub const SHARED_FILE: &str = "file";
 /// bind mount of `source`. Nothing is mounted on the host's view (the namespace, and
 /// its mounts, go with the daemon), and the guest sees nothing beside the file (what
 /// it writes beside it lands in that tmpfs).
-fn file_share(dir: &Path, index: usize, source: &Path, program: &Path) -> Result<Command, RunError> {
+fn file_share(
+    dir: &Path,
+    index: usize,
+    source: &Path,
+    program: &Path,
+) -> Result<Command, RunError> {
     let stage = dir.join(format!("fs{index}"));
     std::fs::create_dir_all(&stage).map_err(io_err(format!("create {}", stage.display())))?;
     let stage = stage
