@@ -99,6 +99,43 @@ fn file_share(
     Ok(cmd)
 }
 
+/// The virtiofsd command serving mount `m`, the `index`th of the container, on
+/// `socket`: its directory (or, for a file, a directory of the file alone), in its own
+/// namespace sandbox, `--readonly` when the mount is: the host refuses writes to a
+/// read-only mount whatever the guest's kernel does.
+fn daemon_command(
+    dir: &Path,
+    index: usize,
+    m: &MountPoint,
+    program: &Path,
+    socket: &Path,
+) -> Result<Command, RunError> {
+    let meta =
+        std::fs::metadata(&m.source).map_err(io_err(format!("inspect {}", m.source.display())))?;
+    let mut cmd = if meta.is_dir() {
+        let mut cmd = Command::new(program);
+        cmd.arg("--shared-dir").arg(&m.source);
+        cmd
+    } else if meta.is_file() {
+        file_share(dir, index, &m.source, program)?
+    } else {
+        return Err(RunError::Invalid(format!(
+            "Cannot mount {} on {}: not a directory or a regular file",
+            m.source.display(),
+            m.destination
+        )));
+    };
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .args(["--sandbox", "namespace", "--cache", "auto"])
+        // Quiet unless something goes wrong.
+        .args(["--log-level", "error"]);
+    if !m.rw {
+        cmd.arg("--readonly");
+    }
+    Ok(cmd)
+}
+
 /// Starts a virtiofsd for each shared mount of `mounts`, sockets and logs in `dir`,
 /// and waits until each listens.
 pub fn start(dir: &Path, mounts: &[MountPoint]) -> Result<Shares, RunError> {
@@ -108,32 +145,10 @@ pub fn start(dir: &Path, mounts: &[MountPoint]) -> Result<Shares, RunError> {
     }
     let program = virtiofsd()?;
     for (i, m) in mounts.iter().enumerate().filter(|(_, m)| shared(m)) {
-        let meta = std::fs::metadata(&m.source)
-            .map_err(io_err(format!("inspect {}", m.source.display())))?;
         let socket = dir.join(format!("fs{i}.sock"));
         let log = dir.join(format!("fs{i}.log"));
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = if meta.is_dir() {
-            let mut cmd = Command::new(&program);
-            cmd.arg("--shared-dir").arg(&m.source);
-            cmd
-        } else if meta.is_file() {
-            file_share(dir, i, &m.source, &program)?
-        } else {
-            return Err(RunError::Invalid(format!(
-                "Cannot mount {} on {}: not a directory or a regular file",
-                m.source.display(),
-                m.destination
-            )));
-        };
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .args(["--sandbox", "namespace", "--cache", "auto"])
-            // Quiet unless something goes wrong.
-            .args(["--log-level", "error"]);
-        if !m.rw {
-            cmd.arg("--readonly");
-        }
+        let mut cmd = daemon_command(dir, i, m, &program, &socket)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -163,4 +178,73 @@ pub fn start(dir: &Path, mounts: &[MountPoint]) -> Result<Shares, RunError> {
         shares.devices.push((tag(i), socket));
     }
     Ok(shares)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(source: &Path, rw: bool) -> MountPoint {
+        MountPoint {
+            kind: MountType::Bind,
+            name: None,
+            source: source.to_path_buf(),
+            destination: "/mnt".into(),
+            rw,
+            tmpfs: None,
+            anonymous: false,
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A guest that ignores its read-only mount (a compromised guest kernel) still
+    /// cannot write: the daemon itself refuses. A file share serves a directory of the
+    /// file alone, never the file's own directory.
+    #[test]
+    fn read_only_is_enforced_by_the_daemon_and_a_file_is_shared_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, src) = (tmp.path().join("ctr"), tmp.path().join("src"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&src).unwrap();
+        let prog = Path::new("/usr/bin/virtiofsd");
+        let sock = dir.join("fs0.sock");
+        let ro = args(&daemon_command(&dir, 0, &point(&src, false), prog, &sock).unwrap());
+        assert_eq!(ro[0], "/usr/bin/virtiofsd");
+        assert!(ro.iter().any(|a| a == "--readonly"), "{ro:?}");
+        assert!(
+            ro.windows(2)
+                .any(|w| w[0] == "--shared-dir" && w[1] == src.to_str().unwrap())
+        );
+        assert!(
+            ro.windows(2).any(|w| w == ["--sandbox", "namespace"]),
+            "{ro:?}"
+        );
+        let rw = args(&daemon_command(&dir, 0, &point(&src, true), prog, &sock).unwrap());
+        assert!(!rw.iter().any(|a| a == "--readonly"), "{rw:?}");
+
+        let file = src.join("app.conf");
+        std::fs::write(&file, "x").unwrap();
+        let f = args(&daemon_command(&dir, 3, &point(&file, false), prog, &sock).unwrap());
+        assert_eq!(f[0], "unshare");
+        let stage = dir.join("fs3").canonicalize().unwrap();
+        let shared: Vec<_> = f.windows(2).filter(|w| w[0] == "--shared-dir").collect();
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0][1], stage.to_str().unwrap(), "{f:?}");
+        assert!(f.iter().any(|a| a == "--readonly"), "{f:?}");
+
+        let sock_path = tmp.path().join("not-a-file");
+        let _l = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        let err = daemon_command(&dir, 1, &point(&sock_path, true), prog, &sock).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a directory or a regular file"),
+            "{err}"
+        );
+    }
 }
