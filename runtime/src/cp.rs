@@ -95,7 +95,7 @@ pub enum CpError {
     Run(#[from] RunError),
 }
 
-fn local(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CpError + '_ {
+fn local<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CpError + 'a {
     move |source| CpError::Local {
         action,
         path: path.to_path_buf(),
@@ -435,7 +435,9 @@ pub fn extract(reader: impl Read, root: &Path, top: &Top) -> Result<Vec<String>,
             Some(t) if t.as_os_str() != first => return Err(CpError::Outside(shown)),
             Some(_) => {}
         }
+        // (`join` of an empty path would add a trailing slash.)
         let target = match top {
+            Top::Rename(n) if rest.as_os_str().is_empty() => PathBuf::from(n),
             Top::Rename(n) => Path::new(n).join(&rest),
             Top::Merge => rest,
         };
@@ -642,6 +644,7 @@ fn sorted_children(dir: &Path) -> Result<Vec<OsString>, CpError> {
 
 /// Appends `path` as `name`, recursively, symlinks as symlinks, sockets left out.
 fn append<W: Write>(b: &mut tar::Builder<W>, path: &Path, name: &Path) -> Result<(), CpError> {
+    b.follow_symlinks(false);
     let m = fs::symlink_metadata(path).map_err(local("read", path))?;
     let t = m.file_type();
     if t.is_socket() {
