@@ -92,6 +92,22 @@ fn append<W: Write>(b: &mut tar::Builder<W>, path: &Path, name: &Path) -> Result
     if t.is_socket() {
         return Ok(());
     }
+    if t.is_symlink()
+        && let Ok(target) = fs::read_link(path)
+    {
+        // Written as it is: the tar builder's own path handling turns `/` into `//`.
+        use std::os::unix::ffi::OsStrExt;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        if header
+            .set_link_name_literal(target.as_os_str().as_bytes())
+            .is_ok()
+        {
+            return b.append_data(&mut header, name, io::empty()).map_err(err);
+        }
+    }
     if !t.is_dir() {
         return b.append_path_with_name(path, name).map_err(err);
     }

@@ -650,6 +650,13 @@ fn append<W: Write>(b: &mut tar::Builder<W>, path: &Path, name: &Path) -> Result
     if t.is_socket() {
         return Ok(());
     }
+    if t.is_symlink()
+        && let Some(mut header) = short_symlink(&m, path)
+    {
+        return b
+            .append_data(&mut header, name, io::empty())
+            .map_err(local("archive", path));
+    }
     if !t.is_dir() {
         return b
             .append_path_with_name(path, name)
@@ -664,6 +671,21 @@ fn append<W: Write>(b: &mut tar::Builder<W>, path: &Path, name: &Path) -> Result
         append(b, &path.join(&c), &name.join(&c))?;
     }
     Ok(())
+}
+
+/// The header of a symlink whose target fits the header, written as it is (the tar
+/// builder's own path handling turns a target of `/` into `//`).
+fn short_symlink(m: &fs::Metadata, path: &Path) -> Option<tar::Header> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = fs::read_link(path).ok()?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(m, tar::HeaderMode::Complete);
+    header.set_entry_type(EntryType::Symlink);
+    header.set_size(0);
+    header
+        .set_link_name_literal(target.as_os_str().as_bytes())
+        .ok()?;
+    Some(header)
 }
 
 #[cfg(test)]
@@ -886,6 +908,8 @@ mod tests {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("f"), "F").unwrap();
         std::os::unix::fs::symlink("/", src.join("root")).unwrap();
+        let long = format!("/{}", "x".repeat(150));
+        std::os::unix::fs::symlink(&long, src.join("long")).unwrap();
         let mut b = tar::Builder::new(Vec::new());
         append(&mut b, &src, Path::new("top")).unwrap();
         let bytes = b.into_inner().unwrap();
@@ -906,8 +930,17 @@ mod tests {
             vec![
                 ("top".into(), EntryType::Directory),
                 ("top/f".into(), EntryType::Regular),
+                ("top/long".into(), EntryType::Symlink),
                 ("top/root".into(), EntryType::Symlink),
             ]
+        );
+        let tmp2 = tempfile::tempdir().unwrap();
+        extract(&bytes[..], tmp2.path(), &Top::Rename("out".into())).unwrap();
+        let out = tmp2.path().join("out");
+        assert_eq!(fs::read_link(out.join("root")).unwrap(), PathBuf::from("/"));
+        assert_eq!(
+            fs::read_link(out.join("long")).unwrap(),
+            PathBuf::from(long)
         );
     }
 }
