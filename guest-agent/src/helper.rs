@@ -1062,6 +1062,12 @@ fn exec_process(
     die_with_parent()?;
     limit_capabilities()?;
     sys::unblock_all_signals().map_err(|e| internal("Cannot unblock signals", e))?;
+    if let Some(b) = &process.builtin {
+        // No exec will close the socket: closing it here tells the agent the process
+        // runs. From here on this process is as confined as the container's own.
+        drop(sync.take());
+        std::process::exit(crate::builtin::run(b));
+    }
     Err(exec_command(&process.args, &env))
 }
 

@@ -7,10 +7,12 @@
 //! - [`server`]: the protocol server on vsock (guest) or a Unix socket (host).
 //! - [`helper`]: the re-executed helper that sets up a container's namespaces and runs
 //!   its processes; the agent starts it as `/proc/self/exe __container-init|__exec`.
+//! - [`builtin`]: `arca cp`'s operations, run by an exec in place of a command.
 //!
 //! `unsafe` is confined to [`sys`]: fork, the pre-exec hook, vsock sockets and one
 //! interface ioctl.
 
+pub mod builtin;
 pub mod cgroup;
 pub mod cmdline;
 pub mod container;

@@ -21,12 +21,14 @@
 //!   linking it to its network, watching it, and its teardown.
 //! - [`attach`]: `arca attach`, and the hub a detached container's monitor serves it from.
 //! - [`exec`]: `arca exec`.
+//! - [`cp`]: `arca cp`, through the agent's builtins, and the safe host extraction.
 //! - [`run`]: `arca run`, in the foreground or detached under a monitor process.
 
 #![forbid(unsafe_code)]
 
 pub mod attach;
 pub mod container;
+pub mod cp;
 pub mod error;
 pub mod exec;
 pub mod guest;

@@ -3,7 +3,7 @@
 //!
 //! Commands: `pull`, `load`, `images`, `rmi`, `tag`, `inspect`, `run` (foreground or
 //! `-d`), `ps`, `logs`,
-//! `stop`, `kill`, `rm`, `wait`, `exec`. Exit codes follow Docker: the container's own;
+//! `stop`, `kill`, `rm`, `wait`, `exec`, `cp`. Exit codes follow Docker: the container's own;
 //! 125 when arca fails; 126/127 when the command cannot be run or found.
 
 use std::path::PathBuf;
@@ -161,6 +161,15 @@ enum Cmd {
         /// The command.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Copy files between a running container and the host (`-` for a tar stream).
+    Cp {
+        /// CONTAINER:SRC_PATH, or a host path, or `-` (a tar on stdin).
+        #[arg(allow_hyphen_values = true)]
+        src: String,
+        /// CONTAINER:DEST_PATH, or a host path, or `-` (a tar on stdout).
+        #[arg(allow_hyphen_values = true)]
+        dest: String,
     },
     /// Manage volumes.
     Volume {
@@ -537,6 +546,14 @@ fn main() -> ExitCode {
                 chain(&e)
             })
         }
+        Cmd::Cp { src, dest } => match arca_runtime::cp::cp(&state, &src, &dest) {
+            Ok(()) => Ok(0),
+            // Docker's `cp` exits 1 on every error.
+            Err(e) => {
+                eprintln!("arca: {}", chain(&e));
+                Ok(1)
+            }
+        },
         Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
         Cmd::NetworkGc { bridge } => {
             network::gc(&state, &bridge);

@@ -194,5 +194,51 @@ i=0; while [ -e "$state/containers/gone" ]; do i=$((i+1)); [ $i -gt 100 ] && bre
 out=$(ls "$state/containers" | grep -c gone); check detached-rm-cleans 1 0 $? "$out"
 out=$(run --name named busybox true; run --name named busybox true 2>/dev/null); check name-reuse-after-rm 0 "" $? "$out"
 
+# cp: both ways, tar streams both ways, Docker's path rules and errors (exit 1); a
+# container symlink to / copies as a link and resolves inside the container.
+ct=$(mktemp -d)
+arca run -d --isolation="$iso" --name cpc busybox sh -c 'mkdir -p /d/sub && echo one >/d/f && echo two >/d/sub/g && chmod 750 /d/sub && ln -s / /rootlink && touch /ready && sleep 1000' >/dev/null
+i=0; while ! arca exec cpc test -e /ready 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(arca cp cpc:/d/f "$ct/f" && cat "$ct/f"); check cp-out-file 0 one $? "$out"
+out=$(arca cp cpc:/d "$ct/" && cat "$ct/d/f" "$ct/d/sub/g" && stat -c %a "$ct/d/sub"); check cp-out-dir 0 "one
+two
+750" $? "$out"
+out=$(mkdir "$ct/into" && arca cp cpc:/d/. "$ct/into" && ls "$ct/into"); check cp-out-contents 0 "f
+sub" $? "$out"
+out=$(arca cp cpc:/d/sub "$ct/newdir" && ls "$ct/newdir"); check cp-out-dir-to-new-name 0 g $? "$out"
+out=$(arca cp cpc:/d - | tar -tf - | sort | tr -d / | tr '\n' ' '); check cp-out-stream 0 "d df dsub dsubg " $? "$out"
+out=$(arca cp cpc:/rootlink "$ct/rl" && readlink "$ct/rl"); check cp-out-symlink-to-root-as-link 0 / $? "$out"
+out=$(arca cp cpc:/rootlink/d/f "$ct/through" && cat "$ct/through"); check cp-out-through-symlink-stays-inside 0 one $? "$out"
+echo host >"$ct/hf"; mkdir -p "$ct/hd/s"; echo deep >"$ct/hd/s/x"; chmod 700 "$ct/hd/s"; ln -s / "$ct/hd/hostroot"
+out=$(arca cp "$ct/hf" cpc:/d/hf2 && arca exec cpc cat /d/hf2); check cp-in-file 0 host $? "$out"
+out=$(arca cp "$ct/hd" cpc:/d && arca exec cpc sh -c 'cat /d/hd/s/x; stat -c "%a %u" /d/hd/s; readlink /d/hd/hostroot'); check cp-in-dir 0 "deep
+700 0
+/" $? "$out"
+out=$(arca cp "$ct/hd/." cpc:/d/sub && arca exec cpc ls /d/sub); check cp-in-contents 0 "g
+hostroot
+s" $? "$out"
+out=$(tar -cf - -C "$ct" hf | arca cp - cpc:/d/sub && arca exec cpc cat /d/sub/hf); check cp-in-stream 0 host $? "$out"
+out=$(arca cp "$ct/hf" cpc:/rootlink/d/via && arca exec cpc cat /d/via; ls /d/via 2>/dev/null | wc -l); check cp-in-through-symlink-stays-inside 0 "host
+0" $? "$out"
+out=$(arca cp cpc:/nope "$ct/x" 2>"$ct/err"; echo $?; grep -c 'Could not find the file /nope in container cpc' "$ct/err"); check cp-missing-source 0 "1
+1" $? "$out"
+out=$(arca cp cpc:/d "$ct/f" 2>"$ct/err"; echo $?; grep -c 'Cannot copy a directory to a file' "$ct/err"); check cp-dir-to-file 0 "1
+1" $? "$out"
+out=$(arca cp "$ct/hd" cpc:/d/f 2>"$ct/err"; echo $?; grep -c 'Cannot copy a directory to a file' "$ct/err"); check cp-in-dir-to-file 0 "1
+1" $? "$out"
+out=$(arca cp cpc:/d/f "$ct/nodir/" 2>"$ct/err"; echo $?; grep -c 'destination directory must exist' "$ct/err"); check cp-dest-dir-missing 0 "1
+1" $? "$out"
+out=$(arca cp "$ct/hf" cpc:/nodir/ 2>"$ct/err"; echo $?; grep -c 'destination directory must exist' "$ct/err"); check cp-in-dest-dir-missing 0 "1
+1" $? "$out"
+out=$(arca cp cpc:/d/f cpc:/x 2>"$ct/err"; echo $?; grep -c 'between containers' "$ct/err"); check cp-both-containers 0 "1
+1" $? "$out"
+out=$(arca cp "$ct/hf" "$ct/hf3" 2>"$ct/err"; echo $?; grep -c 'at least one container' "$ct/err"); check cp-no-container 0 "1
+1" $? "$out"
+arca kill cpc >/dev/null; arca wait cpc >/dev/null
+out=$(arca cp cpc:/d/f "$ct/s" 2>"$ct/err"; echo $?; grep -c 'not running' "$ct/err"); check cp-stopped-refused 0 "1
+1" $? "$out"
+arca rm cpc >/dev/null
+rm -rf "$ct"
+
 left=$(ls "$state/containers" 2>/dev/null | wc -l); check nothing-left 0 0 0 "$left"
 [ $fails -eq 0 ]

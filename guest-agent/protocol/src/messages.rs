@@ -625,6 +625,48 @@ pub struct ProcessSpec {
     /// Resource limits.
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
+    /// Run one of the agent's own operations instead of `args` (which may then be
+    /// empty), confined exactly as a container process: after the namespaces, cgroup,
+    /// credentials and capability limits, in place of the exec.
+    #[serde(default)]
+    pub builtin: Option<Builtin>,
+}
+
+/// An operation the agent runs in a container instead of a command (`arca cp`). It
+/// exits 0, or 1 with the reason on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Builtin {
+    /// Print `{"kind": "file|dir|symlink|other", "size": N, "mode": N}` (one line) for
+    /// `path`, not following a final symlink unless the path ends with `/`; "not found"
+    /// on stderr and exit 1 when it does not exist.
+    Stat {
+        /// Absolute path in the container.
+        path: String,
+    },
+    /// Write a tar of `path` to stdout; its top entry is the path's base name, symlinks
+    /// are archived as symlinks.
+    TarOut {
+        /// Absolute path in the container.
+        path: String,
+    },
+    /// Extract a tar from stdin into the existing directory `dir` (modes kept, owners
+    /// not: files belong to the container's root; entries with `..` or an absolute path
+    /// are refused).
+    TarIn {
+        /// Absolute path of a directory in the container.
+        dir: String,
+    },
+}
+
+impl Builtin {
+    /// The path it works on.
+    pub fn path(&self) -> &str {
+        match self {
+            Builtin::Stat { path } | Builtin::TarOut { path } => path,
+            Builtin::TarIn { dir } => dir,
+        }
+    }
 }
 
 /// One rlimit.
@@ -669,7 +711,12 @@ impl ProcessSpec {
                 "Arguments and environment take {size} bytes; the limit is {MAX_ARGS_AND_ENV}"
             ));
         }
-        if self.args.is_empty() || self.args[0].is_empty() {
+        if let Some(b) = &self.builtin {
+            let p = b.path();
+            if !p.starts_with('/') || p.contains('\0') || p.len() > 4096 {
+                return bad(format!("Builtin path {p:?} is not an absolute path"));
+            }
+        } else if self.args.is_empty() || self.args[0].is_empty() {
             return bad("No command given".into());
         }
         if let Some(a) = self.args.iter().find(|a| a.contains('\0')) {
@@ -896,6 +943,38 @@ mod tests {
             dns: Vec::new(),
             mounts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn builtins_are_tagged_validated_and_optional() {
+        let p = ProcessSpec {
+            builtin: Some(Builtin::TarIn { dir: "/tmp".into() }),
+            stdin: true,
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json["builtin"],
+            serde_json::json!({"kind": "tar_in", "dir": "/tmp"})
+        );
+        let old: ProcessSpec =
+            serde_json::from_str(r#"{"args": ["sh"], "cwd": null, "user": null}"#).unwrap();
+        assert_eq!(old.builtin, None);
+        for bad in ["tmp", "/a\0b", ""] {
+            let p = ProcessSpec {
+                builtin: Some(Builtin::Stat { path: bad.into() }),
+                ..Default::default()
+            };
+            assert!(p.validate().is_err(), "{bad:?}");
+        }
+        let out: Builtin = serde_json::from_str(r#"{"kind": "tar_out", "path": "/etc"}"#).unwrap();
+        assert_eq!(
+            out,
+            Builtin::TarOut {
+                path: "/etc".into()
+            }
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ const OPAQUE: &str = ".wh..wh..opq";
 
 /// The entry path relative to the root: `/` and `.` dropped, `..` refused. `None` for
 /// the root itself.
-fn clean(raw: &Path) -> Result<Option<PathBuf>, UnpackError> {
+pub(crate) fn clean(raw: &Path) -> Result<Option<PathBuf>, UnpackError> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {
@@ -143,7 +143,7 @@ fn clean(raw: &Path) -> Result<Option<PathBuf>, UnpackError> {
 /// Checks every parent of `rel` below `root`: each must be a real directory, or absent
 /// (then it is created when `create` is set, else `Ok(None)` says the path cannot
 /// exist). Returns the full path.
-fn parents(
+pub(crate) fn parents(
     root: &Path,
     rel: &Path,
     entry: &str,
@@ -186,7 +186,7 @@ fn parents(
 
 /// Removes whatever stands at `path` (a directory with its contents), without
 /// following a symlink there.
-fn remove_existing(path: &Path) -> Result<(), UnpackError> {
+pub(crate) fn remove_existing(path: &Path) -> Result<(), UnpackError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
         Ok(_) => fs::remove_file(path).map_err(io_err("remove", path)),
