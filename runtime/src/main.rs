@@ -493,12 +493,9 @@ fn main() -> ExitCode {
             containers: names,
         } => {
             let code = each(&names, |n| {
-                let anonymous = find(&state, n)
-                    .map(|(_, r)| volume::anonymous_of(&r.mounts))
-                    .unwrap_or_default();
-                lifecycle::rm(&state, n, force)?;
+                let removed = lifecycle::rm(&state, n, force)?;
                 if volumes {
-                    volume::remove_anonymous(&state, &anonymous);
+                    volume::remove_anonymous(&state, &volume::anonymous_of(&removed.mounts));
                 }
                 Ok::<(), arca_runtime::RunError>(())
             });
@@ -828,7 +825,8 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
                         if !matches!(value, "true" | "1" | "false" | "0") {
                             return Err(format!("invalid filter 'dangling={value}'"));
                         }
-                        volumes.retain(|v| volume::users(state, &v.name).is_empty() == want);
+                        let used = volume::in_use(state);
+                        volumes.retain(|v| used.contains_key(&v.name) != want);
                     }
                     "name" => volumes.retain(|v| v.name.contains(value)),
                     "label" => {

@@ -177,13 +177,8 @@ fn lock_as(state: &Path, how: rustix::fs::FlockOperation) -> Result<Lock, Networ
     let dir = networks_dir(state);
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let path = dir.join(".lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(format!("open {}", path.display())))?;
-    rustix::fs::flock(&f, how).map_err(|e| io_err(format!("lock {}", path.display()))(e.into()))?;
+    let f = crate::state::lock_file(&path, how)
+        .map_err(|(action, e)| io_err(format!("{action} {}", path.display()))(e))?;
     Ok(Lock(f))
 }
 

@@ -49,6 +49,23 @@ pub enum StateError {
     },
 }
 
+/// Opens (creating) the lock file `path` and takes flock(2) `how` on it: the one recipe
+/// of the store's, the networks' and the volumes' locks. The error says which step
+/// failed (`"open"` or `"lock"`).
+pub fn lock_file(
+    path: &Path,
+    how: rustix::fs::FlockOperation,
+) -> Result<fs::File, (&'static str, io::Error)> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| ("open", e))?;
+    rustix::fs::flock(&f, how).map_err(|e| ("lock", e.into()))?;
+    Ok(f)
+}
+
 /// Where `arca` keeps state: `$ARCA_STATE_DIR`, else `/var/lib/arca` as root, else
 /// `$XDG_DATA_HOME/arca` (`~/.local/share/arca`); never a shared directory such as
 /// `/tmp`.

@@ -359,9 +359,7 @@ pub fn parse_mount<'a>(text: &'a str) -> Result<MountRequest, StorageError> {
                 seen_kind_keys.push("tmpfs");
                 let v = need(value)?;
                 tmpfs.mode = Some(
-                    u32::from_str_radix(v, 8)
-                        .ok()
-                        .filter(|&m| m <= 0o7777)
+                    octal_mode(v)
                         .ok_or_else(|| bad(format!("invalid tmpfs-mode {v:?} (use octal)")))?,
                 );
             }
@@ -414,6 +412,12 @@ pub fn parse_mount<'a>(text: &'a str) -> Result<MountRequest, StorageError> {
     })
 }
 
+/// A tmpfs mode as `--tmpfs mode=` and `--mount tmpfs-mode=` take it: octal, at most
+/// 07777.
+fn octal_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text, 8).ok().filter(|&m| m <= 0o7777)
+}
+
 /// `--tmpfs PATH[:OPTIONS]`, Docker's syntax: options `rw`, `ro`, `size=SIZE`,
 /// `mode=OCTAL`, `exec`, `noexec` (the default), `nosuid`, `nodev` (always on).
 pub fn parse_tmpfs(text: &str) -> Result<MountRequest, StorageError> {
@@ -432,9 +436,7 @@ pub fn parse_tmpfs(text: &str) -> Result<MountRequest, StorageError> {
             }
             Some(("mode", v)) => {
                 mode = Some(
-                    u32::from_str_radix(v, 8)
-                        .ok()
-                        .filter(|&m| m <= 0o7777)
+                    octal_mode(v)
                         .ok_or_else(|| bad(format!("bad mode {v:?} (use octal, e.g. 1777)")))?,
                 );
             }

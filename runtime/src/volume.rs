@@ -141,14 +141,8 @@ pub fn lock(state: &Path) -> Result<VolumesLock, VolumeError> {
     let dir = volumes_dir(state);
     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("open", &path))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| io_err("lock", &path)(e.into()))?;
+    let f = crate::state::lock_file(&path, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|(action, e)| io_err(action, &path)(e))?;
     Ok(VolumesLock(f))
 }
 
@@ -241,13 +235,24 @@ pub fn list(state: &Path) -> Result<Vec<Volume>, VolumeError> {
     Ok(out)
 }
 
+/// The volumes container records name, each with those containers (the records are
+/// read once).
+pub fn in_use(state: &Path) -> std::collections::HashMap<String, Vec<String>> {
+    let mut users = std::collections::HashMap::<String, Vec<String>>::new();
+    for c in list_containers(state) {
+        for name in c.mounts.iter().filter_map(|m| m.name.as_ref()) {
+            let ids = users.entry(name.clone()).or_default();
+            if !ids.contains(&c.id) {
+                ids.push(c.id.clone());
+            }
+        }
+    }
+    users
+}
+
 /// The containers whose records name volume `name`.
 pub fn users(state: &Path, name: &str) -> Vec<String> {
-    list_containers(state)
-        .into_iter()
-        .filter(|c| c.mounts.iter().any(|m| m.name.as_deref() == Some(name)))
-        .map(|c| c.id)
-        .collect()
+    in_use(state).remove(name).unwrap_or_default()
 }
 
 /// Removes volume `name`; refused while a container uses it (Docker's `volume rm -f`
@@ -304,13 +309,13 @@ pub fn remove_anonymous(state: &Path, names: &[String]) {
 /// `volume prune`: removes the volumes no container uses, anonymous ones only unless
 /// `all`. Returns their names and the bytes freed.
 pub fn prune(state: &Path, all: bool) -> Result<(Vec<String>, u64), VolumeError> {
-    let lock = lock(state)?;
+    let _lock = lock(state)?;
+    let used = in_use(state);
     let (mut names, mut freed) = (Vec::new(), 0);
     for v in list(state)? {
-        if (all || v.anonymous) && users(state, &v.name).is_empty() {
+        if (all || v.anonymous) && !used.contains_key(&v.name) {
             let size = dir_size(&data_dir(state, &v.name));
             discard(state, &v.name)?;
-            let _ = &lock;
             names.push(v.name);
             freed += size;
         }

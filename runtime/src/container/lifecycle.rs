@@ -107,8 +107,8 @@ const fn libc_sigterm() -> i32 {
     15
 }
 
-/// `arca rm [-f]`.
-pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
+/// `arca rm [-f]`; returns the removed container's record (its volumes, for `rm -v`).
+pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunError> {
     let (dir, rec) = find(state, name)?;
     if rec.status != Status::Exited {
         if !force {
@@ -154,7 +154,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<(), RunError> {
             action: format!("remove {}", dir.display()),
             source: e,
         }),
-        _ => Ok(()),
+        _ => Ok(rec),
     }
 }
 

@@ -456,14 +456,8 @@ impl Store {
     /// Takes the exclusive store lock (blocking until other `arca` processes let go).
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_err("lock", &path)(e.into()))?;
+        let f = crate::state::lock_file(&path, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|(action, e)| io_err(action, &path)(e))?;
         Ok(StoreLock(f))
     }
 
