@@ -1,11 +1,15 @@
-//! The host side of the wall (issue 13): what another local user can reach of Arca's
-//! state, and what a hostile image or guest can do to the host around the VM.
+//! The host side of the wall (issues 13 and 14): what another local user can reach of
+//! Arca's state, what a hostile image or guest can do to the host around the VM, and
+//! what a guest that took over its VMM would hold (the jail).
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::process::Command;
 
 use arca_e2e::guest::busybox_image;
-use arca_e2e::{assert_success, binary, is_root, path_with_binaries, repo_root, stdout};
+use arca_e2e::{
+    TestFile, assert_success, binary, is_root, path_with_binaries, repo_root, run_with_kvm, stdout,
+};
 
 fn has(tool: &str) -> bool {
     Command::new("sh")
@@ -178,6 +182,40 @@ fn hostile_cases_pass_with_process_isolation_on_this_host() {
 fn hostile_cases_pass_in_microvms() {
     binary("arca");
     let out = arca_e2e::case_table_with_kvm("hostile-cases.sh", 900);
+    eprintln!("{}", stdout(&out));
+    assert_success(&out);
+}
+
+/// `tests/e2e/jail-cases.sh` (issue 14): while a microVM runs, its `arca-vmm` has the
+/// jail's uid and gid, no capabilities in any set, `NoNewPrivs: 1`, `Seccomp: 2` on
+/// every thread, an empty root, its own pid, mount, network, ipc and uts namespaces and
+/// its own cgroup with `memory.max`, `cpu.max` (`--cpus 0.5` holds a busy loop near
+/// half a CPU) and `pids.max`; it still boots and serves its disks, vsock, network and a
+/// published port, stops cleanly, dies with its supervisor, and leaves no cgroup.
+#[test]
+fn a_running_vmm_is_jailed_and_still_serves_its_vm() {
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        TestFile {
+            source: busybox_image(dir.path()),
+            name: "busybox.tar".into(),
+        },
+        TestFile {
+            source: repo_root().join("tests/e2e/jail-cases.sh"),
+            name: "jail-cases.sh".into(),
+        },
+        TestFile {
+            source: PathBuf::from("/sbin/mke2fs"),
+            name: "mkfs.ext4".into(),
+        },
+    ];
+    let out = run_with_kvm(
+        r#"export PATH="$ARCA_E2E_DIR:$PATH" ARCA_STATE_DIR=/tmp/arca-jail
+        sh "$ARCA_E2E_DIR/jail-cases.sh" "$ARCA_E2E_DIR/busybox.tar""#,
+        &files,
+        600,
+    );
     eprintln!("{}", stdout(&out));
     assert_success(&out);
 }

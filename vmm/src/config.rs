@@ -108,6 +108,14 @@ pub enum ConfigError {
     /// More devices than slots.
     #[error("Too many virtio devices: {0} given, at most {max} fit", max = VIRTIO_IRQ_RANGE.count())]
     TooManyDevices(usize),
+    /// A `--jail` value does not parse.
+    #[error(
+        "Invalid jail {0:?}: use root=DIR,uid=N,gid=N[,cgroup=PATH][,cpu-quota=CPUS] (uid and gid not 0, CPUS above 0)"
+    )]
+    JailSpec(String),
+    /// The jail's root is not an empty directory.
+    #[error("The jail root {0} is not an empty directory")]
+    JailRoot(PathBuf),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -284,6 +292,117 @@ impl FsFile {
     }
 }
 
+/// The jail in the JSON form (see the `arca-jail` crate).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JailFile {
+    /// An empty directory: the mount point of the jail's empty root.
+    pub root: PathBuf,
+    /// The uid the VMM runs as once jailed (not 0).
+    pub uid: u32,
+    /// The gid the VMM runs as once jailed (not 0).
+    pub gid: u32,
+    /// The VM's cgroup (a directory below the cgroup2 mount, made with its parents);
+    /// none leaves the VMM in its parent's cgroup.
+    pub cgroup: Option<PathBuf>,
+    /// CPU time per 100 ms period, in microseconds (`cpu.max`); none is unlimited.
+    pub cpu_quota_us: Option<u64>,
+}
+
+/// `cpu.max`'s period.
+pub const CPU_PERIOD_US: u64 = 100_000;
+/// What the VMM may use beside guest RAM before its cgroup's `memory.max` stops it:
+/// its own heap and stacks, KVM's page tables and vCPU state, socket buffers, page
+/// cache of the disks it serves.
+pub const VMM_MEMORY_OVERHEAD_MIB: u64 = 64;
+/// Threads beside the vCPUs: the main thread, virtio-fs watchdogs.
+pub const VMM_EXTRA_TASKS: u64 = 16;
+/// Open files: the vsock connection limit with its reserve, and the devices.
+pub const VMM_OPEN_FILES: u64 = 4096;
+
+impl JailFile {
+    /// Parses the `--jail` form: `root=DIR,uid=N,gid=N[,cgroup=PATH][,cpu-quota=CPUS]`,
+    /// CPUS a decimal count of CPUs (`0.5`: half a CPU).
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::JailSpec(spec.to_owned());
+        let (mut root, mut uid, mut gid, mut cgroup, mut quota) = (None, None, None, None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("root", p)) if root.is_none() && !p.is_empty() => {
+                    root = Some(PathBuf::from(p))
+                }
+                Some(("uid", n)) if uid.is_none() => uid = Some(n.parse().map_err(|_| bad())?),
+                Some(("gid", n)) if gid.is_none() => gid = Some(n.parse().map_err(|_| bad())?),
+                Some(("cgroup", p)) if cgroup.is_none() && !p.is_empty() => {
+                    cgroup = Some(PathBuf::from(p))
+                }
+                Some(("cpu-quota", n)) if quota.is_none() => {
+                    let cpus: f64 = n.parse().map_err(|_| bad())?;
+                    if !(cpus.is_finite() && cpus > 0.0 && cpus <= f64::from(MAX_VCPUS)) {
+                        return Err(bad());
+                    }
+                    quota = Some(((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000));
+                }
+                _ => return Err(bad()),
+            }
+        }
+        match (root, uid, gid) {
+            (Some(root), Some(uid), Some(gid)) if uid != 0 && gid != 0 => Ok(JailFile {
+                root,
+                uid,
+                gid,
+                cgroup,
+                cpu_quota_us: quota,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The jail of a VM with `cpus` vCPUs, `memory_mib` of RAM and `disks`. A writable
+    /// disk whose file lives on tmpfs (the lab's state directory) adds its size to
+    /// `memory.max`: what the guest writes there is memory charged to the VMM.
+    fn check(
+        self,
+        cpus: u64,
+        memory_mib: u64,
+        disks: &[DiskConfig],
+    ) -> Result<arca_jail::JailConfig, ConfigError> {
+        let empty = std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_none());
+        if !empty {
+            return Err(ConfigError::JailRoot(self.root));
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(ConfigError::JailSpec(format!(
+                "uid={},gid={}",
+                self.uid, self.gid
+            )));
+        }
+        Ok(arca_jail::JailConfig {
+            root: self.root,
+            uid: self.uid,
+            gid: self.gid,
+            cgroup: self.cgroup.map(|path| arca_jail::CgroupLimits {
+                path,
+                memory_max: ((memory_mib + VMM_MEMORY_OVERHEAD_MIB) << 20)
+                    + memory_backed_disks(disks),
+                cpu_max: self.cpu_quota_us.map(|q| (q, CPU_PERIOD_US)),
+                pids_max: cpus + VMM_EXTRA_TASKS,
+            }),
+            nofile: VMM_OPEN_FILES,
+        })
+    }
+}
+
+/// The bytes of the writable disks whose files live in memory (tmpfs).
+fn memory_backed_disks(disks: &[DiskConfig]) -> u64 {
+    disks
+        .iter()
+        .filter(|d| !d.read_only && arca_jail::is_memory_backed(&d.path))
+        .filter_map(|d| std::fs::metadata(&d.path).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Checks the virtio-fs devices: tags valid and unique, queue sizes usable, sockets
 /// present.
 fn check_fs(list: Vec<FsFile>) -> Result<Vec<FsConfig>, ConfigError> {
@@ -369,6 +488,8 @@ pub struct ConfigFile {
     pub net: Option<NetFile>,
     /// virtio-fs devices.
     pub fs: Option<Vec<FsFile>>,
+    /// The jail the VMM enters before the guest runs.
+    pub jail: Option<JailFile>,
 }
 
 impl ConfigFile {
@@ -398,6 +519,7 @@ impl ConfigFile {
             vsock: overrides.vsock.or(self.vsock),
             net: overrides.net.or(self.net),
             fs: overrides.fs.or(self.fs),
+            jail: overrides.jail.or(self.jail),
         }
     }
 }
@@ -427,6 +549,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// virtio-fs devices (guest RAM is then shared with their backends).
     pub fs: Vec<FsConfig>,
+    /// The jail, if any.
+    pub jail: Option<arca_jail::JailConfig>,
 }
 
 /// Default vCPU count.
@@ -494,6 +618,7 @@ impl VmConfig {
         if devices > VIRTIO_IRQ_RANGE.count() {
             return Err(ConfigError::TooManyDevices(devices));
         }
+        let jail = file.jail.map(|j| j.check(cpus, mib, &disks)).transpose()?;
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,
@@ -506,6 +631,7 @@ impl VmConfig {
             vsock,
             net,
             fs,
+            jail,
         })
     }
 }

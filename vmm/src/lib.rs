@@ -12,6 +12,7 @@ pub mod kvm_probe;
 pub mod loader;
 pub mod memory;
 pub mod microvm;
+pub mod seccomp;
 pub mod vstate;
 
 /// `err` and its sources, joined with ": ".

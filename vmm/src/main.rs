@@ -2,16 +2,21 @@
 //!
 //! Exit codes: 0 the guest shut down (reboot/poweroff), 1 the VMM failed (bad
 //! configuration, unusable KVM, vCPU failure), 2 the guest kernel panicked, 3 a vCPU
-//! triple-faulted.
+//! triple-faulted. A system call outside the VMM's seccomp filters kills it by SIGSYS
+//! (after a line on stderr naming the thread and the call).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use arca_jail::{Ended, Fork};
 use clap::Parser;
-use vmm::config::{ConfigFile, DiskFile, FsFile, NetFile, VmConfig, VsockFile, host_memory_mib};
+use vmm::config::{
+    ConfigFile, DiskFile, FsFile, JailFile, NetFile, VmConfig, VsockFile, host_memory_mib,
+};
 use vmm::error_chain;
+use vmm::seccomp::{EXIT_BAD_SYSCALL, Filters};
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
 #[derive(Debug, Parser)]
@@ -69,6 +74,19 @@ struct Args {
     /// Guest RAM is then a shared memfd the backend maps.
     #[arg(long = "fs", value_name = "SPEC")]
     fs: Vec<String>,
+    /// Jail the VMM before the guest runs: root=DIR,uid=N,gid=N[,cgroup=PATH]
+    /// [,cpu-quota=CPUS]. It forks into a new pid namespace (the parent waits and exits
+    /// as the VMM did), joins the cgroup PATH (made, with memory.max = guest RAM + 64
+    /// MiB, pids.max = vCPUs + 16 and cpu.max from CPUS), opens everything the VM
+    /// needs, then enters new mount, ipc, uts, cgroup and network namespaces with an
+    /// empty read-only root mounted on DIR (an empty directory), becomes uid:gid with
+    /// no capabilities and no_new_privs. Needs root.
+    #[arg(long, value_name = "SPEC")]
+    jail: Option<String>,
+    /// Run without the seccomp filters. For debugging only: a guest that takes over
+    /// the VMM then reaches every system call of the host kernel.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
@@ -114,6 +132,7 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         },
         vsock: args.vsock.as_deref().map(VsockFile::parse).transpose()?,
         net: args.net.as_deref().map(NetFile::parse).transpose()?,
+        jail: args.jail.as_deref().map(JailFile::parse).transpose()?,
         fs: if args.fs.is_empty() {
             None
         } else {
@@ -126,8 +145,29 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         },
     };
     let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
+    let filters = if args.no_seccomp {
+        eprintln!(
+            "arca-vmm: warning: --no-seccomp: the VMM runs without its seccomp filters (for debugging only; never with a guest you do not trust)"
+        );
+        None
+    } else {
+        Some(Filters::new()?)
+    };
+    // The jail's first step: a pid namespace and the VM's cgroup. This process stays
+    // outside as the supervisor and ends as the VMM did.
+    let jailed = match &config.jail {
+        Some(jail) => match arca_jail::fork(jail)? {
+            Fork::Supervisor(supervisor) => return Ok(relay(supervisor.wait()?)),
+            Fork::Child(child) => Some((jail, child)),
+        },
+        None => None,
+    };
     let microvm = vmm::builder::build_microvm(&config, started)?;
-    let report = microvm.run()?;
+    // Everything is open: the rest of the jail, then the filters, then the guest.
+    if let Some((jail, child)) = &jailed {
+        arca_jail::lock_down(jail, child)?;
+    }
+    let report = microvm.run(filters.as_ref())?;
     let _ = std::io::stdout().flush();
     if args.boot_timing {
         eprintln!("arca-vmm: {}", report.timeline);
@@ -137,6 +177,17 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         eprintln!("arca-vmm: {}", report.outcome.describe());
     }
     Ok(code)
+}
+
+/// The supervisor's exit: the jailed VMM's code, or death by the signal that killed it
+/// (SIGSYS also when the VMM, as its pid namespace's init, could only exit with
+/// [`EXIT_BAD_SYSCALL`] after a seccomp violation).
+fn relay(ended: Ended) -> u8 {
+    match ended {
+        Ended::Exited(EXIT_BAD_SYSCALL) => arca_jail::die_by_signal(libc::SIGSYS),
+        Ended::Exited(code) => code.clamp(0, 255) as u8,
+        Ended::Signaled(sig) => arca_jail::die_by_signal(sig),
+    }
 }
 
 fn check_kvm() -> ExitCode {

@@ -1,7 +1,7 @@
 //! A built microVM and its run: one thread per vCPU, the event loop on the calling
 //! thread, and the outcome the VMM exits with.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
 
 use crate::memory::GuestRam;
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::Kvm;
 use crate::vstate::vcpu::{
     IoBuses, SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET, SYSTEM_EVENT_SHUTDOWN, Vcpu, VcpuControl,
@@ -34,6 +35,9 @@ pub enum RunError {
     /// An eventfd could not be created.
     #[error("Cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The seccomp filters could not be installed.
+    #[error("Cannot confine the VMM")]
+    Seccomp(#[source] SeccompError),
 }
 
 /// How a VM ended.
@@ -188,9 +192,14 @@ impl Microvm {
         }
     }
 
-    /// Runs the VM until the guest shuts down, panics or fails.
-    pub fn run(mut self) -> Result<RunReport, RunError> {
+    /// Runs the VM until the guest shuts down, panics or fails. With `filters`, every
+    /// vCPU thread installs the vCPU filter on itself and this thread the main one
+    /// before any vCPU enters the guest.
+    pub fn run(mut self, filters: Option<&Filters>) -> Result<RunReport, RunError> {
         install_kick_handler().map_err(RunError::KickHandler)?;
+        if filters.is_some() {
+            crate::seccomp::prepare().map_err(RunError::Seccomp)?;
+        }
         let exit_evt = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
         let first_outcome: Arc<Mutex<Option<VmOutcome>>> = Arc::default();
         let first_run: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -213,6 +222,10 @@ impl Microvm {
             thread_evts.push(exit_evt.try_clone().map_err(RunError::EventFd)?);
         }
 
+        // Every vCPU thread confines itself, then waits at the gate until this thread
+        // has too.
+        let gate = Arc::new(StartGate::default());
+
         // From here on the guard stops, kicks and joins every started vCPU thread on
         // every path out, so guest RAM is never unmapped under a running vCPU.
         let mut threads = VcpuThreads(Vec::new());
@@ -222,9 +235,24 @@ impl Microvm {
             let outcome = first_outcome.clone();
             let first_run = first_run.clone();
             let thread_control = control.clone();
+            let filters = filters.cloned();
+            let thread_gate = gate.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
                 .spawn(move || {
+                    let confined = filters.map_or(Ok(()), |f| f.install(ThreadKind::Vcpu));
+                    let go = thread_gate.arrive(confined.is_ok());
+                    if let Err(e) = confined {
+                        let failed = VmOutcome::VcpuFailed(crate::error_chain(&e));
+                        outcome
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(failed);
+                        let _ = exit_evt.write(1);
+                    }
+                    if !go {
+                        return;
+                    }
                     if vcpu.index() == 0 {
                         *first_run.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                     }
@@ -242,9 +270,18 @@ impl Microvm {
                         let _ = exit_evt.write(1);
                     }
                 })
-                .map_err(RunError::Spawn)?;
+                .map_err(|e| {
+                    // The threads already started must not wait for this one.
+                    gate.cancel();
+                    RunError::Spawn(e)
+                })?;
             threads.0.push((control, Some(handle)));
         }
+        // This thread's filter, then the vCPUs go (unless one could not confine
+        // itself: it has reported why and ends the loop below).
+        let confined = filters.map_or(Ok(()), |f| f.install(ThreadKind::Main));
+        gate.open(threads.0.len(), confined.is_ok());
+        confined.map_err(RunError::Seccomp)?;
 
         // The event loop: wait for the guest's reset line or a vCPU's exit.
         while !watcher.lock().unwrap_or_else(|p| p.into_inner()).done {
@@ -284,6 +321,58 @@ impl Microvm {
             ended: since(Some(ended)),
         };
         Ok(RunReport { outcome, timeline })
+    }
+}
+
+/// Where vCPU threads wait, each confined by its filter, until the main thread is too:
+/// no guest instruction runs before every thread of the VMM has its filter.
+#[derive(Debug, Default)]
+struct StartGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    failed: bool,
+    go: Option<bool>,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A vCPU thread is here (`ok`: it confined itself); returns whether to run.
+    fn arrive(&self, ok: bool) -> bool {
+        let mut state = self.lock();
+        state.arrived += 1;
+        state.failed |= !ok;
+        self.changed.notify_all();
+        loop {
+            if let Some(go) = state.go {
+                return go;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The main thread (`ok`: it confined itself) opens the gate once all `threads`
+    /// arrived: they run if every thread is confined.
+    fn open(&self, threads: usize, ok: bool) {
+        let mut state = self.lock();
+        while state.arrived < threads {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.go = Some(ok && !state.failed);
+        self.changed.notify_all();
+    }
+
+    /// Nobody runs.
+    fn cancel(&self) {
+        self.lock().go = Some(false);
+        self.changed.notify_all();
     }
 }
 

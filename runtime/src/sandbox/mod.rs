@@ -49,6 +49,9 @@ pub struct Sandbox<'a> {
     isolation: Isolation,
     // Dropped before `network`: the link goes with the sandbox process.
     process: Reaped,
+    // After the process: a jailed VMM's cgroup, should its supervisor have been killed
+    // before it could remove it.
+    _cgroup: VmCgroup,
     // A microVM's virtiofsd daemons, after their VMM.
     _shares: Shares,
     mounts: Vec<MountPoint>,
@@ -77,6 +80,7 @@ impl<'a> Sandbox<'a> {
         };
         let log = dir.join("sandbox.log");
         let stderr = std::fs::File::create(&log).map_err(io_err("create the sandbox log"))?;
+        let mut cgroup = VmCgroup(None);
         let (mut command, address) = match opts.isolation {
             Isolation::Process => {
                 let sock = dir.join("agent.sock");
@@ -90,7 +94,11 @@ impl<'a> Sandbox<'a> {
             }
             Isolation::Vm => {
                 let uds = dir.join("vsock.sock");
-                let vmm = vmm_command(state, store, image, opts, dir, &uds, &network, &shares)?;
+                let mut vmm = vmm_command(state, store, image, opts, dir, &uds, &network, &shares)?;
+                if let Some(spec) = jail_spec(dir, id, opts)? {
+                    vmm.arg("--jail").arg(spec.arg);
+                    cgroup = VmCgroup(Some(spec.cgroup));
+                }
                 (
                     vmm,
                     AgentAddress::Vsock {
@@ -113,6 +121,7 @@ impl<'a> Sandbox<'a> {
             isolation: opts.isolation,
             started: start_time(child.id()),
             process: Reaped(child),
+            _cgroup: cgroup,
             _shares: shares,
             mounts: mounts.to_vec(),
             address,
@@ -414,6 +423,75 @@ fn vmm_command(
             .arg(format!("tag={tag},socket={}", socket.display()));
     }
     Ok(vmm)
+}
+
+/// The uid and gid jailed VMMs run as unless `$ARCA_VMM_UID`/`$ARCA_VMM_GID` say
+/// otherwise: one identity no host account has (a VMM holds nothing of another's: each
+/// has its own pid, mount, ipc and network namespace, an empty root, and is not
+/// dumpable).
+pub const DEFAULT_VMM_ID: u32 = 64064;
+
+/// `--jail`'s value for the VMM of container `id`, and its cgroup.
+#[derive(Debug)]
+struct JailSpec {
+    arg: String,
+    cgroup: PathBuf,
+}
+
+/// The jail of container `id`'s VMM (see docs/architecture.md, "Security model"): an
+/// empty root on `<dir>/jail`, the unprivileged identity, the cgroup
+/// `<cgroup2>/arca-vm/<id>` with `--cpus` as its CPU quota. `$ARCA_VMM_JAIL=0` runs the
+/// VMM unjailed, for measurements and debugging only, and says so.
+fn jail_spec(dir: &Path, id: &str, opts: &RunOptions) -> Result<Option<JailSpec>, RunError> {
+    if std::env::var_os("ARCA_VMM_JAIL").is_some_and(|v| v == "0") {
+        eprintln!(
+            "arca: warning: ARCA_VMM_JAIL=0: the microVM's VMM runs unjailed, as root with every capability (for measurements and debugging only)"
+        );
+        return Ok(None);
+    }
+    let id_var = |name: &str| -> Result<u32, RunError> {
+        match std::env::var(name) {
+            Err(_) => Ok(DEFAULT_VMM_ID),
+            Ok(v) => v.parse().ok().filter(|n| *n != 0).ok_or_else(|| {
+                RunError::Invalid(format!(
+                    "invalid ${name} {v:?}: the VMM's jail needs a numeric id other than 0"
+                ))
+            }),
+        }
+    };
+    let (uid, gid) = (id_var("ARCA_VMM_UID")?, id_var("ARCA_VMM_GID")?);
+    let root = dir.join("jail");
+    match std::fs::create_dir(&root) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io_err("create the VMM's jail directory")(e));
+        }
+        _ => {}
+    }
+    let cgroup = arca_jail::cgroup2_mount()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+        .join("arca-vm")
+        .join(id);
+    let mut arg = format!(
+        "root={},uid={uid},gid={gid},cgroup={}",
+        root.display(),
+        cgroup.display()
+    );
+    if let Some(cpus) = opts.cpus {
+        arg.push_str(&format!(",cpu-quota={cpus}"));
+    }
+    Ok(Some(JailSpec { arg, cgroup }))
+}
+
+/// A jailed VMM's cgroup, removed (when empty) on drop.
+#[derive(Debug)]
+struct VmCgroup(Option<PathBuf>);
+
+impl Drop for VmCgroup {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            arca_jail::remove_cgroup_dir(path);
+        }
+    }
 }
 
 /// What a supervisor asks while it waits on the agent: whether the sandbox process is
