@@ -257,11 +257,7 @@ fn main_rules() -> Rules {
 fn vcpu_rules() -> Rules {
     use libc::*;
     let mut r = common();
-    r.one_of(
-        SYS_ioctl,
-        1,
-        &[KVM_RUN, TUNSETOFFLOAD, TUNSETVNETHDRSZ],
-    );
+    r.one_of(SYS_ioctl, 1, &[KVM_RUN, TUNSETOFFLOAD, TUNSETVNETHDRSZ]);
     r
 }
 

@@ -159,13 +159,15 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
 }
 
 /// What a container whose monitor died leaves: its sandbox (VMM or host agent) and,
-/// with process isolation, its processes and cgroup.
+/// with process isolation, its processes and cgroup; in a microVM, the VMM's cgroup
+/// (its supervisor, killed, could not remove it; the VMM dies with it).
 fn end_leftovers(rec: &ContainerRecord) {
     if let Some(pid) = rec.sandbox_pid {
         kill_if_same(pid, rec.sandbox_start);
     }
-    if rec.isolation == Isolation::Process {
-        process_leftovers(rec);
+    match rec.isolation {
+        Isolation::Process => process_leftovers(rec),
+        Isolation::Vm => arca_jail::remove_cgroup_dir(&super::record::vm_cgroup(&rec.id)),
     }
 }
 

@@ -168,6 +168,15 @@ pub struct ContainerRecord {
     pub mounts: Vec<MountPoint>,
 }
 
+/// The cgroup of container `id`'s jailed VMM: `<cgroup2 mount>/arca-vm/<id>` (made by
+/// the VMM, removed by its supervisor, or by `arca` after a supervisor was killed).
+pub fn vm_cgroup(id: &str) -> PathBuf {
+    arca_jail::cgroup2_mount()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+        .join("arca-vm")
+        .join(id)
+}
+
 /// `<state>/containers`.
 pub fn containers_dir(state: &Path) -> PathBuf {
     state.join("containers")

@@ -467,10 +467,7 @@ fn jail_spec(dir: &Path, id: &str, opts: &RunOptions) -> Result<Option<JailSpec>
         }
         _ => {}
     }
-    let cgroup = arca_jail::cgroup2_mount()
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
-        .join("arca-vm")
-        .join(id);
+    let cgroup = crate::container::record::vm_cgroup(id);
     let mut arg = format!(
         "root={},uid={uid},gid={gid},cgroup={}",
         root.display(),
