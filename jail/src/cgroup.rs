@@ -185,16 +185,40 @@ impl Cgroup {
     }
 }
 
-/// Removes an empty cgroup directory, retrying for up to a second while it is busy.
+/// Removes a cgroup directory once it is empty: waits up to a second for its last task
+/// to finish leaving, retrying while the kernel says it is busy.
 pub fn remove_cgroup_dir(path: &Path) {
-    let until = Instant::now() + Duration::from_secs(1);
+    remove_when_empty(path, Duration::from_secs(1));
+}
+
+/// Kills every process left in a cgroup (`cgroup.kill`), waits up to `patience` for them
+/// to be gone (a VMM gives back its guest's memory first), then removes it. For a VM
+/// whose supervisor was killed: its VMM must not outlive the command that ended it.
+pub fn kill_and_remove_cgroup(path: &Path, patience: Duration) {
+    if !path.exists() {
+        return;
+    }
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    remove_when_empty(path, patience);
+}
+
+fn remove_when_empty(path: &Path, patience: Duration) {
+    let until = Instant::now() + patience;
     loop {
-        match fs::remove_dir(path) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => return,
+        let empty = fs::read_to_string(path.join("cgroup.procs"))
+            .map(|p| p.trim().is_empty())
+            .unwrap_or(true);
+        if empty {
+            match fs::remove_dir(path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => {}
+            }
         }
+        if Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -30,7 +30,9 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::{Pid, Resource, Rlimit, Signal, WaitOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-pub use cgroup::{Cgroup, CgroupError, CgroupLimits, cgroup2_mount, remove_cgroup_dir};
+pub use cgroup::{
+    Cgroup, CgroupError, CgroupLimits, cgroup2_mount, kill_and_remove_cgroup, remove_cgroup_dir,
+};
 
 /// Errors of entering the jail.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +249,15 @@ fn threads() -> usize {
 /// documentation). Descriptors it holds stay usable; nothing on the host is reachable
 /// by path afterwards. It must still be single-threaded.
 pub fn lock_down(config: &JailConfig, child: &Child) -> Result<(), JailError> {
-    let threads = threads();
+    // A thread just joined (a virtio-fs watchdog) may still be listed for a moment.
+    let mut threads = threads();
+    for _ in 0..100 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = self::threads();
+    }
     if threads != 1 {
         return Err(JailError::Threads(threads));
     }

@@ -10,7 +10,13 @@ fails=0
 ok() { echo "ok $1"; }
 bad() { echo "FAIL $1"; fails=$((fails + 1)); }
 run_d() { arca run -d --isolation="$iso" --network none "$@" >/dev/null; }
-sandbox_pid() { grep -o '"sandbox_pid": [0-9]*' "$state/containers/$1/state.json" | grep -o '[0-9]*$'; }
+sandbox_pid() { # NAME: the VMM (a jailed one is its supervisor's child) or host agent
+  p=$(grep -o '"sandbox_pid": [0-9]*' "$state/containers/$1/state.json" | grep -o '[0-9]*$')
+  for s in /proc/[0-9]*/status; do
+    grep -q "^PPid:.$p\$" "$s" 2>/dev/null && grep -q '^Name:.arca-vmm' "$s" && { c=${s#/proc/}; echo "${c%/status}"; return; }
+  done
+  echo "$p"
+}
 now() { cut -d. -f1 /proc/uptime; }
 
 arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
@@ -68,9 +74,11 @@ arca rm wedged3 >/dev/null || bad wedged-wait-rm
 
 # A guest that opens connection after connection to a host listener (vm only: the VMM's
 # vsock muxer): it gets at most the guest's share of the slots, the VMM does not spin,
-# and the runtime's own connections (exec) still go through.
+# and the runtime's own connections (exec) still go through. A jailed VMM reaches no
+# host listener (its root is empty: a flooding guest is refused at once), so this case,
+# which checks the muxer's own caps, runs its VMM unjailed.
 if [ "$iso" = vm ]; then
-  run_d --name vflood busybox sleep 1000
+  (export ARCA_VMM_JAIL=0; run_d --name vflood busybox sleep 1000 2>/dev/null)
   uds=$(sed -n 's/.*"uds": *"\([^"]*\)".*/\1/p' "$state/containers/vflood/state.json")
   flood=$(find "$state/images" -path '*/rootfs/bin/vsock-flood' | head -1)
   "$flood" listen "${uds}_5000" &

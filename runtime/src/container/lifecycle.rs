@@ -149,6 +149,13 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
     if force && let Some(pid) = rec.sandbox_pid {
         wait_gone(pid, rec.sandbox_start, Duration::from_secs(10));
     }
+    // A jailed VMM outlives its supervisor (the sandbox process) by its teardown.
+    if force && rec.isolation == Isolation::Vm {
+        arca_jail::kill_and_remove_cgroup(
+            &super::record::vm_cgroup(&rec.id),
+            Duration::from_secs(10),
+        );
+    }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
             action: format!("remove {}", dir.display()),
@@ -167,7 +174,10 @@ fn end_leftovers(rec: &ContainerRecord) {
     }
     match rec.isolation {
         Isolation::Process => process_leftovers(rec),
-        Isolation::Vm => arca_jail::remove_cgroup_dir(&super::record::vm_cgroup(&rec.id)),
+        Isolation::Vm => arca_jail::kill_and_remove_cgroup(
+            &super::record::vm_cgroup(&rec.id),
+            Duration::from_secs(10),
+        ),
     }
 }
 

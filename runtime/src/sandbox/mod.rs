@@ -479,14 +479,19 @@ fn jail_spec(dir: &Path, id: &str, opts: &RunOptions) -> Result<Option<JailSpec>
     Ok(Some(JailSpec { arg, cgroup }))
 }
 
-/// A jailed VMM's cgroup, removed (when empty) on drop.
+/// A jailed VMM's cgroup. Dropped after the sandbox process (the VMM's supervisor) was
+/// reaped: what is left in it (a VMM whose supervisor was killed, still giving back its
+/// guest's memory) is killed and waited for, then the cgroup goes.
 #[derive(Debug)]
 struct VmCgroup(Option<PathBuf>);
+
+/// How long a killed VMM may take to be gone.
+const VMM_EXIT_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Drop for VmCgroup {
     fn drop(&mut self) {
         if let Some(path) = &self.0 {
-            arca_jail::remove_cgroup_dir(path);
+            arca_jail::kill_and_remove_cgroup(path, VMM_EXIT_PATIENCE);
         }
     }
 }
