@@ -48,19 +48,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Where cgroup2 is mounted, from /proc/self/mountinfo.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        if fstype == "cgroup2" {
-            Some(PathBuf::from(pre.split_whitespace().nth(4)?))
-        } else {
-            None
-        }
-    })
-}
+pub use arca_jail::cgroup2_mount;
 
 /// The parent of all container cgroups.
 #[derive(Debug, Clone)]

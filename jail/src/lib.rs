@@ -339,7 +339,6 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         }
     }
     rustix::thread::set_thread_groups(&[]).map_err(sys("drop supplementary groups"))?;
-    // SAFETY-free: ids are plain numbers; 0 was refused in `fork`.
     let gid = rustix::process::Gid::from_raw(gid);
     let uid = rustix::process::Uid::from_raw(uid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(sys("change the gid"))?;

@@ -113,9 +113,6 @@ pub enum ConfigError {
         "Invalid jail {0:?}: use root=DIR,uid=N,gid=N[,cgroup=PATH][,cpu-quota=CPUS] (uid and gid not 0, CPUS above 0)"
     )]
     JailSpec(String),
-    /// The jail's root is not an empty directory.
-    #[error("The jail root {0} is not an empty directory")]
-    JailRoot(PathBuf),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -361,23 +358,10 @@ impl JailFile {
     /// The jail of a VM with `cpus` vCPUs, `memory_mib` of RAM and `disks`. A writable
     /// disk whose file lives on tmpfs (the lab's state directory) adds its size to
     /// `memory.max`: what the guest writes there is memory charged to the VMM.
-    fn check(
-        self,
-        cpus: u64,
-        memory_mib: u64,
-        disks: &[DiskConfig],
-    ) -> Result<arca_jail::JailConfig, ConfigError> {
-        let empty = std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_none());
-        if !empty {
-            return Err(ConfigError::JailRoot(self.root));
-        }
-        if self.uid == 0 || self.gid == 0 {
-            return Err(ConfigError::JailSpec(format!(
-                "uid={},gid={}",
-                self.uid, self.gid
-            )));
-        }
-        Ok(arca_jail::JailConfig {
+    fn limits(self, cpus: u64, memory_mib: u64, disks: &[DiskConfig]) -> arca_jail::JailConfig {
+        // The root (an empty directory) and the ids (not 0) are checked by
+        // `arca_jail::fork`, before anything is made.
+        arca_jail::JailConfig {
             root: self.root,
             uid: self.uid,
             gid: self.gid,
@@ -389,7 +373,7 @@ impl JailFile {
                 pids_max: cpus + VMM_EXTRA_TASKS,
             }),
             nofile: VMM_OPEN_FILES,
-        })
+        }
     }
 }
 
@@ -618,7 +602,7 @@ impl VmConfig {
         if devices > VIRTIO_IRQ_RANGE.count() {
             return Err(ConfigError::TooManyDevices(devices));
         }
-        let jail = file.jail.map(|j| j.check(cpus, mib, &disks)).transpose()?;
+        let jail = file.jail.map(|j| j.limits(cpus, mib, &disks));
         Ok(VmConfig {
             kernel,
             initrd: file.initrd,

@@ -264,24 +264,15 @@ fn vcpu_rules() -> Rules {
 impl Filters {
     /// Compiles the filters.
     pub fn new() -> Result<Self, SeccompError> {
-        let mut clone3 = Rules::default();
-        clone3.allow(&[libc::SYS_clone3]);
-        let clone3_enosys = {
-            let rules = clone3
-                .0
-                .keys()
-                .map(|nr| (*nr, Vec::new()))
-                .collect::<BTreeMap<_, _>>();
-            SeccompFilter::new(
-                rules,
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::ENOSYS as u32),
-                TargetArch::x86_64,
-            )
-            .map_err(|e| SeccompError::Build("clone3", e))?
-            .try_into()
-            .map_err(|e| SeccompError::Compile("clone3", e))?
-        };
+        let clone3_enosys = SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            TargetArch::x86_64,
+        )
+        .map_err(|e| SeccompError::Build("clone3", e))?
+        .try_into()
+        .map_err(|e| SeccompError::Compile("clone3", e))?;
         Ok(Filters {
             main: main_rules().compile("main")?,
             vcpu: vcpu_rules().compile("vcpu")?,

@@ -151,10 +151,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
     }
     // A jailed VMM outlives its supervisor (the sandbox process) by its teardown.
     if force && rec.isolation == Isolation::Vm {
-        arca_jail::kill_and_remove_cgroup(
-            &super::record::vm_cgroup(&rec.id),
-            Duration::from_secs(10),
-        );
+        super::record::end_vm_cgroup(&super::record::vm_cgroup(&rec.id));
     }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
@@ -174,10 +171,7 @@ fn end_leftovers(rec: &ContainerRecord) {
     }
     match rec.isolation {
         Isolation::Process => process_leftovers(rec),
-        Isolation::Vm => arca_jail::kill_and_remove_cgroup(
-            &super::record::vm_cgroup(&rec.id),
-            Duration::from_secs(10),
-        ),
+        Isolation::Vm => super::record::end_vm_cgroup(&super::record::vm_cgroup(&rec.id)),
     }
 }
 

@@ -177,6 +177,12 @@ pub fn vm_cgroup(id: &str) -> PathBuf {
         .join(id)
 }
 
+/// Ends what is left in a VM's cgroup `path` (a VMM whose supervisor was killed, still
+/// giving back its guest's memory): kills it, waits up to 10 s, removes the cgroup.
+pub fn end_vm_cgroup(path: &Path) {
+    arca_jail::kill_and_remove_cgroup(path, Duration::from_secs(10));
+}
+
 /// `<state>/containers`.
 pub fn containers_dir(state: &Path) -> PathBuf {
     state.join("containers")

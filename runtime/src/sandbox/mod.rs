@@ -485,13 +485,10 @@ fn jail_spec(dir: &Path, id: &str, opts: &RunOptions) -> Result<Option<JailSpec>
 #[derive(Debug)]
 struct VmCgroup(Option<PathBuf>);
 
-/// How long a killed VMM may take to be gone.
-const VMM_EXIT_PATIENCE: Duration = Duration::from_secs(10);
-
 impl Drop for VmCgroup {
     fn drop(&mut self) {
         if let Some(path) = &self.0 {
-            arca_jail::kill_and_remove_cgroup(path, VMM_EXIT_PATIENCE);
+            crate::container::record::end_vm_cgroup(path);
         }
     }
 }
