@@ -24,12 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use arca_protocol::{
-    AgentError, ContainerSpec, ErrorCode, Mount, MountSource, NetworkMode, ProcessSpec,
-    WritableLayer, rlimit_resource_known,
+    AgentError, ContainerSpec, ErrorCode, Mount, MountSource, NetworkMode, Platform, ProcessSpec,
+    Security, WritableLayer, parse_kernel_version, rlimit_resource_known,
 };
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::Filters;
 use crate::sys::{self, Forked};
 use crate::user;
 
@@ -60,6 +61,8 @@ pub enum ToHelper {
         hostname: String,
         /// `cgroup.procs` of the container's cgroup, which the process joins.
         cgroup_procs: Option<String>,
+        /// The container's confinement, which the process gets too.
+        security: Security,
     },
     /// Exec the container's main process.
     Start,
@@ -233,12 +236,13 @@ fn run(mode: &str) -> io::Result<Never> {
                 process,
                 hostname,
                 cgroup_procs,
+                security,
             },
         ) => {
             // Opened before entering the container's mount namespace, where the cgroup
             // tree is namespaced and read-only.
             let cgroup = open_cgroup_procs(cgroup_procs.as_deref())?;
-            run_exec(sync, target_pid, process, hostname, cgroup)
+            run_exec(sync, target_pid, process, hostname, cgroup, security)
         }
         _ => Err(io::Error::other(
             "unexpected first message for this helper mode",
@@ -316,6 +320,8 @@ fn init_child(
         .as_ref()
         .ok_or_else(|| internal("helper", "no agent socket"))?;
     die_with_parent()?;
+    // A profile that does not compile fails the create, not the start.
+    let confinement = Confinement::new(&spec.security)?;
     setup_rootfs(spec, Path::new(base), hostname)?;
     if spec.process.terminal {
         open_terminal(sync)?;
@@ -334,7 +340,7 @@ fn init_child(
     }
     // The host moved the container's interfaces in between create and start.
     configure_interfaces(&spec.interfaces)?;
-    exec_process(&spec.process, hostname, spec.init, sync_slot)
+    exec_process(&spec.process, hostname, spec.init, &confinement, sync_slot)
 }
 
 /// Addresses, link state and default routes of the container's interfaces, in its
@@ -368,6 +374,7 @@ fn run_exec(
     process: ProcessSpec,
     hostname: String,
     cgroup: Option<fs::File>,
+    security: Security,
 ) -> io::Result<Never> {
     // Open every namespace before entering any: /proc changes with the mount namespace.
     let kinds = [
@@ -411,6 +418,7 @@ fn run_exec(
     }
     drop(fds);
     fork_child(sync, |slot| {
+        let confinement = Confinement::new(&security)?;
         join_cgroup(cgroup.as_ref())?;
         die_with_parent()?;
         if process.terminal
@@ -418,7 +426,7 @@ fn run_exec(
         {
             open_terminal(sync)?;
         }
-        exec_process(&process, &hostname, false, slot)
+        exec_process(&process, &hostname, false, &confinement, slot)
     })
 }
 
@@ -561,7 +569,7 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
         Some(opts.as_c_str()),
     )
     .map_err(|e| mount_err("overlayfs", &root, e))?;
-    mount_inside(&root)?;
+    mount_inside(&root, spec.security.privileged)?;
     for m in &spec.mounts {
         mount_user(&root, m)?;
     }
@@ -756,7 +764,7 @@ fn ensure_dir(path: &Path) -> Result<(), AgentError> {
     })
 }
 
-fn mount_inside(root: &Path) -> Result<(), AgentError> {
+fn mount_inside(root: &Path, privileged: bool) -> Result<(), AgentError> {
     use MountFlags as F;
     let proc_ = root.join("proc");
     ensure_dir(&proc_)?;
@@ -819,11 +827,13 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
 
     let sys_ = root.join("sys");
     ensure_dir(&sys_)?;
+    // Read-only, as Docker mounts it, unless the container is privileged.
+    let ro = if privileged { F::empty() } else { F::RDONLY };
     rustix::mount::mount(
         "sysfs",
         &sys_,
         "sysfs",
-        F::NOSUID | F::NODEV | F::NOEXEC | F::RDONLY,
+        F::NOSUID | F::NODEV | F::NOEXEC | ro,
         None,
     )
     .map_err(|e| mount_err("sysfs", &sys_, e))?;
@@ -837,13 +847,16 @@ fn mount_inside(root: &Path) -> Result<(), AgentError> {
             "cgroup2",
             &cg,
             "cgroup2",
-            F::NOSUID | F::NODEV | F::NOEXEC | F::RDONLY,
+            F::NOSUID | F::NODEV | F::NOEXEC | ro,
             None,
         )
         .map_err(|e| mount_err("cgroup2", &cg, e))?;
     }
 
-    // Docker's masked and read-only /proc paths.
+    // Docker's masked and read-only /proc paths (none for a privileged container).
+    if privileged {
+        return Ok(());
+    }
     for p in [
         "kcore",
         "keys",
@@ -987,6 +1000,7 @@ fn exec_process(
     process: &ProcessSpec,
     hostname: &str,
     init: bool,
+    confinement: &Confinement,
     sync: &mut Option<OwnedFd>,
 ) -> Result<Never, AgentError> {
     let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
@@ -1039,15 +1053,28 @@ fn exec_process(
         sys::block_signals(&watched).map_err(|e| internal("Cannot block signals", e))?;
         match sys::fork().map_err(|e| internal("fork failed", e))? {
             Forked::Parent(child) => {
+                // The init is as confined by seccomp as the container's processes (it
+                // needs only waits, signals and exit).
+                let confined = set_no_new_privs().and_then(|()| confinement.seccomp());
                 // Only the command's process reports to the agent; its exec closes the
                 // socket, which tells the agent it runs.
                 drop(sync.take());
+                if let Err(e) = confined {
+                    eprintln!("arca-agent: init: {}", e.message);
+                    let _ = sys::kill(child, libc::SIGKILL);
+                }
                 mini_init(child, &watched)
             }
             Forked::Child => {}
         }
     }
-    drop_bounding_capabilities()?;
+    // As runc: without no_new_privs installing a filter needs CAP_SYS_ADMIN, so it goes
+    // on now, while the process still has every capability (the calls below are ones
+    // Docker's profile allows); with it, last before the exec.
+    if !confinement.no_new_privs {
+        confinement.seccomp()?;
+    }
+    drop_bounding_capabilities(confinement.capabilities)?;
     let groups: Vec<rustix::fs::Gid> = creds
         .groups
         .iter()
@@ -1060,7 +1087,11 @@ fn exec_process(
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| internal("setuid failed", e))?;
     // A credential change clears the parent-death signal: arm it again.
     die_with_parent()?;
-    limit_capabilities()?;
+    limit_capabilities(confinement.capabilities)?;
+    if confinement.no_new_privs {
+        set_no_new_privs()?;
+        confinement.seccomp()?;
+    }
     sys::unblock_all_signals().map_err(|e| internal("Cannot unblock signals", e))?;
     if let Some(b) = &process.builtin {
         // No exec will close the socket: closing it here tells the agent the process
@@ -1071,30 +1102,70 @@ fn exec_process(
     Err(exec_command(&process.args, &env))
 }
 
-/// The capabilities a container's root keeps: Docker's default set without
-/// `CAP_MKNOD` (Docker relies on a device cgroup to make `mknod` harmless; Arca has none
-/// yet, so the capability goes).
-fn container_capabilities() -> rustix::thread::CapabilitySet {
-    use rustix::thread::CapabilitySet as C;
-    C::CHOWN
-        | C::DAC_OVERRIDE
-        | C::FSETID
-        | C::FOWNER
-        | C::NET_RAW
-        | C::SETGID
-        | C::SETUID
-        | C::SETFCAP
-        | C::SETPCAP
-        | C::NET_BIND_SERVICE
-        | C::SYS_CHROOT
-        | C::KILL
-        | C::AUDIT_WRITE
+/// What confines a container's processes, compiled once per container or exec before
+/// anything of the container runs.
+struct Confinement {
+    capabilities: rustix::thread::CapabilitySet,
+    no_new_privs: bool,
+    filters: Option<Filters>,
+}
+
+impl Confinement {
+    /// Resolves the seccomp profile for the container's capabilities, this machine's
+    /// architecture and kernel (as Docker does), and compiles it.
+    fn new(security: &Security) -> Result<Self, AgentError> {
+        let bad = |m: String| AgentError::new(ErrorCode::BadRequest, m);
+        let filters = match security.seccomp.profile() {
+            None => None,
+            Some(profile) => {
+                let uname = rustix::system::uname();
+                let kernel =
+                    parse_kernel_version(&uname.release().to_string_lossy()).unwrap_or((0, 0));
+                let resolved = profile
+                    .resolve(security.capabilities, Platform::native(kernel))
+                    .map_err(|e| bad(e.to_string()))?;
+                let filters = crate::seccomp::compile(&resolved).map_err(|e| {
+                    bad(format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ))
+                })?;
+                Some(filters)
+            }
+        };
+        Ok(Self {
+            capabilities: rustix::thread::CapabilitySet::from_bits_retain(security.capabilities.0),
+            no_new_privs: security.no_new_privileges,
+            filters,
+        })
+    }
+
+    /// Installs the seccomp filters (if any) on this thread.
+    fn seccomp(&self) -> Result<(), AgentError> {
+        match &self.filters {
+            Some(f) => f.install().map_err(|e| {
+                internal(
+                    "Cannot install the seccomp filter",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn set_no_new_privs() -> Result<(), AgentError> {
+    rustix::thread::set_no_new_privs(true).map_err(|e| internal("Cannot set no_new_privs", e))
 }
 
 /// Removes every other capability from the bounding set (needs CAP_SETPCAP, so before
 /// the uid changes).
-fn drop_bounding_capabilities() -> Result<(), AgentError> {
-    let drop = rustix::thread::CapabilitySet::all() - container_capabilities();
+fn drop_bounding_capabilities(keep: rustix::thread::CapabilitySet) -> Result<(), AgentError> {
+    let drop = rustix::thread::CapabilitySet::all() - keep;
     for cap in drop.iter() {
         match rustix::thread::remove_capability_from_bounding_set(cap) {
             // A capability this kernel does not have.
@@ -1107,8 +1178,7 @@ fn drop_bounding_capabilities() -> Result<(), AgentError> {
 
 /// Limits the effective, permitted and inheritable sets to the container's (a non-root
 /// user has none left after setuid) and clears the ambient set.
-fn limit_capabilities() -> Result<(), AgentError> {
-    let keep = container_capabilities();
+fn limit_capabilities(keep: rustix::thread::CapabilitySet) -> Result<(), AgentError> {
     let current =
         rustix::thread::capabilities(None).map_err(|e| internal("Cannot read capabilities", e))?;
     rustix::thread::set_capabilities(

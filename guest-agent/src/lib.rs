@@ -8,9 +8,10 @@
 //! - [`helper`]: the re-executed helper that sets up a container's namespaces and runs
 //!   its processes; the agent starts it as `/proc/self/exe __container-init|__exec`.
 //! - [`builtin`]: `arca cp`'s operations, run by an exec in place of a command.
+//! - [`seccomp`]: a container's seccomp profile compiled to BPF filters.
 //!
-//! `unsafe` is confined to [`sys`]: fork, the pre-exec hook, vsock sockets and one
-//! interface ioctl.
+//! `unsafe` is confined to [`sys`]: fork, the pre-exec hook, vsock sockets, one
+//! interface ioctl and the seccomp filter install.
 
 pub mod builtin;
 pub mod cgroup;
@@ -19,6 +20,7 @@ pub mod container;
 pub mod helper;
 pub mod init;
 pub mod reaper;
+pub mod seccomp;
 pub mod server;
 pub mod sys;
 pub mod user;

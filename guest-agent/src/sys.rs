@@ -446,3 +446,35 @@ pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Installs a seccomp filter (classic BPF instructions) on the calling thread with
+/// `seccomp(SECCOMP_SET_MODE_FILTER)`, without touching `no_new_privs` (unlike
+/// seccompiler's `apply_filter`, which sets it): the caller sets it when the container
+/// asks for it, and otherwise installs while it still holds `CAP_SYS_ADMIN`.
+pub fn install_seccomp_filter(program: &[libc::sock_filter], log: bool) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    let flags: libc::c_ulong = if log {
+        libc::SECCOMP_FILTER_FLAG_LOG
+    } else {
+        0
+    };
+    // SAFETY: `prog` points at `len` valid instructions that outlive the call; the kernel
+    // copies the program and keeps no pointer into our memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -373,6 +373,25 @@ struct RunArgs {
     /// the state directory's filesystem, and size= is refused).
     #[arg(long = "storage-opt")]
     storage_opt: Vec<String>,
+    /// Add Linux capabilities (names with or without CAP_, or ALL).
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop Linux capabilities (names with or without CAP_, or ALL).
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Security options: seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
+    /// (apparmor=unconfined and label=disable are accepted; Arca applies neither).
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
+    /// Every capability, no seccomp filter, /proc and /sys unmasked. In a microVM this
+    /// stays inside the container's own VM; with process isolation it is refused unless
+    /// the operator sets ARCA_ALLOW_PRIVILEGED_PROCESS=1.
+    #[arg(long)]
+    privileged: bool,
+    /// Tune the container's pids limit (-1 or 0: unlimited; default 4096 with process
+    /// isolation, none in a microVM).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
     /// Arca only: keep the microVM's serial console in console.log in the container's
     /// directory (capped at 1 MiB), for debugging a guest; off by default.
     #[arg(long)]
@@ -644,7 +663,19 @@ fn main() -> ExitCode {
             if storage_size.is_some() && a.isolation == Isolation::Process {
                 return Err("--storage-opt size= needs --isolation=vm: with process isolation the writable layer is a directory on the state directory's filesystem, without a quota".into());
             }
+            let security = arca_runtime::container::config::security(
+                &arca_runtime::container::config::SecurityFlags {
+                    cap_add: a.cap_add,
+                    cap_drop: a.cap_drop,
+                    security_opt: a.security_opt,
+                    privileged: a.privileged,
+                },
+                a.isolation,
+            )
+            .map_err(|e| e.to_string())?;
             let opts = RunOptions {
+                security,
+                pids_limit: a.pids_limit,
                 read_only: a.read_only,
                 mounts,
                 volumes_from: a.volumes_from,

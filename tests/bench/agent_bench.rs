@@ -79,6 +79,7 @@ fn echo_spec(id: &str, rootfs: Rootfs) -> ContainerSpec {
         hosts: Vec::new(),
         dns: Vec::new(),
         mounts: Vec::new(),
+        security: Default::default(),
     }
 }
 

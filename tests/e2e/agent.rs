@@ -219,6 +219,7 @@ fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
         hosts: Vec::new(),
         dns: Vec::new(),
         mounts: Vec::new(),
+        security: Default::default(),
     };
     c.create(spec("hostile", &tree)).unwrap();
     let out = addr.attach("hostile", None, StdioStream::Stdout).unwrap();

@@ -240,5 +240,58 @@ out=$(arca cp cpc:/d/f "$ct/s" 2>"$ct/err"; echo $?; grep -c 'not running' "$ct/
 arca rm cpc >/dev/null
 rm -rf "$ct"
 
+# Confinement (issue 14): Docker's default seccomp profile, capabilities,
+# no-new-privileges, --privileged, pids limits. A hostile container process tries new
+# user namespaces, the keyring, BPF, mount, userfaultfd, namespace clones and vsock (the
+# agent's own transport): each fails with EPERM as under Docker (clone3 with ENOSYS, so
+# libcs fall back to clone), in its main process and in an exec.
+probes="unshare keyctl add_key request_key bpf mount userfaultfd clone3 vsock ptrace personality getpid"
+denied="unshare=EPERM keyctl=EPERM add_key=EPERM request_key=EPERM bpf=EPERM mount=EPERM userfaultfd=EPERM clone3=ENOSYS vsock=EPERM ptrace=ok personality=ok getpid=ok"
+out=$(run busybox sh -c "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t'; syscall-probe $probes | tr '\n' ' '"); check seccomp-default-profile 0 "NoNewPrivs:0
+Seccomp:2
+$denied " $? "$out"
+arca run -d --isolation="$iso" --name secx busybox sleep 1000 >/dev/null
+out=$(arca exec secx syscall-probe $probes | tr '\n' ' '); check seccomp-in-exec 0 "$denied " $? "$out"
+out=$(arca exec -u app secx sh -c "grep '^Seccomp:' /proc/self/status | tr -d ' \t'"); check seccomp-in-exec-as-user 0 Seccomp:2 $? "$out"
+arca rm -f secx >/dev/null
+out=$(run --security-opt seccomp=unconfined busybox sh -c "grep '^Seccomp:' /proc/self/status | tr -d ' \t'; syscall-probe unshare"); check seccomp-unconfined 0 "Seccomp:0
+unshare=ok" $? "$out"
+sp=$(mktemp -d)
+printf '%s' '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}' >"$sp/deny-mkdir.json"
+out=$(run --security-opt "seccomp=$sp/deny-mkdir.json" busybox sh -c 'mkdir /x 2>&1; syscall-probe unshare'); check seccomp-profile-file 0 "mkdir: can't create directory '/x': Permission denied
+unshare=ok" $? "$out"
+printf '{"defaultAction":' >"$sp/broken.json"
+out=$(run --security-opt "seccomp=$sp/broken.json" busybox true 2>&1 >/dev/null | grep -c 'Decoding seccomp profile failed'); check seccomp-profile-broken 0 1 $? "$out"
+out=$(run --security-opt "seccomp=$sp/none.json" busybox true 2>/dev/null); check seccomp-profile-missing-exit 125 "" $? "$out"
+rm -rf "$sp"
+out=$(run --security-opt no-new-privileges busybox sh -c "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t'"); check no-new-privileges 0 "NoNewPrivs:1
+Seccomp:2" $? "$out"
+out=$(run --security-opt apparmor=docker-default busybox true 2>&1 >/dev/null | grep -c 'no AppArmor or SELinux'); check security-opt-apparmor-refused 0 1 $? "$out"
+out=$(run --security-opt bogus busybox true 2>&1 >/dev/null); check security-opt-invalid 125 'arca: invalid --security-opt: "bogus"' $? "$out"
+out=$(run --cap-drop ALL --cap-add net_bind_service busybox sh -c "grep -E '^Cap(Eff|Bnd):' /proc/self/status | tr -d ' \t'"); check cap-drop-all-add-one 0 "CapEff:0000000000000400
+CapBnd:0000000000000400" $? "$out"
+out=$(run busybox sh -c "grep '^CapEff:' /proc/self/status | tr -d ' \t'"); check cap-default-set 0 CapEff:00000000a00425fb $? "$out"
+out=$(run --cap-drop chown busybox sh -c 'chown 1 /tmp 2>/dev/null || echo denied'); check cap-drop-chown 0 denied $? "$out"
+out=$(run --cap-add SYS_ADMIN busybox syscall-probe unshare keyctl); check cap-add-sys-admin-opens-its-calls 0 "unshare=ok
+keyctl=EPERM" $? "$out"
+out=$(run --cap-add FOO busybox true 2>&1 >/dev/null); check cap-unknown 125 'arca: invalid CapAdd: unknown capability: "CAP_FOO"' $? "$out"
+if [ "$iso" = vm ]; then
+  # Privileged inside its own microVM: every capability, no filter, /sys writable.
+  out=$(run --privileged busybox sh -c "grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -d ' \t'; grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"); check privileged-in-its-vm 0 "CapEff:000001ffffffffff
+Seccomp:0
+rw" $? "$out"
+  out=$(run --pids-limit 100 busybox cat /sys/fs/cgroup/pids.max); check pids-limit 0 100 $? "$out"
+  out=$(run busybox cat /sys/fs/cgroup/pids.max); check pids-unlimited-in-a-vm 0 max $? "$out"
+else
+  out=$(run --privileged busybox true 2>&1 >/dev/null | grep -c 'ARCA_ALLOW_PRIVILEGED_PROCESS=1'); check privileged-process-refused 0 1 $? "$out"
+  out=$(ARCA_ALLOW_PRIVILEGED_PROCESS=1 arca run --rm --isolation=process --privileged busybox sh -c "grep '^Seccomp:' /proc/self/status | tr -d ' \t'"); check privileged-process-allowed-by-operator 0 Seccomp:0 $? "$out"
+  if grep -qw pids "$(grep -m1 ' cgroup2 ' /proc/mounts | cut -d' ' -f2)/cgroup.controllers" 2>/dev/null; then
+    out=$(run busybox cat /sys/fs/cgroup/pids.max); check pids-default-4096 0 4096 $? "$out"
+    out=$(run --pids-limit -1 busybox cat /sys/fs/cgroup/pids.max); check pids-limit-unlimited 0 max $? "$out"
+  else
+    out=$(run --pids-limit 100 busybox true 2>&1 >/dev/null | grep -c 'pids controller is not available'); check pids-limit-needs-the-controller 0 1 $? "$out"
+  fi
+fi
+
 left=$(ls "$state/containers" 2>/dev/null | wc -l); check nothing-left 0 0 0 "$left"
 [ $fails -eq 0 ]

@@ -15,9 +15,11 @@
 
 mod frame;
 mod messages;
+mod security;
 
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN, encode_frame};
 pub use messages::*;
+pub use security::*;
 
 /// Version of this protocol. A peer with another version is refused in the hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -407,6 +407,10 @@ pub struct ContainerSpec {
     /// one).
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Capabilities, `no_new_privs` and the seccomp filter of every process in it
+    /// (Docker's defaults when absent).
+    #[serde(default)]
+    pub security: crate::Security,
 }
 
 /// A mount in the container.
@@ -807,6 +811,16 @@ impl ContainerSpec {
         if self.mounts.len() > MAX_MOUNTS {
             return bad(format!("More than {MAX_MOUNTS} mounts"));
         }
+        if self.security.capabilities.0 & !crate::Capabilities::all().0 != 0 {
+            return bad(format!(
+                "Unknown capability bits {:#x}",
+                self.security.capabilities.0 & !crate::Capabilities::all().0
+            ));
+        }
+        if let crate::Seccomp::Profile(p) = &self.security.seccomp {
+            p.validate()
+                .map_err(|e| AgentError::new(ErrorCode::BadRequest, e.to_string()))?;
+        }
         for m in &self.mounts {
             validate_mount_target(&m.target)?;
             match &m.source {
@@ -942,6 +956,7 @@ mod tests {
             hosts: Vec::new(),
             dns: Vec::new(),
             mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! container's monitor), and what the container's process becomes with its image:
 //! Docker's rules for the command, environment, user and working directory.
 
-use arca_protocol::{ProcessSpec, Resources};
+use arca_protocol::{
+    Capabilities, Platform, ProcessSpec, Resources, Seccomp, SeccompProfile, Security,
+};
 use serde::{Deserialize, Serialize};
 
 use super::record::Isolation;
@@ -71,6 +73,118 @@ pub struct RunOptions {
     /// `--storage-opt size=`: the writable layer's size in bytes (microVMs).
     #[serde(default)]
     pub storage_size: Option<u64>,
+    /// Capabilities, `no_new_privs`, seccomp and `--privileged` (see [`security`]).
+    #[serde(default)]
+    pub security: Security,
+    /// `--pids-limit`: `pids.max`, none for 0 or less; absent: the isolation's default
+    /// ([`DEFAULT_PROCESS_PIDS_LIMIT`] with process isolation, none in a microVM).
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+}
+
+/// `pids.max` of a container run with process isolation without `--pids-limit`: a fork
+/// bomb stops there instead of at the host's limit (a microVM's processes are bounded
+/// by its memory and never reach the host's).
+pub const DEFAULT_PROCESS_PIDS_LIMIT: u64 = 4096;
+
+/// Whether this host's cgroup v2 hierarchy offers the pids controller (a hybrid
+/// hierarchy may keep it in v1, where Arca does not look): the default limit applies only
+/// where it can; an explicit `--pids-limit` without it is an error.
+fn host_has_pids_controller() -> bool {
+    arca_jail::cgroup2_mount()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok())
+        .is_some_and(|c| c.split_whitespace().any(|c| c == "pids"))
+}
+
+/// The operator's switch that lets `--privileged` run with process isolation.
+pub const ALLOW_PRIVILEGED_PROCESS_ENV: &str = "ARCA_ALLOW_PRIVILEGED_PROCESS";
+
+/// The flags that confine a container, as `arca run` got them.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityFlags {
+    /// `--cap-add`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--security-opt`.
+    pub security_opt: Vec<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+}
+
+/// Docker's rules for `--cap-add`, `--cap-drop`, `--security-opt seccomp=unconfined|
+/// PROFILE.json`, `--security-opt no-new-privileges[=true|false]` and `--privileged`
+/// (every capability, no seccomp filter, `/proc` and `/sys` unmasked; refused with process
+/// isolation unless the operator set [`ALLOW_PRIVILEGED_PROCESS_ENV`]=1). A profile file is
+/// read and checked here, so a bad one fails before anything is created. `apparmor=` and
+/// `label=` (AppArmor, SELinux) are refused, except the values that turn them off,
+/// which hold already.
+pub fn security(flags: &SecurityFlags, isolation: Isolation) -> Result<Security, RunError> {
+    let invalid = |m: String| Err(RunError::Invalid(m));
+    let none: &[String] = &[];
+    for (which, add, drop) in [
+        ("CapAdd", &flags.cap_add[..], none),
+        ("CapDrop", none, &flags.cap_drop[..]),
+    ] {
+        Capabilities::adjusted(add, drop)
+            .map_err(|e| RunError::Invalid(format!("invalid {which}: {e}")))?;
+    }
+    let mut out = Security {
+        capabilities: Capabilities::adjusted(&flags.cap_add, &flags.cap_drop)
+            .map_err(|e| RunError::Invalid(e.to_string()))?,
+        ..Security::default()
+    };
+    for opt in &flags.security_opt {
+        // Docker takes `key=value` and the older `key:value`.
+        let (key, value) = match opt.split_once(['=', ':']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("no-new-privileges", None | Some("true")) => out.no_new_privileges = true,
+            ("no-new-privileges", Some("false")) => out.no_new_privileges = false,
+            ("seccomp", Some("unconfined")) => out.seccomp = Seccomp::Unconfined,
+            ("seccomp", Some("builtin")) => out.seccomp = Seccomp::Default,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    RunError::Invalid(format!("opening seccomp profile ({path}) failed: {e}"))
+                })?;
+                let profile = SeccompProfile::from_json(&bytes)
+                    .map_err(|e| RunError::Invalid(e.to_string()))?;
+                // Resolve once for this machine, as the agent will: a profile that
+                // cannot apply fails here.
+                profile
+                    .resolve(out.capabilities, Platform::native((u32::MAX, u32::MAX)))
+                    .map_err(|e| RunError::Invalid(e.to_string()))?;
+                out.seccomp = Seccomp::Profile(Box::new(profile));
+            }
+            ("apparmor", Some("unconfined")) | ("label", Some("disable")) => {}
+            ("apparmor" | "label", _) => {
+                return invalid(format!(
+                    "--security-opt {opt}: Arca applies no AppArmor or SELinux policy (only apparmor=unconfined and label=disable are accepted)"
+                ));
+            }
+            ("systempaths", Some("unconfined")) => {
+                return invalid(format!(
+                    "--security-opt {opt} is not supported: /proc and /sys are unmasked only with --privileged"
+                ));
+            }
+            _ => return invalid(format!("invalid --security-opt: {opt:?}")),
+        }
+    }
+    if flags.privileged {
+        if isolation == Isolation::Process
+            && std::env::var(ALLOW_PRIVILEGED_PROCESS_ENV).as_deref() != Ok("1")
+        {
+            return invalid(format!(
+                "--privileged with --isolation=process would give the container root over this host; it is refused unless the operator sets {ALLOW_PRIVILEGED_PROCESS_ENV}=1 (with --isolation=vm the container is privileged only inside its own microVM)"
+            ));
+        }
+        out.capabilities = Capabilities::all();
+        out.seccomp = Seccomp::Unconfined;
+        out.privileged = true;
+    }
+    Ok(out)
 }
 
 impl RunOptions {
@@ -99,7 +213,13 @@ impl RunOptions {
             memory_bytes: self.memory,
             cpu_quota_us: self.cpus.map(|c| (c * 100_000.0).round() as u64),
             cpu_period_us: self.cpus.map(|_| 100_000),
-            pids_max: None,
+            pids_max: match self.pids_limit {
+                Some(n) => u64::try_from(n).ok().filter(|n| *n > 0),
+                None if self.isolation == Isolation::Process && host_has_pids_controller() => {
+                    Some(DEFAULT_PROCESS_PIDS_LIMIT)
+                }
+                None => None,
+            },
         }
     }
 
@@ -172,4 +292,117 @@ pub fn environment(image: &Image, overrides: &[String]) -> Vec<String> {
         env.push(entry);
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(opts: &[&str]) -> SecurityFlags {
+        SecurityFlags {
+            security_opt: opts.iter().map(|s| s.to_string()).collect(),
+            ..SecurityFlags::default()
+        }
+    }
+
+    fn err(f: &SecurityFlags, isolation: Isolation) -> String {
+        security(f, isolation).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn security_opts_follow_docker() {
+        let s = security(&flags(&[]), Isolation::Vm).unwrap();
+        assert_eq!(s, Security::default());
+        let s = security(
+            &flags(&["seccomp=unconfined", "no-new-privileges"]),
+            Isolation::Vm,
+        )
+        .unwrap();
+        assert_eq!(s.seccomp, Seccomp::Unconfined);
+        assert!(s.no_new_privileges);
+        let s = security(
+            &flags(&["no-new-privileges:true", "no-new-privileges=false"]),
+            Isolation::Vm,
+        )
+        .unwrap();
+        assert!(!s.no_new_privileges);
+        assert!(
+            security(
+                &flags(&["apparmor=unconfined", "label=disable"]),
+                Isolation::Vm
+            )
+            .is_ok()
+        );
+        assert!(err(&flags(&["apparmor=docker-default"]), Isolation::Vm).contains("AppArmor"));
+        assert_eq!(
+            err(&flags(&["bogus"]), Isolation::Vm),
+            "invalid --security-opt: \"bogus\""
+        );
+        assert!(
+            err(&flags(&["seccomp=/no/such/profile.json"]), Isolation::Vm)
+                .starts_with("opening seccomp profile (/no/such/profile.json) failed:")
+        );
+    }
+
+    #[test]
+    fn a_profile_file_is_read_and_checked_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let s = security(
+            &flags(&[&format!("seccomp={}", good.display())]),
+            Isolation::Process,
+        )
+        .unwrap();
+        assert!(matches!(s.seccomp, Seccomp::Profile(_)));
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        let e = err(
+            &flags(&[&format!("seccomp={}", bad.display())]),
+            Isolation::Vm,
+        );
+        assert!(e.starts_with("Decoding seccomp profile failed"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_and_privileged() {
+        let f = SecurityFlags {
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["chown".into()],
+            ..SecurityFlags::default()
+        };
+        let s = security(&f, Isolation::Vm).unwrap();
+        assert!(s.capabilities.has_named("CAP_NET_ADMIN"));
+        assert!(!s.capabilities.has_named("CAP_CHOWN"));
+        let f = SecurityFlags {
+            cap_add: vec!["FOO".into()],
+            ..SecurityFlags::default()
+        };
+        assert_eq!(
+            err(&f, Isolation::Vm),
+            "invalid CapAdd: unknown capability: \"CAP_FOO\""
+        );
+        let f = SecurityFlags {
+            cap_drop: vec!["BAR".into()],
+            ..SecurityFlags::default()
+        };
+        assert!(err(&f, Isolation::Vm).starts_with("invalid CapDrop"));
+        let p = SecurityFlags {
+            privileged: true,
+            security_opt: vec!["seccomp=builtin".into()],
+            ..SecurityFlags::default()
+        };
+        let s = security(&p, Isolation::Vm).unwrap();
+        assert_eq!(s.capabilities, Capabilities::all());
+        assert_eq!(s.seccomp, Seccomp::Unconfined);
+        assert!(s.privileged);
+        // The operator's switch is read from the environment; without it, refused.
+        if std::env::var(ALLOW_PRIVILEGED_PROCESS_ENV).is_err() {
+            assert!(err(&p, Isolation::Process).contains(ALLOW_PRIVILEGED_PROCESS_ENV));
+        }
+    }
 }

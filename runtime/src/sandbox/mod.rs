@@ -235,6 +235,7 @@ impl<'a> Sandbox<'a> {
                 .enumerate()
                 .map(|(i, m)| self.mount(i, m))
                 .collect(),
+            security: opts.security.clone(),
         }
     }
 

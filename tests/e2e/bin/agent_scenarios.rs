@@ -63,6 +63,7 @@ impl Env {
             hosts: Vec::new(),
             dns: Vec::new(),
             mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 
