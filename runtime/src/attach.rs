@@ -90,6 +90,18 @@ impl Hub {
         self.lock().retain_mut(|c| c.write_all(bytes).is_ok());
     }
 
+    /// Waits until a client is attached, at most `timeout`; whether one is.
+    pub fn wait_for_client(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !self.lock().is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     /// Ends every client's session (the container has exited) and stops listening.
     pub fn close(&self) {
         let _ = std::fs::remove_file(&self.path);
@@ -110,7 +122,11 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
             "You cannot attach to a stopped container, start it first".into(),
         ));
     }
-    let Ok(opts) = RunOptions::load(&dir) else {
+    // A container in the foreground of an `arca run` serves no attach socket.
+    let opts = RunOptions::load(&dir)
+        .ok()
+        .filter(|_| dir.join("attach.sock").exists());
+    let Some(opts) = opts else {
         return Err(RunError::Invalid(format!(
             "Container {name} runs in the foreground of another arca run: nothing to attach to"
         )));
@@ -119,11 +135,24 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
         action: format!("attach to container {name}"),
         source: e,
     })?;
+    attach_to(&dir, &opts, &rec.id, sock)
+}
+
+/// Runs an attach session on `sock` (a connection to the container's `attach.sock`):
+/// input and terminal size to the container, its output here; returns its exit code,
+/// or 0 when detached.
+pub fn attach_to(
+    dir: &Path,
+    opts: &RunOptions,
+    id: &str,
+    sock: UnixStream,
+) -> Result<i32, RunError> {
+    let rec = ContainerRecord::load(dir)?;
     let session = Session::start(opts.tty && opts.interactive);
     if opts.tty
         && let Some(endpoint) = &rec.agent
     {
-        session.follow_size(&AgentAddress::from(endpoint), &rec.id, None);
+        session.follow_size(&AgentAddress::from(endpoint), id, None);
     }
     if opts.interactive {
         let to = sock.try_clone().map_err(|source| RunError::Io {

@@ -110,13 +110,19 @@ pub struct RotatingLog {
 }
 
 impl RotatingLog {
-    /// Creates (or truncates) `path`.
+    /// Opens `path` for appending (creating it).
     pub fn create(path: &Path, opts: LogOptions) -> io::Result<Self> {
+        // A restarted container's log goes on where the last run's ended, as Docker's.
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len();
         Ok(Self {
             path: path.to_path_buf(),
             opts,
-            file: File::create(path)?,
-            written: 0,
+            file,
+            written,
         })
     }
 
@@ -281,6 +287,22 @@ mod tests {
         LogReader::open(&path).drain(&mut got).unwrap();
         assert_eq!(got.len() as u64, total);
         assert!(expected.ends_with(&got));
+    }
+
+    #[test]
+    fn a_restarted_container_appends_and_counts_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        RotatingLog::create(&path, opts(10, 2))
+            .unwrap()
+            .write_all(b"first\n")
+            .unwrap();
+        let mut again = RotatingLog::create(&path, opts(10, 2)).unwrap();
+        again.write_all(b"2nd\n").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first\n2nd\n");
+        // The size already there counts toward rotation.
+        again.write_all(b"third\n").unwrap();
+        assert_eq!(fs::read(numbered(&path, 1)).unwrap(), b"first\n2nd\n");
     }
 
     #[test]

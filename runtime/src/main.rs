@@ -86,6 +86,30 @@ enum Cmd {
     },
     /// Run a command in a new container.
     Run(Box<RunArgs>),
+    /// Create a new container without starting it (prints its name).
+    Create(Box<RunArgs>),
+    /// Start created or stopped containers.
+    Start {
+        /// Attach to the container's output (and input, with -i) and return its exit
+        /// code.
+        #[arg(short, long)]
+        attach: bool,
+        /// Attach the container's input (it must have been created with -i).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers: stop (SIGTERM, SIGKILL after the grace time), then start.
+    Restart {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// List containers.
     Ps {
         /// Exited ones too.
@@ -420,6 +444,70 @@ fn env_file(path: &PathBuf) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// What `run` and `create` were asked, checked.
+fn run_options(a: RunArgs) -> Result<RunOptions, String> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(env_file(f)?);
+    }
+    env.extend(a.env.iter().cloned());
+    let mounts = arca_runtime::storage::parse_mount_flags(&a.volume, &a.mount, &a.tmpfs)
+        .map_err(|e| e.to_string())?;
+    let storage_size =
+        arca_runtime::storage::parse_storage_opts(&a.storage_opt).map_err(|e| e.to_string())?;
+    if storage_size.is_some() && a.isolation == Isolation::Process {
+        return Err("--storage-opt size= needs --isolation=vm: with process isolation the writable layer is a directory on the state directory's filesystem, without a quota".into());
+    }
+    let security = arca_runtime::container::config::security(
+        &arca_runtime::container::config::SecurityFlags {
+            cap_add: a.cap_add,
+            cap_drop: a.cap_drop,
+            security_opt: a.security_opt,
+            privileged: a.privileged,
+        },
+        a.isolation,
+    )
+    .map_err(|e| e.to_string())?;
+    let opts = RunOptions {
+        security,
+        pids_limit: a.pids_limit,
+        read_only: a.read_only,
+        mounts,
+        volumes_from: a.volumes_from,
+        storage_size,
+        image: a.image,
+        args: a.command,
+        entrypoint: a.entrypoint,
+        env,
+        workdir: a.workdir,
+        user: a.user,
+        hostname: a.hostname,
+        memory: a.memory.as_deref().map(parse_memory).transpose()?,
+        log: LogOptions::parse(&a.log_opt).map_err(|e| e.to_string())?,
+        guest_console: a.guest_console,
+        cpus: a.cpus,
+        init: a.init,
+        interactive: a.interactive,
+        tty: a.tty,
+        isolation: a.isolation,
+        name: a.name,
+        detach: a.detach,
+        rm: a.rm,
+        // Bridges and links need root: a non-root user's containers get
+        // loopback only unless they ask (-p works either way).
+        network: a
+            .network
+            .or_else(|| (!rustix::process::geteuid().is_root()).then(|| "none".to_string())),
+        publish: a
+            .publish
+            .iter()
+            .map(|p| arca_runtime::ports::parse(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat(),
+    };
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -649,67 +737,41 @@ fn main() -> ExitCode {
             }
             Ok(if failed { 1 } else { 0 })
         }
+        Cmd::Create(a) => {
+            if a.detach {
+                return Err(
+                    "unknown flag: --detach (create never runs the container; use start)".into(),
+                );
+            }
+            let opts = run_options(*a)?;
+            let id = arca_runtime::run::create(&state, &opts).map_err(|e| chain(&e))?;
+            println!("{id}");
+            Ok(0)
+        }
+        Cmd::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
+            if (attach || interactive) && containers.len() > 1 {
+                return Err("you cannot start and attach multiple containers at once".into());
+            }
+            if attach || interactive {
+                return arca_runtime::run::start(&state, &containers[0], true).map_err(|e| {
+                    let code = e.exit_code();
+                    eprintln!("arca: {}", chain(&e));
+                    std::process::exit(if code == 125 { 1 } else { code });
+                });
+            }
+            each(&containers, |n| {
+                arca_runtime::run::start(&state, n, false).map(|_| ())
+            })
+        }
+        Cmd::Restart { time, containers } => each(&containers, |n| {
+            arca_runtime::run::restart(&state, n, std::time::Duration::from_secs(time))
+        }),
         Cmd::Run(a) => {
-            let a = *a;
-            let mut env = Vec::new();
-            for f in &a.env_file {
-                env.extend(env_file(f)?);
-            }
-            env.extend(a.env.iter().cloned());
-            let mounts = arca_runtime::storage::parse_mount_flags(&a.volume, &a.mount, &a.tmpfs)
-                .map_err(|e| e.to_string())?;
-            let storage_size = arca_runtime::storage::parse_storage_opts(&a.storage_opt)
-                .map_err(|e| e.to_string())?;
-            if storage_size.is_some() && a.isolation == Isolation::Process {
-                return Err("--storage-opt size= needs --isolation=vm: with process isolation the writable layer is a directory on the state directory's filesystem, without a quota".into());
-            }
-            let security = arca_runtime::container::config::security(
-                &arca_runtime::container::config::SecurityFlags {
-                    cap_add: a.cap_add,
-                    cap_drop: a.cap_drop,
-                    security_opt: a.security_opt,
-                    privileged: a.privileged,
-                },
-                a.isolation,
-            )
-            .map_err(|e| e.to_string())?;
-            let opts = RunOptions {
-                security,
-                pids_limit: a.pids_limit,
-                read_only: a.read_only,
-                mounts,
-                volumes_from: a.volumes_from,
-                storage_size,
-                image: a.image,
-                args: a.command,
-                entrypoint: a.entrypoint,
-                env,
-                workdir: a.workdir,
-                user: a.user,
-                hostname: a.hostname,
-                memory: a.memory.as_deref().map(parse_memory).transpose()?,
-                log: LogOptions::parse(&a.log_opt).map_err(|e| e.to_string())?,
-                guest_console: a.guest_console,
-                cpus: a.cpus,
-                init: a.init,
-                interactive: a.interactive,
-                tty: a.tty,
-                isolation: a.isolation,
-                name: a.name,
-                detach: a.detach,
-                rm: a.rm,
-                // Bridges and links need root: a non-root user's containers get
-                // loopback only unless they ask (-p works either way).
-                network: a.network.or_else(|| {
-                    (!rustix::process::geteuid().is_root()).then(|| "none".to_string())
-                }),
-                publish: a
-                    .publish
-                    .iter()
-                    .map(|p| arca_runtime::ports::parse(p))
-                    .collect::<Result<Vec<_>, _>>()?
-                    .concat(),
-            };
+            let opts = run_options(*a)?;
             run(&state, &opts).map_err(|e| {
                 // 126/127 keep their codes; the message still goes to stderr.
                 let code = e.exit_code();

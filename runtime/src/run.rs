@@ -44,6 +44,140 @@ fn random_id() -> String {
 /// Runs a container: in the foreground (returns its exit code) or, with `detach`,
 /// under a background monitor (returns 0 once it runs and prints its id).
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
+    let (dir, record) = prepare(state, opts, Status::Starting)?;
+    let id = record.id.clone();
+    if opts.detach {
+        let monitor = spawn_monitor(state, &dir, &id).inspect_err(|_| discard(state, &dir))?;
+        wait_running(state, &dir, monitor, OnFailure::Discard)?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let result = supervise(state, opts, &dir, record, Output::Terminal);
+    if result.is_err() || opts.rm {
+        discard(state, &dir);
+    }
+    result
+}
+
+/// `arca create`: the container, its record, options and volumes, without running
+/// anything (a microVM boots at `start`); returns its name.
+pub fn create(state: &Path, opts: &RunOptions) -> Result<String, RunError> {
+    let (_, record) = prepare(state, opts, Status::Created)?;
+    Ok(record.id)
+}
+
+/// `arca start [-a]`: runs a created or exited container again under a new monitor,
+/// with the same options, writable layer, volumes and logs (appended). Without
+/// `attach` it returns 0 once the container runs; with it, the container waits for
+/// this process to attach before it starts, and its exit code is returned. A
+/// container that already runs is left alone (`attach` attaches to it).
+pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
+    let (dir, _) = crate::container::record::find(state, name)?;
+    // One start (or restart) of a container at a time.
+    let _lock = crate::state::lock_file(
+        &dir.join("lifecycle.lock"),
+        rustix::fs::FlockOperation::LockExclusive,
+    )
+    .map_err(|(what, e)| io_err(format!("{what} the container's lifecycle lock"))(e))?;
+    let mut record = ContainerRecord::observe(&dir)?;
+    let id = record.id.clone();
+    match record.status {
+        Status::Running | Status::Starting if attach => return attach::attach(state, &id),
+        Status::Running | Status::Starting => return Ok(0),
+        Status::Created | Status::Exited => {}
+    }
+    let opts = RunOptions::load(&dir)?;
+    // What the last run left: its sockets (a VMM binds its vsock socket anew).
+    for stale in ["vsock.sock", "agent.sock", "attach.sock"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    record.status = Status::Starting;
+    (record.exit_code, record.error) = (None, None);
+    // Ours until the monitor records itself: never a dead monitor's, which would make
+    // the record look crashed in between.
+    record.monitor_pid = std::process::id();
+    record.monitor_start = start_time(std::process::id());
+    (record.sandbox_pid, record.sandbox_start) = (None, None);
+    (record.agent, record.container_pid) = (None, None);
+    (record.network, record.ip) = (None, None);
+    record.ports.clear();
+    record.save(&dir)?;
+    if attach {
+        std::fs::write(dir.join(ATTACH_FIRST), b"")
+            .map_err(io_err("mark the container for attaching"))?;
+    }
+    let monitor = spawn_monitor(state, &dir, &id)?;
+    if attach {
+        return attach_first(&dir, &opts, &id, monitor);
+    }
+    wait_running(state, &dir, monitor, OnFailure::Keep)?;
+    Ok(0)
+}
+
+/// `arca restart -t N`: stop (SIGTERM, SIGKILL after `grace`) if it runs, then start.
+pub fn restart(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
+    crate::container::lifecycle::stop(state, name, grace)?;
+    start(state, name, false).map(|_| ())
+}
+
+/// A file in a container's directory that tells its monitor to wait for an attach
+/// client before it starts the container (`start -a`).
+const ATTACH_FIRST: &str = "attach-first";
+
+/// How long a monitor asked to wait for an attach client waits.
+const ATTACH_FIRST_WAIT: Duration = Duration::from_secs(30);
+
+/// `start -a`: attaches as soon as the new monitor serves, which lets the container
+/// start; returns its exit code.
+fn attach_first(
+    dir: &Path,
+    opts: &RunOptions,
+    id: &str,
+    mut monitor: std::process::Child,
+) -> Result<i32, RunError> {
+    let deadline = Instant::now() + ATTACH_FIRST_WAIT;
+    loop {
+        if let Ok(sock) = UnixStream::connect(dir.join("attach.sock")) {
+            let code = attach::attach_to(dir, opts, id, sock)?;
+            let _ = monitor.wait();
+            if let Ok(r) = ContainerRecord::load(dir)
+                && let Some(e) = r.error.filter(|_| r.status == Status::Exited)
+            {
+                return Err(RunError::Failed {
+                    code: r.exit_code.unwrap_or(125),
+                    message: e,
+                });
+            }
+            return Ok(code);
+        }
+        if let Ok(Some(_)) = monitor.try_wait() {
+            let r = ContainerRecord::load(dir)?;
+            return Err(RunError::Failed {
+                code: r.exit_code.unwrap_or(125),
+                message: r
+                    .error
+                    .unwrap_or_else(|| "The container monitor ended early".into()),
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = monitor.kill();
+            return Err(RunError::Invalid(format!(
+                "Container {id} did not get ready to attach within {} s",
+                ATTACH_FIRST_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Everything `run` and `create` do before anything runs: the image (pulled if
+/// missing), the network's existence, the container's directory and record (in
+/// `status`), its volumes, and its options (which `start` and the monitor read).
+fn prepare(
+    state: &Path,
+    opts: &RunOptions,
+    status: Status,
+) -> Result<(std::path::PathBuf, ContainerRecord), RunError> {
     // With the host's network the container's ports are the host's: as Docker, `-p`
     // is discarded, with a warning.
     let without_ports;
@@ -106,7 +240,7 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         command: args.clone(),
         isolation: opts.isolation,
         created: now(),
-        status: Status::Starting,
+        status,
         exit_code: None,
         error: None,
         monitor_pid: std::process::id(),
@@ -133,14 +267,8 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         discard(state, &dir);
         return Err(e.into());
     }
-    if opts.detach {
-        return detach(state, &dir, opts, &id);
-    }
-    let result = supervise(state, opts, &dir, record, Output::Terminal);
-    if result.is_err() || opts.rm {
-        discard(state, &dir);
-    }
-    result
+    opts.save(&dir).inspect_err(|_| discard(state, &dir))?;
+    Ok((dir, record))
 }
 
 /// Removes a container's directory and the anonymous volumes made for it (a failed
@@ -153,11 +281,18 @@ fn discard(state: &Path, dir: &Path) {
     volume::remove_anonymous(state, &anonymous);
 }
 
-/// Starts `arca __monitor` for a detached container and waits until the container runs.
-fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, RunError> {
-    opts.save(dir)?;
+/// What a start that fails leaves: nothing (`run -d`), or the container, exited with
+/// the reason (`start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnFailure {
+    Discard,
+    Keep,
+}
+
+/// Starts `arca __monitor` for the container in `dir`.
+fn spawn_monitor(state: &Path, dir: &Path, id: &str) -> Result<std::process::Child, RunError> {
     let exe = std::env::current_exe().map_err(io_err("locate arca"))?;
-    let monitor = Command::new(exe)
+    Command::new(exe)
         .arg("--state-dir")
         .arg(state)
         .args(["__monitor", id])
@@ -169,13 +304,33 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
         )
         // Out of the terminal's process group: a Ctrl-C there does not reach it.
         .process_group(0)
-        .spawn();
-    let mut monitor = match monitor {
-        Ok(m) => m,
-        Err(e) => {
-            discard(state, dir);
-            return Err(io_err("start the container monitor")(e));
+        .spawn()
+        .map_err(io_err("start the container monitor"))
+}
+
+/// Waits until the container `monitor` runs is running (or ran and ended already).
+fn wait_running(
+    state: &Path,
+    dir: &Path,
+    mut monitor: std::process::Child,
+    on_failure: OnFailure,
+) -> Result<(), RunError> {
+    let fail = |dir: &Path, e: RunError| {
+        match on_failure {
+            OnFailure::Discard => discard(state, dir),
+            OnFailure::Keep => {
+                // The record says why, for `ps -a`.
+                if let Ok(mut r) = ContainerRecord::load(dir)
+                    && r.status != Status::Exited
+                {
+                    r.status = Status::Exited;
+                    r.exit_code.get_or_insert(125);
+                    r.error.get_or_insert_with(|| e.to_string());
+                    let _ = r.save(dir);
+                }
+            }
         }
+        Err(e)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -184,40 +339,37 @@ fn detach(state: &Path, dir: &Path, opts: &RunOptions, id: &str) -> Result<i32, 
             Some(Status::Running) | Some(Status::Exited)
                 if rec.as_ref().is_some_and(|r| r.error.is_none()) =>
             {
-                break;
+                return Ok(());
             }
             Some(Status::Exited) => {
                 let (code, message) = rec
                     .map(|r| (r.exit_code.unwrap_or(125), r.error.unwrap_or_default()))
                     .unwrap_or((125, String::new()));
                 let _ = monitor.wait();
-                discard(state, dir);
                 let code = if matches!(code, 126 | 127) { code } else { 125 };
-                return Err(RunError::Failed { code, message });
+                return fail(dir, RunError::Failed { code, message });
             }
             _ => {}
         }
         if let Ok(Some(status)) = monitor.try_wait() {
             if status.success() {
                 // It ran and ended already (and, with --rm, is gone).
-                break;
+                return Ok(());
             }
-            discard(state, dir);
-            return Err(RunError::Invalid(format!(
-                "The container monitor ended early ({status})"
-            )));
+            return fail(
+                dir,
+                RunError::Invalid(format!("The container monitor ended early ({status})")),
+            );
         }
         if std::time::Instant::now() > deadline {
             let _ = monitor.kill();
-            discard(state, dir);
-            return Err(RunError::Invalid(
-                "The container did not start within 120 s".into(),
-            ));
+            return fail(
+                dir,
+                RunError::Invalid("The container did not start within 120 s".into()),
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("{id}");
-    Ok(0)
 }
 
 /// Entry of `arca __monitor ID`: runs a detached container to its end.
@@ -291,6 +443,12 @@ fn supervise(
     }
     // Before the record says running: `arca attach` may come at once.
     let copies = Copies::start(streams, dir, opts, output, &session)?;
+    // `start -a` attaches before the container starts, so it misses nothing.
+    if std::fs::remove_file(dir.join(ATTACH_FIRST)).is_ok()
+        && let Some(hub) = &copies.hub
+    {
+        hub.wait_for_client(ATTACH_FIRST_WAIT);
+    }
     if let Err(e) = client.start(id) {
         sandbox.abort(&mut client, id);
         copies.close_clients();

@@ -240,6 +240,35 @@ out=$(arca cp cpc:/d/f "$ct/s" 2>"$ct/err"; echo $?; grep -c 'not running' "$ct/
 arca rm cpc >/dev/null
 rm -rf "$ct"
 
+# create, start, restart (Docker's reference: `create` makes the container without
+# running it, `ps` lists it only with -a as Created; `start` runs it again with its
+# writable layer, volumes and logs; `start -a` attaches first and returns its exit code;
+# `restart` stops and starts).
+out=$(arca create --isolation="$iso" --name life busybox sh -c 'echo run; cat /count 2>/dev/null; echo x >>/count; exit 3'; arca ps -q | grep -c '^life$'; arca ps -a | grep '^life ' | grep -c Created); check create-not-running 0 "life
+0
+1" $? "$out"
+out=$(arca start life; arca wait life; arca logs life); check start-then-logs 0 "life
+3
+run" $? "$out"
+out=$(arca start -a life); check start-attach-exit-code-and-layer-kept 3 "run
+x" $? "$out"
+out=$(arca restart life >/dev/null; arca wait life; arca logs life | tr '\n' ' '); check restart-logs-accumulate 0 "3
+run run x run x x " $? "$out"
+arca rm life >/dev/null
+out=$(arca create -i --isolation="$iso" --name life-i busybox cat >/dev/null; echo typed | arca start -ai life-i); check start-attach-interactive 0 typed $? "$out"
+arca rm life-i >/dev/null
+arca run -d --isolation="$iso" --name life-up busybox sh -c 'echo up; sleep 1000' >/dev/null
+out=$(arca restart -t 1 life-up && arca ps | grep -c '^life-up ' && arca logs life-up); check restart-running 0 "life-up
+1
+up
+up" $? "$out"
+arca rm -f life-up >/dev/null
+out=$(arca create --isolation="$iso" --name life-bad busybox no-such-command >/dev/null; arca start life-bad 2>&1 >/dev/null; arca ps -a | grep '^life-bad ' | grep -c 'Exited (127)'); check start-failure-kept-with-reason 0 'arca: exec: "no-such-command": executable file not found in $PATH
+1' $? "$out"
+arca rm life-bad >/dev/null
+out=$(arca start no-such-container 2>&1); check start-unknown 1 "arca: No such container: no-such-container" $? "$out"
+out=$(arca create -d busybox true 2>/dev/null); check create-refuses-detach 125 "" $? "$out"
+
 # Confinement (issue 14): Docker's default seccomp profile, capabilities,
 # no-new-privileges, --privileged, pids limits. A hostile container process tries new
 # user namespaces, the keyring, BPF, mount, userfaultfd, namespace clones and vsock (the

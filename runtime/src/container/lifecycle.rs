@@ -20,7 +20,7 @@ pub fn reap_crashed(state: &Path) {
         let Ok(rec) = ContainerRecord::load(&dir) else {
             continue;
         };
-        if rec.status == Status::Exited {
+        if matches!(rec.status, Status::Exited | Status::Created) {
             continue;
         }
         let seen = rec.clone().observed();
@@ -67,7 +67,7 @@ pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
 /// `arca stop -t N`: SIGTERM, then SIGKILL after `grace`.
 pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     let (dir, rec) = find(state, name)?;
-    if rec.status == Status::Exited {
+    if matches!(rec.status, Status::Exited | Status::Created) {
         return Ok(());
     }
     // An agent that does not answer (a wedged or hostile guest) costs at most
@@ -110,7 +110,7 @@ const fn libc_sigterm() -> i32 {
 /// `arca rm [-f]`; returns the removed container's record (its volumes, for `rm -v`).
 pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunError> {
     let (dir, rec) = find(state, name)?;
-    if rec.status != Status::Exited {
+    if matches!(rec.status, Status::Starting | Status::Running) {
         if !force {
             return Err(RunError::Invalid(format!(
                 "You cannot remove a running container {}: stop it first or remove it with -f",

@@ -71,6 +71,8 @@ impl Isolation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Made by `arca create`, never started: no monitor, no sandbox.
+    Created,
     /// Its sandbox is being prepared.
     Starting,
     /// Its process runs.
@@ -217,7 +219,9 @@ impl ContainerRecord {
 
     /// The record as seen now: a running container whose monitor is gone has exited.
     pub fn observed(mut self) -> Self {
-        if self.status != Status::Exited && !alive(self.monitor_pid, self.monitor_start) {
+        if matches!(self.status, Status::Starting | Status::Running)
+            && !alive(self.monitor_pid, self.monitor_start)
+        {
             self.status = Status::Exited;
             self.exit_code.get_or_insert(137);
             self.error.get_or_insert_with(|| {
@@ -277,7 +281,7 @@ pub fn is_live(state: &Path, id: &str) -> bool {
     !id.is_empty()
         && !id.contains('/')
         && ContainerRecord::observe(&containers_dir(state).join(id))
-            .is_ok_and(|r| r.status != Status::Exited)
+            .is_ok_and(|r| matches!(r.status, Status::Starting | Status::Running))
 }
 
 /// All containers, newest first.

@@ -13,7 +13,7 @@ use crate::now;
 pub fn ps(state: &Path, all: bool, quiet: bool) {
     let rows: Vec<ContainerRecord> = list(state)
         .into_iter()
-        .filter(|r| all || r.status != Status::Exited)
+        .filter(|r| all || matches!(r.status, Status::Starting | Status::Running))
         .collect();
     if quiet {
         for r in rows {
@@ -33,7 +33,7 @@ pub fn ps(state: &Path, all: bool, quiet: bool) {
             format!("\"{full}\"")
         };
         let status = match (r.status, r.exit_code) {
-            (Status::Starting, _) => "Created".to_string(),
+            (Status::Created | Status::Starting, _) => "Created".to_string(),
             (Status::Running, _) => format!("Up {} s", now().saturating_sub(r.created)),
             (Status::Exited, code) => format!("Exited ({})", code.unwrap_or(-1)),
         };
