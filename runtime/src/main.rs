@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use arca_runtime::container::config::RestartPolicy;
 use arca_runtime::container::{Isolation, RunOptions, find, lifecycle, view};
 use arca_runtime::image::store::Store;
 use arca_runtime::logs::LogOptions;
@@ -412,6 +413,9 @@ struct RunArgs {
     /// the operator sets ARCA_ALLOW_PRIVILEGED_PROCESS=1.
     #[arg(long)]
     privileged: bool,
+    /// Restart policy: no, on-failure[:MAX-RETRIES], always or unless-stopped.
+    #[arg(long, default_value = "no")]
+    restart: String,
     /// Tune the container's pids limit (-1 or 0: unlimited; default 4096 with process
     /// isolation, none in a microVM).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
@@ -468,9 +472,14 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         a.isolation,
     )
     .map_err(|e| e.to_string())?;
+    let restart = RestartPolicy::parse(&a.restart).map_err(|e| e.to_string())?;
+    if a.rm && restart != RestartPolicy::No {
+        return Err("Conflicting options: --restart and --rm".into());
+    }
     let opts = RunOptions {
         security,
         pids_limit: a.pids_limit,
+        restart,
         read_only: a.read_only,
         mounts,
         volumes_from: a.volumes_from,

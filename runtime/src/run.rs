@@ -21,7 +21,7 @@ use arca_protocol::StdioStream;
 use crate::attach::{self, Hub};
 use crate::container::lifecycle::process_leftovers;
 use crate::container::pids::start_time;
-use crate::container::record::containers_dir;
+use crate::container::record::{MANUAL_STOP, containers_dir};
 use crate::container::{ContainerRecord, Isolation, RunOptions, Status, config};
 use crate::error::{RunError, io_err};
 use crate::image::store::{Store, StoreError};
@@ -55,6 +55,15 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let result = supervise(state, opts, &dir, record, Output::Terminal);
     if result.is_err() || opts.rm {
         discard(state, &dir);
+    } else if let Ok(code) = result
+        && opts.restart.restarts(code, 0)
+        && !dir.join(MANUAL_STOP).exists()
+        && let Ok(mut r) = ContainerRecord::load(&dir)
+    {
+        // The policy outlives this foreground run: a monitor of its own takes over.
+        r.status = Status::Restarting;
+        r.save(&dir)?;
+        spawn_monitor(state, &dir, &id)?;
     }
     result
 }
@@ -79,28 +88,18 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
         rustix::fs::FlockOperation::LockExclusive,
     )
     .map_err(|(what, e)| io_err(format!("{what} the container's lifecycle lock"))(e))?;
-    let mut record = ContainerRecord::observe(&dir)?;
+    let record = ContainerRecord::observe(&dir)?;
     let id = record.id.clone();
     match record.status {
         Status::Running | Status::Starting if attach => return attach::attach(state, &id),
-        Status::Running | Status::Starting => return Ok(0),
+        Status::Running | Status::Starting | Status::Restarting => return Ok(0),
         Status::Created | Status::Exited => {}
     }
     let opts = RunOptions::load(&dir)?;
-    // What the last run left: its sockets (a VMM binds its vsock socket anew).
-    for stale in ["vsock.sock", "agent.sock", "attach.sock"] {
-        let _ = std::fs::remove_file(dir.join(stale));
-    }
-    record.status = Status::Starting;
-    (record.exit_code, record.error) = (None, None);
-    // Ours until the monitor records itself: never a dead monitor's, which would make
-    // the record look crashed in between.
-    record.monitor_pid = std::process::id();
-    record.monitor_start = start_time(std::process::id());
-    (record.sandbox_pid, record.sandbox_start) = (None, None);
-    (record.agent, record.container_pid) = (None, None);
-    (record.network, record.ip) = (None, None);
-    record.ports.clear();
+    clear_last_run(&dir);
+    let _ = std::fs::remove_file(dir.join(MANUAL_STOP));
+    let mut record = record.for_another_run();
+    record.restart_count = 0;
     record.save(&dir)?;
     if attach {
         std::fs::write(dir.join(ATTACH_FIRST), b"")
@@ -118,6 +117,35 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
 pub fn restart(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     crate::container::lifecycle::stop(state, name, grace)?;
     start(state, name, false).map(|_| ())
+}
+
+/// Removes what the last run of the container in `dir` left: its sockets (a VMM binds
+/// its vsock socket anew).
+fn clear_last_run(dir: &Path) {
+    for stale in ["vsock.sock", "agent.sock", "attach.sock"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+}
+
+/// The first wait of a restart policy; it doubles after each restart, up to
+/// [`RESTART_BACKOFF_MAX`], and starts over after a run of [`RESTART_RESET_AFTER`].
+const RESTART_BACKOFF_START: Duration = Duration::from_millis(100);
+/// The longest wait between restarts.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A run this long resets the backoff.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// Sleeps `wait`, unless the user stops the container or removes it meanwhile; whether
+/// the full wait passed.
+fn sleep_unless_stopped(dir: &Path, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if dir.join(MANUAL_STOP).exists() || !dir.join("state.json").exists() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(wait));
+    }
+    !dir.join(MANUAL_STOP).exists() && dir.join("state.json").exists()
 }
 
 /// A file in a container's directory that tells its monitor to wait for an attach
@@ -254,6 +282,7 @@ fn prepare(
         ip: None,
         ports: Vec::new(),
         mounts: Vec::new(),
+        restart_count: 0,
     };
     // Its volumes are made and named in its record under the volumes' lock: a
     // `volume rm` sees them in use from then on.
@@ -372,27 +401,83 @@ fn wait_running(
     }
 }
 
-/// Entry of `arca __monitor ID`: runs a detached container to its end.
+/// Entry of `arca __monitor ID`: runs a detached container to its end, and again and
+/// again as its restart policy says (Docker's backoff: 100 ms doubling to a minute,
+/// starting over after a run of 10 s), until the user stops it.
 pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
     let dir = containers_dir(state).join(id);
     let opts = RunOptions::load(&dir)?;
     let mut record = ContainerRecord::load(&dir)?;
+    let mut backoff = RESTART_BACKOFF_START;
+    if record.status == Status::Restarting {
+        // A foreground run handed its policy over.
+        record.monitor_pid = std::process::id();
+        record.monitor_start = start_time(std::process::id());
+        record.restart_count += 1;
+        record.save(&dir)?;
+        if !sleep_unless_stopped(&dir, backoff) {
+            return stopped_while_restarting(&dir, 0);
+        }
+        clear_last_run(&dir);
+        let count = record.restart_count;
+        record = record.for_another_run();
+        record.restart_count = count;
+    }
     record.monitor_pid = std::process::id();
     record.monitor_start = start_time(std::process::id());
     record.save(&dir)?;
-    let result = supervise(state, &opts, &dir, record, Output::Logs);
-    if let Err(e) = &result
-        && let Ok(mut r) = ContainerRecord::load(&dir)
-    {
+    loop {
+        let began = Instant::now();
+        let result = supervise(state, &opts, &dir, record, Output::Logs);
+        if let Err(e) = &result
+            && let Ok(mut r) = ContainerRecord::load(&dir)
+        {
+            r.status = Status::Exited;
+            r.exit_code.get_or_insert(e.exit_code());
+            r.error.get_or_insert_with(|| error_chain(e));
+            let _ = r.save(&dir);
+        }
+        let code = match &result {
+            Ok(code) => *code,
+            Err(e) => e.exit_code(),
+        };
+        let Ok(mut r) = ContainerRecord::load(&dir) else {
+            return result;
+        };
+        if opts.rm
+            || dir.join(MANUAL_STOP).exists()
+            || !opts.restart.restarts(code, r.restart_count)
+        {
+            if opts.rm && r.error.is_none() {
+                discard(state, &dir);
+            }
+            return result;
+        }
+        if began.elapsed() >= RESTART_RESET_AFTER {
+            backoff = RESTART_BACKOFF_START;
+        }
+        r.status = Status::Restarting;
+        r.restart_count += 1;
+        r.save(&dir)?;
+        if !sleep_unless_stopped(&dir, backoff) {
+            return stopped_while_restarting(&dir, code);
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+        clear_last_run(&dir);
+        let count = r.restart_count;
+        record = r.for_another_run();
+        record.restart_count = count;
+        record.save(&dir)?;
+    }
+}
+
+/// The user stopped (or removed) a container while its monitor waited to restart it.
+fn stopped_while_restarting(dir: &Path, code: i32) -> Result<i32, RunError> {
+    if let Ok(mut r) = ContainerRecord::load(dir) {
         r.status = Status::Exited;
-        r.exit_code.get_or_insert(e.exit_code());
-        r.error.get_or_insert_with(|| error_chain(e));
-        let _ = r.save(&dir);
+        let _ = r.save(dir);
     }
-    if opts.rm && ContainerRecord::load(&dir).is_ok_and(|r| r.error.is_none()) {
-        discard(state, &dir);
-    }
-    result
+    Ok(code)
 }
 
 /// How long the output copies may sit idle after the container exited.

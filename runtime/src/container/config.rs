@@ -76,10 +76,88 @@ pub struct RunOptions {
     /// Capabilities, `no_new_privs`, seccomp and `--privileged` (see [`security`]).
     #[serde(default)]
     pub security: Security,
+    /// `--restart`: what the container's monitor does when it exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
     /// `--pids-limit`: `pids.max`, none for 0 or less; absent: the isolation's default
     /// ([`DEFAULT_PROCESS_PIDS_LIMIT`] with process isolation, none in a microVM).
     #[serde(default)]
     pub pids_limit: Option<i64>,
+}
+
+/// Docker's `--restart` policies, carried out by the container's monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "name")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    No,
+    /// Restart after a non-zero exit, at most `max_retries` times (0: no limit).
+    OnFailure {
+        /// The most restarts; 0 for no limit.
+        max_retries: u32,
+    },
+    /// Restart after every exit, unless stopped with `stop` or `kill`.
+    Always,
+    /// As `always` (Arca has no daemon whose restart would tell them apart).
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// Parses `no`, `on-failure[:N]`, `always` or `unless-stopped`, with Docker's errors.
+    pub fn parse(text: &str) -> Result<Self, RunError> {
+        let (name, count) = match text.split_once(':') {
+            Some((n, c)) => (n, Some(c)),
+            None => (text, None),
+        };
+        let policy = match name {
+            "" | "no" => RestartPolicy::No,
+            "always" => RestartPolicy::Always,
+            "unless-stopped" => RestartPolicy::UnlessStopped,
+            "on-failure" => RestartPolicy::OnFailure { max_retries: 0 },
+            other => {
+                return Err(RunError::Invalid(format!(
+                    "invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+                )));
+            }
+        };
+        match (policy, count) {
+            (_, None) => Ok(policy),
+            (RestartPolicy::OnFailure { .. }, Some(c)) => c
+                .parse::<u32>()
+                .map(|max_retries| RestartPolicy::OnFailure { max_retries })
+                .map_err(|_| {
+                    RunError::Invalid(format!(
+                        "invalid restart policy: maximum retry count must be a non-negative integer, not {c:?}"
+                    ))
+                }),
+            (_, Some(_)) => Err(RunError::Invalid(format!(
+                "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+            ))),
+        }
+    }
+
+    /// Whether a container that exited with `code`, restarted `restarts` times so far,
+    /// goes again (a stop or kill by the user is checked by the caller).
+    pub fn restarts(self, code: i32, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+            RestartPolicy::OnFailure { max_retries } => {
+                code != 0 && (max_retries == 0 || restarts < max_retries)
+            }
+        }
+    }
+
+    /// As `docker inspect` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure { .. } => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
 }
 
 /// `pids.max` of a container run with process isolation without `--pids-limit`: a fork
@@ -307,6 +385,27 @@ mod tests {
 
     fn err(f: &SecurityFlags, isolation: Isolation) -> String {
         security(f, isolation).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn restart_policies_parse_as_docker_and_decide() {
+        assert_eq!(RestartPolicy::parse("no").unwrap(), RestartPolicy::No);
+        assert_eq!(
+            RestartPolicy::parse("always").unwrap(),
+            RestartPolicy::Always
+        );
+        assert_eq!(
+            RestartPolicy::parse("on-failure:3").unwrap(),
+            RestartPolicy::OnFailure { max_retries: 3 }
+        );
+        let e = RestartPolicy::parse("sometimes").unwrap_err().to_string();
+        assert!(e.contains("unknown policy 'sometimes'"), "{e}");
+        assert!(RestartPolicy::parse("always:2").is_err());
+        assert!(RestartPolicy::parse("on-failure:-1").is_err());
+        let p = RestartPolicy::OnFailure { max_retries: 2 };
+        assert!(p.restarts(1, 0) && p.restarts(1, 1) && !p.restarts(1, 2) && !p.restarts(0, 0));
+        assert!(RestartPolicy::OnFailure { max_retries: 0 }.restarts(5, 1000));
+        assert!(RestartPolicy::Always.restarts(0, 7) && !RestartPolicy::No.restarts(1, 0));
     }
 
     #[test]

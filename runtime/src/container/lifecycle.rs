@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::pids::{alive, kill_if_same, wait_gone};
-use super::record::{ContainerRecord, Isolation, Status, containers_dir, find, wait_exited};
+use super::record::{
+    ContainerRecord, Isolation, MANUAL_STOP, Status, containers_dir, find, wait_exited,
+};
 use crate::error::RunError;
 
 /// Cleans up after containers whose monitor died (killed, or crashed with its host):
@@ -59,7 +61,11 @@ pub fn parse_signal(text: &str) -> Result<i32, RunError> {
 
 /// `arca kill -s SIG`.
 pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
-    let (_, rec) = find(state, name)?;
+    let (dir, rec) = find(state, name)?;
+    // Killing it with the stop signals is stopping it, for its restart policy.
+    if matches!(signal, 9 | 15) && rec.status == Status::Running {
+        mark_stopped(&dir);
+    }
     rec.client()?.signal(&rec.id, None, signal)?;
     Ok(())
 }
@@ -70,6 +76,7 @@ pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     if matches!(rec.status, Status::Exited | Status::Created) {
         return Ok(());
     }
+    mark_stopped(&dir);
     // An agent that does not answer (a wedged or hostile guest) costs at most
     // SIGNAL_PATIENCE per signal; the grace period runs either way.
     let mut client = rec.client().map(|c| c.with_patience(SIGNAL_PATIENCE));
@@ -98,6 +105,11 @@ pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Tells the container's monitor not to restart it (see [`MANUAL_STOP`]).
+fn mark_stopped(dir: &Path) {
+    let _ = std::fs::write(dir.join(MANUAL_STOP), b"");
+}
+
 /// How long `stop` and `rm -f` give the agent to answer a signal request.
 const SIGNAL_PATIENCE: Duration = Duration::from_secs(5);
 /// How long `stop` waits after SIGKILL before it kills the sandbox.
@@ -110,13 +122,22 @@ const fn libc_sigterm() -> i32 {
 /// `arca rm [-f]`; returns the removed container's record (its volumes, for `rm -v`).
 pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunError> {
     let (dir, rec) = find(state, name)?;
-    if matches!(rec.status, Status::Starting | Status::Running) {
+    if matches!(
+        rec.status,
+        Status::Starting | Status::Running | Status::Restarting
+    ) {
         if !force {
+            let what = if rec.status == Status::Restarting {
+                "restarting"
+            } else {
+                "running"
+            };
             return Err(RunError::Invalid(format!(
-                "You cannot remove a running container {}: stop it first or remove it with -f",
+                "You cannot remove a {what} container {}: stop it first or remove it with -f",
                 rec.id
             )));
         }
+        mark_stopped(&dir);
         // At once, as `docker rm -f`: SIGKILL, then make sure the sandbox is gone.
         if let Ok(c) = rec.client() {
             let _ = c.with_patience(SIGNAL_PATIENCE).signal(&rec.id, None, 9);

@@ -79,6 +79,8 @@ pub enum Status {
     Running,
     /// It ended (see `exit_code` and `error`).
     Exited,
+    /// It ended and its monitor waits to start it again (`--restart`).
+    Restarting,
 }
 
 /// How to reach a container's agent.
@@ -168,7 +170,14 @@ pub struct ContainerRecord {
     /// Its mounts (bind mounts, volumes, tmpfs), parents first.
     #[serde(default)]
     pub mounts: Vec<MountPoint>,
+    /// How often its monitor restarted it (`--restart`).
+    #[serde(default)]
+    pub restart_count: u32,
 }
+
+/// A file in a container's directory that says the user stopped it (`stop`, `kill`,
+/// `rm -f`): its restart policy no longer applies until it is started again.
+pub const MANUAL_STOP: &str = "stopped-by-user";
 
 /// The cgroup of container `id`'s jailed VMM: `<cgroup2 mount>/arca-vm/<id>` (made by
 /// the VMM, removed by its supervisor, or by `arca` after a supervisor was killed).
@@ -219,8 +228,10 @@ impl ContainerRecord {
 
     /// The record as seen now: a running container whose monitor is gone has exited.
     pub fn observed(mut self) -> Self {
-        if matches!(self.status, Status::Starting | Status::Running)
-            && !alive(self.monitor_pid, self.monitor_start)
+        if matches!(
+            self.status,
+            Status::Starting | Status::Running | Status::Restarting
+        ) && !alive(self.monitor_pid, self.monitor_start)
         {
             self.status = Status::Exited;
             self.exit_code.get_or_insert(137);
@@ -228,6 +239,21 @@ impl ContainerRecord {
                 "Its monitor died (the arca process that ran it was killed)".into()
             });
         }
+        self
+    }
+
+    /// This record made ready for another run of its container: `starting` under the
+    /// calling process (until the monitor records itself: never a dead monitor's, which
+    /// would make the record look crashed), without what the last run left.
+    pub fn for_another_run(mut self) -> Self {
+        self.status = Status::Starting;
+        (self.exit_code, self.error) = (None, None);
+        self.monitor_pid = std::process::id();
+        self.monitor_start = super::pids::start_time(std::process::id());
+        (self.sandbox_pid, self.sandbox_start) = (None, None);
+        (self.agent, self.container_pid) = (None, None);
+        (self.network, self.ip) = (None, None);
+        self.ports.clear();
         self
     }
 
@@ -280,8 +306,12 @@ pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), Reco
 pub fn is_live(state: &Path, id: &str) -> bool {
     !id.is_empty()
         && !id.contains('/')
-        && ContainerRecord::observe(&containers_dir(state).join(id))
-            .is_ok_and(|r| matches!(r.status, Status::Starting | Status::Running))
+        && ContainerRecord::observe(&containers_dir(state).join(id)).is_ok_and(|r| {
+            matches!(
+                r.status,
+                Status::Starting | Status::Running | Status::Restarting
+            )
+        })
 }
 
 /// All containers, newest first.
@@ -296,12 +326,13 @@ pub fn list(state: &Path) -> Vec<ContainerRecord> {
     out
 }
 
-/// Waits until the container's record in `dir` says exited (or `timeout` passes).
+/// Waits until the container's record in `dir` says exited, or restarting after an
+/// exit (or `timeout` passes).
 pub fn wait_exited(dir: &Path, timeout: Duration) -> Option<ContainerRecord> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match ContainerRecord::observe(dir) {
-            Ok(r) if r.status == Status::Exited => return Some(r),
+            Ok(r) if matches!(r.status, Status::Exited | Status::Restarting) => return Some(r),
             Err(_) => return None,
             _ => {}
         }

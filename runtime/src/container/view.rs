@@ -13,7 +13,12 @@ use crate::now;
 pub fn ps(state: &Path, all: bool, quiet: bool) {
     let rows: Vec<ContainerRecord> = list(state)
         .into_iter()
-        .filter(|r| all || matches!(r.status, Status::Starting | Status::Running))
+        .filter(|r| {
+            all || matches!(
+                r.status,
+                Status::Starting | Status::Running | Status::Restarting
+            )
+        })
         .collect();
     if quiet {
         for r in rows {
@@ -36,6 +41,7 @@ pub fn ps(state: &Path, all: bool, quiet: bool) {
             (Status::Created | Status::Starting, _) => "Created".to_string(),
             (Status::Running, _) => format!("Up {} s", now().saturating_sub(r.created)),
             (Status::Exited, code) => format!("Exited ({})", code.unwrap_or(-1)),
+            (Status::Restarting, code) => format!("Restarting ({})", code.unwrap_or(-1)),
         };
         let iso = r.isolation.as_str();
         println!(
