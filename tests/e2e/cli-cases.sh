@@ -269,6 +269,25 @@ arca rm life-bad >/dev/null
 out=$(arca start no-such-container 2>&1); check start-unknown 1 "arca: No such container: no-such-container" $? "$out"
 out=$(arca create -d busybox true 2>/dev/null); check create-refuses-detach 125 "" $? "$out"
 
+# --restart (Docker's policies, carried out by the container's monitor with backoff):
+# on-failure:2 runs a failing command three times and stops; always restarts a command
+# that exits 0 until `stop`, after which it stays stopped.
+arca run -d --isolation="$iso" --name rp-fail --restart on-failure:2 busybox sh -c 'echo go; exit 1' >/dev/null
+i=0; while ! arca ps -a | grep '^rp-fail ' | grep -q 'Exited (1)' || [ "$(arca logs rp-fail | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
+sleep 1
+out=$(arca logs rp-fail | wc -l; arca inspect rp-fail | grep -c '"restart_count": 2'); check restart-on-failure-retries 0 "3
+1" $? "$out"
+arca rm rp-fail >/dev/null
+arca run -d --isolation="$iso" --name rp-always --restart always busybox sh -c 'echo a' >/dev/null
+i=0; while [ "$(arca logs rp-always | wc -l)" -lt 2 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
+arca stop -t 1 rp-always >/dev/null
+n=$(arca logs rp-always | wc -l); sleep 2
+out=$(arca ps -a | grep '^rp-always ' | grep -c Exited; [ "$(arca logs rp-always | wc -l)" = "$n" ] && echo stayed-stopped); check restart-always-until-stopped 0 "1
+stayed-stopped" $? "$out"
+arca rm rp-always >/dev/null
+out=$(run --restart always busybox true 2>&1); check restart-with-rm-refused 125 "arca: Conflicting options: --restart and --rm" $? "$out"
+out=$(arca run --restart sometimes busybox true 2>&1 | grep -c "unknown policy 'sometimes'"); check restart-unknown-policy 0 1 $? "$out"
+
 # Confinement (issue 14): Docker's default seccomp profile, capabilities,
 # no-new-privileges, --privileged, pids limits. A hostile container process tries new
 # user namespaces, the keyring, BPF, mount, userfaultfd, namespace clones and vsock (the
