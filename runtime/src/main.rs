@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arca_runtime::container::config::RestartPolicy;
+use arca_runtime::container::config::{self, RestartPolicy};
 use arca_runtime::container::{Isolation, RunOptions, find, lifecycle, view};
 use arca_runtime::image::store::Store;
 use arca_runtime::logs::LogOptions;
@@ -104,9 +104,10 @@ enum Cmd {
     },
     /// Restart containers: stop (SIGTERM, SIGKILL after the grace time), then start.
     Restart {
-        /// Seconds to wait before SIGKILL.
-        #[arg(short, long, default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before SIGKILL (default: the container's --stop-timeout,
+        /// else 10).
+        #[arg(short, long)]
+        time: Option<u64>,
         /// The containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -130,9 +131,10 @@ enum Cmd {
     },
     /// Stop containers: SIGTERM, then SIGKILL after the grace time.
     Stop {
-        /// Seconds to wait before SIGKILL.
-        #[arg(short, long, default_value_t = 10)]
-        time: u64,
+        /// Seconds to wait before SIGKILL (default: the container's --stop-timeout,
+        /// else 10).
+        #[arg(short, long)]
+        time: Option<u64>,
         /// The containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -413,6 +415,39 @@ struct RunArgs {
     /// the operator sets ARCA_ALLOW_PRIVILEGED_PROCESS=1.
     #[arg(long)]
     privileged: bool,
+    /// Add a custom host-to-IP mapping (NAME:IP).
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    /// Set custom DNS servers (IPv4).
+    #[arg(long)]
+    dns: Vec<std::net::Ipv4Addr>,
+    /// Add additional groups to join.
+    #[arg(long = "group-add")]
+    group_add: Vec<String>,
+    /// Ulimit options (NAME=SOFT[:HARD]).
+    #[arg(long)]
+    ulimit: Vec<String>,
+    /// Set metadata on the container (KEY[=VALUE]).
+    #[arg(short, long)]
+    label: Vec<String>,
+    /// Signal to stop the container.
+    #[arg(long = "stop-signal")]
+    stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop the container.
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<u64>,
+    /// Write the container ID to the file.
+    #[arg(long)]
+    cidfile: Option<PathBuf>,
+    /// Pull image before running: always, missing or never.
+    #[arg(long, value_parser = ["always", "missing", "never"])]
+    pull: Option<String>,
+    /// Set platform: linux/amd64 only (Arca runs x86_64 containers).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Proxy received signals to the process (a foreground run).
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
     /// Restart policy: no, on-failure[:MAX-RETRIES], always or unless-stopped.
     #[arg(long, default_value = "no")]
     restart: String,
@@ -473,6 +508,16 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
     )
     .map_err(|e| e.to_string())?;
     let restart = RestartPolicy::parse(&a.restart).map_err(|e| e.to_string())?;
+    if let Some(p) = a.platform.as_deref()
+        && !matches!(
+            p,
+            "linux/amd64" | "linux/x86_64" | "amd64" | "x86_64" | "linux"
+        )
+    {
+        return Err(format!(
+            "--platform {p} is not supported: Arca runs linux/amd64 containers only"
+        ));
+    }
     if a.rm && restart != RestartPolicy::No {
         return Err("Conflicting options: --restart and --rm".into());
     }
@@ -480,6 +525,39 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         security,
         pids_limit: a.pids_limit,
         restart,
+        add_hosts: a
+            .add_host
+            .iter()
+            .map(|h| config::parse_add_host(h))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+        dns: a.dns,
+        group_add: a.group_add,
+        ulimits: a
+            .ulimit
+            .iter()
+            .map(|u| config::parse_ulimit(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+        labels: a
+            .label
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (l.clone(), String::new()),
+            })
+            .collect(),
+        stop_signal: match a.stop_signal {
+            Some(s) => {
+                lifecycle::parse_signal(&s).map_err(|e| e.to_string())?;
+                Some(s)
+            }
+            None => None,
+        },
+        stop_timeout: a.stop_timeout,
+        cidfile: a.cidfile,
+        pull: a.pull,
+        no_sig_proxy: !a.sig_proxy,
         read_only: a.read_only,
         mounts,
         volumes_from: a.volumes_from,
@@ -594,7 +672,7 @@ fn main() -> ExitCode {
             time,
             containers: names,
         } => each(&names, |n| {
-            lifecycle::stop(&state, n, std::time::Duration::from_secs(time))
+            lifecycle::stop(&state, n, time.map(std::time::Duration::from_secs))
         }),
         Cmd::Kill {
             signal,
@@ -777,7 +855,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Restart { time, containers } => each(&containers, |n| {
-            arca_runtime::run::restart(&state, n, std::time::Duration::from_secs(time))
+            arca_runtime::run::restart(&state, n, time.map(std::time::Duration::from_secs))
         }),
         Cmd::Run(a) => {
             let opts = run_options(*a)?;

@@ -46,6 +46,9 @@ fn random_id() -> String {
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let (dir, record) = prepare(state, opts, Status::Starting)?;
     let id = record.id.clone();
+    // As prepared and saved (ports dropped for the host's network, the image's stop
+    // signal and labels).
+    let opts = &RunOptions::load(&dir).inspect_err(|_| discard(state, &dir))?;
     if opts.detach {
         let monitor = spawn_monitor(state, &dir, &id).inspect_err(|_| discard(state, &dir))?;
         wait_running(state, &dir, monitor, OnFailure::Discard)?;
@@ -114,7 +117,7 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
 }
 
 /// `arca restart -t N`: stop (SIGTERM, SIGKILL after `grace`) if it runs, then start.
-pub fn restart(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
+pub fn restart(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), RunError> {
     crate::container::lifecycle::stop(state, name, grace)?;
     start(state, name, false).map(|_| ())
 }
@@ -219,8 +222,26 @@ fn prepare(
     } else {
         opts
     };
+    if let Some(path) = &opts.cidfile
+        && path.exists()
+    {
+        return Err(RunError::Invalid(format!(
+            "Container ID file found, make sure the other container isn't running or delete {}",
+            path.display()
+        )));
+    }
     let store = Store::open(state)?;
-    let image = match store.resolve(&opts.image) {
+    let found = match opts.pull.as_deref() {
+        Some("always") => {
+            crate::image::pull::pull(&store, &opts.image, false, false)?;
+            store.resolve(&opts.image)
+        }
+        _ => store.resolve(&opts.image),
+    };
+    let image = match found {
+        Err(StoreError::NotFound(_)) if opts.pull.as_deref() == Some("never") => {
+            return Err(RunError::Invalid(format!("No such image: {}", opts.image)));
+        }
         Err(StoreError::NotFound(_)) => {
             // As Docker: a missing image is pulled first.
             eprintln!("Unable to find image '{}' locally", opts.image);
@@ -296,7 +317,23 @@ fn prepare(
         discard(state, &dir);
         return Err(e.into());
     }
-    opts.save(&dir).inspect_err(|_| discard(state, &dir))?;
+    let mut saved = opts.clone();
+    let cfg = &image.config.config;
+    if saved.stop_signal.is_none() {
+        saved.stop_signal = cfg.stop_signal.clone().filter(|s| !s.is_empty());
+    }
+    for (k, v) in cfg.labels.iter().flatten() {
+        saved.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    saved.save(&dir).inspect_err(|_| discard(state, &dir))?;
+    if let Some(path) = &opts.cidfile {
+        std::fs::write(path, format!("{id}"))
+            .map_err(io_err(format!(
+                "write the container ID file {}",
+                path.display()
+            )))
+            .inspect_err(|_| discard(state, &dir))?;
+    }
     Ok((dir, record))
 }
 
@@ -468,6 +505,10 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
         record = r.for_another_run();
         record.restart_count = count;
         record.save(&dir)?;
+        // A stop that saw `restarting` just before: it waits for this monitor to end.
+        if dir.join(MANUAL_STOP).exists() {
+            return stopped_while_restarting(&dir, code);
+        }
     }
 }
 
@@ -548,7 +589,7 @@ fn supervise(
     let forwarders = Forwarders::start(listeners, &address, id);
     sandbox.network().announce(state, id);
     // As `docker run` (sig-proxy): signals sent to arca go to the container.
-    if terminal {
+    if terminal && !opts.no_sig_proxy {
         forward_signals(&address, id);
     }
     let waited = client.wait(id, None);

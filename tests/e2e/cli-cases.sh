@@ -277,14 +277,14 @@ i=0; while ! arca ps -a | grep '^rp-fail ' | grep -q 'Exited (1)' || [ "$(arca l
 sleep 1
 out=$(arca logs rp-fail | wc -l; arca inspect rp-fail | grep -c '"restart_count": 2'); check restart-on-failure-retries 0 "3
 1" $? "$out"
-arca rm rp-fail >/dev/null
+arca rm -f rp-fail >/dev/null
 arca run -d --isolation="$iso" --name rp-always --restart always busybox sh -c 'echo a' >/dev/null
 i=0; while [ "$(arca logs rp-always | wc -l)" -lt 2 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
 arca stop -t 1 rp-always >/dev/null
 n=$(arca logs rp-always | wc -l); sleep 2
 out=$(arca ps -a | grep '^rp-always ' | grep -c Exited; [ "$(arca logs rp-always | wc -l)" = "$n" ] && echo stayed-stopped); check restart-always-until-stopped 0 "1
 stayed-stopped" $? "$out"
-arca rm rp-always >/dev/null
+arca rm -f rp-always >/dev/null
 out=$(run --restart always busybox true 2>&1); check restart-with-rm-refused 125 "arca: Conflicting options: --restart and --rm" $? "$out"
 out=$(arca run --restart sometimes busybox true 2>&1 | grep -c "unknown policy 'sometimes'"); check restart-unknown-policy 0 1 $? "$out"
 

@@ -3,7 +3,8 @@
 //! Docker's rules for the command, environment, user and working directory.
 
 use arca_protocol::{
-    Capabilities, Platform, ProcessSpec, Resources, Seccomp, SeccompProfile, Security,
+    Capabilities, HostEntry, Platform, ProcessSpec, Resources, Rlimit, Seccomp, SeccompProfile,
+    Security,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,36 @@ pub struct RunOptions {
     /// Capabilities, `no_new_privs`, seccomp and `--privileged` (see [`security`]).
     #[serde(default)]
     pub security: Security,
+    /// `--add-host NAME:IP`: extra `/etc/hosts` entries.
+    #[serde(default)]
+    pub add_hosts: Vec<HostEntry>,
+    /// `--dns`: name servers for `/etc/resolv.conf` in place of the host's.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// `--group-add`: supplementary groups of the container's processes.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// `--ulimit`: rlimits of the container's processes.
+    #[serde(default)]
+    pub ulimits: Vec<Rlimit>,
+    /// `--label` (and the image's labels under them).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--stop-signal`, else the image's `StopSignal`; SIGTERM when absent.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout`: seconds `stop` waits before SIGKILL when it is not told (10).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// `--cidfile`: where `run` and `create` write the container's id.
+    #[serde(default)]
+    pub cidfile: Option<std::path::PathBuf>,
+    /// `--pull always|missing|never` (missing when absent).
+    #[serde(default)]
+    pub pull: Option<String>,
+    /// `--sig-proxy=false`: a foreground run does not pass its signals on.
+    #[serde(default)]
+    pub no_sig_proxy: bool,
     /// `--restart`: what the container's monitor does when it exits.
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -83,6 +114,61 @@ pub struct RunOptions {
     /// ([`DEFAULT_PROCESS_PIDS_LIMIT`] with process isolation, none in a microVM).
     #[serde(default)]
     pub pids_limit: Option<i64>,
+}
+
+/// `--add-host NAME:IP` (or `NAME=IP`): an IPv4 address (Arca has no IPv6 yet).
+pub fn parse_add_host(text: &str) -> Result<HostEntry, RunError> {
+    let bad = || {
+        RunError::Invalid(format!(
+            "invalid argument {text:?} for \"--add-host\" flag: use NAME:IPV4 (IPv6 and host-gateway are not supported)"
+        ))
+    };
+    let (name, ip) = text.split_once([':', '=']).ok_or_else(bad)?;
+    let address = ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    if !arca_protocol::valid_host_name(name) {
+        return Err(bad());
+    }
+    Ok(HostEntry {
+        address,
+        names: vec![name.to_string()],
+    })
+}
+
+/// `--ulimit NAME=SOFT[:HARD]`, Docker's format (`unlimited` or -1 for no limit).
+pub fn parse_ulimit(text: &str) -> Result<Rlimit, RunError> {
+    let bad = |why: &str| {
+        RunError::Invalid(format!(
+            "invalid argument {text:?} for \"--ulimit\" flag: {why}"
+        ))
+    };
+    let (name, values) = text
+        .split_once('=')
+        .ok_or_else(|| bad("use NAME=SOFT[:HARD]"))?;
+    if arca_protocol::rlimit_resource_known(name).is_none() {
+        return Err(bad(&format!("invalid ulimit type: {name}")));
+    }
+    let value = |v: &str| -> Result<u64, RunError> {
+        match v {
+            "unlimited" | "-1" => Ok(u64::MAX),
+            v => v
+                .parse()
+                .map_err(|_| bad(&format!("invalid ulimit value: {v}"))),
+        }
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (value(s)?, value(h)?),
+        None => (value(values)?, value(values)?),
+    };
+    if soft > hard {
+        return Err(bad(&format!(
+            "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+        )));
+    }
+    Ok(Rlimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    })
 }
 
 /// Docker's `--restart` policies, carried out by the container's monitor.
@@ -318,6 +404,8 @@ impl RunOptions {
                 .or_else(|| cfg.user.clone().filter(|u| !u.is_empty())),
             stdin: self.interactive && !self.tty,
             terminal: self.tty,
+            additional_groups: self.group_add.clone(),
+            rlimits: self.ulimits.clone(),
             ..Default::default()
         }
     }
@@ -385,6 +473,36 @@ mod tests {
 
     fn err(f: &SecurityFlags, isolation: Isolation) -> String {
         security(f, isolation).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn add_host_and_ulimit_parse_as_docker() {
+        let h = parse_add_host("db:10.0.0.5").unwrap();
+        assert_eq!(
+            (h.names[0].as_str(), h.address.to_string().as_str()),
+            ("db", "10.0.0.5")
+        );
+        assert!(parse_add_host("db=10.0.0.5").is_ok());
+        assert!(parse_add_host("db").is_err());
+        assert!(parse_add_host("db:::1").is_err());
+        assert!(parse_add_host("-bad:1.2.3.4").is_err());
+        let u = parse_ulimit("nofile=1024:2048").unwrap();
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 1024, 2048));
+        assert_eq!(parse_ulimit("core=0").unwrap().hard, 0);
+        assert_eq!(parse_ulimit("stack=unlimited").unwrap().soft, u64::MAX);
+        assert!(
+            parse_ulimit("nofile=2048:1024")
+                .unwrap_err()
+                .to_string()
+                .contains("soft limit")
+        );
+        assert!(
+            parse_ulimit("bogus=1")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid ulimit type: bogus")
+        );
+        assert!(parse_ulimit("nofile").is_err());
     }
 
     #[test]

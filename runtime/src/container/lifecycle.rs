@@ -70,18 +70,30 @@ pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
     Ok(())
 }
 
-/// `arca stop -t N`: SIGTERM, then SIGKILL after `grace`.
-pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
+/// `arca stop [-t N]`: the container's stop signal (`--stop-signal`, the image's
+/// `StopSignal`, else SIGTERM), then SIGKILL after `grace` (else its `--stop-timeout`,
+/// else 10 s).
+pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), RunError> {
     let (dir, rec) = find(state, name)?;
+    let opts = super::RunOptions::load(&dir).ok();
+    let grace = grace
+        .or_else(|| opts.as_ref()?.stop_timeout.map(Duration::from_secs))
+        .unwrap_or(Duration::from_secs(10));
+    let stop_signal = opts
+        .as_ref()
+        .and_then(|o| o.stop_signal.as_deref())
+        .and_then(|s| parse_signal(s).ok())
+        .unwrap_or(libc_sigterm());
     if matches!(rec.status, Status::Exited | Status::Created) {
         return Ok(());
     }
     mark_stopped(&dir);
+    let policy = opts.as_ref().map(|o| o.restart).unwrap_or_default();
     // An agent that does not answer (a wedged or hostile guest) costs at most
     // SIGNAL_PATIENCE per signal; the grace period runs either way.
     let mut client = rec.client().map(|c| c.with_patience(SIGNAL_PATIENCE));
     if let Ok(c) = client.as_mut() {
-        let _ = c.signal(&rec.id, None, libc_sigterm());
+        let _ = c.signal(&rec.id, None, stop_signal);
     }
     // A record that vanished belonged to a `--rm` container that ended.
     if wait_exited(&dir, grace).is_none() && dir.exists() {
@@ -100,6 +112,14 @@ pub fn stop(state: &Path, name: &str, grace: Duration) -> Result<(), RunError> {
                     rec.id
                 )));
             }
+        }
+    }
+    // With a restart policy the monitor decides whether another run comes: the stop is
+    // done once it has seen the marker and ended.
+    if policy != super::config::RestartPolicy::No {
+        let deadline = Instant::now() + grace + Duration::from_secs(10);
+        while alive(rec.monitor_pid, rec.monitor_start) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())

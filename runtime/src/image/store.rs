@@ -202,6 +202,12 @@ pub struct RunConfig {
     /// something there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `StopSignal`: what `stop` sends first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// `Labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `rootfs` of an image config.

@@ -227,8 +227,16 @@ impl<'a> Sandbox<'a> {
             network: self.network.mode(self.isolation),
             init: opts.init,
             interfaces: self.network.interfaces(),
-            hosts: self.network.hosts(state, id),
-            dns: self.network.dns(),
+            hosts: {
+                let mut hosts = self.network.hosts(state, id);
+                hosts.extend(opts.add_hosts.iter().cloned());
+                hosts
+            },
+            dns: if opts.dns.is_empty() {
+                self.network.dns()
+            } else {
+                opts.dns.clone()
+            },
             mounts: self
                 .mounts
                 .iter()
