@@ -6,6 +6,8 @@
 //! - [`image`]: the content-addressed image store (`load`, tags, removal, locked with
 //!   flock(2)), safe layer unpacking, and registry v2 pulls.
 //! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
+//! - [`template`]: Go templates over JSON values for `--format` and `inspect -f`, and
+//!   Docker's list formats (`table`, `json`).
 //! - [`terminal`]: one terminal session (raw mode, size following, input pump) for
 //!   `run -it`, `exec -it` and `attach`.
 //! - [`storage`]: the writable layer on host disk, `--tmpfs` and `--storage-opt`.
@@ -40,6 +42,7 @@ pub mod run;
 pub mod sandbox;
 pub mod state;
 pub mod storage;
+pub mod template;
 pub mod terminal;
 pub mod volume;
 
