@@ -24,6 +24,7 @@ mod format;
 mod parse;
 pub mod table;
 
+pub use format::quote;
 pub use table::{ListFormat, render_list};
 
 use serde_json::Value;
