@@ -26,14 +26,6 @@ impl<'a> Val<'a> {
         }
     }
 
-    fn into_json(self) -> Value {
-        match self {
-            Val::Missing => Value::Null,
-            Val::Ref(v) => v.clone(),
-            Val::Own(v) => v,
-        }
-    }
-
     fn truth(&self) -> bool {
         truth(self.json())
     }
@@ -504,9 +496,4 @@ pub fn print_all(vals: &[Val<'_>], newline: bool) -> String {
 pub fn printf_all(format: &str, vals: &[Val<'_>]) -> String {
     let js: Vec<&Value> = vals.iter().map(Val::json).collect();
     printf(format, &js)
-}
-
-/// Into JSON, for functions that build values.
-pub fn into_json(v: Val<'_>) -> Value {
-    v.into_json()
 }

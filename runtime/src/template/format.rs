@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::exec::{Val, arg_json, into_json, owned, print_all, printf_all, to_json_text, truth};
+use super::exec::{Val, arg_json, owned, print_all, printf_all, to_json_text, truth};
 use super::{Functions, MAX_OUTPUT};
 
 /// The Go type a JSON value has once decoded into an `interface{}` (integers say `int`,
@@ -369,17 +369,14 @@ fn title(s: &str) -> String {
     out
 }
 
-fn want_string<'v>(name: &str, v: &'v Value) -> Result<&'v str, String> {
+fn want_string(v: &Value) -> Result<&str, String> {
     match v {
         Value::String(s) => Ok(s),
         Value::Null => Err("invalid value; expected string".to_string()),
-        v => {
-            let _ = name;
-            Err(format!(
-                "wrong type for value; expected string; got {}",
-                type_name(v)
-            ))
-        }
+        v => Err(format!(
+            "wrong type for value; expected string; got {}",
+            type_name(v)
+        )),
     }
 }
 
@@ -588,7 +585,7 @@ pub fn call<'a>(name: &str, vals: Vec<Val<'a>>, functions: Functions) -> Result<
             if n == 0 {
                 return Err("wrong number of args for printf: want at least 1 got 0".into());
             }
-            let format = want_string(name, js[0])?.to_string();
+            let format = want_string(js[0])?.to_string();
             string(printf_all(&format, &vals[1..]))
         }
         "eq" | "ne" => {
@@ -626,8 +623,8 @@ pub fn call<'a>(name: &str, vals: Vec<Val<'a>>, functions: Functions) -> Result<
         }
         "split" => {
             arity(name, n, 2)?;
-            let s = want_string(name, js[0])?;
-            let sep = want_string(name, js[1])?;
+            let s = want_string(js[0])?;
+            let sep = want_string(js[1])?;
             let parts: Vec<Value> = if sep.is_empty() {
                 s.chars().map(|c| Value::String(c.to_string())).collect()
             } else {
@@ -654,24 +651,24 @@ pub fn call<'a>(name: &str, vals: Vec<Val<'a>>, functions: Functions) -> Result<
                     }
                 }
             }
-            let sep = want_string(name, js[1])?;
+            let sep = want_string(js[1])?;
             string(parts.join(sep))
         }
         "title" => {
             arity(name, n, 1)?;
-            string(title(want_string(name, js[0])?))
+            string(title(want_string(js[0])?))
         }
         "lower" => {
             arity(name, n, 1)?;
-            string(want_string(name, js[0])?.to_lowercase())
+            string(want_string(js[0])?.to_lowercase())
         }
         "upper" => {
             arity(name, n, 1)?;
-            string(want_string(name, js[0])?.to_uppercase())
+            string(want_string(js[0])?.to_uppercase())
         }
         "pad" => {
             arity(name, n, 3)?;
-            let s = want_string(name, js[0])?;
+            let s = want_string(js[0])?;
             let before = want_int(js[1])?;
             let after = want_int(js[2])?;
             if s.is_empty() {
@@ -691,7 +688,7 @@ pub fn call<'a>(name: &str, vals: Vec<Val<'a>>, functions: Functions) -> Result<
         }
         "truncate" => {
             arity(name, n, 2)?;
-            let s = want_string(name, js[0])?;
+            let s = want_string(js[0])?;
             let len = want_int(js[1])?;
             if (s.len() as i64) < len {
                 return string(s.to_string());
@@ -705,9 +702,6 @@ pub fn call<'a>(name: &str, vals: Vec<Val<'a>>, functions: Functions) -> Result<
             }
             string(s[..cut].to_string())
         }
-        _ => {
-            let _ = into_json;
-            Err(format!("function {name:?} not defined"))
-        }
+        _ => Err(format!("function {name:?} not defined")),
     }
 }

@@ -779,7 +779,7 @@ impl Parser<'_> {
                 }
                 _ => {}
             }
-            let cmd = self.command(context, paren)?;
+            let cmd = self.command(context)?;
             pipe.cmds.push(cmd);
         }
         if pipe.cmds.is_empty() {
@@ -792,7 +792,6 @@ impl Parser<'_> {
                     ArgKind::Func(_) | ArgKind::Field(_) | ArgKind::Var(..) | ArgKind::Sub(..)
                 )
             {
-                let _ = i;
                 return Err(self.err(
                     a.pos,
                     format!("non executable command in pipeline stage {}", i + 1),
@@ -803,7 +802,7 @@ impl Parser<'_> {
     }
 
     /// One command: operands up to `|`, `}}` or `)`.
-    fn command(&mut self, context: &str, paren: bool) -> Result<Cmd, TemplateError> {
+    fn command(&mut self, context: &str) -> Result<Cmd, TemplateError> {
         let mut args = Vec::new();
         let start = self.peek_non_space().pos;
         let mut end = start;
@@ -817,10 +816,7 @@ impl Parser<'_> {
                     }
                     break;
                 }
-                Tok::Right | Tok::RParen | Tok::Eof => {
-                    let _ = paren;
-                    break;
-                }
+                Tok::Right | Tok::RParen | Tok::Eof => break,
                 _ => {}
             }
             if !args.is_empty() && self.peek().tok != Tok::Space {
