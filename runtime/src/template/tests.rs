@@ -374,3 +374,37 @@ fn tabwriter_blocks_end_at_lines_without_cells() {
         "x         y         z\nxx        y"
     );
 }
+
+/// A cheap stand-in for the fuzz target in `cargo test`: token soup from a fixed seed
+/// never panics and stays within the output bound.
+#[test]
+fn token_soup_never_panics() {
+    let pieces = [
+        "{{", "}}", "{{-", " -}}", ".", ".State", ".Args", "$", "$x", ":=", "=", "|", "(", ")",
+        " ", "if", "else", "end", "range", "with", "break", "continue", "json", "len", "index",
+        "printf", "\"%s%d\"", "println", "eq", "and", "or", "not", "pad", "truncate", "split",
+        "join", "1", "-1", "0", "1e3", "'a'", "\"x\"", "`r`", "nil", "true", ",", "$i", "/*", "*/",
+        "slice", "lt", "title", "100",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let data = container();
+    for _ in 0..20_000 {
+        let n = (next() % 24) as usize;
+        let text: String = (0..n)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
+        if let Ok(t) = super::Template::parse(&text) {
+            for strict in [false, true] {
+                if let Ok(out) = t.execute_with(&data, super::Functions::Normal, strict) {
+                    assert!(out.len() <= MAX_OUTPUT, "{text}");
+                }
+            }
+        }
+    }
+}
