@@ -1,5 +1,6 @@
-//! Go `text/template`, as Docker's `--format` uses it, over JSON values: our own engine
-//! (no maintained Rust implementation fits: `gtmpl` has not been released since 2021).
+//! Go `text/template`, as Docker's `--format` uses it, over JSON values: our own engine.
+//! (`gtmpl` 0.7.1 was weighed; our own keeps Go's printing of JSON values, Docker's error
+//! texts and bounded work, which a fuzzed CLI input needs, under our control.)
 //!
 //! The language: text and `{{actions}}` with the `{{-`/`-}}` trim markers and `{{/* */}}`
 //! comments; field chains on maps (`.State.Status`, `$x.A`, `(pipeline).A`), `.`, `$`,
