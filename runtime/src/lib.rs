@@ -6,6 +6,8 @@
 //! - [`image`]: the content-addressed image store (`load`, tags, removal, locked with
 //!   flock(2)), safe layer unpacking, and registry v2 pulls.
 //! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
+//! - [`template`]: Go templates over JSON values for `--format` and `inspect -f`, and
+//!   Docker's list formats (`table`, `json`).
 //! - [`terminal`]: one terminal session (raw mode, size following, input pump) for
 //!   `run -it`, `exec -it` and `attach`.
 //! - [`storage`]: the writable layer on host disk, `--tmpfs` and `--storage-opt`.
@@ -40,6 +42,7 @@ pub mod run;
 pub mod sandbox;
 pub mod state;
 pub mod storage;
+pub mod template;
 pub mod terminal;
 pub mod volume;
 
@@ -73,6 +76,78 @@ pub fn rfc3339(secs: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// Seconds since the epoch as Go's `time.Time.String()` in UTC
+/// (`2026-12-06 01:02:03 +0000 UTC`), as Docker's `CreatedAt` columns print.
+pub fn go_time(secs: u64) -> String {
+    let t = rfc3339(secs);
+    format!("{} {} +0000 UTC", &t[..10], &t[11..19])
+}
+
+/// An RFC 3339 time (`2026-12-06T01:02:03.5+01:00`, `…Z`) in seconds since the epoch;
+/// `None` for anything else or a time before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let h: i64 = rest[1..3].parse().ok()?;
+            let mi: i64 = rest[4..6].parse().ok()?;
+            let o = h * 3600 + mi * 60;
+            if &rest[..1] == "+" { o } else { -o }
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    u64::try_from(secs).ok()
+}
+
+/// A duration as Docker's `units.HumanDuration` writes it (`Less than a second`,
+/// `About a minute`, `3 hours`, `2 weeks`), for `ps`'s `RunningFor` and `Status`.
+pub fn human_duration(secs: u64) -> String {
+    let minutes = secs / 60;
+    // Go rounds to the nearest hour here.
+    let hours = (secs + 1800) / 3600;
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{secs} seconds"),
+        _ if minutes == 1 => "About a minute".into(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", secs / 3600 / 24 / 365),
+    }
 }
 
 /// `err` and its sources, joined with ": ".
@@ -113,7 +188,42 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_size, rfc3339};
+    use super::{go_time, human_duration, parse_rfc3339, parse_size, rfc3339};
+
+    #[test]
+    fn times_read_and_print_as_docker_does() {
+        assert_eq!(go_time(1_796_526_123), "2026-12-06 03:02:03 +0000 UTC");
+        assert_eq!(parse_rfc3339("2026-12-06T03:02:03Z"), Some(1_796_526_123));
+        assert_eq!(
+            parse_rfc3339("2026-12-06T04:02:03.123456789+01:00"),
+            Some(1_796_526_123)
+        );
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
+        for bad in [
+            "",
+            "2026-12-06",
+            "2026-13-06T03:02:03Z",
+            "1969-12-31T23:59:59Z",
+            "2026-12-06T03:02:03",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+        for (secs, want) in [
+            (0, "Less than a second"),
+            (1, "1 second"),
+            (59, "59 seconds"),
+            (61, "About a minute"),
+            (600, "10 minutes"),
+            (3600, "About an hour"),
+            (5 * 3600, "5 hours"),
+            (3 * 86_400, "3 days"),
+            (20 * 86_400, "2 weeks"),
+            (90 * 86_400, "3 months"),
+            (800 * 86_400, "2 years"),
+        ] {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
 
     #[test]
     fn times_are_rfc3339() {

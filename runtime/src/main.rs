@@ -69,6 +69,9 @@ enum Cmd {
     },
     /// Show containers or images as JSON.
     Inspect {
+        /// Print each with a Go template instead (Docker's functions).
+        #[arg(short, long)]
+        format: Option<String>,
         /// Container or image names.
         #[arg(required = true)]
         names: Vec<String>,
@@ -78,6 +81,9 @@ enum Cmd {
         /// Only image ids.
         #[arg(short, long)]
         quiet: bool,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Remove images (a tag; the image goes with its last tag).
     Rmi {
@@ -120,6 +126,9 @@ enum Cmd {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Show a container's output.
     Logs {
@@ -258,6 +267,9 @@ enum VolumeCmd {
         /// Filter: dangling=true|false, name=TEXT, label=KEY[=VALUE].
         #[arg(short, long)]
         filter: Vec<String>,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Show volumes as JSON.
     Inspect {
@@ -303,6 +315,9 @@ enum NetworkCmd {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Remove networks (refused while containers use them).
     #[command(alias = "remove")]
@@ -642,12 +657,17 @@ fn main() -> ExitCode {
             println!("{name}");
             Ok(0)
         }
-        Cmd::Ps { all, quiet } => {
+        Cmd::Ps { all, quiet, format } => {
             // What crashed containers left behind goes now.
             lifecycle::reap_crashed(&state);
             network::reconcile(&state);
-            view::ps(&state, all, quiet);
-            Ok(0)
+            match format_unless_quiet(format, quiet) {
+                Some(f) => print_formatted(view::ps_formatted(&state, all, &f)),
+                None => {
+                    view::ps(&state, all, quiet);
+                    Ok(0)
+                }
+            }
         }
         Cmd::Port { container } => {
             let (_, rec) = find(&state, &container).map_err(|e| chain(&e))?;
@@ -760,7 +780,7 @@ fn main() -> ExitCode {
             store.tag(&source, &target).map_err(|e| chain(&e))?;
             Ok(0)
         }
-        Cmd::Inspect { names } => {
+        Cmd::Inspect { format, names } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             let mut failed = false;
@@ -782,12 +802,37 @@ fn main() -> ExitCode {
                     failed = true;
                 }
             }
+            if let Some(f) = format {
+                // As Docker's: the template runs on each object, a line each.
+                let template = match arca_runtime::template::Template::parse(&f) {
+                    Ok(t) => t,
+                    Err(e) => return print_formatted(Err(e)),
+                };
+                let mut text = String::new();
+                for o in &out {
+                    match template.execute(o) {
+                        Ok(line) => {
+                            text.push_str(&line);
+                            text.push('\n');
+                        }
+                        Err(e) => return print_formatted(Err(e)),
+                    }
+                }
+                print!("{text}");
+                return Ok(if failed { 1 } else { 0 });
+            }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             Ok(if failed { 1 } else { 0 })
         }
-        Cmd::Images { quiet } => {
+        Cmd::Images { quiet, format } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let images = store.list().map_err(|e| chain(&e))?;
+            if let Some(f) = format_unless_quiet(format, quiet) {
+                let at = arca_runtime::now();
+                return print_formatted(arca_runtime::image::view::images_formatted(
+                    &images, at, &f,
+                ));
+            }
             if !quiet {
                 println!("{:<40} {:<14} CREATED", "REPOSITORY:TAG", "IMAGE ID");
             }
@@ -897,6 +942,36 @@ fn each<E: std::error::Error>(
     Ok(if failed { 1 } else { 0 })
 }
 
+/// `--format`, unless `-q` overrides it (with Docker's warning).
+fn format_unless_quiet(format: Option<String>, quiet: bool) -> Option<String> {
+    match format {
+        Some(f) if !f.is_empty() && quiet => {
+            eprintln!(
+                "WARNING: Ignoring custom format, because both --format and --quiet are set."
+            );
+            None
+        }
+        Some(f) if !f.is_empty() => Some(f),
+        _ => None,
+    }
+}
+
+/// Prints what a `--format` made; a template error exits 1, as Docker's CLI.
+fn print_formatted(
+    text: Result<String, arca_runtime::template::TemplateError>,
+) -> Result<i32, String> {
+    match text {
+        Ok(t) => {
+            print!("{t}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("arca: {}", e.docker_message());
+            Ok(1)
+        }
+    }
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     error_chain(e)
 }
@@ -916,9 +991,12 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
                 }
             }
         }
-        NetworkCmd::Ls { quiet } => {
+        NetworkCmd::Ls { quiet, format } => {
             network::reconcile(state);
             let nets = network::list(state).map_err(|e| chain(&e))?;
+            if let Some(f) = format_unless_quiet(format, quiet) {
+                return print_formatted(network::ls_formatted(&nets, &f));
+            }
             if !quiet {
                 println!(
                     "{:<24} {:<18} {:<16} {:<6}",
@@ -992,7 +1070,11 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
                 Err(e) => fail(&e),
             }
         }
-        VolumeCmd::Ls { quiet, filter } => {
+        VolumeCmd::Ls {
+            quiet,
+            filter,
+            format,
+        } => {
             let mut volumes = match volume::list(state) {
                 Ok(v) => v,
                 Err(e) => return fail(&e),
@@ -1025,6 +1107,9 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
                         ));
                     }
                 }
+            }
+            if let Some(f) = format_unless_quiet(format, quiet) {
+                return print_formatted(volume::ls_formatted(state, &volumes, &f));
             }
             if !quiet {
                 println!("{:<10}VOLUME NAME", "DRIVER");

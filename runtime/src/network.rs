@@ -949,6 +949,54 @@ pub fn gc(state: &Path, bridge: &str) {
     }
 }
 
+/// `network ls --format table`: Docker's default columns.
+pub const NETWORKS_TABLE: &str = "table {{.ID}}\\t{{.Name}}\\t{{.Driver}}\\t{{.Scope}}";
+
+/// `network ls --format`: Docker's fields (all strings) and column titles, one row
+/// per network, plus Arca's `Subnet`, `Bridge` and `State`. A network has no id of its
+/// own: `ID` is its name.
+pub fn ls_formatted(
+    nets: &[Network],
+    format: &str,
+) -> Result<String, crate::template::TemplateError> {
+    let header = serde_json::json!({
+        "ID": "NETWORK ID",
+        "Name": "NAME",
+        "Driver": "DRIVER",
+        "Scope": "SCOPE",
+        "IPv6": "IPV6",
+        "Internal": "INTERNAL",
+        "Labels": "LABELS",
+        "CreatedAt": "CREATED AT",
+        "Subnet": "SUBNET",
+        "Bridge": "BRIDGE",
+        "State": "STATE",
+    });
+    let rows: Vec<serde_json::Value> = nets
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "ID": n.name,
+                "Name": n.name,
+                "Driver": "bridge",
+                "Scope": "local",
+                "IPv6": "false",
+                "Internal": "false",
+                "Labels": "",
+                "CreatedAt": crate::go_time(n.created),
+                "Subnet": n.cidr(),
+                "Bridge": n.bridge,
+                "State": if is_up(n) { "up" } else { "down" },
+            })
+        })
+        .collect();
+    crate::template::render_list(
+        &crate::template::ListFormat::new(format, NETWORKS_TABLE),
+        &header,
+        &rows,
+    )
+}
+
 /// Whether the network's bridge exists on this host.
 pub fn is_up(net: &Network) -> bool {
     link_exists(&net.bridge)

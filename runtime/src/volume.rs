@@ -603,6 +603,54 @@ pub fn inspect_json(state: &Path, v: &Volume) -> serde_json::Value {
     })
 }
 
+/// `volume ls --format table`: Docker's default columns.
+pub const VOLUMES_TABLE: &str = "table {{.Driver}}\\t{{.Name}}";
+
+/// `volume ls --format`: Docker's fields (all strings) and column titles, one row per
+/// volume. Arca does not measure volumes here: `Size` is `N/A` as in Docker's list.
+pub fn ls_formatted(
+    state: &Path,
+    volumes: &[Volume],
+    format: &str,
+) -> Result<String, crate::template::TemplateError> {
+    let header = serde_json::json!({
+        "Name": "VOLUME NAME",
+        "Driver": "DRIVER",
+        "Scope": "SCOPE",
+        "Mountpoint": "MOUNTPOINT",
+        "Labels": "LABELS",
+        "Links": "LINKS",
+        "Size": "SIZE",
+        "CreatedAt": "CREATED AT",
+    });
+    let rows: Vec<serde_json::Value> = volumes
+        .iter()
+        .map(|v| {
+            let labels = v
+                .labels
+                .iter()
+                .map(|(k, val)| format!("{k}={val}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            serde_json::json!({
+                "Name": v.name,
+                "Driver": "local",
+                "Scope": "local",
+                "Mountpoint": data_dir(state, &v.name).to_string_lossy(),
+                "Labels": labels,
+                "Links": "N/A",
+                "Size": "N/A",
+                "CreatedAt": crate::go_time(v.created),
+            })
+        })
+        .collect();
+    crate::template::render_list(
+        &crate::template::ListFormat::new(format, VOLUMES_TABLE),
+        &header,
+        &rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
