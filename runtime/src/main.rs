@@ -785,8 +785,10 @@ fn main() -> ExitCode {
             let mut out = Vec::new();
             let mut failed = false;
             for n in &names {
-                if let Ok((_, rec)) = find(&state, n) {
-                    out.push(serde_json::to_value(&rec).unwrap_or_default());
+                if let Ok((dir, rec)) = find(&state, n) {
+                    let opts = RunOptions::load(&dir).ok();
+                    let image = store.resolve(&rec.image_id).ok();
+                    out.push(view::inspect(&rec, opts.as_ref(), image.as_ref()));
                 } else if let Ok(img) = store.resolve(n) {
                     out.push(serde_json::json!({
                         "Id": format!("sha256:{}", img.id),

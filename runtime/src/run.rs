@@ -304,6 +304,8 @@ fn prepare(
         ports: Vec::new(),
         mounts: Vec::new(),
         restart_count: 0,
+        started_at: None,
+        finished_at: None,
     };
     // Its volumes are made and named in its record under the volumes' lock: a
     // `volume rm` sees them in use from then on.
@@ -581,6 +583,7 @@ fn supervise(
         return Err(e.into());
     }
     record.status = Status::Running;
+    (record.started_at, record.finished_at) = (Some(now()), None);
     record.agent = Some(address.clone().into());
     record.network = Some(sandbox.network().name());
     record.ip = sandbox.network().address();
@@ -600,6 +603,7 @@ fn supervise(
             // The sandbox died under the container (a VMM crash, a killed agent) or
             // stopped answering (a wedged VMM or guest): it goes, and the wait ends.
             record.status = Status::Exited;
+            record.finished_at = Some(now());
             record.exit_code = Some(137);
             record.error = Some(sandbox.lost(&e));
             record.save(dir)?;
@@ -613,6 +617,7 @@ fn supervise(
     };
     copies.drain();
     record.status = Status::Exited;
+    record.finished_at = Some(now());
     record.exit_code = Some(status.code);
     record.save(dir)?;
     sandbox.finish(client, id);

@@ -102,7 +102,7 @@ out=$(run volbox sh -c 'cat /srv/data/seed; grep -c " /srv/data " /proc/mounts';
 1
 0" $? "$out"
 arca run --isolation="$iso" --name keep -v named2:/n -v /anon busybox sh -c 'echo in >/n/f; echo a >/anon/a'
-out=$(arca inspect keep | grep -c '"Destination": "/anon"'; arca volume ls -q | wc -l; run --volumes-from keep:ro busybox sh -c 'cat /n/f /anon/a; touch /n/g 2>/dev/null || echo ro'); check volumes-from 0 "1
+out=$(arca inspect -f '{{range .Mounts}}{{println .Destination}}{{end}}' keep | grep -c '^/anon$'; arca volume ls -q | wc -l; run --volumes-from keep:ro busybox sh -c 'cat /n/f /anon/a; touch /n/g 2>/dev/null || echo ro'); check volumes-from 0 "1
 2
 in
 a
@@ -157,7 +157,7 @@ out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? 
 out=$(arca exec -t lc sh -c 'tty >/dev/null && echo is-a-tty' | tr -d '\r'); check exec-tty 0 is-a-tty $? "$out"
 out=$(printf 'echo typed-in-exec\nexit 6\n' | arca exec -it lc sh | tr -d '\r' | grep -c '^typed-in-exec$'); check exec-tty-interactive 0 1 $? "$out"
 out=$(printf 'exit 6\n' | arca exec -it lc sh >/dev/null 2>&1); check exec-tty-exit-code 6 "" $? "$out"
-out=$(arca inspect lc | grep -c '"status": "running"'); check inspect-container 0 1 $? "$out"
+out=$(arca inspect -f '{{.State.Status}} {{.State.Running}} {{.Name}} {{.Config.Image}}' lc); check inspect-container 0 "running true /lc busybox" $? "$out"
 out=$(arca stop -t 5 lc); check stop 0 lc $? "$out"
 out=$(arca wait lc); check wait-code 0 5 $? "$out"
 out=$(arca logs lc); check logs 0 "up
@@ -275,8 +275,8 @@ out=$(arca create -d busybox true 2>/dev/null); check create-refuses-detach 125 
 arca run -d --isolation="$iso" --name rp-fail --restart on-failure:2 busybox sh -c 'echo go; exit 1' >/dev/null
 i=0; while ! arca ps -a | grep '^rp-fail ' | grep -q 'Exited (1)' || [ "$(arca logs rp-fail | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
 sleep 1
-out=$(arca logs rp-fail | wc -l; arca inspect rp-fail | grep -c '"restart_count": 2'); check restart-on-failure-retries 0 "3
-1" $? "$out"
+out=$(arca logs rp-fail | wc -l; arca inspect -f '{{.RestartCount}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}' rp-fail); check restart-on-failure-retries 0 "3
+2 on-failure 2" $? "$out"
 arca rm -f rp-fail >/dev/null
 arca run -d --isolation="$iso" --name rp-always --restart always busybox sh -c 'echo a' >/dev/null
 i=0; while [ "$(arca logs rp-always | wc -l)" -lt 2 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done

@@ -352,7 +352,19 @@ pub fn security(flags: &SecurityFlags, isolation: Isolation) -> Result<Security,
 }
 
 impl RunOptions {
-    /// Reads a detached container's `options.json`.
+    /// The options of a plain `run IMAGE` (for a container whose `options.json` is
+    /// missing, from an older arca).
+    pub fn default_for(image: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "image": image, "args": [], "entrypoint": null, "env": [], "workdir": null,
+            "user": null, "hostname": null, "memory": null, "cpus": null, "init": false,
+            "interactive": false, "isolation": "vm", "name": null, "detach": false,
+            "rm": false,
+        }))
+        .expect("the default options deserialize")
+    }
+
+    /// Reads a container's `options.json`.
     pub fn load(dir: &std::path::Path) -> Result<Self, RunError> {
         let bytes = std::fs::read(dir.join("options.json"))
             .map_err(crate::error::io_err("read the container options"))?;

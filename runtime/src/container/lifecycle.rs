@@ -88,38 +88,51 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
         return Ok(());
     }
     mark_stopped(&dir);
-    let policy = opts.as_ref().map(|o| o.restart).unwrap_or_default();
-    // An agent that does not answer (a wedged or hostile guest) costs at most
-    // SIGNAL_PATIENCE per signal; the grace period runs either way.
-    let mut client = rec.client().map(|c| c.with_patience(SIGNAL_PATIENCE));
-    if let Ok(c) = client.as_mut() {
-        let _ = c.signal(&rec.id, None, stop_signal);
-    }
-    // A record that vanished belonged to a `--rm` container that ended.
-    if wait_exited(&dir, grace).is_none() && dir.exists() {
-        if let Ok(c) = client.as_mut() {
-            let _ = c.signal(&rec.id, None, 9);
-        }
-        if wait_exited(&dir, SIGKILL_GRACE).is_none() && dir.exists() {
-            // The container outlived SIGKILL (its guest ignores the agent, or the
-            // agent is gone): the sandbox itself goes, which its monitor sees.
-            if let Some(pid) = rec.sandbox_pid {
-                kill_if_same(pid, rec.sandbox_start);
+    // The stop signal, then SIGKILL after the grace time, each sent once the container
+    // runs (one still starting, or waiting to restart, is watched until it does or its
+    // monitor, seeing the marker, ends it). An agent that does not answer (a wedged or
+    // hostile guest) costs at most SIGNAL_PATIENCE per signal.
+    let stopped = |signal: i32, within: Duration| -> bool {
+        let deadline = Instant::now() + within;
+        let mut sent = false;
+        loop {
+            // A record that vanished belonged to a `--rm` container that ended.
+            let Ok(now) = ContainerRecord::observe(&dir) else {
+                return true;
+            };
+            match now.status {
+                Status::Exited | Status::Created => return true,
+                // Its monitor saw the marker or will before the next run.
+                Status::Restarting if !alive(now.monitor_pid, now.monitor_start) => return true,
+                Status::Running if !sent => {
+                    if let Ok(c) = now.client() {
+                        let _ = c
+                            .with_patience(SIGNAL_PATIENCE)
+                            .signal(&now.id, None, signal);
+                    }
+                    sent = true;
+                }
+                _ => {}
             }
-            if wait_exited(&dir, Duration::from_secs(10)).is_none() && dir.exists() {
-                return Err(RunError::Invalid(format!(
-                    "Container {} did not stop",
-                    rec.id
-                )));
+            if Instant::now() >= deadline {
+                return false;
             }
-        }
-    }
-    // With a restart policy the monitor decides whether another run comes: the stop is
-    // done once it has seen the marker and ended.
-    if policy != super::config::RestartPolicy::No {
-        let deadline = Instant::now() + grace + Duration::from_secs(10);
-        while alive(rec.monitor_pid, rec.monitor_start) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    if !stopped(stop_signal, grace) && !stopped(9, SIGKILL_GRACE) {
+        // The container outlived SIGKILL (its guest ignores the agent, or the agent is
+        // gone): the sandbox itself goes, which its monitor sees.
+        if let Ok(now) = ContainerRecord::load(&dir)
+            && let Some(pid) = now.sandbox_pid
+        {
+            kill_if_same(pid, now.sandbox_start);
+        }
+        if !stopped(9, Duration::from_secs(10)) {
+            return Err(RunError::Invalid(format!(
+                "Container {} did not stop",
+                rec.id
+            )));
         }
     }
     Ok(())

@@ -173,6 +173,12 @@ pub struct ContainerRecord {
     /// How often its monitor restarted it (`--restart`).
     #[serde(default)]
     pub restart_count: u32,
+    /// When its current (or last) run started, seconds since the epoch.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// When its last run ended.
+    #[serde(default)]
+    pub finished_at: Option<u64>,
 }
 
 /// A file in a container's directory that says the user stopped it (`stop`, `kill`,
