@@ -434,7 +434,7 @@ impl Runtime {
             process,
             hostname,
             cgroup_procs: c.cgroup.as_ref().map(cgroup_procs),
-            security: c.spec.security.clone(),
+            security: Box::new(c.spec.security.clone()),
         };
         if let Err(e) = helper::send(sync.as_fd(), &exec) {
             return Err(abort(

@@ -62,7 +62,7 @@ pub enum ToHelper {
         /// `cgroup.procs` of the container's cgroup, which the process joins.
         cgroup_procs: Option<String>,
         /// The container's confinement, which the process gets too.
-        security: Security,
+        security: Box<Security>,
     },
     /// Exec the container's main process.
     Start,
@@ -242,7 +242,7 @@ fn run(mode: &str) -> io::Result<Never> {
             // Opened before entering the container's mount namespace, where the cgroup
             // tree is namespaced and read-only.
             let cgroup = open_cgroup_procs(cgroup_procs.as_deref())?;
-            run_exec(sync, target_pid, process, hostname, cgroup, security)
+            run_exec(sync, target_pid, process, hostname, cgroup, *security)
         }
         _ => Err(io::Error::other(
             "unexpected first message for this helper mode",

@@ -259,76 +259,61 @@ mod tests {
         }
     }
 
+    /// A raw system call with integer arguments; its errno (0 on success), read at once.
+    fn raw(nr: libc::c_long, args: [libc::c_long; 5]) -> i32 {
+        // SAFETY: every probe passes integers or null pointers only; the kernel writes
+        // nothing to our memory for any of them.
+        errno_of(unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]) })
+    }
+
     /// What a hostile container process tries under Docker's default profile: new user
     /// namespaces, the keyring, BPF, mounting, namespace-creating clones, vsock (the
     /// agent's transport): each fails with EPERM (clone3 with ENOSYS, so libcs fall back
     /// to clone), while ordinary calls work. Exit code: the first step that misbehaved.
     fn hostile_probe() -> i32 {
-        // SAFETY (for each raw call below; each errno is read at once): plain system calls with integer or null
-        // arguments; none writes to our memory.
+        let ns_clone = (libc::CLONE_NEWNET | libc::SIGCHLD) as libc::c_long;
         let checks: [(i32, i32); 9] = [
             (
-                errno_of(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) }),
+                raw(
+                    libc::SYS_unshare,
+                    [libc::CLONE_NEWUSER as libc::c_long, 0, 0, 0, 0],
+                ),
                 libc::EPERM,
             ),
+            (raw(libc::SYS_keyctl, [0; 5]), libc::EPERM),
+            (raw(libc::SYS_add_key, [0; 5]), libc::EPERM),
+            (raw(libc::SYS_bpf, [0; 5]), libc::EPERM),
+            (raw(libc::SYS_mount, [0; 5]), libc::EPERM),
+            (raw(libc::SYS_clone3, [0; 5]), libc::ENOSYS),
             (
-                errno_of(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe { libc::syscall(libc::SYS_add_key, 0, 0, 0, 0, 0) }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe { libc::syscall(libc::SYS_bpf, 0, 0, 0) }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe { libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0) }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) }),
-                libc::ENOSYS,
-            ),
-            (
-                errno_of(unsafe {
-                    libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0)
-                }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe { libc::syscall(libc::SYS_userfaultfd, 0) }),
-                libc::EPERM,
-            ),
-            (
-                errno_of(unsafe {
-                    libc::syscall(
-                        libc::SYS_clone,
-                        libc::CLONE_NEWNET as libc::c_ulong | libc::SIGCHLD as libc::c_ulong,
+                raw(
+                    libc::SYS_socket,
+                    [
+                        libc::AF_VSOCK as libc::c_long,
+                        libc::SOCK_STREAM as libc::c_long,
                         0,
                         0,
                         0,
-                        0,
-                    )
-                }),
+                    ],
+                ),
                 libc::EPERM,
             ),
+            (raw(libc::SYS_userfaultfd, [0; 5]), libc::EPERM),
+            (raw(libc::SYS_clone, [ns_clone, 0, 0, 0, 0]), libc::EPERM),
         ];
         for (i, (errno, want)) in checks.iter().enumerate() {
             if errno != want {
                 return 10 + i as i32;
             }
         }
-        // SAFETY: as above.
-        let fd = unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        // SAFETY: socket(2) with integer arguments.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
         if fd < 0 {
             return 30;
         }
-        // SAFETY: closes the socket just opened.
-        unsafe { libc::close(fd as i32) };
-        // SAFETY: as above.
-        if unsafe { libc::syscall(libc::SYS_getpid) } <= 0 {
+        // SAFETY: closes the socket just opened, which nothing else owns.
+        unsafe { libc::close(fd) };
+        if raw(libc::SYS_getpid, [0; 5]) != 0 {
             return 31;
         }
         0

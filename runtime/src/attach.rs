@@ -177,7 +177,7 @@ pub fn attach_to(
     }
     // The monitor closes clients once the container has exited; its record follows.
     for _ in 0..500 {
-        if let Ok(r) = ContainerRecord::load(&dir)
+        if let Ok(r) = ContainerRecord::load(dir)
             && matches!(r.status, Status::Exited | Status::Restarting)
         {
             return Ok(r.exit_code.unwrap_or(0));

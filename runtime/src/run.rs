@@ -329,7 +329,7 @@ fn prepare(
     }
     saved.save(&dir).inspect_err(|_| discard(state, &dir))?;
     if let Some(path) = &opts.cidfile {
-        std::fs::write(path, format!("{id}"))
+        std::fs::write(path, &id)
             .map_err(io_err(format!(
                 "write the container ID file {}",
                 path.display()

@@ -217,9 +217,10 @@ impl RestartPolicy {
                         "invalid restart policy: maximum retry count must be a non-negative integer, not {c:?}"
                     ))
                 }),
-            (_, Some(_)) => Err(RunError::Invalid(format!(
+            (_, Some(_)) => Err(RunError::Invalid(
                 "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-            ))),
+                    .into(),
+            )),
         }
     }
 
