@@ -93,7 +93,10 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
     // monitor, seeing the marker, ends it). An agent that does not answer (a wedged or
     // hostile guest) costs at most SIGNAL_PATIENCE per signal.
     let stopped = |signal: i32, within: Duration| -> bool {
-        let deadline = Instant::now() + within;
+        // The time runs from when the container runs: one still starting (a microVM
+        // booting on a busy host) or waiting to restart gets up to START_PATIENCE first.
+        let mut deadline = Instant::now() + within;
+        let give_up = Instant::now() + START_PATIENCE;
         let mut sent = false;
         loop {
             // A record that vanished belonged to a `--rm` container that ended.
@@ -104,6 +107,9 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
                 Status::Exited | Status::Created => return true,
                 // Its monitor saw the marker or will before the next run.
                 Status::Restarting if !alive(now.monitor_pid, now.monitor_start) => return true,
+                Status::Starting | Status::Restarting if Instant::now() < give_up => {
+                    deadline = deadline.max(Instant::now() + within);
+                }
                 Status::Running if !sent => {
                     if let Ok(c) = now.client() {
                         let _ = c
@@ -142,6 +148,10 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
 fn mark_stopped(dir: &Path) {
     let _ = std::fs::write(dir.join(MANUAL_STOP), b"");
 }
+
+/// How long `stop` waits for a starting (or restarting) container to run before its
+/// grace time starts anyway: the start's own limit.
+const START_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How long `stop` and `rm -f` give the agent to answer a signal request.
 const SIGNAL_PATIENCE: Duration = Duration::from_secs(5);
