@@ -84,7 +84,10 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
         .and_then(|o| o.stop_signal.as_deref())
         .and_then(|s| parse_signal(s).ok())
         .unwrap_or(libc_sigterm());
-    if matches!(rec.status, Status::Exited | Status::Created) {
+    // An exited container whose monitor still runs may be about to restart (its
+    // policy): it is marked too.
+    let monitor_alive = alive(rec.monitor_pid, rec.monitor_start);
+    if rec.status == Status::Created || (rec.status == Status::Exited && !monitor_alive) {
         return Ok(());
     }
     mark_stopped(&dir);
