@@ -59,8 +59,8 @@ pub struct CgroupParent {
 }
 
 impl CgroupParent {
-    /// Sets up `<cgroup2 mount>/<name>` with every controller of memory, cpu and pids the
-    /// mount offers enabled for its children.
+    /// Sets up `<cgroup2 mount>/<name>` with every controller of memory, cpu, pids and
+    /// io the mount offers enabled for its children.
     pub fn setup(name: &str) -> Result<Self, CgroupError> {
         let mount = cgroup2_mount().ok_or(CgroupError::NotMounted)?;
         let path = mount.join(name);
@@ -88,6 +88,12 @@ impl CgroupParent {
         if !enable.is_empty() {
             let f = path.join("cgroup.subtree_control");
             fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;
+        }
+        // io only feeds `stats`' block I/O: where it cannot be enabled, that reads 0.
+        if available.split_whitespace().any(|a| a == "io") {
+            for dir in [&mount, &path] {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), "+io");
+            }
         }
         Ok(Self {
             mount,
@@ -214,7 +220,36 @@ impl Cgroup {
             cpu_usage_usec: self.read_key("cpu.stat", "usage_usec").unwrap_or(0),
             pids: self.read_u64("pids.current").unwrap_or(0),
             oom_kills: self.oom_kills(),
+            memory_inactive_file_bytes: self.read_key("memory.stat", "inactive_file").unwrap_or(0),
+            io_read_bytes: self.io_stat("rbytes"),
+            io_write_bytes: self.io_stat("wbytes"),
         }
+    }
+
+    /// `KEY=N` of every device line of `io.stat`, summed.
+    fn io_stat(&self, key: &str) -> u64 {
+        let text = fs::read_to_string(self.path.join("io.stat")).unwrap_or_default();
+        text.split_whitespace()
+            .filter_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Freezes or thaws every process in the cgroup (`cgroup.freeze`) and waits up to
+    /// 10 s for `cgroup.events` to say so (a process in uninterruptible sleep delays it).
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let want = if frozen { "1" } else { "0" };
+        self.write("cgroup.freeze", want)?;
+        let events = self.path.join("cgroup.events");
+        for _ in 0..1000 {
+            let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+            if text.lines().any(|l| l == format!("frozen {want}")) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(io_err("wait for the freezer in", &self.path)(
+            io::Error::new(io::ErrorKind::TimedOut, "still not done after 10 s"),
+        ))
     }
 
     /// Pids of the processes in the cgroup.
@@ -272,6 +307,16 @@ mod tests {
         )
         .unwrap();
         fs::write(dir.path().join("cpu.stat"), "usage_usec 555\nuser_usec 1\n").unwrap();
+        fs::write(
+            dir.path().join("memory.stat"),
+            "anon 10\nfile 20\ninactive_file 7\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("io.stat"),
+            "253:0 rbytes=100 wbytes=5 rios=1 wios=1\n7:1 rbytes=23 wbytes=0 rios=2 wios=0\n",
+        )
+        .unwrap();
         let s = cg.stats();
         assert_eq!(
             s,
@@ -281,6 +326,9 @@ mod tests {
                 cpu_usage_usec: 555,
                 pids: 0,
                 oom_kills: 2,
+                memory_inactive_file_bytes: 7,
+                io_read_bytes: 123,
+                io_write_bytes: 5,
             }
         );
     }

@@ -541,6 +541,33 @@ impl Runtime {
         out
     }
 
+    /// Freezes (`frozen`) or thaws every process of running container `id` (`pause`,
+    /// `unpause`).
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), AgentError> {
+        let c = self.get(id)?;
+        if c.state() != ContainerState::Running {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Container {id} is not running"),
+            ));
+        }
+        let cg = c.cgroup.as_ref().ok_or_else(|| {
+            AgentError::new(
+                ErrorCode::Unsupported,
+                format!("Container {id} has no cgroup v2 of its own to freeze"),
+            )
+        })?;
+        cg.freeze(frozen).map_err(|e| {
+            AgentError::new(
+                ErrorCode::Internal,
+                format!(
+                    "Cannot {} container {id}: {e}",
+                    if frozen { "pause" } else { "unpause" }
+                ),
+            )
+        })
+    }
+
     /// Adds `entries` to the `/etc/hosts` of running container `id`, replacing the lines
     /// that carried any of their names (a container re-created under its name has a new
     /// address). The file is opened inside the container's root (`openat2` with

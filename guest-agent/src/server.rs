@@ -363,6 +363,7 @@ impl Server {
                     | Request::Signal { .. }
                     | Request::ResizeTty { .. }
                     | Request::AddHosts { .. }
+                    | Request::Freeze { .. }
             );
             if quick {
                 let result = self.handle(frame.request);
@@ -475,6 +476,9 @@ impl Server {
             Request::AddHosts { container, entries } => rt
                 .add_hosts(&container, &entries)
                 .map(|()| Reply::HostsAdded),
+            Request::Freeze { container, frozen } => {
+                rt.freeze(&container, frozen).map(|()| Reply::FreezeSet)
+            }
         }
     }
 }

@@ -122,6 +122,11 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
             "You cannot attach to a stopped container, start it first".into(),
         ));
     }
+    if rec.is_paused() {
+        return Err(RunError::Invalid(
+            "You cannot attach to a paused container, unpause it first".into(),
+        ));
+    }
     // A container in the foreground of an `arca run` serves no attach socket.
     let opts = RunOptions::load(&dir)
         .ok()
@@ -135,7 +140,7 @@ pub fn attach(state: &Path, name: &str) -> Result<i32, RunError> {
         action: format!("attach to container {name}"),
         source: e,
     })?;
-    attach_to(&dir, &opts, &rec.id, sock)
+    attach_to(&dir, &opts, rec.key(), sock)
 }
 
 /// Runs an attach session on `sock` (a connection to the container's `attach.sock`):

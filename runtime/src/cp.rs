@@ -207,7 +207,7 @@ impl Target {
         let client = rec.client().map_err(RunError::from)?;
         Ok(Target {
             name: name.into(),
-            id: rec.id,
+            id: rec.key().to_string(),
             client,
         })
     }

@@ -32,6 +32,9 @@ pub enum RunError {
     /// A container record could not be found, read or written.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A name could not be reserved or released.
+    #[error(transparent)]
+    Name(#[from] crate::container::names::NameError),
     /// A local operation failed.
     #[error("Cannot {action}")]
     Io {

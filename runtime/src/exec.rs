@@ -14,12 +14,18 @@ use crate::terminal::{InputEnd, Session, copy_to};
 /// Runs `process` in container `name`; returns its exit code.
 pub fn exec(state: &Path, name: &str, process: ProcessSpec) -> Result<i32, RunError> {
     let (_, rec) = find(state, name)?;
+    if rec.is_paused() {
+        return Err(RunError::Invalid(format!(
+            "Container {} is paused, unpause the container before exec",
+            rec.id
+        )));
+    }
     let mut client = rec.client()?;
     let exec_id = format!("exec-{}-{}", std::process::id(), now());
     let (interactive, tty) = (process.stdin, process.terminal);
     let address = client.address().clone();
-    client.exec(&rec.id, &exec_id, process)?;
-    let id = rec.id.as_str();
+    client.exec(rec.key(), &exec_id, process)?;
+    let id = rec.key();
     let exec_id = Some(exec_id.as_str());
     let session = Session::start(tty && interactive);
     let (copies, _session) = if tty {

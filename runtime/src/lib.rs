@@ -41,6 +41,7 @@ pub mod ports;
 pub mod run;
 pub mod sandbox;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod template;
 pub mod terminal;
@@ -88,6 +89,18 @@ pub fn go_time(secs: u64) -> String {
 /// An RFC 3339 time (`2026-12-06T01:02:03.5+01:00`, `…Z`) in seconds since the epoch;
 /// `None` for anything else or a time before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    parse_rfc3339_nanos(text).map(|(s, _)| s)
+}
+
+/// [`rfc3339`] with nanoseconds, fixed at 9 digits (Go's `RFC3339NanoFixed`, as
+/// `docker logs -t` prints them).
+pub fn rfc3339_nanos(secs: u64, nanos: u32) -> String {
+    let t = rfc3339(secs);
+    format!("{}.{nanos:09}Z", &t[..19])
+}
+
+/// [`parse_rfc3339`] keeping the fraction of a second: `(seconds, nanoseconds)`.
+pub fn parse_rfc3339_nanos(text: &str) -> Option<(u64, u32)> {
     let b = text.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = text.get(r)?;
@@ -104,8 +117,16 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
         return None;
     }
     let mut rest = &text[19..];
+    let mut nanos = 0u32;
     if let Some(frac) = rest.strip_prefix('.') {
         rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+        let digits = &frac[..frac.len() - rest.len()];
+        if digits.is_empty() {
+            return None;
+        }
+        for (i, c) in digits.bytes().take(9).enumerate() {
+            nanos += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
+        }
     }
     let offset = match rest {
         "Z" | "z" => 0,
@@ -126,7 +147,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset;
-    u64::try_from(secs).ok()
+    u64::try_from(secs).ok().map(|s| (s, nanos))
 }
 
 /// A duration as Docker's `units.HumanDuration` writes it (`Less than a second`,
@@ -148,6 +169,68 @@ pub fn human_duration(secs: u64) -> String {
         _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
         _ => format!("{} years", secs / 3600 / 24 / 365),
     }
+}
+
+/// Bytes as Docker prints reclaimed space: `0B`, `1.5kB`, `12.35MB` (powers of 1000,
+/// 4 significant digits).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit + 1 < units.len() {
+        size /= 1000.0;
+        unit += 1;
+    }
+    let decimals = if size >= 100.0 {
+        1
+    } else if size >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let text = format!("{size:.decimals$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{}", units[unit])
+}
+
+/// A Go duration (`300ms`, `1.5h`, `2h45m`, `10s`; units ns, us, µs, ms, s, m, h), as
+/// Docker's `--since 10m` takes one. `None` for anything else.
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (factor, len) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())
+        .map(|(u, f)| (*f, u.len()))?;
+        total += value * factor;
+        rest = &rest[len..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 /// `err` and its sources, joined with ": ".
@@ -188,7 +271,35 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{go_time, human_duration, parse_rfc3339, parse_size, rfc3339};
+    use super::{
+        go_time, human_duration, parse_go_duration, parse_rfc3339, parse_rfc3339_nanos, parse_size,
+        rfc3339, rfc3339_nanos,
+    };
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations_and_nanosecond_times_parse_as_go_does() {
+        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "m", "1x", "-5m", "1h 2m", "2026-12-06"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_rfc3339_nanos("2026-12-06T03:02:03.5Z"),
+            Some((1_796_526_123, 500_000_000))
+        );
+        assert_eq!(
+            rfc3339_nanos(1_796_526_123, 42),
+            "2026-12-06T03:02:03.000000042Z"
+        );
+        assert_eq!(
+            parse_rfc3339_nanos(&rfc3339_nanos(1_796_526_123, 123_456_789)),
+            Some((1_796_526_123, 123_456_789))
+        );
+    }
 
     #[test]
     fn times_read_and_print_as_docker_does() {

@@ -3,6 +3,12 @@
 //! 20 MiB and 5 files per stream), so a container that prints without end cannot fill
 //! the host's disk. Rotated files are `NAME.1` (the newest) to `NAME.<max-file - 1>`;
 //! readers go through them oldest first, and a follower crosses a rotation.
+//!
+//! Each file holds records in the CRI logging format that containerd and the kubelet
+//! write: `TIME STREAM F|P CONTENT`, a line each, `TIME` in RFC 3339 with nanoseconds,
+//! `F` for content that ended a line and `P` for a piece of one (output that came
+//! without its newline yet, or a line longer than 16 KiB). `logs -t`, `--since`,
+//! `--until` and `--tail` read them; a rotation falls between records.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -100,13 +106,30 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// A log file that rotates once it would pass `max_size`.
+/// Longest content of one record: a longer line is written as several `P` records
+/// (Docker's and containerd's 16 KiB).
+const MAX_RECORD: usize = 16 << 10;
+
+/// Bytes of a record before its content: `2026-12-06T20:42:04.123456789Z stdout F `.
+const HEADER_LEN: usize = 40;
+
+/// The time now: seconds and nanoseconds since the epoch.
+fn now_nanos() -> (u64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
+/// A log file that rotates once it would pass `max_size`, written as records.
 #[derive(Debug)]
 pub struct RotatingLog {
     path: PathBuf,
     opts: LogOptions,
     file: File,
     written: u64,
+    /// `stdout` or `stderr`, from the file's name.
+    stream: &'static str,
 }
 
 impl RotatingLog {
@@ -118,11 +141,16 @@ impl RotatingLog {
             .append(true)
             .open(path)?;
         let written = file.metadata()?.len();
+        let stream = match path.file_name().and_then(|n| n.to_str()) {
+            Some(n) if n.starts_with("stderr") => "stderr",
+            _ => "stdout",
+        };
         Ok(Self {
             path: path.to_path_buf(),
             opts,
             file,
             written,
+            stream,
         })
     }
 
@@ -143,18 +171,49 @@ impl RotatingLog {
         self.written = 0;
         Ok(())
     }
+
+    /// Writes one record, in one write, rotating first if it would not fit.
+    fn record(&mut self, content: &[u8], full: bool) -> io::Result<()> {
+        let (secs, nanos) = now_nanos();
+        let tag = if full { 'F' } else { 'P' };
+        let mut rec = format!(
+            "{} {} {tag} ",
+            crate::rfc3339_nanos(secs, nanos),
+            self.stream
+        )
+        .into_bytes();
+        rec.extend_from_slice(content);
+        rec.push(b'\n');
+        if self.written > 0 && self.written + rec.len() as u64 > self.opts.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(&rec)?;
+        self.written += rec.len() as u64;
+        Ok(())
+    }
 }
 
 impl Write for RotatingLog {
+    /// Takes all of `buf`: a record per line, and a `P` record for what comes
+    /// without its newline or would make a record longer than a file may be.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written > 0 && self.written + buf.len() as u64 > self.opts.max_size {
-            self.rotate()?;
+        let room = usize::try_from(self.opts.max_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(HEADER_LEN + 1)
+            .clamp(1, MAX_RECORD);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let (piece, full, used) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) if i <= room => (&rest[..i], true, i + 1),
+                _ => {
+                    let n = rest.len().min(room);
+                    (&rest[..n], false, n)
+                }
+            };
+            self.record(piece, full)?;
+            rest = &rest[used..];
         }
-        // One write never makes a file larger than max_size: a longer buffer is split.
-        let room = (self.opts.max_size - self.written).max(1) as usize;
-        let n = self.file.write(&buf[..buf.len().min(room)])?;
-        self.written += n as u64;
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -162,14 +221,67 @@ impl Write for RotatingLog {
     }
 }
 
-/// Reads a stream's log from its oldest rotated file on, and (with [`Self::follow`])
-/// keeps reading as it grows and rotates.
+/// One record of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// When it was written: seconds and nanoseconds since the epoch (0 for a line of a
+    /// log written before records existed).
+    pub time: (u64, u32),
+    /// Whether it is a piece of a line (no newline after it).
+    pub partial: bool,
+    /// What the container wrote, without the newline.
+    pub content: Vec<u8>,
+}
+
+impl LogEntry {
+    /// Parses a record (without its newline); a line that is not one is kept whole as
+    /// a line of unknown time.
+    pub fn parse(line: &[u8]) -> Self {
+        let parsed = (|| {
+            let mut parts = line.splitn(4, |&b| b == b' ');
+            let time = crate::parse_rfc3339_nanos(std::str::from_utf8(parts.next()?).ok()?)?;
+            let stream = parts.next()?;
+            if stream != b"stdout" && stream != b"stderr" {
+                return None;
+            }
+            let partial = match parts.next()? {
+                b"F" => false,
+                b"P" => true,
+                _ => return None,
+            };
+            Some(Self {
+                time,
+                partial,
+                content: parts.next().unwrap_or_default().to_vec(),
+            })
+        })();
+        parsed.unwrap_or_else(|| Self {
+            time: (0, 0),
+            partial: false,
+            content: line.to_vec(),
+        })
+    }
+
+    /// The bytes the container wrote: its content, and the newline of a whole line.
+    pub fn output(&self) -> Vec<u8> {
+        let mut out = self.content.clone();
+        if !self.partial {
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+/// Reads a stream's log from its oldest rotated file on, and (with repeated
+/// [`Self::drain`]) keeps reading as it grows and rotates.
 #[derive(Debug)]
 pub struct LogReader {
     path: PathBuf,
     /// Rotated files still to read, oldest first.
     backlog: Vec<File>,
     current: Option<(File, u64)>,
+    /// The start of a record not yet written whole.
+    pending: Vec<u8>,
 }
 
 impl LogReader {
@@ -188,18 +300,21 @@ impl LogReader {
             path: path.to_path_buf(),
             backlog,
             current,
+            pending: Vec::new(),
         }
     }
 
-    /// Reads what is there now into `out`; returns whether anything was read.
-    pub fn drain(&mut self, out: &mut dyn Write) -> io::Result<bool> {
+    /// Reads the records there now into `out`; returns whether anything was read.
+    pub fn drain(&mut self, out: &mut Vec<LogEntry>) -> io::Result<bool> {
         let mut any = false;
         for mut f in std::mem::take(&mut self.backlog) {
-            any |= io::copy(&mut f, out)? > 0;
+            any |= self.read_records(&mut f, out)?;
+            self.end_of_file(out);
         }
         loop {
-            if let Some((f, _)) = &mut self.current {
-                any |= copy_all(f, out)?;
+            if let Some((mut f, ino)) = self.current.take() {
+                any |= self.read_records(&mut f, out)?;
+                self.current = Some((f, ino));
             }
             // The file we hold was rotated away (we read it to its end): go on with
             // the new one.
@@ -208,6 +323,24 @@ impl LogReader {
                 (Some((_, ino)), Some(new)) if *ino == new => return Ok(any),
                 (_, None) => return Ok(any),
                 _ => {
+                    self.end_of_file(out);
+                    // What rotated in after the file we held (several rotations may
+                    // have come since the last drain), oldest first.
+                    let held = self.current.as_ref().map(|(_, ino)| *ino);
+                    let mut newer = Vec::new();
+                    for n in 1..=1000 {
+                        let Ok(f) = File::open(numbered(&self.path, n)) else {
+                            break;
+                        };
+                        if held.is_some() && f.metadata().ok().map(|m| m.ino()) == held {
+                            break;
+                        }
+                        newer.push(f);
+                    }
+                    for mut f in newer.into_iter().rev() {
+                        any |= self.read_records(&mut f, out)?;
+                        self.end_of_file(out);
+                    }
                     self.current = File::open(&self.path)
                         .ok()
                         .and_then(|f| f.metadata().ok().map(|m| (f, m.ino())));
@@ -218,18 +351,31 @@ impl LogReader {
             }
         }
     }
-}
 
-fn copy_all(from: &mut File, out: &mut dyn Write) -> io::Result<bool> {
-    let mut buf = [0u8; 65536];
-    let mut any = false;
-    loop {
-        match from.read(&mut buf)? {
-            0 => return Ok(any),
-            n => {
-                out.write_all(&buf[..n])?;
-                any = true;
+    /// Reads `from` to its end, keeping a last record without its newline pending.
+    fn read_records(&mut self, from: &mut File, out: &mut Vec<LogEntry>) -> io::Result<bool> {
+        let mut buf = [0u8; 65536];
+        let mut any = false;
+        loop {
+            let n = from.read(&mut buf)?;
+            if n == 0 {
+                return Ok(any);
             }
+            any = true;
+            self.pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(i) = self.pending[start..].iter().position(|&b| b == b'\n') {
+                out.push(LogEntry::parse(&self.pending[start..start + i]));
+                start += i + 1;
+            }
+            self.pending.drain(..start);
+        }
+    }
+
+    /// A file read to its end that will not grow: what is pending in it is a record.
+    fn end_of_file(&mut self, out: &mut Vec<LogEntry>) {
+        if !self.pending.is_empty() {
+            out.push(LogEntry::parse(&std::mem::take(&mut self.pending)));
         }
     }
 }
@@ -260,9 +406,17 @@ mod tests {
         }
     }
 
+    /// What a reader gets back, as the container wrote it.
+    fn read_back(path: &Path) -> Vec<u8> {
+        let mut got = Vec::new();
+        LogReader::open(path).drain(&mut got).unwrap();
+        got.iter().flat_map(LogEntry::output).collect()
+    }
+
     #[test]
     fn a_container_printing_without_end_uses_at_most_max_size_times_max_file() {
-        // Hostile: a container that never stops printing.
+        // Hostile: a container that never stops printing, in lines and in one long
+        // line without a newline.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout.log");
         let mut log = RotatingLog::create(&path, opts(1000, 3)).unwrap();
@@ -283,36 +437,77 @@ mod tests {
         assert!(total <= 3000, "{total} bytes kept");
         assert!(!numbered(&path, 3).exists());
         // What is kept is the newest output, in order, read across the rotated files.
+        let got = read_back(&path);
+        assert!(!got.is_empty());
+        assert!(expected.ends_with(&got));
+    }
+
+    #[test]
+    fn records_are_cri_lines_with_times_and_pieces_rebuild_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stderr.log");
+        let mut log = RotatingLog::create(&path, LogOptions::default()).unwrap();
+        log.write_all(b"one\ntw").unwrap();
+        log.write_all(b"o\n").unwrap();
+        log.write_all(&[b'y'; 40000]).unwrap();
+        log.write_all(b"no newline").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("Z stderr F one"), "{}", lines[0]);
+        assert!(lines[1].ends_with(" stderr P tw"), "{}", lines[1]);
+        assert!(lines[2].ends_with(" stderr F o"), "{}", lines[2]);
+        // 40000 bytes: three pieces of at most 16 KiB.
+        assert_eq!(lines.len(), 7);
         let mut got = Vec::new();
         LogReader::open(&path).drain(&mut got).unwrap();
-        assert_eq!(got.len() as u64, total);
-        assert!(expected.ends_with(&got));
+        assert!(got[0].time.0 > 1_700_000_000);
+        assert!(got.windows(2).all(|w| w[0].time <= w[1].time));
+        let mut expected = b"one\ntwo\n".to_vec();
+        expected.extend_from_slice(&[b'y'; 40000]);
+        expected.extend_from_slice(b"no newline");
+        assert_eq!(
+            got.iter().flat_map(LogEntry::output).collect::<Vec<_>>(),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_log_written_before_records_reads_as_lines_of_unknown_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        fs::write(&path, b"plain\n2026-12-06T00:00:00Z stdout X odd\nlast").unwrap();
+        let mut got = Vec::new();
+        LogReader::open(&path).drain(&mut got).unwrap();
+        assert_eq!(got.len(), 2, "the unfinished last line stays pending");
+        assert_eq!(got[0].time, (0, 0));
+        assert_eq!(got[1].content, b"2026-12-06T00:00:00Z stdout X odd");
     }
 
     #[test]
     fn a_restarted_container_appends_and_counts_what_is_there() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout.log");
-        RotatingLog::create(&path, opts(10, 2))
+        RotatingLog::create(&path, opts(100, 2))
             .unwrap()
             .write_all(b"first\n")
             .unwrap();
-        let mut again = RotatingLog::create(&path, opts(10, 2)).unwrap();
+        let mut again = RotatingLog::create(&path, opts(100, 2)).unwrap();
         again.write_all(b"2nd\n").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"first\n2nd\n");
+        assert_eq!(read_back(&path), b"first\n2nd\n");
         // The size already there counts toward rotation.
         again.write_all(b"third\n").unwrap();
-        assert_eq!(fs::read(numbered(&path, 1)).unwrap(), b"first\n2nd\n");
+        assert_eq!(read_back(&numbered(&path, 1)), b"first\n2nd\n");
+        assert_eq!(read_back(&path), b"first\n2nd\nthird\n");
     }
 
     #[test]
     fn one_file_means_the_log_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout.log");
-        let mut log = RotatingLog::create(&path, opts(10, 1)).unwrap();
+        let mut log = RotatingLog::create(&path, opts(50, 1)).unwrap();
         log.write_all(b"0123456789").unwrap();
         log.write_all(b"abc").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"abc");
+        assert_eq!(read_back(&path), b"abc");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -320,16 +515,18 @@ mod tests {
     fn a_follower_crosses_a_rotation_without_losing_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stdout.log");
-        let mut log = RotatingLog::create(&path, opts(8, 5)).unwrap();
+        let mut log = RotatingLog::create(&path, opts(50, 5)).unwrap();
         let mut reader = LogReader::open(&path);
         let mut got = Vec::new();
         log.write_all(b"aaaa\n").unwrap();
         reader.drain(&mut got).unwrap();
-        log.write_all(b"bbbb\n").unwrap(); // rotates: aaaa is now stdout.log.1
+        // Two rotations before the next read: aaaa is in stdout.log.2, bbbb in .1.
+        log.write_all(b"bbbb\n").unwrap();
         log.write_all(b"cc\n").unwrap();
-        assert!(numbered(&path, 1).exists());
+        assert!(numbered(&path, 2).exists());
         reader.drain(&mut got).unwrap();
-        assert_eq!(got, b"aaaa\nbbbb\ncc\n");
+        let text: Vec<u8> = got.iter().flat_map(LogEntry::output).collect();
+        assert_eq!(text, b"aaaa\nbbbb\ncc\n");
         assert!(!reader.drain(&mut got).unwrap(), "nothing new");
     }
 }

@@ -120,21 +120,51 @@ enum Cmd {
     },
     /// List containers.
     Ps {
-        /// Exited ones too.
+        /// Show all containers (default shows just running).
         #[arg(short, long)]
         all: bool,
-        /// Only names.
+        /// Only display container IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Filter output based on conditions provided (id, name, status, exited, label,
+        /// ancestor, before, since, volume, network, isolation).
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filter: Vec<String>,
+        /// Show n last created containers (includes all states).
+        #[arg(short = 'n', long, value_name = "INT")]
+        last: Option<i64>,
+        /// Show the latest created container (includes all states).
+        #[arg(short, long)]
+        latest: bool,
+        /// Don't truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Display total file sizes.
+        #[arg(short, long)]
+        size: bool,
         /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
         #[arg(long)]
         format: Option<String>,
     },
     /// Show a container's output.
     Logs {
-        /// Keep following until the container exits.
+        /// Follow log output.
         #[arg(short, long)]
         follow: bool,
+        /// Number of lines to show from the end of the logs ("all" or a number).
+        #[arg(short = 'n', long, value_name = "string", default_value = "all")]
+        tail: String,
+        /// Show logs since a timestamp (e.g. "2013-01-02T13:23:37Z") or relative (e.g.
+        /// "42m" for 42 minutes).
+        #[arg(long, value_name = "string")]
+        since: Option<String>,
+        /// Show logs before a timestamp (e.g. "2013-01-02T13:23:37Z") or relative (e.g.
+        /// "42m" for 42 minutes).
+        #[arg(long, value_name = "string")]
+        until: Option<String>,
+        /// Show timestamps.
+        #[arg(short, long)]
+        timestamps: bool,
         /// The container.
         container: String,
     },
@@ -156,6 +186,42 @@ enum Cmd {
         /// The containers.
         #[arg(required = true)]
         containers: Vec<String>,
+    },
+    /// Display a live stream of container(s) resource usage statistics.
+    Stats {
+        /// Show all containers (default shows just running).
+        #[arg(short, long)]
+        all: bool,
+        /// Disable streaming stats and only pull the first result.
+        #[arg(long)]
+        no_stream: bool,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
+        /// The containers (default: every running one).
+        containers: Vec<String>,
+    },
+    /// Pause all processes within one or more containers.
+    Pause {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Unpause all processes within one or more containers.
+    Unpause {
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Rename a container.
+    Rename {
+        /// The container (name, ID or ID prefix).
+        container: String,
+        /// Its new name.
+        new_name: String,
     },
     /// Remove containers.
     Rm {
@@ -657,16 +723,36 @@ fn main() -> ExitCode {
             println!("{name}");
             Ok(0)
         }
-        Cmd::Ps { all, quiet, format } => {
+        Cmd::Ps {
+            all,
+            quiet,
+            filter,
+            last,
+            latest,
+            no_trunc,
+            size,
+            format,
+        } => {
             // What crashed containers left behind goes now.
             lifecycle::reap_crashed(&state);
             network::reconcile(&state);
-            match format_unless_quiet(format, quiet) {
-                Some(f) => print_formatted(view::ps_formatted(&state, all, &f)),
-                None => {
-                    view::ps(&state, all, quiet);
-                    Ok(0)
-                }
+            let opts = view::PsOptions {
+                all,
+                quiet,
+                // Docker: -n below 0 (its default -1) shows all, as if absent.
+                last: if latest {
+                    Some(1)
+                } else {
+                    last.and_then(|n| usize::try_from(n).ok())
+                },
+                no_trunc,
+                size,
+                filters: filter,
+                format: format_unless_quiet(format, quiet),
+            };
+            match view::ps(&state, &opts) {
+                Ok(text) => print_formatted(text),
+                Err(e) => Ok(refused(&e)),
             }
         }
         Cmd::Port { container } => {
@@ -681,13 +767,52 @@ fn main() -> ExitCode {
         Cmd::Attach { container } => {
             arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
         }
-        Cmd::Logs { follow, container } => match view::logs(&state, &container, follow) {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                eprintln!("arca: {}", chain(&e));
-                Ok(1)
+        Cmd::Logs {
+            follow,
+            tail,
+            since,
+            until,
+            timestamps,
+            container,
+        } => {
+            let at = std::time::SystemTime::now();
+            let time = |flag: &str, v: Option<String>| {
+                match v {
+                None => Ok(None),
+                Some(v) => view::parse_log_time(&v, at).map(Some).ok_or_else(|| {
+                    format!("invalid value for \"{flag}\": failed to parse value as time or duration: \"{v}\"")
+                }),
             }
-        },
+            };
+            let (since, until) = match (time("since", since), time("until", until)) {
+                (Ok(s), Ok(u)) => (s, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("arca: {e}");
+                    return Ok(1);
+                }
+            };
+            // Docker: "all", or a count (a negative one means all).
+            let tail = match tail.as_str() {
+                "all" | "" => None,
+                n => match n.parse::<i64>() {
+                    Ok(n) => usize::try_from(n).ok(),
+                    Err(_) => {
+                        eprintln!(
+                            "arca: invalid value for \"tail\": {n:?}: use \"all\" or a number of lines"
+                        );
+                        return Ok(1);
+                    }
+                },
+            };
+            let opts = view::LogsOptions {
+                follow,
+                tail,
+                since,
+                until,
+                timestamps,
+            };
+            Ok(view::logs(&state, &container, &opts).unwrap_or_else(|e| refused(&e)))
+        }
         Cmd::Stop {
             time,
             containers: names,
@@ -700,6 +825,38 @@ fn main() -> ExitCode {
         } => {
             let sig = lifecycle::parse_signal(&signal).map_err(|e| chain(&e))?;
             each(&names, |n| lifecycle::kill(&state, n, sig))
+        }
+        Cmd::Stats {
+            all,
+            no_stream,
+            no_trunc,
+            format,
+            containers,
+        } => {
+            let opts = arca_runtime::stats::StatsOptions {
+                all,
+                no_stream,
+                no_trunc,
+                format,
+                containers,
+            };
+            match arca_runtime::stats::stats(&state, &opts) {
+                Ok(Ok(())) => Ok(0),
+                Ok(Err(e)) => {
+                    eprintln!("arca: {}", e.docker_message());
+                    Ok(1)
+                }
+                Err(e) => Ok(refused(&e)),
+            }
+        }
+        Cmd::Pause { containers } => each(&containers, |n| lifecycle::pause(&state, n)),
+        Cmd::Unpause { containers } => each(&containers, |n| lifecycle::unpause(&state, n)),
+        Cmd::Rename {
+            container,
+            new_name,
+        } => {
+            Ok(lifecycle::rename(&state, &container, &new_name)
+                .map_or_else(|e| refused(&e), |()| 0))
         }
         Cmd::Rm {
             force,
@@ -927,6 +1084,13 @@ fn main() -> ExitCode {
 }
 
 /// Runs `f` for each name, printing names done (as Docker) and errors; 1 if any failed.
+/// Prints an error of a command other than `run`/`create` and gives Docker's CLI exit
+/// code for it, 1.
+fn refused(e: &dyn std::error::Error) -> i32 {
+    eprintln!("arca: {}", chain(e));
+    1
+}
+
 fn each<E: std::error::Error>(
     names: &[String],
     f: impl Fn(&str) -> Result<(), E>,
@@ -1172,37 +1336,11 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
                         }
                         println!();
                     }
-                    println!("Total reclaimed space: {}", human_size(freed));
+                    println!("Total reclaimed space: {}", arca_runtime::human_size(freed));
                     Ok(0)
                 }
                 Err(e) => fail(&e),
             }
         }
     }
-}
-
-/// Bytes as Docker prints reclaimed space: `0B`, `1.5kB`, `12.35MB` (powers of 1000,
-/// 4 significant digits).
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1000.0 && unit + 1 < units.len() {
-        size /= 1000.0;
-        unit += 1;
-    }
-    let decimals = if size >= 100.0 {
-        1
-    } else if size >= 10.0 {
-        2
-    } else {
-        3
-    };
-    let text = format!("{size:.decimals$}");
-    let text = if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &text
-    };
-    format!("{text}{}", units[unit])
 }

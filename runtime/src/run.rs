@@ -20,8 +20,9 @@ use arca_protocol::StdioStream;
 
 use crate::attach::{self, Hub};
 use crate::container::lifecycle::process_leftovers;
+use crate::container::names;
 use crate::container::pids::start_time;
-use crate::container::record::{MANUAL_STOP, containers_dir};
+use crate::container::record::{MANUAL_STOP, NAME_FILE, containers_dir};
 use crate::container::{ContainerRecord, Isolation, RunOptions, Status, config};
 use crate::error::{RunError, io_err};
 use crate::image::store::{Store, StoreError};
@@ -33,26 +34,18 @@ use crate::terminal::{InputEnd, Session, copy_to};
 use crate::volume;
 use crate::{error_chain, now};
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs a container: in the foreground (returns its exit code) or, with `detach`,
 /// under a background monitor (returns 0 once it runs and prints its id).
 pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let (dir, record) = prepare(state, opts, Status::Starting)?;
-    let id = record.id.clone();
+    let id = record.key().to_string();
     // As prepared and saved (ports dropped for the host's network, the image's stop
     // signal and labels).
     let opts = &RunOptions::load(&dir).inspect_err(|_| discard(state, &dir))?;
     if opts.detach {
         let monitor = spawn_monitor(state, &dir, &id).inspect_err(|_| discard(state, &dir))?;
         wait_running(state, &dir, monitor, OnFailure::Discard)?;
-        println!("{id}");
+        println!("{}", record.id);
         return Ok(0);
     }
     let result = supervise(state, opts, &dir, record, Output::Terminal);
@@ -72,7 +65,7 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
 }
 
 /// `arca create`: the container, its record, options and volumes, without running
-/// anything (a microVM boots at `start`); returns its name.
+/// anything (a microVM boots at `start`); returns its ID.
 pub fn create(state: &Path, opts: &RunOptions) -> Result<String, RunError> {
     let (_, record) = prepare(state, opts, Status::Created)?;
     Ok(record.id)
@@ -92,7 +85,7 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
     )
     .map_err(|(what, e)| io_err(format!("{what} the container's lifecycle lock"))(e))?;
     let record = ContainerRecord::observe(&dir)?;
-    let id = record.id.clone();
+    let id = record.key().to_string();
     match record.status {
         Status::Running | Status::Starting if attach => return attach::attach(state, &id),
         Status::Running | Status::Starting | Status::Restarting => return Ok(0),
@@ -125,7 +118,12 @@ pub fn restart(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), 
 /// Removes what the last run of the container in `dir` left: its sockets (a VMM binds
 /// its vsock socket anew).
 fn clear_last_run(dir: &Path) {
-    for stale in ["vsock.sock", "agent.sock", "attach.sock"] {
+    for stale in [
+        "vsock.sock",
+        "agent.sock",
+        "attach.sock",
+        crate::container::lifecycle::PAUSED,
+    ] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
 }
@@ -263,32 +261,60 @@ fn prepare(
             network::get(state, name.unwrap_or(network::DEFAULT_NETWORK))?;
         }
     }
-    let id = match &opts.name {
-        Some(n) => {
-            arca_protocol::validate_id("container", n).map_err(|e| RunError::Invalid(e.message))?;
-            n.clone()
-        }
-        None => format!("arca-{}", random_id()),
-    };
-    let dir = containers_dir(state).join(&id);
+    if let Some(n) = &opts.name {
+        names::validate(n)?;
+    }
     std::fs::create_dir_all(containers_dir(state))
         .map_err(io_err("create the container directory"))?;
-    if let Err(e) = std::fs::create_dir(&dir) {
-        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
-            RunError::Invalid(format!(
-                "The container name {id:?} is already in use: remove it (arca rm {id}) or choose another name"
-            ))
-        } else {
-            io_err(format!("create {}", dir.display()))(e)
-        });
+    // A new ID whose short form no other container has: its directory's creation
+    // reserves it.
+    let (id, dir) = loop {
+        let id = names::new_id();
+        let dir = containers_dir(state).join(names::short(&id));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => break (id, dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(format!("create {}", dir.display()))(e)),
+        }
+    };
+    let key = names::short(&id).to_string();
+    let name = match opts
+        .name
+        .as_deref()
+        .map(|n| n.strip_prefix('/').unwrap_or(n))
+    {
+        Some(n) => names::reserve(state, n, &key).map(|()| n.to_string()),
+        None => names::reserve_generated(state, &key),
     }
+    .and_then(|name| {
+        std::fs::write(dir.join(NAME_FILE), &name)
+            .map(|()| name)
+            .map_err(|source| names::NameError::Io {
+                action: format!("write {}", dir.join(NAME_FILE).display()),
+                source,
+            })
+    })
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+    let cfg = &image.config.config;
+    let mut labels = opts.labels.clone();
+    for (k, v) in cfg.labels.iter().flatten() {
+        labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut record = ContainerRecord {
         id: id.clone(),
+        name,
+        paused: false,
         image: opts.image.clone(),
         image_id: image.id.clone(),
         command: args.clone(),
         isolation: opts.isolation,
-        created: now(),
+        created: created.as_secs(),
+        created_nanos: created.subsec_nanos(),
         status,
         exit_code: None,
         error: None,
@@ -306,6 +332,7 @@ fn prepare(
         restart_count: 0,
         started_at: None,
         finished_at: None,
+        labels: labels.clone(),
     };
     // Its volumes are made and named in its record under the volumes' lock: a
     // `volume rm` sees them in use from then on.
@@ -320,13 +347,10 @@ fn prepare(
         return Err(e.into());
     }
     let mut saved = opts.clone();
-    let cfg = &image.config.config;
     if saved.stop_signal.is_none() {
         saved.stop_signal = cfg.stop_signal.clone().filter(|s| !s.is_empty());
     }
-    for (k, v) in cfg.labels.iter().flatten() {
-        saved.labels.entry(k.clone()).or_insert_with(|| v.clone());
-    }
+    saved.labels = labels;
     saved.save(&dir).inspect_err(|_| discard(state, &dir))?;
     if let Some(path) = &opts.cidfile {
         std::fs::write(path, &id)
@@ -342,10 +366,15 @@ fn prepare(
 /// Removes a container's directory and the anonymous volumes made for it (a failed
 /// run, or one with `--rm`).
 fn discard(state: &Path, dir: &Path) {
-    let anonymous = ContainerRecord::load(dir)
+    let rec = ContainerRecord::load(dir).ok();
+    let anonymous = rec
+        .as_ref()
         .map(|r| volume::anonymous_of(&r.mounts))
         .unwrap_or_default();
     let _ = std::fs::remove_dir_all(dir);
+    if let Some(r) = rec {
+        names::release(state, &r.name, r.key());
+    }
     volume::remove_anonymous(state, &anonymous);
 }
 
@@ -546,7 +575,7 @@ fn supervise(
 ) -> Result<i32, RunError> {
     let store = Store::open(state)?;
     let image = store.resolve(&record.image_id)?;
-    let id = record.id.clone();
+    let id = record.key().to_string();
     let id = id.as_str();
     // Host ports first: one in use fails the run before anything starts.
     let listeners = ports::bind(&opts.publish).map_err(RunError::Invalid)?;

@@ -537,6 +537,23 @@ pub fn layer_dir(dir: &Path) -> PathBuf {
     dir.join(LAYER_DIR)
 }
 
+/// The bytes `path` (a file, or a directory tree, symbolic links not followed) takes
+/// on the host's disk: allocated blocks, so a sparse disk counts what it holds. What
+/// cannot be read counts nothing.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,7 +95,7 @@ popvol" $? "$out"
 out=$(run -v nocp:/srv/data:nocopy busybox ls /srv/data | wc -l; arca volume rm nocp); check volume-nocopy 0 "0
 nocp" $? "$out"
 arca run -d --isolation="$iso" --name user1 -v busy:/data busybox sleep 100 >/dev/null
-out=$(arca volume rm busy 2>&1 >/dev/null | grep -c 'volume is in use - \[user1\]'; arca rm -f user1 >/dev/null; arca volume rm busy); check volume-in-use-refused 0 "1
+out=$(arca volume rm busy 2>&1 >/dev/null | grep -c "volume is in use - \[$(arca inspect -f '{{.Id}}' user1)\]"; arca rm -f user1 >/dev/null; arca volume rm busy); check volume-in-use-refused 0 "1
 busy" $? "$out"
 out=$(run -v /anon busybox sh -c 'echo x >/anon/x'; arca volume ls -q | wc -l); check anonymous-volume-goes-with-rm 0 0 $? "$out"
 out=$(run volbox sh -c 'cat /srv/data/seed; grep -c " /srv/data " /proc/mounts'; arca volume ls -q | wc -l); check image-volume-anonymous 0 "seeded
@@ -150,9 +150,15 @@ rm -rf "$saved"
 
 # Lifecycle: detached, ps, exec, stop, wait, logs, rm.
 state=${ARCA_STATE_DIR:-/var/lib/arca}
-out=$(arca run -d --isolation="$iso" --name lc busybox sh -c 'echo up; trap "echo bye; exit 5" TERM; while true; do sleep 0.1; done'); check detach-prints-name 0 lc $? "$out"
-out=$(arca ps -q); check ps-lists-running 0 lc $? "$out"
-out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in lc" $? "$out"
+# Docker's identity: run -d prints the 64-hex ID, ps -q the 12-digit short ID, which is
+# also the default hostname; an ID prefix names the container.
+id=$(arca run -d --isolation="$iso" --name lc busybox sh -c 'echo up; trap "echo bye; exit 5" TERM; while true; do sleep 0.1; done')
+out=$(echo "$id" | grep -cx '[0-9a-f]\{64\}'); check detach-prints-id 0 1 $? "$out"
+short=$(echo "$id" | cut -c1-12)
+out=$(arca ps -q); check ps-lists-running 0 "$short" $? "$out"
+out=$(arca ps --format '{{.ID}} {{.Names}}'); check ps-names 0 "$short lc" $? "$out"
+out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in $short" $? "$out"
+out=$(arca inspect -f '{{.Name}}' "$(echo "$id" | cut -c1-5)"); check id-prefix 0 /lc $? "$out"
 out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? "$out"
 out=$(arca exec -t lc sh -c 'tty >/dev/null && echo is-a-tty' | tr -d '\r'); check exec-tty 0 is-a-tty $? "$out"
 out=$(printf 'echo typed-in-exec\nexit 6\n' | arca exec -it lc sh | tr -d '\r' | grep -c '^typed-in-exec$'); check exec-tty-interactive 0 1 $? "$out"
@@ -164,6 +170,49 @@ out=$(arca logs lc); check logs 0 "up
 bye" $? "$out"
 out=$(arca exec lc true 2>/dev/null); check exec-into-stopped 125 "" $? "$out"
 out=$(arca rm lc); check rm 0 lc $? "$out"
+# logs as Docker's: --tail counts records of both streams, -t prefixes RFC 3339 times with
+# nanoseconds, --since/--until take durations and times, output without a final newline
+# comes back as written.
+arca run -d --isolation="$iso" --name lg busybox sh -c 'echo one; echo two >&2; sleep 0.5; echo three; printf no-newline' >/dev/null
+arca wait lg >/dev/null
+out=$(arca logs --tail 2 lg 2>/dev/null; echo; arca logs lg 2>/dev/null | wc -c; arca logs -n 0 lg 2>&1 | wc -c); check logs-tail-and-last-piece 0 "three
+no-newline
+20
+0" $? "$out"
+out=$(arca logs -t lg 2>/dev/null | grep -c '^20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]\.[0-9]\{9\}Z \(one\|three\|no-newline\)$'); check logs-timestamps 0 3 $? "$out"
+out=$(arca logs --since 1h lg 2>&1 | head -n 1; arca logs --until 1h lg 2>&1 | wc -c; arca logs --since 2099-01-01 lg 2>&1 | wc -c; arca logs --until 2099-01-01T00:00:00Z lg 2>/dev/null | head -n 1); check logs-since-until 0 "one
+0
+0
+one" $? "$out"
+out=$(arca logs --since yesterday lg 2>&1); check logs-since-invalid 1 'arca: invalid value for "since": failed to parse value as time or duration: "yesterday"' $? "$out"
+arca rm lg >/dev/null
+# pause/unpause (the container's cgroup frozen by its agent; in a microVM the guest's):
+# a paused counter stops printing, exec and attach are refused, ps and inspect say
+# paused; unpause resumes it; stop ends a paused container. stats reads the cgroup.
+arca run -d --isolation="$iso" --name pz busybox sh -c 'i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done' >/dev/null
+out=$(arca pause pz && arca ps --filter name=pz --format '{{.Names}} {{.State}}' && arca inspect -f '{{.State.Status}} {{.State.Running}} {{.State.Paused}}' pz); check pause 0 "pz
+pz paused
+paused true true" $? "$out"
+n1=$(arca logs pz | wc -l); sleep 1; n2=$(arca logs pz | wc -l)
+out=$([ "$n1" = "$n2" ] && echo still; arca exec pz true 2>&1; echo "rc=$?"; arca pause pz 2>&1 | grep -c 'is already paused'); check paused-stays-still-exec-refused 0 "still
+arca: Container $(arca inspect -f '{{.Id}}' pz) is paused, unpause the container before exec
+rc=125
+1" $? "$out"
+out=$(arca unpause pz && sleep 1 && [ "$(arca logs pz | wc -l)" -gt "$n2" ] && echo moving; arca unpause pz 2>/dev/null; echo "rc=$?"); check unpause 0 "pz
+moving
+rc=1" $? "$out"
+if [ "$iso" = process ] && ! grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+  echo "skip stats-usage: no cgroup v2 memory controller on this host"
+else
+  out=$(arca stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}}' pz | awk '{print $1, ($2 != "0B"), ($NF > 0)}'); check stats-usage 0 "pz 1 1" $? "$out"
+fi
+out=$(arca stats --no-stream | head -n 1 | tr -s ' '); check stats-header 0 "CONTAINER ID NAME CPU % MEM USAGE / LIMIT MEM % NET I/O BLOCK I/O PIDS" $? "$out"
+out=$(arca pause pz && arca stop -t 1 pz && arca inspect -f '{{.State.Status}}' pz); check stop-paused 0 "pz
+pz
+exited" $? "$out"
+out=$(arca pause pz 2>&1; echo "rc=$?"); check pause-stopped 0 "arca: Container $(arca inspect -f '{{.Id}}' pz) is not running
+rc=1" $? "$out"
+arca rm pz >/dev/null
 # attach: to a detached container's stdin and output, and to its terminal.
 arca run -d -i --isolation="$iso" --name att busybox sh -c 'while read l; do echo "got:$l"; done; exit 7' >/dev/null
 printf 'one\ntwo\n' | arca attach att >"$state.att"; rc=$?
@@ -182,16 +231,16 @@ out=$(arca rm -f rf); check rm-force 0 rf $? "$out"
 # what the container wrote to a volume and synced before is on the host.
 arca run -d --isolation="$iso" --name crash -v crashv:/d busybox sh -c 'echo safe >/d/f && sync && touch /d/synced && sleep 100' >/dev/null
 i=0; while [ ! -e "$state/volumes/crashv/_data/synced" ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
-pid=$(sed -n 's/.*"sandbox_pid": *\([0-9]*\).*/\1/p' "$state/containers/crash/state.json")
+pid=$(sed -n 's/.*"sandbox_pid": *\([0-9]*\).*/\1/p' "$state/containers/$(arca inspect -f '{{.Id}}' crash | cut -c1-12)/state.json")
 kill -9 "$pid"
 out=$(cat "$state/volumes/crashv/_data/f"); check synced-volume-survives-sigkill 0 safe $? "$out"
-i=0; while ! arca ps -a | grep -q "^crash .*Exited"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
-out=$(arca ps -a | grep -c "ended unexpectedly\|Lost the agent"); check crash-shows-reason 0 1 $? "$out"
+i=0; while [ "$(arca inspect -f '{{.State.Status}}' crash)" != exited ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(arca inspect -f '{{.State.Error}}' crash | grep -c "ended unexpectedly\|Lost the agent"); check crash-shows-reason 0 1 $? "$out"
 out=$(arca rm crash && arca volume rm crashv); check crash-rm 0 "crash
 crashv" $? "$out"
-arca run -d --rm --isolation="$iso" --name gone busybox true >/dev/null
-i=0; while [ -e "$state/containers/gone" ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
-out=$(ls "$state/containers" | grep -c gone); check detached-rm-cleans 1 0 $? "$out"
+gone=$(arca run -d --rm --isolation="$iso" --name gone busybox true | cut -c1-12)
+i=0; while [ -e "$state/containers/$gone" ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(ls "$state/containers" "$state/names" | grep -c "gone\|$gone"); check detached-rm-cleans 1 0 $? "$out"
 out=$(run --name named busybox true; run --name named busybox true 2>/dev/null); check name-reuse-after-rm 0 "" $? "$out"
 
 # cp: both ways, tar streams both ways, Docker's path rules and errors (exit 1); a
@@ -244,7 +293,7 @@ rm -rf "$ct"
 # running it, `ps` lists it only with -a as Created; `start` runs it again with its
 # writable layer, volumes and logs; `start -a` attaches first and returns its exit code;
 # `restart` stops and starts).
-out=$(arca create --isolation="$iso" --name life busybox sh -c 'echo run; cat /count 2>/dev/null; echo x >>/count; exit 3'; arca ps -q | grep -c '^life$'; arca ps -a | grep '^life ' | grep -c Created); check create-not-running 0 "life
+out=$(arca create --isolation="$iso" --name life busybox sh -c 'echo run; cat /count 2>/dev/null; echo x >>/count; exit 3' | grep -cx '[0-9a-f]\{64\}'; arca ps --format '{{.Names}}' | grep -c '^life$'; arca ps -a --format '{{.Names}} {{.Status}}' | grep '^life ' | grep -c Created); check create-not-running 0 "1
 0
 1" $? "$out"
 out=$(arca start life; arca wait life; arca logs life); check start-then-logs 0 "life
@@ -258,22 +307,48 @@ arca rm life >/dev/null
 out=$(arca create -i --isolation="$iso" --name life-i busybox cat >/dev/null; echo typed | arca start -ai life-i); check start-attach-interactive 0 typed $? "$out"
 arca rm life-i >/dev/null
 arca run -d --isolation="$iso" --name life-up busybox sh -c 'echo up; sleep 1000' >/dev/null
-out=$(arca restart -t 1 life-up && arca ps | grep -c '^life-up ' && arca logs life-up); check restart-running 0 "life-up
+out=$(arca restart -t 1 life-up && arca ps --format '{{.Names}} {{.Status}}' | grep -c '^life-up ' && arca logs life-up); check restart-running 0 "life-up
 1
 up
 up" $? "$out"
 arca rm -f life-up >/dev/null
-out=$(arca create --isolation="$iso" --name life-bad busybox no-such-command >/dev/null; arca start life-bad 2>&1 >/dev/null; arca ps -a | grep '^life-bad ' | grep -c 'Exited (127)'); check start-failure-kept-with-reason 0 'arca: exec: "no-such-command": executable file not found in $PATH
+out=$(arca create --isolation="$iso" --name life-bad busybox no-such-command >/dev/null; arca start life-bad 2>&1 >/dev/null; arca ps -a --format '{{.Names}} {{.Status}}' | grep '^life-bad ' | grep -c 'Exited (127)'); check start-failure-kept-with-reason 0 'arca: exec: "no-such-command": executable file not found in $PATH
 1' $? "$out"
 arca rm life-bad >/dev/null
 out=$(arca start no-such-container 2>&1); check start-unknown 1 "arca: No such container: no-such-container" $? "$out"
 out=$(arca create -d busybox true 2>/dev/null); check create-refuses-detach 125 "" $? "$out"
 
+# Names and IDs, as Docker's: an unnamed container gets an adjective_surname name; a
+# taken name is refused with Docker's conflict message and nothing is made; rename keeps
+# the ID and frees the old name; ps filters (same key: any; different keys: all), -n, -l,
+# --no-trunc; an unknown filter exits 1.
+gen=$(arca create --isolation="$iso" busybox true | cut -c1-12)
+out=$(arca ps -a --filter "id=$gen" --format '{{.Names}}' | grep -cx '[a-z]*_[a-z]*[0-9]*'); check generated-name 0 1 $? "$out"
+arca create --isolation="$iso" --name nm1 --label team=a busybox true >/dev/null
+out=$(arca create --isolation="$iso" --name nm1 busybox true 2>&1; echo "rc=$?"; arca ps -aq | wc -l); check name-conflict 0 'arca: Conflict. The container name "/nm1" is already in use by another container. You have to remove (or rename) that container to be able to reuse that name.
+rc=125
+2' $? "$out"
+id1=$(arca inspect -f '{{.Id}}' nm1)
+out=$(arca rename nm1 nm2 && arca inspect -f '{{.Name}}' "$id1" && arca ps -a --filter name=nm --format '{{.Names}}'; arca inspect nm1 >/dev/null 2>&1 || echo old-name-free); check rename 0 "/nm2
+nm2
+old-name-free" $? "$out"
+genname=$(arca ps -a --filter "id=$gen" --format '{{.Names}}')
+out=$(arca rename nm2 "$genname" 2>&1); check rename-to-taken-name 1 "arca: Conflict. The container name \"/$genname\" is already in use by another container. You have to remove (or rename) that container to be able to reuse that name." $? "$out"
+out=$(arca rename nm2 'bad name' 2>&1); check rename-invalid 1 "arca: Invalid container name (bad name), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed" $? "$out"
+out=$(arca ps -a --filter label=team=a --filter status=created --format '{{.Names}} {{.Labels}}'); check ps-filter-label-and-status 0 "nm2 team=a" $? "$out"
+out=$(arca ps -a --filter name=nm2 --filter "name=$genname" -q | wc -l; arca ps -a --filter name=nm2 --filter "id=$gen" -q | wc -l); check ps-filter-same-key-any-other-keys-all 0 "2
+0" $? "$out"
+out=$(arca ps -l --format '{{.Names}}'; arca ps -n 2 -q | wc -l; arca ps -aq --no-trunc --filter name=nm2); check ps-latest-last-no-trunc 0 "nm2
+2
+$id1" $? "$out"
+out=$(arca ps --filter bogus=1 2>&1); check ps-filter-unknown 1 "arca: invalid filter 'bogus'" $? "$out"
+arca rm "$gen" nm2 >/dev/null
+
 # --restart (Docker's policies, carried out by the container's monitor with backoff):
 # on-failure:2 runs a failing command three times and stops; always restarts a command
 # that exits 0 until `stop`, after which it stays stopped.
 arca run -d --isolation="$iso" --name rp-fail --restart on-failure:2 busybox sh -c 'echo go; exit 1' >/dev/null
-i=0; while ! arca ps -a | grep '^rp-fail ' | grep -q 'Exited (1)' || [ "$(arca logs rp-fail | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
+i=0; while ! arca ps -a --format '{{.Names}} {{.Status}}' | grep '^rp-fail ' | grep -q 'Exited (1)' || [ "$(arca logs rp-fail | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
 sleep 1
 out=$(arca logs rp-fail | wc -l; arca inspect -f '{{.RestartCount}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}' rp-fail); check restart-on-failure-retries 0 "3
 2 on-failure 2" $? "$out"
@@ -282,7 +357,7 @@ arca run -d --isolation="$iso" --name rp-always --restart always busybox sh -c '
 i=0; while [ "$(arca logs rp-always | wc -l)" -lt 2 ]; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.1; done
 arca stop -t 1 rp-always >/dev/null
 n=$(arca logs rp-always | wc -l); sleep 2
-out=$(arca ps -a | grep '^rp-always ' | grep -c Exited; [ "$(arca logs rp-always | wc -l)" = "$n" ] && echo stayed-stopped); check restart-always-until-stopped 0 "1
+out=$(arca ps -a --format '{{.Names}} {{.Status}}' | grep '^rp-always ' | grep -c Exited; [ "$(arca logs rp-always | wc -l)" = "$n" ] && echo stayed-stopped); check restart-always-until-stopped 0 "1
 stayed-stopped" $? "$out"
 arca rm -f rp-always >/dev/null
 out=$(run --restart always busybox true 2>&1); check restart-with-rm-refused 125 "arca: Conflicting options: --restart and --rm" $? "$out"

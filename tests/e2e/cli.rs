@@ -27,7 +27,7 @@ fn cli_cases_pass_with_process_isolation_on_this_host() {
 #[test]
 fn cli_cases_pass_in_microvms_and_with_process_isolation_on_a_cgroup_v2_host() {
     binary("arca");
-    let out = case_table_with_kvm("cli-cases.sh", 600);
+    let out = case_table_with_kvm("cli-cases.sh", 1500);
     eprintln!("{}", stdout(&out));
     assert_success(&out);
     assert!(!stdout(&out).contains("skip"), "{}", stdout(&out));

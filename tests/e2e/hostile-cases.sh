@@ -10,8 +10,9 @@ fails=0
 ok() { echo "ok $1"; }
 bad() { echo "FAIL $1"; fails=$((fails + 1)); }
 run_d() { arca run -d --isolation="$iso" --network none "$@" >/dev/null; }
+cdir() { echo "$state/containers/$(arca inspect -f '{{.Id}}' "$1" | cut -c1-12)"; } # NAME: its directory
 sandbox_pid() { # NAME: the VMM (a jailed one is its supervisor's child) or host agent
-  p=$(grep -o '"sandbox_pid": [0-9]*' "$state/containers/$1/state.json" | grep -o '[0-9]*$')
+  p=$(grep -o '"sandbox_pid": [0-9]*' "$(cdir "$1")/state.json" | grep -o '[0-9]*$')
   for s in /proc/[0-9]*/status; do
     grep -q "^PPid:.$p\$" "$s" 2>/dev/null && grep -q '^Name:.arca-vmm' "$s" && { c=${s#/proc/}; echo "${c%/status}"; return; }
   done
@@ -24,18 +25,18 @@ arca load -i "$img" >/dev/null || { echo "FAIL load"; exit 1; }
 # A container that prints without end: its logs rotate within the cap, and the newest
 # output is still there.
 run_d --name flood --log-opt max-size=64k,max-file=2 busybox sh -c 'while :; do echo floodfloodfloodflood; done'
+d=$(cdir flood)
 i=0
-while [ ! -e "$state/containers/flood/stdout.log.1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+while [ ! -e "$d/stdout.log.1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 sleep 3
-if [ -e "$state/containers/flood/stdout.log.1" ]; then ok flood-rotates; else bad "flood-rotates: no rotation after 30 s"; fi
-d="$state/containers/flood"
+if [ -e "$d/stdout.log.1" ]; then ok flood-rotates; else bad "flood-rotates: no rotation after 30 s"; fi
 # The writable layer (a sparse disk, a few MiB of ext4 metadata, or a directory) is not
 # the logs: it is left out.
 layer=$(du -sk "$d/rw.ext4" "$d/rw" 2>/dev/null | awk '{s += $1} END {print s + 0}')
 kb=$(($(du -sk "$d" | cut -f1) - layer))
 # Two files of 64 KiB for stdout (stderr is empty), and the records.
 [ "$kb" -le 200 ] && ok "flood-capped ($kb KiB)" || bad "flood-capped: $kb KiB on disk"
-[ ! -e "$state/containers/flood/stdout.log.2" ] && ok flood-max-file || bad "flood-max-file: a third file"
+[ ! -e "$d/stdout.log.2" ] && ok flood-max-file || bad "flood-max-file: a third file"
 last=$(arca logs flood | tail -n 1)
 [ "$last" = floodfloodfloodflood ] && ok flood-logs-read || bad "flood-logs-read: [$last]"
 arca rm -f flood >/dev/null || bad flood-rm
@@ -48,8 +49,8 @@ t0=$(now)
 arca stop -t 1 wedged1 >/dev/null; rc=$?
 t=$(($(now) - t0))
 [ $rc = 0 ] && [ $t -le 40 ] && ok "wedged-stop (${t} s)" || bad "wedged-stop: rc $rc after $t s"
-status=$(arca ps -a | grep -c 'wedged1 .*Exited')
-[ "$status" = 1 ] && ok wedged-stop-exited || bad "wedged-stop-exited: $(arca ps -a)"
+status=$(arca inspect -f '{{.State.Status}}' wedged1)
+[ "$status" = exited ] && ok wedged-stop-exited || bad "wedged-stop-exited: $(arca ps -a)"
 arca rm wedged1 >/dev/null || bad wedged-stop-rm
 
 run_d --name wedged2 busybox sleep 1000
@@ -68,7 +69,7 @@ t0=$(now)
 code=$(arca wait wedged3)
 t=$(($(now) - t0))
 [ "$code" = 137 ] && [ $t -le 120 ] && ok "wedged-wait (${t} s)" || bad "wedged-wait: [$code] after $t s"
-why=$(arca ps -a | grep -c 'stopped answering')
+why=$(arca inspect -f '{{.State.Error}}' wedged3 | grep -c 'stopped answering')
 [ "$why" = 1 ] && ok wedged-wait-reason || bad "wedged-wait-reason: $(arca ps -a)"
 arca rm wedged3 >/dev/null || bad wedged-wait-rm
 
@@ -81,7 +82,7 @@ arca rm wedged3 >/dev/null || bad wedged-wait-rm
 # kernel itself is what this case plays).
 if [ "$iso" = vm ]; then
   (export ARCA_VMM_JAIL=0; run_d --name vflood --security-opt seccomp=unconfined busybox sleep 1000 2>/dev/null)
-  uds=$(sed -n 's/.*"uds": *"\([^"]*\)".*/\1/p' "$state/containers/vflood/state.json")
+  uds=$(sed -n 's/.*"uds": *"\([^"]*\)".*/\1/p' "$(cdir vflood)/state.json")
   flood=$(find "$state/images" -path '*/rootfs/bin/vsock-flood' | head -1)
   "$flood" listen "${uds}_5000" &
   lpid=$!

@@ -247,13 +247,18 @@ pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
             name: "virtiofsd".into(),
         });
     }
+    // A table that hangs is cut by the lab's timeout: a minute before, say what runs.
+    let watchdog = timeout_secs.saturating_sub(60);
     let script = format!(
         r#"export PATH="$ARCA_E2E_DIR:$PATH"
+        (trap 'exit 0' TERM; sleep {watchdog} </dev/null >/dev/null 2>&1 & wait $!; echo "== still running after {watchdog} s:"; ps) &
+        wd=$!
         echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/{table}" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
         pr=0
         if [ -n "$ARCA_LAB" ]; then
           echo "== process"; ARCA_STATE_DIR=/tmp/arca-pr sh "$ARCA_E2E_DIR/{table}" process "$ARCA_E2E_DIR/busybox.tar"; pr=$?
         fi
+        kill $wd 2>/dev/null
         [ $vm -eq 0 ] && [ $pr -eq 0 ]"#
     );
     run_with_kvm(&script, &files, timeout_secs)

@@ -18,8 +18,9 @@ arca run --rm --isolation=process --network none -e SECRET=hunter2 busybox true 
 arca run -d --name secret --isolation=process --network none -e SECRET=hunter2 busybox \
   sh -c 'while :; do echo tick; sleep 0.2; done' >/dev/null || bad "a detached run"
 # Give the monitor time to serve attach.sock.
+dir="$state/containers/$(arca inspect -f '{{.Id}}' secret | cut -c1-12)"
 i=0
-while [ ! -S "$state/containers/secret/attach.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+while [ ! -S "$dir/attach.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 
 # Hostile: nobody lists, reads, runs and connects to everything root can see below the
 # state root.
@@ -52,7 +53,6 @@ loose=$(find "$state" -mindepth 1 \( -type f -o -type s \) -perm /077 ! -path '*
 
 # A second wall: were the directories opened up by mistake, the servers still refuse
 # another user (SO_PEERCRED).
-dir="$state/containers/secret"
 chmod 755 "$state" "$state/containers" "$dir"
 got=$(as_nobody timeout 3 socat -u "UNIX-CONNECT:$dir/attach.sock" - 2>/dev/null | head -c 100)
 [ -z "$got" ] && ok "attach.sock gives nobody nothing" || bad "attach.sock gave nobody: $got"

@@ -74,6 +74,7 @@ out=$(run -p 15353:53/udp busybox true); check udp-listener-gone 0 "" $? "$out"
 
 # Reachability: by name on the same network; not from another network; not from none.
 out=$(run --network testnet busybox wget -q -O - http://web/); check same-network-by-name 0 "hello from web" $? "$out"
+out=$(run --network testnet busybox wget -q -O - "http://$(arca inspect -f '{{.Id}}' web | cut -c1-12)/"); check same-network-by-short-id 0 "hello from web" $? "$out"
 web web2 18083 testnet
 out=$(fetch http://127.0.0.1:18083/); check web2-serves 0 "hello from web2" $? "$out"
 out=$(arca exec web wget -q -O - http://web2/); check earlier-container-resolves-later-one 0 "hello from web2" $? "$out"

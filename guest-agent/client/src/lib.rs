@@ -609,6 +609,17 @@ impl AgentClient {
         )
     }
 
+    /// Freezes (`frozen`) or thaws a running container's processes.
+    pub fn freeze(&mut self, container: &str, frozen: bool) -> Result<(), AgentClientError> {
+        expect(
+            self.request(Request::Freeze {
+                container: container.into(),
+                frozen,
+            })?,
+            |r| matches!(r, Reply::FreezeSet).then_some(()),
+        )
+    }
+
     /// Forgets a container (`force`: kills it first if it runs).
     pub fn remove(&mut self, container: &str, force: bool) -> Result<(), AgentClientError> {
         expect(

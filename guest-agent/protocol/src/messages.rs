@@ -201,6 +201,14 @@ pub enum Request {
     },
     /// Kill every container and power the sandbox off (or end a host agent).
     Shutdown,
+    /// Freeze (`frozen`) or thaw every process of a running container through its
+    /// cgroup v2 `cgroup.freeze`; answers once the kernel says it is done.
+    Freeze {
+        /// Container id.
+        container: String,
+        /// Freeze, or thaw.
+        frozen: bool,
+    },
     /// Append entries to a running container's `/etc/hosts` (a container that joined
     /// its network later).
     AddHosts {
@@ -263,6 +271,8 @@ pub enum Reply {
     ShuttingDown,
     /// The hosts entries were added.
     HostsAdded,
+    /// The container is frozen (or thawed), as asked.
+    FreezeSet,
 }
 
 /// How a process ended.
@@ -289,6 +299,16 @@ pub struct ContainerStats {
     pub pids: u64,
     /// `oom_kill` from `memory.events`.
     pub oom_kills: u64,
+    /// `inactive_file` from `memory.stat` (page cache the kernel can take back, which
+    /// `docker stats` leaves out of the usage it shows).
+    #[serde(default)]
+    pub memory_inactive_file_bytes: u64,
+    /// `rbytes` from `io.stat`, summed over devices.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    /// `wbytes` from `io.stat`, summed over devices.
+    #[serde(default)]
+    pub io_write_bytes: u64,
 }
 
 /// Life stage of a container.

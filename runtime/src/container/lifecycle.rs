@@ -66,8 +66,62 @@ pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
     if matches!(signal, 9 | 15) && rec.status == Status::Running {
         mark_stopped(&dir);
     }
-    rec.client()?.signal(&rec.id, None, signal)?;
+    let mut client = rec.client()?;
+    client.signal(rec.key(), None, signal)?;
+    // A frozen container gets its signal once thawed, as with Docker.
+    thaw_if_paused(&dir, &rec);
     Ok(())
+}
+
+pub use super::record::PAUSED;
+
+/// `arca pause`: freezes every process of the container (its cgroup's `cgroup.freeze`,
+/// by its agent: in a microVM the guest's cgroup; the vCPUs stay, idle).
+pub fn pause(state: &Path, name: &str) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if rec.status != Status::Running {
+        return Err(RunError::Invalid(format!(
+            "Container {} is not running",
+            rec.id
+        )));
+    }
+    if rec.is_paused() {
+        return Err(RunError::Invalid(format!(
+            "Container {} is already paused",
+            rec.id
+        )));
+    }
+    rec.client()?.freeze(rec.key(), true)?;
+    std::fs::write(dir.join(PAUSED), b"").map_err(|source| RunError::Io {
+        action: format!("mark container {} paused", rec.name),
+        source,
+    })
+}
+
+/// `arca unpause`.
+pub fn unpause(state: &Path, name: &str) -> Result<(), RunError> {
+    let (dir, rec) = find(state, name)?;
+    if !rec.is_paused() {
+        return Err(RunError::Invalid(format!(
+            "Container {} is not paused",
+            rec.id
+        )));
+    }
+    rec.client()?.freeze(rec.key(), false)?;
+    let _ = std::fs::remove_file(dir.join(PAUSED));
+    Ok(())
+}
+
+/// Thaws a paused container (a signal sent to it waits for that); best effort.
+fn thaw_if_paused(dir: &Path, rec: &ContainerRecord) {
+    if rec.is_paused()
+        && let Ok(c) = rec.client()
+        && c.with_patience(SIGNAL_PATIENCE)
+            .freeze(rec.key(), false)
+            .is_ok()
+    {
+        let _ = std::fs::remove_file(dir.join(PAUSED));
+    }
 }
 
 /// `arca stop [-t N]`: the container's stop signal (`--stop-signal`, the image's
@@ -117,8 +171,9 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
                     if let Ok(c) = now.client() {
                         let _ = c
                             .with_patience(SIGNAL_PATIENCE)
-                            .signal(&now.id, None, signal);
+                            .signal(now.key(), None, signal);
                     }
+                    thaw_if_paused(&dir, &now);
                     sent = true;
                 }
                 _ => {}
@@ -186,7 +241,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
         mark_stopped(&dir);
         // At once, as `docker rm -f`: SIGKILL, then make sure the sandbox is gone.
         if let Ok(c) = rec.client() {
-            let _ = c.with_patience(SIGNAL_PATIENCE).signal(&rec.id, None, 9);
+            let _ = c.with_patience(SIGNAL_PATIENCE).signal(rec.key(), None, 9);
         }
         if wait_exited(&dir, Duration::from_secs(10)).is_none() {
             if let Some(pid) = rec.sandbox_pid {
@@ -218,14 +273,17 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
     }
     // A jailed VMM outlives its supervisor (the sandbox process) by its teardown.
     if force && rec.isolation == Isolation::Vm {
-        super::record::end_vm_cgroup(&super::record::vm_cgroup(&rec.id));
+        super::record::end_vm_cgroup(&super::record::vm_cgroup(rec.key()));
     }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RunError::Io {
             action: format!("remove {}", dir.display()),
             source: e,
         }),
-        _ => Ok(rec),
+        _ => {
+            super::names::release(state, &rec.name, rec.key());
+            Ok(rec)
+        }
     }
 }
 
@@ -238,14 +296,14 @@ fn end_leftovers(rec: &ContainerRecord) {
     }
     match rec.isolation {
         Isolation::Process => process_leftovers(rec),
-        Isolation::Vm => super::record::end_vm_cgroup(&super::record::vm_cgroup(&rec.id)),
+        Isolation::Vm => super::record::end_vm_cgroup(&super::record::vm_cgroup(rec.key())),
     }
 }
 
 /// After a host agent died: the container's processes (its pid namespace goes with
 /// its PID 1) and its cgroup, which nothing else would remove.
 pub fn process_leftovers(rec: &ContainerRecord) {
-    let marker = format!("/arca/{}", rec.id);
+    let marker = format!("/arca/{}", rec.key());
     if let Some(pid) = rec.container_pid {
         // Only if that pid is still this container's (pids are reused).
         let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
@@ -280,4 +338,33 @@ pub fn wait(state: &Path, name: &str) -> Result<i32, RunError> {
     let rec = wait_exited(&dir, Duration::from_secs(u64::MAX / 4))
         .ok_or_else(|| RunError::Invalid(format!("Container {name} went away")))?;
     Ok(rec.exit_code.unwrap_or(-1))
+}
+
+/// `arca rename CONTAINER NEW_NAME`: the new name is reserved before the old one is
+/// given back, so the container always has one. Containers that joined a network
+/// with it before keep resolving it by its old name (and its short ID) until they
+/// restart; Docker's embedded DNS follows a rename at once.
+pub fn rename(state: &Path, container: &str, new_name: &str) -> Result<(), RunError> {
+    let (dir, rec) = find(state, container)?;
+    super::names::validate(new_name)?;
+    // Docker takes "/name" for "name".
+    let new_name = new_name.strip_prefix('/').unwrap_or(new_name);
+    if rec.name == new_name {
+        return Err(RunError::Invalid(
+            "Renaming a container with the same name as its current name".into(),
+        ));
+    }
+    super::names::reserve(state, new_name, rec.key())?;
+    let tmp = dir.join(".name.tmp");
+    let written = std::fs::write(&tmp, new_name)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(super::record::NAME_FILE)));
+    if let Err(source) = written {
+        super::names::release(state, new_name, rec.key());
+        return Err(RunError::Io {
+            action: format!("rename container {}", rec.name),
+            source,
+        });
+    }
+    super::names::release(state, &rec.name, rec.key());
+    Ok(())
 }

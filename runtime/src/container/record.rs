@@ -19,8 +19,8 @@ pub enum RecordError {
     /// No container has that name (or unique prefix).
     #[error("No such container: {0}")]
     NotFound(String),
-    /// A prefix names more than one container.
-    #[error("Container name {0:?} is ambiguous")]
+    /// An ID prefix names more than one container.
+    #[error("Multiple IDs found with provided prefix: {0}")]
     Ambiguous(String),
     /// The container is not running, so it has no agent to talk to.
     #[error("Container {0} is not running")]
@@ -122,8 +122,15 @@ impl From<&AgentEndpoint> for AgentAddress {
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
-    /// Name.
+    /// Its 64-hex ID ([`super::names`]; a record made before IDs existed has its name).
     pub id: String,
+    /// Its name: kept in the file `name` beside the record, which only `rename`
+    /// writes, so a monitor saving its record never undoes a rename.
+    #[serde(skip)]
+    pub name: String,
+    /// Whether the file [`PAUSED`] is beside the record.
+    #[serde(skip)]
+    pub paused: bool,
     /// The reference given to `run`.
     pub image: String,
     /// The image id.
@@ -134,6 +141,9 @@ pub struct ContainerRecord {
     pub isolation: Isolation,
     /// Seconds since the epoch.
     pub created: u64,
+    /// The nanoseconds within that second, to order containers made in one second.
+    #[serde(default)]
+    pub created_nanos: u32,
     /// Stage.
     pub status: Status,
     /// Exit code once exited.
@@ -179,6 +189,9 @@ pub struct ContainerRecord {
     /// When its last run ended.
     #[serde(default)]
     pub finished_at: Option<u64>,
+    /// Its labels (`--label`, over the image's).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A file in a container's directory that says the user stopped it (`stop`, `kill`,
@@ -200,10 +213,14 @@ pub fn end_vm_cgroup(path: &Path) {
     arca_jail::kill_and_remove_cgroup(path, Duration::from_secs(10));
 }
 
-/// `<state>/containers`.
-pub fn containers_dir(state: &Path) -> PathBuf {
-    state.join("containers")
-}
+pub use super::names::containers_dir;
+
+/// The file in a container's directory that holds its name.
+pub const NAME_FILE: &str = "name";
+
+/// A file in a container's directory that says its processes are frozen (`pause`). A
+/// new run of the container starts without it; only a running container is paused.
+pub const PAUSED: &str = "paused";
 
 impl ContainerRecord {
     /// Reads `dir/state.json`.
@@ -213,17 +230,32 @@ impl ContainerRecord {
             action: format!("read {}", path.display()),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| RecordError::Corrupt {
+        let mut rec: Self = serde_json::from_slice(&bytes).map_err(|e| RecordError::Corrupt {
             path,
             reason: e.to_string(),
-        })
+        })?;
+        rec.name = std::fs::read_to_string(dir.join(NAME_FILE))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|_| rec.id.clone());
+        rec.paused = dir.join(PAUSED).exists();
+        Ok(rec)
+    }
+
+    /// Whether it runs, frozen by `pause`.
+    pub fn is_paused(&self) -> bool {
+        self.paused && self.status == Status::Running
+    }
+
+    /// Its short ID, which names its directory, its cgroups and its network links.
+    pub fn key(&self) -> &str {
+        super::names::short(&self.id)
     }
 
     /// Writes `dir/state.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<(), RecordError> {
         let tmp = dir.join(".state.json.tmp");
         let io = |source| RecordError::Io {
-            action: format!("write the record of container {}", self.id),
+            action: format!("write the record of container {}", self.name),
             source,
         };
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io(e.into()))?;
@@ -269,7 +301,7 @@ impl ContainerRecord {
             .agent
             .as_ref()
             .filter(|_| self.status == Status::Running)
-            .ok_or_else(|| RecordError::NotRunning(self.id.clone()))?;
+            .ok_or_else(|| RecordError::NotRunning(self.name.clone()))?;
         Ok(AgentClient::connect(
             &endpoint.into(),
             Duration::from_secs(5),
@@ -282,37 +314,53 @@ impl ContainerRecord {
     }
 }
 
-/// Finds a container by name or unique prefix.
-pub fn find(state: &Path, name: &str) -> Result<(PathBuf, ContainerRecord), RecordError> {
+/// Finds a container as Docker does: by full ID (or short ID), by name, or by an ID
+/// prefix that only one container has.
+pub fn find(state: &Path, query: &str) -> Result<(PathBuf, ContainerRecord), RecordError> {
     let dir = containers_dir(state);
-    let exact = dir.join(name);
-    if !name.is_empty() && !name.contains('/') && exact.join("state.json").is_file() {
-        return Ok((exact.clone(), ContainerRecord::observe(&exact)?));
+    let found = |d: PathBuf| ContainerRecord::observe(&d).map(|r| (d, r));
+    let key = super::names::short(query);
+    let valid = !query.is_empty() && !query.contains('/') && !query.starts_with('.');
+    if valid && super::names::is_hex(query) && query.len() >= 12 {
+        let d = dir.join(key);
+        if d.join("state.json").is_file()
+            && let Ok((d, r)) = found(d)
+            && r.id.starts_with(query)
+        {
+            return Ok((d, r));
+        }
     }
-    // Names must be exact; only generated names (arca-<hex>) may be abbreviated.
-    if !name.starts_with("arca-") || name.len() < 7 {
-        return Err(RecordError::NotFound(name.into()));
+    if let Some(k) = super::names::lookup(state, query) {
+        return found(dir.join(k));
+    }
+    // A record made before IDs existed is in a directory named by its name.
+    if valid && dir.join(query).join("state.json").is_file() {
+        return found(dir.join(query));
+    }
+    if !super::names::is_hex(query) {
+        return Err(RecordError::NotFound(query.into()));
     }
     let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(name))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(key))
         .map(|e| e.path())
-        .filter(|p| p.join("state.json").is_file())
+        .filter(|p| ContainerRecord::load(p).is_ok_and(|r| r.id.starts_with(query)))
         .collect();
     match matches.as_slice() {
-        [one] => Ok((one.clone(), ContainerRecord::observe(one)?)),
-        [] => Err(RecordError::NotFound(name.into())),
-        _ => Err(RecordError::Ambiguous(name.into())),
+        [one] => found(one.clone()),
+        [] => Err(RecordError::NotFound(query.into())),
+        _ => Err(RecordError::Ambiguous(query.into())),
     }
 }
 
-/// Whether container `id` has a record that has not exited (one being set up counts).
-pub fn is_live(state: &Path, id: &str) -> bool {
-    !id.is_empty()
-        && !id.contains('/')
-        && ContainerRecord::observe(&containers_dir(state).join(id)).is_ok_and(|r| {
+/// Whether the container whose directory is `key` has a record that has not exited
+/// (one being set up counts).
+pub fn is_live(state: &Path, key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains('/')
+        && ContainerRecord::observe(&containers_dir(state).join(key)).is_ok_and(|r| {
             matches!(
                 r.status,
                 Status::Starting | Status::Running | Status::Restarting
@@ -328,7 +376,11 @@ pub fn list(state: &Path) -> Vec<ContainerRecord> {
         .filter_map(|e| e.ok())
         .filter_map(|e| ContainerRecord::observe(&e.path()).ok())
         .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| {
+        (b.created, b.created_nanos)
+            .cmp(&(a.created, a.created_nanos))
+            .then(a.id.cmp(&b.id))
+    });
     out
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::record::{ContainerRecord, Status, find, list};
 use crate::error::RunError;
-use crate::logs::LogReader;
+use crate::logs::{LogEntry, LogReader};
 use crate::storage::MountType;
 use crate::template::{ListFormat, TemplateError, render_list};
 use crate::{go_time, human_duration, now};
@@ -48,20 +48,25 @@ fn ellipsis(s: &str, width: usize) -> String {
 }
 
 /// One container as `ps --format` sees it: Docker's fields, all strings (plus
-/// `Isolation`, Arca's).
-pub fn ps_row(r: &ContainerRecord, at: u64) -> Value {
+/// `Isolation`, Arca's). `no_trunc` keeps IDs and commands whole; `size` is the
+/// writable layer's size text when `-s` asked for it.
+pub fn ps_row(r: &ContainerRecord, at: u64, no_trunc: bool, size: Option<String>) -> Value {
     let age = at.saturating_sub(r.created);
-    let state = match r.status {
-        Status::Created | Status::Starting => "created",
-        Status::Running => "running",
-        Status::Exited => "exited",
-        Status::Restarting => "restarting",
-    };
+    let ago = |t: Option<u64>| human_duration(at.saturating_sub(t.unwrap_or(r.created)));
     let status = match (r.status, r.exit_code) {
         (Status::Created | Status::Starting, _) => "Created".to_string(),
-        (Status::Running, _) => format!("Up {}", human_duration(age)),
-        (Status::Exited, code) => format!("Exited ({})", code.unwrap_or(-1)),
-        (Status::Restarting, code) => format!("Restarting ({})", code.unwrap_or(-1)),
+        (Status::Running, _) if r.is_paused() => format!("Up {} (Paused)", ago(r.started_at)),
+        (Status::Running, _) => format!("Up {}", ago(r.started_at)),
+        (Status::Exited, code) => format!(
+            "Exited ({}) {} ago",
+            code.unwrap_or(-1),
+            ago(r.finished_at.or(r.started_at))
+        ),
+        (Status::Restarting, code) => format!(
+            "Restarting ({}) {} ago",
+            code.unwrap_or(-1),
+            ago(r.finished_at.or(r.started_at))
+        ),
     };
     let ports = r
         .ports
@@ -88,18 +93,33 @@ pub fn ps_row(r: &ContainerRecord, at: u64) -> Value {
         .iter()
         .filter(|m| m.kind == MountType::Volume)
         .count();
+    let command = r.command.join(" ");
+    let (id, command) = if no_trunc {
+        (r.id.clone(), command)
+    } else {
+        (
+            super::names::short(&r.id).to_string(),
+            ellipsis(&command, 20),
+        )
+    };
+    let labels = r
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     json!({
-        "ID": r.id,
+        "ID": id,
         "Image": r.image,
-        "Command": crate::template::quote(&ellipsis(&r.command.join(" "), 20)),
+        "Command": crate::template::quote(&command),
         "CreatedAt": go_time(r.created),
         "RunningFor": format!("{} ago", human_duration(age)),
         "Ports": ports,
-        "State": state,
+        "State": ps_state(r),
         "Status": status,
-        "Size": "0B",
-        "Names": r.id,
-        "Labels": "",
+        "Size": size.unwrap_or_default(),
+        "Names": r.name,
+        "Labels": labels,
         "Mounts": mounts,
         "Networks": r.network.clone().unwrap_or_default(),
         "LocalVolumes": volumes.to_string(),
@@ -107,16 +127,204 @@ pub fn ps_row(r: &ContainerRecord, at: u64) -> Value {
     })
 }
 
-fn ps_records(state: &Path, all: bool) -> Vec<ContainerRecord> {
-    list(state)
-        .into_iter()
+/// Docker's word for a container's state.
+fn ps_state(r: &ContainerRecord) -> &'static str {
+    if r.is_paused() {
+        return "paused";
+    }
+    match r.status {
+        Status::Created | Status::Starting => "created",
+        Status::Running => "running",
+        Status::Exited => "exited",
+        Status::Restarting => "restarting",
+    }
+}
+
+/// `arca ps`'s options, as Docker's.
+#[derive(Debug, Default, Clone)]
+pub struct PsOptions {
+    /// `-a`: every container, not only running ones.
+    pub all: bool,
+    /// `-q`: IDs only.
+    pub quiet: bool,
+    /// `-n N` (and `-l`, which is `-n 1`): the N newest, in any state.
+    pub last: Option<usize>,
+    /// `--no-trunc`.
+    pub no_trunc: bool,
+    /// `-s`: the writable layers' sizes.
+    pub size: bool,
+    /// `-f KEY=VALUE`: filters.
+    pub filters: Vec<String>,
+    /// `--format` (empty: the default table).
+    pub format: Option<String>,
+}
+
+/// A container's size as `ps -s` writes it: what its writable layer (a directory, or
+/// a microVM's sparse disk) holds on the host, and beside it that plus its image.
+fn size_text(state: &Path, r: &ContainerRecord) -> String {
+    let dir = super::names::containers_dir(state).join(r.key());
+    let layer = crate::storage::disk_usage(&dir.join("rw"))
+        + crate::storage::disk_usage(&dir.join("rw.ext4"));
+    let image = crate::image::store::Store::open(state)
+        .ok()
+        .and_then(|s| s.resolve(&r.image_id).ok())
+        .map_or(0, |i| crate::storage::disk_usage(&i.rootfs));
+    format!(
+        "{} (virtual {})",
+        crate::human_size(layer),
+        crate::human_size(layer + image)
+    )
+}
+
+/// Docker's `ps -f` keys that Arca knows.
+const PS_FILTERS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "exited",
+    "label",
+    "ancestor",
+    "before",
+    "since",
+    "volume",
+    "network",
+    "isolation",
+];
+
+/// Whether `r` passes `filters`: the same key given twice matches either value,
+/// different keys must all match (Docker's rule).
+fn matches_filters(
+    r: &ContainerRecord,
+    filters: &[(String, String)],
+    all: &[ContainerRecord],
+) -> bool {
+    let created_of = |q: &str| {
+        all.iter()
+            .find(|c| c.name == q || c.id.starts_with(q))
+            .map(|c| c.created)
+    };
+    let check = |key: &str, v: &str| -> bool {
+        match key {
+            "id" => r.id.starts_with(v),
+            "name" => r.name.contains(v.trim_start_matches('/')),
+            "status" => ps_state(r) == v,
+            "exited" => r.status == Status::Exited && v.parse::<i32>().ok() == r.exit_code,
+            "label" => match v.split_once('=') {
+                Some((k, val)) => r.labels.get(k).is_some_and(|x| x == val),
+                None => r.labels.contains_key(v),
+            },
+            "ancestor" => {
+                r.image == v
+                    || r.image.strip_suffix(":latest") == Some(v)
+                    || v.strip_suffix(":latest") == Some(r.image.as_str())
+                    || r.image_id.starts_with(v.trim_start_matches("sha256:"))
+            }
+            "before" => created_of(v).is_some_and(|t| r.created < t),
+            "since" => created_of(v).is_some_and(|t| r.created > t),
+            "volume" => r
+                .mounts
+                .iter()
+                .any(|m| m.name.as_deref() == Some(v) || m.destination == v),
+            "network" => r.network.as_deref() == Some(v),
+            "isolation" => r.isolation.as_str() == v,
+            _ => false,
+        }
+    };
+    PS_FILTERS.iter().all(|key| {
+        let mut values = filters.iter().filter(|(k, _)| k == key).peekable();
+        values.peek().is_none() || values.any(|(_, v)| check(key, v))
+    })
+}
+
+/// Parses `ps -f` filters, refusing what Docker would.
+fn parse_filters(given: &[String]) -> Result<Vec<(String, String)>, RunError> {
+    let mut out = Vec::new();
+    for f in given {
+        let (k, v) = f.split_once('=').ok_or_else(|| {
+            RunError::Invalid(format!("bad format of filter (expected name=value): {f}"))
+        })?;
+        if !PS_FILTERS.contains(&k) {
+            return Err(RunError::Invalid(format!("invalid filter '{k}'")));
+        }
+        let statuses = [
+            "created",
+            "restarting",
+            "running",
+            "removing",
+            "paused",
+            "exited",
+            "dead",
+        ];
+        if k == "status" && !statuses.contains(&v) {
+            return Err(RunError::Invalid(format!(
+                "invalid filter 'status={v}': Unrecognised status; expected one of created, restarting, running, removing, paused, exited or dead"
+            )));
+        }
+        if k == "exited" && v.parse::<i32>().is_err() {
+            return Err(RunError::Invalid(format!("invalid filter 'exited={v}'")));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// The containers `ps` shows, newest first.
+fn ps_records(state: &Path, o: &PsOptions) -> Result<Vec<ContainerRecord>, RunError> {
+    let filters = parse_filters(&o.filters)?;
+    let records = list(state);
+    // As Docker: a status or exit code filter, `-n` and `-l` look at every container.
+    let all =
+        o.all || o.last.is_some() || filters.iter().any(|(k, _)| k == "status" || k == "exited");
+    let mut out: Vec<ContainerRecord> = records
+        .iter()
         .filter(|r| {
             all || matches!(
                 r.status,
                 Status::Starting | Status::Running | Status::Restarting
             )
         })
-        .collect()
+        .filter(|r| matches_filters(r, &filters, &records))
+        .cloned()
+        .collect();
+    if let Some(n) = o.last {
+        out.truncate(n);
+    }
+    Ok(out)
+}
+
+/// `arca ps`: the text to print (Docker's table unless `--format` or `-q` says
+/// otherwise), or the template's error (which Docker's CLI exits 1 for).
+pub fn ps(state: &Path, o: &PsOptions) -> Result<Result<String, TemplateError>, RunError> {
+    let rows = ps_records(state, o)?;
+    if o.quiet {
+        return Ok(Ok(rows
+            .iter()
+            .map(|r| {
+                let id = if o.no_trunc {
+                    &r.id
+                } else {
+                    super::names::short(&r.id)
+                };
+                format!("{id}\n")
+            })
+            .collect()));
+    }
+    let at = now();
+    let values: Vec<Value> = rows
+        .iter()
+        .map(|r| ps_row(r, at, o.no_trunc, o.size.then(|| size_text(state, r))))
+        .collect();
+    let format = match o.format.as_deref() {
+        Some(f) if !f.is_empty() => f.to_string(),
+        // `-s` adds Docker's SIZE column to the default table.
+        _ if o.size => format!("{PS_TABLE}\\t{{{{.Size}}}}"),
+        _ => PS_TABLE.to_string(),
+    };
+    Ok(render_list(
+        &ListFormat::new(&format, PS_TABLE),
+        &ps_header(),
+        &values,
+    ))
 }
 
 /// Docker's time for "never": Go's zero time.
@@ -125,7 +333,7 @@ const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 /// A container as `arca inspect` shows it: Docker's schema (`Id`, `Name`, `State`,
 /// `Config`, `HostConfig`, `NetworkSettings`, `Mounts`, ...), from its record, its
 /// options and its image when they can be read; Arca's own record under `Arca`.
-/// Differences: `Id` is the name (no hex ids yet), `Image` is the image's sha256 id,
+/// Differences: `Image` is the image's sha256 id,
 /// `State.Pid` is the container's PID 1 on this host (process isolation) or the
 /// sandbox's (a microVM's VMM), `OOMKilled` is never set (the exit code says 137).
 pub fn inspect(
@@ -134,12 +342,7 @@ pub fn inspect(
     image: Option<&crate::image::store::Image>,
 ) -> Value {
     let time = |t: Option<u64>| t.map_or(GO_ZERO_TIME.to_string(), crate::rfc3339);
-    let status = match rec.status {
-        Status::Created | Status::Starting => "created",
-        Status::Running => "running",
-        Status::Exited => "exited",
-        Status::Restarting => "restarting",
-    };
+    let status = ps_state(rec);
     let running = rec.status == Status::Running;
     let pid = if running {
         rec.container_pid.or(rec.sandbox_pid).unwrap_or(0)
@@ -194,7 +397,7 @@ pub fn inspect(
         "State": {
             "Status": status,
             "Running": running,
-            "Paused": false,
+            "Paused": rec.is_paused(),
             "Restarting": rec.status == Status::Restarting,
             "OOMKilled": false,
             "Dead": false,
@@ -205,10 +408,10 @@ pub fn inspect(
             "FinishedAt": time(rec.finished_at),
         },
         "Image": format!("sha256:{}", rec.image_id),
-        "Name": format!("/{}", rec.id),
+        "Name": format!("/{}", rec.name),
         "RestartCount": rec.restart_count,
         "Config": {
-            "Hostname": o.hostname.clone().unwrap_or_else(|| rec.id.clone()),
+            "Hostname": o.hostname.clone().unwrap_or_else(|| rec.key().to_string()),
             "User": o.user.clone().or_else(|| cfg.and_then(|c| c.user.clone())).unwrap_or_default(),
             "Tty": o.tty,
             "OpenStdin": o.interactive,
@@ -253,65 +456,65 @@ pub fn inspect(
     })
 }
 
-/// `arca ps --format FORMAT`: the text to print.
-pub fn ps_formatted(state: &Path, all: bool, format: &str) -> Result<String, TemplateError> {
-    let at = now();
-    let rows: Vec<Value> = ps_records(state, all)
-        .iter()
-        .map(|r| ps_row(r, at))
-        .collect();
-    render_list(&ListFormat::new(format, PS_TABLE), &ps_header(), &rows)
+/// `arca logs`'s options, as Docker's.
+#[derive(Debug, Default, Clone)]
+pub struct LogsOptions {
+    /// `-f`: keep following until the container exits.
+    pub follow: bool,
+    /// `-n/--tail N`: only the last N records (`None`: all).
+    pub tail: Option<usize>,
+    /// `--since`: records written at or after this time.
+    pub since: Option<(u64, u32)>,
+    /// `--until`: records written before this time.
+    pub until: Option<(u64, u32)>,
+    /// `-t`: each record's time before it.
+    pub timestamps: bool,
 }
 
-/// `arca ps`.
-pub fn ps(state: &Path, all: bool, quiet: bool) {
-    let rows = ps_records(state, all);
-    if quiet {
-        for r in rows {
-            println!("{}", r.id);
-        }
-        return;
-    }
-    println!(
-        "{:<20} {:<24} {:<24} {:<28} {:<8}",
-        "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "ISOLATION"
-    );
-    for r in rows {
-        let full = r.command.join(" ");
-        let cmd = if full.chars().count() > 20 {
-            format!("\"{}…\"", full.chars().take(19).collect::<String>())
-        } else {
-            format!("\"{full}\"")
-        };
-        let status = match (r.status, r.exit_code) {
-            (Status::Created | Status::Starting, _) => "Created".to_string(),
-            (Status::Running, _) => format!("Up {} s", now().saturating_sub(r.created)),
-            (Status::Exited, code) => format!("Exited ({})", code.unwrap_or(-1)),
-            (Status::Restarting, code) => format!("Restarting ({})", code.unwrap_or(-1)),
-        };
-        let iso = r.isolation.as_str();
-        println!(
-            "{:<20} {:<24} {:<24} {:<28} {:<8}",
-            r.id, r.image, cmd, status, iso
-        );
-        if let Some(e) = r.error.filter(|_| r.status == Status::Exited) {
-            println!("{:<20} └ {e}", "");
-        }
-    }
-}
-
-/// `arca logs [-f]`: the stdout log to stdout, the stderr log to stderr, each from its
-/// oldest rotated file on; with `follow`, until the container exits, across rotations.
-pub fn logs(state: &Path, name: &str, follow: bool) -> Result<i32, RunError> {
+/// `arca logs`: the stdout log to stdout, the stderr log to stderr, in the order they
+/// were written, each from its oldest rotated file on; with `follow`, until the
+/// container exits, across rotations.
+pub fn logs(state: &Path, name: &str, o: &LogsOptions) -> Result<i32, RunError> {
     let (dir, _) = find(state, name)?;
-    let mut out = LogReader::open(&dir.join("stdout.log"));
-    let mut err = LogReader::open(&dir.join("stderr.log"));
+    let mut readers = [
+        LogReader::open(&dir.join("stdout.log")),
+        LogReader::open(&dir.join("stderr.log")),
+    ];
+    let mut first = true;
     loop {
+        let mut entries: Vec<(usize, LogEntry)> = Vec::new();
+        let mut any = false;
+        for (stream, r) in readers.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            any |= r.drain(&mut got).unwrap_or(false);
+            entries.extend(got.into_iter().map(|e| (stream, e)));
+        }
+        // Stable: records of one time keep their stream's order.
+        entries.sort_by_key(|(_, e)| e.time);
+        entries.retain(|(_, e)| {
+            o.since.is_none_or(|t| e.time >= t) && o.until.is_none_or(|t| e.time < t)
+        });
+        if first && let Some(n) = o.tail {
+            entries.drain(..entries.len().saturating_sub(n));
+        }
+        first = false;
         // A closed stdout (`arca logs | head`) ends the command quietly.
-        let any = out.drain(&mut io::stdout().lock()).unwrap_or(false)
-            | err.drain(&mut io::stderr().lock()).unwrap_or(false);
-        let _ = io::stdout().flush();
-        if !follow {
+        let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+        for (stream, e) in &entries {
+            let sink: &mut dyn Write = if *stream == 0 { &mut out } else { &mut err };
+            let mut bytes = Vec::new();
+            if o.timestamps {
+                bytes.extend_from_slice(crate::rfc3339_nanos(e.time.0, e.time.1).as_bytes());
+                bytes.push(b' ');
+            }
+            bytes.extend_from_slice(&e.output());
+            if sink.write_all(&bytes).is_err() {
+                return Ok(0);
+            }
+        }
+        let _ = out.flush();
+        drop((out, err));
+        if !o.follow || o.until.is_some_and(|t| crate::now() > t.0) {
             return Ok(0);
         }
         let done = ContainerRecord::observe(&dir).map_or(true, |r| r.status == Status::Exited);
@@ -319,5 +522,63 @@ pub fn logs(state: &Path, name: &str, follow: bool) -> Result<i32, RunError> {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `--since`/`--until` value as Docker takes it: a Go duration before now (`10m`,
+/// `1h30m`, `2.5s`), Unix seconds with an optional fraction (`1733500000.5`), or an RFC
+/// 3339 time, with or without its fraction and zone, or a date (a time without a zone
+/// is UTC here; Docker reads it in the client's local zone).
+pub fn parse_log_time(text: &str, at: std::time::SystemTime) -> Option<(u64, u32)> {
+    let now = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    if let Some(d) = crate::parse_go_duration(text) {
+        let t = now.checked_sub(d)?;
+        return Some((t.as_secs(), t.subsec_nanos()));
+    }
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    if !secs.is_empty()
+        && secs.bytes().all(|b| b.is_ascii_digit())
+        && frac.len() <= 9
+        && frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        let nanos = format!("{frac:0<9}").parse().ok()?;
+        return Some((secs.parse().ok()?, nanos));
+    }
+    crate::parse_rfc3339_nanos(text)
+        .or_else(|| crate::parse_rfc3339_nanos(&format!("{text}Z")))
+        .or_else(|| crate::parse_rfc3339_nanos(&format!("{text}:00Z")))
+        .or_else(|| crate::parse_rfc3339_nanos(&format!("{text}T00:00:00Z")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_time;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn log_times_take_dockers_forms() {
+        let at = UNIX_EPOCH + Duration::new(1_796_526_123, 0);
+        assert_eq!(parse_log_time("42m", at), Some((1_796_526_123 - 2520, 0)));
+        assert_eq!(parse_log_time("1796526000", at), Some((1_796_526_000, 0)));
+        assert_eq!(
+            parse_log_time("1796526000.25", at),
+            Some((1_796_526_000, 250_000_000))
+        );
+        assert_eq!(
+            parse_log_time("2026-12-06T03:02:03Z", at),
+            Some((1_796_526_123, 0))
+        );
+        assert_eq!(
+            parse_log_time("2026-12-06T03:02:03", at),
+            Some((1_796_526_123, 0))
+        );
+        assert_eq!(
+            parse_log_time("2026-12-06T03:02", at),
+            Some((1_796_526_120, 0))
+        );
+        assert_eq!(parse_log_time("2026-12-06", at), Some((1_796_515_200, 0)));
+        for bad in ["", "yesterday", "1.2.3", "2026-13-01"] {
+            assert_eq!(parse_log_time(bad, at), None, "{bad:?}");
+        }
     }
 }

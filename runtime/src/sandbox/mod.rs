@@ -395,8 +395,7 @@ fn vmm_command(
     let kernel = guest::kernel()?;
     let initrd = guest::agent_initramfs(state)?;
     let disk = guest::image_disk(store, image)?;
-    // The guest needs room for its kernel, the agent and the container.
-    let mem_mib = opts.memory.map_or(256, |m| (m >> 20) + 128).max(128);
+    let mem_mib = guest_memory_mib(opts);
     let cpus = opts.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
     let mut vmm = Command::new(guest::vmm_binary()?);
     vmm.arg("--kernel")
@@ -554,4 +553,10 @@ impl Drop for Reaped {
         }
         let _ = self.0.wait();
     }
+}
+
+/// A microVM's RAM for a container run with `opts`: room for its kernel, the agent and
+/// the container's `--memory` (256 MiB without one).
+pub fn guest_memory_mib(opts: &RunOptions) -> u64 {
+    opts.memory.map_or(256, |m| (m >> 20) + 128).max(128)
 }

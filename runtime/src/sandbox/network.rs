@@ -6,6 +6,7 @@ use std::path::Path;
 
 use arca_protocol::NetworkMode;
 
+use crate::container::names::host_names;
 use crate::container::{Isolation, RunOptions};
 use crate::error::RunError;
 use crate::network::{self, Network};
@@ -163,10 +164,12 @@ impl<'a> Attachment<'a> {
         match &self.choice {
             NetChoice::Joined { net, .. } => network::members(state, net, id)
                 .into_iter()
-                .filter(|(_, name)| arca_protocol::valid_host_name(name))
-                .map(|(address, name)| arca_protocol::HostEntry {
-                    address,
-                    names: vec![name],
+                .filter_map(|(address, key)| {
+                    let names: Vec<String> = host_names(state, &key)
+                        .into_iter()
+                        .filter(|n| arca_protocol::valid_host_name(n))
+                        .collect();
+                    (!names.is_empty()).then_some(arca_protocol::HostEntry { address, names })
                 })
                 .collect(),
             _ => Vec::new(),
@@ -180,13 +183,17 @@ impl<'a> Attachment<'a> {
         let NetChoice::Joined { net, address, .. } = &self.choice else {
             return;
         };
-        if !arca_protocol::valid_host_name(id) {
+        let names: Vec<String> = host_names(state, id)
+            .into_iter()
+            .filter(|n| arca_protocol::valid_host_name(n))
+            .collect();
+        if names.is_empty() {
             return;
         }
         let peers = network::members(state, net, id);
         let entry = arca_protocol::HostEntry {
             address: *address,
-            names: vec![id.to_string()],
+            names,
         };
         let state = state.to_path_buf();
         std::thread::spawn(move || {
