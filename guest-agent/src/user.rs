@@ -215,7 +215,9 @@ pub fn resolve(
     if let Some(g) = group_part {
         gid = lookup_group(group, g)?;
     }
-    let mut groups = Vec::new();
+    // The primary group first, as containerd and Docker (since CVE-2023-25173) put it
+    // in the supplementary list: a process cannot drop it by setgroups and regain it.
+    let mut groups = vec![gid];
     // As runc: /etc/group memberships count only when the group is not given.
     if let (Some(e), None) = (&entry, group_part) {
         for g in group_entries(group) {
@@ -293,7 +295,7 @@ mod tests {
             Credentials {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![10, 29],
+                groups: vec![1000, 10, 29],
                 home: "/home/app".into()
             }
         );
@@ -313,7 +315,7 @@ mod tests {
             Credentials {
                 uid: 4242,
                 gid: 10,
-                groups: vec![29, 7],
+                groups: vec![10, 29, 7],
                 home: "/".into()
             }
         );
@@ -327,9 +329,9 @@ mod tests {
     #[test]
     fn an_explicit_group_drops_the_implicit_memberships_as_runc_does() {
         let c = resolve(Some("app:app"), &[], PASSWD, GROUP).unwrap();
-        assert_eq!((c.uid, c.gid, c.groups.clone()), (1000, 1000, vec![]));
+        assert_eq!((c.uid, c.gid, c.groups.clone()), (1000, 1000, vec![1000]));
         let c = resolve(Some("app:app"), &["wheel".into()], PASSWD, GROUP).unwrap();
-        assert_eq!(c.groups, vec![10]);
+        assert_eq!(c.groups, vec![1000, 10]);
     }
 
     #[test]

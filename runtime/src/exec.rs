@@ -6,14 +6,47 @@ use std::path::Path;
 
 use arca_protocol::{ProcessSpec, StdioStream};
 
-use crate::container::find;
+use crate::container::{ContainerRecord, RunOptions, find};
 use crate::error::RunError;
+use crate::image::store::Store;
 use crate::now;
 use crate::terminal::{InputEnd, Session, copy_to};
 
+/// What `exec` runs, by Docker's rules: the container's environment (its `run` options
+/// over its image's), with `-e` over it, and its working directory, user and groups
+/// unless `-w` and `-u` say otherwise.
+fn inherit(state: &Path, dir: &Path, rec: &ContainerRecord, mut p: ProcessSpec) -> ProcessSpec {
+    let Ok(opts) = RunOptions::load(dir) else {
+        return p;
+    };
+    let Ok(image) = Store::open(state).and_then(|s| s.resolve(&rec.image_id)) else {
+        return p;
+    };
+    let base = opts.process(&image, Vec::new());
+    let key = |e: &str| e.split('=').next().unwrap_or_default().to_string();
+    let mut env: Vec<String> = base
+        .env
+        .into_iter()
+        .filter(|e| !p.env.iter().any(|x| key(x) == key(e)))
+        .collect();
+    env.append(&mut p.env);
+    p.env = env;
+    p.cwd = p.cwd.or(base.cwd);
+    p.user = p.user.or(base.user);
+    // `--group-add` holds for every process of the container, as with Docker.
+    if p.additional_groups.is_empty() {
+        p.additional_groups = base.additional_groups;
+    }
+    if p.rlimits.is_empty() {
+        p.rlimits = base.rlimits;
+    }
+    p
+}
+
 /// Runs `process` in container `name`; returns its exit code.
 pub fn exec(state: &Path, name: &str, process: ProcessSpec) -> Result<i32, RunError> {
-    let (_, rec) = find(state, name)?;
+    let (dir, rec) = find(state, name)?;
+    let process = inherit(state, &dir, &rec, process);
     if rec.is_paused() {
         return Err(RunError::Invalid(format!(
             "Container {} is paused, unpause the container before exec",

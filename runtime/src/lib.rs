@@ -43,6 +43,7 @@ pub mod sandbox;
 pub mod state;
 pub mod stats;
 pub mod storage;
+pub mod system;
 pub mod template;
 pub mod terminal;
 pub mod volume;

@@ -78,12 +78,17 @@ enum Cmd {
     },
     /// List images.
     Images {
-        /// Only image ids.
+        /// Only show image IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Don't truncate output.
+        #[arg(long)]
+        no_trunc: bool,
         /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
         #[arg(long)]
         format: Option<String>,
+        /// Only images of this repository (`NAME[:TAG]`).
+        repository: Option<String>,
     },
     /// Remove images (a tag; the image goes with its last tag).
     Rmi {
@@ -283,6 +288,26 @@ enum Cmd {
         #[command(subcommand)]
         command: NetworkCmd,
     },
+    /// Manage containers (`arca container ls|run|rm|...` are `arca ps|run|rm|...`).
+    Container {
+        #[command(subcommand)]
+        command: ContainerCmd,
+    },
+    /// Manage images (`arca image ls|rm|pull|...` are `arca images|rmi|pull|...`).
+    Image {
+        #[command(subcommand)]
+        command: ImageCmd,
+    },
+    /// Manage Arca: disk usage, removing unused data.
+    System {
+        #[command(subcommand)]
+        command: SystemCmd,
+    },
+    /// Generate the shell completion script (bash, zsh, fish, elvish or powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Attach to a detached container's terminal or output (and input, if it was run
     /// with -i); Ctrl-P Ctrl-Q detaches from a terminal.
     Attach {
@@ -397,6 +422,56 @@ enum NetworkCmd {
         /// The networks.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Remove all unused networks.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCmd {
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+        /// Provide filter values (e.g. "until=<timestamp>", "label=key=value").
+        #[arg(long = "filter", value_name = "FILTER")]
+        filter: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Remove unused images.
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemCmd {
+    /// Show Arca disk usage.
+    Df,
+    /// Remove unused data.
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation.
+        #[arg(short, long)]
+        force: bool,
+        /// Prune anonymous volumes.
+        #[arg(long)]
+        volumes: bool,
     },
 }
 
@@ -676,8 +751,47 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
     Ok(opts)
 }
 
+/// Docker's management commands that are another command of ours: `container ls`,
+/// `image rm`, ... (`container prune`, `image prune` and `system` are commands of their
+/// own). Rewrites the arguments to the command they name.
+fn docker_aliases(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // The command is the first argument that is not a global flag (or its value).
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].to_str() {
+            Some("--state-dir") => i += 2,
+            Some(a) if a.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    let (Some(group), Some(sub)) = (
+        args.get(i).and_then(|a| a.to_str()),
+        args.get(i + 1).and_then(|a| a.to_str()),
+    ) else {
+        return args;
+    };
+    let target = match (group, sub) {
+        ("container", "ls" | "list" | "ps") => Some("ps"),
+        (
+            "container",
+            c @ ("attach" | "create" | "cp" | "exec" | "inspect" | "kill" | "logs" | "pause"
+            | "port" | "rename" | "restart" | "rm" | "run" | "start" | "stats" | "stop"
+            | "unpause" | "wait"),
+        ) => Some(c),
+        ("container", "remove") => Some("rm"),
+        ("image", "ls" | "list") => Some("images"),
+        ("image", "rm" | "remove") => Some("rmi"),
+        ("image", c @ ("inspect" | "load" | "pull" | "save" | "tag")) => Some(c),
+        _ => None,
+    };
+    if let Some(t) = target {
+        args.splice(i..i + 2, [std::ffi::OsString::from(t)]);
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(docker_aliases(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 125 } else { 0 };
@@ -763,6 +877,84 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Cmd::Network { command } => network_command(&state, command),
+        Cmd::Container {
+            command: ContainerCmd::Prune { force, filter },
+        } => {
+            if !force && !confirm("WARNING! This will remove all stopped containers.") {
+                return Ok(0);
+            }
+            Ok(report_prune(
+                "Containers",
+                lifecycle::prune(&state, &filter),
+            ))
+        }
+        Cmd::Image {
+            command: ImageCmd::Prune { all, force },
+        } => {
+            let what = if all {
+                "WARNING! This will remove all images without at least one container associated to them."
+            } else {
+                "WARNING! This will remove all dangling images."
+            };
+            if !force && !confirm(what) {
+                return Ok(0);
+            }
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            Ok(report_prune("Images", store.prune(all)))
+        }
+        Cmd::System {
+            command: SystemCmd::Df,
+        } => match arca_runtime::system::df(&state) {
+            Ok(rows) => {
+                print!("{}", arca_runtime::system::df_table(&rows));
+                Ok(0)
+            }
+            Err(e) => Ok(refused(&e)),
+        },
+        Cmd::System {
+            command:
+                SystemCmd::Prune {
+                    all,
+                    force,
+                    volumes,
+                },
+        } => {
+            let mut what = vec![
+                "all stopped containers",
+                "all networks not used by at least one container",
+            ];
+            if volumes {
+                what.push("all anonymous volumes not used by at least one container");
+            }
+            what.push(if all {
+                "all images without at least one container associated to them"
+            } else {
+                "all dangling images"
+            });
+            let list: String = what.iter().map(|w| format!("\n  - {w}")).collect();
+            if !force && !confirm(&format!("WARNING! This will remove:{list}\n")) {
+                return Ok(0);
+            }
+            match arca_runtime::system::prune(&state, all, volumes) {
+                Ok(p) => {
+                    print_deleted("Containers", &p.containers);
+                    print_deleted("Networks", &p.networks);
+                    print_deleted("Volumes", &p.volumes);
+                    print_deleted("Images", &p.images);
+                    println!(
+                        "Total reclaimed space: {}",
+                        arca_runtime::human_size(p.freed)
+                    );
+                    Ok(0)
+                }
+                Err(e) => Ok(refused(&e)),
+            }
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "arca", &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::Volume { command } => volume_command(&state, command),
         Cmd::Attach { container } => {
             arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
@@ -983,35 +1175,46 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             Ok(if failed { 1 } else { 0 })
         }
-        Cmd::Images { quiet, format } => {
+        Cmd::Images {
+            quiet,
+            no_trunc,
+            format,
+            repository,
+        } => {
+            let format = format_unless_quiet(format, quiet);
             let store = Store::open(&state).map_err(|e| e.to_string())?;
-            let images = store.list().map_err(|e| chain(&e))?;
-            if let Some(f) = format_unless_quiet(format, quiet) {
-                let at = arca_runtime::now();
-                return print_formatted(arca_runtime::image::view::images_formatted(
-                    &images, at, &f,
-                ));
+            let mut images = store.list().map_err(|e| chain(&e))?;
+            if let Some(r) = &repository {
+                // Docker: `NAME` matches every tag of it, `NAME:TAG` that tag.
+                let full = arca_runtime::image::store::normalize_reference(r).ok();
+                images.retain(|i| {
+                    i.tags.iter().any(|t| {
+                        Some(t) == full.as_ref()
+                            || (!r.contains(':') && t.rsplit_once(':').is_some_and(|(n, _)| n == r))
+                    })
+                });
             }
-            if !quiet {
-                println!("{:<40} {:<14} CREATED", "REPOSITORY:TAG", "IMAGE ID");
-            }
-            for i in images {
-                let short = &i.id[..12];
-                if quiet {
-                    println!("{short}");
-                    continue;
+            if quiet {
+                let mut seen = std::collections::HashSet::new();
+                for i in images {
+                    let id = if no_trunc {
+                        format!("sha256:{}", i.id)
+                    } else {
+                        i.id[..12].to_string()
+                    };
+                    if seen.insert(id.clone()) {
+                        println!("{id}");
+                    }
                 }
-                let created = i.config.created.clone().unwrap_or_default();
-                let names = if i.tags.is_empty() {
-                    vec!["<none>".to_string()]
-                } else {
-                    i.tags.clone()
-                };
-                for t in names {
-                    println!("{t:<40} {short:<14} {created}");
-                }
+                return Ok(0);
             }
-            Ok(0)
+            let at = arca_runtime::now();
+            print_formatted(arca_runtime::image::view::images_formatted(
+                &images,
+                at,
+                format.as_deref(),
+                no_trunc,
+            ))
         }
         Cmd::Rmi { images } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
@@ -1084,6 +1287,38 @@ fn main() -> ExitCode {
 }
 
 /// Runs `f` for each name, printing names done (as Docker) and errors; 1 if any failed.
+/// Docker's prune prompt: `what`, then "Are you sure you want to continue? [y/N]"; true
+/// for a yes on stdin.
+fn confirm(what: &str) -> bool {
+    eprint!("{what}\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// A prune's report (what it removed, the space freed) or its error; the exit code.
+fn report_prune<E: std::error::Error>(kind: &str, result: Result<(Vec<String>, u64), E>) -> i32 {
+    match result {
+        Ok((items, freed)) => {
+            print_deleted(kind, &items);
+            println!("Total reclaimed space: {}", arca_runtime::human_size(freed));
+            0
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// A prune's `Deleted KIND:` section (nothing when nothing was removed).
+fn print_deleted(kind: &str, items: &[String]) {
+    if !items.is_empty() {
+        println!("Deleted {kind}:");
+        for i in items {
+            println!("{i}");
+        }
+        println!();
+    }
+}
+
 /// Prints an error of a command other than `run`/`create` and gives Docker's CLI exit
 /// code for it, 1.
 fn refused(e: &dyn std::error::Error) -> i32 {
@@ -1180,6 +1415,22 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
             Ok(0)
         }
         NetworkCmd::Rm { names } => each(&names, |n| network::remove(state, n)),
+        NetworkCmd::Prune { force } => {
+            if !force
+                && !confirm(
+                    "WARNING! This will remove all custom networks not used by at least one container.",
+                )
+            {
+                return Ok(0);
+            }
+            match network::prune(state) {
+                Ok(names) => {
+                    print_deleted("Networks", &names);
+                    Ok(0)
+                }
+                Err(e) => Ok(refused(&e)),
+            }
+        }
         NetworkCmd::Inspect { names } => {
             let mut found = Vec::new();
             let mut failed = false;
@@ -1204,10 +1455,7 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
 fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, String> {
     use std::collections::BTreeMap;
     // As Docker's: errors of `volume` commands exit with 1 (bad flags with 125).
-    let fail = |e: &dyn std::error::Error| {
-        eprintln!("arca: {}", chain(e));
-        Ok(1)
-    };
+    let fail = |e: &dyn std::error::Error| Ok(refused(e));
     match command {
         VolumeCmd::Create {
             driver,
@@ -1312,35 +1560,53 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
             other => other,
         }),
         VolumeCmd::Prune { all, force } => {
-            if !force {
-                let what = if all {
-                    "all local volumes not used by at least one container"
-                } else {
-                    "anonymous local volumes not used by at least one container"
-                };
-                eprint!(
-                    "WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] "
-                );
-                let mut answer = String::new();
-                let _ = std::io::stdin().read_line(&mut answer);
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    return Ok(0);
-                }
+            let what = if all {
+                "all local volumes not used by at least one container"
+            } else {
+                "anonymous local volumes not used by at least one container"
+            };
+            if !force && !confirm(&format!("WARNING! This will remove {what}.")) {
+                return Ok(0);
             }
-            match volume::prune(state, all) {
-                Ok((names, freed)) => {
-                    if !names.is_empty() {
-                        println!("Deleted Volumes:");
-                        for n in names {
-                            println!("{n}");
-                        }
-                        println!();
-                    }
-                    println!("Total reclaimed space: {}", arca_runtime::human_size(freed));
-                    Ok(0)
-                }
-                Err(e) => fail(&e),
-            }
+            Ok(report_prune("Volumes", volume::prune(state, all)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::docker_aliases;
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        docker_aliases(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn dockers_management_commands_name_ours() {
+        assert_eq!(
+            rewrite(&["arca", "container", "ls", "-a"]),
+            ["arca", "ps", "-a"]
+        );
+        assert_eq!(
+            rewrite(&["arca", "--state-dir", "/s", "image", "rm", "x"]),
+            ["arca", "--state-dir", "/s", "rmi", "x"]
+        );
+        assert_eq!(rewrite(&["arca", "image", "ls"]), ["arca", "images"]);
+        assert_eq!(
+            rewrite(&["arca", "container", "run", "--rm", "busybox"]),
+            ["arca", "run", "--rm", "busybox"]
+        );
+        // Commands of their own, and what is not a management command, stay.
+        for same in [
+            &["arca", "container", "prune", "-f"][..],
+            &["arca", "system", "df"],
+            &["arca", "run", "container", "ls"],
+            &["arca", "image"],
+        ] {
+            assert_eq!(rewrite(same), same);
         }
     }
 }

@@ -428,6 +428,16 @@ fn lease_holders(state: &Path, net: &Network) -> Vec<String> {
     ids
 }
 
+/// `network prune`: removes every network Arca made that no container uses; returns
+/// their names.
+pub fn prune(state: &Path) -> Result<Vec<String>, NetworkError> {
+    Ok(list(state)?
+        .into_iter()
+        .filter(|n| n.name != DEFAULT_NETWORK)
+        .filter_map(|n| remove(state, &n.name).ok().map(|()| n.name))
+        .collect())
+}
+
 /// Joins container `id` to network `name`: under the lock (so that no concurrent
 /// [`reconcile`] takes the network down in between, and a concurrent `network rm` is
 /// either before or after), leases it an address and brings the network up.

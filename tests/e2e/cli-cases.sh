@@ -160,6 +160,12 @@ out=$(arca ps --format '{{.ID}} {{.Names}}'); check ps-names 0 "$short lc" $? "$
 out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in $short" $? "$out"
 out=$(arca inspect -f '{{.Name}}' "$(echo "$id" | cut -c1-5)"); check id-prefix 0 /lc $? "$out"
 out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? "$out"
+# exec inherits the container's environment, working directory and user (Docker's
+# rules), -e/-w/-u override them; the primary group is in the supplementary list.
+arca run -d --isolation="$iso" --name ev -e FOO=bar -w /tmp -u app busybox sleep 1000 >/dev/null
+out=$(arca exec ev sh -c 'echo $FOO $(pwd) $(id -u) $(id -G)'; arca exec -e FOO=baz -w / -u root ev sh -c 'echo $FOO $(pwd) $(id -u)'); check exec-inherits-env-workdir-user 0 "bar /tmp 1000 1000 50
+baz / 0" $? "$out"
+arca rm -f ev >/dev/null
 out=$(arca exec -t lc sh -c 'tty >/dev/null && echo is-a-tty' | tr -d '\r'); check exec-tty 0 is-a-tty $? "$out"
 out=$(printf 'echo typed-in-exec\nexit 6\n' | arca exec -it lc sh | tr -d '\r' | grep -c '^typed-in-exec$'); check exec-tty-interactive 0 1 $? "$out"
 out=$(printf 'exit 6\n' | arca exec -it lc sh >/dev/null 2>&1); check exec-tty-exit-code 6 "" $? "$out"
@@ -180,7 +186,7 @@ no-newline
 20
 0" $? "$out"
 out=$(arca logs -t lg 2>/dev/null | grep -c '^20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]\.[0-9]\{9\}Z \(one\|three\|no-newline\)$'); check logs-timestamps 0 3 $? "$out"
-out=$(arca logs --since 1h lg 2>&1 | head -n 1; arca logs --until 1h lg 2>&1 | wc -c; arca logs --since 2099-01-01 lg 2>&1 | wc -c; arca logs --until 2099-01-01T00:00:00Z lg 2>/dev/null | head -n 1); check logs-since-until 0 "one
+out=$(arca logs --since 1h lg 2>/dev/null | head -n 1; arca logs --until 1h lg 2>&1 | wc -c; arca logs --since 2099-01-01 lg 2>&1 | wc -c; arca logs --until 2099-01-01T00:00:00Z lg 2>/dev/null | head -n 1); check logs-since-until 0 "one
 0
 0
 one" $? "$out"
@@ -415,6 +421,30 @@ else
     out=$(run --pids-limit 100 busybox true 2>&1 >/dev/null | grep -c 'pids controller is not available'); check pids-limit-needs-the-controller 0 1 $? "$out"
   fi
 fi
+
+# Docker's management commands and housekeeping: container ls, image ls, images' table,
+# completion scripts; system df counts containers; container prune removes the stopped
+# ones only (a label filter first), printing their IDs; image prune keeps what is used.
+arca create --isolation="$iso" --name pr1 --label keep=yes busybox true >/dev/null
+pr2=$(arca run -d --isolation="$iso" --name pr2 busybox sleep 1000)
+arca create --isolation="$iso" --name pr3 busybox true >/dev/null
+pr3=$(arca inspect -f '{{.Id}}' pr3)
+out=$(arca container ls --format '{{.Names}}'; arca image ls --format '{{.Repository}}:{{.Tag}}' busybox; arca images busybox | head -n 1 | tr -s ' '); check management-aliases 0 "pr2
+busybox:latest
+REPOSITORY TAG IMAGE ID CREATED SIZE" $? "$out"
+out=$(arca system df | awk 'NR == 1 {print $1, $2, $3} $1 == "Containers" {print $1, $2, $3}'); check system-df 0 "TYPE TOTAL ACTIVE
+Containers 3 1" $? "$out"
+out=$(arca container prune -f --filter 'label!=keep' | head -n 2; arca ps -a --format '{{.Names}}' | sort | tr '\n' ' '); check container-prune 0 "Deleted Containers:
+$pr3
+pr1 pr2 " $? "$out"
+out=$(echo n | arca container prune 2>/dev/null; arca ps -aq | wc -l); check container-prune-asks 0 2 $? "$out"
+out=$(arca image prune -f | tail -n 1; arca image prune -af | grep -c '^untagged: volbox:latest$'; arca images --format '{{.Repository}}'); check image-prune-keeps-used 0 "Total reclaimed space: 0B
+1
+busybox" $? "$out"
+out=$(arca completion bash | grep -c '_arca()'; arca completion fish | grep -c '^complete -c arca -n "__fish_arca_needs_command" -f -a "run"'; arca completion tcsh 2>/dev/null; echo "rc=$?"); check completion 0 "1
+1
+rc=125" $? "$out"
+arca rm -f pr1 "$pr2" >/dev/null
 
 left=$(ls "$state/containers" 2>/dev/null | wc -l); check nothing-left 0 0 0 "$left"
 [ $fails -eq 0 ]

@@ -159,7 +159,7 @@ fn pulls_verify_every_digest_pick_linux_amd64_and_resume() {
         .lines()
         .find_map(|l| l.strip_prefix("Digest: ").map(String::from))
         .expect("a digest line");
-    let images = arca(&state, &["images"]);
+    let images = arca(&state, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(stdout(&images).contains(&name), "{}", stdout(&images));
     // By digest, into a fresh store.
     let state2 = dir.path().join("state2");
@@ -392,7 +392,13 @@ fn pulls_over_tls_trust_the_registrys_own_ca_and_nothing_else() {
     std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
     let out = arca(&state, &["pull", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&arca(&state, &["images"])).contains(&name));
+    assert!(
+        stdout(&arca(
+            &state,
+            &["images", "--format", "{{.Repository}}:{{.Tag}}"]
+        ))
+        .contains(&name)
+    );
 
     // A certificate file that is not PEM is named in the error.
     std::fs::write(
@@ -500,7 +506,13 @@ fn pulls_follow_bearer_token_auth_and_plain_http_needs_insecure_off_localhost() 
 
     let out = arca(&state, &["pull", "--insecure", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&arca(&state, &["images"])).contains(&name));
+    assert!(
+        stdout(&arca(
+            &state,
+            &["images", "--format", "{{.Repository}}:{{.Tag}}"]
+        ))
+        .contains(&name)
+    );
     let seen = scopes.lock().unwrap().clone();
     assert!(
         seen.iter()
@@ -549,7 +561,13 @@ fn token_realms_on_another_host_need_the_token_realms_file() {
     let out = arca(&state, &["pull", "--insecure", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!scopes.lock().unwrap().is_empty());
-    assert!(stdout(&arca(&state, &["images"])).contains(&name));
+    assert!(
+        stdout(&arca(
+            &state,
+            &["images", "--format", "{{.Repository}}:{{.Tag}}"]
+        ))
+        .contains(&name)
+    );
 }
 
 /// `arca` with `ARCA_MAX_IMAGE_SIZE` set to `cap`.

@@ -368,3 +368,54 @@ pub fn rename(state: &Path, container: &str, new_name: &str) -> Result<(), RunEr
     super::names::release(state, &rec.name, rec.key());
     Ok(())
 }
+
+/// `arca container prune`: removes every stopped container (created, or exited with no
+/// monitor about to restart it) that `filters` let through (Docker's `until=TIME`:
+/// created before; `label=KEY[=VALUE]`, `label!=KEY[=VALUE]`). Returns the IDs removed
+/// and the bytes their directories held.
+pub fn prune(state: &Path, filters: &[String]) -> Result<(Vec<String>, u64), RunError> {
+    let at = std::time::SystemTime::now();
+    let mut until = None;
+    let mut labels: Vec<(bool, String, Option<String>)> = Vec::new();
+    for f in filters {
+        match f.split_once('=') {
+            Some(("until", v)) => {
+                until = Some(
+                    super::view::parse_log_time(v, at)
+                        .ok_or_else(|| RunError::Invalid(format!("invalid filter 'until={v}'")))?,
+                );
+            }
+            Some((k @ ("label" | "label!"), v)) => {
+                let (key, value) = match v.split_once('=') {
+                    Some((a, b)) => (a.to_string(), Some(b.to_string())),
+                    None => (v.to_string(), None),
+                };
+                labels.push((k == "label", key, value));
+            }
+            _ => return Err(RunError::Invalid(format!("invalid filter '{f}'"))),
+        }
+    }
+    let mut removed = Vec::new();
+    let mut freed = 0;
+    for rec in super::record::list(state) {
+        let stopped = rec.status == Status::Created
+            || (rec.status == Status::Exited && !alive(rec.monitor_pid, rec.monitor_start));
+        let old_enough = until.is_none_or(|(s, n)| (rec.created, rec.created_nanos) < (s, n));
+        let labelled = labels.iter().all(|(want, k, v)| {
+            let has = rec
+                .labels
+                .get(k)
+                .is_some_and(|x| v.as_ref().is_none_or(|v| v == x));
+            has == *want
+        });
+        if !(stopped && old_enough && labelled) {
+            continue;
+        }
+        let size = crate::storage::disk_usage(&containers_dir(state).join(rec.key()));
+        if rm(state, &rec.id, false).is_ok() {
+            freed += size;
+            removed.push(rec.id);
+        }
+    }
+    Ok((removed, freed))
+}

@@ -574,6 +574,26 @@ impl Store {
         Ok(name)
     }
 
+    /// `image prune`: removes the images no container uses that have no tag (with
+    /// `all`, tagged ones too). Returns Docker's report lines (`untagged: TAG`,
+    /// `deleted: sha256:ID`) and the bytes freed.
+    pub fn prune(&self, all: bool) -> Result<(Vec<String>, u64), StoreError> {
+        let mut lines = Vec::new();
+        let mut freed = 0;
+        for image in self.list()? {
+            if (!all && !image.tags.is_empty()) || self.container_using(&image.id).is_some() {
+                continue;
+            }
+            let size = crate::storage::disk_usage(&self.root.join("by-id").join(&image.id));
+            if let Ok(Some(id)) = self.remove(&image.id) {
+                lines.extend(image.tags.iter().map(|t| format!("untagged: {t}")));
+                lines.push(format!("deleted: sha256:{id}"));
+                freed += size;
+            }
+        }
+        Ok((lines, freed))
+    }
+
     /// Removes a tag; the image goes when its last tag does (or when named by id).
     /// Returns the id if the image itself was deleted.
     pub fn remove(&self, reference: &str) -> Result<Option<String>, StoreError> {

@@ -36,11 +36,17 @@ fn split_tag(tag: &str) -> (&str, &str) {
 }
 
 /// The rows of `images --format`: one per tag (one `<none>` row for an untagged
-/// image), Docker's fields, all strings. Arca keeps no image sizes or digests yet:
-/// `Size` and `Digest` are `N/A` and `<none>`.
-pub fn image_rows(images: &[Image], at: u64) -> Vec<Value> {
+/// image), Docker's fields, all strings. `Size` is what the unpacked image takes on the
+/// host's disk; Arca keeps no digests yet (`<none>`).
+pub fn image_rows(images: &[Image], at: u64, no_trunc: bool) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in images {
+        let size = crate::human_size(crate::storage::disk_usage(&i.rootfs));
+        let id = if no_trunc {
+            format!("sha256:{}", i.id)
+        } else {
+            i.id.get(..12).unwrap_or(&i.id).to_string()
+        };
         let created = i.config.created.as_deref().and_then(parse_rfc3339);
         let since = created.map_or("N/A".to_string(), |c| {
             format!("{} ago", human_duration(at.saturating_sub(c)))
@@ -53,15 +59,15 @@ pub fn image_rows(images: &[Image], at: u64) -> Vec<Value> {
         };
         for (repo, tag) in names {
             rows.push(json!({
-                "ID": i.id.get(..12).unwrap_or(&i.id),
+                "ID": id,
                 "Repository": repo,
                 "Tag": tag,
                 "Digest": "<none>",
                 "CreatedSince": since,
                 "CreatedAt": created_at,
-                "Size": "N/A",
+                "Size": size,
                 "Containers": "N/A",
-                "VirtualSize": "N/A",
+                "VirtualSize": size,
                 "SharedSize": "N/A",
                 "UniqueSize": "N/A",
             }));
@@ -70,12 +76,18 @@ pub fn image_rows(images: &[Image], at: u64) -> Vec<Value> {
     rows
 }
 
-/// `arca images --format FORMAT`: the text to print.
-pub fn images_formatted(images: &[Image], at: u64, format: &str) -> Result<String, TemplateError> {
+/// `arca images [--format FORMAT]`: the text to print (Docker's table without a
+/// format).
+pub fn images_formatted(
+    images: &[Image],
+    at: u64,
+    format: Option<&str>,
+    no_trunc: bool,
+) -> Result<String, TemplateError> {
     render_list(
-        &ListFormat::new(format, IMAGES_TABLE),
+        &ListFormat::new(format.unwrap_or(IMAGES_TABLE), IMAGES_TABLE),
         &images_header(),
-        &image_rows(images, at),
+        &image_rows(images, at, no_trunc),
     )
 }
 
