@@ -252,6 +252,27 @@ impl Cgroup {
         ))
     }
 
+    /// Pids of the processes in the cgroup and the cgroups below it.
+    pub fn all_procs(&self) -> Vec<i32> {
+        fn walk(dir: &Path, out: &mut Vec<i32>, depth: u32) {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            if depth >= 16 {
+                return;
+            }
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out, depth + 1);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, &mut out, 0);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Pids of the processes in the cgroup.
     pub fn procs(&self) -> Vec<i32> {
         fs::read_to_string(self.path.join("cgroup.procs"))

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use arca_protocol::{
     AgentError, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ErrorCode,
-    ExitStatus, NetworkMode, ProcessSpec, StdioStream, validate_id,
+    ExitStatus, NetworkMode, ProcessInfo, ProcessSpec, StdioStream, validate_id,
 };
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupParent};
@@ -539,6 +539,23 @@ impl Runtime {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The processes of running container `id`: its cgroup's (nested ones included), or,
+    /// without a cgroup, its main process and that process's descendants.
+    pub fn top(&self, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
+        let c = self.get(id)?;
+        if c.state() != ContainerState::Running {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Container {id} is not running"),
+            ));
+        }
+        let pids = match &c.cgroup {
+            Some(cg) => cg.all_procs(),
+            None => crate::procinfo::descendants(c.main.pid),
+        };
+        Ok(crate::procinfo::describe(&pids))
     }
 
     /// Freezes (`frozen`) or thaws every process of running container `id` (`pause`,

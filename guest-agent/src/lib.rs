@@ -19,6 +19,7 @@ pub mod cmdline;
 pub mod container;
 pub mod helper;
 pub mod init;
+pub mod procinfo;
 pub mod reaper;
 pub mod seccomp;
 pub mod server;

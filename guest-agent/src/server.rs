@@ -364,6 +364,7 @@ impl Server {
                     | Request::ResizeTty { .. }
                     | Request::AddHosts { .. }
                     | Request::Freeze { .. }
+                    | Request::Top { .. }
             );
             if quick {
                 let result = self.handle(frame.request);
@@ -476,6 +477,9 @@ impl Server {
             Request::AddHosts { container, entries } => rt
                 .add_hosts(&container, &entries)
                 .map(|()| Reply::HostsAdded),
+            Request::Top { container } => rt
+                .top(&container)
+                .map(|processes| Reply::Processes { processes }),
             Request::Freeze { container, frozen } => {
                 rt.freeze(&container, frozen).map(|()| Reply::FreezeSet)
             }

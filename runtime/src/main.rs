@@ -221,6 +221,14 @@ enum Cmd {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Display the running processes of a container.
+    Top {
+        /// The container.
+        container: String,
+        /// `ps` options: not taken (Arca lists the processes itself, as `ps -ef`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_options: Vec<String>,
+    },
     /// Rename a container.
     Rename {
         /// The container (name, ID or ID prefix).
@@ -906,7 +914,7 @@ fn main() -> ExitCode {
             command: SystemCmd::Df,
         } => match arca_runtime::system::df(&state) {
             Ok(rows) => {
-                print!("{}", arca_runtime::system::df_table(&rows));
+                emit(&arca_runtime::system::df_table(&rows));
                 Ok(0)
             }
             Err(e) => Ok(refused(&e)),
@@ -1043,6 +1051,24 @@ fn main() -> ExitCode {
         }
         Cmd::Pause { containers } => each(&containers, |n| lifecycle::pause(&state, n)),
         Cmd::Unpause { containers } => each(&containers, |n| lifecycle::unpause(&state, n)),
+        Cmd::Top {
+            container,
+            ps_options,
+        } => {
+            if !ps_options.is_empty() {
+                return Err(format!(
+                    "top takes no ps options ({}): Arca lists the container's processes itself, as `ps -ef` shows them",
+                    ps_options.join(" ")
+                ));
+            }
+            match view::top(&state, &container) {
+                Ok(text) => {
+                    emit(&text);
+                    Ok(0)
+                }
+                Err(e) => Ok(refused(&e)),
+            }
+        }
         Cmd::Rename {
             container,
             new_name,
@@ -1169,7 +1195,7 @@ fn main() -> ExitCode {
                         Err(e) => return print_formatted(Err(e)),
                     }
                 }
-                print!("{text}");
+                emit(&text);
                 return Ok(if failed { 1 } else { 0 });
             }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -1357,13 +1383,21 @@ fn format_unless_quiet(format: Option<String>, quiet: bool) -> Option<String> {
     }
 }
 
+/// Writes `text` to stdout; a reader that went away (`arca images | head -n 1`) ends
+/// the output quietly, where `print!` would panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Prints what a `--format` made; a template error exits 1, as Docker's CLI.
 fn print_formatted(
     text: Result<String, arca_runtime::template::TemplateError>,
 ) -> Result<i32, String> {
     match text {
         Ok(t) => {
-            print!("{t}");
+            emit(&t);
             Ok(0)
         }
         Err(e) => {

@@ -210,13 +210,22 @@ pub fn stats(state: &Path, o: &StatsOptions) -> Result<Result<(), TemplateError>
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
         if o.no_stream {
-            print!("{text}");
+            let _ = out.write_all(text.as_bytes());
             return Ok(Ok(()));
         }
-        // Docker redraws in place: clear the screen, cursor home.
-        print!("\x1b[2J\x1b[H{text}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // Docker redraws in place: clear the screen, cursor home. A reader that went
+        // away ends it.
+        if out
+            .write_all(format!("\x1b[2J\x1b[H{text}").as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(Ok(()));
+        }
+        drop(out);
         std::thread::sleep(Duration::from_millis(1000));
     }
 }

@@ -219,6 +219,16 @@ exited" $? "$out"
 out=$(arca pause pz 2>&1; echo "rc=$?"); check pause-stopped 0 "arca: Container $(arca inspect -f '{{.Id}}' pz) is not running
 rc=1" $? "$out"
 arca rm pz >/dev/null
+# top: the container's processes as ps -ef shows them (a microVM's are the guest's); ps
+# options are refused; a hostile process title cannot reach the terminal raw.
+arca run -d --isolation="$iso" --name tp busybox sh -c 'sh -c "sleep 1000; true" "$(printf "evil\033]0;x\007")" & sleep 1001' >/dev/null
+sleep 1
+out=$(arca top tp | head -n 1 | tr -s ' '; arca top tp | grep -c ' sleep 1000$'; arca top tp | grep -c "$(printf '\033')"; arca top tp | grep -c 'evil?]0;x?$'; arca top tp aux 2>&1 >/dev/null | grep -c 'top takes no ps options'); check top 0 "UID PID PPID C STIME TTY TIME CMD
+1
+0
+1
+1" $? "$out"
+arca rm -f tp >/dev/null
 # attach: to a detached container's stdin and output, and to its terminal.
 arca run -d -i --isolation="$iso" --name att busybox sh -c 'while read l; do echo "got:$l"; done; exit 7' >/dev/null
 printf 'one\ntwo\n' | arca attach att >"$state.att"; rc=$?

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use arca_protocol::{
     AgentError, Channel, ContainerInfo, ContainerSpec, ContainerStats, ExitStatus, FrameDecoder,
-    Hello, HelloReply, PROTOCOL_VERSION, ProcessSpec, Reply, Request, RequestFrame, Response,
-    StdioStream, encode_frame,
+    Hello, HelloReply, PROTOCOL_VERSION, ProcessInfo, ProcessSpec, Reply, Request, RequestFrame,
+    Response, StdioStream, encode_frame,
 };
 
 /// Errors talking to the agent.
@@ -606,6 +606,19 @@ impl AgentClient {
                 entries,
             })?,
             |r| matches!(r, Reply::HostsAdded).then_some(()),
+        )
+    }
+
+    /// A running container's processes.
+    pub fn top(&mut self, container: &str) -> Result<Vec<ProcessInfo>, AgentClientError> {
+        expect(
+            self.request(Request::Top {
+                container: container.into(),
+            })?,
+            |r| match r {
+                Reply::Processes { processes } => Some(processes),
+                _ => None,
+            },
         )
     }
 

@@ -201,6 +201,11 @@ pub enum Request {
     },
     /// Kill every container and power the sandbox off (or end a host agent).
     Shutdown,
+    /// The processes of a running container (its cgroup's, nested cgroups included).
+    Top {
+        /// Container id.
+        container: String,
+    },
     /// Freeze (`frozen`) or thaw every process of a running container through its
     /// cgroup v2 `cgroup.freeze`; answers once the kernel says it is done.
     Freeze {
@@ -273,6 +278,31 @@ pub enum Reply {
     HostsAdded,
     /// The container is frozen (or thawed), as asked.
     FreezeSet,
+    /// Answer to `Top`.
+    Processes {
+        /// By pid.
+        processes: Vec<ProcessInfo>,
+    },
+}
+
+/// One process of a container, as `top` shows it. It comes from the sandbox (a guest's
+/// `/proc`): the host prints it only after taking out control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Process id in the agent's pid namespace (the guest's, or the host's).
+    pub pid: u32,
+    /// Its parent's.
+    pub ppid: u32,
+    /// Effective uid.
+    pub uid: u32,
+    /// When it started, seconds since the epoch.
+    pub started: u64,
+    /// User and system CPU time, milliseconds.
+    pub cpu_ms: u64,
+    /// Its controlling terminal as `ps` names it (`pts/0`), or `?`.
+    pub tty: String,
+    /// Its command line, or `[comm]` for one without (a kernel thread, a zombie).
+    pub cmd: String,
 }
 
 /// How a process ended.
@@ -1046,6 +1076,13 @@ mod tests {
                 container: "c".into(),
             },
             Request::List,
+            Request::Top {
+                container: "c".into(),
+            },
+            Request::Freeze {
+                container: "c".into(),
+                frozen: true,
+            },
             Request::Remove {
                 container: "c".into(),
                 force: true,
@@ -1082,6 +1119,17 @@ mod tests {
                     state: ContainerState::Exited,
                     pid: 7,
                     exit: Some(ExitStatus::exited(1)),
+                }],
+            }),
+            Ok(Reply::Processes {
+                processes: vec![ProcessInfo {
+                    pid: 1,
+                    ppid: 0,
+                    uid: 1000,
+                    started: 1_796_526_123,
+                    cpu_ms: 20,
+                    tty: "?".into(),
+                    cmd: "sleep 1000".into(),
                 }],
             }),
         ];

@@ -525,6 +525,97 @@ pub fn logs(state: &Path, name: &str, o: &LogsOptions) -> Result<i32, RunError> 
     }
 }
 
+/// Text from a sandbox made safe to print: control characters (terminal escapes a
+/// hostile guest could send) become `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `arca top CONTAINER`: its processes as `ps -ef` shows them (Docker runs the host's
+/// `ps` on them; Arca asks the container's agent, so in a microVM the PIDs are the
+/// guest's). User names are the host's, as with Docker.
+pub fn top(state: &Path, name: &str) -> Result<String, RunError> {
+    let (_, rec) = find(state, name)?;
+    if rec.status != Status::Running {
+        return Err(RunError::Invalid(format!(
+            "Container {} is not running",
+            rec.id
+        )));
+    }
+    let procs = rec.client()?.top(rec.key())?;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let user = |uid: u32| {
+        passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+            .unwrap_or_else(|| uid.to_string())
+    };
+    let at = now();
+    let today = &crate::rfc3339(at)[..10];
+    let mut rows =
+        vec![["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"].map(String::from)];
+    for p in &procs {
+        let elapsed = at.saturating_sub(p.started).max(1);
+        let started = crate::rfc3339(p.started);
+        let stime = if &started[..10] == today {
+            started[11..16].to_string()
+        } else {
+            let months = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let month: usize = started[5..7].parse().unwrap_or(1);
+            format!("{}{}", months[month.clamp(1, 12) - 1], &started[8..10])
+        };
+        let cpu = p.cpu_ms / 1000;
+        let time = if cpu >= 86_400 {
+            format!(
+                "{}-{:02}:{:02}:{:02}",
+                cpu / 86_400,
+                cpu / 3600 % 24,
+                cpu / 60 % 60,
+                cpu % 60
+            )
+        } else {
+            format!("{:02}:{:02}:{:02}", cpu / 3600, cpu / 60 % 60, cpu % 60)
+        };
+        rows.push([
+            user(p.uid),
+            p.pid.to_string(),
+            p.ppid.to_string(),
+            (p.cpu_ms / 10 / elapsed).to_string(),
+            stime,
+            printable(&p.tty),
+            time,
+            printable(&p.cmd),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// A `--since`/`--until` value as Docker takes it: a Go duration before now (`10m`,
 /// `1h30m`, `2.5s`), Unix seconds with an optional fraction (`1733500000.5`), or an RFC
 /// 3339 time, with or without its fraction and zone, or a date (a time without a zone
