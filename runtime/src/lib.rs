@@ -234,6 +234,16 @@ pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(total).ok()
 }
 
+/// `s`, cut to `width` characters with an ellipsis, as Docker's `formatter.Ellipsis`.
+pub fn ellipsis(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut cut: String = s.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// `err` and its sources, joined with ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();

@@ -90,6 +90,24 @@ enum Cmd {
         /// Only images of this repository (`NAME[:TAG]`).
         repository: Option<String>,
     },
+    /// Show the history of an image.
+    History {
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Don't truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Print sizes and dates in human readable format (the default; false is not
+        /// supported).
+        #[arg(short = 'H', long, default_value_t = true)]
+        human: bool,
+        /// Print with a Go template, `table TEMPLATE`, `table` or `json`.
+        #[arg(long)]
+        format: Option<String>,
+        /// The image.
+        image: String,
+    },
     /// Remove images (a tag; the image goes with its last tag).
     Rmi {
         /// Image names or ids.
@@ -559,6 +577,9 @@ struct RunArgs {
     /// by default, as Docker).
     #[arg(long)]
     tmpfs: Vec<String>,
+    /// Size of /dev/shm (64m by default, as Docker's).
+    #[arg(long = "shm-size", value_name = "bytes")]
+    shm_size: Option<String>,
     /// Storage driver options: size=SIZE, the writable layer's size (microVMs only: a
     /// sparse disk, 10g by default; with process isolation the layer is a directory on
     /// the state directory's filesystem, and size= is refused).
@@ -654,7 +675,21 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         env.extend(env_file(f)?);
     }
     env.extend(a.env.iter().cloned());
-    let mounts = arca_runtime::storage::parse_mount_flags(&a.volume, &a.mount, &a.tmpfs)
+    let mut tmpfs = a.tmpfs.clone();
+    if let Some(size) = &a.shm_size {
+        let bytes = arca_runtime::parse_size(size)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| format!("invalid argument {size:?} for \"--shm-size\" flag: a positive size such as 128m"))?;
+        // A tmpfs of that size over the agent's /dev/shm, with Docker's options for it
+        // (one the caller mounts there with --tmpfs wins, as with Docker).
+        if !tmpfs
+            .iter()
+            .any(|t| t.split(':').next() == Some("/dev/shm"))
+        {
+            tmpfs.push(format!("/dev/shm:size={bytes},mode=1777"));
+        }
+    }
+    let mounts = arca_runtime::storage::parse_mount_flags(&a.volume, &a.mount, &tmpfs)
         .map_err(|e| e.to_string())?;
     let storage_size =
         arca_runtime::storage::parse_storage_opts(&a.storage_opt).map_err(|e| e.to_string())?;
@@ -789,7 +824,7 @@ fn docker_aliases(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
         ("container", "remove") => Some("rm"),
         ("image", "ls" | "list") => Some("images"),
         ("image", "rm" | "remove") => Some("rmi"),
-        ("image", c @ ("inspect" | "load" | "pull" | "save" | "tag")) => Some(c),
+        ("image", c @ ("history" | "inspect" | "load" | "pull" | "save" | "tag")) => Some(c),
         _ => None,
     };
     if let Some(t) = target {
@@ -1240,6 +1275,42 @@ fn main() -> ExitCode {
                 at,
                 format.as_deref(),
                 no_trunc,
+            ))
+        }
+        Cmd::History {
+            quiet,
+            no_trunc,
+            human,
+            format,
+            image,
+        } => {
+            if !human {
+                return Err("history -H=false is not supported: Arca prints sizes and dates in human readable form only".into());
+            }
+            let format = format_unless_quiet(format, quiet);
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let img = match store.resolve(&image) {
+                Ok(i) => i,
+                Err(e) => return Ok(refused(&e)),
+            };
+            let rows = arca_runtime::image::view::history_rows(
+                &img,
+                &store.layer_sizes(&img.id),
+                arca_runtime::now(),
+                no_trunc,
+            );
+            if quiet {
+                for r in &rows {
+                    println!("{}", r["ID"].as_str().unwrap_or_default());
+                }
+                return Ok(0);
+            }
+            use arca_runtime::image::view::{HISTORY_TABLE, history_header};
+            use arca_runtime::template::{ListFormat, render_list};
+            print_formatted(render_list(
+                &ListFormat::new(format.as_deref().unwrap_or(HISTORY_TABLE), HISTORY_TABLE),
+                &history_header(),
+                &rows,
             ))
         }
         Cmd::Rmi { images } => {

@@ -54,6 +54,9 @@ out=$(run --tmpfs /deep/er:mode=700,exec busybox sh -c 'stat -c %a /deep/er; gre
 out=$(run --tmpfs /a/../../etc busybox true 2>&1 >/dev/null | grep -c 'invalid --tmpfs'); check tmpfs-dotdot-refused 0 1 $? "$out"
 out=$(run --tmpfs /bin/sh/x busybox true 2>&1 >/dev/null | grep -c 'is a symlink'); check tmpfs-through-image-symlink-refused 0 1 $? "$out"
 out=$(run --tmpfs /bin/sh busybox true 2>/dev/null); check tmpfs-on-image-symlink-exit 125 "" $? "$out"
+out=$(run busybox sh -c "df -k /dev/shm | tail -n 1 | awk '{print \$2}'"; run --shm-size 8m -u app busybox sh -c "df -k /dev/shm | tail -n 1 | awk '{print \$2}'; touch /dev/shm/x && echo writable"); check shm-size 0 "65536
+8192
+writable" $? "$out"
 out=$(run --storage-opt dm.basesize=1g busybox true 2>&1 >/dev/null | grep -c 'unknown storage option'); check storage-opt-unknown 0 1 $? "$out"
 if [ "$iso" = vm ]; then
   out=$(run --storage-opt size=100m busybox sh -c "df -k / | tail -n 1 | awk '{print (\$2 > 80000 && \$2 <= 102400)}'"); check storage-opt-size 0 1 $? "$out"
@@ -442,6 +445,10 @@ pr3=$(arca inspect -f '{{.Id}}' pr3)
 out=$(arca container ls --format '{{.Names}}'; arca image ls --format '{{.Repository}}:{{.Tag}}' busybox; arca images busybox | head -n 1 | tr -s ' '); check management-aliases 0 "pr2
 busybox:latest
 REPOSITORY TAG IMAGE ID CREATED SIZE" $? "$out"
+out=$(arca history busybox | head -n 1 | tr -s ' '; [ "$(arca image history -q busybox | head -n 1)" = "$(arca images -q busybox)" ] && echo same-id; arca history no-such-image 2>&1; echo "rc=$?"); check history 0 "IMAGE CREATED CREATED BY SIZE COMMENT
+same-id
+arca: No such image: no-such-image
+rc=1" $? "$out"
 out=$(arca system df | awk 'NR == 1 {print $1, $2, $3} $1 == "Containers" {print $1, $2, $3}'); check system-df 0 "TYPE TOTAL ACTIVE
 Containers 3 1" $? "$out"
 out=$(arca container prune -f --filter 'label!=keep' | head -n 2; arca ps -a --format '{{.Names}}' | sort | tr '\n' ' '); check container-prune 0 "Deleted Containers:

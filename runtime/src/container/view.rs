@@ -11,7 +11,7 @@ use crate::error::RunError;
 use crate::logs::{LogEntry, LogReader};
 use crate::storage::MountType;
 use crate::template::{ListFormat, TemplateError, render_list};
-use crate::{go_time, human_duration, now};
+use crate::{ellipsis, go_time, human_duration, now};
 
 /// `ps --format table`: Docker's default columns.
 pub const PS_TABLE: &str = "table {{.ID}}\\t{{.Image}}\\t{{.Command}}\\t{{.RunningFor}}\\t{{.Status}}\\t{{.Ports}}\\t{{.Names}}";
@@ -35,16 +35,6 @@ pub fn ps_header() -> Value {
         "LocalVolumes": "LOCAL VOLUMES",
         "Isolation": "ISOLATION",
     })
-}
-
-/// `s`, cut to `width` characters with an ellipsis, as Docker's `formatter.Ellipsis`.
-fn ellipsis(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        return s.to_string();
-    }
-    let mut cut: String = s.chars().take(width.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 /// One container as `ps --format` sees it: Docker's fields, all strings (plus

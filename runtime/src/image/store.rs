@@ -177,6 +177,26 @@ pub struct ImageConfig {
     /// `created`.
     #[serde(default)]
     pub created: Option<String>,
+    /// `history`: how each layer was made, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One step of an image config's `history`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When, RFC 3339.
+    #[serde(default)]
+    pub created: Option<String>,
+    /// The command that made it.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// A step that made no layer (`ENV`, `CMD`, ...).
+    #[serde(default)]
+    pub empty_layer: bool,
+    /// A comment.
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 /// `config` of an image config.
@@ -572,6 +592,20 @@ impl Store {
         tags.insert(name.clone(), image.id);
         write_json(&self.tags_path(), &tags)?;
         Ok(name)
+    }
+
+    /// The sizes of image `id`'s layers as stored (compressed if they came so), oldest
+    /// first.
+    pub fn layer_sizes(&self, id: &str) -> Vec<u64> {
+        let layers: Vec<String> = read_json(
+            &self.root.join("by-id").join(id).join("layers.json"),
+            "layer list",
+        )
+        .unwrap_or_default();
+        layers
+            .iter()
+            .map(|l| fs::metadata(self.root.join("blobs/sha256").join(l)).map_or(0, |m| m.len()))
+            .collect()
     }
 
     /// `image prune`: removes the images no container uses that have no tag (with
