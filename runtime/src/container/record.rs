@@ -246,9 +246,14 @@ impl ContainerRecord {
         self.paused && self.status == Status::Running
     }
 
-    /// Its short ID, which names its directory, its cgroups and its network links.
+    /// Its short ID, which names its directory, its cgroups and its network links (a
+    /// record made before IDs existed: its name, which named all those).
     pub fn key(&self) -> &str {
-        super::names::short(&self.id)
+        if self.id.len() == 64 && super::names::is_hex(&self.id) {
+            super::names::short(&self.id)
+        } else {
+            &self.id
+        }
     }
 
     /// Writes `dir/state.json` atomically.
@@ -398,5 +403,51 @@ pub fn wait_exited(dir: &Path, timeout: Duration) -> Option<ContainerRecord> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of container `id` named `name`, saved under `state`.
+    fn saved(state: &Path, id: &str, name: &str) -> ContainerRecord {
+        let mut rec: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "id": id, "image": "busybox", "image_id": "ab", "command": ["true"],
+            "isolation": "process", "created": 1, "status": "exited", "exit_code": 0,
+            "error": null, "monitor_pid": 0, "sandbox_pid": null, "agent": null, "rm": false,
+        }))
+        .unwrap();
+        rec.name = name.into();
+        let dir = containers_dir(state).join(rec.key());
+        std::fs::create_dir_all(&dir).unwrap();
+        rec.save(&dir).unwrap();
+        std::fs::write(dir.join(NAME_FILE), name).unwrap();
+        super::super::names::reserve(state, name, rec.key()).unwrap();
+        rec
+    }
+
+    #[test]
+    fn containers_are_found_by_id_name_or_unique_prefix_as_dockers_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path();
+        let a = saved(state, &format!("abc1{}", "0".repeat(60)), "web");
+        let b = saved(state, &format!("abc2{}", "1".repeat(60)), "db");
+        let name_of = |q: &str| find(state, q).map(|(_, r)| r.name);
+        assert_eq!(name_of(&a.id).unwrap(), "web");
+        assert_eq!(name_of(a.key()).unwrap(), "web");
+        assert_eq!(name_of("db").unwrap(), "db");
+        assert_eq!(name_of("abc2").unwrap(), "db");
+        assert_eq!(name_of(&b.id[..20]).unwrap(), "db");
+        assert!(matches!(find(state, "abc"), Err(RecordError::Ambiguous(_))));
+        assert!(matches!(find(state, "abd"), Err(RecordError::NotFound(_))));
+        assert!(matches!(find(state, "../x"), Err(RecordError::NotFound(_))));
+        // A record made before IDs existed keeps its name as its key.
+        let old = saved(state, "my-old-container-name", "my-old-container-name");
+        assert_eq!(old.key(), "my-old-container-name");
+        assert_eq!(
+            name_of("my-old-container-name").unwrap(),
+            "my-old-container-name"
+        );
     }
 }
