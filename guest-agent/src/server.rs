@@ -363,6 +363,7 @@ impl Server {
                     | Request::Signal { .. }
                     | Request::ResizeTty { .. }
                     | Request::AddHosts { .. }
+                    | Request::Freeze { .. }
                     | Request::Top { .. }
             );
             if quick {

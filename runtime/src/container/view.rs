@@ -191,9 +191,8 @@ fn matches_filters(
     let created_of = |q: &str| {
         all.iter()
             .find(|c| c.name == q || c.id.starts_with(q))
-            .map(|c| (c.created, c.created_nanos))
+            .map(|c| c.created)
     };
-    let made = (r.created, r.created_nanos);
     let check = |key: &str, v: &str| -> bool {
         match key {
             "id" => r.id.starts_with(v),
@@ -210,8 +209,8 @@ fn matches_filters(
                     || v.strip_suffix(":latest") == Some(r.image.as_str())
                     || r.image_id.starts_with(v.trim_start_matches("sha256:"))
             }
-            "before" => created_of(v).is_some_and(|t| made < t),
-            "since" => created_of(v).is_some_and(|t| made > t),
+            "before" => created_of(v).is_some_and(|t| r.created < t),
+            "since" => created_of(v).is_some_and(|t| r.created > t),
             "volume" => r
                 .mounts
                 .iter()
@@ -263,20 +262,6 @@ fn parse_filters(given: &[String]) -> Result<Vec<(String, String)>, RunError> {
 fn ps_records(state: &Path, o: &PsOptions) -> Result<Vec<ContainerRecord>, RunError> {
     let filters = parse_filters(&o.filters)?;
     let records = list(state);
-    // As Docker: `before`/`since` name a container that must exist.
-    for (_, v) in filters
-        .iter()
-        .filter(|(k, _)| k == "before" || k == "since")
-    {
-        if !records
-            .iter()
-            .any(|c| c.name == *v || c.id.starts_with(v.as_str()))
-        {
-            return Err(RunError::Record(super::record::RecordError::NotFound(
-                v.clone(),
-            )));
-        }
-    }
     // As Docker: a status or exit code filter, `-n` and `-l` look at every container.
     let all =
         o.all || o.last.is_some() || filters.iter().any(|(k, _)| k == "status" || k == "exited");
@@ -531,14 +516,10 @@ pub fn logs(state: &Path, name: &str, o: &LogsOptions) -> Result<i32, RunError> 
 }
 
 /// Text from a sandbox made safe to print: control characters (terminal escapes a
-/// hostile guest could send) and the invisible characters that reorder or hide text
-/// (bidi overrides, zero-width characters) become `?`.
+/// hostile guest could send) become `?`.
 fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| {
-            let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-            if c.is_control() || invisible { '?' } else { c }
-        })
+        .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
