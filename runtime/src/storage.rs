@@ -537,6 +537,12 @@ pub fn layer_dir(dir: &Path) -> PathBuf {
     dir.join(LAYER_DIR)
 }
 
+/// The bytes the writable layer of the container in `dir` holds on the host's disk
+/// (its directory, or a microVM's sparse disk: see [`disk_usage`]).
+pub fn layer_usage(dir: &Path) -> u64 {
+    disk_usage(&dir.join(LAYER_DIR)) + disk_usage(&dir.join(LAYER_IMAGE))
+}
+
 /// The bytes `path` (a file, or a directory tree, symbolic links not followed) takes
 /// on the host's disk: allocated blocks, so a sparse disk counts what it holds. What
 /// cannot be read counts nothing.

@@ -59,7 +59,7 @@ pub fn df(state: &Path) -> Result<Vec<DfRow>, RunError> {
     };
     for c in &containers {
         let dir = containers_dir(state).join(c.key());
-        let size = disk_usage(&dir.join("rw")) + disk_usage(&dir.join("rw.ext4"));
+        let size = crate::storage::layer_usage(&dir);
         ctrs.total += 1;
         ctrs.size += size;
         if matches!(

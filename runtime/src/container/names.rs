@@ -79,6 +79,9 @@ pub fn containers_dir(state: &Path) -> PathBuf {
     state.join("containers")
 }
 
+/// The file in a container's directory that holds its name (only `rename` rewrites it).
+pub const NAME_FILE: &str = "name";
+
 /// `<state>/names`.
 pub fn names_dir(state: &Path) -> PathBuf {
     state.join("names")
@@ -98,7 +101,7 @@ pub fn lookup(state: &Path, name: &str) -> Option<String> {
 /// The names container `key` answers to on its networks: its name and its short ID.
 pub fn host_names(state: &Path, key: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Ok(name) = std::fs::read_to_string(containers_dir(state).join(key).join("name")) {
+    if let Ok(name) = std::fs::read_to_string(containers_dir(state).join(key).join(NAME_FILE)) {
         out.push(name.trim().to_string());
     }
     if !out.iter().any(|n| n == key) {

@@ -215,8 +215,7 @@ pub fn end_vm_cgroup(path: &Path) {
 
 pub use super::names::containers_dir;
 
-/// The file in a container's directory that holds its name.
-pub const NAME_FILE: &str = "name";
+pub use super::names::NAME_FILE;
 
 /// A file in a container's directory that says its processes are frozen (`pause`). A
 /// new run of the container starts without it; only a running container is paused.

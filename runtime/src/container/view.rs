@@ -153,8 +153,7 @@ pub struct PsOptions {
 /// a microVM's sparse disk) holds on the host, and beside it that plus its image.
 fn size_text(state: &Path, r: &ContainerRecord) -> String {
     let dir = super::names::containers_dir(state).join(r.key());
-    let layer = crate::storage::disk_usage(&dir.join("rw"))
-        + crate::storage::disk_usage(&dir.join("rw.ext4"));
+    let layer = crate::storage::layer_usage(&dir);
     let image = crate::image::store::Store::open(state)
         .ok()
         .and_then(|s| s.resolve(&r.image_id).ok())
