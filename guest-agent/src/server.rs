@@ -363,7 +363,6 @@ impl Server {
                     | Request::Signal { .. }
                     | Request::ResizeTty { .. }
                     | Request::AddHosts { .. }
-                    | Request::Freeze { .. }
                     | Request::Top { .. }
             );
             if quick {

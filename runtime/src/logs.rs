@@ -323,6 +323,12 @@ impl LogReader {
                 (Some((_, ino)), Some(new)) if *ino == new => return Ok(any),
                 (_, None) => return Ok(any),
                 _ => {
+                    // What the writer added to the file we hold before it rotated it
+                    // away (it no longer grows).
+                    if let Some((mut f, ino)) = self.current.take() {
+                        any |= self.read_records(&mut f, out)?;
+                        self.current = Some((f, ino));
+                    }
                     self.end_of_file(out);
                     // What rotated in after the file we held (several rotations may
                     // have come since the last drain), oldest first.

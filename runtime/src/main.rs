@@ -72,6 +72,9 @@ enum Cmd {
         /// Print each with a Go template instead (Docker's functions).
         #[arg(short, long)]
         format: Option<String>,
+        /// Only this kind of object: container or image.
+        #[arg(long = "type", value_parser = ["container", "image"])]
+        kind: Option<String>,
         /// Container or image names.
         #[arg(required = true)]
         names: Vec<String>,
@@ -675,6 +678,15 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         env.extend(env_file(f)?);
     }
     env.extend(a.env.iter().cloned());
+    // `-e KEY` takes KEY's value from this shell now (or is dropped if it has none), so
+    // every later start and exec of the container sees what its first run saw.
+    let env: Vec<String> = env
+        .into_iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e),
+            None => std::env::var(&e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect();
     let mut tmpfs = a.tmpfs.clone();
     if let Some(size) = &a.shm_size {
         let bytes = arca_runtime::parse_size(size)
@@ -813,18 +825,24 @@ fn docker_aliases(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     ) else {
         return args;
     };
+    // `inspect` of one kind only.
+    if sub == "inspect" && matches!(group, "container" | "image") {
+        let kind = std::ffi::OsString::from(group);
+        args.splice(i..i + 2, ["inspect".into(), "--type".into(), kind]);
+        return args;
+    }
     let target = match (group, sub) {
         ("container", "ls" | "list" | "ps") => Some("ps"),
         (
             "container",
-            c @ ("attach" | "create" | "cp" | "exec" | "inspect" | "kill" | "logs" | "pause"
-            | "port" | "rename" | "restart" | "rm" | "run" | "start" | "stats" | "stop"
-            | "unpause" | "wait"),
+            c @ ("attach" | "create" | "cp" | "exec" | "kill" | "logs" | "pause" | "port"
+            | "rename" | "restart" | "rm" | "run" | "start" | "stats" | "stop" | "unpause"
+            | "wait"),
         ) => Some(c),
         ("container", "remove") => Some("rm"),
         ("image", "ls" | "list") => Some("images"),
         ("image", "rm" | "remove") => Some("rmi"),
-        ("image", c @ ("history" | "inspect" | "load" | "pull" | "save" | "tag")) => Some(c),
+        ("image", c @ ("history" | "load" | "pull" | "save" | "tag")) => Some(c),
         _ => None,
     };
     if let Some(t) = target {
@@ -1190,16 +1208,29 @@ fn main() -> ExitCode {
             store.tag(&source, &target).map_err(|e| chain(&e))?;
             Ok(0)
         }
-        Cmd::Inspect { format, names } => {
+        Cmd::Inspect {
+            format,
+            kind,
+            names,
+        } => {
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             let mut failed = false;
+            let (containers, images) = match kind.as_deref() {
+                Some("container") => (true, false),
+                Some("image") => (false, true),
+                _ => (true, true),
+            };
             for n in &names {
-                if let Ok((dir, rec)) = find(&state, n) {
+                let container = containers.then(|| find(&state, n).ok()).flatten();
+                let image = (images && container.is_none())
+                    .then(|| store.resolve(n).ok())
+                    .flatten();
+                if let Some((dir, rec)) = container {
                     let opts = RunOptions::load(&dir).ok();
                     let image = store.resolve(&rec.image_id).ok();
                     out.push(view::inspect(&rec, opts.as_ref(), image.as_ref()));
-                } else if let Ok(img) = store.resolve(n) {
+                } else if let Some(img) = image {
                     out.push(serde_json::json!({
                         "Id": format!("sha256:{}", img.id),
                         "RepoTags": img.tags,
@@ -1700,6 +1731,10 @@ mod alias_tests {
             ["arca", "--state-dir", "/s", "rmi", "x"]
         );
         assert_eq!(rewrite(&["arca", "image", "ls"]), ["arca", "images"]);
+        assert_eq!(
+            rewrite(&["arca", "image", "inspect", "busybox"]),
+            ["arca", "inspect", "--type", "image", "busybox"]
+        );
         assert_eq!(
             rewrite(&["arca", "container", "run", "--rm", "busybox"]),
             ["arca", "run", "--rm", "busybox"]

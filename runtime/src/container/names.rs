@@ -117,6 +117,26 @@ pub fn reserve(state: &Path, name: &str, key: &str) -> Result<(), NameError> {
         action: format!("create {}", dir.display()),
         source,
     })?;
+    // One reservation at a time: taking over a stale link (check, remove, link) must
+    // not race another CLI doing the same. Names never start with '.', so the lock
+    // file is no name.
+    let _lock = crate::state::lock_file(
+        &dir.join(".lock"),
+        rustix::fs::FlockOperation::LockExclusive,
+    )
+    .map_err(|(what, source)| NameError::Io {
+        action: format!("{what} the names' lock"),
+        source,
+    })?;
+    // A record made before names had links holds its name by its directory.
+    if name != key
+        && containers_dir(state)
+            .join(name)
+            .join("state.json")
+            .is_file()
+    {
+        return Err(NameError::InUse(name.into()));
+    }
     let link = dir.join(name);
     let target = Path::new("../containers").join(key);
     for _ in 0..2 {

@@ -325,11 +325,12 @@ pub fn find(state: &Path, query: &str) -> Result<(PathBuf, ContainerRecord), Rec
     let found = |d: PathBuf| ContainerRecord::observe(&d).map(|r| (d, r));
     let key = super::names::short(query);
     let valid = !query.is_empty() && !query.contains('/') && !query.starts_with('.');
-    if valid && super::names::is_hex(query) && query.len() >= 12 {
+    // Docker's order: the whole ID, a name, then an ID prefix.
+    if valid && super::names::is_hex(query) && query.len() == 64 {
         let d = dir.join(key);
         if d.join("state.json").is_file()
             && let Ok((d, r)) = found(d)
-            && r.id.starts_with(query)
+            && r.id == query
         {
             return Ok((d, r));
         }
@@ -350,7 +351,10 @@ pub fn find(state: &Path, query: &str) -> Result<(PathBuf, ContainerRecord), Rec
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with(key))
         .map(|e| e.path())
-        .filter(|p| ContainerRecord::load(p).is_ok_and(|r| r.id.starts_with(query)))
+        .filter(|p| {
+            // Only IDs are abbreviated, never the names of records made before IDs.
+            ContainerRecord::load(p).is_ok_and(|r| r.id.len() == 64 && r.id.starts_with(query))
+        })
         .collect();
     match matches.as_slice() {
         [one] => found(one.clone()),

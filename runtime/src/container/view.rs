@@ -190,8 +190,9 @@ fn matches_filters(
     let created_of = |q: &str| {
         all.iter()
             .find(|c| c.name == q || c.id.starts_with(q))
-            .map(|c| c.created)
+            .map(|c| (c.created, c.created_nanos))
     };
+    let made = (r.created, r.created_nanos);
     let check = |key: &str, v: &str| -> bool {
         match key {
             "id" => r.id.starts_with(v),
@@ -208,8 +209,8 @@ fn matches_filters(
                     || v.strip_suffix(":latest") == Some(r.image.as_str())
                     || r.image_id.starts_with(v.trim_start_matches("sha256:"))
             }
-            "before" => created_of(v).is_some_and(|t| r.created < t),
-            "since" => created_of(v).is_some_and(|t| r.created > t),
+            "before" => created_of(v).is_some_and(|t| made < t),
+            "since" => created_of(v).is_some_and(|t| made > t),
             "volume" => r
                 .mounts
                 .iter()
@@ -261,6 +262,20 @@ fn parse_filters(given: &[String]) -> Result<Vec<(String, String)>, RunError> {
 fn ps_records(state: &Path, o: &PsOptions) -> Result<Vec<ContainerRecord>, RunError> {
     let filters = parse_filters(&o.filters)?;
     let records = list(state);
+    // As Docker: `before`/`since` name a container that must exist.
+    for (_, v) in filters
+        .iter()
+        .filter(|(k, _)| k == "before" || k == "since")
+    {
+        if !records
+            .iter()
+            .any(|c| c.name == *v || c.id.starts_with(v.as_str()))
+        {
+            return Err(RunError::Record(super::record::RecordError::NotFound(
+                v.clone(),
+            )));
+        }
+    }
     // As Docker: a status or exit code filter, `-n` and `-l` look at every container.
     let all =
         o.all || o.last.is_some() || filters.iter().any(|(k, _)| k == "status" || k == "exited");
@@ -515,10 +530,14 @@ pub fn logs(state: &Path, name: &str, o: &LogsOptions) -> Result<i32, RunError> 
 }
 
 /// Text from a sandbox made safe to print: control characters (terminal escapes a
-/// hostile guest could send) become `?`.
+/// hostile guest could send) and the invisible characters that reorder or hide text
+/// (bidi overrides, zero-width characters) become `?`.
 fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+            if c.is_control() || invisible { '?' } else { c }
+        })
         .collect()
 }
 
