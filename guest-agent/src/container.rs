@@ -414,9 +414,18 @@ impl Runtime {
                 ));
             }
         }
+        let detached = process.detached;
         let result = self.exec_reserved(&c, process);
         if let Ok(p) = &result {
             lock(&c.execs).insert(exec_id.to_string(), Arc::clone(p));
+            if detached {
+                // Nobody waits for a detached process: forget it once it exits.
+                let (c, p, exec_id) = (Arc::clone(&c), Arc::clone(p), exec_id.to_string());
+                std::thread::spawn(move || {
+                    p.exit.wait();
+                    lock(&c.execs).remove(&exec_id);
+                });
+            }
         }
         lock(&c.pending_execs).remove(exec_id);
         result.map(|p| p.pid as u32)
@@ -860,6 +869,15 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError>
     } else {
         (None, Stdio::null())
     };
+    if spec.detached {
+        return Ok((
+            StdioEnds {
+                stdin: stdin_ours,
+                ..StdioEnds::default()
+            },
+            [stdin_theirs, Stdio::null(), Stdio::null()],
+        ));
+    }
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     Ok((

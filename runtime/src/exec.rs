@@ -1,4 +1,4 @@
-//! `arca exec [-i] [-t] [-e] [-w] [-u] NAME CMD...`: a new process in a running
+//! `arca exec [-d] [-i] [-t] [-e] [-w] [-u] NAME CMD...`: a new process in a running
 //! container, through its agent.
 
 use std::io::{self, Read};
@@ -55,9 +55,13 @@ pub fn exec(state: &Path, name: &str, process: ProcessSpec) -> Result<i32, RunEr
     }
     let mut client = rec.client()?;
     let exec_id = format!("exec-{}-{}", std::process::id(), now());
-    let (interactive, tty) = (process.stdin, process.terminal);
+    let (interactive, tty, detached) = (process.stdin, process.terminal, process.detached);
     let address = client.address().clone();
     client.exec(rec.key(), &exec_id, process)?;
+    if detached {
+        // Docker's `exec -d`: started is done; nobody waits or reads.
+        return Ok(0);
+    }
     let id = rec.key();
     let exec_id = Some(exec_id.as_str());
     let session = Session::start(tty && interactive);

@@ -51,6 +51,44 @@ enum Cmd {
         /// NAME[:TAG|@DIGEST].
         reference: String,
     },
+    /// Log in to a registry; the credentials go to Docker's config.json
+    /// ($DOCKER_CONFIG/config.json, else ~/.docker/config.json).
+    Login {
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password or token (insecure: use --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password or token from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Fall back to plain HTTP for a registry that is not on loopback (arca's flag:
+        /// Docker sets this up in its daemon).
+        #[arg(long)]
+        insecure: bool,
+        /// The registry (`host[:port]`; Docker Hub when omitted).
+        server: Option<String>,
+    },
+    /// Log out from a registry (remove its credentials from config.json).
+    Logout {
+        /// The registry (`host[:port]`; Docker Hub when omitted).
+        server: Option<String>,
+    },
+    /// Push an image to a registry.
+    Push {
+        /// Push every tag of the repository.
+        #[arg(short = 'a', long)]
+        all_tags: bool,
+        /// Print only the pushed name.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Fall back to plain HTTP for a registry that is not on loopback.
+        #[arg(long)]
+        insecure: bool,
+        /// NAME[:TAG].
+        name: String,
+    },
     /// Save images to a `docker save` tarball.
     Save {
         /// Output file.
@@ -277,6 +315,9 @@ enum Cmd {
     },
     /// Run a command in a running container.
     Exec {
+        /// Detached mode: run the command in the background (its output is discarded).
+        #[arg(short, long)]
+        detach: bool,
         /// Keep stdin open.
         #[arg(short, long)]
         interactive: bool,
@@ -842,7 +883,7 @@ fn docker_aliases(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
         ("container", "remove") => Some("rm"),
         ("image", "ls" | "list") => Some("images"),
         ("image", "rm" | "remove") => Some("rmi"),
-        ("image", c @ ("history" | "load" | "pull" | "save" | "tag")) => Some(c),
+        ("image", c @ ("history" | "load" | "pull" | "push" | "save" | "tag")) => Some(c),
         _ => None,
     };
     if let Some(t) = target {
@@ -896,6 +937,47 @@ fn main() -> ExitCode {
                 println!("Status: Downloaded image for {name}");
             }
             println!("{name}");
+            Ok(0)
+        }
+        Cmd::Login {
+            username,
+            password,
+            password_stdin,
+            insecure,
+            server,
+        } => Ok(login(username, password, password_stdin, insecure, server)),
+        Cmd::Logout { server } => Ok(logout(server)),
+        Cmd::Push {
+            all_tags,
+            quiet,
+            insecure,
+            name,
+        } => {
+            use arca_runtime::image::push;
+            let store = Store::open(&state).map_err(|e| e.to_string())?;
+            let tags = match push::tags_to_push(&store, &name, all_tags) {
+                Ok(t) => t,
+                Err(e) => return Ok(refused(&e)),
+            };
+            for tag in tags {
+                let r = arca_runtime::image::registry::RemoteRef::parse(&tag)
+                    .map_err(|e| e.to_string())?;
+                if quiet {
+                    if let Err(e) = push::push(&store, &tag, insecure, &mut |_: &str| {}) {
+                        return Ok(refused(&e));
+                    }
+                    println!("{}/{}:{}", r.registry, r.repository, r.tag);
+                    continue;
+                }
+                println!(
+                    "The push refers to repository [{}/{}]",
+                    r.registry, r.repository
+                );
+                let mut out = |line: &str| println!("{line}");
+                if let Err(e) = push::push(&store, &tag, insecure, &mut out) {
+                    return Ok(refused(&e));
+                }
+            }
             Ok(0)
         }
         Cmd::Ps {
@@ -1159,6 +1241,7 @@ fn main() -> ExitCode {
             Ok(if failed { 1 } else { 0 })
         }
         Cmd::Exec {
+            detach,
             interactive,
             tty,
             env,
@@ -1172,8 +1255,9 @@ fn main() -> ExitCode {
                 env,
                 cwd: workdir,
                 user,
-                stdin: interactive,
+                stdin: interactive && !detach,
                 terminal: tty,
+                detached: detach,
                 ..Default::default()
             };
             arca_runtime::exec::exec(&state, &container, process).map_err(|e| {
@@ -1411,6 +1495,119 @@ fn main() -> ExitCode {
             eprintln!("arca: {msg}");
             ExitCode::from(125)
         }
+    }
+}
+
+/// `login`: Docker's flow. Without a user name or password, the stored credentials are
+/// tried first, then asked for on the terminal; the credentials are checked against
+/// the registry before they are stored. Exit 1 on any failure.
+fn login(
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+    insecure: bool,
+    server: Option<String>,
+) -> i32 {
+    use arca_runtime::image::{auth, registry};
+    let fail = |msg: &str| {
+        eprintln!("arca: {msg}");
+        1
+    };
+    let name = auth::registry_name(server.as_deref().unwrap_or(""));
+    if password.is_some() && password_stdin {
+        return fail("--password and --password-stdin are mutually exclusive");
+    }
+    if password_stdin && username.is_none() {
+        return fail("Must provide --username with --password-stdin");
+    }
+    if password.is_some() {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+    }
+    let file = match auth::config_file() {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    let loopback = registry::RemoteRef {
+        registry: name.clone(),
+        repository: String::new(),
+        tag: String::new(),
+        digest: None,
+    }
+    .is_loopback();
+    let check = |creds: auth::Credentials| -> Result<auth::Credentials, registry::RegistryError> {
+        registry::Registry::connect(&name, insecure || loopback, Some(creds.clone()))?
+            .check_login()?;
+        Ok(creds)
+    };
+    if username.is_none() && password.is_none() && !password_stdin {
+        match auth::lookup(&file, &name) {
+            Ok(Some(stored)) => {
+                eprintln!("Authenticating with existing credentials...");
+                if check(stored).is_ok() {
+                    println!("Login Succeeded");
+                    return 0;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return refused(&e),
+        }
+    }
+    let Some(username) = username
+        .or_else(|| arca_runtime::terminal::prompt("Username: ", false))
+        .filter(|u| !u.is_empty())
+    else {
+        return fail("Cannot perform an interactive login from a non TTY device");
+    };
+    let password = if password_stdin {
+        let mut text = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            return fail(&format!("Cannot read the password from stdin: {e}"));
+        }
+        Some(text.trim_end_matches(['\n', '\r']).to_string())
+    } else {
+        password.or_else(|| arca_runtime::terminal::prompt("Password: ", true))
+    };
+    let Some(password) = password else {
+        return fail("Cannot perform an interactive login from a non TTY device");
+    };
+    if password.is_empty() {
+        return fail("Password is required");
+    }
+    match check(auth::Credentials { username, password }) {
+        Ok(creds) => {
+            if let Err(e) = auth::store(&file, &name, &creds) {
+                return refused(&e);
+            }
+            eprintln!(
+                "WARNING! Your password will be stored unencrypted in {}.",
+                file.display()
+            );
+            println!("Login Succeeded");
+            0
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `logout`: removes the registry's credentials (every entry naming it).
+fn logout(server: Option<String>) -> i32 {
+    use arca_runtime::image::auth;
+    let name = auth::registry_name(server.as_deref().unwrap_or(""));
+    let key = auth::auths_key(&name);
+    let file = match auth::config_file() {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    match auth::erase(&file, &name) {
+        Ok(true) => {
+            println!("Removing login credentials for {key}");
+            0
+        }
+        Ok(false) => {
+            println!("Not logged in to {key}");
+            0
+        }
+        Err(e) => refused(&e),
     }
 }
 

@@ -186,6 +186,31 @@ impl Drop for RawMode {
     }
 }
 
+/// Reads one line from the terminal on stdin after printing `prompt` to stderr,
+/// without echo when `secret` (a password); the line without its newline. `None`
+/// when stdin is no terminal.
+pub fn prompt(prompt: &str, secret: bool) -> Option<String> {
+    let stdin = io::stdin();
+    if !rustix::termios::isatty(&stdin) {
+        return None;
+    }
+    eprint!("{prompt}");
+    let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+    if secret {
+        let mut quiet = saved.clone();
+        quiet.local_modes &= !rustix::termios::LocalModes::ECHO;
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet).ok()?;
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if secret {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+        eprintln!();
+    }
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// Copies until `from` ends or `to` fails, flushing as it goes (a terminal sees output
 /// as it comes).
 pub fn copy_to(mut from: impl Read, mut to: impl Write) {

@@ -163,6 +163,10 @@ out=$(arca ps --format '{{.ID}} {{.Names}}'); check ps-names 0 "$short lc" $? "$
 out=$(arca exec lc sh -c 'echo in $(hostname)'); check exec 0 "in $short" $? "$out"
 out=$(arca inspect -f '{{.Name}}' "$(echo "$id" | cut -c1-5)"); check id-prefix 0 /lc $? "$out"
 out=$(arca exec lc no-such-command 2>/dev/null); check exec-not-found 127 "" $? "$out"
+# exec -d returns at once with no output; the process runs on, its output (more than a
+# pipe holds, which would block it were it kept for a reader) discarded.
+out=$(arca exec -d lc sh -c 'yes | head -c 300000; touch /tmp/exec-d-done'); check exec-detached 0 "" $? "$out"
+out=$(for i in $(seq 1 50); do arca exec lc test -f /tmp/exec-d-done && { echo done; break; }; sleep 0.2; done); check exec-detached-ran 0 done $? "$out"
 # exec inherits the container's environment, working directory and user (Docker's
 # rules), -e/-w/-u override them; the primary group is in the supplementary list.
 arca run -d --isolation="$iso" --name ev -e FOO=bar -w /tmp -u app busybox sleep 1000 >/dev/null

@@ -1,7 +1,8 @@
-//! `arca pull` against a real registry: Debian's `docker-registry` on loopback, with
-//! images pushed by `skopeo`. A pull by tag and by digest, a multi-arch index whose
-//! linux/amd64 entry must be chosen, a tampered blob that must be rejected, a resumed
-//! download, and a registry that is down.
+//! `arca pull`, `push` and `login` against a real registry: Debian's `docker-registry`
+//! on loopback, with images pushed by `skopeo`. A pull by tag and by digest, a
+//! multi-arch index whose linux/amd64 entry must be chosen, a tampered blob that must be
+//! rejected, a resumed download, a registry that is down, and a registry with htpasswd
+//! (basic) auth that arca logs in to, pushes to and pulls back from.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -98,8 +99,30 @@ fn arca(state: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("ARCA_STATE_DIR", state)
         .env("ARCA_CONFIG_DIR", state.join("config"))
+        .env("DOCKER_CONFIG", state.join("docker"))
         .output()
         .unwrap()
+}
+
+/// `arca` with Docker's credentials in `docker` and `input` on stdin.
+fn arca_as(state: &Path, docker: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(binary("arca"))
+        .args(args)
+        .env("ARCA_STATE_DIR", state)
+        .env("ARCA_CONFIG_DIR", state.join("config"))
+        .env("DOCKER_CONFIG", docker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A raw HTTP request to the registry; returns status, headers and body.
@@ -471,8 +494,11 @@ fn serve_front(
                         body.len()
                     );
                 } else if header(&text, "Authorization") == "Bearer t0k3n" {
+                    // One request a connection: the registry closes after answering
+                    // (and says so, so that the client does not reuse it).
                     let mut back = TcpStream::connect(("127.0.0.1", backend)).unwrap();
-                    back.write_all(&head).unwrap();
+                    back.write_all(&head[..head.len() - 2]).unwrap();
+                    back.write_all(b"Connection: close\r\n\r\n").unwrap();
                     let _ = std::io::copy(&mut back, &mut conn);
                 } else {
                     let _ = write!(
@@ -576,6 +602,7 @@ fn arca_capped(state: &Path, cap: &str, args: &[&str]) -> Output {
         .args(args)
         .env("ARCA_STATE_DIR", state)
         .env("ARCA_CONFIG_DIR", state.join("config"))
+        .env("DOCKER_CONFIG", state.join("docker"))
         .env("ARCA_MAX_IMAGE_SIZE", cap)
         .output()
         .unwrap()
@@ -665,4 +692,178 @@ fn images_past_the_size_cap_are_refused_and_leave_nothing() {
     // With room, it goes through.
     let out = arca_capped(&state, "1g", &["pull", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Debian's `docker-registry` with htpasswd auth (users and registries behave as with
+/// Docker): a push before `login` is refused naming `arca login`; a wrong password is
+/// refused and stores nothing; `login` writes Docker's `config.json` readable by its
+/// owner only (other local users are hostile), in the format other clients read
+/// (skopeo finds the credentials there); `push` uploads each blob once and the manifest
+/// (a second push finds the layers there), `-a` pushes every tag of the repository,
+/// the image pulled back has the same ID; `logout` removes the credentials, and a pull
+/// then is refused.
+#[test]
+fn login_push_and_pull_back_through_htpasswd_auth() {
+    let htpasswd_present = Command::new("sh")
+        .args(["-c", "command -v htpasswd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tools_present() || !htpasswd_present {
+        eprintln!(
+            "SKIP: docker-registry, skopeo and htpasswd (apache2-utils) are needed (make test installs them)"
+        );
+        return;
+    }
+    binary("arca");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("htpasswd");
+    let made = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&users)
+        .args(["alice", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "htpasswd: {}", stderr(&made));
+    let reg = start_registry_with(
+        dir.path(),
+        &format!(
+            "auth:\n  htpasswd:\n    realm: arca-test\n    path: {}\n",
+            users.display()
+        ),
+    );
+    let server = format!("127.0.0.1:{}", reg.port);
+    let state = dir.path().join("state");
+    let docker = dir.path().join("docker");
+    let config = docker.join("config.json");
+    let run = |args: &[&str], input: &str| arca_as(&state, &docker, args, input);
+    let tar = busybox_image(dir.path());
+    let out = run(&["load", "-i", tar.to_str().unwrap()], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v1 = format!("{server}/team/bb:v1");
+    let v2 = format!("{server}/team/bb:v2");
+    for tag in [&v1, &v2] {
+        let out = run(&["tag", "busybox:latest", tag], "");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let id = stdout(&run(&["images", "-q", "--no-trunc", &v1], ""))
+        .trim()
+        .to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+
+    // Not logged in: refused, pointing at login.
+    let out = run(&["push", &v1], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("arca login {server}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["push", &format!("{server}/team/none:v1")], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("An image does not exist locally with the tag"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A wrong password: refused, nothing stored.
+    let out = run(
+        &["login", "-u", "alice", "--password-stdin", &server],
+        "guess\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("incorrect username or password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!config.exists());
+    let out = run(&["login", "--password-stdin", &server], "s3cret\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Must provide --username with --password-stdin"));
+    let out = run(&["login", &server], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Cannot perform an interactive login from a non TTY device"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &["login", "-u", "alice", "--password-stdin", &server],
+        "s3cret\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "Login Succeeded");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "credentials readable by other local users");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert_eq!(saved["auths"][&server]["auth"], "YWxpY2U6czNjcmV0");
+    // The stored credentials are found again without a password.
+    let out = run(&["login", &server], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = run(&["push", &v1], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("The push refers to repository [{server}/team/bb]")),
+        "{text}"
+    );
+    assert_eq!(text.matches(": Pushed").count(), 2, "{text}");
+    let digest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("v1: digest: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest line: {text}"))
+        .to_string();
+    let out = run(&["push", &v1], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).matches(": Layer already exists").count(), 2);
+    assert!(stdout(&out).contains(&format!("v1: digest: {digest} ")));
+    let out = run(&["push", "-q", "-a", &format!("{server}/team/bb")], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{v1}\n{v2}\n"));
+    let out = run(&["push", "-a", &v1], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Tag can't be used with --all-tags/-a"));
+
+    // Another client reads what login wrote, and sees what push sent.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{v1}"))
+        .env("DOCKER_CONFIG", &docker)
+        .env("REGISTRY_AUTH_FILE", &config)
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "skopeo: {}", stderr(&inspect));
+    let seen: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(seen["Digest"], digest.as_str());
+
+    // Pulled back into another store: the same image.
+    let other = dir.path().join("other");
+    let out = arca_as(&other, &docker, &["pull", &v2], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pulled = stdout(&arca_as(
+        &other,
+        &docker,
+        &["images", "-q", "--no-trunc", &v2],
+        "",
+    ));
+    assert_eq!(pulled.trim(), id);
+
+    let out = run(&["logout", &server], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("Removing login credentials for {server}")
+    );
+    let out = run(&["logout", &server], "");
+    assert_eq!(stdout(&out).trim(), format!("Not logged in to {server}"));
+    let third = dir.path().join("third");
+    let out = arca_as(&third, &docker, &["pull", &v1], "");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
 }

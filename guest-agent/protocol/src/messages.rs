@@ -676,6 +676,10 @@ pub struct ProcessSpec {
     /// Keep stdin open for a `stdin` stream; otherwise stdin is /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// Nobody will attach (`exec -d`): stdout and stderr are /dev/null, so that the
+    /// process never blocks on a pipe nobody reads.
+    #[serde(default)]
+    pub detached: bool,
     /// Resource limits.
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,

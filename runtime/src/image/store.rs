@@ -678,6 +678,38 @@ impl Store {
         Ok(Some(image.id))
     }
 
+    /// What `push` sends for the image `reference` names: the image, its config file
+    /// (checked against the image id) and its layer blobs as stored (compressed or
+    /// not), oldest first.
+    pub(crate) fn push_source(
+        &self,
+        reference: &str,
+    ) -> Result<(Image, PathBuf, Vec<PathBuf>), StoreError> {
+        let image = self.resolve(reference)?;
+        let dir = self.root.join("by-id").join(&image.id);
+        let layers: Vec<String> =
+            read_json(&dir.join("layers.json"), "layer list").map_err(|_| {
+                StoreError::BadArchive {
+                    path: dir.clone(),
+                    why: "the image was stored without its layers (load or pull it again)".into(),
+                }
+            })?;
+        let config = dir.join("config.json");
+        let actual = sha256_file(&config)?;
+        if actual != image.id {
+            return Err(StoreError::DigestMismatch {
+                name: config.display().to_string(),
+                expected: image.id.clone(),
+                actual,
+            });
+        }
+        let blobs = layers
+            .iter()
+            .map(|l| self.root.join("blobs/sha256").join(l))
+            .collect();
+        Ok((image, config, blobs))
+    }
+
     /// Writes `references` as one `docker save` tarball at `out` (written to a
     /// temporary file first, so a failure leaves nothing).
     pub fn save(&self, references: &[String], out: &Path) -> Result<(), StoreError> {
