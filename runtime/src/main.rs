@@ -677,6 +677,9 @@ struct RunArgs {
     /// Proxy received signals to the process (a foreground run).
     #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
     sig_proxy: bool,
+    /// Attach to STDIN, STDOUT or STDERR (a foreground run; default stdout and stderr).
+    #[arg(short = 'a', long = "attach", value_parser = parse_attach_stream)]
+    attach: Vec<String>,
     /// Restart policy: no, on-failure[:MAX-RETRIES], always or unless-stopped.
     #[arg(long, default_value = "no")]
     restart: String,
@@ -773,6 +776,9 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
     if a.rm && restart != RestartPolicy::No {
         return Err("Conflicting options: --restart and --rm".into());
     }
+    if a.detach && !a.attach.is_empty() {
+        return Err("Conflicting options: -a and -d".into());
+    }
     let opts = RunOptions {
         security,
         pids_limit: a.pids_limit,
@@ -810,6 +816,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         cidfile: a.cidfile,
         pull: a.pull,
         no_sig_proxy: !a.sig_proxy,
+        attach: a.attach,
         read_only: a.read_only,
         mounts,
         volumes_from: a.volumes_from,
@@ -892,6 +899,15 @@ fn docker_aliases(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     args
 }
 
+/// `run -a STREAM`: Docker's names, any case.
+fn parse_attach_stream(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    match lower.as_str() {
+        "stdin" | "stdout" | "stderr" => Ok(lower),
+        _ => Err("valid streams are STDIN, STDOUT and STDERR".into()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(docker_aliases(std::env::args_os().collect())) {
         Ok(c) => c,
@@ -955,28 +971,28 @@ fn main() -> ExitCode {
         } => {
             use arca_runtime::image::push;
             let store = Store::open(&state).map_err(|e| e.to_string())?;
-            let tags = match push::tags_to_push(&store, &name, all_tags) {
-                Ok(t) => t,
+            let plan = match push::plan(&store, &name, all_tags) {
+                Ok(p) => p,
                 Err(e) => return Ok(refused(&e)),
             };
-            for tag in tags {
-                let r = arca_runtime::image::registry::RemoteRef::parse(&tag)
-                    .map_err(|e| e.to_string())?;
-                if quiet {
-                    if let Err(e) = push::push(&store, &tag, insecure, &mut |_: &str| {}) {
-                        return Ok(refused(&e));
+            if plan.default_tag && !quiet {
+                println!("Using default tag: latest");
+            }
+            if !quiet {
+                println!("The push refers to repository [{}]", plan.repository);
+            }
+            for tag in &plan.tags {
+                let mut out = |line: &str| {
+                    if !quiet {
+                        println!("{line}");
                     }
-                    println!("{}/{}:{}", r.registry, r.repository, r.tag);
-                    continue;
-                }
-                println!(
-                    "The push refers to repository [{}/{}]",
-                    r.registry, r.repository
-                );
-                let mut out = |line: &str| println!("{line}");
-                if let Err(e) = push::push(&store, &tag, insecure, &mut out) {
+                };
+                if let Err(e) = push::push(&store, tag, insecure, &mut out) {
                     return Ok(refused(&e));
                 }
+            }
+            if quiet {
+                println!("{}", plan.reference);
             }
             Ok(0)
         }
@@ -1255,8 +1271,9 @@ fn main() -> ExitCode {
                 env,
                 cwd: workdir,
                 user,
+                // Detached, nobody reads: no terminal (whose buffer would fill).
                 stdin: interactive && !detach,
-                terminal: tty,
+                terminal: tty && !detach,
                 detached: detach,
                 ..Default::default()
             };
@@ -1575,13 +1592,14 @@ fn login(
     }
     match check(auth::Credentials { username, password }) {
         Ok(creds) => {
-            if let Err(e) = auth::store(&file, &name, &creds) {
-                return refused(&e);
+            match auth::store(&file, &name, &creds) {
+                Err(e) => return refused(&e),
+                Ok(Some(_helper)) => {}
+                Ok(None) => eprintln!(
+                    "WARNING! Your password will be stored unencrypted in {}.",
+                    file.display()
+                ),
             }
-            eprintln!(
-                "WARNING! Your password will be stored unencrypted in {}.",
-                file.display()
-            );
             println!("Login Succeeded");
             0
         }
@@ -1598,13 +1616,10 @@ fn logout(server: Option<String>) -> i32 {
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
+    // Docker's: the same line whether or not there were credentials.
     match auth::erase(&file, &name) {
-        Ok(true) => {
+        Ok(_) => {
             println!("Removing login credentials for {key}");
-            0
-        }
-        Ok(false) => {
-            println!("Not logged in to {key}");
             0
         }
         Err(e) => refused(&e),

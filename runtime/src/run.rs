@@ -737,11 +737,16 @@ impl Copies {
                 }
                 let (h1, h2) = (copies.hub.clone(), copies.hub.clone());
                 let p2 = progress.clone();
+                // `-a`: the streams not attached still reach the logs.
+                let (show_out, show_err) = (
+                    terminal && opts.shows("stdout"),
+                    terminal && opts.shows("stderr"),
+                );
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(out, Tee(out_log, terminal.then(io::stdout), h1, progress))
+                    copy_to(out, Tee(out_log, show_out.then(io::stdout), h1, progress))
                 }));
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(err, Tee(err_log, terminal.then(io::stderr), h2, p2))
+                    copy_to(err, Tee(err_log, show_err.then(io::stderr), h2, p2))
                 }));
             }
             Streams::Tty(tty) => {
@@ -758,11 +763,9 @@ impl Copies {
                 drop(err_log);
                 let reader = io::Cursor::new(pending).chain(sock);
                 let hub = copies.hub.clone();
+                let show = terminal && opts.shows("stdout");
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(
-                        reader,
-                        Tee(out_log, terminal.then(io::stdout), hub, progress),
-                    )
+                    copy_to(reader, Tee(out_log, show.then(io::stdout), hub, progress))
                 }));
             }
         }

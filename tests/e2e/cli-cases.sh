@@ -365,6 +365,21 @@ out=$(arca ps -l --format '{{.Names}}'; arca ps -n 2 -q | wc -l; arca ps -aq --n
 2
 $id1" $? "$out"
 out=$(arca ps --filter bogus=1 2>&1); check ps-filter-unknown 1 "arca: invalid filter 'bogus'" $? "$out"
+# Docker's daemon: a status filter looks at every container, an exit code filter only
+# with -a.
+arca run --isolation="$iso" --name ex0 busybox true
+out=$(arca ps --filter exited=0 --filter name=ex0 -q | wc -l; arca ps -a --filter exited=0 --filter name=ex0 --format '{{.Names}}'; arca ps --filter status=exited --filter name=ex0 --format '{{.Names}}'); check ps-exited-needs-all-status-does-not 0 "0
+ex0
+ex0" $? "$out"
+arca rm ex0 >/dev/null
+# run -a: only the attached streams show, every stream reaches the logs; -a with -d
+# conflicts, an unknown stream is refused (exit 125).
+out=$(arca run --isolation="$iso" --name att -a stderr busybox sh -c 'echo out; echo err >&2' 2>&1); check run-attach-stderr 0 "err" $? "$out"
+out=$(arca logs att 2>&1 | sort; arca rm att); check run-attach-logs-every-stream 0 "err
+out
+att" $? "$out"
+out=$(arca run -d -a stdout busybox true 2>&1); check run-attach-detach-conflict 125 "arca: Conflicting options: -a and -d" $? "$out"
+out=$(arca run -a bogus busybox true 2>&1 | grep -c 'valid streams are STDIN, STDOUT and STDERR'); check run-attach-unknown-stream 0 1 $? "$out"
 arca rm "$gen" nm2 >/dev/null
 
 # --restart (Docker's policies, carried out by the container's monitor with backoff):

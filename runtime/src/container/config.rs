@@ -107,6 +107,10 @@ pub struct RunOptions {
     /// `--sig-proxy=false`: a foreground run does not pass its signals on.
     #[serde(default)]
     pub no_sig_proxy: bool,
+    /// `-a`: the streams a foreground run shows (`stdin`, `stdout`, `stderr`; empty is
+    /// stdout and stderr, Docker's default). Stdin is open only with `-i`, as Docker's.
+    #[serde(default)]
+    pub attach: Vec<String>,
     /// `--restart`: what the container's monitor does when it exits.
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -353,6 +357,14 @@ pub fn security(flags: &SecurityFlags, isolation: Isolation) -> Result<Security,
 }
 
 impl RunOptions {
+    /// Whether a foreground run shows `stream` (`stdout` or `stderr`) on this terminal
+    /// (`-a`; a terminal's single stream shows with either).
+    pub fn shows(&self, stream: &str) -> bool {
+        self.attach.is_empty()
+            || self.attach.iter().any(|a| a == stream)
+            || (self.tty && self.attach.iter().any(|a| a != "stdin"))
+    }
+
     /// The options of a plain `run IMAGE` (for a container whose `options.json` is
     /// missing, from an older arca).
     pub fn default_for(image: &str) -> Self {

@@ -276,9 +276,14 @@ fn ps_records(state: &Path, o: &PsOptions) -> Result<Vec<ContainerRecord>, RunEr
             )));
         }
     }
-    // As Docker: a status or exit code filter, `-n` and `-l` look at every container.
-    let all =
-        o.all || o.last.is_some() || filters.iter().any(|(k, _)| k == "status" || k == "exited");
+    // As Docker's daemon: a status filter, `-n`, `-l`, `before` and `since` look at every
+    // container; an exit code filter does not (`ps -a --filter exited=0`, as its docs
+    // write it).
+    let all = o.all
+        || o.last.is_some()
+        || filters
+            .iter()
+            .any(|(k, _)| matches!(k.as_str(), "status" | "before" | "since"));
     let mut out: Vec<ContainerRecord> = records
         .iter()
         .filter(|r| {

@@ -4,11 +4,15 @@
 //! `https://index.docker.io/v1/`, any other registry's its `host[:port]` (keys written
 //! as URLs, `https://host/v1/`, are read too).
 //!
-//! arca reads and writes `auths` only, keeping every other key of the file as it finds
-//! it. Credential helpers (`credsStore`, `credHelpers`) and identity tokens are not
-//! used: `login` stores the credentials in `auths`, as Docker does when no helper is set
-//! up. The file is replaced atomically and is written readable by its owner only (mode
-//! 0600, its directory 0700): other local users are hostile and must not read it.
+//! Credential helpers are Docker's: `credHelpers[registry]`, else `credsStore`, names a
+//! `docker-credential-NAME` program on `PATH` that `get`s, `store`s and `erase`s
+//! credentials (JSON on stdin and stdout); with one set up, `login` stores through it
+//! and leaves only an empty marker in `auths`, as Docker does. Identity tokens (a
+//! helper's `<token>` user) are not used. arca changes `auths` only, keeping every other
+//! key of the file as it finds it. The file is replaced atomically, keeps its owner
+//! (a `sudo -E arca login` does not take the user's file from them), and is written
+//! readable by its owner only (mode 0600, its directory 0700): other local users are
+//! hostile and must not read it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -38,6 +42,16 @@ pub enum AuthError {
         /// Where.
         path: PathBuf,
         /// What is wrong.
+        why: String,
+    },
+    /// A credential helper failed.
+    #[error("Credential helper docker-credential-{helper} failed to {action}: {why}")]
+    Helper {
+        /// The helper's name (after `docker-credential-`).
+        helper: String,
+        /// `get`, `store` or `erase`.
+        action: &'static str,
+        /// Its message, or why it could not run.
         why: String,
     },
     /// No home directory to find `~/.docker` in.
@@ -145,12 +159,101 @@ fn read(file: &Path) -> Result<Option<serde_json::Map<String, serde_json::Value>
     }
 }
 
-/// The credentials `file` holds for `registry` (a [`registry_name`]), if any. An
-/// entry that does not decode is no credentials (as Docker treats it).
+/// The credential helper `config` names for `registry`: its `credHelpers` entry, else
+/// `credsStore`.
+fn helper_for(
+    config: &serde_json::Map<String, serde_json::Value>,
+    registry: &str,
+) -> Option<String> {
+    let named = |v: &serde_json::Value| v.as_str().filter(|n| !n.is_empty()).map(String::from);
+    if let Some(serde_json::Value::Object(helpers)) = config.get("credHelpers")
+        && let Some(name) = helpers
+            .iter()
+            .find(|(k, _)| registry_name(k) == registry)
+            .and_then(|(_, v)| named(v))
+    {
+        return Some(name);
+    }
+    config.get("credsStore").and_then(named)
+}
+
+/// Runs `docker-credential-HELPER ACTION` with `input` on stdin; its stdout, or `None`
+/// when it says it has no such credentials.
+fn run_helper(
+    helper: &str,
+    action: &'static str,
+    input: &[u8],
+) -> Result<Option<Vec<u8>>, AuthError> {
+    let fail = |why: String| AuthError::Helper {
+        helper: helper.to_string(),
+        action,
+        why,
+    };
+    // A name, not a path: the program is looked up on PATH as Docker does.
+    if !helper
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(fail("not a helper name".into()));
+    }
+    let mut child = std::process::Command::new(format!("docker-credential-{helper}"))
+        .arg(action)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        return Ok(Some(out.stdout));
+    }
+    let said = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .trim()
+    .to_string();
+    if said.contains("credentials not found") {
+        return Ok(None);
+    }
+    Err(fail(said))
+}
+
+/// The credentials `file` holds for `registry` (a [`registry_name`]), if any: through
+/// its credential helper if one is set up, else from `auths`. An entry that does not
+/// decode is no credentials (as Docker treats it).
 pub fn lookup(file: &Path, registry: &str) -> Result<Option<Credentials>, AuthError> {
     let Some(config) = read(file)? else {
         return Ok(None);
     };
+    if let Some(helper) = helper_for(&config, registry) {
+        #[derive(serde::Deserialize)]
+        struct Got {
+            #[serde(rename = "Username")]
+            username: String,
+            #[serde(rename = "Secret")]
+            secret: String,
+        }
+        let key = auths_key(registry);
+        if let Some(out) = run_helper(&helper, "get", key.as_bytes())? {
+            let got: Got = serde_json::from_slice(&out).map_err(|e| AuthError::Helper {
+                helper: helper.clone(),
+                action: "get",
+                why: format!("malformed answer: {e}"),
+            })?;
+            // `<token>`: an identity token, which arca does not use.
+            if !got.username.is_empty() && got.username != "<token>" {
+                return Ok(Some(Credentials {
+                    username: got.username,
+                    password: got.secret,
+                }));
+            }
+        }
+    }
     let Some(serde_json::Value::Object(auths)) = config.get("auths") else {
         return Ok(None);
     };
@@ -184,13 +287,15 @@ pub fn lookup(file: &Path, registry: &str) -> Result<Option<Credentials>, AuthEr
     }
 }
 
-/// Writes `config` to `file` atomically, owner-only.
+/// Writes `config` to `file` atomically, owner-only, keeping the file's owner.
 fn write(
     file: &Path,
     config: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), AuthError> {
+    use std::os::unix::fs::MetadataExt;
     // A config.json that is a symbolic link is written where it points, as Docker does.
     let file = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let owner = fs::metadata(&file).ok().map(|m| (m.uid(), m.gid()));
     let dir = file.parent().unwrap_or(Path::new("/"));
     fs::DirBuilder::new()
         .recursive(true)
@@ -210,8 +315,13 @@ fn write(
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&text)?;
+        if let Some((uid, gid)) = owner {
+            // Only root may give a file away; anyone else writes their own file anyway.
+            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        }
         f.sync_all()?;
-        fs::rename(&tmp, &file)
+        fs::rename(&tmp, &file)?;
+        fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -219,10 +329,24 @@ fn write(
     result.map_err(io_err("write", &file))
 }
 
-/// Stores `creds` for `registry` (a [`registry_name`]) in `file`, replacing any entry
-/// naming the same registry.
-pub fn store(file: &Path, registry: &str, creds: &Credentials) -> Result<(), AuthError> {
+/// Stores `creds` for `registry` (a [`registry_name`]): through its credential helper
+/// if one is set up (`auths` then holds an empty marker), else in `file`'s `auths`,
+/// replacing any entry naming the same registry. Returns the helper used, if any.
+pub fn store(
+    file: &Path,
+    registry: &str,
+    creds: &Credentials,
+) -> Result<Option<String>, AuthError> {
     let mut config = read(file)?.unwrap_or_default();
+    let helper = helper_for(&config, registry);
+    if let Some(h) = &helper {
+        let input = serde_json::json!({
+            "ServerURL": auths_key(registry),
+            "Username": creds.username,
+            "Secret": creds.password,
+        });
+        run_helper(h, "store", input.to_string().as_bytes())?;
+    }
     let auths = config
         .entry("auths")
         .or_insert_with(|| serde_json::Value::Object(Default::default()));
@@ -233,18 +357,25 @@ pub fn store(file: &Path, registry: &str, creds: &Credentials) -> Result<(), Aut
         unreachable!("made an object above");
     };
     auths.retain(|k, _| registry_name(k) != registry);
-    auths.insert(
-        auths_key(registry),
-        serde_json::json!({ "auth": creds.encoded() }),
-    );
-    write(file, &config)
+    let entry = if helper.is_some() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "auth": creds.encoded() })
+    };
+    auths.insert(auths_key(registry), entry);
+    write(file, &config)?;
+    Ok(helper)
 }
 
-/// Removes every entry for `registry` from `file`; whether there was one.
+/// Removes every entry for `registry` from `file`, and from its credential helper if
+/// one is set up; whether there was one.
 pub fn erase(file: &Path, registry: &str) -> Result<bool, AuthError> {
     let Some(mut config) = read(file)? else {
         return Ok(false);
     };
+    if let Some(h) = helper_for(&config, registry) {
+        run_helper(&h, "erase", auths_key(registry).as_bytes())?;
+    }
     let Some(serde_json::Value::Object(auths)) = config.get_mut("auths") else {
         return Ok(false);
     };

@@ -19,11 +19,8 @@ pub enum PushError {
     /// No image in the store has this tag.
     #[error("An image does not exist locally with the tag: {0}")]
     NoSuchTag(String),
-    /// `--all-tags` found nothing under the repository.
-    #[error("An image does not exist locally with the repository: {0}")]
-    NoSuchRepository(String),
     /// Both a tag and `--all-tags`.
-    #[error("Tag can't be used with --all-tags/-a")]
+    #[error("tag can't be used with --all-tags/-a")]
     TagWithAllTags,
     /// A blob of the image cannot be read.
     #[error("Cannot read {path}")]
@@ -68,10 +65,10 @@ impl Blob {
             path: path.clone(),
             source,
         };
-        let mut magic = [0u8; 2];
         let mut f = fs::File::open(&path).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
-        let gzip = f.read(&mut magic).map_err(io)? == 2 && magic == [0x1f, 0x8b];
+        let mut magic = [0u8; 4];
+        let n = f.read(&mut magic).map_err(io)?;
         let hexpart = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -79,10 +76,10 @@ impl Blob {
         Ok(Self {
             digest: format!("sha256:{hexpart}"),
             size,
-            media_type: if gzip {
-                "application/vnd.oci.image.layer.v1.tar+gzip"
-            } else {
-                "application/vnd.oci.image.layer.v1.tar"
+            media_type: match &magic[..n] {
+                [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+                [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+                _ => "application/vnd.oci.image.layer.v1.tar",
             },
             path,
         })
@@ -97,49 +94,71 @@ impl Blob {
     }
 }
 
-/// The local tags `push` sends for `reference`: itself (`:latest` when untagged), or
-/// with `all_tags` every tag of its repository. Docker's rules and errors.
-pub fn tags_to_push(
-    store: &Store,
-    reference: &str,
-    all_tags: bool,
-) -> Result<Vec<String>, PushError> {
+/// What `push REFERENCE [-a]` sends, by Docker's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `registry/repository`, as Docker names it in "The push refers to repository".
+    pub repository: String,
+    /// The local tags to push: the reference's (`:latest` when it has none), or with
+    /// `-a` every tag of its repository.
+    pub tags: Vec<String>,
+    /// No tag was given and `:latest` was taken (Docker says "Using default tag").
+    pub default_tag: bool,
+    /// What `push -q` prints: the reference, normalised.
+    pub reference: String,
+}
+
+/// The [`Plan`] for `reference` (`all_tags`: `-a`). Docker's errors: a tag with `-a`,
+/// and nothing local to push (named without its tag).
+pub fn plan(store: &Store, reference: &str, all_tags: bool) -> Result<Plan, PushError> {
     let r = RemoteRef::parse(reference)?;
+    let explicit_tag = r.digest.is_none()
+        && reference
+            .rsplit_once(':')
+            .is_some_and(|(_, t)| !t.contains('/'));
+    if all_tags && (explicit_tag || r.digest.is_some()) {
+        return Err(PushError::TagWithAllTags);
+    }
     if r.digest.is_some() {
         return Err(RegistryError::BadReference(reference.to_string()).into());
     }
     let name = r.local_name();
-    if !all_tags {
-        if store.resolve(&name).is_err() {
-            return Err(PushError::NoSuchTag(name));
-        }
-        return Ok(vec![name]);
-    }
-    let explicit_tag = reference
-        .rsplit_once(':')
-        .is_some_and(|(_, t)| !t.contains('/'));
-    if explicit_tag {
-        return Err(PushError::TagWithAllTags);
-    }
-    let repo = name
+    let familiar = name
         .rsplit_once(':')
         .map_or(name.as_str(), |(n, _)| n)
         .to_string();
-    let mut tags: Vec<String> = store
-        .list()?
-        .into_iter()
-        .flat_map(|i| i.tags)
-        .filter(|t| t.rsplit_once(':').is_some_and(|(n, _)| n == repo))
-        .collect();
-    tags.sort();
-    tags.dedup();
+    let repository = format!("{}/{}", r.registry, r.repository);
+    let tags = if all_tags {
+        let mut tags: Vec<String> = store
+            .list()?
+            .into_iter()
+            .flat_map(|i| i.tags)
+            .filter(|t| t.rsplit_once(':').is_some_and(|(n, _)| n == familiar))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        tags
+    } else if store.resolve(&name).is_ok() {
+        vec![name]
+    } else {
+        Vec::new()
+    };
     if tags.is_empty() {
-        return Err(PushError::NoSuchRepository(repo));
+        return Err(PushError::NoSuchTag(familiar));
     }
-    Ok(tags)
+    Ok(Plan {
+        reference: if all_tags {
+            repository.clone()
+        } else {
+            format!("{repository}:{}", r.tag)
+        },
+        repository,
+        tags,
+        default_tag: !all_tags && !explicit_tag,
+    })
 }
 
-/// Pushes the local tag `tag` (from [`tags_to_push`]) to its registry; returns the
+/// Pushes the local tag `tag` (from a [`Plan`]) to its registry; returns the
 /// manifest's digest. `insecure` allows plain HTTP, as for `pull`.
 pub fn push(
     store: &Store,
@@ -166,7 +185,7 @@ pub fn push(
         .into_iter()
         .map(Blob::layer)
         .collect::<Result<_, _>>()?;
-    for blob in layers.iter().chain(std::iter::once(&config)) {
+    for blob in &layers {
         let short = &blob.digest["sha256:".len()..][..12];
         if upload(&mut reg, repo, blob)? {
             progress.line(&format!("{short}: Pushed"));
@@ -174,6 +193,8 @@ pub fn push(
             progress.line(&format!("{short}: Layer already exists"));
         }
     }
+    // The config goes last of the blobs; Docker reports layers only.
+    upload(&mut reg, repo, &config)?;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -234,6 +255,7 @@ fn upload(reg: &mut Registry, repo: &str, blob: &Blob) -> Result<bool, PushError
         .get("location")
         .cloned()
         .ok_or_else(|| reg.protocol("upload answer without Location"))?;
+    let location = reg.resolve(&format!("/v2/{repo}/blobs/uploads/"), &location)?;
     let sep = if location.contains('?') { '&' } else { '?' };
     let target = format!("{location}{sep}digest={}", blob.digest.replace(':', "%3A"));
     reg.request(

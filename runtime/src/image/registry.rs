@@ -22,7 +22,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
@@ -415,17 +415,14 @@ fn tls_config(registry: &str) -> Result<ureq::tls::TlsConfig, RegistryError> {
 
 /// The HTTP client for one registry: redirects and error statuses come back to the
 /// session (which checks them), connections time out after 10 s, and every read or
-/// write that stalls for 60 s fails. `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` are
-/// honoured, except for loopback registries.
-fn agent(tls: ureq::tls::TlsConfig, loopback: bool) -> ureq::Agent {
-    let proxy = if loopback {
-        None
-    } else {
-        ureq::Proxy::try_from_env()
-    };
+/// write that stalls for 60 s fails. Registries are reached directly: proxy variables
+/// are not used (ureq's matching of `NO_PROXY` and its fallbacks differ from Docker's,
+/// and a SOCKS `ALL_PROXY` would be skipped silently; a proxy half-honoured is worse
+/// than none said plainly).
+fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .tls_config(tls)
-        .proxy(proxy)
+        .proxy(None)
         .max_redirects(0)
         .http_status_as_error(false)
         .user_agent(format!("arca/{}", env!("CARGO_PKG_VERSION")))
@@ -514,10 +511,22 @@ fn send(
         Body::File(f) => agent.run(req.body(f)?)?,
     };
     let (parts, body) = response.into_parts();
-    let mut map = BTreeMap::new();
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in &parts.headers {
-        map.entry(k.as_str().to_ascii_lowercase())
-            .or_insert_with(|| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let (k, v) = (
+            k.as_str().to_ascii_lowercase(),
+            String::from_utf8_lossy(v.as_bytes()),
+        );
+        // Of several challenges, the bearer one (which arca answers best); of other
+        // repeated headers, the last.
+        let keep_bearer = k == "www-authenticate"
+            && map
+                .get(&k)
+                .is_some_and(|old| bearer_challenge(old).is_some())
+            && bearer_challenge(&v).is_none();
+        if !keep_bearer {
+            map.insert(k, v.into_owned());
+        }
     }
     Ok(Answer {
         status: parts.status.as_u16(),
@@ -534,6 +543,11 @@ pub struct Registry {
     name: String,
     agent: ureq::Agent,
     token: Option<String>,
+    /// When the token runs out (its `expires_in`, 60 s when not said): a fresh one is
+    /// asked before, so that a long push never sends a large body on an expired token.
+    token_expires: Option<Instant>,
+    /// The last bearer challenge, to ask for a fresh token with.
+    challenge: Option<String>,
     credentials: Option<Credentials>,
     /// The registry asked for basic auth: credentials go with every request to it.
     basic: bool,
@@ -556,9 +570,16 @@ impl Registry {
     /// for it (see [`super::auth`]). Plain HTTP is allowed for loopback registries and
     /// with `insecure`.
     pub fn open(r: &RemoteRef, insecure: bool) -> Result<Self, RegistryError> {
-        // No home directory: nobody is logged in.
+        // No home directory: nobody is logged in. A credentials file that cannot be read
+        // is warned about and the session goes on anonymously, as Docker's does.
         let credentials = match super::auth::config_file() {
-            Ok(file) => super::auth::lookup(&file, &r.registry)?,
+            Ok(file) => super::auth::lookup(&file, &r.registry).unwrap_or_else(|e| {
+                eprintln!(
+                    "WARNING: Error loading config file: {}",
+                    crate::error_chain(&e)
+                );
+                None
+            }),
             Err(_) => None,
         };
         Self::connect(&r.registry, insecure || r.is_loopback(), credentials)
@@ -584,18 +605,13 @@ impl Registry {
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err("read", &file)(e)),
         };
-        let loopback = RemoteRef {
-            registry: name.to_string(),
-            repository: String::new(),
-            tag: String::new(),
-            digest: None,
-        }
-        .is_loopback();
         let mut reg = Registry {
             base: format!("https://{host}"),
             name: name.to_string(),
-            agent: agent(tls_config(name)?, loopback),
+            agent: agent(tls_config(name)?),
             token: None,
+            token_expires: None,
+            challenge: None,
             credentials,
             basic: false,
             realms: allowed_realms(name, &text),
@@ -659,6 +675,17 @@ impl Registry {
         }
     }
 
+    /// Where a `Location` the registry gave in answer to `asked` (a path on it) leads:
+    /// resolved as a redirect is, never from HTTPS to plain HTTP.
+    pub(crate) fn resolve(&self, asked: &str, location: &str) -> Result<String, RegistryError> {
+        let from = format!("{}{asked}", self.base);
+        redirect_target(&from, location).map_err(|to| RegistryError::Downgrade {
+            registry: self.name.clone(),
+            from,
+            to,
+        })
+    }
+
     /// Whether `url` is on the registry's own origin (credentials go nowhere else).
     fn same_origin(&self, url: &str) -> bool {
         match (parse_url(url), parse_url(&self.base)) {
@@ -706,6 +733,15 @@ impl Registry {
         let mut authed_retry = false;
         for _ in 0..6 {
             let mut headers: Vec<(String, String)> = extra.to_vec();
+            if matches!(payload, Payload::Empty) && matches!(method, "POST" | "PUT") {
+                // Not chunked: some front proxies refuse a chunked request.
+                headers.push(("Content-Length".into(), "0".into()));
+            }
+            if self.token_expires.is_some_and(|t| Instant::now() >= t)
+                && let Some(challenge) = self.challenge.clone()
+            {
+                self.token = Some(self.fetch_token(&challenge)?);
+            }
             if self.same_origin(&url) {
                 if let Some(t) = &self.token {
                     headers.push(("Authorization".into(), format!("Bearer {t}")));
@@ -750,6 +786,7 @@ impl Registry {
                         self.basic = true;
                     } else {
                         self.token = Some(self.fetch_token(&challenge)?);
+                        self.challenge = Some(challenge);
                     }
                     authed_retry = true;
                 }
@@ -761,7 +798,9 @@ impl Registry {
 
     fn status_error(&self, status: u16, method: &str, what: &str) -> RegistryError {
         let hint = match status {
-            404 if method == "GET" => " (no such image or tag)".to_string(),
+            404 if method == "GET" && what.starts_with("manifest") => {
+                " (no such image or tag)".to_string()
+            }
             401 | 403 if self.credentials.is_none() => format!(
                 " (access denied; if it needs credentials, log in with `arca login {}`)",
                 self.name
@@ -779,7 +818,7 @@ impl Registry {
 
     /// `Bearer realm="...",service="...",scope="..."` -> a token from the realm,
     /// asked with the session's credentials when it has some.
-    fn fetch_token(&self, challenge: &str) -> Result<String, RegistryError> {
+    fn fetch_token(&mut self, challenge: &str) -> Result<String, RegistryError> {
         let fields = bearer_challenge(challenge)
             .ok_or_else(|| self.protocol(format!("unsupported authentication {challenge:?}")))?;
         let realm = fields
@@ -834,6 +873,7 @@ impl Registry {
         struct Token {
             token: Option<String>,
             access_token: Option<String>,
+            expires_in: Option<u64>,
         }
         let mut body = Vec::new();
         a.body
@@ -842,6 +882,9 @@ impl Registry {
             .map_err(|e| self.read_failed(e))?;
         let t: Token = serde_json::from_slice(&body)
             .map_err(|e| self.protocol(format!("token answer: {e}")))?;
+        // Asked again a tenth before it runs out (at least 5 s before).
+        let life = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(10, 86_400));
+        self.token_expires = Some(Instant::now() + life - (life / 10).max(Duration::from_secs(5)));
         t.token
             .or(t.access_token)
             .ok_or_else(|| self.protocol("token answer without a token"))
@@ -1069,7 +1112,9 @@ mod tests {
                     }
                 }
                 let head = String::from_utf8_lossy(&head).into_owned();
-                let reply = answer(&head);
+                // It hangs up after each answer, and says so (as a real server does), so
+                // that the client never reuses a connection it is closing.
+                let reply = answer(&head).replacen("\r\n", "\r\nConnection: close\r\n", 1);
                 log.lock().unwrap().push(head);
                 let _ = conn.write_all(reply.as_bytes());
             }
@@ -1081,8 +1126,10 @@ mod tests {
         Registry {
             base: format!("http://127.0.0.1:{port}"),
             name: format!("127.0.0.1:{port}"),
-            agent: agent(tls_config("127.0.0.1").unwrap(), true),
+            agent: agent(tls_config("127.0.0.1").unwrap()),
             token: None,
+            token_expires: None,
+            challenge: None,
             credentials: None,
             basic: false,
             realms: realms.iter().map(|r| r.to_string()).collect(),
