@@ -32,6 +32,7 @@ pub mod attach;
 pub mod container;
 pub mod cp;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod guest;
 pub mod image;

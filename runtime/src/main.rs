@@ -51,6 +51,22 @@ enum Cmd {
         /// NAME[:TAG|@DIGEST].
         reference: String,
     },
+    /// Get real time events: containers, images, networks and volumes.
+    Events {
+        /// Filter output based on conditions provided (container, event, image, label,
+        /// network, type, volume).
+        #[arg(short, long)]
+        filter: Vec<String>,
+        /// Format the output using a Go template, or `json`.
+        #[arg(long)]
+        format: Option<String>,
+        /// Show all events created since timestamp.
+        #[arg(long)]
+        since: Option<String>,
+        /// Stream events until this timestamp.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Log in to a registry; the credentials go to Docker's config.json
     /// ($DOCKER_CONFIG/config.json, else ~/.docker/config.json).
     Login {
@@ -955,6 +971,12 @@ fn main() -> ExitCode {
             println!("{name}");
             Ok(0)
         }
+        Cmd::Events {
+            filter,
+            format,
+            since,
+            until,
+        } => Ok(events(&state, &filter, format, since, until)),
         Cmd::Login {
             username,
             password,
@@ -1605,6 +1627,80 @@ fn login(
         }
         Err(e) => refused(&e),
     }
+}
+
+/// `events`: past events with `--since`, then new ones as they come, until `--until`
+/// (or forever). Docker's line, or `--format`.
+fn events(
+    state: &std::path::Path,
+    filters: &[String],
+    format: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+) -> i32 {
+    use arca_runtime::events;
+    use std::io::Write;
+    let at = std::time::SystemTime::now();
+    let mut bounds = [None, None];
+    for (i, (flag, v)) in [("since", since), ("until", until)].into_iter().enumerate() {
+        if let Some(v) = v {
+            match view::parse_log_time(&v, at) {
+                Some((s, n)) => bounds[i] = Some(u128::from(s) * 1_000_000_000 + u128::from(n)),
+                None => {
+                    eprintln!(
+                        "arca: invalid value for \"{flag}\": failed to parse value as time or duration: \"{v}\""
+                    );
+                    return 1;
+                }
+            }
+        }
+    }
+    let filters = match events::Filters::parse(filters) {
+        Ok(f) => f,
+        Err(e) => return refused(&e),
+    };
+    let template = match format.as_deref() {
+        None | Some("") => None,
+        Some("json") => Some("{{json .}}".to_string()),
+        Some(f) => Some(f.to_string()),
+    };
+    let template = match template
+        .map(|t| arca_runtime::template::Template::parse(&t))
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("arca: {}", e.docker_message());
+            return 1;
+        }
+    };
+    let mut failed = None;
+    let mut out = |e: &events::Event| -> bool {
+        let line = match &template {
+            None => e.line(),
+            Some(t) => match serde_json::to_value(e).map(|v| t.execute(&v)) {
+                Ok(Ok(text)) => text,
+                Ok(Err(err)) => {
+                    failed = Some(err.docker_message());
+                    return false;
+                }
+                Err(err) => {
+                    failed = Some(err.to_string());
+                    return false;
+                }
+            },
+        };
+        // A reader that went away (`| head`) ends the stream quietly.
+        writeln!(std::io::stdout(), "{line}").is_ok()
+    };
+    if let Err(e) = events::read(state, bounds[0], bounds[1], &filters, true, &mut out) {
+        return refused(&e);
+    }
+    if let Some(msg) = failed {
+        eprintln!("arca: {msg}");
+        return 1;
+    }
+    0
 }
 
 /// `logout`: removes the registry's credentials (every entry naming it).

@@ -343,6 +343,15 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
             created: crate::now(),
         },
     )
+    .inspect(|_| {
+        crate::events::emit(
+            state,
+            "network",
+            "create",
+            name,
+            &[("name", name), ("type", "bridge")],
+        )
+    })
 }
 
 /// A route of the host: its interface, destination and mask.
@@ -411,7 +420,15 @@ pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
     }
     bring_down(state, &net);
     let dir = network_dir(state, name);
-    fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))
+    fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+    crate::events::emit(
+        state,
+        "network",
+        "destroy",
+        name,
+        &[("name", name), ("type", "bridge")],
+    );
+    Ok(())
 }
 
 /// The containers holding leases in `net`.

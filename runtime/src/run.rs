@@ -112,7 +112,11 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
 /// `arca restart -t N`: stop (SIGTERM, SIGKILL after `grace`) if it runs, then start.
 pub fn restart(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), RunError> {
     crate::container::lifecycle::stop(state, name, grace)?;
-    start(state, name, false).map(|_| ())
+    start(state, name, false)?;
+    if let Ok((_, rec)) = crate::container::record::find(state, name) {
+        rec.event(state, "restart", &[]);
+    }
+    Ok(())
 }
 
 /// Removes what the last run of the container in `dir` left: its sockets (a VMM binds
@@ -360,6 +364,7 @@ fn prepare(
             )))
             .inspect_err(|_| discard(state, &dir))?;
     }
+    record.event(state, "create", &[]);
     Ok((dir, record))
 }
 
@@ -618,6 +623,7 @@ fn supervise(
     record.ip = sandbox.network().address();
     record.ports = listeners.mappings();
     record.save(dir)?;
+    record.event(state, "start", &[]);
     let forwarders = Forwarders::start(listeners, &address, id);
     sandbox.network().announce(state, id);
     // As `docker run` (sig-proxy): signals sent to arca go to the container.
@@ -636,6 +642,7 @@ fn supervise(
             record.exit_code = Some(137);
             record.error = Some(sandbox.lost(&e));
             record.save(dir)?;
+            record.event(state, "die", &[("exitCode", "137")]);
             // A host agent's containers outlive it: end what is left of this one.
             if opts.isolation == Isolation::Process {
                 process_leftovers(&record);
@@ -649,6 +656,10 @@ fn supervise(
     record.finished_at = Some(now());
     record.exit_code = Some(status.code);
     record.save(dir)?;
+    record.event(state, "die", &[("exitCode", &status.code.to_string())]);
+    if status.oom_killed {
+        record.event(state, "oom", &[]);
+    }
     sandbox.finish(client, id);
     drop(session);
     if status.oom_killed {

@@ -215,6 +215,7 @@ pub fn ensure(
         populated: false,
     };
     save(state, &v)?;
+    crate::events::emit(state, "volume", "create", name, &[("driver", "local")]);
     Ok((v, true))
 }
 
@@ -286,7 +287,10 @@ fn discard(state: &Path, name: &str) -> Result<(), VolumeError> {
     }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
-        _ => Ok(()),
+        _ => {
+            crate::events::emit(state, "volume", "destroy", name, &[("driver", "local")]);
+            Ok(())
+        }
     }
 }
 

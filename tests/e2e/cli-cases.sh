@@ -380,6 +380,22 @@ out
 att" $? "$out"
 out=$(arca run -d -a stdout busybox true 2>&1); check run-attach-detach-conflict 125 "arca: Conflicting options: -a and -d" $? "$out"
 out=$(arca run -a bogus busybox true 2>&1 | grep -c 'valid streams are STDIN, STDOUT and STDERR'); check run-attach-unknown-stream 0 1 $? "$out"
+# events: what happened, as Docker reports it (create, start, die with the exit code,
+# destroy), filtered and formatted; a follower sees events as they come; an unknown
+# filter exits 1.
+t0=$(date +%s)
+ev=$(mktemp)
+arca events --since "$t0" --filter container=evf --format '{{.Action}}' >"$ev" &
+evpid=$!
+arca run --isolation="$iso" --name evx --label team=ev busybox sh -c 'exit 3'
+arca rm evx >/dev/null
+arca create --isolation="$iso" --name evf busybox true >/dev/null; arca rm evf >/dev/null
+out=$(arca events --since "$t0" --until 0s --filter container=evx --format '{{.Action}}' | tr '\n' ' '; arca events --since "$t0" --until 0s --filter event=die --filter label=team=ev --format '{{.Actor.Attributes.exitCode}} {{.Actor.Attributes.name}}'); check events 0 "create start die destroy 3 evx" $? "$out"
+i=0; while ! grep -q destroy "$ev" && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
+kill $evpid; wait $evpid 2>/dev/null
+out=$(tr '\n' ' ' <"$ev"); check events-follow 0 "create destroy " $? "$out"
+rm -f "$ev"
+out=$(arca events --filter bogus=1 2>&1); check events-filter-unknown 1 "arca: invalid filter 'bogus'" $? "$out"
 arca rm "$gen" nm2 >/dev/null
 
 # --restart (Docker's policies, carried out by the container's monitor with backoff):

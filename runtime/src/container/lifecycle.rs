@@ -68,6 +68,7 @@ pub fn kill(state: &Path, name: &str, signal: i32) -> Result<(), RunError> {
     }
     let mut client = rec.client()?;
     client.signal(rec.key(), None, signal)?;
+    rec.event(state, "kill", &[("signal", &signal.to_string())]);
     // A frozen container gets its signal once thawed, as with Docker.
     thaw_if_paused(&dir, &rec);
     Ok(())
@@ -95,7 +96,9 @@ pub fn pause(state: &Path, name: &str) -> Result<(), RunError> {
     std::fs::write(dir.join(PAUSED), b"").map_err(|source| RunError::Io {
         action: format!("mark container {} paused", rec.name),
         source,
-    })
+    })?;
+    rec.event(state, "pause", &[]);
+    Ok(())
 }
 
 /// `arca unpause`.
@@ -109,6 +112,7 @@ pub fn unpause(state: &Path, name: &str) -> Result<(), RunError> {
     }
     rec.client()?.freeze(rec.key(), false)?;
     let _ = std::fs::remove_file(dir.join(PAUSED));
+    rec.event(state, "unpause", &[]);
     Ok(())
 }
 
@@ -184,6 +188,8 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    // Docker's events for a stop: kill (the stop signal), die (from the monitor), stop.
+    rec.event(state, "kill", &[("signal", &stop_signal.to_string())]);
     if !stopped(stop_signal, grace) && !stopped(9, SIGKILL_GRACE) {
         // The container outlived SIGKILL (its guest ignores the agent, or the agent is
         // gone): the sandbox itself goes, which its monitor sees.
@@ -199,6 +205,7 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
             )));
         }
     }
+    rec.event(state, "stop", &[]);
     Ok(())
 }
 
@@ -282,6 +289,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
         }),
         _ => {
             super::names::release(state, &rec.name, rec.key());
+            rec.event(state, "destroy", &[]);
             Ok(rec)
         }
     }
@@ -366,6 +374,11 @@ pub fn rename(state: &Path, container: &str, new_name: &str) -> Result<(), RunEr
         });
     }
     super::names::release(state, &rec.name, rec.key());
+    let renamed = ContainerRecord {
+        name: new_name.to_string(),
+        ..rec.clone()
+    };
+    renamed.event(state, "rename", &[("oldName", &format!("/{}", rec.name))]);
     Ok(())
 }
 

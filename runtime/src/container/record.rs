@@ -194,6 +194,21 @@ pub struct ContainerRecord {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+impl ContainerRecord {
+    /// Records a container event (`events`): Docker's attributes, its labels, the
+    /// image and name, and `extra` (`exitCode`, `signal`, `oldName`).
+    pub fn event(&self, state: &Path, action: &str, extra: &[(&str, &str)]) {
+        let mut attributes: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        attributes.extend([("image", self.image.as_str()), ("name", self.name.as_str())]);
+        attributes.extend_from_slice(extra);
+        crate::events::emit(state, "container", action, &self.id, &attributes);
+    }
+}
+
 /// A file in a container's directory that says the user stopped it (`stop`, `kill`,
 /// `rm -f`): its restart policy no longer applies until it is started again.
 pub const MANUAL_STOP: &str = "stopped-by-user";

@@ -371,6 +371,8 @@ pub fn pull(
         let _ = fs::remove_file(p);
     }
     let name = names.into_iter().next().unwrap_or_default();
+    let repo = name.rsplit_once(':').map_or(name.as_str(), |(n, _)| n);
+    store.event("pull", &name, repo);
     Ok((name, digest))
 }
 

@@ -220,6 +220,9 @@ pub fn push(
         r.tag,
         manifest.len()
     ));
+    let name = r.local_name();
+    let repo_name = name.rsplit_once(':').map_or(name.as_str(), |(n, _)| n);
+    store.event("push", &name, repo_name);
     Ok(digest)
 }
 

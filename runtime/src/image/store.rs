@@ -589,8 +589,9 @@ impl Store {
         let image = self.resolve(source)?;
         let name = normalize_reference(target)?;
         let mut tags = self.tags()?;
-        tags.insert(name.clone(), image.id);
+        tags.insert(name.clone(), image.id.clone());
         write_json(&self.tags_path(), &tags)?;
+        self.event("tag", &format!("sha256:{}", image.id), &name);
         Ok(name)
     }
 
@@ -646,13 +647,26 @@ impl Store {
         let by_tag = normalize_reference(reference)
             .ok()
             .filter(|n| tags.contains_key(n));
-        match by_tag {
+        let untagged: Vec<String> = match by_tag {
             Some(name) => {
                 tags.remove(&name);
+                vec![name]
             }
-            None => tags.retain(|_, v| *v != image.id),
-        }
+            None => {
+                let gone = tags
+                    .iter()
+                    .filter(|(_, v)| **v == image.id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                tags.retain(|_, v| *v != image.id);
+                gone
+            }
+        };
         write_json(&self.tags_path(), &tags)?;
+        let full_id = format!("sha256:{}", image.id);
+        for t in &untagged {
+            self.event("untag", &full_id, t);
+        }
         if tags.values().any(|v| *v == image.id) {
             return Ok(None);
         }
@@ -675,6 +689,7 @@ impl Store {
         for l in layers.iter().filter(|l| !still_used.contains(l)) {
             let _ = fs::remove_file(self.root.join("blobs/sha256").join(l));
         }
+        self.event("delete", &full_id, &full_id);
         Ok(Some(image.id))
     }
 
@@ -837,7 +852,19 @@ impl Store {
         let work = tempdir_in(&self.root.join("tmp"))?;
         let result = self.load_in(archive, &work);
         let _ = fs::remove_dir_all(&work);
+        if let Ok(names) = &result {
+            for n in names {
+                self.event("load", n, n);
+            }
+        }
         result
+    }
+
+    /// Records an image event (`events`) in the state directory the store is in.
+    pub(crate) fn event(&self, action: &str, id: &str, name: &str) {
+        if let Some(state) = self.root.parent() {
+            crate::events::emit(state, "image", action, id, &[("name", name)]);
+        }
     }
 
     fn load_in(&self, archive: &Path, work: &Path) -> Result<Vec<String>, StoreError> {
