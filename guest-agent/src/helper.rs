@@ -418,7 +418,14 @@ fn run_exec(
     }
     drop(fds);
     fork_child(sync, |slot| {
-        let confinement = Confinement::new(&security)?;
+        let mut confinement = Confinement::new(&security)?;
+        // `exec --privileged`: every capability, as Docker's; the container's seccomp
+        // filter (resolved for the container's own capabilities) still applies.
+        if process.privileged {
+            confinement.capabilities = rustix::thread::CapabilitySet::from_bits_retain(
+                arca_protocol::Capabilities::all().0,
+            );
+        }
         join_cgroup(cgroup.as_ref())?;
         die_with_parent()?;
         if process.terminal

@@ -4,13 +4,15 @@
 //!
 //! Whatever changes something (a CLI, a container's monitor) appends one JSON line to
 //! `<state>/events.jsonl`: opened `O_APPEND` and written in one `write`, so lines of
-//! concurrent writers never interleave. Past [`MAX_LOG`] the file is rotated to
-//! `events.jsonl.1` under a lock, so the last 1-2 MiB of history are kept (Docker keeps
-//! its last 256 events in memory). Recording is best effort: an event that cannot be
-//! written never fails the command that made it.
+//! concurrent writers never interleave, while holding `events.lock` shared. Past
+//! [`MAX_LOG`] the file is rotated to `events.jsonl.1` with that lock held exclusively,
+//! so no write is under way into a file being renamed, and the last 1-2 MiB of history
+//! are kept (Docker keeps its last 256 events in memory). Recording is best effort: an
+//! event that cannot be written never fails the command that made it.
 //!
-//! Readers take past events from both files (oldest first) and follow the current one,
-//! across rotations, by polling.
+//! Readers open both files under the shared lock (no rotation between the two opens),
+//! take past events from both (oldest first) and follow the current one, across
+//! rotations, by polling.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -93,12 +95,15 @@ impl Event {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // Docker's deprecated fields: containers and images have `status` and `id`,
+        // containers `from` too.
         let container = kind == "container";
+        let legacy = container || kind == "image";
         Self {
             kind: kind.into(),
             action: action.into(),
-            status: container.then(|| action.to_string()),
-            id: container.then(|| id.to_string()),
+            status: legacy.then(|| action.to_string()),
+            id: legacy.then(|| id.to_string()),
             from: container
                 .then(|| attributes.get("image").cloned())
                 .flatten(),
@@ -117,23 +122,44 @@ impl Event {
     pub fn line(&self) -> String {
         let secs = u64::try_from(self.time_nano / 1_000_000_000).unwrap_or(self.time);
         let nanos = u32::try_from(self.time_nano % 1_000_000_000).unwrap_or(0);
+        // Labels come from users and images: nothing in them may forge a line or
+        // steer the terminal.
         let attrs: Vec<String> = self
             .actor
             .attributes
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", crate::printable(k), crate::printable(v)))
             .collect();
         let mut line = format!(
             "{} {} {} {}",
             crate::rfc3339_nanos(secs, nanos),
             self.kind,
             self.action,
-            self.actor.id
+            crate::printable(&self.actor.id)
         );
         if !attrs.is_empty() {
             line.push_str(&format!(" ({})", attrs.join(", ")));
         }
         line
+    }
+}
+
+impl Event {
+    /// What `--format` templates see: Docker's Go field names (`Status`, `ID`, `From`,
+    /// `Type`, `Action`, `Actor.ID`, `Actor.Attributes`, `Scope`, `Time`, `TimeNano`);
+    /// `json` prints the JSON field names instead, as Docker's does.
+    pub fn template_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "Status": self.status.clone().unwrap_or_default(),
+            "ID": self.id.clone().unwrap_or_default(),
+            "From": self.from.clone().unwrap_or_default(),
+            "Type": self.kind,
+            "Action": self.action,
+            "Actor": {"ID": self.actor.id, "Attributes": self.actor.attributes},
+            "Scope": self.scope,
+            "Time": self.time,
+            "TimeNano": self.time_nano,
+        })
     }
 }
 
@@ -155,22 +181,30 @@ pub fn emit(state: &Path, kind: &str, action: &str, id: &str, attributes: &[(&st
     record(state, &Event::new(kind, action, id, attributes));
 }
 
+/// The lock writers hold shared while they append and exclusively to rotate.
+fn lock_file(state: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(state.join("events.lock"))
+}
+
 fn try_record(state: &Path, event: &Event) -> io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
     let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
     line.push(b'\n');
     let path = log_path(state);
+    let lock = lock_file(state)?;
     if fs::metadata(&path).is_ok_and(|m| m.len() >= MAX_LOG) {
-        // One rotation at a time; a writer that finds it done goes on.
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(state.join("events.lock"))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+        // One rotation at a time, with no write under way; a writer that finds it
+        // done goes on.
+        flock(&lock, FlockOperation::LockExclusive)?;
         if fs::metadata(&path).is_ok_and(|m| m.len() >= MAX_LOG) {
             fs::rename(&path, rotated_path(state))?;
         }
     }
+    flock(&lock, FlockOperation::LockShared)?;
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -223,9 +257,18 @@ impl Filters {
                 "container" => e.kind == "container" && named(v),
                 "network" => e.kind == "network" && named(v),
                 "volume" => e.kind == "volume" && named(v),
+                // Docker's: the reference with or without its tag.
                 "image" => {
-                    (e.kind == "image" && named(v))
-                        || (e.kind == "container" && attr("image") == Some(v.as_str()))
+                    let untagged = |r: &str| -> String {
+                        match r.rsplit_once(':') {
+                            Some((n, t)) if !t.contains('/') => n.to_string(),
+                            _ => r.to_string(),
+                        }
+                    };
+                    let same = |r: &str| r == v || untagged(r) == *v;
+                    (e.kind == "image"
+                        && (named(v) || same(&e.actor.id) || attr("name").is_some_and(same)))
+                        || (e.kind == "container" && attr("image").is_some_and(same))
                 }
                 "label" => match v.split_once('=') {
                     Some((lk, lv)) => attr(lk) == Some(lv),
@@ -239,8 +282,11 @@ impl Filters {
 
 /// Reads the events of `state` between `since` and `until` (nanoseconds since the
 /// epoch, inclusive) that pass `filters`, oldest first, calling `out` for each until
-/// it returns false. Past events are read only with `since`; with `follow`, new ones
-/// are waited for (polling) until `until` passes or `out` refuses.
+/// it returns false. Past events are read with `since` or `until` (Docker's: without
+/// either, only what comes from now on); with `follow`, new ones are waited for
+/// (polling) until `until` passes or `out` refuses. Events are written in the order
+/// they are recorded, which may differ slightly from their times: each is judged on
+/// its own, none ends the read.
 pub fn read(
     state: &Path,
     since: Option<u128>,
@@ -249,71 +295,80 @@ pub fn read(
     follow: bool,
     out: &mut dyn FnMut(&Event) -> bool,
 ) -> Result<(), EventsError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let from = since.unwrap_or(now);
-    let pass = |e: &Event| e.time_nano >= from && filters.matches(e);
-    let past = |e: &Event| until.is_some_and(|u| e.time_nano > u);
-    let path = log_path(state);
-    // The current file first opened, so that a rotation while reading the old one is
-    // not missed: everything after the rotated file is in it.
-    let mut current = open_log(&path)?;
-    if since.is_some() {
-        if let Some(mut old) = open_log(&rotated_path(state))? {
-            for e in lines(&mut old) {
-                if past(&e) {
-                    return Ok(());
-                }
-                if pass(&e) && !out(&e) {
-                    return Ok(());
-                }
-            }
-        }
-    } else if let Some(f) = current.as_mut() {
-        // Only what comes from now on.
-        f.seek(SeekFrom::End(0)).map_err(|source| EventsError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    loop {
-        if let Some(f) = current.as_mut() {
-            for e in lines(f) {
-                if past(&e) {
-                    return Ok(());
-                }
-                if pass(&e) && !out(&e) {
-                    return Ok(());
-                }
-            }
-        }
-        let now = std::time::SystemTime::now()
+    let nanos_now = || {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
-            .as_nanos();
-        if !follow || until.is_some_and(|u| now > u) {
+            .as_nanos()
+    };
+    let past = since.is_some() || until.is_some();
+    let from = since.unwrap_or(if past { 0 } else { nanos_now() });
+    // Every event in range that passes; false when `out` wants no more.
+    let mut give = |events: Vec<Event>| -> bool {
+        events
+            .iter()
+            .filter(|e| e.time_nano >= from && until.is_none_or(|u| e.time_nano <= u))
+            .filter(|e| filters.matches(e))
+            .all(&mut *out)
+    };
+    let path = log_path(state);
+    let rotated = rotated_path(state);
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EventsError::Io { path, source }
+    };
+    // Both files opened with no rotation between the opens.
+    let (mut current, old) = {
+        let lock = lock_file(state).map_err(io_err(state))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
+            .map_err(|e| io_err(state)(e.into()))?;
+        let current = open_log(&path)?;
+        let old = if past { open_log(&rotated)? } else { None };
+        (current, old)
+    };
+    if let Some(mut old) = old
+        && !give(lines(&mut old))
+    {
+        return Ok(());
+    }
+    if !past && let Some(f) = current.as_mut() {
+        // Only what comes from now on.
+        f.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+    }
+    loop {
+        if let Some(f) = current.as_mut()
+            && !give(lines(f))
+        {
+            return Ok(());
+        }
+        if !follow || until.is_some_and(|u| nanos_now() > u) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
-        // Rotated (or made) since it was opened: the rest of the held file was read
-        // above; go on with the new one from its start.
+        // Rotated (or made) since it was opened: the held file is complete (a rotation
+        // waits for every write under way), so its rest is read; if it rotated twice,
+        // the middle file is the rotated one now. Then the new one from its start.
+        let id = |m: fs::Metadata| (m.dev(), m.ino());
         let held = current
             .as_ref()
             .and_then(|f| f.get_ref().metadata().ok())
-            .map(|m| (m.dev(), m.ino()));
-        let now_there = fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+            .map(id);
+        let now_there = fs::metadata(&path).ok().map(id);
         if now_there.is_some() && now_there != held {
-            if let Some(f) = current.as_mut() {
-                for e in lines(f) {
-                    if past(&e) {
-                        return Ok(());
-                    }
-                    if pass(&e) && !out(&e) {
-                        return Ok(());
-                    }
-                }
+            if let Some(f) = current.as_mut()
+                && !give(lines(f))
+            {
+                return Ok(());
+            }
+            let lock = lock_file(state).map_err(io_err(state))?;
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
+                .map_err(|e| io_err(state)(e.into()))?;
+            if held.is_some()
+                && fs::metadata(&rotated).ok().map(id) != held
+                && let Some(mut middle) = open_log(&rotated)?
+                && !give(lines(&mut middle))
+            {
+                return Ok(());
             }
             current = open_log(&path)?;
         }
@@ -386,12 +441,43 @@ mod tests {
         assert_eq!(json["status"], "die");
         assert_eq!(json["from"], "busybox");
         let image = Event::new("image", "pull", "busybox:latest", &[("name", "busybox")]);
+        let json = serde_json::to_value(&image).unwrap();
+        assert_eq!(
+            (&json["status"], &json["id"]),
+            (&"pull".into(), &"busybox:latest".into())
+        );
+        assert!(json.get("from").is_none());
+        let volume = Event::new("volume", "create", "v", &[("driver", "local")]);
         assert!(
-            serde_json::to_value(&image)
+            serde_json::to_value(&volume)
                 .unwrap()
                 .get("status")
                 .is_none()
         );
+        // Templates see Docker's Go field names.
+        let t = e.template_value();
+        assert_eq!(
+            (
+                &t["Status"],
+                &t["ID"],
+                &t["From"],
+                &t["Actor"]["Attributes"]["exitCode"]
+            ),
+            (
+                &"die".into(),
+                &"abc123".into(),
+                &"busybox".into(),
+                &"0".into()
+            )
+        );
+        // A label cannot forge a line or steer the terminal.
+        let evil = Event::new(
+            "container",
+            "start",
+            "x",
+            &[("l", "a\n2026 container die y\x1b[2J")],
+        );
+        assert!(!evil.line().contains('\n') && !evil.line().contains('\x1b'));
     }
 
     #[test]
@@ -411,6 +497,8 @@ mod tests {
         assert!(f(&["event=die", "event=start"]).matches(&e));
         assert!(!f(&["event=die", "type=container"]).matches(&e));
         assert!(f(&["image=busybox:latest", "label=team=a", "label=team"]).matches(&e));
+        assert!(f(&["image=busybox"]).matches(&e), "without its tag");
+        assert!(!f(&["image=busy"]).matches(&e));
         assert!(!f(&["label=team=b"]).matches(&e));
         assert!(!f(&["type=image"]).matches(&e));
         assert!(!f(&["network=web"]).matches(&e));
@@ -453,6 +541,25 @@ mod tests {
         })
         .unwrap();
         assert_eq!(none, 0, "without --since only new events");
+
+        let mut before_now = 0;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        read(
+            state,
+            None,
+            Some(now),
+            &Filters::default(),
+            true,
+            &mut |_| {
+                before_now += 1;
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(before_now, seen.len(), "--until alone: the past up to it");
 
         let mut until = 0;
         read(state, first, first, &Filters::default(), true, &mut |_| {

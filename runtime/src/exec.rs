@@ -46,6 +46,18 @@ fn inherit(state: &Path, dir: &Path, rec: &ContainerRecord, mut p: ProcessSpec) 
 /// Runs `process` in container `name`; returns its exit code.
 pub fn exec(state: &Path, name: &str, process: ProcessSpec) -> Result<i32, RunError> {
     let (dir, rec) = find(state, name)?;
+    // As `run --privileged`: on the host, every capability in a container without a
+    // user namespace is root over the host; the operator decides.
+    if process.privileged
+        && rec.isolation == crate::container::Isolation::Process
+        && std::env::var(crate::container::config::ALLOW_PRIVILEGED_PROCESS_ENV).as_deref()
+            != Ok("1")
+    {
+        return Err(RunError::Invalid(format!(
+            "exec --privileged in a container with --isolation=process would give the command root over this host; it is refused unless the operator sets {}=1 (in a microVM the command is privileged only inside it)",
+            crate::container::config::ALLOW_PRIVILEGED_PROCESS_ENV
+        )));
+    }
     let process = inherit(state, &dir, &rec, process);
     if rec.is_paused() {
         return Err(RunError::Invalid(format!(

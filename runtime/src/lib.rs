@@ -235,6 +235,27 @@ pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(total).ok()
 }
 
+/// Text from a sandbox (or a label, an image's config) made safe to print: control characters (terminal escapes a
+/// hostile guest could send) and the invisible characters that reorder or hide text
+/// (bidi overrides, zero-width characters) become `?`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+            if c.is_control() || invisible { '?' } else { c }
+        })
+        .collect()
+}
+
+/// Labels as Docker's list rows show them: `k=v` pairs, comma-separated, in key order.
+pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `s`, cut to `width` characters with an ellipsis, as Docker's `formatter.Ellipsis`.
 pub fn ellipsis(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

@@ -334,6 +334,10 @@ enum Cmd {
         /// Detached mode: run the command in the background (its output is discarded).
         #[arg(short, long)]
         detach: bool,
+        /// Give extended privileges to the command (every capability; the container's
+        /// seccomp filter stays, as Docker's).
+        #[arg(long)]
+        privileged: bool,
         /// Keep stdin open.
         #[arg(short, long)]
         interactive: bool,
@@ -1280,6 +1284,7 @@ fn main() -> ExitCode {
         }
         Cmd::Exec {
             detach,
+            privileged,
             interactive,
             tty,
             env,
@@ -1297,6 +1302,7 @@ fn main() -> ExitCode {
                 stdin: interactive && !detach,
                 terminal: tty && !detach,
                 detached: detach,
+                privileged,
                 ..Default::default()
             };
             arca_runtime::exec::exec(&state, &container, process).map_err(|e| {
@@ -1659,9 +1665,16 @@ fn events(
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
+    if let [Some(s), Some(u)] = bounds
+        && s > u
+    {
+        eprintln!("arca: --since must be before --until");
+        return 1;
+    }
+    // `json`: the JSON field names; a template: Docker's Go field names.
+    let json = format.as_deref() == Some("json");
     let template = match format.as_deref() {
-        None | Some("") => None,
-        Some("json") => Some("{{json .}}".to_string()),
+        None | Some("") | Some("json") => None,
         Some(f) => Some(f.to_string()),
     };
     let template = match template
@@ -1677,15 +1690,12 @@ fn events(
     let mut failed = None;
     let mut out = |e: &events::Event| -> bool {
         let line = match &template {
+            None if json => serde_json::to_string(e).unwrap_or_default(),
             None => e.line(),
-            Some(t) => match serde_json::to_value(e).map(|v| t.execute(&v)) {
-                Ok(Ok(text)) => text,
-                Ok(Err(err)) => {
-                    failed = Some(err.docker_message());
-                    return false;
-                }
+            Some(t) => match t.execute(&e.template_value()) {
+                Ok(text) => text,
                 Err(err) => {
-                    failed = Some(err.to_string());
+                    failed = Some(err.docker_message());
                     return false;
                 }
             },

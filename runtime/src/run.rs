@@ -41,16 +41,16 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
     let id = record.key().to_string();
     // As prepared and saved (ports dropped for the host's network, the image's stop
     // signal and labels).
-    let opts = &RunOptions::load(&dir).inspect_err(|_| discard(state, &dir))?;
+    let opts = &RunOptions::load(&dir).inspect_err(|_| destroy(state, &dir))?;
     if opts.detach {
-        let monitor = spawn_monitor(state, &dir, &id).inspect_err(|_| discard(state, &dir))?;
+        let monitor = spawn_monitor(state, &dir, &id).inspect_err(|_| destroy(state, &dir))?;
         wait_running(state, &dir, monitor, OnFailure::Discard)?;
         println!("{}", record.id);
         return Ok(0);
     }
     let result = supervise(state, opts, &dir, record, Output::Terminal);
     if result.is_err() || opts.rm {
-        discard(state, &dir);
+        destroy(state, &dir);
     } else if let Ok(code) = result
         && opts.restart.restarts(code, 0)
         && !dir.join(MANUAL_STOP).exists()
@@ -383,6 +383,17 @@ fn discard(state: &Path, dir: &Path) {
     volume::remove_anonymous(state, &anonymous);
 }
 
+/// [`discard`] for a container made (its `create` event recorded): Docker's `destroy`
+/// event too.
+fn destroy(state: &Path, dir: &Path) {
+    if let Ok(rec) = ContainerRecord::load(dir) {
+        discard(state, dir);
+        rec.event(state, "destroy", &[]);
+    } else {
+        discard(state, dir);
+    }
+}
+
 /// What a start that fails leaves: nothing (`run -d`), or the container, exited with
 /// the reason (`start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,7 +430,7 @@ fn wait_running(
 ) -> Result<(), RunError> {
     let fail = |dir: &Path, e: RunError| {
         match on_failure {
-            OnFailure::Discard => discard(state, dir),
+            OnFailure::Discard => destroy(state, dir),
             OnFailure::Keep => {
                 // The record says why, for `ps -a`.
                 if let Ok(mut r) = ContainerRecord::load(dir)
@@ -522,7 +533,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
             || !opts.restart.restarts(code, r.restart_count)
         {
             if opts.rm && r.error.is_none() {
-                discard(state, &dir);
+                destroy(state, &dir);
             }
             return result;
         }
@@ -622,8 +633,9 @@ fn supervise(
     record.network = Some(sandbox.network().name());
     record.ip = sandbox.network().address();
     record.ports = listeners.mappings();
-    record.save(dir)?;
+    // Recorded before the record says so: a CLI waiting on the record logs after it.
     record.event(state, "start", &[]);
+    record.save(dir)?;
     let forwarders = Forwarders::start(listeners, &address, id);
     sandbox.network().announce(state, id);
     // As `docker run` (sig-proxy): signals sent to arca go to the container.
@@ -641,8 +653,8 @@ fn supervise(
             record.finished_at = Some(now());
             record.exit_code = Some(137);
             record.error = Some(sandbox.lost(&e));
-            record.save(dir)?;
             record.event(state, "die", &[("exitCode", "137")]);
+            record.save(dir)?;
             // A host agent's containers outlive it: end what is left of this one.
             if opts.isolation == Isolation::Process {
                 process_leftovers(&record);
@@ -655,11 +667,11 @@ fn supervise(
     record.status = Status::Exited;
     record.finished_at = Some(now());
     record.exit_code = Some(status.code);
-    record.save(dir)?;
-    record.event(state, "die", &[("exitCode", &status.code.to_string())]);
     if status.oom_killed {
         record.event(state, "oom", &[]);
     }
+    record.event(state, "die", &[("exitCode", &status.code.to_string())]);
+    record.save(dir)?;
     sandbox.finish(client, id);
     drop(session);
     if status.oom_killed {

@@ -10,7 +10,6 @@ use crate::container::names::containers_dir;
 use crate::container::record::{Status, list};
 use crate::error::RunError;
 use crate::image::store::Store;
-use crate::storage::disk_usage;
 use crate::volume;
 
 /// One line of `system df`.
@@ -41,7 +40,7 @@ pub fn df(state: &Path) -> Result<Vec<DfRow>, RunError> {
         reclaimable: 0,
     };
     for i in store.list()? {
-        let size = i.rootfs.parent().map_or(0, disk_usage);
+        let size = i.usage();
         images.total += 1;
         images.size += size;
         if containers.iter().any(|c| c.image_id == i.id) {

@@ -630,12 +630,7 @@ pub fn ls_formatted(
     let rows: Vec<serde_json::Value> = volumes
         .iter()
         .map(|v| {
-            let labels = v
-                .labels
-                .iter()
-                .map(|(k, val)| format!("{k}={val}"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let labels = crate::labels_text(&v.labels);
             serde_json::json!({
                 "Name": v.name,
                 "Driver": "local",

@@ -680,6 +680,10 @@ pub struct ProcessSpec {
     /// process never blocks on a pipe nobody reads.
     #[serde(default)]
     pub detached: bool,
+    /// `exec --privileged`: every capability (the container's seccomp filter stays).
+    /// Only for an exec'd process.
+    #[serde(default)]
+    pub privileged: bool,
     /// Resource limits.
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
@@ -838,6 +842,11 @@ impl ContainerSpec {
         let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
         validate_id("container", &self.id)?;
         self.process.validate()?;
+        if self.process.privileged {
+            return bad(
+                "A container's process takes its capabilities from its security, not privileged (which is for exec)".into(),
+            );
+        }
         if !matches!(self.rootfs.fstype.as_str(), "ext4" | "erofs" | "dir") {
             return bad(format!(
                 "Unsupported rootfs type {:?} (use ext4, erofs or dir)",

@@ -30,7 +30,10 @@ pub fn reap_crashed(state: &Path) {
             continue;
         }
         end_leftovers(&rec);
-        let _ = seen.save(&dir);
+        if seen.save(&dir).is_ok() {
+            let code = seen.exit_code.unwrap_or(137).to_string();
+            seen.event(state, "die", &[("exitCode", &code)]);
+        }
     }
 }
 
@@ -177,6 +180,7 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
                             .with_patience(SIGNAL_PATIENCE)
                             .signal(now.key(), None, signal);
                     }
+                    now.event(state, "kill", &[("signal", &signal.to_string())]);
                     thaw_if_paused(&dir, &now);
                     sent = true;
                 }
@@ -188,8 +192,7 @@ pub fn stop(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), Run
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    // Docker's events for a stop: kill (the stop signal), die (from the monitor), stop.
-    rec.event(state, "kill", &[("signal", &stop_signal.to_string())]);
+    // Docker's events for a stop: kill (each signal sent), die (from the monitor), stop.
     if !stopped(stop_signal, grace) && !stopped(9, SIGKILL_GRACE) {
         // The container outlived SIGKILL (its guest ignores the agent, or the agent is
         // gone): the sandbox itself goes, which its monitor sees.
@@ -250,6 +253,7 @@ pub fn rm(state: &Path, name: &str, force: bool) -> Result<ContainerRecord, RunE
         if let Ok(c) = rec.client() {
             let _ = c.with_patience(SIGNAL_PATIENCE).signal(rec.key(), None, 9);
         }
+        rec.event(state, "kill", &[("signal", "9")]);
         if wait_exited(&dir, Duration::from_secs(10)).is_none() {
             if let Some(pid) = rec.sandbox_pid {
                 kill_if_same(pid, rec.sandbox_start);

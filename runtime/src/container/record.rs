@@ -195,12 +195,24 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
-    /// Records a container event (`events`): Docker's attributes, its labels, the
-    /// image and name, and `extra` (`exitCode`, `signal`, `oldName`).
+    /// Records a container event (`events`): Docker's attributes, its labels (those
+    /// that fit in 16 KiB), the image and name, and `extra` (`exitCode`, `signal`,
+    /// `oldName`).
     pub fn event(&self, state: &Path, action: &str, extra: &[(&str, &str)]) {
+        // Labels (an image's may be megabytes) up to 16 KiB in all, so that one
+        // container cannot flush the events log of everyone else's history.
+        let mut room = 16 << 10;
         let mut attributes: Vec<(&str, &str)> = self
             .labels
             .iter()
+            .filter(|(k, v)| {
+                let size = k.len() + v.len();
+                let fits = size <= room;
+                if fits {
+                    room -= size;
+                }
+                fits
+            })
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         attributes.extend([("image", self.image.as_str()), ("name", self.name.as_str())]);

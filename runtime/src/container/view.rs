@@ -92,12 +92,7 @@ pub fn ps_row(r: &ContainerRecord, at: u64, no_trunc: bool, size: Option<String>
             ellipsis(&command, 20),
         )
     };
-    let labels = r
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let labels = crate::labels_text(&r.labels);
     json!({
         "ID": id,
         "Image": r.image,
@@ -157,7 +152,7 @@ fn size_text(state: &Path, r: &ContainerRecord) -> String {
     let image = crate::image::store::Store::open(state)
         .ok()
         .and_then(|s| s.resolve(&r.image_id).ok())
-        .map_or(0, |i| crate::storage::disk_usage(&i.rootfs));
+        .map_or(0, |i| i.usage());
     format!(
         "{} (virtual {})",
         crate::human_size(layer),
@@ -534,18 +529,6 @@ pub fn logs(state: &Path, name: &str, o: &LogsOptions) -> Result<i32, RunError> 
     }
 }
 
-/// Text from a sandbox made safe to print: control characters (terminal escapes a
-/// hostile guest could send) and the invisible characters that reorder or hide text
-/// (bidi overrides, zero-width characters) become `?`.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-            if c.is_control() || invisible { '?' } else { c }
-        })
-        .collect()
-}
-
 /// `arca top CONTAINER`: its processes as `ps -ef` shows them (Docker runs the host's
 /// `ps` on them; Arca asks the container's agent, so in a microVM the PIDs are the
 /// guest's). User names are the host's, as with Docker.
@@ -602,9 +585,9 @@ pub fn top(state: &Path, name: &str) -> Result<String, RunError> {
             p.ppid.to_string(),
             (p.cpu_ms / 10 / elapsed).to_string(),
             stime,
-            printable(&p.tty),
+            crate::printable(&p.tty),
             time,
-            printable(&p.cmd),
+            crate::printable(&p.cmd),
         ]);
     }
     let mut widths = [0usize; 8];

@@ -371,8 +371,14 @@ pub fn pull(
         let _ = fs::remove_file(p);
     }
     let name = names.into_iter().next().unwrap_or_default();
-    let repo = name.rsplit_once(':').map_or(name.as_str(), |(n, _)| n);
-    store.event("pull", &name, repo);
+    // Docker's: `repo:tag` or `repo@digest` as actor, the repository as name.
+    let tagged = r.local_name();
+    let repo = tagged.rsplit_once(':').map_or(tagged.as_str(), |(n, _)| n);
+    let actor = match &r.digest {
+        Some(d) => format!("{repo}@{d}"),
+        None => tagged.clone(),
+    };
+    store.event("pull", &actor, repo);
     Ok((name, digest))
 }
 

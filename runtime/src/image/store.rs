@@ -251,6 +251,15 @@ pub struct Image {
     pub tags: Vec<String>,
 }
 
+impl Image {
+    /// The image's size, one measure for `images`, `ps -s`, `system df` and the prunes:
+    /// the blocks its directory (`by-id/<id>`: the unpacked root filesystem and its
+    /// config) takes on the host disk.
+    pub fn usage(&self) -> u64 {
+        self.rootfs.parent().map_or(0, crate::storage::disk_usage)
+    }
+}
+
 /// Normalises `NAME[:TAG]` the way Docker does for local names: `docker.io/library/`
 /// and `docker.io/` dropped, `:latest` added.
 pub fn normalize_reference(reference: &str) -> Result<String, StoreError> {
@@ -619,7 +628,7 @@ impl Store {
             if (!all && !image.tags.is_empty()) || self.container_using(&image.id).is_some() {
                 continue;
             }
-            let size = crate::storage::disk_usage(&self.root.join("by-id").join(&image.id));
+            let size = image.usage();
             if let Ok(Some(id)) = self.remove(&image.id) {
                 lines.extend(image.tags.iter().map(|t| format!("untagged: {t}")));
                 lines.push(format!("deleted: sha256:{id}"));
@@ -664,8 +673,9 @@ impl Store {
         };
         write_json(&self.tags_path(), &tags)?;
         let full_id = format!("sha256:{}", image.id);
-        for t in &untagged {
-            self.event("untag", &full_id, t);
+        // Docker's: one untag a tag, the image ID as actor and name.
+        for _ in &untagged {
+            self.event("untag", &full_id, &full_id);
         }
         if tags.values().any(|v| *v == image.id) {
             return Ok(None);
@@ -852,9 +862,16 @@ impl Store {
         let work = tempdir_in(&self.root.join("tmp"))?;
         let result = self.load_in(archive, &work);
         let _ = fs::remove_dir_all(&work);
+        // Docker's: the image ID as actor and name, once an image.
         if let Ok(names) = &result {
-            for n in names {
-                self.event("load", n, n);
+            let mut ids: Vec<String> = names
+                .iter()
+                .filter_map(|n| self.resolve(n).ok())
+                .map(|i| format!("sha256:{}", i.id))
+                .collect();
+            ids.dedup();
+            for id in ids {
+                self.event("load", &id, &id);
             }
         }
         result

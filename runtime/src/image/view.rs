@@ -106,7 +106,7 @@ fn split_tag(tag: &str) -> (&str, &str) {
 pub fn image_rows(images: &[Image], at: u64, no_trunc: bool) -> Vec<Value> {
     let mut rows = Vec::new();
     for i in images {
-        let size = crate::human_size(crate::storage::disk_usage(&i.rootfs));
+        let size = crate::human_size(i.usage());
         let id = if no_trunc {
             format!("sha256:{}", i.id)
         } else {
