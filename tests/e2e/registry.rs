@@ -106,8 +106,20 @@ fn arca(state: &Path, args: &[&str]) -> Output {
 
 /// `arca` with Docker's credentials in `docker` and `input` on stdin.
 fn arca_as(state: &Path, docker: &Path, args: &[&str], input: &str) -> Output {
+    arca_env(state, docker, args, input, &[])
+}
+
+/// [`arca_as`] with more environment.
+fn arca_env(
+    state: &Path,
+    docker: &Path,
+    args: &[&str],
+    input: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let mut child = Command::new(binary("arca"))
         .args(args)
+        .envs(env.iter().copied())
         .env("ARCA_STATE_DIR", state)
         .env("ARCA_CONFIG_DIR", state.join("config"))
         .env("DOCKER_CONFIG", docker)
@@ -116,12 +128,8 @@ fn arca_as(state: &Path, docker: &Path, args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // arca may end before it reads its input (a refusal): a closed pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
     child.wait_with_output().unwrap()
 }
 
@@ -900,24 +908,7 @@ fn login_push_and_pull_back_through_htpasswd_auth() {
         std::env::var("PATH").unwrap_or_default()
     );
     let with_helper = |state: &Path, args: &[&str], input: &str| {
-        let mut child = Command::new(binary("arca"))
-            .args(args)
-            .env("ARCA_STATE_DIR", state)
-            .env("ARCA_CONFIG_DIR", state.join("config"))
-            .env("DOCKER_CONFIG", &docker)
-            .env("PATH", &path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        arca_env(state, &docker, args, input, &[("PATH", &path)])
     };
     let out = with_helper(
         &state,
