@@ -1,4 +1,4 @@
-//! The agent's builtins ([`Builtin`]): `arca cp`'s stat, tar out and tar in, run by an
+//! The agent's builtins ([`Builtin`]): `arca cp`'s stat, tar out, tar in and hold, run by an
 //! exec'd process in place of a command, after it took the container's namespaces,
 //! cgroup, credentials and capability limits ([`crate::helper`]). So they are exactly
 //! as confined as a container process: a hostile container can do nothing to them that
@@ -17,6 +17,7 @@ pub fn run(b: &Builtin) -> i32 {
         Builtin::Stat { path } => stat(path),
         Builtin::TarOut { path } => tar_out(path),
         Builtin::TarIn { dir } => tar_in(dir),
+        Builtin::Hold => hold(),
     };
     match result {
         Ok(()) => 0,
@@ -25,6 +26,12 @@ pub fn run(b: &Builtin) -> i32 {
             1
         }
     }
+}
+
+/// Reads stdin to its end (the host closing it, or going away) and ends.
+fn hold() -> Result<(), String> {
+    io::copy(&mut io::stdin(), &mut io::sink()).map_err(|e| format!("stdin: {e}"))?;
+    Ok(())
 }
 
 fn not_found(e: &io::Error) -> bool {

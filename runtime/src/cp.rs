@@ -25,8 +25,11 @@ use arca_protocol::{Builtin, ProcessSpec, StdioStream};
 use tar::EntryType;
 
 use crate::RunError;
-use crate::container::{Status, find};
+use crate::container::pids::{alive, kill_if_same, wait_gone};
+use crate::container::{ContainerRecord, RunOptions, Status, find};
+use crate::image::store::Store;
 use crate::image::unpack::{UnpackError, clean, parents, remove_existing};
+use crate::sandbox::Sandbox;
 
 /// Errors of `arca cp`; all exit 1, as Docker's.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +57,9 @@ pub enum CpError {
     /// Neither operand names a container.
     #[error("Must specify at least one container source (CONTAINER:PATH)")]
     NoContainer,
-    /// The container does not run.
-    #[error("Container {0} is not running: arca cp works with running containers only for now")]
-    NotRunning(String),
+    /// The container is between states.
+    #[error("Container {0} is starting or restarting: try again once it runs or has stopped")]
+    Busy(String),
     /// A file operation on the host failed.
     #[error("Cannot {action} {path}")]
     Local {
@@ -181,11 +184,107 @@ struct Stat {
     kind: Kind,
 }
 
-/// A running container's agent, for builtins.
-struct Target {
+/// A container's agent, for builtins: a running container's own, or one brought up
+/// for the copy ([`Held`]) when it is stopped.
+struct Target<'a> {
     name: String,
     id: String,
     client: AgentClient,
+    // After `client`: its teardown ends the sandbox the client speaks to.
+    _held: Option<Held<'a>>,
+}
+
+/// A stopped (created or exited) container brought up in a sandbox of its own for the
+/// copy, as Docker copies from and to stopped containers: the same image, writable
+/// layer and mounts, no network, and as its main process the agent's `hold` (none of
+/// the container's commands runs). The container's lifecycle lock is held meanwhile,
+/// so a `start` waits; its record keeps its state, only the sandbox's pid is noted, so
+/// that the next copy, `start` or `rm` ends a sandbox a killed `arca cp` left behind
+/// (two sandboxes must never share the container's disk). Dropping it tears it down.
+struct Held<'a> {
+    sandbox: Option<Sandbox<'a>>,
+    stdin: Option<StdioConnection>,
+    id: String,
+    _lock: fs::File,
+}
+
+impl<'a> Held<'a> {
+    fn start(state: &'a Path, dir: &Path) -> Result<(Self, AgentClient), CpError> {
+        let lock = crate::state::lock_file(
+            &dir.join("lifecycle.lock"),
+            rustix::fs::FlockOperation::LockExclusive,
+        )
+        .map_err(|(what, source)| {
+            CpError::Run(RunError::Io {
+                action: format!("{what} the container's lifecycle lock"),
+                source,
+            })
+        })?;
+        let rec = ContainerRecord::observe(dir).map_err(RunError::from)?;
+        if !matches!(rec.status, Status::Created | Status::Exited) {
+            return Err(CpError::Busy(rec.name.clone()));
+        }
+        // A container that just exited may still have its monitor tearing its sandbox
+        // down (a microVM's jail cgroup is per container): that ends first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while alive(rec.monitor_pid, rec.monitor_start) && rec.monitor_pid != std::process::id() {
+            if std::time::Instant::now() >= deadline {
+                return Err(CpError::Busy(rec.name.clone()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let store = Store::open(state).map_err(RunError::from)?;
+        let image = store.resolve(&rec.image_id).map_err(RunError::from)?;
+        let mut opts = RunOptions::load(dir)?;
+        opts.network = Some("none".into());
+        opts.publish.clear();
+        let id = rec.key().to_string();
+        if let Some(pid) = rec.sandbox_pid {
+            kill_if_same(pid, rec.sandbox_start);
+            wait_gone(pid, rec.sandbox_start, std::time::Duration::from_secs(10));
+        }
+        crate::sandbox::clear_sockets(dir);
+        let mut sandbox = Sandbox::launch(state, &store, &image, &opts, &rec.mounts, dir, &id)
+            .map_err(CpError::Run)?;
+        let (pid, started) = sandbox.pid();
+        let mut noted = rec.clone();
+        (noted.sandbox_pid, noted.sandbox_start) = (Some(pid), started);
+        noted.save(dir).map_err(RunError::from)?;
+        let mut client = sandbox.connect().map_err(CpError::Run)?;
+        let hold = ProcessSpec {
+            builtin: Some(Builtin::Hold),
+            stdin: true,
+            ..Default::default()
+        };
+        let spec = sandbox.container_spec(state, dir, &id, &image, &opts, hold);
+        client.create(spec).map_err(RunError::from)?;
+        let stdin = sandbox
+            .address()
+            .attach(&id, None, StdioStream::Stdin)
+            .map_err(|e| CpError::Run(e.into()))?;
+        client.start(&id).map_err(RunError::from)?;
+        Ok((
+            Held {
+                sandbox: Some(sandbox),
+                stdin: Some(stdin),
+                id,
+                _lock: lock,
+            },
+            client,
+        ))
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // Its stdin closed, `hold` ends; the container goes, then the sandbox.
+        drop(self.stdin.take());
+        if let Some(mut sandbox) = self.sandbox.take()
+            && let Ok(mut client) = sandbox.connect()
+        {
+            sandbox.abort(&mut client, &self.id);
+        }
+    }
 }
 
 static EXEC_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -198,17 +297,23 @@ struct Running {
     stdin: Option<StdioConnection>,
 }
 
-impl Target {
-    fn open(state: &Path, name: &str) -> Result<Self, CpError> {
-        let (_, rec) = find(state, name).map_err(RunError::from)?;
-        if rec.status != Status::Running {
-            return Err(CpError::NotRunning(name.into()));
-        }
-        let client = rec.client().map_err(RunError::from)?;
+impl<'a> Target<'a> {
+    fn open(state: &'a Path, name: &str) -> Result<Self, CpError> {
+        let (dir, rec) = find(state, name).map_err(RunError::from)?;
+        let (client, held) = match rec.status {
+            Status::Running => (rec.client().map_err(RunError::from)?, None),
+            Status::Created | Status::Exited => {
+                let (held, client) = Held::start(state, &dir)?;
+                (client, Some(held))
+            }
+            // Starting or restarting: it runs in a moment, or its monitor has it.
+            _ => return Err(CpError::Busy(name.into())),
+        };
         Ok(Target {
             name: name.into(),
             id: rec.key().to_string(),
             client,
+            _held: held,
         })
     }
 

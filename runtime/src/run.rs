@@ -92,6 +92,12 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
         Status::Created | Status::Exited => {}
     }
     let opts = RunOptions::load(&dir)?;
+    // A sandbox an `arca cp` killed mid-copy left must not share the container's
+    // writable layer with the new one (the lock above waits for a copy under way).
+    if let Some(pid) = record.sandbox_pid {
+        crate::container::pids::kill_if_same(pid, record.sandbox_start);
+        crate::container::pids::wait_gone(pid, record.sandbox_start, Duration::from_secs(10));
+    }
     clear_last_run(&dir);
     let _ = std::fs::remove_file(dir.join(MANUAL_STOP));
     let mut record = record.for_another_run();
@@ -122,12 +128,8 @@ pub fn restart(state: &Path, name: &str, grace: Option<Duration>) -> Result<(), 
 /// Removes what the last run of the container in `dir` left: its sockets (a VMM binds
 /// its vsock socket anew).
 fn clear_last_run(dir: &Path) {
-    for stale in [
-        "vsock.sock",
-        "agent.sock",
-        "attach.sock",
-        crate::container::lifecycle::PAUSED,
-    ] {
+    crate::sandbox::clear_sockets(dir);
+    for stale in ["attach.sock", crate::container::lifecycle::PAUSED] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
 }

@@ -313,10 +313,16 @@ out=$(arca cp cpc:/d/f cpc:/x 2>"$ct/err"; echo $?; grep -c 'between containers'
 1" $? "$out"
 out=$(arca cp "$ct/hf" "$ct/hf3" 2>"$ct/err"; echo $?; grep -c 'at least one container' "$ct/err"); check cp-no-container 0 "1
 1" $? "$out"
+# A stopped container, as Docker's: what it wrote is copied out, and what is copied in
+# is there when it runs again (it is brought up in a sandbox of its own for the copy,
+# running none of its commands: the kill below is its last signal).
 arca kill cpc >/dev/null; arca wait cpc >/dev/null
-out=$(arca cp cpc:/d/f "$ct/s" 2>"$ct/err"; echo $?; grep -c 'not running' "$ct/err"); check cp-stopped-refused 0 "1
-1" $? "$out"
+out=$(arca cp cpc:/d/hf2 "$ct/s" && cat "$ct/s"; arca cp "$ct/hf" cpc:/d/while-stopped && arca inspect -f '{{.State.Status}}' cpc); check cp-stopped-container 0 "host
+exited" $? "$out"
 arca rm cpc >/dev/null
+arca create --isolation="$iso" --name cpn busybox cat /root/in >/dev/null
+out=$(arca cp "$ct/hf" cpn:/root/in && arca start -a cpn); check cp-into-created-container 0 host $? "$out"
+arca rm cpn >/dev/null
 rm -rf "$ct"
 
 # create, start, restart (Docker's reference: `create` makes the container without

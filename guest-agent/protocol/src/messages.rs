@@ -719,14 +719,18 @@ pub enum Builtin {
         /// Absolute path of a directory in the container.
         dir: String,
     },
+    /// Wait until stdin closes, then exit 0: the main process of a stopped container
+    /// brought up in a sandbox of its own for `arca cp`, which works in it by execs.
+    Hold,
 }
 
 impl Builtin {
-    /// The path it works on.
+    /// The path it works on (`/` for [`Builtin::Hold`]).
     pub fn path(&self) -> &str {
         match self {
             Builtin::Stat { path } | Builtin::TarOut { path } => path,
             Builtin::TarIn { dir } => dir,
+            Builtin::Hold => "/",
         }
     }
 }

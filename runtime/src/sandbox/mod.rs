@@ -42,6 +42,14 @@ const AGENT_PORT: u32 = 1024;
 /// What [`log_tail`] says of an empty log.
 const NOTHING_SAID: &str = "it said nothing";
 
+/// Removes the sockets a previous sandbox of the container in `dir` left (a VMM and
+/// an agent bind theirs anew).
+pub fn clear_sockets(dir: &Path) {
+    for stale in ["vsock.sock", "agent.sock"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+}
+
 /// A running sandbox. Dropping it kills what is left of it and gives its network
 /// address back.
 #[derive(Debug)]
