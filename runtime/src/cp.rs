@@ -25,7 +25,7 @@ use arca_protocol::{Builtin, ProcessSpec, StdioStream};
 use tar::EntryType;
 
 use crate::RunError;
-use crate::container::pids::{alive, kill_if_same, wait_gone};
+use crate::container::pids::wait_gone;
 use crate::container::{ContainerRecord, RunOptions, Status, find};
 use crate::image::store::Store;
 use crate::image::unpack::{UnpackError, clean, parents, remove_existing};
@@ -226,12 +226,12 @@ impl<'a> Held<'a> {
         }
         // A container that just exited may still have its monitor tearing its sandbox
         // down (a microVM's jail cgroup is per container): that ends first.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while alive(rec.monitor_pid, rec.monitor_start) && rec.monitor_pid != std::process::id() {
-            if std::time::Instant::now() >= deadline {
-                return Err(CpError::Busy(rec.name.clone()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        if !wait_gone(
+            rec.monitor_pid,
+            rec.monitor_start,
+            std::time::Duration::from_secs(30),
+        ) {
+            return Err(CpError::Busy(rec.name.clone()));
         }
         let store = Store::open(state).map_err(RunError::from)?;
         let image = store.resolve(&rec.image_id).map_err(RunError::from)?;
@@ -239,10 +239,7 @@ impl<'a> Held<'a> {
         opts.network = Some("none".into());
         opts.publish.clear();
         let id = rec.key().to_string();
-        if let Some(pid) = rec.sandbox_pid {
-            kill_if_same(pid, rec.sandbox_start);
-            wait_gone(pid, rec.sandbox_start, std::time::Duration::from_secs(10));
-        }
+        rec.end_stale_sandbox();
         crate::sandbox::clear_sockets(dir);
         let mut sandbox = Sandbox::launch(state, &store, &image, &opts, &rec.mounts, dir, &id)
             .map_err(CpError::Run)?;

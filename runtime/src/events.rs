@@ -319,9 +319,7 @@ pub fn read(
     };
     // Both files opened with no rotation between the opens.
     let (mut current, old) = {
-        let lock = lock_file(state).map_err(io_err(state))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
-            .map_err(|e| io_err(state)(e.into()))?;
+        let _lock = shared_lock(state)?;
         let current = open_log(&path)?;
         let old = if past { open_log(&rotated)? } else { None };
         (current, old)
@@ -360,9 +358,7 @@ pub fn read(
             {
                 return Ok(());
             }
-            let lock = lock_file(state).map_err(io_err(state))?;
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared)
-                .map_err(|e| io_err(state)(e.into()))?;
+            let _lock = shared_lock(state)?;
             if held.is_some()
                 && fs::metadata(&rotated).ok().map(id) != held
                 && let Some(mut middle) = open_log(&rotated)?
@@ -373,6 +369,17 @@ pub fn read(
             current = open_log(&path)?;
         }
     }
+}
+
+/// The writers' lock, held shared: no rotation until it is dropped.
+fn shared_lock(state: &Path) -> Result<fs::File, EventsError> {
+    let io = |source| EventsError::Io {
+        path: state.join("events.lock"),
+        source,
+    };
+    let lock = lock_file(state).map_err(io)?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockShared).map_err(|e| io(e.into()))?;
+    Ok(lock)
 }
 
 fn open_log(path: &Path) -> Result<Option<BufReader<fs::File>>, EventsError> {

@@ -1152,21 +1152,8 @@ fn main() -> ExitCode {
             timestamps,
             container,
         } => {
-            let at = std::time::SystemTime::now();
-            let time = |flag: &str, v: Option<String>| {
-                match v {
-                None => Ok(None),
-                Some(v) => view::parse_log_time(&v, at).map(Some).ok_or_else(|| {
-                    format!("invalid value for \"{flag}\": failed to parse value as time or duration: \"{v}\"")
-                }),
-            }
-            };
-            let (since, until) = match (time("since", since), time("until", until)) {
-                (Ok(s), Ok(u)) => (s, u),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("arca: {e}");
-                    return Ok(1);
-                }
+            let Some((since, until)) = time_bounds(since, until) else {
+                return Ok(1);
             };
             // Docker: "all", or a count (a negative one means all).
             let tail = match tail.as_str() {
@@ -1572,13 +1559,7 @@ fn login(
         Ok(f) => f,
         Err(e) => return refused(&e),
     };
-    let loopback = registry::RemoteRef {
-        registry: name.clone(),
-        repository: String::new(),
-        tag: String::new(),
-        digest: None,
-    }
-    .is_loopback();
+    let loopback = registry::is_loopback(&name);
     let check = |creds: auth::Credentials| -> Result<auth::Credentials, registry::RegistryError> {
         registry::Registry::connect(&name, insecure || loopback, Some(creds.clone()))?
             .check_login()?;
@@ -1635,6 +1616,29 @@ fn login(
     }
 }
 
+/// A `--since`/`--until` bound: seconds and nanoseconds since the epoch, if given.
+type TimeBound = Option<(u64, u32)>;
+
+/// `--since` and `--until` as `logs` and `events` take them (see
+/// [`view::parse_log_time`]), both against one "now"; `None` after printing Docker's
+/// error for a value that does not parse.
+fn time_bounds(since: Option<String>, until: Option<String>) -> Option<(TimeBound, TimeBound)> {
+    let at = std::time::SystemTime::now();
+    let time = |flag: &str, v: Option<String>| match v {
+        None => Some(None),
+        Some(v) => {
+            let t = view::parse_log_time(&v, at);
+            if t.is_none() {
+                eprintln!(
+                    "arca: invalid value for \"{flag}\": failed to parse value as time or duration: \"{v}\""
+                );
+            }
+            t.map(Some)
+        }
+    };
+    Some((time("since", since)?, time("until", until)?))
+}
+
 /// `events`: past events with `--since`, then new ones as they come, until `--until`
 /// (or forever). Docker's line, or `--format`.
 fn events(
@@ -1646,21 +1650,11 @@ fn events(
 ) -> i32 {
     use arca_runtime::events;
     use std::io::Write;
-    let at = std::time::SystemTime::now();
-    let mut bounds = [None, None];
-    for (i, (flag, v)) in [("since", since), ("until", until)].into_iter().enumerate() {
-        if let Some(v) = v {
-            match view::parse_log_time(&v, at) {
-                Some((s, n)) => bounds[i] = Some(u128::from(s) * 1_000_000_000 + u128::from(n)),
-                None => {
-                    eprintln!(
-                        "arca: invalid value for \"{flag}\": failed to parse value as time or duration: \"{v}\""
-                    );
-                    return 1;
-                }
-            }
-        }
-    }
+    let Some(times) = time_bounds(since, until) else {
+        return 1;
+    };
+    let nanos = |t: TimeBound| t.map(|(s, n)| u128::from(s) * 1_000_000_000 + u128::from(n));
+    let bounds = [nanos(times.0), nanos(times.1)];
     let filters = match events::Filters::parse(filters) {
         Ok(f) => f,
         Err(e) => return refused(&e),

@@ -94,10 +94,7 @@ pub fn start(state: &Path, name: &str, attach: bool) -> Result<i32, RunError> {
     let opts = RunOptions::load(&dir)?;
     // A sandbox an `arca cp` killed mid-copy left must not share the container's
     // writable layer with the new one (the lock above waits for a copy under way).
-    if let Some(pid) = record.sandbox_pid {
-        crate::container::pids::kill_if_same(pid, record.sandbox_start);
-        crate::container::pids::wait_gone(pid, record.sandbox_start, Duration::from_secs(10));
-    }
+    record.end_stale_sandbox();
     clear_last_run(&dir);
     let _ = std::fs::remove_file(dir.join(MANUAL_STOP));
     let mut record = record.for_another_run();

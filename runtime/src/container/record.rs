@@ -195,6 +195,16 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Ends the sandbox this record names if that process still runs (a sandbox a
+    /// killed `arca cp` left), waiting up to 10 s: two sandboxes must never share the
+    /// container's writable layer.
+    pub fn end_stale_sandbox(&self) {
+        if let Some(pid) = self.sandbox_pid {
+            super::pids::kill_if_same(pid, self.sandbox_start);
+            super::pids::wait_gone(pid, self.sandbox_start, Duration::from_secs(10));
+        }
+    }
+
     /// Records a container event (`events`): Docker's attributes, its labels (those
     /// that fit in 16 KiB), the image and name, and `extra` (`exitCode`, `signal`,
     /// `oldName`).

@@ -202,7 +202,10 @@ pub fn push(
         "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
     }))
     .map_err(|e| reg.protocol(format!("manifest: {e}")))?;
-    let digest = format!("sha256:{}", super::store::hex(&sha2_digest(&manifest)));
+    let digest = format!(
+        "sha256:{}",
+        super::store::hex(&<sha2::Sha256 as sha2::Digest>::digest(&manifest))
+    );
     let what = format!("manifest {repo}:{}", r.tag);
     reg.request(
         "PUT",
@@ -224,11 +227,6 @@ pub fn push(
     let repo_name = name.rsplit_once(':').map_or(name.as_str(), |(n, _)| n);
     store.event("push", &name, repo_name);
     Ok(digest)
-}
-
-fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).to_vec()
 }
 
 /// Uploads `blob` unless the registry has it; whether it was sent.

@@ -210,18 +210,20 @@ impl RemoteRef {
 
     /// Whether the registry is on a loopback address (plain HTTP allowed unasked).
     pub fn is_loopback(&self) -> bool {
-        let host = self
-            .registry
-            .rsplit_once(':')
-            .map_or(self.registry.as_str(), |(h, p)| {
-                if p.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    self.registry.as_str()
-                }
-            });
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        is_loopback(&self.registry)
     }
+}
+
+/// Whether registry `name` (`host[:port]`) is on a loopback address.
+pub fn is_loopback(name: &str) -> bool {
+    let host = name.rsplit_once(':').map_or(name, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            name
+        }
+    });
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// `http[s]://host:port/path?query` split up.

@@ -703,6 +703,16 @@ impl Store {
         Ok(Some(image.id))
     }
 
+    /// The digests (hex) of image `id`'s layer blobs as stored, oldest first (what
+    /// `save` and `push` send); an image stored without them is named.
+    fn stored_layers(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("by-id").join(id);
+        read_json(&dir.join("layers.json"), "layer list").map_err(|_| StoreError::BadArchive {
+            path: dir,
+            why: "the image was stored without its layers (load or pull it again)".into(),
+        })
+    }
+
     /// What `push` sends for the image `reference` names: the image, its config file
     /// (checked against the image id) and its layer blobs as stored (compressed or
     /// not), oldest first.
@@ -712,13 +722,7 @@ impl Store {
     ) -> Result<(Image, PathBuf, Vec<PathBuf>), StoreError> {
         let image = self.resolve(reference)?;
         let dir = self.root.join("by-id").join(&image.id);
-        let layers: Vec<String> =
-            read_json(&dir.join("layers.json"), "layer list").map_err(|_| {
-                StoreError::BadArchive {
-                    path: dir.clone(),
-                    why: "the image was stored without its layers (load or pull it again)".into(),
-                }
-            })?;
+        let layers = self.stored_layers(&image.id)?;
         let config = dir.join("config.json");
         let actual = sha256_file(&config)?;
         if actual != image.id {
@@ -772,14 +776,7 @@ impl Store {
         for r in references {
             let image = self.resolve(r)?;
             let dir = self.root.join("by-id").join(&image.id);
-            let layers: Vec<String> =
-                read_json(&dir.join("layers.json"), "layer list").map_err(|_| {
-                    StoreError::BadArchive {
-                        path: dir.clone(),
-                        why: "the image was stored without its layers (load or pull it again)"
-                            .into(),
-                    }
-                })?;
+            let layers = self.stored_layers(&image.id)?;
             let config = dir.join("config.json");
             let config_name = format!("{}.json", image.id);
             if !written.contains(&config_name) {
