@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use devices::virtio::block::DiskConfig;
 use devices::virtio::fs::{self as virtio_fs, FsConfig};
@@ -108,11 +108,26 @@ pub enum ConfigError {
     /// More devices than slots.
     #[error("Too many virtio devices: {0} given, at most {max} fit", max = VIRTIO_IRQ_RANGE.count())]
     TooManyDevices(usize),
+    /// A `--restore` value does not parse.
+    #[error("Invalid restore {0:?}: use state=PATH,memory=PATH")]
+    RestoreSpec(String),
+    /// The control socket path is taken.
+    #[error(
+        "The control socket {0} already exists (another VM's?); remove it or choose another path"
+    )]
+    ControlPathTaken(PathBuf),
     /// A `--jail` value does not parse.
     #[error(
         "Invalid jail {0:?}: use root=DIR,uid=N,gid=N[,cgroup=PATH][,cpu-quota=CPUS] (uid and gid not 0, CPUS above 0)"
     )]
     JailSpec(String),
+    /// A flag that describes the machine was given with `--restore`: the snapshot
+    /// fixes it.
+    #[error("{0} cannot be given with --restore: the snapshot fixes the VM's {1}")]
+    NotOnRestore(&'static str, &'static str),
+    /// The devices given with `--restore` are not laid out as the snapshot's.
+    #[error("The devices given do not match the snapshot's: {0}")]
+    RestoreLayout(String),
     /// The boot protocol is not one Arca knows.
     #[error("Invalid boot protocol {0:?}: use `auto`, `pvh` or `linux64`")]
     Protocol(String),
@@ -155,7 +170,7 @@ pub fn parse_protocol(s: &str) -> Result<ProtocolChoice, ConfigError> {
 }
 
 /// A disk in the JSON form.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DiskFile {
     /// Backing file.
@@ -191,7 +206,7 @@ impl DiskFile {
 }
 
 /// The vsock device in the JSON form.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VsockFile {
     /// The guest's context ID (3 or more).
@@ -221,7 +236,7 @@ impl VsockFile {
 }
 
 /// The network device in the JSON form.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetFile {
     /// The host TAP interface (created if it does not exist).
@@ -474,6 +489,8 @@ pub struct ConfigFile {
     pub fs: Option<Vec<FsFile>>,
     /// The jail the VMM enters before the guest runs.
     pub jail: Option<JailFile>,
+    /// The control socket's path.
+    pub control: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -504,27 +521,72 @@ impl ConfigFile {
             net: overrides.net.or(self.net),
             fs: overrides.fs.or(self.fs),
             jail: overrides.jail.or(self.jail),
+            control: overrides.control.or(self.control),
         }
     }
 }
 
-/// A checked VM configuration.
+/// How the guest starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmConfig {
+pub enum Boot {
+    /// A kernel boots from its entry point.
+    Kernel(KernelBoot),
+    /// A snapshot's state and memory are restored, and the guest goes on from there.
+    Restore(RestoreFiles),
+}
+
+/// A kernel to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
     /// Kernel image.
     pub kernel: PathBuf,
     /// Initial ramdisk.
     pub initrd: Option<PathBuf>,
     /// Extra kernel command line, after Arca's base parameters.
     pub cmdline: Option<String>,
+    /// Boot protocol.
+    pub protocol: ProtocolChoice,
+}
+
+/// A snapshot's two files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFiles {
+    /// The state file (vCPUs, interrupt controllers, devices).
+    pub state: PathBuf,
+    /// Guest memory.
+    pub memory: PathBuf,
+}
+
+impl RestoreFiles {
+    /// Parses the `--restore` form: `state=PATH,memory=PATH`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::RestoreSpec(spec.to_owned());
+        let (mut state, mut memory) = (None, None);
+        for option in spec.split(',') {
+            match option.split_once('=') {
+                Some(("state", p)) if !p.is_empty() => state = Some(PathBuf::from(p)),
+                Some(("memory", p)) if !p.is_empty() => memory = Some(PathBuf::from(p)),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(RestoreFiles {
+            state: state.ok_or_else(bad)?,
+            memory: memory.ok_or_else(bad)?,
+        })
+    }
+}
+
+/// A checked VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// How the guest starts.
+    pub boot: Boot,
     /// vCPU count.
     pub cpus: u8,
     /// Memory in MiB.
     pub memory_mib: u64,
     /// Serial console destination.
     pub console: Console,
-    /// Boot protocol.
-    pub protocol: ProtocolChoice,
     /// Disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
     /// The vsock device, if any.
@@ -535,6 +597,8 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// The jail, if any.
     pub jail: Option<arca_jail::JailConfig>,
+    /// Where the VMM listens for pause, resume and snapshot requests, if anywhere.
+    pub control: Option<PathBuf>,
 }
 
 /// Default vCPU count.
@@ -546,7 +610,7 @@ impl VmConfig {
     /// Checks `file` (flags merged in) against the limits of this host, whose RAM is
     /// `host_mem_mib` MiB when known.
     pub fn from_file(file: ConfigFile, host_mem_mib: Option<u64>) -> Result<Self, ConfigError> {
-        let kernel = file.kernel.ok_or(ConfigError::NoKernel)?;
+        let kernel = file.kernel.clone().ok_or(ConfigError::NoKernel)?;
         if !kernel.is_file() {
             return Err(ConfigError::MissingFile {
                 what: "kernel",
@@ -561,6 +625,95 @@ impl VmConfig {
                 path: initrd.clone(),
             });
         }
+        let boot = Boot::Kernel(KernelBoot {
+            kernel,
+            initrd: file.initrd.clone(),
+            cmdline: file.cmdline.clone(),
+            protocol: parse_protocol(file.boot_protocol.as_deref().unwrap_or("auto"))?,
+        });
+        Self::check(file, boot, host_mem_mib)
+    }
+
+    /// The configuration of a VM restored from `files`, whose snapshot saved the
+    /// machine `saved` (vCPUs, memory, devices). `flags` may give the console, the jail
+    /// and other host sides for the saved devices (disk images, vsock socket, TAP):
+    /// each list given replaces the saved one and must match its layout (as many disks,
+    /// each as read-only as before; the network device's MAC stays). Nothing that
+    /// changes the machine may be given.
+    pub fn for_restore(
+        saved: ConfigFile,
+        flags: ConfigFile,
+        files: RestoreFiles,
+        host_mem_mib: Option<u64>,
+    ) -> Result<Self, ConfigError> {
+        let fixed: [(bool, &'static str, &'static str); 7] = [
+            (flags.kernel.is_some(), "--kernel", "kernel"),
+            (flags.initrd.is_some(), "--initrd", "initrd"),
+            (flags.cmdline.is_some(), "--cmdline", "command line"),
+            (flags.boot_protocol.is_some(), "--boot-protocol", "kernel"),
+            (flags.cpus.is_some(), "--cpus", "vCPU count"),
+            (flags.memory_mib.is_some(), "--memory", "memory size"),
+            (flags.fs.is_some(), "--fs", "devices"),
+        ];
+        if let Some((_, flag, what)) = fixed.iter().find(|(given, _, _)| *given) {
+            return Err(ConfigError::NotOnRestore(flag, what));
+        }
+        if let Some(disks) = &flags.disks {
+            let saved_disks = saved.disks.as_deref().unwrap_or_default();
+            if disks.len() != saved_disks.len() {
+                return Err(ConfigError::RestoreLayout(format!(
+                    "{} disks given, the snapshot has {}",
+                    disks.len(),
+                    saved_disks.len()
+                )));
+            }
+            for (i, (given, was)) in disks.iter().zip(saved_disks).enumerate() {
+                if given.read_only != was.read_only {
+                    return Err(ConfigError::RestoreLayout(format!(
+                        "disk {} was {}",
+                        i + 1,
+                        if was.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        }
+                    )));
+                }
+            }
+        }
+        if flags.vsock.is_some() && saved.vsock.is_none() {
+            return Err(ConfigError::RestoreLayout(
+                "the snapshot has no vsock device".to_owned(),
+            ));
+        }
+        let net = match (flags.net.clone(), &saved.net) {
+            (Some(_), None) => {
+                return Err(ConfigError::RestoreLayout(
+                    "the snapshot has no network device".to_owned(),
+                ));
+            }
+            (Some(given), Some(was)) => {
+                if given.mac.is_some() && given.mac != was.mac {
+                    return Err(ConfigError::RestoreLayout(
+                        "the network device's MAC address is the snapshot's".to_owned(),
+                    ));
+                }
+                Some(NetFile {
+                    tap: given.tap,
+                    mac: was.mac.clone(),
+                })
+            }
+            (None, was) => was.clone(),
+        };
+        let merged = ConfigFile {
+            net,
+            ..saved.merge(ConfigFile { net: None, ..flags })
+        };
+        Self::check(merged, Boot::Restore(files), host_mem_mib)
+    }
+
+    /// Checks what a booted and a restored VM have in common.
+    fn check(file: ConfigFile, boot: Boot, host_mem_mib: Option<u64>) -> Result<Self, ConfigError> {
         let cpus = file.cpus.unwrap_or(DEFAULT_CPUS);
         if cpus == 0 || cpus > u64::from(MAX_VCPUS) {
             return Err(ConfigError::Cpus(cpus));
@@ -574,7 +727,6 @@ impl VmConfig {
             return Err(ConfigError::Memory { mib, max, why });
         }
         let console = file.console.as_deref().unwrap_or("stdout").parse()?;
-        let protocol = parse_protocol(file.boot_protocol.as_deref().unwrap_or("auto"))?;
         let disks = check_disks(file.disks.unwrap_or_default())?;
         let vsock = match file.vsock {
             Some(v) => {
@@ -603,19 +755,22 @@ impl VmConfig {
             return Err(ConfigError::TooManyDevices(devices));
         }
         let jail = file.jail.map(|j| j.limits(cpus, mib, &disks));
+        if let Some(path) = &file.control
+            && path.exists()
+        {
+            return Err(ConfigError::ControlPathTaken(path.clone()));
+        }
         Ok(VmConfig {
-            kernel,
-            initrd: file.initrd,
-            cmdline: file.cmdline,
+            boot,
             cpus: cpus as u8,
             memory_mib: mib,
             console,
-            protocol,
             disks,
             vsock,
             net,
             fs,
             jail,
+            control: file.control,
         })
     }
 }
@@ -659,6 +814,117 @@ pub fn host_memory_mib() -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn kernel_boot(c: &VmConfig) -> &KernelBoot {
+        match &c.boot {
+            Boot::Kernel(k) => k,
+            Boot::Restore(_) => panic!("not a kernel boot"),
+        }
+    }
+
+    fn saved_machine(disk: &Path) -> ConfigFile {
+        ConfigFile {
+            cpus: Some(2),
+            memory_mib: Some(256),
+            disks: Some(vec![DiskFile {
+                path: disk.to_owned(),
+                read_only: true,
+                serial: None,
+            }]),
+            net: Some(NetFile {
+                tap: "tap-a".into(),
+                mac: Some("02:00:00:00:00:01".into()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn files() -> RestoreFiles {
+        RestoreFiles::parse("state=/s,memory=/m").unwrap()
+    }
+
+    #[test]
+    fn a_restore_keeps_the_saved_machine_and_takes_new_host_sides() {
+        let disk = kernel_file();
+        let other = kernel_file();
+        let flags = ConfigFile {
+            disks: Some(vec![
+                DiskFile::parse(&format!("{},ro", other.path().display())).unwrap(),
+            ]),
+            net: Some(NetFile::parse("tap=tap-b").unwrap()),
+            console: Some("none".into()),
+            ..Default::default()
+        };
+        let c = VmConfig::for_restore(saved_machine(disk.path()), flags, files(), None).unwrap();
+        assert_eq!((c.cpus, c.memory_mib), (2, 256));
+        assert_eq!(c.disks[0].path, other.path());
+        let net = c.net.unwrap();
+        assert_eq!(net.tap, "tap-b");
+        assert_eq!(
+            net.mac.to_string(),
+            "02:00:00:00:00:01",
+            "the guest keeps its MAC"
+        );
+        assert_eq!(c.console, Console::None);
+        assert!(matches!(c.boot, Boot::Restore(_)));
+    }
+
+    #[test]
+    fn a_restore_refuses_what_would_change_the_machine() {
+        let disk = kernel_file();
+        let saved = || saved_machine(disk.path());
+        for (flags, want) in [
+            (
+                ConfigFile {
+                    memory_mib: Some(512),
+                    ..Default::default()
+                },
+                "--memory cannot be given with --restore",
+            ),
+            (
+                ConfigFile {
+                    kernel: Some("/k".into()),
+                    ..Default::default()
+                },
+                "--kernel cannot be given",
+            ),
+            (
+                ConfigFile {
+                    disks: Some(vec![]),
+                    ..Default::default()
+                },
+                "0 disks given, the snapshot has 1",
+            ),
+            (
+                ConfigFile {
+                    disks: Some(vec![
+                        DiskFile::parse(&disk.path().display().to_string()).unwrap(),
+                    ]),
+                    ..Default::default()
+                },
+                "disk 1 was read-only",
+            ),
+            (
+                ConfigFile {
+                    net: Some(NetFile::parse("tap=t,mac=02:00:00:00:00:09").unwrap()),
+                    ..Default::default()
+                },
+                "MAC address is the snapshot's",
+            ),
+            (
+                ConfigFile {
+                    vsock: Some(VsockFile::parse("cid=3,uds=/tmp/x").unwrap()),
+                    ..Default::default()
+                },
+                "the snapshot has no vsock device",
+            ),
+        ] {
+            let err = VmConfig::for_restore(saved(), flags, files(), None).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        assert!(RestoreFiles::parse("state=/s").is_err());
+        assert!(RestoreFiles::parse("state=/s,memory=/m,x=1").is_err());
+    }
+
     fn kernel_file() -> tempfile::NamedTempFile {
         tempfile::NamedTempFile::new().unwrap()
     }
@@ -675,7 +941,12 @@ mod tests {
         let k = kernel_file();
         let c = VmConfig::from_file(base(k.path()), Some(4096)).unwrap();
         assert_eq!(
-            (c.cpus, c.memory_mib, c.console, c.protocol),
+            (
+                c.cpus,
+                c.memory_mib,
+                c.console.clone(),
+                kernel_boot(&c).protocol
+            ),
             (1, 128, Console::Stdout, ProtocolChoice::Auto)
         );
     }

@@ -142,7 +142,9 @@ fn run_test_guest(kvm: &Kvm) -> Result<(), KvmProbeError> {
         .map_err(|e| KvmProbeError::TestGuest(format!("cannot load the test program: {e}")))?;
     let vm = Vm::new(kvm).map_err(KvmProbeError::TestVm)?;
     vm.register_memory(&memory).map_err(KvmProbeError::TestVm)?;
-    let mut vcpu = vm.create_vcpu(0).map_err(KvmProbeError::TestVcpu)?;
+    let mut vcpu = vm
+        .create_vcpu(0, Arc::from([]))
+        .map_err(KvmProbeError::TestVcpu)?;
     vcpu.setup_real_mode(TEST_CODE_ADDR)
         .map_err(KvmProbeError::TestVcpu)?;
 

@@ -7,11 +7,13 @@
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod control;
 pub mod device_manager;
 pub mod kvm_probe;
 pub mod loader;
 pub mod memory;
 pub mod microvm;
+pub mod persist;
 pub mod seccomp;
 pub mod vstate;
 

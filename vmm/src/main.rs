@@ -11,17 +11,27 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arca_jail::{Ended, Fork};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use vmm::config::{
-    ConfigFile, DiskFile, FsFile, JailFile, NetFile, VmConfig, VsockFile, host_memory_mib,
+    Boot, ConfigFile, DiskFile, FsFile, JailFile, NetFile, RestoreFiles, VmConfig, VsockFile,
+    host_memory_mib,
 };
 use vmm::error_chain;
+use vmm::persist::Snapshot;
 use vmm::seccomp::{EXIT_BAD_SYSCALL, Filters};
 
 /// Arca's virtual machine monitor: boots one microVM and exits when it ends.
 #[derive(Debug, Parser)]
-#[command(name = "arca-vmm", version, about)]
+#[command(
+    name = "arca-vmm",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Talk to a running VMM's control socket instead of starting a VM.
+    #[command(subcommand)]
+    client: Option<Client>,
     /// Check whether this host's /dev/kvm can boot a standard Linux guest, say why not
     /// if it cannot, and exit 0 (usable) or 1 (not usable).
     #[arg(long, exclusive = true)]
@@ -83,6 +93,19 @@ struct Args {
     /// no capabilities and no_new_privs. Needs root.
     #[arg(long, value_name = "SPEC")]
     jail: Option<String>,
+    /// Restore a snapshot instead of booting a kernel: state=PATH,memory=PATH (the files
+    /// `arca-vmm control ... snapshot` wrote). The snapshot fixes the vCPUs, memory and
+    /// devices; --disk, --vsock and --net may give new host sides for the saved devices
+    /// (every disk, in order, each as read-only as before; the MAC stays), and
+    /// --console, --jail and --control apply as for a boot. The guest goes on where it
+    /// was paused: its vsock connections are reset, its clocks moved on by the time the
+    /// snapshot lay.
+    #[arg(long, value_name = "SPEC")]
+    restore: Option<String>,
+    /// Listen for pause, resume and snapshot requests on the Unix socket PATH (made
+    /// owner-only; it must not exist). See `arca-vmm control --help`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Run without the seccomp filters. For debugging only: a guest that takes over
     /// the VMM then reaches every system call of the host kernel.
     #[arg(long)]
@@ -92,11 +115,57 @@ struct Args {
     boot_timing: bool,
 }
 
+/// Requests to a running VMM (`--control PATH`); each prints nothing and exits 0 when
+/// the VMM did it, or prints why not and exits 1.
+#[derive(Debug, Subcommand)]
+enum Client {
+    /// Send a request to the VMM listening on SOCKET.
+    Control {
+        /// The VMM's control socket.
+        socket: PathBuf,
+        #[command(subcommand)]
+        request: ControlRequest,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ControlRequest {
+    /// Park every vCPU (devices still serve their host side).
+    Pause,
+    /// Let a paused VM run again.
+    Resume,
+    /// Save a paused VM to two files (made owner-only, or emptied); it stays paused.
+    Snapshot {
+        /// The state file (vCPUs, interrupt controllers, devices; versioned JSON).
+        #[arg(long, value_name = "PATH")]
+        state: PathBuf,
+        /// The memory file (guest RAM, sparse).
+        #[arg(long, value_name = "PATH")]
+        memory: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
     if args.check_kvm {
         return check_kvm();
+    }
+    if let Some(Client::Control { socket, request }) = &args.client {
+        let result = match request {
+            ControlRequest::Pause => vmm::control::send(socket, "pause", &[]),
+            ControlRequest::Resume => vmm::control::send(socket, "resume", &[]),
+            ControlRequest::Snapshot { state, memory } => {
+                vmm::control::snapshot(socket, state, memory)
+            }
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("arca-vmm: error: {}", error_chain(&err));
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(args, started) {
         Ok(code) => ExitCode::from(code),
@@ -143,8 +212,21 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
                     .collect::<Result<_, _>>()?,
             )
         },
+        control: args.control,
     };
-    let config = VmConfig::from_file(file.merge(flags), host_memory_mib())?;
+    let (config, snapshot) = match args.restore.as_deref() {
+        None => (
+            VmConfig::from_file(file.merge(flags), host_memory_mib())?,
+            None,
+        ),
+        Some(spec) => {
+            let files = RestoreFiles::parse(spec)?;
+            let snapshot = Snapshot::load(&files.state)?;
+            let saved = snapshot.machine.config_file();
+            let config = VmConfig::for_restore(saved, file.merge(flags), files, host_memory_mib())?;
+            (config, Some(snapshot))
+        }
+    };
     let filters = if args.no_seccomp {
         eprintln!(
             "arca-vmm: warning: --no-seccomp: the VMM runs without its seccomp filters (for debugging only; never with a guest you do not trust)"
@@ -162,7 +244,12 @@ fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
         },
         None => None,
     };
-    let microvm = vmm::builder::build_microvm(&config, started)?;
+    let microvm = match (&config.boot, snapshot) {
+        (Boot::Restore(_), Some(snapshot)) => {
+            vmm::builder::restore_microvm(&config, snapshot, started)?
+        }
+        _ => vmm::builder::build_microvm(&config, started)?,
+    };
     // Everything is open: the rest of the jail, then the filters, then the guest.
     if let Some((jail, child)) = &jailed {
         arca_jail::lock_down(jail, child)?;

@@ -11,6 +11,11 @@
 //! the host has huge pages reserved for it, else a shmem memfd advised `MADV_HUGEPAGE`
 //! (which takes effect where `/sys/kernel/mm/transparent_hugepage/shmem_enabled` says
 //! `advise`, `within_size` or `always`; Debian's default is `never`).
+//!
+//! A VM restored from a snapshot maps the snapshot's memory file private
+//! ([`GuestRam::from_snapshot`]): pages come from the page cache as the guest touches
+//! them, and are copied only when it writes them, so VMs restored from one file share
+//! every page they have not written.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -37,6 +42,19 @@ pub enum MemoryError {
     /// vm-memory refused the regions.
     #[error("Cannot build guest memory from the mapped regions: {0}")]
     Regions(String),
+    /// A snapshot's memory file cannot be read.
+    #[error("Cannot read the snapshot's memory file")]
+    File(#[source] std::io::Error),
+    /// A snapshot's memory file is not as long as the guest's RAM.
+    #[error(
+        "The snapshot's memory file holds {len} bytes, but the guest's RAM is {total} bytes (a truncated or foreign file)"
+    )]
+    FileSize {
+        /// The file's length.
+        len: u64,
+        /// The RAM's size.
+        total: u64,
+    },
     /// The memfd for shared guest RAM cannot be made or sized.
     #[error("Cannot create a memfd of {size} bytes for shared guest RAM")]
     Memfd {
@@ -57,6 +75,8 @@ pub enum RamBacking {
     SharedMemfd,
     /// A hugetlbfs memfd (2 MiB pages) mapped shared, for vhost-user backends.
     SharedHugetlb,
+    /// A snapshot's memory file, mapped private (copy on write).
+    Snapshot,
 }
 
 /// One aligned anonymous mapping, unmapped when dropped.
@@ -82,8 +102,13 @@ impl Drop for Mapping {
 
 impl Mapping {
     /// Maps `len` bytes of zeroed anonymous memory at a [`HUGE_PAGE`]-aligned address;
-    /// with `file`, that file's bytes from `offset`, shared.
-    fn new_aligned(len: usize, file: Option<(&File, u64)>) -> Result<Self, MemoryError> {
+    /// with `file`, that file's bytes from `offset`, shared (or private, copy on write,
+    /// when `shared` is false).
+    fn new_aligned(
+        len: usize,
+        file: Option<(&File, u64)>,
+        shared: bool,
+    ) -> Result<Self, MemoryError> {
         let err = |size| MemoryError::Map {
             size,
             source: std::io::Error::last_os_error(),
@@ -116,22 +141,27 @@ impl Mapping {
                 size: len,
                 source: std::io::Error::from_raw_os_error(libc::EINVAL),
             })?;
+            // No MAP_NORESERVE: a hugetlbfs mapping must reserve its pages now (and
+            // fail if there are too few), not SIGBUS on first touch.
+            let kind = if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
             // SAFETY: [aligned, aligned + len) lies inside the anonymous reservation just
             // made, which nothing refers to; MAP_FIXED replaces exactly that part with
             // the file's pages.
-            let shared = unsafe {
+            let mapped = unsafe {
                 libc::mmap(
                     aligned as *mut libc::c_void,
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    // No MAP_NORESERVE: a hugetlbfs mapping must reserve its pages
-                    // now (and fail if there are too few), not SIGBUS on first touch.
-                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    kind | libc::MAP_FIXED,
                     file.as_raw_fd(),
                     offset,
                 )
             };
-            if shared == libc::MAP_FAILED {
+            if mapped == libc::MAP_FAILED {
                 let e = err(len);
                 // SAFETY: the reservation made above, unused.
                 unsafe { libc::munmap(base, padded) };
@@ -213,11 +243,36 @@ impl GuestRam {
         Self::build(regions, Some(Arc::new(file)))
     }
 
+    /// Maps guest RAM for `regions` from a snapshot's memory `file`, which holds them
+    /// one after the other, private: the guest's writes never reach the file. The file
+    /// must be exactly as long as the regions.
+    pub fn from_snapshot(regions: &[(GuestAddress, u64)], file: File) -> Result<Self, MemoryError> {
+        let total: u64 = regions.iter().map(|&(_, size)| size).sum();
+        let len = file.metadata().map_err(MemoryError::File)?.len();
+        if len != total {
+            return Err(MemoryError::FileSize { len, total });
+        }
+        let ram = Self::build_mapped(regions, Some(Arc::new(file)), false)?;
+        Ok(Self {
+            backing: RamBacking::Snapshot,
+            ..ram
+        })
+    }
+
     /// Maps each region: anonymous and private, or from `file` (consecutive offsets),
     /// shared.
     fn build(
         regions: &[(GuestAddress, u64)],
         file: Option<Arc<File>>,
+    ) -> Result<Self, MemoryError> {
+        Self::build_mapped(regions, file, true)
+    }
+
+    /// [`GuestRam::build`], with a file mapped shared or private.
+    fn build_mapped(
+        regions: &[(GuestAddress, u64)],
+        file: Option<Arc<File>>,
+        shared: bool,
     ) -> Result<Self, MemoryError> {
         let mut mappings = Vec::with_capacity(regions.len());
         let mut guest_regions = Vec::with_capacity(regions.len());
@@ -225,12 +280,16 @@ impl GuestRam {
         for &(gpa, size) in regions {
             let len = usize::try_from(size)
                 .map_err(|_| MemoryError::Regions(format!("region size {size}")))?;
-            let mapping = Mapping::new_aligned(len, file.as_deref().map(|f| (f, offset)))?;
+            let mapping = Mapping::new_aligned(len, file.as_deref().map(|f| (f, offset)), shared)?;
             let builder = MmapRegionBuilder::<()>::new(len);
             let builder = match &file {
                 Some(f) => builder
                     .with_file_offset(FileOffset::from_arc(f.clone(), offset))
-                    .with_mmap_flags(libc::MAP_SHARED),
+                    .with_mmap_flags(if shared {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    }),
                 None => builder
                     .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
             };
@@ -256,7 +315,7 @@ impl GuestRam {
             .map_err(|e| MemoryError::Regions(e.to_string()))?;
         Ok(Self {
             memory,
-            backing: if file.is_some() {
+            backing: if file.is_some() && shared {
                 RamBacking::SharedMemfd
             } else {
                 RamBacking::Private
@@ -333,6 +392,36 @@ mod tests {
                 .backing,
             RamBacking::Private
         );
+    }
+
+    #[test]
+    fn snapshot_ram_reads_the_file_and_never_writes_it() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[(6 << 20) + 8] = 0x5a;
+        bytes[16] = 0xa5;
+        file.write_all(&bytes).unwrap();
+        let regions = [(GuestAddress(0), 6 << 20), (GuestAddress(1 << 32), 2 << 20)];
+        let ram = GuestRam::from_snapshot(&regions, file.try_clone().unwrap()).unwrap();
+        assert_eq!(ram.backing, RamBacking::Snapshot);
+        assert_eq!(ram.memory.read_obj::<u8>(GuestAddress(16)).unwrap(), 0xa5);
+        assert_eq!(
+            ram.memory
+                .read_obj::<u8>(GuestAddress((1 << 32) + 8))
+                .unwrap(),
+            0x5a
+        );
+        ram.memory.write_obj(0xffu8, GuestAddress(16)).unwrap();
+        drop(ram);
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, 16).unwrap();
+        assert_eq!(b, [0xa5], "the guest's write stayed private");
+        // Hostile or damaged: a file of another length is refused.
+        file.set_len(7 << 20).unwrap();
+        let err = GuestRam::from_snapshot(&regions, file).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]

@@ -11,12 +11,17 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::Killable;
 
+use devices::legacy::Serial;
+use devices::virtio::mmio::MmioTransport;
+
+use crate::control::{ControlEvents, Request};
 use crate::memory::GuestRam;
+use crate::persist::{self, SavedMachine, Snapshot};
 use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vstate::kvm::Kvm;
 use crate::vstate::vcpu::{
-    IoBuses, SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET, SYSTEM_EVENT_SHUTDOWN, Vcpu, VcpuControl,
-    VcpuEvent, install_kick_handler, kick_signal,
+    ANSWER_TIMEOUT, IoBuses, SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET, SYSTEM_EVENT_SHUTDOWN, Vcpu,
+    VcpuControl, VcpuEvent, install_kick_handler, kick_signal,
 };
 use crate::vstate::vm::Vm;
 
@@ -117,15 +122,31 @@ impl std::fmt::Display for BootTimeline {
 pub struct Microvm {
     // Kept alive for the VM's lifetime: KVM fds and the memory KVM maps.
     _kvm: Kvm,
-    _vm: Vm,
+    vm: Arc<Vm>,
     vcpus: Vec<Vcpu>,
     buses: IoBuses,
     reset_evt: EventFd,
     signals: Arc<GuestSignals>,
     subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     started: Instant,
+    persist: PersistParts,
+    control: Option<ControlEvents>,
+    restored: bool,
     // Last: devices hold views of guest RAM, so it is unmapped after they are gone.
-    _ram: GuestRam,
+    ram: GuestRam,
+}
+
+/// What a snapshot reads besides KVM: the machine as configured and the devices.
+#[derive(Debug)]
+pub struct PersistParts {
+    /// The machine.
+    pub machine: SavedMachine,
+    /// COM1.
+    pub serial: Arc<Mutex<Serial>>,
+    /// The virtio transports a snapshot saves, in order.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Why this VM cannot be snapshotted, if it cannot.
+    pub refusal: Option<&'static str>,
 }
 
 /// What a finished run reports.
@@ -142,7 +163,7 @@ pub struct MicrovmParts {
     /// The KVM system handle.
     pub kvm: Kvm,
     /// The VM.
-    pub vm: Vm,
+    pub vm: Arc<Vm>,
     /// Guest RAM.
     pub ram: GuestRam,
     /// Configured vCPUs.
@@ -157,6 +178,12 @@ pub struct MicrovmParts {
     pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     /// When the VMM process started.
     pub started: Instant,
+    /// What snapshots read.
+    pub persist: PersistParts,
+    /// The control socket, if any.
+    pub control: Option<ControlEvents>,
+    /// Whether the VM was restored from a snapshot (not booted).
+    pub restored: bool,
 }
 
 impl std::fmt::Debug for Microvm {
@@ -181,14 +208,17 @@ impl Microvm {
     pub(crate) fn new(parts: MicrovmParts) -> Self {
         Self {
             _kvm: parts.kvm,
-            _vm: parts.vm,
+            vm: parts.vm,
             vcpus: parts.vcpus,
             buses: parts.buses,
             reset_evt: parts.reset_evt,
             signals: parts.signals,
             subscribers: parts.subscribers,
             started: parts.started,
-            _ram: parts.ram,
+            persist: parts.persist,
+            control: parts.control,
+            restored: parts.restored,
+            ram: parts.ram,
         }
     }
 
@@ -216,6 +246,10 @@ impl Microvm {
         manager.add_subscriber(watcher.clone());
         for subscriber in self.subscribers.drain(..) {
             manager.add_subscriber(subscriber);
+        }
+        let control = self.control.take().map(|c| Arc::new(Mutex::new(c)));
+        if let Some(control) = &control {
+            manager.add_subscriber(control.clone());
         }
         let mut thread_evts = Vec::with_capacity(self.vcpus.len());
         for _ in &self.vcpus {
@@ -283,11 +317,25 @@ impl Microvm {
         gate.open(threads.0.len(), confined.is_ok());
         confined.map_err(RunError::Seccomp)?;
 
-        // The event loop: wait for the guest's reset line or a vCPU's exit.
+        // The event loop: wait for the guest's reset line or a vCPU's exit, and act on
+        // control requests between events.
+        let mut paused = false;
         while !watcher.lock().unwrap_or_else(|p| p.into_inner()).done {
             manager
                 .run()
                 .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+            let Some(control) = &control else { continue };
+            let ready = control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_ready();
+            for pending in ready {
+                let result = match &pending.request {
+                    Ok(request) => self.serve(request, &threads, &mut paused),
+                    Err(why) => Err(why.clone()),
+                };
+                pending.answer(result);
+            }
         }
         threads.stop_and_join();
         let ended = Instant::now();
@@ -321,6 +369,83 @@ impl Microvm {
             ended: since(Some(ended)),
         };
         Ok(RunReport { outcome, timeline })
+    }
+}
+
+impl Microvm {
+    /// Acts on a control request.
+    fn serve(
+        &self,
+        request: &Request,
+        threads: &VcpuThreads,
+        paused: &mut bool,
+    ) -> Result<(), String> {
+        match request {
+            Request::Pause if *paused => Err("the VM is paused already".to_owned()),
+            Request::Pause => {
+                threads.pause().inspect_err(|_| threads.resume())?;
+                *paused = true;
+                Ok(())
+            }
+            Request::Resume if !*paused => Err("the VM is not paused".to_owned()),
+            Request::Resume => {
+                threads.resume();
+                *paused = false;
+                Ok(())
+            }
+            Request::Snapshot { .. } if !*paused => {
+                Err("the VM is not paused: pause it first".to_owned())
+            }
+            Request::Snapshot { state, memory } => {
+                if let Some(why) = self.persist.refusal {
+                    return Err(why.to_owned());
+                }
+                let snapshot = self.snapshot(threads).map_err(|e| e.to_string())?;
+                persist::write_memory(memory, &self.ram.memory)
+                    .and_then(|()| snapshot.write(state))
+                    .map_err(|e| crate::error_chain(&e))
+            }
+        }
+    }
+
+    /// Reads the paused VM's state: KVM's, every vCPU's (each on its own thread), and
+    /// the devices'.
+    fn snapshot(&self, threads: &VcpuThreads) -> Result<Snapshot, String> {
+        let vm = self.vm.save_state().map_err(|e| crate::error_chain(&e))?;
+        let mut vcpus = Vec::with_capacity(threads.0.len());
+        for (index, (control, _)) in threads.0.iter().enumerate() {
+            match control.save(ANSWER_TIMEOUT) {
+                Some(Ok(state)) => vcpus.push(*state),
+                Some(Err(e)) => return Err(crate::error_chain(&e)),
+                None => {
+                    return Err(format!(
+                        "vCPU {index} did not save its state within {} s",
+                        ANSWER_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+        let lock =
+            |t: &Arc<Mutex<MmioTransport>>| t.lock().unwrap_or_else(|p| p.into_inner()).state();
+        Ok(Snapshot {
+            format: persist::FORMAT.to_owned(),
+            version: persist::VERSION,
+            machine: self.persist.machine.clone(),
+            vm,
+            vcpus,
+            serial: self
+                .persist
+                .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .state(),
+            devices: self.persist.transports.iter().map(lock).collect(),
+        })
+    }
+
+    /// Whether the VM was restored from a snapshot.
+    pub fn is_restored(&self) -> bool {
+        self.restored
     }
 }
 
@@ -380,6 +505,34 @@ impl StartGate {
 struct VcpuThreads(Vec<(Arc<VcpuControl>, Option<JoinHandle<()>>)>);
 
 impl VcpuThreads {
+    /// Parks every vCPU: flag, kick out of `KVM_RUN`, wait until each is parked.
+    fn pause(&self) -> Result<(), String> {
+        for (control, _) in &self.0 {
+            control.request_pause();
+        }
+        for (_, handle) in &self.0 {
+            if let Some(handle) = handle {
+                let _ = handle.kill(kick_signal());
+            }
+        }
+        for (index, (control, _)) in self.0.iter().enumerate() {
+            if !control.wait_paused(ANSWER_TIMEOUT) {
+                return Err(format!(
+                    "vCPU {index} did not pause within {} s",
+                    ANSWER_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every vCPU run again.
+    fn resume(&self) {
+        for (control, _) in &self.0 {
+            control.resume();
+        }
+    }
+
     /// Stops every vCPU: flag, then kick out of `KVM_RUN`, then join.
     fn stop_and_join(&mut self) {
         for (control, _) in &self.0 {

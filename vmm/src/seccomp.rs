@@ -74,6 +74,50 @@ pub struct Filters {
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
 
+/// KVM's ioctl type.
+const KVMIO: u32 = 0xae;
+
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_bindings::kvm_lapic_state);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_bindings::kvm_cpuid2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_bindings::kvm_mp_state);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_VCPU_EVENTS,
+    KVMIO,
+    0x9f,
+    kvm_bindings::kvm_vcpu_events
+);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
+
+/// What a vCPU thread reads of itself for a snapshot.
+fn vcpu_snapshot_ioctls() -> [u64; 10] {
+    [
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_GET_MSRS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_CPUID2(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+    ]
+    .map(u64::from)
+}
+
+/// What the main thread reads of the VM for a snapshot.
+fn vm_snapshot_ioctls() -> [u64; 3] {
+    [KVM_GET_IRQCHIP(), KVM_GET_PIT2(), KVM_GET_CLOCK()].map(u64::from)
+}
+
 /// The kick signal (see `vstate::vcpu::kick_signal`).
 fn kick() -> u64 {
     crate::vstate::vcpu::kick_signal() as u64
@@ -243,21 +287,29 @@ fn main_rules() -> Rules {
         SYS_pwritev,
         SYS_fsync,
         SYS_fdatasync,
-        // The vsock socket's removal at exit (a path in the jail: it fails there).
+        // The vsock and control sockets' removal at exit (a path in the jail: it
+        // fails there).
         SYS_unlink,
+        // Snapshots: the files the control client passed are emptied and sized.
+        SYS_ftruncate,
     ]);
     r.one_of(SYS_accept4, 3, &[SOCK_CLOEXEC as u64]);
     r.one_of(SYS_socket, 0, &[AF_UNIX as u64]);
-    r.one_of(SYS_ioctl, 1, &[FIONBIO]);
+    let mut ioctls = vec![FIONBIO];
+    ioctls.extend(vm_snapshot_ioctls());
+    r.one_of(SYS_ioctl, 1, &ioctls);
     r
 }
 
-/// A vCPU thread's filter: `KVM_RUN`, and what device accesses on it lead to (the
-/// TAP's offloads when the guest's driver sets its features, virtio-fs activation).
+/// A vCPU thread's filter: `KVM_RUN`, what device accesses on it lead to (the TAP's
+/// offloads when the guest's driver sets its features, virtio-fs activation), and
+/// reading its own state for a snapshot.
 fn vcpu_rules() -> Rules {
     use libc::*;
     let mut r = common();
-    r.one_of(SYS_ioctl, 1, &[KVM_RUN, TUNSETOFFLOAD, TUNSETVNETHDRSZ]);
+    let mut ioctls = vec![KVM_RUN, TUNSETOFFLOAD, TUNSETVNETHDRSZ];
+    ioctls.extend(vcpu_snapshot_ioctls());
+    r.one_of(SYS_ioctl, 1, &ioctls);
     r
 }
 
@@ -395,6 +447,30 @@ mod tests {
     fn the_filters_compile() {
         let f = Filters::new().unwrap();
         assert!(!f.main.is_empty() && !f.vcpu.is_empty() && !f.clone3_enosys.is_empty());
+    }
+
+    #[test]
+    fn snapshot_ioctl_numbers_are_the_kernel_headers() {
+        // From <linux/kvm.h> on x86_64, as strace prints them.
+        assert_eq!(
+            vcpu_snapshot_ioctls(),
+            [
+                0x8090_ae81,
+                0x8138_ae83,
+                0xc008_ae88,
+                0x8400_ae8e,
+                0xc008_ae91,
+                0x8004_ae98,
+                0x8040_ae9f,
+                0x8080_aea1,
+                0x9000_aea4,
+                0x8188_aea6,
+            ]
+        );
+        assert_eq!(
+            vm_snapshot_ioctls(),
+            [0xc208_ae62, 0x8070_ae9f, 0x8030_ae7c]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod serial;
 
 pub use debug_port::{BOOT_MARKER_INIT, DebugPort};
 pub use i8042::I8042;
-pub use serial::{ConsoleWriter, Serial};
+pub use serial::{ConsoleWriter, Serial, SerialRestoreError, SerialSnapshot};
 
 use std::io;
 

@@ -2,11 +2,12 @@
 //! negotiate with and drive a device. Registers are 32-bit; configuration space starts
 //! at 0x100.
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,6 +35,117 @@ const STATUS_ORDER: [u32; 4] = [
     VIRTIO_CONFIG_S_FEATURES_OK,
     VIRTIO_CONFIG_S_DRIVER_OK,
 ];
+
+/// One virtqueue as a snapshot keeps it (virtio-queue's `QueueState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// The largest size the device offers.
+    pub max_size: u16,
+    /// The size the driver chose.
+    pub size: u16,
+    /// Whether the driver made it ready.
+    pub ready: bool,
+    /// Guest address of the descriptor table.
+    pub desc_table: u64,
+    /// Guest address of the available ring.
+    pub avail_ring: u64,
+    /// Guest address of the used ring.
+    pub used_ring: u64,
+    /// The next available-ring entry the device reads.
+    pub next_avail: u16,
+    /// The next used-ring entry the device writes.
+    pub next_used: u16,
+    /// Whether notifications go through event indexes.
+    pub event_idx: bool,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// A transport's registers and queues as a snapshot keeps them. The device behind it
+/// keeps nothing of its own that the guest could tell apart after a restore: its
+/// negotiated features are the transport's, and it is activated again with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The device's virtio ID, checked on restore.
+    pub device_type: u32,
+    /// The queues, in index order.
+    pub queues: Vec<QueueSnapshot>,
+    /// QueueSel.
+    pub queue_select: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_select: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_select: u32,
+    /// What the driver accepted.
+    pub driver_features: u64,
+    /// The device status register.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// The interrupt status bits not yet acknowledged.
+    pub interrupt_status: u32,
+}
+
+/// Why a saved transport state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportRestoreError {
+    /// The state is of another kind of device.
+    #[error("Saved state of a virtio device of type {saved} given to one of type {device}")]
+    DeviceType {
+        /// The saved state's type.
+        saved: u32,
+        /// The device's.
+        device: u32,
+    },
+    /// The state has another number of queues, or other queue sizes, than the device.
+    #[error("Saved queues do not match the device's: {0}")]
+    Queues(String),
+    /// A saved queue is not one virtio-queue accepts.
+    #[error("Saved queue {index} is invalid")]
+    Queue {
+        /// The queue's index.
+        index: usize,
+        /// What virtio-queue said.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The device refused the features it was running with.
+    #[error("The device cannot be activated again")]
+    Activate(#[source] super::DeviceError),
+    /// An eventfd could not be made.
+    #[error("Cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
 
 /// A device behind the virtio-mmio register block.
 pub struct MmioTransport {
@@ -90,6 +202,115 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
         })
+    }
+
+    /// The registers and queues, for a snapshot (taken while no vCPU runs and the
+    /// event loop is not handling the device).
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_type: self.device.device_type(),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+        }
+    }
+
+    /// Wraps `device` as it was when `state` was saved: same registers and queues, and,
+    /// if the driver had it running, activated again with the features it accepted.
+    /// The state comes from a file the guest may have had a hand in: queue sizes must be
+    /// the device's, and the rings are checked as on a driver's DRIVER_OK (a queue
+    /// outside guest memory makes the device need a reset, as it would then).
+    pub fn restore(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+        state: &TransportState,
+    ) -> Result<Self, TransportRestoreError> {
+        let mut transport =
+            Self::new(device, mem, interrupt).map_err(TransportRestoreError::EventFd)?;
+        let device_type = transport.device.device_type();
+        if state.device_type != device_type {
+            return Err(TransportRestoreError::DeviceType {
+                saved: state.device_type,
+                device: device_type,
+            });
+        }
+        let max_sizes = transport.device.queue_max_sizes();
+        let saved_sizes: Vec<u16> = state.queues.iter().map(|q| q.max_size).collect();
+        if saved_sizes != max_sizes {
+            return Err(TransportRestoreError::Queues(format!(
+                "saved {saved_sizes:?}, device {max_sizes:?}"
+            )));
+        }
+        transport.queues = state
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, q)| {
+                Queue::try_from(QueueState::from(*q))
+                    .map_err(|source| TransportRestoreError::Queue { index, source })
+            })
+            .collect::<Result<_, _>>()?;
+        transport.queue_select = state.queue_select;
+        transport.device_features_select = state.device_features_select;
+        transport.driver_features_select = state.driver_features_select;
+        transport.driver_features = state.driver_features;
+        transport.status = state.status;
+        transport.config_generation = state.config_generation;
+        transport
+            .interrupt
+            .status
+            .store(state.interrupt_status, std::sync::atomic::Ordering::SeqCst);
+        if transport.is_active() {
+            let mem = &transport.mem;
+            let bad_queue = transport
+                .queues
+                .iter()
+                .any(|q| q.ready() && !q.is_valid(mem));
+            if bad_queue {
+                transport.needs_reset();
+            } else {
+                let setup = QueueSetup {
+                    queues: &transport.queues,
+                    queue_events: &transport.queue_evts,
+                    mem,
+                };
+                transport
+                    .device
+                    .activate_queues(transport.driver_features, setup)
+                    .map_err(TransportRestoreError::Activate)?;
+            }
+        }
+        Ok(transport)
+    }
+
+    /// After a restore: serves every queue once (a notification the guest made just
+    /// before the snapshot may never have reached the device), lets the device announce
+    /// the restore to its driver, and raises the interrupt if one was pending.
+    pub fn resume_after_restore(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        let mut ctx = QueueContext {
+            queues: &mut self.queues,
+            mem: &self.mem,
+            interrupt: &self.interrupt,
+        };
+        if self.device.restored(&mut ctx).is_err() {
+            self.needs_reset();
+            return;
+        }
+        for index in 0..self.queues.len() {
+            self.notify(index);
+        }
+        if self.interrupt.status() != 0 {
+            self.interrupt.raise(0);
+        }
     }
 
     /// The eventfds that a guest's QueueNotify writes signal, one per queue, in order

@@ -181,4 +181,10 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), DeviceError>;
     /// The driver reset the device: drop any in-flight state.
     fn reset(&mut self) {}
+    /// The VM was restored from a snapshot and its transport activated again: tell the
+    /// driver what it must know (vsock: every connection is gone). Called once, before
+    /// every queue is served.
+    fn restored(&mut self, _ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }

@@ -12,7 +12,9 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::EventFdTrigger;
-use devices::virtio::mmio::{MMIO_SIZE, MmioTransport, NOTIFY_OFFSET};
+use devices::virtio::mmio::{
+    MMIO_SIZE, MmioTransport, NOTIFY_OFFSET, TransportRestoreError, TransportState,
+};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use linux_loader::loader::Cmdline;
@@ -36,6 +38,9 @@ pub enum DeviceManagerError {
     /// KVM refused an irqfd or ioeventfd.
     #[error("Cannot wire a device into KVM")]
     Kvm(#[source] VmError),
+    /// A saved transport cannot be restored.
+    #[error("Cannot restore a virtio device")]
+    Restore(#[source] TransportRestoreError),
     /// The slot collides with another device.
     #[error("Cannot place a device on the MMIO bus")]
     Bus(#[source] devices::bus::BusError),
@@ -70,7 +75,8 @@ impl MmioDeviceManager {
         Self::default()
     }
 
-    /// Adds `device` to the VM; returns the subscriber the event loop must run.
+    /// Adds `device` to the VM (with `state`, its transport as a snapshot saved it);
+    /// returns the subscriber the event loop must run.
     pub fn add_virtio(
         &mut self,
         vm: &Vm,
@@ -78,6 +84,7 @@ impl MmioDeviceManager {
         buses: &mut IoBuses,
         cmdline: &mut Cmdline,
         device: Box<dyn VirtioDevice>,
+        state: Option<&TransportState>,
     ) -> Result<QueueEvents, DeviceManagerError> {
         let irq = VIRTIO_IRQ_RANGE.start() + self.count;
         if !VIRTIO_IRQ_RANGE.contains(&irq) {
@@ -89,8 +96,12 @@ impl MmioDeviceManager {
         vm.register_irqfd(&irq_evt, irq)
             .map_err(DeviceManagerError::Kvm)?;
         let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
-        let transport = MmioTransport::new(device, mem.clone(), interrupt)
-            .map_err(DeviceManagerError::EventFd)?;
+        let transport = match state {
+            None => MmioTransport::new(device, mem.clone(), interrupt)
+                .map_err(DeviceManagerError::EventFd)?,
+            Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state)
+                .map_err(DeviceManagerError::Restore)?,
+        };
         let mut events = Vec::new();
         for (index, evt) in transport.queue_events().iter().enumerate() {
             vm.register_ioevent(evt, base + NOTIFY_OFFSET, index as u32)
@@ -111,6 +122,11 @@ impl MmioDeviceManager {
 }
 
 impl QueueEvents {
+    /// The device's transport.
+    pub fn transport(&self) -> Arc<Mutex<MmioTransport>> {
+        self.transport.clone()
+    }
+
     /// The transport and its queue eventfds.
     pub fn into_parts(self) -> (Arc<Mutex<MmioTransport>>, Vec<EventFd>) {
         (self.transport, self.events)

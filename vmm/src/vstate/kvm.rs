@@ -107,6 +107,17 @@ impl Kvm {
             })
     }
 
+    /// The MSRs KVM can save and restore on this host (`KVM_GET_MSR_INDEX_LIST`).
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, KvmError> {
+        self.fd
+            .get_msr_index_list()
+            .map(|list| list.as_slice().to_vec())
+            .map_err(|e| KvmError::Ioctl {
+                what: "KVM_GET_MSR_INDEX_LIST",
+                source: e,
+            })
+    }
+
     pub(crate) fn fd(&self) -> &kvm_ioctls::Kvm {
         &self.fd
     }

@@ -1,12 +1,20 @@
-//! A vCPU: its boot registers, and its run loop, which hands port and MMIO exits to the
-//! buses and obeys pause, resume and stop requests from other threads.
+//! A vCPU: its boot registers, its saved state (for snapshots), and its run loop, which
+//! hands port and MMIO exits to the buses and obeys pause, resume, save and stop
+//! requests from other threads.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use devices::bus::Bus;
-use kvm_bindings::{CpuId, Msrs, kvm_cpuid_entry2, kvm_run};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::msr::boot_msrs;
 use crate::arch::x86_64::regs::{BootProtocol, boot_fpu, boot_regs, boot_sregs};
@@ -37,6 +45,30 @@ pub enum VcpuError {
         set: usize,
         /// How many were given.
         wanted: usize,
+    },
+    /// KVM restored only some of a snapshot's MSRs.
+    #[error(
+        "KVM restored {set} of {wanted} saved MSRs on vCPU {index} (first refused: {refused:#x})"
+    )]
+    MsrsRefused {
+        /// The vCPU's index.
+        index: u8,
+        /// How many KVM took.
+        set: usize,
+        /// How many there were.
+        wanted: usize,
+        /// The first MSR KVM refused.
+        refused: u32,
+    },
+    /// The vCPU did not answer a pause or save request in time.
+    #[error("vCPU {index} did not {what} within {secs} s")]
+    NoAnswer {
+        /// The vCPU's index.
+        index: u8,
+        /// What it was asked.
+        what: &'static str,
+        /// How long it was given.
+        secs: u64,
     },
     /// A CPUID or MSR list does not fit KVM's fixed-size array.
     #[error("Too many CPUID or MSR entries for KVM")]
@@ -94,19 +126,45 @@ const STATE_RUN: u8 = 0;
 const STATE_PAUSE: u8 = 1;
 const STATE_STOP: u8 = 2;
 
-/// What other threads want a vCPU to do: run, pause, or stop. Requests take effect at
-/// the next exit; sending [`kick_signal`] to the vCPU thread forces one.
+/// How long a vCPU has to park after a pause request, or to save its state.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What other threads want a vCPU to do: run, pause, save its state while paused, or
+/// stop. Requests take effect at the next exit; sending [`kick_signal`] to the vCPU
+/// thread forces one.
 #[derive(Debug, Default)]
 pub struct VcpuControl {
     state: AtomicU8,
-    paused: Mutex<bool>,
+    parked: Mutex<Parked>,
     wake: Condvar,
+}
+
+/// What the parked side of a [`VcpuControl`] shares with its requesters.
+#[derive(Debug, Default)]
+struct Parked {
+    /// The vCPU is parked in a pause.
+    paused: bool,
+    /// A save is asked for and not yet done.
+    save_wanted: bool,
+    /// The last save's result, until taken.
+    saved: Option<Result<Box<VcpuState>, VcpuError>>,
+}
+
+/// What a parked vCPU is told to do next.
+enum Settled {
+    Run,
+    Save,
+    Stop,
 }
 
 impl VcpuControl {
     /// A control in the running state.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks the vCPU to pause at its next exit.
@@ -127,32 +185,89 @@ impl VcpuControl {
     /// Changes the state under the lock `settle` checks it under, so that a parked
     /// vCPU cannot miss the wake-up between its check and its wait.
     fn set_and_wake(&self, state: u8) {
-        let _parked = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let _parked = self.lock();
         self.state.store(state, Ordering::SeqCst);
         self.wake.notify_all();
     }
 
     /// Whether the vCPU is parked in a pause.
     pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().paused
     }
 
-    /// Blocks while the state is "pause"; returns true when the vCPU must stop.
-    fn settle(&self) -> bool {
-        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+    /// Waits until the vCPU is parked in the pause asked for, at most `timeout`.
+    pub fn wait_paused(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut parked = self.lock();
+        while !parked.paused {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.state.load(Ordering::SeqCst) != STATE_PAUSE {
+                return false;
+            }
+            parked = self
+                .wake
+                .wait_timeout(parked, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Has the paused vCPU save its state and waits for it, at most `timeout`; `None`
+    /// when it did not answer in time.
+    pub fn save(&self, timeout: Duration) -> Option<Result<Box<VcpuState>, VcpuError>> {
+        let deadline = Instant::now() + timeout;
+        let mut parked = self.lock();
+        parked.saved = None;
+        parked.save_wanted = true;
+        self.wake.notify_all();
+        loop {
+            if let Some(saved) = parked.saved.take() {
+                return Some(saved);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                parked.save_wanted = false;
+                return None;
+            }
+            parked = self
+                .wake
+                .wait_timeout(parked, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Hands a save's result to the requester.
+    fn saved(&self, result: Result<Box<VcpuState>, VcpuError>) {
+        let mut parked = self.lock();
+        parked.saved = Some(result);
+        self.wake.notify_all();
+    }
+
+    /// Blocks while the state is "pause" and no save is wanted; says what to do next.
+    fn settle(&self) -> Settled {
+        let mut parked = self.lock();
         loop {
             match self.state.load(Ordering::SeqCst) {
                 STATE_STOP => {
-                    *paused = false;
-                    return true;
+                    parked.paused = false;
+                    return Settled::Stop;
+                }
+                STATE_PAUSE if parked.save_wanted => {
+                    parked.save_wanted = false;
+                    return Settled::Save;
                 }
                 STATE_PAUSE => {
-                    *paused = true;
-                    paused = self.wake.wait(paused).unwrap_or_else(|p| p.into_inner());
+                    if !parked.paused {
+                        parked.paused = true;
+                        self.wake.notify_all();
+                    }
+                    parked = self.wake.wait(parked).unwrap_or_else(|p| p.into_inner());
                 }
                 _ => {
-                    *paused = false;
-                    return false;
+                    parked.paused = false;
+                    return Settled::Run;
                 }
             }
         }
@@ -199,11 +314,53 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 pub struct Vcpu {
     index: u8,
     fd: kvm_ioctls::VcpuFd,
+    /// The MSRs a snapshot saves (see `msr::msrs_to_save`).
+    saved_msrs: Arc<[u32]>,
+}
+
+/// Everything KVM holds of one vCPU, as a snapshot keeps it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// The CPUID the guest sees.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Every saveable MSR KVM could read.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// FPU, SSE and AVX state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debug_regs: kvm_debugregs,
+    /// The local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Running, halted, or waiting for INIT/SIPI.
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+}
+
+impl std::fmt::Debug for VcpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuState")
+            .field("rip", &self.regs.rip)
+            .field("cpuid", &self.cpuid.len())
+            .field("msrs", &self.msrs.len())
+            .field("mp_state", &self.mp_state.mp_state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vcpu {
-    pub(super) fn new(index: u8, fd: kvm_ioctls::VcpuFd) -> Self {
-        Self { index, fd }
+    pub(super) fn new(index: u8, fd: kvm_ioctls::VcpuFd, saved_msrs: Arc<[u32]>) -> Self {
+        Self {
+            index,
+            fd,
+            saved_msrs,
+        }
     }
 
     /// This vCPU's index (its APIC ID).
@@ -286,6 +443,129 @@ impl Vcpu {
             .map_err(self.setup_err("KVM_SET_LAPIC"))
     }
 
+    /// Completes an I/O exit the run loop has answered but KVM has not yet taken in (a
+    /// port or MMIO read's data goes into the guest's registers only at the next
+    /// `KVM_RUN`): one entry with `immediate_exit` set does that and returns at once.
+    fn complete_pending_io(&mut self) -> Result<(), VcpuError> {
+        let index = self.index;
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(source) => Err(VcpuError::Run { index, source }),
+            Ok(exit) => Err(VcpuError::Unhandled {
+                index,
+                reason: format!("an exit while completing I/O for a snapshot: {exit:?}"),
+            }),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
+    }
+
+    /// Reads the vCPU's whole state (after completing any pending I/O).
+    pub fn save_state(&mut self) -> Result<VcpuState, VcpuError> {
+        self.complete_pending_io()?;
+        let get = |what| self.setup_err(what);
+        let mp_state = self.fd.get_mp_state().map_err(get("KVM_GET_MP_STATE"))?;
+        let regs = self.fd.get_regs().map_err(get("KVM_GET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(get("KVM_GET_SREGS"))?;
+        let xsave = self.fd.get_xsave().map_err(get("KVM_GET_XSAVE"))?;
+        let xcrs = self.fd.get_xcrs().map_err(get("KVM_GET_XCRS"))?;
+        let debug_regs = self.fd.get_debug_regs().map_err(get("KVM_GET_DEBUGREGS"))?;
+        let lapic = self.fd.get_lapic().map_err(get("KVM_GET_LAPIC"))?;
+        let cpuid = self
+            .fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(get("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        let msrs = self.read_msrs()?;
+        let events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(get("KVM_GET_VCPU_EVENTS"))?;
+        Ok(VcpuState {
+            cpuid,
+            msrs,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debug_regs,
+            lapic,
+            mp_state,
+            events,
+        })
+    }
+
+    /// Reads every MSR in the save list that KVM can read: `KVM_GET_MSRS` stops at the
+    /// first it cannot (KVM lists some a given host does not back), which is skipped.
+    fn read_msrs(&self) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let mut out = Vec::with_capacity(self.saved_msrs.len());
+        let mut rest: &[u32] = &self.saved_msrs;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::TooManyEntries)?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(self.setup_err("KVM_GET_MSRS"))?;
+            out.extend_from_slice(&msrs.as_slice()[..read.min(chunk.len())]);
+            // Past the ones read, and past the one that failed, if one did.
+            let next = if read < chunk.len() { read + 1 } else { read };
+            rest = &rest[next..];
+        }
+        Ok(out)
+    }
+
+    /// Gives the vCPU a saved state, in the order KVM needs: CPUID first (it decides
+    /// which MSRs and XSAVE features exist), MSRs after the registers and LAPIC (the
+    /// TSC deadline last of them), pending events last.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let set = |what| self.setup_err(what);
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::TooManyEntries)?;
+        self.fd.set_cpuid2(&cpuid).map_err(set("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(set("KVM_SET_MP_STATE"))?;
+        self.fd.set_regs(&state.regs).map_err(set("KVM_SET_REGS"))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(set("KVM_SET_SREGS"))?;
+        // SAFETY: `xsave` is a whole `kvm_xsave` as KVM_GET_XSAVE filled it (4 KiB, no
+        // trailing extension: the snapshot never holds an XSAVE2 buffer), which is what
+        // KVM_SET_XSAVE reads.
+        unsafe { self.fd.set_xsave(&state.xsave) }.map_err(set("KVM_SET_XSAVE"))?;
+        self.fd.set_xcrs(&state.xcrs).map_err(set("KVM_SET_XCRS"))?;
+        self.fd
+            .set_debug_regs(&state.debug_regs)
+            .map_err(set("KVM_SET_DEBUGREGS"))?;
+        self.fd
+            .set_lapic(&state.lapic)
+            .map_err(set("KVM_SET_LAPIC"))?;
+        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuError::TooManyEntries)?;
+            let done = self.fd.set_msrs(&msrs).map_err(set("KVM_SET_MSRS"))?;
+            if done != chunk.len() {
+                return Err(VcpuError::MsrsRefused {
+                    index: self.index,
+                    set: done,
+                    wanted: chunk.len(),
+                    refused: chunk[done].index,
+                });
+            }
+        }
+        self.fd
+            .set_vcpu_events(&state.events)
+            .map_err(set("KVM_SET_VCPU_EVENTS"))
+    }
+
     /// Puts the vCPU in 16-bit real mode with flat segments, starting at `ip`.
     pub fn setup_real_mode(&self, ip: u16) -> Result<(), VcpuError> {
         let mut sregs = self
@@ -331,8 +611,15 @@ impl Vcpu {
         use kvm_ioctls::VcpuExit;
         let index = self.index;
         loop {
-            if control.wants_attention() && control.settle() {
-                return Ok(VcpuEvent::Stopped);
+            while control.wants_attention() {
+                match control.settle() {
+                    Settled::Run => break,
+                    Settled::Stop => return Ok(VcpuEvent::Stopped),
+                    Settled::Save => {
+                        let saved = self.save_state().map(Box::new);
+                        control.saved(saved);
+                    }
+                }
             }
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {

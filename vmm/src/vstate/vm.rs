@@ -1,7 +1,15 @@
 //! A KVM VM: its fd, its guest memory slots, its in-kernel interrupt controllers and the
-//! eventfds wired to them.
+//! eventfds wired to them, and the state of those controllers and clocks a snapshot
+//! keeps.
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use std::sync::Arc;
+
+use kvm_bindings::{
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region,
+};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -28,6 +36,9 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A saved state is not one this VM can take.
+    #[error("Invalid saved VM state: {0}")]
+    BadState(String),
     /// A VM setup ioctl failed.
     #[error("{what} failed")]
     Ioctl {
@@ -41,6 +52,29 @@ pub enum VmError {
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Ioctl { what, source }
+}
+
+/// The VM-wide state KVM holds: the interrupt controllers, the PIT and kvm-clock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    /// The master 8259.
+    pub pic_master: kvm_irqchip,
+    /// The slave 8259.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// The 8254 timer.
+    pub pit: kvm_pit_state2,
+    /// kvm-clock: the guest's monotonic clock.
+    pub clock: kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A VM and the memory it has been given.
@@ -119,12 +153,69 @@ impl Vm {
             .map_err(ioctl("KVM_IOEVENTFD"))
     }
 
-    /// Creates vCPU number `index`.
-    pub fn create_vcpu(&self, index: u8) -> Result<Vcpu, VcpuError> {
+    /// Creates vCPU number `index`; a snapshot saves the MSRs in `saved_msrs`.
+    pub fn create_vcpu(&self, index: u8, saved_msrs: Arc<[u32]>) -> Result<Vcpu, VcpuError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(index))
             .map_err(VcpuError::Create)?;
-        Ok(Vcpu::new(index, fd))
+        Ok(Vcpu::new(index, fd, saved_msrs))
+    }
+
+    /// Reads the interrupt controllers, the PIT and kvm-clock (with every vCPU paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(ioctl("KVM_GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(ioctl("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Gives a VM set up by [`Vm::setup_platform`] a saved state, before its vCPUs are
+    /// created. kvm-clock goes on from the value saved: the guest's monotonic clock does
+    /// count the time the snapshot lay on disk as run time, but is moved on by it where
+    /// the host can say how long that was.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(ioctl("KVM_SET_PIT2"))?;
+        // With the host's real time at the save (KVM_CLOCK_REALTIME), KVM adds the real
+        // time passed since, so the guest's clocks are right after a restore; other
+        // flags describe the host it was read on and are not given back.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            flags: state.clock.flags & KVM_CLOCK_REALTIME,
+            realtime: state.clock.realtime,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(ioctl("KVM_SET_CLOCK"))?;
+        for (chip, id) in [
+            (&state.pic_master, KVM_IRQCHIP_PIC_MASTER),
+            (&state.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
+            (&state.ioapic, KVM_IRQCHIP_IOAPIC),
+        ] {
+            if chip.chip_id != id {
+                return Err(VmError::BadState(format!(
+                    "interrupt controller {id} is saved as chip {}",
+                    chip.chip_id
+                )));
+            }
+            self.fd
+                .set_irqchip(chip)
+                .map_err(ioctl("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
     }
 }

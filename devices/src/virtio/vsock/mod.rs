@@ -19,8 +19,10 @@ pub const VIRTIO_ID_VSOCK: u32 = 19;
 pub const RX_QUEUE: usize = 0;
 /// Guest-to-host packets.
 pub const TX_QUEUE: usize = 1;
-/// Transport events (unused: Arca never migrates a VM).
+/// Transport events: a transport reset after a snapshot restore.
 pub const EVENT_QUEUE: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 
 /// The vsock device; its host side is shared with the event loop, which feeds it
@@ -168,5 +170,39 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.backend().reset();
+    }
+
+    /// The host side starts with no connections after a restore: the transport-reset
+    /// event has the driver reset every socket it had (and reread the guest CID), as
+    /// after a live migration. A driver that posted no event buffer misses it; its
+    /// sockets then learn of the loss at their next packet, which the backend answers
+    /// with a reset.
+    fn restored(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let Some(queue) = ctx.queues.get_mut(EVENT_QUEUE) else {
+            return Ok(());
+        };
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let written = match Writer::new(mem, chain) {
+            Ok(mut writer) => {
+                if writer
+                    .write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
+                    .is_ok()
+                {
+                    4
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        };
+        queue
+            .add_used(mem, head, written)
+            .map_err(DeviceError::Queue)?;
+        ctx.notify_used(EVENT_QUEUE);
+        Ok(())
     }
 }

@@ -55,9 +55,34 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
+/// `IA32_TSC_DEADLINE`.
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The MSRs a snapshot saves: every one KVM lists as saveable (`KVM_GET_MSR_INDEX_LIST`),
+/// in KVM's order except that the TSC deadline comes last, after the TSC it is relative
+/// to (restoring it first would arm the timer against the old TSC).
+pub fn msrs_to_save(index_list: &[u32]) -> Vec<u32> {
+    let mut list: Vec<u32> = index_list
+        .iter()
+        .copied()
+        .filter(|&i| i != MSR_IA32_TSC_DEADLINE)
+        .collect();
+    if index_list.contains(&MSR_IA32_TSC_DEADLINE) {
+        list.push(MSR_IA32_TSC_DEADLINE);
+    }
+    list
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tsc_deadline_is_saved_after_the_tsc() {
+        let list = msrs_to_save(&[MSR_IA32_TSC_DEADLINE, MSR_STAR, MSR_IA32_TSC]);
+        assert_eq!(list, [MSR_STAR, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE]);
+        assert_eq!(msrs_to_save(&[MSR_STAR]), [MSR_STAR]);
+    }
 
     #[test]
     fn boot_msrs_enable_fast_strings_and_write_back_mtrrs_and_clear_syscall_msrs() {
