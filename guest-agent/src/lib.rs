@@ -21,6 +21,7 @@ pub mod helper;
 pub mod init;
 pub mod procinfo;
 pub mod reaper;
+pub mod restore;
 pub mod seccomp;
 pub mod server;
 pub mod sys;

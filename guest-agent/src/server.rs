@@ -135,7 +135,7 @@ pub struct Server {
     stop: (Mutex<Option<Stop>>, Condvar),
     in_flight: AtomicUsize,
     open_controls: AtomicUsize,
-    linger: bool,
+    in_vm: bool,
 }
 
 /// Most requests that may block (each on its own thread) in flight at once.
@@ -160,16 +160,17 @@ impl<F: FnMut()> Drop for OnDrop<F> {
 }
 
 impl Server {
-    /// A server over `runtime`. `linger`: before stopping, wait (up to 2 s) for the
-    /// host to close its control connections (in a VM, whose end drops queued data).
-    pub fn new(runtime: Arc<Runtime>, poweroff_when_idle: bool, linger: bool) -> Arc<Self> {
+    /// A server over `runtime`. `in_vm`: the agent is a microVM's (a restore from a
+    /// snapshot is its to handle), and before stopping it waits (up to 2 s) for the
+    /// host to close its control connections (the VM's end drops queued data).
+    pub fn new(runtime: Arc<Runtime>, poweroff_when_idle: bool, in_vm: bool) -> Arc<Self> {
         Arc::new(Self {
             runtime,
             poweroff_when_idle,
             stop: (Mutex::new(None), Condvar::new()),
             in_flight: AtomicUsize::new(0),
             open_controls: AtomicUsize::new(0),
-            linger,
+            in_vm,
         })
     }
 
@@ -214,7 +215,7 @@ impl Server {
         drop(stop);
         // In a VM, answers still in the guest's vsock queue die with it: give the host
         // time to read them and hang up. (A Unix socket keeps what was written.)
-        let deadline = Instant::now() + if self.linger { LINGER } else { Duration::ZERO };
+        let deadline = Instant::now() + if self.in_vm { LINGER } else { Duration::ZERO };
         while self.open_controls.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -481,6 +482,21 @@ impl Server {
                 .map(|processes| Reply::Processes { processes }),
             Request::Freeze { container, frozen } => {
                 rt.freeze(&container, frozen).map(|()| Reply::FreezeSet)
+            }
+            Request::Restored(restored) => {
+                if !self.in_vm {
+                    return Err(AgentError::new(
+                        ErrorCode::BadRequest,
+                        "A host agent is never restored from a snapshot",
+                    ));
+                }
+                if !rt.list().is_empty() {
+                    return Err(AgentError::new(
+                        ErrorCode::InvalidState,
+                        "A sandbox is told of its restore before it has containers",
+                    ));
+                }
+                crate::restore::apply(&restored).map(|()| Reply::RestoreDone)
             }
         }
     }

@@ -431,6 +431,64 @@ pub fn configure_interface(name: &str, addr: std::net::Ipv4Addr, prefix_len: u8)
     set_link_up(name)
 }
 
+/// Sets interface `name`'s MAC address.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: sockaddr is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    addr.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in addr.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = addr;
+    // SAFETY: SIOCSIFHWADDR reads `req` (name and address), which lives through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &raw const req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Credits `bytes` (from a source the caller trusts) to the kernel's entropy pool and
+/// reseeds the kernel's random number generator from it at once.
+pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")?;
+    let len = i32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too much entropy"))?;
+    // struct rand_pool_info { int entropy_count (bits); int buf_size (bytes); u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&(len * 8).to_ne_bytes());
+    info.extend_from_slice(&len.to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info: two ints, then buf_size bytes, all
+    // inside `info`, which lives through the call.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the realtime clock to `ns` nanoseconds since the Unix epoch.
+pub fn set_time(ns: u64) -> io::Result<()> {
+    let when = rustix::time::Timespec {
+        tv_sec: (ns / 1_000_000_000) as i64,
+        tv_nsec: (ns % 1_000_000_000) as _,
+    };
+    rustix::time::clock_settime(rustix::time::ClockId::Realtime, when)?;
+    Ok(())
+}
+
 /// Adds a default route through `gateway` (in this thread's network namespace).
 pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
     let sock = inet_socket()?;

@@ -711,6 +711,10 @@ struct RunArgs {
     /// directory (capped at 1 MiB), for debugging a guest; off by default.
     #[arg(long)]
     guest_console: bool,
+    /// Arca only: boot the microVM cold instead of restoring the warm-start template
+    /// (see docs/architecture.md, "Warm starts"; $ARCA_SNAPSHOTS=0 does it for every run).
+    #[arg(long)]
+    no_snapshot: bool,
     /// The image.
     image: String,
     /// The command and its arguments.
@@ -851,6 +855,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         memory: a.memory.as_deref().map(parse_memory).transpose()?,
         log: LogOptions::parse(&a.log_opt).map_err(|e| e.to_string())?,
         guest_console: a.guest_console,
+        no_snapshot: a.no_snapshot,
         cpus: a.cpus,
         init: a.init,
         interactive: a.interactive,

@@ -138,7 +138,8 @@ pub struct Pruned {
 
 /// `arca system prune [-a] [--volumes]`: stopped containers, then networks no
 /// container uses, then (with `volumes`) anonymous volumes no container names, then
-/// dangling images (every unused one with `all_images`), in Docker's order.
+/// dangling images (every unused one with `all_images`), in Docker's order; then the
+/// warm-start templates (made again at the next run).
 pub fn prune(state: &Path, all_images: bool, volumes: bool) -> Result<Pruned, RunError> {
     let mut p = Pruned::default();
     let (containers, freed) = lifecycle::prune(state, &[])?;
@@ -152,6 +153,7 @@ pub fn prune(state: &Path, all_images: bool, volumes: bool) -> Result<Pruned, Ru
     let (images, freed) = Store::open(state)?.prune(all_images)?;
     p.images = images;
     p.freed += freed;
+    p.freed += crate::sandbox::template::prune(state);
     Ok(p)
 }
 

@@ -116,7 +116,10 @@ fn a_snapshotted_guest_goes_on_where_it_was_in_two_restored_vms() {
         "HOST: disk 70 disk2 70",
         "HOST: memory file unchanged by the restored guests",
     ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}\nstderr:\n{err}");
+        assert!(
+            text.contains(want),
+            "missing {want:?} in:\n{text}\nstderr:\n{err}"
+        );
     }
     // Each restored guest counts on from the count it was paused at, not from 1.
     let number = |prefix: &str, field: usize| -> u32 {

@@ -638,8 +638,8 @@ impl VmConfig {
     /// machine `saved` (vCPUs, memory, devices). `flags` may give the console, the jail
     /// and other host sides for the saved devices (disk images, vsock socket, TAP):
     /// each list given replaces the saved one and must match its layout (as many disks,
-    /// each as read-only as before; the network device's MAC stays). Nothing that
-    /// changes the machine may be given.
+    /// each as read-only as before; the network device keeps its MAC unless one is
+    /// given). Nothing that changes the machine may be given.
     pub fn for_restore(
         saved: ConfigFile,
         flags: ConfigFile,
@@ -692,17 +692,13 @@ impl VmConfig {
                     "the snapshot has no network device".to_owned(),
                 ));
             }
-            (Some(given), Some(was)) => {
-                if given.mac.is_some() && given.mac != was.mac {
-                    return Err(ConfigError::RestoreLayout(
-                        "the network device's MAC address is the snapshot's".to_owned(),
-                    ));
-                }
-                Some(NetFile {
-                    tap: given.tap,
-                    mac: was.mac.clone(),
-                })
-            }
+            // Without a MAC the saved one stays; a new one is what the device reports
+            // from now, but the guest's driver read its MAC at boot: whoever restores
+            // tells the guest (arca's agent sets it).
+            (Some(given), Some(was)) => Some(NetFile {
+                mac: given.mac.or_else(|| was.mac.clone()),
+                tap: given.tap,
+            }),
             (None, was) => was.clone(),
         };
         let merged = ConfigFile {
@@ -866,6 +862,12 @@ mod tests {
         );
         assert_eq!(c.console, Console::None);
         assert!(matches!(c.boot, Boot::Restore(_)));
+        let flags = ConfigFile {
+            net: Some(NetFile::parse("tap=tap-c,mac=02:00:00:00:00:09").unwrap()),
+            ..Default::default()
+        };
+        let c = VmConfig::for_restore(saved_machine(disk.path()), flags, files(), None).unwrap();
+        assert_eq!(c.net.unwrap().mac.to_string(), "02:00:00:00:00:09");
     }
 
     #[test]
@@ -902,13 +904,6 @@ mod tests {
                     ..Default::default()
                 },
                 "disk 1 was read-only",
-            ),
-            (
-                ConfigFile {
-                    net: Some(NetFile::parse("tap=t,mac=02:00:00:00:00:09").unwrap()),
-                    ..Default::default()
-                },
-                "MAC address is the snapshot's",
             ),
             (
                 ConfigFile {

@@ -96,7 +96,7 @@ struct Args {
     /// Restore a snapshot instead of booting a kernel: state=PATH,memory=PATH (the files
     /// `arca-vmm control ... snapshot` wrote). The snapshot fixes the vCPUs, memory and
     /// devices; --disk, --vsock and --net may give new host sides for the saved devices
-    /// (every disk, in order, each as read-only as before; the MAC stays), and
+    /// (every disk, in order, each as read-only as before; a new MAC is the device's from now, but the guest read its own at boot), and
     /// --console, --jail and --control apply as for a boot. The guest goes on where it
     /// was paused: its vsock connections are reset, its clocks moved on by the time the
     /// snapshot lay.

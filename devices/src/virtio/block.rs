@@ -265,6 +265,14 @@ impl VirtioDevice for Block {
         f
     }
 
+    /// A restored disk may be another file than the one the driver sized at boot (a
+    /// warm start's template had empty placeholders): the configuration-change interrupt
+    /// has the driver read the capacity again.
+    fn restored(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
+        ctx.interrupt.signal_config_change();
+        Ok(())
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // capacity (le64) at 0, size_max (le32) at 8, seg_max (le32) at 12.
         let mut config = [0u8; 16];

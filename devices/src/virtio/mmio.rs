@@ -291,8 +291,11 @@ impl MmioTransport {
 
     /// After a restore: serves every queue once (a notification the guest made just
     /// before the snapshot may never have reached the device), lets the device announce
-    /// the restore to its driver, and raises the interrupt if one was pending.
+    /// the restore to its driver, and raises the interrupt if one was pending. The
+    /// configuration generation moves on: the device may be backed by other host files
+    /// than the ones its driver read the configuration of.
     pub fn resume_after_restore(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
         if !self.is_active() {
             return;
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arca_protocol::{
     AgentError, Channel, ContainerInfo, ContainerSpec, ContainerStats, ExitStatus, FrameDecoder,
     Hello, HelloReply, PROTOCOL_VERSION, ProcessInfo, ProcessSpec, Reply, Request, RequestFrame,
-    Response, StdioStream, encode_frame,
+    Response, RestoredSandbox, StdioStream, encode_frame,
 };
 
 /// Errors talking to the agent.
@@ -620,6 +620,14 @@ impl AgentClient {
                 _ => None,
             },
         )
+    }
+
+    /// Tells a sandbox restored from a snapshot to make itself its own (see
+    /// `Request::Restored`): the first request after a warm start.
+    pub fn restored(&mut self, restored: RestoredSandbox) -> Result<(), AgentClientError> {
+        expect(self.request(Request::Restored(Box::new(restored)))?, |r| {
+            matches!(r, Reply::RestoreDone).then_some(())
+        })
     }
 
     /// Freezes (`frozen`) or thaws a running container's processes.

@@ -222,6 +222,40 @@ pub enum Request {
         /// The entries.
         entries: Vec<HostEntry>,
     },
+    /// The sandbox was restored from a snapshot: the first request after a warm start,
+    /// before any container. Every VM restored from one snapshot starts with the same
+    /// kernel random state and the clock of the snapshot, its disks were empty
+    /// placeholders and its network device had the template's MAC.
+    Restored(Box<RestoredSandbox>),
+}
+
+/// What a restored sandbox's agent makes its own (see `Request::Restored`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredSandbox {
+    /// Fresh entropy from the host, credited to the kernel's pool, which is then
+    /// reseeded ([`MIN_ENTROPY`] to [`MAX_ENTROPY`] bytes).
+    pub entropy: Vec<u8>,
+    /// The host's time (nanoseconds since the Unix epoch), set as the guest's.
+    pub time_ns: u64,
+    /// The MAC address the guest's `eth0` takes, if it has one.
+    pub mac: Option<[u8; 6]>,
+    /// Disks whose size the host changed: the agent waits until the guest's block
+    /// layer has read each new size.
+    pub disks: Vec<DiskSize>,
+}
+
+/// The least entropy a restore brings.
+pub const MIN_ENTROPY: usize = 32;
+/// The most entropy a restore brings.
+pub const MAX_ENTROPY: usize = 512;
+
+/// A disk as the guest's block layer should see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSize {
+    /// The block device's name (`vda`): lowercase letters and digits, at most 15 bytes.
+    pub name: String,
+    /// Its size in 512-byte sectors.
+    pub sectors: u64,
 }
 
 /// The answer to a request.
@@ -278,6 +312,8 @@ pub enum Reply {
     HostsAdded,
     /// The container is frozen (or thawed), as asked.
     FreezeSet,
+    /// The restored sandbox made the host's entropy, time, MAC and disks its own.
+    RestoreDone,
     /// Answer to `Top`.
     Processes {
         /// By pid.
@@ -1105,6 +1141,15 @@ mod tests {
                 force: true,
             },
             Request::Shutdown,
+            Request::Restored(Box::new(RestoredSandbox {
+                entropy: vec![7; 32],
+                time_ns: 1_700_000_000_000_000_000,
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                disks: vec![DiskSize {
+                    name: "vda".into(),
+                    sectors: 2048,
+                }],
+            })),
             Request::AddHosts {
                 container: "c".into(),
                 entries: vec![HostEntry {

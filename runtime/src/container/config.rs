@@ -62,6 +62,9 @@ pub struct RunOptions {
     /// `--guest-console`: keep the microVM's console in `console.log`.
     #[serde(default)]
     pub guest_console: bool,
+    /// `--no-snapshot`: boot the microVM cold instead of restoring a template.
+    #[serde(default)]
+    pub no_snapshot: bool,
     /// `--read-only`: the root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,

@@ -11,6 +11,7 @@
 
 pub mod network;
 pub mod shares;
+pub mod template;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arca_agent_client::{AgentAddress, AgentClient, AgentClientError, Watch};
-use arca_protocol::{ContainerSpec, Mount, MountSource, ProcessSpec, Rootfs, WritableLayer};
+use arca_protocol::{
+    ContainerSpec, Mount, MountSource, ProcessSpec, RestoredSandbox, Rootfs, WritableLayer,
+};
 
 use crate::container::pids::{alive, start_time};
 use crate::container::{Isolation, RunOptions};
@@ -67,6 +70,8 @@ pub struct Sandbox<'a> {
     address: AgentAddress,
     log: PathBuf,
     network: Attachment<'a>,
+    /// For a VM restored from a template: what its agent is told first.
+    restored: Option<RestoredSandbox>,
 }
 
 impl<'a> Sandbox<'a> {
@@ -89,6 +94,7 @@ impl<'a> Sandbox<'a> {
         let log = dir.join("sandbox.log");
         let stderr = std::fs::File::create(&log).map_err(io_err("create the sandbox log"))?;
         let mut cgroup = VmCgroup(None);
+        let mut restored = None;
         let (mut command, address) = match opts.isolation {
             Isolation::Process => {
                 let sock = dir.join("agent.sock");
@@ -102,7 +108,23 @@ impl<'a> Sandbox<'a> {
             }
             Isolation::Vm => {
                 let uds = dir.join("vsock.sock");
-                let mut vmm = vmm_command(state, store, image, opts, dir, &uds, &network, &shares)?;
+                let launch = VmLaunch {
+                    state,
+                    store,
+                    image,
+                    opts,
+                    dir,
+                    uds: &uds,
+                    network: &network,
+                    shares: &shares,
+                };
+                let mut vmm = match warm_command(&launch)? {
+                    Some((command, told)) => {
+                        restored = Some(told);
+                        command
+                    }
+                    None => vmm_command(&launch)?,
+                };
                 if let Some(spec) = jail_spec(dir, id, opts)? {
                     vmm.arg("--jail").arg(spec.arg);
                     cgroup = VmCgroup(Some(spec.cgroup));
@@ -135,6 +157,7 @@ impl<'a> Sandbox<'a> {
             address,
             log,
             network,
+            restored,
         })
     }
 
@@ -179,6 +202,10 @@ impl<'a> Sandbox<'a> {
             Err(e) => return Err(e.into()),
         };
         client.set_watch(watch(pid, started, self.address.clone(), program));
+        if let Some(restored) = self.restored.take() {
+            // Before anything else: the restored guest's entropy, clock, MAC and disks.
+            client.restored(restored)?;
+        }
         if self.isolation == Isolation::Vm
             && let Some((tap, bridge)) = self.network.link()
         {
@@ -384,27 +411,25 @@ fn program(isolation: Isolation) -> &'static str {
     }
 }
 
-/// The VMM's command line: the guest kernel, the agent initramfs, the image's disk
-/// read-only, the container's writable layer (unless its root is read-only), the vsock
-/// socket at `uds`, the TAP of its network link, a virtio-fs device per shared
-/// directory, and a console
-/// only when asked for (the guest's to fill, capped by the VMM).
-#[allow(clippy::too_many_arguments)]
-fn vmm_command(
-    state: &Path,
-    store: &Store,
-    image: &Image,
-    opts: &RunOptions,
-    dir: &Path,
-    uds: &Path,
-    network: &Attachment<'_>,
-    shares: &Shares,
-) -> Result<Command, RunError> {
+/// What a microVM sandbox is launched with.
+struct VmLaunch<'l, 'a> {
+    state: &'l Path,
+    store: &'l Store,
+    image: &'l Image,
+    opts: &'l RunOptions,
+    dir: &'l Path,
+    uds: &'l Path,
+    network: &'l Attachment<'a>,
+    shares: &'l Shares,
+}
+
+/// The VMM's command line for a cold boot: the guest kernel, the agent initramfs, the
+/// image's disk read-only, the container's writable layer (unless its root is
+/// read-only), then the devices every launch has (see [`common_devices`]).
+fn vmm_command(l: &VmLaunch<'_, '_>) -> Result<Command, RunError> {
     let kernel = guest::kernel()?;
-    let initrd = guest::agent_initramfs(state)?;
-    let disk = guest::image_disk(store, image)?;
-    let mem_mib = guest_memory_mib(opts);
-    let cpus = opts.cpus.map_or(1, |c| c.ceil().max(1.0) as u32);
+    let initrd = guest::agent_initramfs(l.state)?;
+    let disk = guest::image_disk(l.store, l.image)?;
     let mut vmm = Command::new(guest::vmm_binary()?);
     vmm.arg("--kernel")
         .arg(&kernel)
@@ -412,33 +437,101 @@ fn vmm_command(
         .arg(&initrd)
         .args([
             "--memory",
-            &mem_mib.to_string(),
+            &guest_memory_mib(l.opts).to_string(),
             "--cpus",
-            &cpus.to_string(),
+            &guest_cpus(l.opts).to_string(),
         ])
         .args(["--cmdline", "quiet"])
         .arg("--disk")
         .arg(format!("{},ro", disk.display()));
-    if !opts.read_only {
-        let size = opts.storage_size.unwrap_or(storage::DEFAULT_LAYER_SIZE);
-        vmm.arg("--disk").arg(storage::layer_image(dir, size)?);
+    if !l.opts.read_only {
+        vmm.arg("--disk").arg(layer_image(l)?);
     }
-    vmm.arg("--vsock")
-        .arg(format!("cid=3,uds={}", uds.display()))
-        .arg("--console")
-        .arg(if opts.guest_console {
-            format!("file:{}", dir.join("console.log").display())
-        } else {
-            "none".into()
-        });
-    if let (Some((tap, _)), Some(mac)) = (network.link(), network.mac()) {
-        vmm.arg("--net").arg(format!("tap={tap},mac={mac}"));
-    }
-    for (tag, socket) in &shares.devices {
+    common_devices(&mut vmm, l);
+    for (tag, socket) in &l.shares.devices {
         vmm.arg("--fs")
             .arg(format!("tag={tag},socket={}", socket.display()));
     }
     Ok(vmm)
+}
+
+/// For a warm start (see [`template`]): the VMM's command line restoring the template
+/// of this VM's size and layout (made first if there is none), with the image's disk,
+/// the writable layer (an empty placeholder when the root is read-only) and the
+/// container's own devices in the template's places; and what the agent is told
+/// first. `None` when this launch boots cold: `--no-snapshot`, `$ARCA_SNAPSHOTS=0`, a
+/// virtio-fs mount, or a template that cannot be made (said in a warning).
+fn warm_command(l: &VmLaunch<'_, '_>) -> Result<Option<(Command, RestoredSandbox)>, RunError> {
+    if l.opts.no_snapshot || !template::enabled() || !l.shares.devices.is_empty() {
+        return Ok(None);
+    }
+    let layout = template::Layout {
+        memory_mib: guest_memory_mib(l.opts),
+        cpus: guest_cpus(l.opts),
+        net: l.network.link().is_some(),
+    };
+    let made = match template::ensure(l.state, layout) {
+        Ok(made) => made,
+        Err(e) => {
+            eprintln!(
+                "arca: warning: booting the microVM cold: {}",
+                error_chain(&e)
+            );
+            return Ok(None);
+        }
+    };
+    let disk = guest::image_disk(l.store, l.image)?;
+    let layer = if l.opts.read_only {
+        made.empty_disk.clone()
+    } else {
+        layer_image(l)?
+    };
+    let told = template::restored_sandbox(
+        l.network.mac().as_deref(),
+        &[("vda", &disk), ("vdb", &layer)],
+    )
+    .map_err(|e| RunError::Invalid(error_chain(&e)))?;
+    let mut vmm = Command::new(guest::vmm_binary()?);
+    vmm.arg("--restore")
+        .arg(format!(
+            "state={},memory={}",
+            made.state.display(),
+            made.memory.display()
+        ))
+        .arg("--disk")
+        .arg(format!("{},ro", disk.display()))
+        .arg("--disk")
+        .arg(&layer);
+    common_devices(&mut vmm, l);
+    Ok(Some((vmm, told)))
+}
+
+/// The container's writable layer image (`--storage-opt size=`, or the default size).
+fn layer_image(l: &VmLaunch<'_, '_>) -> Result<PathBuf, RunError> {
+    let size = l.opts.storage_size.unwrap_or(storage::DEFAULT_LAYER_SIZE);
+    Ok(storage::layer_image(l.dir, size)?)
+}
+
+/// What a cold boot and a warm start both give the VMM: the vsock socket, a console
+/// only when asked for (the guest's to fill, capped by the VMM), and the TAP of the
+/// container's network link with its MAC.
+fn common_devices(vmm: &mut Command, l: &VmLaunch<'_, '_>) {
+    vmm.arg("--vsock")
+        .arg(format!("cid=3,uds={}", l.uds.display()))
+        .arg("--console")
+        .arg(if l.opts.guest_console {
+            format!("file:{}", l.dir.join("console.log").display())
+        } else {
+            "none".into()
+        });
+    if let (Some((tap, _)), Some(mac)) = (l.network.link(), l.network.mac()) {
+        vmm.arg("--net").arg(format!("tap={tap},mac={mac}"));
+    }
+}
+
+/// A microVM's vCPUs for a container run with `opts`: `--cpus` rounded up, at least 1.
+fn guest_cpus(opts: &RunOptions) -> u32 {
+    opts.cpus.map_or(1, |c| c.ceil().max(1.0) as u32)
 }
 
 /// The uid and gid jailed VMMs run as unless `$ARCA_VMM_UID`/`$ARCA_VMM_GID` say

@@ -60,6 +60,9 @@ pub const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an unwatched listener (after `accept` failed) waits when no connection
 /// closes first.
 pub const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// How long host clients wait after a restore for the guest to handle the
+/// transport-reset event (see [`Backend::hold_for_transport_reset`]).
+pub const RESET_PATIENCE: Duration = Duration::from_secs(3);
 /// First local port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Longest `CONNECT <port>\n` line.
@@ -321,8 +324,12 @@ impl Backend {
 
     /// Stops watching the listener after `accept` failed.
     fn unwatch_listener(&mut self) {
+        self.unwatch_listener_for(ACCEPT_RETRY);
+    }
+
+    fn unwatch_listener_for(&mut self, patience: Duration) {
         if self.accept_retry.is_none() {
-            self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+            self.accept_retry = Some(Instant::now() + patience);
             self.changes.push(FdChange::Remove {
                 fd: self.listener.as_raw_fd(),
             });
@@ -348,6 +355,21 @@ impl Backend {
     /// Closes the sockets whose removal the event loop has applied.
     pub fn release_closed(&mut self) {
         self.closing.clear();
+    }
+
+    /// After a snapshot restore, once the transport-reset event is in the guest's
+    /// queue: host clients wait in the listener's backlog until the guest has handled
+    /// it ([`Backend::transport_reset_seen`]), or [`RESET_PATIENCE`] passes. The driver
+    /// resets every connected socket it has when it handles the event: a connection
+    /// made before that would be reset with the old ones.
+    pub fn hold_for_transport_reset(&mut self) {
+        self.unwatch_listener_for(RESET_PATIENCE);
+    }
+
+    /// The guest handled the transport-reset event (it gave its event buffer back):
+    /// host clients are served again.
+    pub fn transport_reset_seen(&mut self) {
+        self.watch_listener();
     }
 
     /// Forgets every connection (the guest reset the device).

@@ -30,12 +30,18 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 #[derive(Debug)]
 pub struct Vsock {
     backend: Arc<Mutex<Backend>>,
+    /// After a restore, until the driver gives an event buffer back: the event queue's
+    /// available index when the transport-reset event went out.
+    reset_pending: Option<std::num::Wrapping<u16>>,
 }
 
 impl Vsock {
     /// A device for `backend`.
     pub fn new(backend: Arc<Mutex<Backend>>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            reset_pending: None,
+        }
     }
 
     fn backend(&self) -> MutexGuard<'_, Backend> {
@@ -164,19 +170,38 @@ impl VirtioDevice for Vsock {
                 self.process_rx(ctx)
             }
             RX_QUEUE => self.process_rx(ctx),
+            // The driver posts the event buffer again once it has handled the event in
+            // it (a transport reset after a restore): its available index moves.
+            EVENT_QUEUE => {
+                if let Some(at) = self.reset_pending {
+                    let now = ctx
+                        .queues
+                        .get(EVENT_QUEUE)
+                        .map(|q| q.avail_idx(ctx.mem, std::sync::atomic::Ordering::Acquire));
+                    if !matches!(now, Some(Ok(idx)) if idx == at) {
+                        self.reset_pending = None;
+                        self.backend().transport_reset_seen();
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
     fn reset(&mut self) {
+        if self.reset_pending.take().is_some() {
+            self.backend().transport_reset_seen();
+        }
         self.backend().reset();
     }
 
     /// The host side starts with no connections after a restore: the transport-reset
     /// event has the driver reset every socket it had (and reread the guest CID), as
-    /// after a live migration. A driver that posted no event buffer misses it; its
-    /// sockets then learn of the loss at their next packet, which the backend answers
-    /// with a reset.
+    /// after a live migration; host clients wait until it has (see
+    /// `Backend::hold_for_transport_reset`). A driver that posted no event buffer misses
+    /// it; its sockets then learn of the loss at their next packet, which the backend
+    /// answers with a reset.
     fn restored(&mut self, ctx: &mut QueueContext<'_>) -> Result<(), DeviceError> {
         let mem = ctx.mem;
         let Some(queue) = ctx.queues.get_mut(EVENT_QUEUE) else {
@@ -202,6 +227,10 @@ impl VirtioDevice for Vsock {
         queue
             .add_used(mem, head, written)
             .map_err(DeviceError::Queue)?;
+        if let Ok(idx) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+            self.reset_pending = Some(idx);
+            self.backend().hold_for_transport_reset();
+        }
         ctx.notify_used(EVENT_QUEUE);
         Ok(())
     }
