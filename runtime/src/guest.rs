@@ -168,12 +168,14 @@ fn libraries(exe: &Path) -> Vec<PathBuf> {
 }
 
 /// The agent initramfs (`/init` = arca-agent and its libraries), cached in
-/// `<state>/guest/` by the agent binary's digest.
+/// `<state>/guest/` by the agent binary's digest. The digest is remembered with the
+/// binary's identity (path, device, inode, size, modification time) in
+/// `<state>/guest/agent.digest`, so that a run does not read the binary again.
 pub fn agent_initramfs(state: &Path) -> Result<PathBuf, GuestError> {
     let agent = agent_binary()?;
-    let digest = crate::image::store::sha256_file(&agent)?;
     let dir = state.join("guest");
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let digest = agent_digest(&agent, &dir)?;
     let path = dir.join(format!("agent-{}.cpio", &digest[..16]));
     if path.is_file() {
         return Ok(path);
@@ -213,6 +215,36 @@ pub fn agent_initramfs(state: &Path) -> Result<PathBuf, GuestError> {
     write().map_err(io_err("write the agent initramfs", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("store", &path))?;
     Ok(path)
+}
+
+/// `agent`'s sha256, from the note in `dir` while the binary is the one it names.
+fn agent_digest(agent: &Path, dir: &Path) -> Result<String, GuestError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(agent).map_err(io_err("read", agent))?;
+    let identity = format!(
+        "{} {} {} {} {}.{}",
+        agent.display(),
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    );
+    let note = dir.join("agent.digest");
+    if let Some(digest) = fs::read_to_string(&note).ok().and_then(|text| {
+        let (id, digest) = text.rsplit_once('\n')?;
+        (id == identity && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| digest.to_owned())
+    }) {
+        return Ok(digest);
+    }
+    let digest = crate::image::store::sha256_file(agent)?;
+    let tmp = dir.join(format!(".agent.digest.{}", std::process::id()));
+    // Best effort: without the note the next run reads the binary again.
+    if fs::write(&tmp, format!("{identity}\n{digest}")).is_ok() {
+        let _ = fs::rename(&tmp, &note);
+    }
+    Ok(digest)
 }
 
 /// Entries under `path` (files, directories, links), for the inode count.
@@ -292,4 +324,29 @@ pub fn image_disk(store: &Store, image: &Image) -> Result<PathBuf, GuestError> {
     }
     fs::rename(&tmp, &path).map_err(io_err("store", &path))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_digest_is_read_once_per_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("arca-agent");
+        fs::write(&agent, b"one").unwrap();
+        let first = agent_digest(&agent, dir.path()).unwrap();
+        assert_eq!(first.len(), 64);
+        // The note is used while the binary is the same file...
+        let note = dir.path().join("agent.digest");
+        let text = fs::read_to_string(&note).unwrap();
+        let (id, _) = text.rsplit_once('\n').unwrap();
+        fs::write(&note, format!("{id}\n{}", "a".repeat(64))).unwrap();
+        assert_eq!(agent_digest(&agent, dir.path()).unwrap(), "a".repeat(64));
+        // ...and a new binary (another size here) is read again.
+        fs::write(&agent, b"other").unwrap();
+        let second = agent_digest(&agent, dir.path()).unwrap();
+        assert_ne!(second, first);
+        assert_ne!(second, "a".repeat(64));
+    }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Container start benchmark (agent-bench): for --isolation=vm, arca-vmm + arca-agent
-# against QEMU microvm booting the same kernel and agent initramfs; for
+# against QEMU microvm booting the same kernel and agent initramfs, then a snapshot of
+# it restored (to the agent's hello, and PSS per idle VM for 1, 5, 10); for
 # --isolation=process, arca-agent serve against crun on the same busybox rootfs; and
-# `arca run --rm busybox true` end to end in both modes beside crun and runc. All
+# `arca run --rm busybox true` end to end in both modes beside crun and runc (vm warm,
+# from the template snapshot, and cold, beside a bare cold boot of the kernel). All
 # round-robin in one run; medians and ratios are printed.
 #
 #   tests/bench/agent.sh [ROUNDS]        (default 10; `make bench` runs it)
@@ -23,6 +25,7 @@ trap 'rm -rf "$tmp"' EXIT
 guest-agent/mkinitramfs "$tmp/agent.cpio" target/release/arca-agent
 tests/guest/mkrootfs "$tmp/rootfs" "$tmp/rootfs.ext4"
 tests/guest/mkimage "$tmp/rootfs" "$tmp/busybox.tar" busybox:latest
+tests/guest/mkinitramfs "$tmp/bare.cpio" tests/guest/init-hello
 
 cat >"$tmp/run.sh" <<SCRIPT
 set -e
@@ -33,7 +36,7 @@ echo "== --isolation=process: arca-agent serve vs crun"
 agent-bench process --rounds $rounds --rootfs "\$B/rootfs" --crun "\$C"
 echo
 echo "== arca run --rm busybox true, end to end"
-agent-bench cli --rounds $rounds --image-tar "\$B/busybox.tar" --rootfs "\$B/rootfs" --crun "\$C" --runc "\$R"
+agent-bench cli --rounds $rounds --image-tar "\$B/busybox.tar" --rootfs "\$B/rootfs" --crun "\$C" --runc "\$R" --kernel "\$K" --bare-initrd "\$B/bare.cpio"
 SCRIPT
 
 roms=(bios-microvm.bin qboot.rom pvh.bin linuxboot_dma.bin kvmvapic.bin)
@@ -43,6 +46,7 @@ if target/release/arca-vmm --check-kvm >/dev/null 2>&1; then
 else
   echo "host KVM cannot boot standard guests: measuring inside the nested lab (L1 under TCG)"
   files=(--file "$tmp/agent.cpio:/bench/agent.cpio" --file "$tmp/rootfs.ext4:/bench/rootfs.ext4"
+    --file "$tmp/bare.cpio:/bench/bare.cpio"
     --file "$tmp/rootfs:/bench/rootfs" --file "$tmp/run.sh:/bench/run.sh"
     --file "target/release/agent-bench:/opt/arca/bin/agent-bench"
     --file "$tmp/busybox.tar:/bench/busybox.tar" --file "$(command -v mke2fs):/usr/sbin/mkfs.ext4"

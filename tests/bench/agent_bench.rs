@@ -4,7 +4,7 @@
 //! ```text
 //! agent-bench vm --rounds N --kernel K --initrd AGENT.cpio --disk ROOTFS.ext4 [--qemu QEMU --qemu-dir DIR]
 //! agent-bench process --rounds N --rootfs DIR [--crun CRUN]
-//! agent-bench cli --rounds N --image-tar TAR --rootfs DIR [--crun CRUN] [--runc RUNC]
+//! agent-bench cli --rounds N --image-tar TAR --rootfs DIR [--crun CRUN] [--runc RUNC] [--kernel K --bare-initrd INIT.cpio]
 //! ```
 //!
 //! `vm`: per round, `arca-vmm` boots the agent initramfs with the image on a read-only
@@ -17,9 +17,17 @@
 //! `process`: `arca-agent serve` and the same container on the host; the peer is
 //! `crun run` of the same rootfs printing the same line.
 //!
+//! `vm` then snapshots a booted VM at its agent's hello (`--control`, `pause`,
+//! `snapshot`) and, per round, restores it (`--restore`): spawn to the agent's hello
+//! over vsock, beside the cold boot's; and the density of idle sandboxes: the host PSS
+//! per VMM of 1, 5 and 10 VMs restored from the one snapshot (sharing its memory file's
+//! pages), beside as many cold-booted ones.
+//!
 //! `cli`: `arca run --rm busybox true`, end to end through the CLI, with
-//! `--isolation=vm` and `--isolation=process`, beside `crun run` and `runc run` of the
-//! same rootfs.
+//! `--isolation=vm` (warm: restored from the template; and cold: `--no-snapshot`) and
+//! `--isolation=process`, beside `crun run` and `runc run` of the same rootfs, and, with
+//! `--kernel K --bare-initrd INIT.cpio`, beside a bare cold boot of the same kernel to
+//! init (spawn to the init's first console line, the VM as large as `arca run`'s).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -231,6 +239,143 @@ fn vm(opts: &Opts) -> anyhow::Result<()> {
     row("spawn -> agent hello over vsock", &ready_vsock, None);
     row("start request -> first output byte", &first_out, None);
     row("spawn -> VM exit (create/start/wait/rm echo)", &total, None);
+    restored(opts, work.path(), &ready_vsock)
+}
+
+/// `arca-vmm` booting the bench's guest (agent initramfs, the disk read-only, 128 MiB),
+/// with vsock at `uds` and `extra` arguments.
+fn boot_vmm(opts: &Opts, uds: &Path, extra: &[&str]) -> anyhow::Result<Child> {
+    Command::new("arca-vmm")
+        .args(["--kernel", opts.need("--kernel")?])
+        .args(["--initrd", opts.need("--initrd")?])
+        .args(["--memory", "128", "--cmdline", "quiet", "--console", "none"])
+        .args(["--disk", &format!("{},ro", opts.need("--disk")?)])
+        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn arca-vmm")
+}
+
+/// `arca-vmm` restoring the snapshot in `dir`, with vsock at `uds`.
+fn restore_vmm(dir: &Path, uds: &Path) -> anyhow::Result<Child> {
+    Command::new("arca-vmm")
+        .arg("--restore")
+        .arg(format!(
+            "state={},memory={}",
+            dir.join("state.json").display(),
+            dir.join("memory.bin").display()
+        ))
+        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn arca-vmm --restore")
+}
+
+fn agent_at(uds: &Path) -> anyhow::Result<AgentClient> {
+    let addr = AgentAddress::Vsock {
+        uds: uds.to_owned(),
+        port: 1024,
+    };
+    Ok(AgentClient::connect(&addr, Duration::from_secs(60))?)
+}
+
+/// The host PSS of process `pid` in KiB (`/proc/PID/smaps_rollup`).
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
+/// N idle sandboxes side by side, each up to its agent's hello: their PSS per VMM (MiB).
+fn density(
+    n: usize,
+    mut spawn: impl FnMut(&Path) -> anyhow::Result<Child>,
+    work: &Path,
+) -> anyhow::Result<f64> {
+    let mut vms = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let uds = work.join(format!("d{i}.sock"));
+        let _ = std::fs::remove_file(&uds);
+        vms.push(spawn(&uds)?);
+        clients.push(agent_at(&uds)?);
+    }
+    // Settled: what the guests touched on their way up is in.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut total = 0;
+    for vm in &vms {
+        total += pss_kib(vm.id())?;
+    }
+    drop(clients);
+    for mut vm in vms {
+        let _ = vm.kill();
+        let _ = vm.wait();
+    }
+    Ok(total as f64 / 1024.0 / n as f64)
+}
+
+/// Snapshot a booted VM at its agent's hello; restore it per round; then density.
+fn restored(opts: &Opts, work: &Path, cold_hello: &[f64]) -> anyhow::Result<()> {
+    let snap = work.join("snapshot");
+    std::fs::create_dir_all(&snap)?;
+    let uds = work.join("template.sock");
+    let control = work.join("control.sock");
+    let mut template = boot_vmm(opts, &uds, &["--control", &control.display().to_string()])?;
+    let client = agent_at(&uds)?;
+    for request in [
+        vec!["pause".to_owned()],
+        vec![
+            "snapshot".to_owned(),
+            "--state".to_owned(),
+            snap.join("state.json").display().to_string(),
+            "--memory".to_owned(),
+            snap.join("memory.bin").display().to_string(),
+        ],
+    ] {
+        let status = Command::new("arca-vmm")
+            .arg("control")
+            .arg(&control)
+            .args(&request)
+            .status()?;
+        anyhow::ensure!(status.success(), "arca-vmm control {request:?} failed");
+    }
+    drop(client);
+    let _ = template.kill();
+    let _ = template.wait();
+    let mut hello = Vec::new();
+    for round in 0..opts.rounds {
+        let uds = work.join(format!("r{round}.sock"));
+        let t0 = Instant::now();
+        let mut vmm = restore_vmm(&snap, &uds)?;
+        let client = agent_at(&uds)?;
+        hello.push(ms(t0.elapsed()));
+        drop(client);
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>8}",
+        "median ms", "restored", "cold boot", "ratio"
+    );
+    row("spawn -> agent hello over vsock", &hello, Some(cold_hello));
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>8}",
+        "PSS per idle VMM, MiB (one measure)", "restored", "cold boot", "ratio"
+    );
+    for n in [1, 5, 10] {
+        let warm = density(n, |uds| restore_vmm(&snap, uds), work)?;
+        let cold = density(n, |uds| boot_vmm(opts, uds, &[]), work)?;
+        row(
+            &format!("{n} sandboxes side by side"),
+            &[warm],
+            Some(&[cold]),
+        );
+    }
     Ok(())
 }
 
@@ -379,6 +524,7 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
         Ok(t.elapsed())
     };
     let (mut vm, mut process, mut crun, mut runc) = (vec![], vec![], vec![], vec![]);
+    let (mut cold, mut bare) = (vec![], vec![]);
     for round in 0..opts.rounds {
         vm.push(ms(arca(&[
             "run",
@@ -387,6 +533,26 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
             "busybox",
             "true",
         ])?));
+        cold.push(ms(arca(&[
+            "run",
+            "--rm",
+            "--isolation=vm",
+            "--no-snapshot",
+            "busybox",
+            "true",
+        ])?));
+        if let (Some(kernel), Some(initrd)) = (opts.get("--kernel"), opts.get("--bare-initrd")) {
+            let t0 = Instant::now();
+            let mut vmm = Command::new("arca-vmm")
+                .args(["--kernel", kernel, "--initrd", initrd])
+                .args(["--memory", "256", "--cmdline", "quiet"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("spawn arca-vmm")?;
+            let at = wait_line(&mut vmm, "ARCA-GUEST-READY");
+            let _ = vmm.wait();
+            bare.push(ms(at?.duration_since(t0)));
+        }
         process.push(ms(arca(&[
             "run",
             "--rm",
@@ -402,7 +568,7 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
         }
     }
     println!(
-        "rounds: {} each, round-robin; `true` in the busybox image",
+        "rounds: {} each, round-robin; `true` in the busybox image; vm: 1 vCPU, 256 MiB",
         opts.rounds
     );
     println!(
@@ -417,6 +583,9 @@ fn cli(opts: &Opts) -> anyhow::Result<()> {
         &vm,
         peer_of(&crun),
     );
+    row("vm, warm vs bare cold boot to init", &vm, peer_of(&bare));
+    row("vm, warm vs cold (--no-snapshot)", &vm, peer_of(&cold));
+    row("vm, cold vs bare cold boot to init", &cold, peer_of(&bare));
     row(
         "arca run --rm --isolation=process vs crun run",
         &process,

@@ -50,12 +50,13 @@ fn a_snapshotted_guest_goes_on_where_it_was_in_two_restored_vms() {
         vmm=$!
         wait_for '^COUNT 10' $D/c1.log || echo "HOST: the guest never counted to 10"
         echo "HOST: before $(echo_over $D/v1.sock before)"
-        arca-vmm control $D/c1.sock snapshot --state $D/s.json --memory $D/m.bin 2>&1 | sed 's/^/HOST: running: /'
+        arca-vmm control $D/c1.sock snapshot --state $D/s0.json --memory $D/m0.bin 2>&1 | sed 's/^/HOST: running: /'
         arca-vmm control $D/c1.sock pause && echo "HOST: paused"
         at=$(last_count $D/c1.log)
         sleep 1
         [ "$(last_count $D/c1.log)" = "$at" ] && echo "HOST: a paused guest does not count"
         arca-vmm control $D/c1.sock snapshot --state $D/s.json --memory $D/m.bin && echo "HOST: snapshot taken"
+        arca-vmm control $D/c1.sock snapshot --state $D/s.json --memory $D/m9.bin 2>&1 | sed 's/^/HOST: again: /'
         echo "HOST: state mode $(stat -c %a $D/s.json) memory mode $(stat -c %a $D/m.bin)"
         echo "HOST: memory file $(stat -c %s $D/m.bin) bytes, $(( $(stat -c %b $D/m.bin) * 512 )) on disk"
         kill -9 $vmm; wait $vmm
@@ -68,11 +69,12 @@ fn a_snapshotted_guest_goes_on_where_it_was_in_two_restored_vms() {
         head -c 1048576 $D/m.bin > $D/short.bin
         arca-vmm --restore state=$D/short.json,memory=$D/m.bin 2>&1 | sed 's/^/HOST: short state: /'
         arca-vmm --restore state=$D/v99.json,memory=$D/m.bin 2>&1 | sed 's/^/HOST: v99: /'
-        arca-vmm --restore state=$D/s.json,memory=$D/short.bin --vsock cid=3,uds=$D/vx.sock 2>&1 | sed 's/^/HOST: short memory: /'
+        arca-vmm --restore state=$D/s.json,memory=$D/short.bin --disk disk2.ext4 --vsock cid=3,uds=$D/vx.sock 2>&1 | sed 's/^/HOST: short memory: /'
         arca-vmm --restore state=$D/s.json,memory=$D/m.bin --memory 512 2>&1 | sed 's/^/HOST: memory flag: /'
+        arca-vmm --restore state=$D/s.json,memory=$D/m.bin 2>&1 | sed 's/^/HOST: no host sides: /'
 
         # Two restores from the one snapshot, side by side, each with its own disk copy.
-        arca-vmm --restore state=$D/s.json,memory=$D/m.bin --vsock cid=3,uds=$D/v2.sock \
+        arca-vmm --restore state=$D/s.json,memory=$D/m.bin --disk disk.ext4 --vsock cid=3,uds=$D/v2.sock \
             --console file:$D/c2.log &
         r2=$!
         arca-vmm --restore state=$D/s.json,memory=$D/m.bin --vsock cid=4,uds=$D/v3.sock \
@@ -108,6 +110,8 @@ fn a_snapshotted_guest_goes_on_where_it_was_in_two_restored_vms() {
         "has state format version 99, but this arca-vmm reads only version 1",
         "(a truncated or foreign file)",
         "HOST: memory flag: arca-vmm: error: --memory cannot be given with --restore",
+        "HOST: again: arca-vmm: error: Cannot open",
+        "HOST: no host sides: arca-vmm: error: The devices given do not match the snapshot's: the snapshot's devices need their host side given: --disk for each of its disks (the paths in a state file are not trusted)",
         "HOST: after after",
         "HOST: other other",
         "HOST: restored vmm exit 0",

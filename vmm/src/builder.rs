@@ -306,6 +306,11 @@ pub fn restore_microvm(
     // 7. The devices catch up: notifications the guest made just before the snapshot
     //    are served, vsock tells the driver its connections are gone, and pending
     //    interrupts are raised again (into the LAPICs restored above).
+    legacy
+        .serial
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .resume_after_restore();
     for transport in &virtio.transports {
         transport
             .lock()

@@ -635,11 +635,12 @@ impl VmConfig {
     }
 
     /// The configuration of a VM restored from `files`, whose snapshot saved the
-    /// machine `saved` (vCPUs, memory, devices). `flags` may give the console, the jail
-    /// and other host sides for the saved devices (disk images, vsock socket, TAP):
-    /// each list given replaces the saved one and must match its layout (as many disks,
-    /// each as read-only as before; the network device keeps its MAC unless one is
-    /// given). Nothing that changes the machine may be given.
+    /// machine `saved` (vCPUs, memory, devices). `flags` must give the host side of
+    /// every saved device (the disk images, the vsock socket, the TAP): the state file's
+    /// paths are not trusted (the guest may have taken over the VMM that wrote it).
+    /// They must match the saved layout (as many disks, each as read-only as before;
+    /// the network device keeps its MAC unless one is given). `flags` may give the
+    /// console, the jail and the control socket; nothing that changes the machine.
     pub fn for_restore(
         saved: ConfigFile,
         flags: ConfigFile,
@@ -658,8 +659,21 @@ impl VmConfig {
         if let Some((_, flag, what)) = fixed.iter().find(|(given, _, _)| *given) {
             return Err(ConfigError::NotOnRestore(flag, what));
         }
+        let saved_disks = saved.disks.as_deref().unwrap_or_default();
+        let missing = [
+            (
+                flags.disks.is_none() && !saved_disks.is_empty(),
+                "--disk for each of its disks",
+            ),
+            (flags.vsock.is_none() && saved.vsock.is_some(), "--vsock"),
+            (flags.net.is_none() && saved.net.is_some(), "--net"),
+        ];
+        let missing = missing.iter().find(|(missing, _)| *missing).map(|(_, flag)| {
+            ConfigError::RestoreLayout(format!(
+                "the snapshot's devices need their host side given: {flag} (the paths in a state file are not trusted)"
+            ))
+        });
         if let Some(disks) = &flags.disks {
-            let saved_disks = saved.disks.as_deref().unwrap_or_default();
             if disks.len() != saved_disks.len() {
                 return Err(ConfigError::RestoreLayout(format!(
                     "{} disks given, the snapshot has {}",
@@ -701,6 +715,9 @@ impl VmConfig {
             }),
             (None, was) => was.clone(),
         };
+        if let Some(missing) = missing {
+            return Err(missing);
+        }
         let merged = ConfigFile {
             net,
             ..saved.merge(ConfigFile { net: None, ..flags })
@@ -863,6 +880,9 @@ mod tests {
         assert_eq!(c.console, Console::None);
         assert!(matches!(c.boot, Boot::Restore(_)));
         let flags = ConfigFile {
+            disks: Some(vec![
+                DiskFile::parse(&format!("{},ro", other.path().display())).unwrap(),
+            ]),
             net: Some(NetFile::parse("tap=tap-c,mac=02:00:00:00:00:09").unwrap()),
             ..Default::default()
         };
@@ -916,6 +936,20 @@ mod tests {
             let err = VmConfig::for_restore(saved(), flags, files(), None).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
         }
+        let err = VmConfig::for_restore(saved(), ConfigFile::default(), files(), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("need their host side given: --disk for each of its disks"),
+            "{err}"
+        );
+        let only_disk = ConfigFile {
+            disks: Some(vec![
+                DiskFile::parse(&format!("{},ro", disk.path().display())).unwrap(),
+            ]),
+            ..Default::default()
+        };
+        let err = VmConfig::for_restore(saved(), only_disk, files(), None).unwrap_err();
+        assert!(err.to_string().contains("given: --net (the paths"), "{err}");
         assert!(RestoreFiles::parse("state=/s").is_err());
         assert!(RestoreFiles::parse("state=/s,memory=/m,x=1").is_err());
     }

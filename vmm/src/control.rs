@@ -176,7 +176,11 @@ impl ControlEvents {
             path: path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(err)?;
+        // Owner-only from the start: no client can connect between bind and chmod.
+        let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(umask);
+        let listener = bound.map_err(err)?;
         let listening = Self {
             listener,
             path: path.to_owned(),
@@ -195,7 +199,11 @@ impl ControlEvents {
 
     fn accept(&mut self, ops: &mut EventOps) {
         while let Ok((stream, _)) = self.listener.accept() {
-            if stream.set_nonblocking(true).is_err() {
+            // Only the VMM's own user, or root, may control it (the socket's mode says
+            // so too; this holds where a directory's or a umask's would not).
+            let trusted = rustix::net::sockopt::socket_peercred(&stream)
+                .is_ok_and(|cred| cred.uid.is_root() || cred.uid == rustix::process::geteuid());
+            if !trusted || stream.set_nonblocking(true).is_err() {
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -353,14 +361,14 @@ pub fn send(socket: &Path, request: &str, fds: &[RawFd]) -> Result<(), ControlEr
 }
 
 /// Asks the VMM on `socket` for a snapshot into `state` and `memory`, which are made
-/// (or emptied), owner-only.
+/// new, owner-only: an existing file (or a symbolic link) there is refused, so that no
+/// snapshot is written through a link or over a memory file a restored VM maps.
 pub fn snapshot(socket: &Path, state: &Path, memory: &Path) -> Result<(), ControlError> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = |path: &Path| {
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|source| ControlError::Open {
@@ -444,6 +452,10 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        // An existing file (here a symlink an attacker planted) is refused, not followed.
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("planted")).unwrap();
+        let err = snapshot(&path, &dir.path().join("planted"), &dir.path().join("m2")).unwrap_err();
+        assert!(err.to_string().contains("Cannot open"), "{err}");
         // Hostile: a client that sends an endless line is dropped, not buffered.
         let mut flood = UnixStream::connect(&path).unwrap();
         let _ = flood.write_all(&[b'x'; 4 * MAX_REQUEST]);

@@ -95,11 +95,12 @@ struct Args {
     jail: Option<String>,
     /// Restore a snapshot instead of booting a kernel: state=PATH,memory=PATH (the files
     /// `arca-vmm control ... snapshot` wrote). The snapshot fixes the vCPUs, memory and
-    /// devices; --disk, --vsock and --net may give new host sides for the saved devices
-    /// (every disk, in order, each as read-only as before; a new MAC is the device's from now, but the guest read its own at boot), and
-    /// --console, --jail and --control apply as for a boot. The guest goes on where it
-    /// was paused: its vsock connections are reset, its clocks moved on by the time the
-    /// snapshot lay.
+    /// devices; --disk, --vsock and --net must give the host side of each saved device
+    /// (every disk, in order, each as read-only as before; a new MAC is what the device
+    /// reports from then on, but the guest read its own at boot), and --console, --jail
+    /// and --control apply as for a boot. The guest goes on where it was paused: its
+    /// vsock connections are reset, its monotonic clocks do not count the time the
+    /// snapshot lay, and its wall clock is the restorer's to set.
     #[arg(long, value_name = "SPEC")]
     restore: Option<String>,
     /// Listen for pause, resume and snapshot requests on the Unix socket PATH (made
@@ -113,6 +114,10 @@ struct Args {
     /// Print boot timestamps to stderr when the VM ends.
     #[arg(long)]
     boot_timing: bool,
+    /// Die (SIGKILL) when the process that started the VMM dies, so that no VM outlives
+    /// a starter that was killed (`arca` starts its template VMs so). Not with --jail.
+    #[arg(long, conflicts_with = "jail")]
+    die_with_parent: bool,
 }
 
 /// Requests to a running VMM (`--control PATH`); each prints nothing and exits 0 when
@@ -177,6 +182,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, started: Instant) -> Result<u8, Box<dyn std::error::Error>> {
+    if args.die_with_parent {
+        let parent = rustix::process::getppid();
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // The parent may have died before the signal was asked for.
+        if rustix::process::getppid() != parent {
+            return Err("the process that started arca-vmm is gone".into());
+        }
+    }
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),

@@ -92,12 +92,13 @@ vmm_sys_util::ioctl_ior_nr!(
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_bindings::kvm_debugregs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
 vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_bindings::kvm_irqchip);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_bindings::kvm_clock_data);
 
 /// What a vCPU thread reads of itself for a snapshot.
-fn vcpu_snapshot_ioctls() -> [u64; 10] {
+fn vcpu_snapshot_ioctls() -> [u64; 11] {
     [
         KVM_GET_REGS(),
         KVM_GET_SREGS(),
@@ -109,6 +110,7 @@ fn vcpu_snapshot_ioctls() -> [u64; 10] {
         KVM_GET_DEBUGREGS(),
         KVM_GET_XSAVE(),
         KVM_GET_XCRS(),
+        KVM_GET_TSC_KHZ(),
     ]
     .map(u64::from)
 }
@@ -465,6 +467,7 @@ mod tests {
                 0x8080_aea1,
                 0x9000_aea4,
                 0x8188_aea6,
+                0xaea3,
             ]
         );
         assert_eq!(

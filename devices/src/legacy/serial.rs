@@ -147,6 +147,16 @@ impl Serial {
         Ok(Self { inner })
     }
 
+    /// After a restore, once the vCPUs have their interrupt controllers back: raises the
+    /// interrupt the saved registers say is pending (the one raised while restoring may
+    /// have reached an interrupt controller that was then overwritten).
+    pub fn resume_after_restore(&mut self) {
+        // IIR bit 0 clear: an interrupt is pending.
+        if self.inner.state().interrupt_identification & 1 == 0 {
+            let _ = vm_superio::Trigger::trigger(self.inner.interrupt_evt());
+        }
+    }
+
     /// The registers and FIFO, for a snapshot.
     pub fn state(&self) -> SerialSnapshot {
         let s = self.inner.state();

@@ -139,6 +139,9 @@ pub enum TransportRestoreError {
         #[source]
         source: virtio_queue::Error,
     },
+    /// The registers are not a state a driver could have brought the device to.
+    #[error("Saved registers are not a reachable state: {0}")]
+    Registers(String),
     /// The device refused the features it was running with.
     #[error("The device cannot be activated again")]
     Activate(#[source] super::DeviceError),
@@ -246,6 +249,42 @@ impl MmioTransport {
             return Err(TransportRestoreError::Queues(format!(
                 "saved {saved_sizes:?}, device {max_sizes:?}"
             )));
+        }
+        // Only what a driver could have reached through write_status: offered features
+        // the device accepts, status steps in order (NEEDS_RESET and FAILED aside).
+        let offered = transport.device.features() | VIRTIO_F_VERSION_1;
+        let known = STATUS_ORDER.iter().fold(
+            VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED,
+            |all, bit| all | bit,
+        );
+        let bad = |why: String| Err(TransportRestoreError::Registers(why));
+        if state.driver_features & !offered != 0 {
+            return bad(format!(
+                "driver features {:#x} beyond the offered {offered:#x}",
+                state.driver_features
+            ));
+        }
+        if state.status & !known != 0 {
+            return bad(format!("status {:#x} has unknown bits", state.status));
+        }
+        let steps = STATUS_ORDER
+            .iter()
+            .take_while(|&&bit| state.status & bit != 0)
+            .count();
+        if STATUS_ORDER[steps..]
+            .iter()
+            .any(|&bit| state.status & bit != 0)
+        {
+            return bad(format!("status {:#x} skips a step", state.status));
+        }
+        if state.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && (state.driver_features & VIRTIO_F_VERSION_1 == 0
+                || !transport.device.accepts_features(state.driver_features))
+        {
+            return bad(format!(
+                "features {:#x} the device does not accept",
+                state.driver_features
+            ));
         }
         transport.queues = state
             .queues
@@ -783,6 +822,47 @@ pub(crate) mod tests {
         w(&mut t, 0x80, 0xdead_0000);
         assert_eq!(t.queues[0].size(), 16);
         assert_eq!(t.queues[0].desc_table(), 0x1000);
+    }
+
+    #[test]
+    fn a_saved_transport_comes_back_running_and_hostile_states_are_refused() {
+        let probe = Probe::default();
+        let activated = probe.activated.clone();
+        let (mut t, _) = transport(Box::new(probe));
+        bring_up(&mut t, VIRTIO_F_VERSION_1 | 1 << 3, &[16, 8]);
+        let saved = t.state();
+        let restore = |state: &TransportState| {
+            let probe = Probe::default();
+            let activated = probe.activated.clone();
+            let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+            let irq = Interrupt::new(EventFdTrigger::new(evt));
+            MmioTransport::restore(Box::new(probe), memory(), irq, state).map(|t| (t, activated))
+        };
+        let (mut back, back_activated) = restore(&saved).unwrap();
+        assert_eq!(back.state(), saved);
+        assert_eq!(*back_activated.lock().unwrap(), *activated.lock().unwrap());
+        assert_eq!(r(&mut back, 0x70), 15);
+        let generation = r(&mut back, 0xfc);
+        back.resume_after_restore();
+        assert_eq!(r(&mut back, 0xfc), generation.wrapping_add(1));
+        // Hostile: a state file the guest's VMM wrote.
+        for (change, want) in [
+            (
+                (|s: &mut TransportState| s.driver_features |= 1 << 20) as fn(&mut TransportState),
+                "beyond the offered",
+            ),
+            (|s| s.status = 0x1 | 0x4, "skips a step"),
+            (|s| s.status |= 0x1000, "unknown bits"),
+            (|s| s.driver_features = 1 << 3, "does not accept"),
+            (|s| s.device_type = 7, "of type 7"),
+            (|s| s.queues[0].max_size = 1024, "do not match"),
+            (|s| s.queues[1].size = 3, "queue 1 is invalid"),
+        ] {
+            let mut bad = saved.clone();
+            change(&mut bad);
+            let err = restore(&bad).expect_err(want).to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -35,6 +35,9 @@ use shares::Shares;
 
 /// How long a sandbox has to boot until its agent answers.
 const BOOT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a microVM restored from a template has until its agent answers, before it
+/// is booted cold instead.
+const WARM_PATIENCE: Duration = Duration::from_secs(10);
 /// How often a waiting supervisor checks that the agent still answers, how long each
 /// check may take, and how many missed checks in a row mean the sandbox is wedged.
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -72,6 +75,16 @@ pub struct Sandbox<'a> {
     network: Attachment<'a>,
     /// For a VM restored from a template: what its agent is told first.
     restored: Option<RestoredSandbox>,
+    /// For a VM restored from a template: how to boot it cold instead, should the
+    /// restore fail.
+    fallback: Option<ColdFallback>,
+}
+
+/// A warm start's way back: the cold boot's command and the template to forget.
+#[derive(Debug)]
+struct ColdFallback {
+    command: Command,
+    template: template::Template,
 }
 
 impl<'a> Sandbox<'a> {
@@ -95,7 +108,8 @@ impl<'a> Sandbox<'a> {
         let stderr = std::fs::File::create(&log).map_err(io_err("create the sandbox log"))?;
         let mut cgroup = VmCgroup(None);
         let mut restored = None;
-        let (mut command, address) = match opts.isolation {
+        let mut fallback = None;
+        let (command, address) = match opts.isolation {
             Isolation::Process => {
                 let sock = dir.join("agent.sock");
                 let mut agent = Command::new(guest::agent_binary()?);
@@ -118,15 +132,23 @@ impl<'a> Sandbox<'a> {
                     network: &network,
                     shares: &shares,
                 };
+                let cold = vmm_command(&launch)?;
                 let mut vmm = match warm_command(&launch)? {
-                    Some((command, told)) => {
+                    Some((command, told, template)) => {
                         restored = Some(told);
+                        fallback = Some(ColdFallback {
+                            command: cold,
+                            template,
+                        });
                         command
                     }
-                    None => vmm_command(&launch)?,
+                    None => cold,
                 };
                 if let Some(spec) = jail_spec(dir, id, opts)? {
-                    vmm.arg("--jail").arg(spec.arg);
+                    vmm.arg("--jail").arg(&spec.arg);
+                    if let Some(f) = &mut fallback {
+                        f.command.arg("--jail").arg(&spec.arg);
+                    }
                     cgroup = VmCgroup(Some(spec.cgroup));
                 }
                 (
@@ -138,15 +160,7 @@ impl<'a> Sandbox<'a> {
                 )
             }
         };
-        let program = program(opts.isolation);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Out of the terminal's process group: a Ctrl-C there does not reach it.
-            .process_group(0)
-            .spawn()
-            .map_err(io_err(format!("start {program}")))?;
+        let child = spawn(command, stderr, opts.isolation)?;
         Ok(Sandbox {
             isolation: opts.isolation,
             started: start_time(child.id()),
@@ -158,6 +172,7 @@ impl<'a> Sandbox<'a> {
             log,
             network,
             restored,
+            fallback,
         })
     }
 
@@ -179,13 +194,52 @@ impl<'a> Sandbox<'a> {
     /// Waits until its agent answers (at most [`BOOT_PATIENCE`], and no longer than
     /// the sandbox lives: a VMM that dies at start fails at once, in its own words).
     /// From then on a sandbox that dies or stops answering ends every wait on the
-    /// client. A microVM's TAP joins its bridge once the guest is up.
+    /// client. A microVM's TAP joins its bridge once the guest is up. A microVM
+    /// restored from a template that fails to come up (a host whose KVM no longer takes
+    /// the snapshot, a template pruned under the run) is booted cold instead, once, and
+    /// the template forgotten.
     pub fn connect(&mut self) -> Result<AgentClient, RunError> {
+        match self.connect_once() {
+            Err(e) if self.fallback.is_some() => {
+                let Some(fallback) = self.fallback.take() else {
+                    return Err(e);
+                };
+                eprintln!(
+                    "arca: warning: the microVM's warm start failed ({}); booting it cold",
+                    error_chain(&e)
+                );
+                template::discard(&fallback.template);
+                self.restored = None;
+                let _ = self.process.0.kill();
+                let _ = self.process.0.wait();
+                if let Some(path) = &self._cgroup.0 {
+                    crate::container::record::end_vm_cgroup(path);
+                }
+                if let AgentAddress::Vsock { uds, .. } = &self.address {
+                    let _ = std::fs::remove_file(uds);
+                }
+                let stderr =
+                    std::fs::File::create(&self.log).map_err(io_err("create the sandbox log"))?;
+                let child = spawn(fallback.command, stderr, self.isolation)?;
+                self.started = start_time(child.id());
+                self.process = Reaped(child);
+                self.connect_once()
+            }
+            other => other,
+        }
+    }
+
+    fn connect_once(&mut self) -> Result<AgentClient, RunError> {
         let (pid, started) = self.pid();
         let program = program(self.isolation);
         let booting: Watch =
             Box::new(move || (!alive(pid, started)).then(|| format!("{program} exited")));
-        let mut client = match AgentClient::connect_watched(&self.address, BOOT_PATIENCE, booting) {
+        let patience = if self.restored.is_some() {
+            WARM_PATIENCE
+        } else {
+            BOOT_PATIENCE
+        };
+        let mut client = match AgentClient::connect_watched(&self.address, patience, booting) {
             Ok(c) => c,
             Err(AgentClientError::SandboxGone(_)) => {
                 let status = self
@@ -202,8 +256,9 @@ impl<'a> Sandbox<'a> {
             Err(e) => return Err(e.into()),
         };
         client.set_watch(watch(pid, started, self.address.clone(), program));
-        if let Some(restored) = self.restored.take() {
+        if let Some(mut restored) = self.restored.take() {
             // Before anything else: the restored guest's entropy, clock, MAC and disks.
+            restored.time_ns = template::now_ns();
             client.restored(restored)?;
         }
         if self.isolation == Isolation::Vm
@@ -403,6 +458,22 @@ impl<'a> Sandbox<'a> {
     }
 }
 
+/// Starts the sandbox process, its stderr to `stderr`, out of the terminal's process
+/// group (a Ctrl-C there does not reach it).
+fn spawn(
+    mut command: Command,
+    stderr: std::fs::File,
+    isolation: Isolation,
+) -> Result<Child, RunError> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(io_err(format!("start {}", program(isolation))))
+}
+
 /// `arca-vmm` or `arca-agent`.
 fn program(isolation: Isolation) -> &'static str {
     match isolation {
@@ -461,7 +532,9 @@ fn vmm_command(l: &VmLaunch<'_, '_>) -> Result<Command, RunError> {
 /// container's own devices in the template's places; and what the agent is told
 /// first. `None` when this launch boots cold: `--no-snapshot`, `$ARCA_SNAPSHOTS=0`, a
 /// virtio-fs mount, or a template that cannot be made (said in a warning).
-fn warm_command(l: &VmLaunch<'_, '_>) -> Result<Option<(Command, RestoredSandbox)>, RunError> {
+fn warm_command(
+    l: &VmLaunch<'_, '_>,
+) -> Result<Option<(Command, RestoredSandbox, template::Template)>, RunError> {
     if l.opts.no_snapshot || !template::enabled() || !l.shares.devices.is_empty() {
         return Ok(None);
     }
@@ -503,7 +576,7 @@ fn warm_command(l: &VmLaunch<'_, '_>) -> Result<Option<(Command, RestoredSandbox
         .arg("--disk")
         .arg(&layer);
     common_devices(&mut vmm, l);
-    Ok(Some((vmm, told)))
+    Ok(Some((vmm, told, made)))
 }
 
 /// The container's writable layer image (`--storage-opt size=`, or the default size).

@@ -132,8 +132,29 @@ fn identity(path: &Path) -> Result<String, TemplateError> {
     ))
 }
 
-/// The template for `layout` with the current kernel, agent and VMM, made first if
-/// there is none (under a lock, so that concurrent runs make it once).
+/// What a snapshot's vCPU state depends on of the host: its kernel (KVM's CPUID and
+/// MSRs), and its CPU (model, microcode, features).
+fn host_identity() -> String {
+    use std::io::BufRead;
+    let mut id = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if let Ok(cpuinfo) = fs::File::open("/proc/cpuinfo") {
+        for line in std::io::BufReader::new(cpuinfo)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.is_empty())
+        {
+            let key = line.split(':').next().unwrap_or_default().trim();
+            if matches!(key, "vendor_id" | "model name" | "microcode" | "flags") {
+                id.push_str(&line);
+                id.push('\n');
+            }
+        }
+    }
+    id
+}
+
+/// The template for `layout` with the current kernel, agent and VMM on this host, made
+/// first if there is none (under a lock, so that concurrent runs make it once).
 pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
     let vmm = guest::vmm_binary()?;
     let kernel = guest::kernel()?;
@@ -144,6 +165,7 @@ pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
         identity(&vmm)?,
         identity(&kernel)?,
         identity(&initrd)?,
+        host_identity(),
         format!("{}:{}:{}", layout.memory_mib, layout.cpus, layout.net),
     ] {
         hash.update(part.as_bytes());
@@ -164,6 +186,9 @@ pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
     if template.state.is_file() {
         return Ok(template);
     }
+    clear_leftovers(&root);
+    // A template directory without its state is what a prune or a crash left.
+    let _ = fs::remove_dir_all(&dir);
     let build = root.join(format!(".build-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&build);
     fs::create_dir(&build).map_err(io_err("create", &build))?;
@@ -173,6 +198,39 @@ pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
         return Err(e);
     }
     Ok(template)
+}
+
+/// Removes the build directories of builders that died (a killed `arca`): their pid is
+/// the name's last part. Called under the lock, so no live builder's goes.
+fn clear_leftovers(root: &Path) {
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with(".build-"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !crate::container::pids::alive(pid, None) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the template `made` (one a restore failed on: the next run makes it again).
+pub fn discard(made: &Template) {
+    if let Some(dir) = made.state.parent() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -211,7 +269,9 @@ fn make(
         .arg("--vsock")
         .arg(format!("cid=3,uds={}", uds.display()))
         .arg("--control")
-        .arg(&control);
+        .arg(&control)
+        // A killed arca leaves no template VM behind.
+        .arg("--die-with-parent");
     if layout.net {
         // A TAP of its own, made by the VMM and gone with it.
         command.arg("--net").arg(format!(
@@ -288,7 +348,7 @@ impl Drop for Killed {
 }
 
 /// What the agent of a VM restored from a template is told first: fresh entropy, the
-/// host's time, the container's MAC (`mac`, as `aa:bb:cc:dd:ee:ff`) and the sizes of
+/// host's time (set again right before it is sent), the container's MAC (`mac`, as `aa:bb:cc:dd:ee:ff`) and the sizes of
 /// its disks (`disks`: the guest's name and the backing file).
 pub fn restored_sandbox(
     mac: Option<&str>,
@@ -299,9 +359,7 @@ pub fn restored_sandbox(
     fs::File::open(urandom)
         .and_then(|mut f| f.read_exact(&mut entropy))
         .map_err(io_err("read", urandom))?;
-    let time_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let time_ns = now_ns();
     let mac = match mac {
         None => None,
         Some(text) => Some(

@@ -126,6 +126,9 @@ const STATE_RUN: u8 = 0;
 const STATE_PAUSE: u8 = 1;
 const STATE_STOP: u8 = 2;
 
+/// The most exits served while completing a paused vCPU's pending I/O.
+pub const MAX_COMPLETION_EXITS: usize = 64;
+
 /// How long a vCPU has to park after a pause request, or to save its state.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -341,6 +344,9 @@ pub struct VcpuState {
     pub mp_state: kvm_mp_state,
     /// Pending exceptions, interrupts, NMIs and SMIs.
     pub events: kvm_vcpu_events,
+    /// The TSC's frequency the guest calibrated against, when KVM could say.
+    #[serde(default)]
+    pub tsc_khz: Option<u32>,
 }
 
 impl std::fmt::Debug for VcpuState {
@@ -445,25 +451,62 @@ impl Vcpu {
 
     /// Completes an I/O exit the run loop has answered but KVM has not yet taken in (a
     /// port or MMIO read's data goes into the guest's registers only at the next
-    /// `KVM_RUN`): one entry with `immediate_exit` set does that and returns at once.
-    fn complete_pending_io(&mut self) -> Result<(), VcpuError> {
+    /// `KVM_RUN`): entries with `immediate_exit` set do that and return at once. An
+    /// instruction that needs more exits to finish (a `rep ins`, an access split across
+    /// pages) gets them served through `buses`, at most [`MAX_COMPLETION_EXITS`].
+    fn complete_pending_io(&mut self, buses: &IoBuses) -> Result<(), VcpuError> {
+        use kvm_ioctls::VcpuExit;
         let index = self.index;
         self.fd.set_kvm_immediate_exit(1);
-        let result = match self.fd.run() {
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
-            Err(source) => Err(VcpuError::Run { index, source }),
-            Ok(exit) => Err(VcpuError::Unhandled {
-                index,
-                reason: format!("an exit while completing I/O for a snapshot: {exit:?}"),
-            }),
-        };
+        let mut result = Err(VcpuError::Unhandled {
+            index,
+            reason: format!(
+                "I/O still pending after {MAX_COMPLETION_EXITS} exits while saving its state"
+            ),
+        });
+        for _ in 0..MAX_COMPLETION_EXITS {
+            match self.fd.run() {
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    result = Ok(());
+                    break;
+                }
+                Err(source) => {
+                    result = Err(VcpuError::Run { index, source });
+                    break;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    buses.pio.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !buses.pio.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    buses.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !buses.mmio.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(exit) => {
+                    result = Err(VcpuError::Unhandled {
+                        index,
+                        reason: format!("{exit:?} while completing I/O to save the state"),
+                    });
+                    break;
+                }
+            }
+        }
         self.fd.set_kvm_immediate_exit(0);
         result
     }
 
-    /// Reads the vCPU's whole state (after completing any pending I/O).
-    pub fn save_state(&mut self) -> Result<VcpuState, VcpuError> {
-        self.complete_pending_io()?;
+    /// Reads the vCPU's whole state (after completing any pending I/O through
+    /// `buses`).
+    pub fn save_state(&mut self, buses: &IoBuses) -> Result<VcpuState, VcpuError> {
+        self.complete_pending_io(buses)?;
         let get = |what| self.setup_err(what);
         let mp_state = self.fd.get_mp_state().map_err(get("KVM_GET_MP_STATE"))?;
         let regs = self.fd.get_regs().map_err(get("KVM_GET_REGS"))?;
@@ -483,6 +526,7 @@ impl Vcpu {
             .fd
             .get_vcpu_events()
             .map_err(get("KVM_GET_VCPU_EVENTS"))?;
+        let tsc_khz = self.fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
         Ok(VcpuState {
             cpuid,
             msrs,
@@ -494,6 +538,7 @@ impl Vcpu {
             lapic,
             mp_state,
             events,
+            tsc_khz,
         })
     }
 
@@ -529,6 +574,15 @@ impl Vcpu {
     /// TSC deadline last of them), pending events last.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
         let set = |what| self.setup_err(what);
+        // The guest calibrated its delays and clocks against this frequency: a host
+        // whose TSC runs at another has KVM scale it, or the restore is refused.
+        if let Some(khz) = state.tsc_khz
+            && self.fd.get_tsc_khz().ok() != Some(khz)
+        {
+            self.fd
+                .set_tsc_khz(khz)
+                .map_err(set("KVM_SET_TSC_KHZ (the snapshot's TSC frequency)"))?;
+        }
         let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::TooManyEntries)?;
         self.fd.set_cpuid2(&cpuid).map_err(set("KVM_SET_CPUID2"))?;
         self.fd
@@ -563,7 +617,12 @@ impl Vcpu {
         }
         self.fd
             .set_vcpu_events(&state.events)
-            .map_err(set("KVM_SET_VCPU_EVENTS"))
+            .map_err(set("KVM_SET_VCPU_EVENTS"))?;
+        // The guest was paused: a guest on kvm-clock is told so, and does not take the
+        // time it lay on disk for a soft lockup. (Fails harmlessly on a guest that has
+        // not set kvm-clock up.)
+        let _ = self.fd.kvmclock_ctrl();
+        Ok(())
     }
 
     /// Puts the vCPU in 16-bit real mode with flat segments, starting at `ip`.
@@ -616,7 +675,7 @@ impl Vcpu {
                     Settled::Run => break,
                     Settled::Stop => return Ok(VcpuEvent::Stopped),
                     Settled::Save => {
-                        let saved = self.save_state().map(Box::new);
+                        let saved = self.save_state(buses).map(Box::new);
                         control.saved(saved);
                     }
                 }

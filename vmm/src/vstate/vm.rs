@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
-    kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
 };
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -184,20 +183,18 @@ impl Vm {
     }
 
     /// Gives a VM set up by [`Vm::setup_platform`] a saved state, before its vCPUs are
-    /// created. kvm-clock goes on from the value saved: the guest's monotonic clock does
-    /// count the time the snapshot lay on disk as run time, but is moved on by it where
-    /// the host can say how long that was.
+    /// created. kvm-clock goes on from the value saved, as the TSC does: the guest's
+    /// monotonic clocks do not count the time the snapshot lay on disk (its wall clock
+    /// is whoever restores it's to set).
     pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
         self.fd
             .set_pit2(&state.pit)
             .map_err(ioctl("KVM_SET_PIT2"))?;
-        // With the host's real time at the save (KVM_CLOCK_REALTIME), KVM adds the real
-        // time passed since, so the guest's clocks are right after a restore; other
-        // flags describe the host it was read on and are not given back.
+        // Only the value: the flags describe the host it was read on. (Moving kvm-clock
+        // on by the real time passed, would leave it apart from the
+        // TSC, which a guest with an invariant TSC takes as its clocksource.)
         let clock = kvm_clock_data {
             clock: state.clock.clock,
-            flags: state.clock.flags & KVM_CLOCK_REALTIME,
-            realtime: state.clock.realtime,
             ..Default::default()
         };
         self.fd.set_clock(&clock).map_err(ioctl("KVM_SET_CLOCK"))?;
