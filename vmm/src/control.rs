@@ -157,6 +157,8 @@ struct Partial {
 pub struct ControlEvents {
     listener: UnixListener,
     path: PathBuf,
+    /// The VMM's effective uid when it bound the socket: its owner's.
+    owner: rustix::process::Uid,
     partial: HashMap<RawFd, Partial>,
     ready: Vec<Pending>,
 }
@@ -184,6 +186,7 @@ impl ControlEvents {
         let listening = Self {
             listener,
             path: path.to_owned(),
+            owner: rustix::process::geteuid(),
             partial: HashMap::new(),
             ready: Vec::new(),
         };
@@ -202,7 +205,7 @@ impl ControlEvents {
             // Only the VMM's own user, or root, may control it (the socket's mode says
             // so too; this holds where a directory's or a umask's would not).
             let trusted = rustix::net::sockopt::socket_peercred(&stream)
-                .is_ok_and(|cred| cred.uid.is_root() || cred.uid == rustix::process::geteuid());
+                .is_ok_and(|cred| cred.uid.is_root() || cred.uid == self.owner);
             if !trusted || stream.set_nonblocking(true).is_err() {
                 continue;
             }

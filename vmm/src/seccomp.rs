@@ -297,6 +297,11 @@ fn main_rules() -> Rules {
     ]);
     r.one_of(SYS_accept4, 3, &[SOCK_CLOEXEC as u64]);
     r.one_of(SYS_socket, 0, &[AF_UNIX as u64]);
+    // The control socket checks who connected.
+    r.when(
+        SYS_getsockopt,
+        vec![vec![eq(1, SOL_SOCKET as u64), eq(2, SO_PEERCRED as u64)]],
+    );
     let mut ioctls = vec![FIONBIO];
     ioctls.extend(vm_snapshot_ioctls());
     r.one_of(SYS_ioctl, 1, &ioctls);
