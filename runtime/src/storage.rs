@@ -497,8 +497,10 @@ pub fn order_mounts(mounts: &mut [MountPoint]) -> Result<(), StorageError> {
 
 /// A microVM container's writable layer in `dir`: a sparse ext4 image of `size` bytes
 /// (made on first use; only what the container writes takes host disk), for the
-/// guest's second virtio-blk disk.
-pub fn layer_image(dir: &Path, size: u64) -> Result<PathBuf, StorageError> {
+/// guest's second virtio-blk disk. With `blanks` (a private directory), the first layer
+/// of each size is formatted there once and every layer after is a sparse copy of it
+/// (a few MiB of data: no `mkfs.ext4` on the way to a container's first output).
+pub fn layer_image(dir: &Path, size: u64, blanks: Option<&Path>) -> Result<PathBuf, StorageError> {
     let path = dir.join(LAYER_IMAGE);
     if path.exists() {
         return Ok(path);
@@ -508,15 +510,44 @@ pub fn layer_image(dir: &Path, size: u64) -> Result<PathBuf, StorageError> {
         path: path.clone(),
         source,
     };
-    let file = std::fs::File::create(&partial).map_err(create)?;
-    file.set_len(size).map_err(create)?;
+    match blanks {
+        None => format_layer(&partial, size).map_err(|reason| StorageError::Format {
+            path: path.clone(),
+            reason,
+        })?,
+        Some(blanks) => {
+            let blank = blanks.join(format!("layer-{size}.ext4"));
+            if !blank.is_file() {
+                std::fs::create_dir_all(blanks).map_err(create)?;
+                let tmp = blanks.join(format!(".layer-{size}.{}", std::process::id()));
+                format_layer(&tmp, size).map_err(|reason| StorageError::Format {
+                    path: path.clone(),
+                    reason,
+                })?;
+                // Concurrent first runs each make one; the last rename wins, whole.
+                std::fs::rename(&tmp, &blank).map_err(create)?;
+            }
+            if let Err(e) = copy_sparse(&blank, &partial) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(create(e));
+            }
+        }
+    }
+    std::fs::rename(&partial, &path).map_err(create)?;
+    Ok(path)
+}
+
+/// Makes `path` a sparse ext4 image of `size` bytes; says why not.
+fn format_layer(path: &Path, size: u64) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    file.set_len(size).map_err(|e| e.to_string())?;
     drop(file);
     // Lazy inode tables on a file whose holes read as zeros: mke2fs marks them zeroed,
     // so neither it nor the guest writes them, and the image stays a few MiB.
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-m", "0", "-E"])
         .arg("lazy_itable_init=1,lazy_journal_init=1")
-        .arg(&partial)
+        .arg(path)
         .output();
     let failed = match out {
         Ok(o) if o.status.success() => None,
@@ -524,11 +555,39 @@ pub fn layer_image(dir: &Path, size: u64) -> Result<PathBuf, StorageError> {
         Err(e) => Some(format!("cannot run mkfs.ext4 (install e2fsprogs): {e}")),
     };
     if let Some(reason) = failed {
-        let _ = std::fs::remove_file(&partial);
-        return Err(StorageError::Format { path, reason });
+        let _ = std::fs::remove_file(path);
+        return Err(reason);
     }
-    std::fs::rename(&partial, &path).map_err(create)?;
-    Ok(path)
+    Ok(())
+}
+
+/// Copies `from` to a new file `to`, holes kept as holes (`SEEK_DATA`/`SEEK_HOLE`).
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = std::fs::File::create(to)?;
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let data = match rustix::fs::seek(&src, SeekFrom::Data(at)) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(&src, SeekFrom::Hole(data))?.min(len);
+        let mut off = data;
+        while off < hole {
+            let n = ((hole - off) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], off)?;
+            dst.write_all_at(&buf[..n], off)?;
+            off += n as u64;
+        }
+        at = hole;
+    }
+    Ok(())
 }
 
 /// A host container's writable layer directory in `dir` (the agent makes `upper` and
@@ -761,7 +820,7 @@ mod tests {
     #[test]
     fn the_layer_image_is_sparse_and_made_once() {
         let dir = tempfile::tempdir().unwrap();
-        let path = match layer_image(dir.path(), DEFAULT_LAYER_SIZE) {
+        let path = match layer_image(dir.path(), DEFAULT_LAYER_SIZE, None) {
             Ok(p) => p,
             // Hosts without e2fsprogs: the error names it.
             Err(StorageError::Format { reason, .. }) if reason.contains("e2fsprogs") => return,
@@ -773,8 +832,52 @@ mod tests {
         assert!(meta.blocks() * 512 < 64 << 20, "{} blocks", meta.blocks());
         // A second call reuses it (a restarted container keeps its writes).
         std::fs::write(dir.path().join("marker"), "x").unwrap();
-        assert_eq!(layer_image(dir.path(), 1 << 30).unwrap(), path);
+        assert_eq!(layer_image(dir.path(), 1 << 30, None).unwrap(), path);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), DEFAULT_LAYER_SIZE);
         assert!(!dir.path().join("rw.ext4.partial").exists());
+    }
+
+    #[test]
+    fn layers_after_the_first_are_sparse_copies_of_a_blank() {
+        let blanks = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = match layer_image(a.path(), 1 << 30, Some(blanks.path())) {
+            Ok(p) => p,
+            Err(StorageError::Format { reason, .. }) if reason.contains("e2fsprogs") => return,
+            Err(e) => panic!("{e}"),
+        };
+        let blank = blanks.path().join(format!("layer-{}.ext4", 1u64 << 30));
+        assert!(blank.is_file());
+        let second = layer_image(b.path(), 1 << 30, Some(blanks.path())).unwrap();
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        assert!(read(&first) == read(&blank) && read(&second) == read(&blank));
+        use std::os::unix::fs::MetadataExt;
+        let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks();
+        assert!(blocks(&second) <= blocks(&blank) + 8, "holes stay holes");
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_data_and_holes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        let f = std::fs::File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"middle", 20 << 20).unwrap();
+        f.write_all_at(b"tail", (64 << 20) - 4).unwrap();
+        let to = dir.path().join("to");
+        copy_sparse(&from, &to).unwrap();
+        let mut buf = [0u8; 6];
+        let t = std::fs::File::open(&to).unwrap();
+        t.read_exact_at(&mut buf[..4], 0).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        t.read_exact_at(&mut buf, 20 << 20).unwrap();
+        assert_eq!(&buf, b"middle");
+        t.read_exact_at(&mut buf[..4], (64 << 20) - 4).unwrap();
+        assert_eq!(&buf[..4], b"tail");
+        assert_eq!(t.metadata().unwrap().len(), 64 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(t.metadata().unwrap().blocks() * 512 < 1 << 20);
     }
 }

@@ -582,7 +582,8 @@ fn warm_command(
 /// The container's writable layer image (`--storage-opt size=`, or the default size).
 fn layer_image(l: &VmLaunch<'_, '_>) -> Result<PathBuf, RunError> {
     let size = l.opts.storage_size.unwrap_or(storage::DEFAULT_LAYER_SIZE);
-    Ok(storage::layer_image(l.dir, size)?)
+    let blanks = l.state.join("guest");
+    Ok(storage::layer_image(l.dir, size, Some(&blanks))?)
 }
 
 /// What a cold boot and a warm start both give the VMM: the vsock socket, a console
