@@ -933,7 +933,28 @@ fn parse_attach_stream(s: &str) -> Result<String, String> {
     }
 }
 
+/// A reader that hung up on our output (`arca images | head -n 1`) ends arca quietly, as
+/// SIGPIPE ends other tools (exit 141), instead of with a panic about a broken pipe;
+/// every other panic is reported as usual.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        // std's println! and clap_complete's writer both panic so on EPIPE.
+        if message.contains("Broken pipe") || message.contains("BrokenPipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = match Cli::try_parse_from(docker_aliases(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {

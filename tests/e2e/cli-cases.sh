@@ -538,6 +538,10 @@ out=$(echo n | arca container prune 2>/dev/null; arca ps -aq | wc -l); check con
 out=$(arca image prune -f | tail -n 1; arca image prune -af | grep -c '^untagged: volbox:latest$'; arca images --format '{{.Repository}}'); check image-prune-keeps-used 0 "Total reclaimed space: 0B
 1
 busybox" $? "$out"
+# A reader that hangs up early ends arca quietly with SIGPIPE's 141, not a panic.
+out=$({ arca completion bash 2>"$state.pipe"; echo "rc=$?" >>"$state.pipe"; } | head -c 1 >/dev/null; grep -c panicked "$state.pipe"; grep -o 'rc=[0-9]*' "$state.pipe"); rm -f "$state.pipe"
+check broken-pipe-quiet 0 "0
+rc=141" $? "$out"
 out=$(arca completion bash | grep -c '_arca()'; arca completion fish | grep -c '^complete -c arca -n "__fish_arca_needs_command" -f -a "run"'; arca completion tcsh 2>/dev/null; echo "rc=$?"); check completion 0 "1
 1
 rc=125" $? "$out"
