@@ -53,6 +53,6 @@ else
     --file "$(command -v crun):/usr/bin/crun" --file "$(command -v runc):/usr/bin/runc"
     --file "$(command -v qemu-system-x86_64):/usr/bin/qemu-system-x86_64")
   for r in "${roms[@]}"; do files+=(--file "/usr/share/qemu/$r:/usr/share/qemu/$r"); done
-  ARCA_KERNEL=$kernel tests/lab/lab run --timeout $((180 + rounds * 40)) "${files[@]}" -- \
+  ARCA_KERNEL=$kernel tests/lab/lab run --timeout $((300 + rounds * 60)) "${files[@]}" -- \
     'K=$ARCA_KERNEL B=/bench Q=/usr/bin/qemu-system-x86_64 QDIR=/usr/share/qemu C=/usr/bin/crun R=/usr/bin/runc sh /bench/run.sh'
 fi

@@ -257,8 +257,8 @@ fn boot_vmm(opts: &Opts, uds: &Path, extra: &[&str]) -> anyhow::Result<Child> {
         .context("spawn arca-vmm")
 }
 
-/// `arca-vmm` restoring the snapshot in `dir`, with vsock at `uds`.
-fn restore_vmm(dir: &Path, uds: &Path) -> anyhow::Result<Child> {
+/// `arca-vmm` restoring the snapshot in `dir` (with the bench's disk), vsock at `uds`.
+fn restore_vmm(opts: &Opts, dir: &Path, uds: &Path) -> anyhow::Result<Child> {
     Command::new("arca-vmm")
         .arg("--restore")
         .arg(format!(
@@ -266,6 +266,7 @@ fn restore_vmm(dir: &Path, uds: &Path) -> anyhow::Result<Child> {
             dir.join("state.json").display(),
             dir.join("memory.bin").display()
         ))
+        .args(["--disk", &format!("{},ro", opts.need("--disk")?)])
         .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
         .stdout(Stdio::null())
         .spawn()
@@ -349,7 +350,7 @@ fn restored(opts: &Opts, work: &Path, cold_hello: &[f64]) -> anyhow::Result<()> 
     for round in 0..opts.rounds {
         let uds = work.join(format!("r{round}.sock"));
         let t0 = Instant::now();
-        let mut vmm = restore_vmm(&snap, &uds)?;
+        let mut vmm = restore_vmm(opts, &snap, &uds)?;
         let client = agent_at(&uds)?;
         hello.push(ms(t0.elapsed()));
         drop(client);
@@ -368,7 +369,7 @@ fn restored(opts: &Opts, work: &Path, cold_hello: &[f64]) -> anyhow::Result<()> 
         "PSS per idle VMM, MiB (one measure)", "restored", "cold boot", "ratio"
     );
     for n in [1, 5, 10] {
-        let warm = density(n, |uds| restore_vmm(&snap, uds), work)?;
+        let warm = density(n, |uds| restore_vmm(opts, &snap, uds), work)?;
         let cold = density(n, |uds| boot_vmm(opts, uds, &[]), work)?;
         row(
             &format!("{n} sandboxes side by side"),
