@@ -217,19 +217,25 @@ pub fn agent_initramfs(state: &Path) -> Result<PathBuf, GuestError> {
     Ok(path)
 }
 
-/// `agent`'s sha256, from the note in `dir` while the binary is the one it names.
-fn agent_digest(agent: &Path, dir: &Path) -> Result<String, GuestError> {
+/// A file's identity without reading it: path, device, inode, size and modification
+/// time (a rebuilt or replaced file has another).
+pub(crate) fn file_identity(path: &Path) -> io::Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(agent).map_err(io_err("read", agent))?;
-    let identity = format!(
+    let m = fs::metadata(path)?;
+    Ok(format!(
         "{} {} {} {} {}.{}",
-        agent.display(),
+        path.display(),
         m.dev(),
         m.ino(),
         m.len(),
         m.mtime(),
         m.mtime_nsec()
-    );
+    ))
+}
+
+/// `agent`'s sha256, from the note in `dir` while the binary is the one it names.
+fn agent_digest(agent: &Path, dir: &Path) -> Result<String, GuestError> {
+    let identity = file_identity(agent).map_err(io_err("read", agent))?;
     let note = dir.join("agent.digest");
     if let Some(digest) = fs::read_to_string(&note).ok().and_then(|text| {
         let (id, digest) = text.rsplit_once('\n')?;

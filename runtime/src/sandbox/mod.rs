@@ -132,8 +132,9 @@ impl<'a> Sandbox<'a> {
                     network: &network,
                     shares: &shares,
                 };
-                let cold = vmm_command(&launch)?;
-                let mut vmm = match warm_command(&launch)? {
+                let files = GuestFiles::find(&launch)?;
+                let cold = vmm_command(&launch, &files);
+                let mut vmm = match warm_command(&launch, &files)? {
                     Some((command, told, template)) => {
                         restored = Some(told);
                         fallback = Some(ColdFallback {
@@ -494,18 +495,42 @@ struct VmLaunch<'l, 'a> {
     shares: &'l Shares,
 }
 
+/// What a microVM's VMM is given, found once per launch (a warm start keeps the cold
+/// boot's command ready as its fallback): the binary, kernel, agent initramfs, the
+/// image's disk, and the writable layer unless the root is read-only.
+struct GuestFiles {
+    vmm: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    disk: PathBuf,
+    layer: Option<PathBuf>,
+}
+
+impl GuestFiles {
+    fn find(l: &VmLaunch<'_, '_>) -> Result<Self, RunError> {
+        Ok(Self {
+            vmm: guest::vmm_binary()?,
+            kernel: guest::kernel()?,
+            initrd: guest::agent_initramfs(l.state)?,
+            disk: guest::image_disk(l.store, l.image)?,
+            layer: if l.opts.read_only {
+                None
+            } else {
+                Some(layer_image(l)?)
+            },
+        })
+    }
+}
+
 /// The VMM's command line for a cold boot: the guest kernel, the agent initramfs, the
 /// image's disk read-only, the container's writable layer (unless its root is
 /// read-only), then the devices every launch has (see [`common_devices`]).
-fn vmm_command(l: &VmLaunch<'_, '_>) -> Result<Command, RunError> {
-    let kernel = guest::kernel()?;
-    let initrd = guest::agent_initramfs(l.state)?;
-    let disk = guest::image_disk(l.store, l.image)?;
-    let mut vmm = Command::new(guest::vmm_binary()?);
+fn vmm_command(l: &VmLaunch<'_, '_>, files: &GuestFiles) -> Command {
+    let mut vmm = Command::new(&files.vmm);
     vmm.arg("--kernel")
-        .arg(&kernel)
+        .arg(&files.kernel)
         .arg("--initrd")
-        .arg(&initrd)
+        .arg(&files.initrd)
         .args([
             "--memory",
             &guest_memory_mib(l.opts).to_string(),
@@ -514,16 +539,16 @@ fn vmm_command(l: &VmLaunch<'_, '_>) -> Result<Command, RunError> {
         ])
         .args(["--cmdline", "quiet"])
         .arg("--disk")
-        .arg(format!("{},ro", disk.display()));
-    if !l.opts.read_only {
-        vmm.arg("--disk").arg(layer_image(l)?);
+        .arg(format!("{},ro", files.disk.display()));
+    if let Some(layer) = &files.layer {
+        vmm.arg("--disk").arg(layer);
     }
     common_devices(&mut vmm, l);
     for (tag, socket) in &l.shares.devices {
         vmm.arg("--fs")
             .arg(format!("tag={tag},socket={}", socket.display()));
     }
-    Ok(vmm)
+    vmm
 }
 
 /// For a warm start (see [`template`]): the VMM's command line restoring the template
@@ -534,6 +559,7 @@ fn vmm_command(l: &VmLaunch<'_, '_>) -> Result<Command, RunError> {
 /// virtio-fs mount, or a template that cannot be made (said in a warning).
 fn warm_command(
     l: &VmLaunch<'_, '_>,
+    files: &GuestFiles,
 ) -> Result<Option<(Command, RestoredSandbox, template::Template)>, RunError> {
     if l.opts.no_snapshot || !template::enabled() || !l.shares.devices.is_empty() {
         return Ok(None);
@@ -543,7 +569,12 @@ fn warm_command(
         cpus: guest_cpus(l.opts),
         net: l.network.link().is_some(),
     };
-    let made = match template::ensure(l.state, layout) {
+    let guest = template::Guest {
+        vmm: &files.vmm,
+        kernel: &files.kernel,
+        initrd: &files.initrd,
+    };
+    let made = match template::ensure(l.state, guest, layout) {
         Ok(made) => made,
         Err(e) => {
             eprintln!(
@@ -553,18 +584,13 @@ fn warm_command(
             return Ok(None);
         }
     };
-    let disk = guest::image_disk(l.store, l.image)?;
-    let layer = if l.opts.read_only {
-        made.empty_disk.clone()
-    } else {
-        layer_image(l)?
-    };
+    let layer = files.layer.as_ref().unwrap_or(&made.empty_disk);
     let told = template::restored_sandbox(
         l.network.mac().as_deref(),
-        &[("vda", &disk), ("vdb", &layer)],
+        &[("vda", &files.disk), ("vdb", layer)],
     )
     .map_err(|e| RunError::Invalid(error_chain(&e)))?;
-    let mut vmm = Command::new(guest::vmm_binary()?);
+    let mut vmm = Command::new(&files.vmm);
     vmm.arg("--restore")
         .arg(format!(
             "state={},memory={}",
@@ -572,9 +598,9 @@ fn warm_command(
             made.memory.display()
         ))
         .arg("--disk")
-        .arg(format!("{},ro", disk.display()))
+        .arg(format!("{},ro", files.disk.display()))
         .arg("--disk")
-        .arg(&layer);
+        .arg(layer);
     common_devices(&mut vmm, l);
     Ok(Some((vmm, told, made)))
 }

@@ -32,7 +32,7 @@ use arca_agent_client::{AgentAddress, AgentClient};
 use arca_protocol::{DiskSize, RestoredSandbox};
 use sha2::{Digest, Sha256};
 
-use crate::guest::{self, GuestError};
+use crate::guest;
 
 /// How long a template VM has to boot until its agent answers.
 const BOOT_PATIENCE: Duration = Duration::from_secs(30);
@@ -58,9 +58,6 @@ pub enum TemplateError {
         #[source]
         source: std::io::Error,
     },
-    /// The guest's files cannot be found or made.
-    #[error(transparent)]
-    Guest(#[from] GuestError),
     /// The template VM did not come up, or could not be snapshotted.
     #[error("Cannot make the warm-start template: {0}")]
     Build(String),
@@ -119,17 +116,20 @@ pub fn enabled() -> bool {
     std::env::var_os("ARCA_SNAPSHOTS").is_none_or(|v| v != "0")
 }
 
-/// A file's identity for the key: path, inode, size, modification time.
+/// A file's identity for the key (see `guest::file_identity`).
 fn identity(path: &Path) -> Result<String, TemplateError> {
-    let m = fs::metadata(path).map_err(io_err("read", path))?;
-    Ok(format!(
-        "{}:{}:{}:{}.{}",
-        path.display(),
-        m.ino(),
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
+    guest::file_identity(path).map_err(io_err("read", path))
+}
+
+/// The guest a template boots: the VMM binary, kernel and agent initramfs.
+#[derive(Debug, Clone, Copy)]
+pub struct Guest<'g> {
+    /// `arca-vmm`.
+    pub vmm: &'g Path,
+    /// The guest kernel.
+    pub kernel: &'g Path,
+    /// The agent initramfs.
+    pub initrd: &'g Path,
 }
 
 /// What a snapshot's vCPU state depends on of the host: its kernel (KVM's CPUID and
@@ -153,18 +153,15 @@ fn host_identity() -> String {
     id
 }
 
-/// The template for `layout` with the current kernel, agent and VMM on this host, made
-/// first if there is none (under a lock, so that concurrent runs make it once).
-pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
-    let vmm = guest::vmm_binary()?;
-    let kernel = guest::kernel()?;
-    let initrd = guest::agent_initramfs(state)?;
+/// The template for `layout` with `guest` on this host, made first if there is none
+/// (under a lock, so that concurrent runs make it once).
+pub fn ensure(state: &Path, guest: Guest<'_>, layout: Layout) -> Result<Template, TemplateError> {
     let mut hash = Sha256::new();
     for part in [
         TEMPLATE_FORMAT.to_owned(),
-        identity(&vmm)?,
-        identity(&kernel)?,
-        identity(&initrd)?,
+        identity(guest.vmm)?,
+        identity(guest.kernel)?,
+        identity(guest.initrd)?,
         host_identity(),
         format!("{}:{}:{}", layout.memory_mib, layout.cpus, layout.net),
     ] {
@@ -192,7 +189,7 @@ pub fn ensure(state: &Path, layout: Layout) -> Result<Template, TemplateError> {
     let build = root.join(format!(".build-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&build);
     fs::create_dir(&build).map_err(io_err("create", &build))?;
-    let made = make(&build, &vmm, &kernel, &initrd, layout);
+    let made = make(&build, guest, layout);
     if let Err(e) = made.and_then(|()| fs::rename(&build, &dir).map_err(io_err("store", &dir))) {
         let _ = fs::remove_dir_all(&build);
         return Err(e);
@@ -238,13 +235,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Boots the template VM in `dir`, waits for its agent, snapshots it there, and ends it.
-fn make(
-    dir: &Path,
-    vmm: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    layout: Layout,
-) -> Result<(), TemplateError> {
+fn make(dir: &Path, guest: Guest<'_>, layout: Layout) -> Result<(), TemplateError> {
+    let Guest {
+        vmm,
+        kernel,
+        initrd,
+    } = guest;
     for placeholder in ["vda.img", "vdb.img"] {
         let path = dir.join(placeholder);
         fs::File::create(&path).map_err(io_err("create", &path))?;

@@ -122,6 +122,35 @@ pub struct IoBuses {
     pub mmio: Bus,
 }
 
+impl IoBuses {
+    /// Hands a port or MMIO exit to its device; any other exit comes back. Accesses no
+    /// device claims read as all ones and are dropped when written, as on a PC with
+    /// nothing at that address.
+    fn serve<'a>(&self, exit: kvm_ioctls::VcpuExit<'a>) -> Result<(), kvm_ioctls::VcpuExit<'a>> {
+        use kvm_ioctls::VcpuExit;
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                self.pio.write(u64::from(port), data);
+            }
+            VcpuExit::IoIn(port, data) => {
+                if !self.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                self.mmio.write(addr, data);
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !self.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+            }
+            other => return Err(other),
+        }
+        Ok(())
+    }
+}
+
 const STATE_RUN: u8 = 0;
 const STATE_PAUSE: u8 = 1;
 const STATE_STOP: u8 = 2;
@@ -455,7 +484,6 @@ impl Vcpu {
     /// instruction that needs more exits to finish (a `rep ins`, an access split across
     /// pages) gets them served through `buses`, at most [`MAX_COMPLETION_EXITS`].
     fn complete_pending_io(&mut self, buses: &IoBuses) -> Result<(), VcpuError> {
-        use kvm_ioctls::VcpuExit;
         let index = self.index;
         self.fd.set_kvm_immediate_exit(1);
         let mut result = Err(VcpuError::Unhandled {
@@ -474,28 +502,14 @@ impl Vcpu {
                     result = Err(VcpuError::Run { index, source });
                     break;
                 }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    buses.pio.write(u64::from(port), data);
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !buses.pio.read(u64::from(port), data) {
-                        data.fill(0xff);
-                    }
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    buses.mmio.write(addr, data);
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !buses.mmio.read(addr, data) {
-                        data.fill(0xff);
-                    }
-                }
                 Ok(exit) => {
-                    result = Err(VcpuError::Unhandled {
-                        index,
-                        reason: format!("{exit:?} while completing I/O to save the state"),
-                    });
-                    break;
+                    if let Err(exit) = buses.serve(exit) {
+                        result = Err(VcpuError::Unhandled {
+                            index,
+                            reason: format!("{exit:?} while completing I/O to save the state"),
+                        });
+                        break;
+                    }
                 }
             }
         }
@@ -680,53 +694,36 @@ impl Vcpu {
                     }
                 }
             }
-            match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    buses.pio.write(u64::from(port), data);
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !buses.pio.read(u64::from(port), data) {
-                        data.fill(0xff);
-                    }
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    buses.mmio.write(addr, data);
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !buses.mmio.read(addr, data) {
-                        data.fill(0xff);
-                    }
-                }
-                Ok(VcpuExit::Hlt) => return Ok(VcpuEvent::Halted),
-                Ok(VcpuExit::Shutdown) => return Ok(VcpuEvent::Shutdown),
-                Ok(VcpuExit::SystemEvent(kind, _)) => return Ok(VcpuEvent::SystemEvent(kind)),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    return Err(VcpuError::Unhandled {
-                        index,
-                        reason: format!(
-                            "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})"
-                        ),
-                    });
-                }
-                Ok(VcpuExit::InternalError) => {
-                    return Err(VcpuError::Unhandled {
-                        index,
-                        reason: "KVM_EXIT_INTERNAL_ERROR (KVM could not emulate an instruction)"
-                            .to_owned(),
-                    });
-                }
-                Ok(other) => {
-                    return Err(VcpuError::Unhandled {
-                        index,
-                        reason: format!("{other:?}"),
-                    });
-                }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
+                    continue;
                 }
-                Err(e) if e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(source) => return Err(VcpuError::Run { index, source }),
-            }
+            };
+            let Err(exit) = buses.serve(exit) else {
+                continue;
+            };
+            return match exit {
+                VcpuExit::Hlt => Ok(VcpuEvent::Halted),
+                VcpuExit::Shutdown => Ok(VcpuEvent::Shutdown),
+                VcpuExit::SystemEvent(kind, _) => Ok(VcpuEvent::SystemEvent(kind)),
+                VcpuExit::FailEntry(reason, cpu) => Err(VcpuError::Unhandled {
+                    index,
+                    reason: format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})"),
+                }),
+                VcpuExit::InternalError => Err(VcpuError::Unhandled {
+                    index,
+                    reason: "KVM_EXIT_INTERNAL_ERROR (KVM could not emulate an instruction)"
+                        .to_owned(),
+                }),
+                other => Err(VcpuError::Unhandled {
+                    index,
+                    reason: format!("{other:?}"),
+                }),
+            };
         }
     }
 }
