@@ -37,6 +37,7 @@ pub mod exec;
 pub mod guest;
 pub mod image;
 pub mod logs;
+pub mod netlink;
 pub mod network;
 pub mod ports;
 pub mod run;

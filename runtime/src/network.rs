@@ -13,8 +13,10 @@
 //! killed monitor or VMM go away. A container's own link (a veth pair with process isolation, a TAP with
 //! a microVM) dies with its network namespace or VMM.
 //!
-//! The host side is driven with iproute2's `ip` and `nft`, as any administrator would
-//! do it by hand.
+//! Links, bridges and each link's anti-spoofing elements are made over netlink
+//! ([`crate::netlink`]), so a container start runs no `ip` or `nft`; a network's
+//! tables are written with `nft` when its bridge is made (their rules read as an
+//! administrator would write them by hand).
 
 use std::fs;
 use std::io;
@@ -23,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
+
+use crate::netlink::{self, NetlinkError};
 
 /// Errors of network operations. Messages name the network, address or command.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,9 @@ pub enum NetworkError {
         /// What it printed.
         stderr: String,
     },
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     /// A host tool is missing.
     #[error("Networking needs `{0}` (Debian package {1}); install it or use --network none")]
     MissingTool(&'static str, &'static str),
@@ -532,18 +539,6 @@ fn tool(name: &'static str, package: &'static str) -> Result<PathBuf, NetworkErr
         .ok_or(NetworkError::MissingTool(name, package))
 }
 
-/// Runs `ip ARGS`.
-pub fn ip(args: &[&str]) -> Result<(), NetworkError> {
-    run(tool("ip", "iproute2")?, args, None)
-}
-
-/// Runs several `ip` commands in one process (`ip -batch -`), stopping at the first
-/// that fails.
-pub fn ip_batch(commands: &[&[&str]]) -> Result<(), NetworkError> {
-    let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
-    run(tool("ip", "iproute2")?, &["-batch", "-"], Some(&script))
-}
-
 fn run(program: PathBuf, args: &[&str], input: Option<&str>) -> Result<(), NetworkError> {
     let command = format!(
         "{} {}",
@@ -600,6 +595,11 @@ pub fn link_name(kind: LinkKind, id: &str) -> String {
 
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes `link`, if it is there.
+pub fn delete_link(link: &str) {
+    let _ = netlink::delete_link(link);
 }
 
 /// Brings the network's bridge and its rules up if the bridge is not there. Called
@@ -664,34 +664,22 @@ fn make_bridge(state: &Path, net: &Network) -> Result<(), NetworkError> {
             route.describe()
         )));
     }
-    let gw = format!("{}/{}", net.gateway, net.prefix_len);
     // A bridge without an address of its own takes its ports' lowest, and changes it
     // (flushing its neighbours, and leaving containers with a stale gateway MAC) as
-    // containers come and go: it gets the gateway's, made as containers' are.
-    let mac = mac_address(net.gateway);
-    let made = ip_batch(&[
-        &[
-            "link",
-            "add",
-            "name",
-            &net.bridge,
-            "address",
-            &mac,
-            "type",
-            "bridge",
-        ],
-        &["addr", "add", &gw, "dev", &net.bridge],
-        &["link", "set", &net.bridge, "up"],
-    ])
-    .and_then(|()| match ours.to_str() {
-        // The alias says whose bridge this is (at most 255 bytes; a longer path goes
-        // without, and its bridge is then never taken down by another directory).
-        Some(path) if path.len() < 256 => ip(&["link", "set", "dev", &net.bridge, "alias", path]),
-        _ => Ok(()),
-    });
+    // containers come and go: it gets the gateway's, made as containers' are. Its
+    // alias says whose bridge this is (at most 255 bytes; a longer path goes without,
+    // and its bridge is then never taken down by another directory).
+    let alias = ours.to_str().filter(|p| p.len() < 256);
+    let made = netlink::add_bridge(
+        &net.bridge,
+        mac_bytes(net.gateway),
+        net.gateway,
+        net.prefix_len,
+        alias,
+    );
     if let Err(e) = made {
-        let _ = ip(&["link", "del", &net.bridge]);
-        return Err(e);
+        delete_link(&net.bridge);
+        return Err(e.into());
     }
     Ok(())
 }
@@ -708,8 +696,9 @@ fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
 ///   from the bridge to the host itself but replies to connections the host opened
 ///   (nothing Arca serves listens there: `-p` goes through the agent, and there is no
 ///   DHCP or DNS on the bridge).
-/// - `bridge arca_<bridge>`: each container link's frames go through a chain of its
-///   own ([`guard_link`]), found by the link's name in the `links` map.
+/// - `bridge arca_<bridge>`: the anti-spoofing rules of every container link on the
+///   bridge ([`links_table`]); a link is guarded by being added to its sets
+///   ([`guard_link`]).
 fn network_rules(net: &Network) -> String {
     let table = net.table();
     format!(
@@ -736,15 +725,48 @@ fn network_rules(net: &Network) -> String {
 /// Link-local addresses, where clouds serve instance metadata (169.254.169.254).
 const LINK_LOCAL: &str = "169.254.0.0/16";
 
-/// The bridge-family table's map and base chain, declared (created if missing, as
-/// after a firewall reload, kept if there), the base chain's one rule rewritten.
+/// The set of guarded links (by name) in the bridge-family table.
+const GUARDED: &str = "guarded";
+/// The set of what each guarded link may send from: (link, MAC, IPv4 address).
+const SENDERS: &str = "senders";
+
+/// The bridge-family table, declared (created if missing, as after a firewall reload;
+/// kept with its elements if there) and its base chain's rules rewritten. Frames
+/// entering the bridge from a guarded link must come from the container's MAC and,
+/// for IPv4 and ARP, from its leased address (the link's element of `senders`); ARP
+/// must be Ethernet/IPv4; anything but IPv4 and ARP (IPv6, VLAN tags, other
+/// protocols) is dropped. So a container cannot take another's address or MAC,
+/// poison the host's or its peers' ARP caches, or reach anything over IPv6, which Arca
+/// does not configure. Every bridge on the host passes this hook: frames from links
+/// not in `guarded` are not this network's and pass untouched.
+///
+/// The `links` map and its rule are those of Arca before 2026-12-07, which guarded each
+/// link with a chain of its own: kept so that containers started by it keep their
+/// rules when a newer `arca` declares the table again.
 fn links_table(table: &str) -> String {
+    let rule = |r: &str| format!("add rule bridge {table} prerouting {r}\n");
+    let rules: String = [
+        "iifname vmap @links",
+        "iifname != @guarded accept",
+        "ether type != { ip, arp } drop",
+        "iifname . ether saddr . ip saddr != @senders drop",
+        "arp htype != 1 drop",
+        "arp ptype != ip drop",
+        "arp hlen != 6 drop",
+        "arp plen != 4 drop",
+        "iifname . ether saddr . arp saddr ip != @senders drop",
+        "iifname . arp saddr ether . arp saddr ip != @senders drop",
+    ]
+    .iter()
+    .map(|r| rule(r))
+    .collect();
     format!(
         "table bridge {table} {{\n\
          \tmap links {{ type ifname : verdict; }}\n\
+         \tset {GUARDED} {{ type ifname; }}\n\
+         \tset {SENDERS} {{ type ifname . ether_addr . ipv4_addr; }}\n\
          \tchain prerouting {{ type filter hook prerouting priority filter; policy accept; }}\n}}\n\
-         flush chain bridge {table} prerouting\n\
-         add rule bridge {table} prerouting iifname vmap @links\n"
+         flush chain bridge {table} prerouting\n{rules}"
     )
 }
 
@@ -755,41 +777,29 @@ pub fn mac_address(address: Ipv4Addr) -> String {
     format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-/// The chain of `link` in the bridge-family table.
-fn link_chain(link: &str) -> String {
-    format!("link_{link}")
+/// [`mac_address`] as bytes.
+pub fn mac_bytes(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x42, a, b, c, d]
 }
 
-/// The rules `link` (the host end of a container's veth, or its TAP) gets, in one
-/// batch: frames entering the bridge from it must come from the container's MAC and,
-/// for IPv4 and ARP, from its leased address; ARP must be Ethernet/IPv4; anything but
-/// IPv4 and ARP (IPv6, VLAN tags, other protocols) is dropped. So a container cannot
-/// take another's address or MAC, poison the host's or its peers' ARP caches, or
-/// reach anything over IPv6, which Arca does not configure. A chain left by an earlier
-/// link of the same name (the same container name) is replaced.
-fn link_rules(table: &str, link: &str, address: Ipv4Addr) -> String {
-    let chain = link_chain(link);
-    let mac = mac_address(address);
-    format!(
-        "{declare}add chain bridge {table} {chain}\nflush chain bridge {table} {chain}\n\
-         add rule bridge {table} {chain} ether saddr != {mac} drop\n\
-         add rule bridge {table} {chain} ether type != {{ ip, arp }} drop\n\
-         add rule bridge {table} {chain} arp htype != 1 drop\n\
-         add rule bridge {table} {chain} arp ptype != ip drop\n\
-         add rule bridge {table} {chain} arp hlen != 6 drop\n\
-         add rule bridge {table} {chain} arp plen != 4 drop\n\
-         add rule bridge {table} {chain} arp saddr ether != {mac} drop\n\
-         add rule bridge {table} {chain} arp saddr ip != {address} drop\n\
-         add rule bridge {table} {chain} ip saddr != {address} drop\n\
-         add element bridge {table} links {{ \"{link}\" : jump {chain} }}\n",
-        declare = links_table(table),
-    )
+/// `link`'s elements in the bridge-family table's sets: in `guarded`, in `senders`.
+fn link_elements(link: &str, address: Ipv4Addr) -> (netlink::SetKey, netlink::SetKey) {
+    let guarded = netlink::SetKey::default().ifname(link);
+    let sender = netlink::SetKey::default()
+        .ifname(link)
+        .ether(mac_bytes(address))
+        .ipv4(address);
+    (guarded, sender)
 }
 
-/// Guards `link` (see [`link_rules`]) and then runs `join`, which puts the link on
-/// the network's bridge: a link is never on the bridge without its rules. Under the
+/// Guards `link` (see [`links_table`]) and then runs `join`, which puts the link on the
+/// network's bridge: a link is never on the bridge without its rules. Under the
 /// networks' lock, so that the teardown of an earlier container of the same name
-/// ([`unguard_link`]) cannot remove these rules in between.
+/// ([`unguard_link`]) cannot remove these elements in between. The elements are added
+/// over netlink. Should the table or its sets be missing (a firewall reload flushed
+/// them), the table is declared again with `nft`, and every lease holder's links get
+/// their elements back with this one's.
 pub fn guard_link(
     state: &Path,
     net: &Network,
@@ -797,49 +807,62 @@ pub fn guard_link(
     address: Ipv4Addr,
     join: impl FnOnce() -> Result<(), NetworkError>,
 ) -> Result<(), NetworkError> {
-    let nft = tool("nft", "nftables")?;
     let _l = lock(state)?;
-    run(
-        nft,
-        &["-f", "-"],
-        Some(&link_rules(&net.table(), link, address)),
-    )?;
+    let (guarded, sender) = link_elements(link, address);
+    let ours = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &net.table())
+        .add(SENDERS, sender)
+        .add(GUARDED, guarded);
+    if let Err(e) = ours.commit() {
+        if e.errno() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
+            return Err(e.into());
+        }
+        let nft = tool("nft", "nftables")?;
+        run(nft, &["-f", "-"], Some(&links_table(&net.table())))?;
+        let mut all = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &net.table());
+        let holders = members(state, net, "").into_iter().flat_map(|(a, id)| {
+            [LinkKind::Veth, LinkKind::Tap].map(|kind| (link_name(kind, &id), a))
+        });
+        for (l, a) in holders.chain([(link.to_string(), address)]) {
+            let (guarded, sender) = link_elements(&l, a);
+            all = all.add(SENDERS, sender).add(GUARDED, guarded);
+        }
+        all.commit()?;
+    }
     join()
 }
 
-/// Removes `link`'s rules if `ours` says, under the networks' lock, that the link is
+/// Removes `link`'s elements if `ours` says, under the networks' lock, that the link is
 /// gone or still the one this container made (not a later container's of the same
 /// name). Best effort: the rules go with the network's table anyway.
-pub fn unguard_link(state: &Path, net: &Network, link: &str, ours: impl FnOnce() -> bool) {
+pub fn unguard_link(
+    state: &Path,
+    net: &Network,
+    link: &str,
+    address: Ipv4Addr,
+    ours: impl FnOnce() -> bool,
+) {
     let Ok(_l) = lock(state) else { return };
     if ours() {
-        drop_link_rules(&net.table(), &[link.to_string()]);
+        drop_link_rules(&net.table(), &[(link.to_string(), address)]);
     }
 }
 
-/// Deletes the links' map entries and chains, in one batch that holds whether or not
-/// they are there (each is declared, then deleted); nothing if the table is gone.
-fn drop_link_rules(table: &str, links: &[String]) {
+/// Removes the links' elements in one batch that holds whether or not they are there
+/// (each is added, then removed); nothing if the table is gone.
+fn drop_link_rules(table: &str, links: &[(String, Ipv4Addr)]) {
     if links.is_empty() {
         return;
     }
-    let batch: String = links
-        .iter()
-        .map(|link| {
-            let chain = link_chain(link);
-            format!(
-                "add chain bridge {table} {chain}
-                 add element bridge {table} links {{ \"{link}\" : jump {chain} }}
-                 delete element bridge {table} links {{ \"{link}\" }}
-                 flush chain bridge {table} {chain}
-delete chain bridge {table} {chain}
-"
-            )
-        })
-        .collect();
-    if let Ok(nft) = tool("nft", "nftables") {
-        let _ = run(nft, &["-f", "-"], Some(&batch));
+    let mut batch = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, table);
+    for (link, address) in links {
+        let (guarded, sender) = link_elements(link, *address);
+        batch = batch
+            .add(GUARDED, guarded.clone())
+            .add(SENDERS, sender.clone())
+            .remove(GUARDED, guarded)
+            .remove(SENDERS, sender);
     }
+    let _ = batch.commit();
 }
 
 /// Removes the network's bridge and tables (nothing if they are gone already), and
@@ -851,7 +874,7 @@ fn bring_down(state: &Path, net: &Network) {
 
 fn remove_bridge(bridge: &str) {
     if link_exists(bridge) {
-        let _ = ip(&["link", "del", bridge]);
+        delete_link(bridge);
     }
     if let Ok(nft) = tool("nft", "nftables") {
         for family in ["ip", "bridge"] {
@@ -963,17 +986,65 @@ fn forwarding_off_if_unused(state: &Path) {
     let _ = fs::remove_file(forwarding_record(state));
 }
 
-/// The body of `arca __network-gc BRIDGE`: after [`LINGER`], [`reconcile`]; if the
-/// state directory went away meanwhile, nothing can use `bridge` any more (bridges are
-/// named per state directory), so it and its table go.
+/// The body of `arca __network-gc BRIDGE` (see [`reconcile_later`]): once no container
+/// has left for [`LINGER`], [`reconcile`]; if the state directory went away meanwhile,
+/// nothing can use `bridge` any more (bridges are named per state directory), so it
+/// and its table go. One runs at a time per state directory; a second ends at once.
 pub fn gc(state: &Path, bridge: &str) {
-    std::thread::sleep(LINGER);
-    if networks_dir(state).is_dir() {
-        reconcile(state);
-    } else if bridge.starts_with("arcabr") && bridge.len() <= 15 {
-        remove_bridge(bridge);
-        forwarding_off_if_unused(state);
+    if !networks_dir(state).is_dir() {
+        std::thread::sleep(LINGER);
+        if bridge.starts_with("arcabr") && bridge.len() <= 15 {
+            remove_bridge(bridge);
+            forwarding_off_if_unused(state);
+        }
+        return;
     }
+    let Some(pending) = gc_lock(state) else {
+        return;
+    };
+    loop {
+        let left = last_left(state);
+        let due = left + LINGER;
+        match due.duration_since(std::time::SystemTime::now()) {
+            Ok(wait) if !wait.is_zero() => std::thread::sleep(wait),
+            _ => {}
+        }
+        if last_left(state) == left {
+            break;
+        }
+    }
+    if !networks_dir(state).is_dir() {
+        return gc(state, bridge);
+    }
+    let Ok(_l) = lock(state) else { return };
+    // From here a container leaving finds no collector pending and starts one; it
+    // waits for this lock, so its lease is either given back before this reconciles
+    // or seen by the next collector.
+    drop(pending);
+    reconcile_locked(state);
+}
+
+/// `<state>/networks/gc.lock`: held by the pending collector.
+fn gc_lock(state: &Path) -> Option<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(networks_dir(state).join("gc.lock"))
+        .ok()?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(f)
+}
+
+/// `<state>/networks/left`: its modification time is when a container last left.
+fn left_marker(state: &Path) -> PathBuf {
+    networks_dir(state).join("left")
+}
+
+fn last_left(state: &Path) -> std::time::SystemTime {
+    fs::metadata(left_marker(state))
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 /// `network ls --format table`: Docker's default columns.
@@ -1048,6 +1119,12 @@ fn reconcile_with(state: &Path, wait: bool) -> bool {
     }
     let locked = if wait { lock(state) } else { try_lock(state) };
     let Ok(_l) = locked else { return false };
+    reconcile_locked(state);
+    true
+}
+
+/// [`reconcile`]'s work, under the networks' lock.
+fn reconcile_locked(state: &Path) {
     let nets: Vec<Network> = fs::read_dir(networks_dir(state))
         .into_iter()
         .flatten()
@@ -1078,13 +1155,14 @@ fn reconcile_with(state: &Path, wait: bool) -> bool {
             } else {
                 // Its host link, if its owner outlived the container (a veth whose
                 // namespace a leftover process still holds), and the link's rules.
+                let address = e.file_name().to_str().and_then(|a| a.parse().ok());
                 for kind in [LinkKind::Veth, LinkKind::Tap] {
                     let link = link_name(kind, id);
                     if !id.is_empty() && link_exists(&link) {
-                        let _ = ip(&["link", "del", &link]);
+                        delete_link(&link);
                     }
-                    if !id.is_empty() {
-                        freed.push(link);
+                    if let (false, Some(address)) = (id.is_empty(), address) {
+                        freed.push((link, address));
                     }
                 }
                 let _ = fs::remove_file(e.path());
@@ -1096,18 +1174,33 @@ fn reconcile_with(state: &Path, wait: bool) -> bool {
             drop_link_rules(&net.table(), &freed);
         }
     }
-    true
 }
 
 /// How long an unused network stays up after its last container left, so that a run
 /// right after reuses its bridge (making and deleting one costs the kernel ~60 ms).
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reconciles after [`LINGER`] from a detached `arca __network-gc` process, so that a
-/// container's exit does not wait for its network's teardown; synchronously if that
-/// process cannot start. `net`'s bridge is named to it in case the state directory is
-/// gone by then (a test's temporary one): its objects go anyway.
+/// Reconciles once no container has left for [`LINGER`], from a detached `arca
+/// __network-gc` process, so that a container's exit does not wait for its network's
+/// teardown and a run right after finds the bridge up; synchronously if that process
+/// cannot start. Containers that leave while a collector is pending only say when they
+/// left: runs one after another start one collector, not one each. `net`'s bridge is
+/// named to it in case the state directory is gone by then (a test's temporary one):
+/// its objects go anyway.
 pub fn reconcile_later(state: &Path, net: &Network) {
+    {
+        let Ok(_l) = lock(state) else { return };
+        let marked = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(left_marker(state))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if marked.is_ok() && gc_lock(state).is_none() {
+            // One is pending, and will wait for this departure.
+            return;
+        }
+    }
     let spawned = std::env::current_exe().and_then(|exe| {
         use std::os::unix::process::CommandExt;
         Command::new(exe)
@@ -1152,6 +1245,136 @@ fn is_host_address(a: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the ignored test `name` of this binary again in a network namespace of its
+    /// own (as root, with `unshare` and `nft`), so that it may make links and tables.
+    fn in_private_netns(name: &str) {
+        if !rustix::process::geteuid().is_root() || tool("nft", "nftables").is_err() {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        // Its own /sys too: sysfs shows the links of the namespace it was mounted in.
+        let out = Command::new("unshare")
+            .args(["--net", "--mount", "--", "sh", "-c"])
+            .arg("mount -t sysfs sysfs /sys && exec \"$0\" \"$@\"")
+            .arg(exe)
+            .args(["--exact", name, "--include-ignored", "--nocapture"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    fn sys(link: &str, file: &str) -> String {
+        fs::read_to_string(Path::new("/sys/class/net").join(link).join(file))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    fn nft_list(what: &[&str]) -> String {
+        let out = Command::new(tool("nft", "nftables").unwrap())
+            .arg("list")
+            .args(what)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    #[test]
+    fn links_bridges_and_guards_go_through_netlink() {
+        in_private_netns("network::tests::netlink_in_a_private_namespace");
+    }
+
+    /// What a start does to the host, without `ip` or `nft` on its path: a bridge (MAC,
+    /// gateway, alias, up), a veth onto it with its peer's MAC, its guard's elements,
+    /// and their removal; refusals come back as the kernel's errno.
+    #[test]
+    #[ignore = "run in a network namespace of its own by the test above"]
+    fn netlink_in_a_private_namespace() {
+        let n = net([10, 77, 0, 0], 24);
+        let gw = n.gateway;
+        netlink::add_bridge(&n.bridge, mac_bytes(gw), gw, 24, Some("/var/lib/arca-test")).unwrap();
+        assert_eq!(sys(&n.bridge, "address"), mac_address(gw));
+        assert_eq!(sys(&n.bridge, "ifalias"), "/var/lib/arca-test");
+        assert!(is_up(&n));
+        let flags = u32::from_str_radix(sys(&n.bridge, "flags").trim_start_matches("0x"), 16);
+        assert_eq!(flags.unwrap() & 1, 1, "the bridge is up");
+        assert!(
+            host_routes()
+                .iter()
+                .any(|r| r.iface == n.bridge && r.dest == u32::from(n.subnet)),
+            "the gateway's subnet is routed on the bridge"
+        );
+        // Making it twice is refused, in the kernel's words.
+        let again = netlink::add_bridge(&n.bridge, mac_bytes(gw), gw, 24, None).unwrap_err();
+        assert_eq!(again.errno(), Some(rustix::io::Errno::EXIST.raw_os_error()));
+
+        run(
+            tool("nft", "nftables").unwrap(),
+            &["-f", "-"],
+            Some(&network_rules(&n)),
+        )
+        .unwrap();
+        let table = n.table();
+        let state = tempfile::tempdir().unwrap();
+        fs::create_dir_all(networks_dir(state.path())).unwrap();
+        let me = lease(state.path(), &n, "c1").unwrap();
+        assert_eq!(me, Ipv4Addr::new(10, 77, 0, 2));
+        let link = link_name(LinkKind::Veth, "c1");
+        let pid = std::process::id();
+        guard_link(state.path(), &n, &link, me, || {
+            netlink::add_veth(&link, "peer0", mac_bytes(me), pid, &n.bridge).map_err(Into::into)
+        })
+        .unwrap();
+        assert!(
+            fs::read_link(Path::new("/sys/class/net").join(&link).join("master"))
+                .unwrap()
+                .ends_with(&n.bridge)
+        );
+        assert_eq!(sys("peer0", "address"), mac_address(me));
+        let sets = nft_list(&["table", "bridge", &table]);
+        let sender = |l: &str, a: Ipv4Addr| format!("\"{l}\" . {} . {a}", mac_address(a));
+        assert!(sets.contains(&sender(&link, me)), "{sets}");
+        assert!(
+            sets.contains(&format!("elements = {{ \"{link}\" }}")),
+            "{sets}"
+        );
+
+        // A firewall reload flushed the table: the next guard declares it again, and
+        // the links of every lease holder get their elements back.
+        let nft = || tool("nft", "nftables").unwrap();
+        run(nft(), &["delete", "table", "bridge", &table], None).unwrap();
+        let addr2 = lease(state.path(), &n, "c2").unwrap();
+        let other = link_name(LinkKind::Veth, "c2");
+        guard_link(state.path(), &n, &other, addr2, || {
+            netlink::add_veth(&other, "peer1", mac_bytes(addr2), pid, &n.bridge).map_err(Into::into)
+        })
+        .unwrap();
+        let sets = nft_list(&["table", "bridge", &table]);
+        assert!(sets.contains(&sender(&other, addr2)), "{sets}");
+        assert!(sets.contains(&sender(&link, me)), "{sets}");
+        assert!(sets.contains("iifname != @guarded accept"), "{sets}");
+
+        // Removal holds whether or not the elements are there, and goes with the links.
+        unguard_link(state.path(), &n, &other, addr2, || true);
+        unguard_link(state.path(), &n, &other, addr2, || true);
+        unguard_link(state.path(), &n, &link, me, || false);
+        let sets = nft_list(&["table", "bridge", &table]);
+        assert!(!sets.contains(&other), "{sets}");
+        assert!(sets.contains(&link), "not ours to remove: {sets}");
+        delete_link(&link);
+        delete_link(&other);
+        assert!(!link_exists(&link) && !link_exists("peer0"));
+        let gone = netlink::set_master_up(&link, &n.bridge).unwrap_err();
+        assert_eq!(gone.errno(), Some(rustix::io::Errno::NODEV.raw_os_error()));
+        remove_bridge(&n.bridge);
+        assert!(!link_exists(&n.bridge));
+        assert!(nft_list(&["table", "bridge", &table]).is_empty());
+    }
 
     fn net(subnet: [u8; 4], prefix_len: u8) -> Network {
         Network {
@@ -1261,24 +1484,37 @@ mod tests {
         );
     }
 
-    /// What a hostile container tries, and the rule of its link that stops it:
-    /// another source MAC, another source address (IPv4 or in ARP), ARP that is not
-    /// Ethernet/IPv4, IPv6 or any other protocol; the host itself and link-local
-    /// addresses are out of its reach in the network's own table.
+    /// What a hostile container tries, and the rule of the bridge table that stops it:
+    /// another source MAC or address (IPv4, or in ARP: the frame's and the ARP
+    /// sender's MAC must both be its link's), ARP that is not Ethernet/IPv4, IPv6 or
+    /// any other protocol; the host itself and link-local addresses are out of its
+    /// reach in the network's own table. (The e2e network table sends such frames.)
     #[test]
     fn link_rules_allow_only_the_leased_address_and_mac() {
-        let rules = link_rules("arca_br", "arcavx", Ipv4Addr::new(10, 89, 0, 7));
+        let rules = links_table("arca_br");
         for rule in [
-            "link_arcavx ether saddr != 02:42:0a:59:00:07 drop",
-            "link_arcavx ether type != { ip, arp } drop",
-            "link_arcavx arp saddr ether != 02:42:0a:59:00:07 drop",
-            "link_arcavx arp saddr ip != 10.89.0.7 drop",
-            "link_arcavx ip saddr != 10.89.0.7 drop",
-            "links { \"arcavx\" : jump link_arcavx }",
-            "flush chain bridge arca_br link_arcavx",
+            "prerouting iifname != @guarded accept",
+            "prerouting ether type != { ip, arp } drop",
+            "prerouting iifname . ether saddr . ip saddr != @senders drop",
+            "prerouting arp htype != 1 drop",
+            "prerouting arp ptype != ip drop",
+            "prerouting iifname . ether saddr . arp saddr ip != @senders drop",
+            "prerouting iifname . arp saddr ether . arp saddr ip != @senders drop",
+            "set senders { type ifname . ether_addr . ipv4_addr; }",
+            "flush chain bridge arca_br prerouting",
         ] {
             assert!(rules.contains(rule), "{rule} missing from {rules}");
         }
+        // A link's elements: its name, and its name with the MAC and address it owns.
+        let (guarded, sender) = link_elements("arcavx", Ipv4Addr::new(10, 89, 0, 7));
+        assert_eq!(guarded, netlink::SetKey::default().ifname("arcavx"));
+        assert_eq!(
+            sender,
+            netlink::SetKey::default()
+                .ifname("arcavx")
+                .ether([2, 0x42, 10, 89, 0, 7])
+                .ipv4(Ipv4Addr::new(10, 89, 0, 7))
+        );
         let net = net([10, 89, 0, 0], 24);
         let table = network_rules(&net);
         for rule in [
@@ -1306,10 +1542,7 @@ mod tests {
             bridge: "arcabrnfttest".into(),
             ..net([10, 89, 250, 0], 24)
         };
-        let table = net.table();
-        let batch = network_rules(&net)
-            + &link_rules(&table, "arcavnfttest", Ipv4Addr::new(10, 89, 250, 2))
-            + &forward_guard();
+        let batch = network_rules(&net) + &links_table(&net.table()) + &forward_guard();
         run(nft, &["--check", "-f", "-"], Some(&batch)).unwrap();
     }
 

@@ -671,7 +671,7 @@ fn supervise(
     }
     record.event(state, "die", &[("exitCode", &status.code.to_string())]);
     record.save(dir)?;
-    sandbox.finish(client, id);
+    sandbox.finish(client, id, opts.rm);
     drop(session);
     if status.oom_killed {
         eprintln!("arca: the container was killed for exceeding its memory limit");

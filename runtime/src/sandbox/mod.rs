@@ -65,7 +65,7 @@ pub struct Sandbox<'a> {
     process: Reaped,
     // After the process: a jailed VMM's cgroup, should its supervisor have been killed
     // before it could remove it.
-    _cgroup: VmCgroup,
+    cgroup: VmCgroup,
     // A microVM's virtiofsd daemons, after their VMM.
     _shares: Shares,
     mounts: Vec<MountPoint>,
@@ -166,7 +166,7 @@ impl<'a> Sandbox<'a> {
             isolation: opts.isolation,
             started: start_time(child.id()),
             process: Reaped(child),
-            _cgroup: cgroup,
+            cgroup,
             _shares: shares,
             mounts: mounts.to_vec(),
             address,
@@ -213,7 +213,7 @@ impl<'a> Sandbox<'a> {
                 self.restored = None;
                 let _ = self.process.0.kill();
                 let _ = self.process.0.wait();
-                if let Some(path) = &self._cgroup.0 {
+                if let Some(path) = &self.cgroup.0 {
                     crate::container::record::end_vm_cgroup(path);
                 }
                 if let AgentAddress::Vsock { uds, .. } = &self.address {
@@ -269,7 +269,7 @@ impl<'a> Sandbox<'a> {
             // the guest is up. The TAP joins the bridge with its rules.
             self.network.remember_link();
             self.network
-                .guard(|| crate::network::ip(&["link", "set", &tap, "master", &bridge, "up"]))?;
+                .guard(|| crate::netlink::set_master_up(&tap, &bridge).map_err(Into::into))?;
         }
         Ok(client)
     }
@@ -383,18 +383,12 @@ impl<'a> Sandbox<'a> {
         if self.isolation != Isolation::Process {
             return Ok(());
         }
-        let (Some((veth, bridge)), Some(mac)) = (self.network.link(), self.network.mac()) else {
+        let (Some((veth, bridge)), Some(mac)) = (self.network.link(), self.network.mac_bytes())
+        else {
             return Ok(());
         };
-        let pid = container_pid.to_string();
         let linked = self.network.guard(|| {
-            crate::network::ip_batch(&[
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac,
-                    "netns", &pid,
-                ],
-                &["link", "set", &veth, "master", &bridge, "up"],
-            ])
+            crate::netlink::add_veth(&veth, "eth0", mac, container_pid, &bridge).map_err(Into::into)
         });
         self.network.remember_link();
         if let Err(e) = linked {
@@ -435,13 +429,28 @@ impl<'a> Sandbox<'a> {
 
     /// After the container ended: it is removed from the sandbox, and the sandbox ends
     /// (a host agent is told to; a microVM's agent powers off once its last container
-    /// is gone). Teardown problems are warnings: the container's exit code stands.
-    pub fn finish(mut self, mut client: AgentClient, id: &str) {
-        if let Err(e) = client.remove(id, false) {
+    /// is gone, having synced the writable layer's disk). With `discard` (`--rm`: the
+    /// disk goes too) a microVM is killed as soon as the container is out of it, rather
+    /// than waited for while its kernel shuts down. Teardown problems are warnings:
+    /// the container's exit code stands.
+    pub fn finish(mut self, mut client: AgentClient, id: &str, discard: bool) {
+        let removed = client.remove(id, false);
+        if let Err(e) = &removed {
             eprintln!(
                 "arca: warning: removing {id} from its sandbox: {}",
-                error_chain(&e)
+                error_chain(e)
             );
+        }
+        if discard && removed.is_ok() && self.isolation == Isolation::Vm {
+            let _ = self.process.0.kill();
+            let _ = self.process.0.wait();
+            // The jailed VMM under the supervisor goes with its cgroup, and its TAP
+            // with it.
+            if let Some(path) = self.cgroup.0.take() {
+                crate::container::record::end_vm_cgroup(&path);
+            }
+            self.network.ended.set(true);
+            return;
         }
         if self.isolation == Isolation::Process
             && let Err(e) = client.shutdown()

@@ -9,6 +9,7 @@ use arca_protocol::NetworkMode;
 use crate::container::names::host_names;
 use crate::container::{Isolation, RunOptions};
 use crate::error::RunError;
+use crate::netlink;
 use crate::network::{self, Network};
 
 /// A container's place on the network, decided before its sandbox starts: its address
@@ -22,14 +23,6 @@ pub struct Attachment<'a> {
     ifindex: std::cell::Cell<Option<u32>>,
     /// The sandbox ended cleanly, taking the container's link with it.
     pub(super) ended: std::cell::Cell<bool>,
-}
-
-fn link_index(link: &str) -> Option<u32> {
-    std::fs::read_to_string(Path::new("/sys/class/net").join(link).join("ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[derive(Debug)]
@@ -92,7 +85,7 @@ impl<'a> Attachment<'a> {
     /// the same link name), once it exists.
     pub fn remember_link(&self) {
         if let Some((link, _)) = self.link() {
-            self.ifindex.set(link_index(&link));
+            self.ifindex.set(netlink::link_index(&link));
         }
     }
 
@@ -107,6 +100,11 @@ impl<'a> Attachment<'a> {
     /// The container's MAC address, the only one its link may send from.
     pub fn mac(&self) -> Option<String> {
         self.address().map(network::mac_address)
+    }
+
+    /// [`Attachment::mac`] as bytes.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.address().map(network::mac_bytes)
     }
 
     /// Puts the container's link under its anti-spoofing rules, then runs `join`
@@ -231,14 +229,14 @@ impl Drop for Attachment<'_> {
             // one this container made.
             if !self.ended.get()
                 && self.ifindex.get().is_some()
-                && link_index(link) == self.ifindex.get()
+                && netlink::link_index(link) == self.ifindex.get()
             {
-                let _ = network::ip(&["link", "del", link]);
+                network::delete_link(link);
             }
             // Its rules, unless a later container of the same name has the link now.
             let made = self.ifindex.get();
-            network::unguard_link(self.state, net, link, || {
-                let now = link_index(link);
+            network::unguard_link(self.state, net, link, *address, || {
+                let now = netlink::link_index(link);
                 now.is_none() || (made.is_some() && now == made)
             });
             network::release(self.state, &net.name, *address, id);
