@@ -42,6 +42,12 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
+    /// The kernel did not answer in time.
+    #[error("The kernel did not answer a netlink request within {} s", .0.as_secs())]
+    NoAnswer(Duration),
+    /// No link has the name.
+    #[error("No link named {0}")]
+    NoLink(String),
     /// The kernel's answer made no sense.
     #[error("Unexpected netlink answer: {0}")]
     Protocol(String),
@@ -69,6 +75,7 @@ const NLMSG_HDRLEN: usize = 16;
 // rtnetlink (linux/rtnetlink.h, linux/if_link.h, linux/veth.h, linux/if_addr.h).
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const IFLA_ADDRESS: u16 = 1;
@@ -206,58 +213,92 @@ fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
     [family, 0, id[0], id[1]]
 }
 
-/// Sends `messages` in one datagram and waits for the kernel's answer to each that
-/// names what it does (those ask for an ack; batch delimiters do not). The first
-/// refusal is returned, in the words of its message.
+/// A request to send: its message, what it does in words (for an error), and whether
+/// it asks for an acknowledgement (batch delimiters do not; the kernel still answers
+/// them with an error when the batch as a whole fails).
+struct Request {
+    message: Message,
+    what: String,
+    ack: bool,
+}
+
+impl Request {
+    fn acked(message: Message, what: impl Into<String>) -> Self {
+        Request {
+            message,
+            what: what.into(),
+            ack: true,
+        }
+    }
+}
+
+/// Sends `requests` in one datagram and waits until the kernel acknowledged every one
+/// that asks for it. The first refusal the kernel reports, of any request (a batch
+/// delimiter's included), ends the wait and is returned in that request's words.
 fn transact(
     protocol: Option<rustix::net::Protocol>,
-    messages: Vec<(Message, Option<String>)>,
+    requests: Vec<Request>,
 ) -> Result<(), NetlinkError> {
     let socket = open(protocol)?;
     let mut datagram = Vec::new();
-    let mut pending: Vec<(u32, String)> = Vec::new();
-    for (i, (mut m, what)) in messages.into_iter().enumerate() {
+    let mut pending: Vec<u32> = Vec::new();
+    let mut whats = Vec::new();
+    for (i, r) in requests.into_iter().enumerate() {
         let seq = i as u32 + 1;
-        if let Some(what) = what {
+        let mut m = r.message;
+        if r.ack {
             let flags = u16::from_ne_bytes([m.buf[6], m.buf[7]]) | NLM_F_ACK;
             m.buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-            pending.push((seq, what));
+            pending.push(seq);
         }
+        whats.push(r.what);
         datagram.extend_from_slice(&m.finish(seq));
     }
-    rustix::net::sendto(
-        &socket,
-        &datagram,
-        SendFlags::empty(),
-        &SocketAddrNetlink::new(0, 0),
-    )
-    .map_err(|e| NetlinkError::Socket {
-        action: "send a request",
-        source: e.into(),
-    })?;
-    let mut first_refusal = None;
+    send(&socket, &datagram)?;
     let mut buf = vec![0u8; 64 * 1024];
     while !pending.is_empty() {
-        let (n, _) = rustix::net::recv(&socket, &mut buf[..], RecvFlags::empty()).map_err(|e| {
-            NetlinkError::Socket {
-                action: "read the kernel's answer",
-                source: e.into(),
-            }
-        })?;
-        for (seq, errno) in acks(&buf[..n])? {
-            let Some(at) = pending.iter().position(|(s, _)| *s == seq) else {
-                continue;
-            };
-            let (_, what) = pending.remove(at);
-            if errno != 0 && first_refusal.is_none() {
-                first_refusal = Some(NetlinkError::Refused {
+        let n = receive(&socket, &mut buf)?;
+        for a in answers(&buf[..n])? {
+            let Some(errno) = a.errno else { continue };
+            if errno != 0 {
+                let what = whats
+                    .get(a.seq.wrapping_sub(1) as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "apply a netlink request".into());
+                return Err(NetlinkError::Refused {
                     what,
                     source: io::Error::from_raw_os_error(errno),
                 });
             }
+            pending.retain(|s| *s != a.seq);
         }
     }
-    first_refusal.map_or(Ok(()), Err)
+    Ok(())
+}
+
+fn send(socket: &OwnedFd, datagram: &[u8]) -> Result<(), NetlinkError> {
+    rustix::net::sendto(
+        socket,
+        datagram,
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 0),
+    )
+    .map(|_| ())
+    .map_err(|e| NetlinkError::Socket {
+        action: "send a request",
+        source: e.into(),
+    })
+}
+
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Result<usize, NetlinkError> {
+    match rustix::net::recv(socket, buf, RecvFlags::empty()) {
+        Ok((n, _)) => Ok(n),
+        Err(rustix::io::Errno::AGAIN) => Err(NetlinkError::NoAnswer(ANSWER_PATIENCE)),
+        Err(e) => Err(NetlinkError::Socket {
+            action: "read the kernel's answer",
+            source: e.into(),
+        }),
+    }
 }
 
 fn open(protocol: Option<rustix::net::Protocol>) -> Result<OwnedFd, NetlinkError> {
@@ -283,9 +324,18 @@ fn open(protocol: Option<rustix::net::Protocol>) -> Result<OwnedFd, NetlinkError
     Ok(socket)
 }
 
-/// The acknowledgements in one datagram from the kernel: (sequence number, errno; 0 for
-/// success).
-fn acks(mut data: &[u8]) -> Result<Vec<(u32, i32)>, NetlinkError> {
+/// One message from the kernel: its sequence number, type, and for an error or
+/// acknowledgement its errno (0 for success); the bytes after its header.
+#[derive(Debug)]
+struct Answer<'a> {
+    seq: u32,
+    kind: u16,
+    errno: Option<i32>,
+    body: &'a [u8],
+}
+
+/// The messages in one datagram from the kernel.
+fn answers(mut data: &[u8]) -> Result<Vec<Answer<'_>>, NetlinkError> {
     let mut out = Vec::new();
     while data.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
@@ -297,51 +347,66 @@ fn acks(mut data: &[u8]) -> Result<Vec<(u32, i32)>, NetlinkError> {
         }
         let kind = u16::from_ne_bytes([data[4], data[5]]);
         let seq = u32::from_ne_bytes(data[8..12].try_into().unwrap_or_default());
-        if kind == NLMSG_ERROR {
-            if len < NLMSG_HDRLEN + 4 {
-                return Err(NetlinkError::Protocol("a short error message".into()));
-            }
-            let code = i32::from_ne_bytes(
-                data[NLMSG_HDRLEN..NLMSG_HDRLEN + 4]
-                    .try_into()
-                    .unwrap_or_default(),
-            );
-            out.push((seq, -code));
-        }
+        let body = &data[NLMSG_HDRLEN..len];
+        let errno = if kind == NLMSG_ERROR {
+            let code = body
+                .get(0..4)
+                .ok_or_else(|| NetlinkError::Protocol("a short error message".into()))?;
+            Some(-i32::from_ne_bytes(code.try_into().unwrap_or_default()))
+        } else {
+            None
+        };
+        out.push(Answer {
+            seq,
+            kind,
+            errno,
+            body,
+        });
         let step = len.next_multiple_of(4).min(data.len());
         data = &data[step..];
     }
     Ok(out)
 }
 
-/// A link's index, from sysfs.
+/// The index of the link named `name` in this process's network namespace (asked of
+/// the kernel: sysfs shows the namespace it was mounted in), or `None` if there is none.
 pub fn link_index(name: &str) -> Option<u32> {
-    std::fs::read_to_string(
-        std::path::Path::new("/sys/class/net")
-            .join(name)
-            .join("ifindex"),
-    )
-    .ok()?
-    .trim()
-    .parse()
-    .ok()
+    find_link(name).ok()
 }
 
-fn no_such_link(name: &str) -> NetlinkError {
-    NetlinkError::Refused {
-        what: format!("find link {name}"),
-        source: io::Error::from_raw_os_error(rustix::io::Errno::NODEV.raw_os_error()),
+fn find_link(name: &str) -> Result<u32, NetlinkError> {
+    let socket = open(None)?;
+    let mut m = Message::new(RTM_GETLINK, 0, &ifinfomsg(0, 0, 0));
+    m.attr_str(IFLA_IFNAME, name);
+    send(&socket, &m.finish(1))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = receive(&socket, &mut buf)?;
+        for a in answers(&buf[..n])? {
+            if a.seq != 1 {
+                continue;
+            }
+            match a.errno {
+                Some(0) => {}
+                Some(_) => return Err(NetlinkError::NoLink(name.to_string())),
+                None if a.kind == RTM_NEWLINK && a.body.len() >= 8 => {
+                    let index = u32::from_ne_bytes(a.body[4..8].try_into().unwrap_or_default());
+                    return Ok(index);
+                }
+                None => {}
+            }
+        }
     }
 }
 
 /// `ip link set LINK master BRIDGE up`.
 pub fn set_master_up(link: &str, bridge: &str) -> Result<(), NetlinkError> {
-    let master = link_index(bridge).ok_or_else(|| no_such_link(bridge))?;
+    let master = find_link(bridge)?;
     let mut m = Message::new(RTM_SETLINK, 0, &ifinfomsg(0, IFF_UP, IFF_UP));
     m.attr_str(IFLA_IFNAME, link).attr_u32(IFLA_MASTER, master);
     transact(
         None,
-        vec![(m, Some(format!("put {link} on bridge {bridge}")))],
+        vec![Request::acked(m, format!("put {link} on bridge {bridge}"))],
     )
 }
 
@@ -349,7 +414,7 @@ pub fn set_master_up(link: &str, bridge: &str) -> Result<(), NetlinkError> {
 pub fn delete_link(link: &str) -> Result<(), NetlinkError> {
     let mut m = Message::new(RTM_DELLINK, 0, &ifinfomsg(0, 0, 0));
     m.attr_str(IFLA_IFNAME, link);
-    transact(None, vec![(m, Some(format!("delete link {link}")))])
+    transact(None, vec![Request::acked(m, format!("delete link {link}"))])
 }
 
 /// `ip link add LINK type veth peer name PEER address MAC netns PID`, then LINK onto
@@ -376,7 +441,10 @@ pub fn add_veth(
         .end();
     transact(
         None,
-        vec![(m, Some(format!("make veth pair {link} (peer {peer})")))],
+        vec![Request::acked(
+            m,
+            format!("make veth pair {link} (peer {peer})"),
+        )],
     )?;
     set_master_up(link, bridge)
 }
@@ -397,8 +465,11 @@ pub fn add_bridge(
         .nest(IFLA_LINKINFO)
         .attr_str(IFLA_INFO_KIND, "bridge")
         .end();
-    transact(None, vec![(m, Some(format!("make bridge {bridge}")))])?;
-    let index = link_index(bridge).ok_or_else(|| no_such_link(bridge))?;
+    transact(
+        None,
+        vec![Request::acked(m, format!("make bridge {bridge}"))],
+    )?;
+    let index = find_link(bridge)?;
     // struct ifaddrmsg: family, prefix length, flags, scope (universe), index.
     let mut header = [AF_INET, prefix_len, 0, 0, 0, 0, 0, 0];
     header[4..8].copy_from_slice(&index.to_ne_bytes());
@@ -412,13 +483,11 @@ pub fn add_bridge(
     transact(
         None,
         vec![
-            (
+            Request::acked(
                 addr,
-                Some(format!(
-                    "give bridge {bridge} address {gateway}/{prefix_len}"
-                )),
+                format!("give bridge {bridge} address {gateway}/{prefix_len}"),
             ),
-            (up, Some(format!("bring bridge {bridge} up"))),
+            Request::acked(up, format!("bring bridge {bridge} up")),
         ],
     )
 }
@@ -454,12 +523,14 @@ impl SetKey {
     }
 }
 
-/// Elements of sets of one nf_tables table, added and removed in one batch.
+/// Elements of sets of one nf_tables table, added and removed in one batch: one
+/// message a set and change, however many elements (every message is acknowledged,
+/// and a few hundred acknowledgements would overflow the socket's buffer).
 #[derive(Debug)]
 pub struct SetElements {
     family: u8,
     table: String,
-    changes: Vec<(bool, String, SetKey)>,
+    changes: Vec<(bool, String, Vec<SetKey>)>,
 }
 
 impl SetElements {
@@ -471,24 +542,37 @@ impl SetElements {
         }
     }
 
-    /// Adds `key` to `set` (nothing if it is there).
-    pub fn add(mut self, set: &str, key: SetKey) -> Self {
-        self.changes.push((true, set.to_string(), key));
-        self
+    /// Adds `keys` to `set` (those there already stay).
+    pub fn add(self, set: &str, keys: Vec<SetKey>) -> Self {
+        self.change(true, set, keys)
     }
 
-    /// Removes `key` from `set` (refused with ENOENT if it is not there: add it first
-    /// in the same batch to remove it whether or not it was).
-    pub fn remove(mut self, set: &str, key: SetKey) -> Self {
-        self.changes.push((false, set.to_string(), key));
+    /// Removes `keys` from `set` (refused with ENOENT if one is not there: add them
+    /// first in the same batch to remove them whether or not they were).
+    pub fn remove(self, set: &str, keys: Vec<SetKey>) -> Self {
+        self.change(false, set, keys)
+    }
+
+    fn change(mut self, add: bool, set: &str, keys: Vec<SetKey>) -> Self {
+        if !keys.is_empty() {
+            self.changes.push((add, set.to_string(), keys));
+        }
         self
     }
 
     /// Applies every change, all or none.
     pub fn commit(self) -> Result<(), NetlinkError> {
-        let delimiter = |kind| Message::new(kind, 0, &nfgenmsg(AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
-        let mut messages = vec![(delimiter(NFNL_MSG_BATCH_BEGIN), None)];
-        for (add, set, key) in self.changes {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let batch = format!("apply changes to table {}", self.table);
+        let delimiter = |kind| Request {
+            message: Message::new(kind, 0, &nfgenmsg(AF_UNSPEC, NFNL_SUBSYS_NFTABLES)),
+            what: batch.clone(),
+            ack: false,
+        };
+        let mut requests = vec![delimiter(NFNL_MSG_BATCH_BEGIN)];
+        for (add, set, keys) in self.changes {
             let (kind, flags, verb) = if add {
                 (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add to")
             } else {
@@ -501,18 +585,24 @@ impl SetElements {
             );
             m.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table)
                 .attr_str(NFTA_SET_ELEM_LIST_SET, &set)
-                .nest(NFTA_SET_ELEM_LIST_ELEMENTS)
-                .nest(NFTA_LIST_ELEM)
-                .nest(NFTA_SET_ELEM_KEY)
-                .attr(NFTA_DATA_VALUE, &key.0)
-                .end()
-                .end()
-                .end();
-            let what = format!("{verb} set {set} of table {}", self.table);
-            messages.push((m, Some(what)));
+                .nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for key in &keys {
+                m.nest(NFTA_LIST_ELEM)
+                    .nest(NFTA_SET_ELEM_KEY)
+                    .attr(NFTA_DATA_VALUE, &key.0)
+                    .end()
+                    .end();
+            }
+            m.end();
+            let what = format!(
+                "{verb} set {set} of table {} ({} elements)",
+                self.table,
+                keys.len()
+            );
+            requests.push(Request::acked(m, what));
         }
-        messages.push((delimiter(NFNL_MSG_BATCH_END), None));
-        transact(Some(rustix::net::netlink::NETFILTER), messages)
+        requests.push(delimiter(NFNL_MSG_BATCH_END));
+        transact(Some(rustix::net::netlink::NETFILTER), requests)
     }
 }
 
@@ -571,12 +661,22 @@ mod tests {
             m[16..20].copy_from_slice(&code.to_ne_bytes());
             data.extend_from_slice(&m);
         }
-        assert_eq!(acks(&data).unwrap(), vec![(3, 0), (4, 2)]);
+        let got: Vec<(u32, Option<i32>)> = answers(&data)
+            .unwrap()
+            .iter()
+            .map(|a| (a.seq, a.errno))
+            .collect();
+        assert_eq!(got, vec![(3, Some(0)), (4, Some(2))]);
         // A length past the datagram is an error, not a panic.
         let mut bad = data.clone();
         bad[0..4].copy_from_slice(&1000u32.to_ne_bytes());
-        assert!(acks(&bad).is_err());
+        assert!(answers(&bad).is_err());
         bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
-        assert!(acks(&bad).is_err());
+        assert!(answers(&bad).is_err());
+        // An error message too short for its code.
+        let mut short = vec![0u8; 16];
+        short[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        short[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert!(answers(&short).is_err());
     }
 }

@@ -594,7 +594,7 @@ pub fn link_name(kind: LinkKind, id: &str) -> String {
 }
 
 fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    netlink::link_index(name).is_some()
 }
 
 /// Deletes `link`, if it is there.
@@ -731,14 +731,17 @@ const GUARDED: &str = "guarded";
 const SENDERS: &str = "senders";
 
 /// The bridge-family table, declared (created if missing, as after a firewall reload;
-/// kept with its elements if there) and its base chain's rules rewritten. Frames
-/// entering the bridge from a guarded link must come from the container's MAC and,
-/// for IPv4 and ARP, from its leased address (the link's element of `senders`); ARP
-/// must be Ethernet/IPv4; anything but IPv4 and ARP (IPv6, VLAN tags, other
-/// protocols) is dropped. So a container cannot take another's address or MAC,
-/// poison the host's or its peers' ARP caches, or reach anything over IPv6, which Arca
-/// does not configure. Every bridge on the host passes this hook: frames from links
-/// not in `guarded` are not this network's and pass untouched.
+/// kept with its elements if there) and its base chain's rules rewritten. Every
+/// bridge on the host passes this hook: frames from links not in `guarded` are not
+/// this network's and pass untouched. A frame from a guarded link passes only if it is
+/// whole IPv4 from the link's MAC and address (its element of `senders`), or whole
+/// Ethernet/IPv4 ARP whose frame and sender MAC are the link's and whose sender address
+/// is the link's; anything else is dropped: other MACs or addresses, IPv6 (Arca
+/// configures none), VLAN tags, other protocols, and frames too short to hold the
+/// headers checked (nftables skips a rule whose fields are missing, so the rules
+/// accept what they have checked and drop the rest, never the other way round). So a
+/// container cannot take another's address or MAC (not even in the bridge's
+/// forwarding table), or poison the host's or its peers' ARP caches.
 ///
 /// The `links` map and its rule are those of Arca before 2026-12-07, which guarded each
 /// link with a chain of its own: kept so that containers started by it keep their
@@ -748,14 +751,11 @@ fn links_table(table: &str) -> String {
     let rules: String = [
         "iifname vmap @links",
         "iifname != @guarded accept",
-        "ether type != { ip, arp } drop",
-        "iifname . ether saddr . ip saddr != @senders drop",
-        "arp htype != 1 drop",
-        "arp ptype != ip drop",
-        "arp hlen != 6 drop",
-        "arp plen != 4 drop",
-        "iifname . ether saddr . arp saddr ip != @senders drop",
-        "iifname . arp saddr ether . arp saddr ip != @senders drop",
+        "ether type ip iifname . ether saddr . ip saddr @senders accept",
+        "ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+         iifname . ether saddr . arp saddr ip @senders \
+         iifname . arp saddr ether . arp saddr ip @senders accept",
+        "drop",
     ]
     .iter()
     .map(|r| rule(r))
@@ -808,32 +808,35 @@ pub fn guard_link(
     join: impl FnOnce() -> Result<(), NetworkError>,
 ) -> Result<(), NetworkError> {
     let _l = lock(state)?;
-    let (guarded, sender) = link_elements(link, address);
-    let ours = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &net.table())
-        .add(SENDERS, sender)
-        .add(GUARDED, guarded);
-    if let Err(e) = ours.commit() {
+    let add = |links: &[(String, Ipv4Addr)]| {
+        let (guarded, senders): (Vec<_>, Vec<_>) =
+            links.iter().map(|(l, a)| link_elements(l, *a)).unzip();
+        netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &net.table())
+            .add(SENDERS, senders)
+            .add(GUARDED, guarded)
+            .commit()
+    };
+    if let Err(e) = add(&[(link.to_string(), address)]) {
         if e.errno() != Some(rustix::io::Errno::NOENT.raw_os_error()) {
             return Err(e.into());
         }
         let nft = tool("nft", "nftables")?;
         run(nft, &["-f", "-"], Some(&links_table(&net.table())))?;
-        let mut all = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &net.table());
-        let holders = members(state, net, "").into_iter().flat_map(|(a, id)| {
-            [LinkKind::Veth, LinkKind::Tap].map(|kind| (link_name(kind, &id), a))
-        });
-        for (l, a) in holders.chain([(link.to_string(), address)]) {
-            let (guarded, sender) = link_elements(&l, a);
-            all = all.add(SENDERS, sender).add(GUARDED, guarded);
-        }
-        all.commit()?;
+        let mut all: Vec<(String, Ipv4Addr)> = members(state, net, "")
+            .into_iter()
+            .flat_map(|(a, id)| [LinkKind::Veth, LinkKind::Tap].map(|k| (link_name(k, &id), a)))
+            .collect();
+        all.push((link.to_string(), address));
+        add(&all)?;
     }
     join()
 }
 
-/// Removes `link`'s elements if `ours` says, under the networks' lock, that the link is
-/// gone or still the one this container made (not a later container's of the same
-/// name). Best effort: the rules go with the network's table anyway.
+/// Removes `link`'s elements when its container goes: its `senders` element always (it
+/// names this container's address, which is given back next and may then be another
+/// container's), its name in `guarded` only if `ours` says, under the networks' lock,
+/// that the link is gone or still the one this container made (not a later container's
+/// of the same name). Best effort: the rules go with the network's table anyway.
 pub fn unguard_link(
     state: &Path,
     net: &Network,
@@ -842,27 +845,36 @@ pub fn unguard_link(
     ours: impl FnOnce() -> bool,
 ) {
     let Ok(_l) = lock(state) else { return };
-    if ours() {
-        drop_link_rules(&net.table(), &[(link.to_string(), address)]);
-    }
+    let whole = ours();
+    drop_link_rules(&net.table(), &[(link.to_string(), address, whole)]);
 }
 
-/// Removes the links' elements in one batch that holds whether or not they are there
-/// (each is added, then removed); nothing if the table is gone.
-fn drop_link_rules(table: &str, links: &[(String, Ipv4Addr)]) {
-    if links.is_empty() {
-        return;
+/// Removes links' elements: each link's `senders` element, and with `true` its name in
+/// `guarded` (and in an older Arca's `links` map) too. In one batch that holds whether
+/// or not they are there (each is added, then removed); nothing if the table is gone.
+fn drop_link_rules(table: &str, links: &[(String, Ipv4Addr, bool)]) {
+    let mut senders = Vec::new();
+    let mut guarded = Vec::new();
+    for (link, address, whole) in links {
+        let (name, sender) = link_elements(link, *address);
+        senders.push(sender);
+        if *whole {
+            guarded.push(name);
+        }
     }
-    let mut batch = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, table);
-    for (link, address) in links {
-        let (guarded, sender) = link_elements(link, *address);
-        batch = batch
-            .add(GUARDED, guarded.clone())
-            .add(SENDERS, sender.clone())
-            .remove(GUARDED, guarded)
-            .remove(SENDERS, sender);
+    let _ = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, table)
+        .add(SENDERS, senders.clone())
+        .add(GUARDED, guarded.clone())
+        .remove(SENDERS, senders)
+        .remove(GUARDED, guarded.clone())
+        .commit();
+    // An older Arca's entry, if this link had one (its chain goes with the table): one
+    // batch each, as most links have none and a missing entry fails its batch.
+    for name in guarded {
+        let _ = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, table)
+            .remove("links", vec![name])
+            .commit();
     }
-    let _ = batch.commit();
 }
 
 /// Removes the network's bridge and tables (nothing if they are gone already), and
@@ -1002,14 +1014,20 @@ pub fn gc(state: &Path, bridge: &str) {
     let Some(pending) = gc_lock(state) else {
         return;
     };
+    // Until no container has left for LINGER, but no longer than GC_PATIENCE in all
+    // (containers leaving every second must not keep another network up forever), and
+    // never more than LINGER at a time (a clock set back makes no wait longer).
+    let began = std::time::Instant::now();
     loop {
         let left = last_left(state);
-        let due = left + LINGER;
-        match due.duration_since(std::time::SystemTime::now()) {
-            Ok(wait) if !wait.is_zero() => std::thread::sleep(wait),
-            _ => {}
+        let wait = (left + LINGER)
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(LINGER);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
-        if last_left(state) == left {
+        if last_left(state) == left || began.elapsed() >= GC_PATIENCE {
             break;
         }
     }
@@ -1023,6 +1041,9 @@ pub fn gc(state: &Path, bridge: &str) {
     drop(pending);
     reconcile_locked(state);
 }
+
+/// The longest a pending collector defers to containers that keep leaving.
+const GC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// `<state>/networks/gc.lock`: held by the pending collector.
 fn gc_lock(state: &Path) -> Option<fs::File> {
@@ -1162,7 +1183,7 @@ fn reconcile_locked(state: &Path) {
                         delete_link(&link);
                     }
                     if let (false, Some(address)) = (id.is_empty(), address) {
-                        freed.push((link, address));
+                        freed.push((link, address, true));
                     }
                 }
                 let _ = fs::remove_file(e.path());
@@ -1359,18 +1380,61 @@ mod tests {
         assert!(sets.contains(&sender(&link, me)), "{sets}");
         assert!(sets.contains("iifname != @guarded accept"), "{sets}");
 
-        // Removal holds whether or not the elements are there, and goes with the links.
+        // Removal holds whether or not the elements are there. A link that is not ours
+        // any more (a later container of the same name has it) keeps its name in
+        // `guarded`, but the address given back leaves `senders` at once.
         unguard_link(state.path(), &n, &other, addr2, || true);
         unguard_link(state.path(), &n, &other, addr2, || true);
         unguard_link(state.path(), &n, &link, me, || false);
         let sets = nft_list(&["table", "bridge", &table]);
         assert!(!sets.contains(&other), "{sets}");
-        assert!(sets.contains(&link), "not ours to remove: {sets}");
+        assert!(!sets.contains(&sender(&link, me)), "{sets}");
+        assert!(
+            sets.contains(&format!("\"{link}\"")),
+            "not ours to remove: {sets}"
+        );
+        // Many links in one batch: one message a set, not one a link.
+        let many: Vec<(String, Ipv4Addr, bool)> = (0..300u32)
+            .map(|i| {
+                (
+                    format!("arcavmany{i}"),
+                    Ipv4Addr::from(0x0a4d_0100 + i),
+                    true,
+                )
+            })
+            .collect();
+        let keys = |f: fn((netlink::SetKey, netlink::SetKey)) -> netlink::SetKey| {
+            many.iter()
+                .map(|(l, a, _)| f(link_elements(l, *a)))
+                .collect::<Vec<_>>()
+        };
+        netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &table)
+            .add(SENDERS, keys(|k| k.1))
+            .add(GUARDED, keys(|k| k.0))
+            .commit()
+            .unwrap();
+        assert!(nft_list(&["set", "bridge", &table, SENDERS]).contains("arcavmany299"));
+        drop_link_rules(&table, &many);
+        assert!(!nft_list(&["set", "bridge", &table, GUARDED]).contains("arcavmany"));
+        // A refused batch is reported with the kernel's errno, and changes nothing.
+        let refused = netlink::SetElements::new(netlink::NFPROTO_BRIDGE, &table)
+            .add(GUARDED, vec![netlink::SetKey::default().ifname("arcavnew")])
+            .remove(SENDERS, keys(|k| k.1))
+            .commit()
+            .unwrap_err();
+        assert_eq!(
+            refused.errno(),
+            Some(rustix::io::Errno::NOENT.raw_os_error())
+        );
+        assert!(!nft_list(&["set", "bridge", &table, GUARDED]).contains("arcavnew"));
         delete_link(&link);
         delete_link(&other);
         assert!(!link_exists(&link) && !link_exists("peer0"));
         let gone = netlink::set_master_up(&link, &n.bridge).unwrap_err();
         assert_eq!(gone.errno(), Some(rustix::io::Errno::NODEV.raw_os_error()));
+        let no_bridge = netlink::set_master_up(&link, "arcabr-none").unwrap_err();
+        assert_eq!(no_bridge.to_string(), "No link named arcabr-none");
+        assert_eq!(netlink::link_index("arcabr-none"), None);
         remove_bridge(&n.bridge);
         assert!(!link_exists(&n.bridge));
         assert!(nft_list(&["table", "bridge", &table]).is_empty());
@@ -1494,17 +1558,22 @@ mod tests {
         let rules = links_table("arca_br");
         for rule in [
             "prerouting iifname != @guarded accept",
-            "prerouting ether type != { ip, arp } drop",
-            "prerouting iifname . ether saddr . ip saddr != @senders drop",
-            "prerouting arp htype != 1 drop",
-            "prerouting arp ptype != ip drop",
-            "prerouting iifname . ether saddr . arp saddr ip != @senders drop",
-            "prerouting iifname . arp saddr ether . arp saddr ip != @senders drop",
+            "prerouting ether type ip iifname . ether saddr . ip saddr @senders accept",
+            "prerouting ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+             iifname . ether saddr . arp saddr ip @senders \
+             iifname . arp saddr ether . arp saddr ip @senders accept",
             "set senders { type ifname . ether_addr . ipv4_addr; }",
             "flush chain bridge arca_br prerouting",
         ] {
             assert!(rules.contains(rule), "{rule} missing from {rules}");
         }
+        // Fail closed: what the accepts did not check (a frame too short for its
+        // headers, any other protocol) meets the last rule.
+        assert!(
+            rules.ends_with("add rule bridge arca_br prerouting drop\n"),
+            "{rules}"
+        );
+        assert!(!rules.contains("!= @senders"), "{rules}");
         // A link's elements: its name, and its name with the MAC and address it owns.
         let (guarded, sender) = link_elements("arcavx", Ipv4Addr::new(10, 89, 0, 7));
         assert_eq!(guarded, netlink::SetKey::default().ifname("arcavx"));

@@ -141,8 +141,10 @@ ip addr del 169.254.169.254/32 dev lo
 # A hostile container against its peers: it sends UDP datagrams in frames it crafts
 # (AF_PACKET, CAP_NET_RAW) to a peer's listener, from another container's (web's)
 # address, from web's MAC, from both; broadcasts an ARP reply claiming the peer's
-# address; pings the peer over IPv6 (link-local: Arca configures no IPv6). Only its
-# honest datagram arrives; the host's neighbour entry for the peer keeps the peer's
+# address; pings the peer over IPv6 (link-local: Arca configures no IPv6); sends IPv4
+# and ARP frames from a MAC not its own too short to hold their addresses (what the
+# rules cannot check they drop: the bridge must not learn that MAC on its port). Only
+# its honest datagram arrives; the host's neighbour entry for the peer keeps the peer's
 # MAC. The bridge-family rules of its link drop the rest.
 arca run -d --isolation="$iso" --name peer --network testnet busybox udp-echo 5001 >/dev/null
 peerip=$(field peer ip); peermac=$(mac_of "$peerip"); webmac=$(mac_of "$webip")
@@ -155,12 +157,14 @@ out=$(run --network testnet busybox sh -c "
   spoof-frame udp eth0 $webmac \$me $peermac $peerip 5001 spoofed-mac
   spoof-frame udp eth0 $webmac $webip $peermac $peerip 5001 spoofed-both
   sleep 1.2; spoof-frame arp eth0 \$mac $peerip
+  spoof-frame short eth0 02:42:de:ad:be:ef ip; spoof-frame short eth0 02:42:de:ad:be:ee arp
   spoof-frame udp eth0 \$mac \$me $peermac $peerip 5001 honest && echo sent
   ping -6 -c 1 -w 2 $(link_local_of "$peerip")%eth0 >/dev/null 2>&1 && echo ipv6-reached || true")
 check spoof-sent-ipv6-dropped 0 sent $? "$out"
 i=0; until arca logs peer | grep -q got:honest || [ $i -ge 25 ]; do i=$((i+1)); sleep 0.2; done; sleep 0.2
 out=$(arca logs peer | tr '\n' ' '); check spoofed-source-ip-and-mac-dropped 0 "got:honest " $? "$out"
 out=$(ip neigh show "$peerip" dev "$bridge" | grep -c "$peermac"); check arp-spoof-dropped 0 1 $? "$out"
+out=$(bridge fdb show br "$bridge" | grep -c '02:42:de:ad:be:e'); check short-frames-dropped-unlearned 1 0 $? "$out"
 out=$(arca rm -f peer); check rm-peer 0 peer $? "$out"
 
 # Forwarding: turned on only for Arca's bridges when Arca turned it on (it was off).

@@ -2,6 +2,9 @@
 //! datagram in an Ethernet frame crafted whole (any source MAC and IP) on IFACE.
 //! `spoof-frame arp IFACE SRC_MAC SRC_IP`: broadcasts an ARP reply saying SRC_IP is at
 //! SRC_MAC.
+//! `spoof-frame short IFACE SRC_MAC ip|arp`: broadcasts a frame of that type from SRC_MAC
+//! too short to hold the header's addresses (a bridge that let it through would learn
+//! SRC_MAC on the sender's port, and send it what was meant for its owner).
 //! What a hostile container with CAP_NET_RAW tries in the network scenario table: the
 //! tests build this with `rustc -C target-feature=+crt-static` and put it in the busybox
 //! image (see udp_echo.rs).
@@ -99,9 +102,19 @@ fn arp_reply(src_mac: [u8; 6], src: Ipv4Addr) -> Vec<u8> {
     f
 }
 
+/// A broadcast frame of `ether_type` from `src_mac` with 12 bytes of payload: an IPv4
+/// header without its addresses, or an ARP header without its sender.
+fn short_frame(src_mac: [u8; 6], ether_type: u16) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0, 0, 12, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: spoof-frame udp IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT MESSAGE | arp IFACE SRC_MAC SRC_IP";
+    let usage = "usage: spoof-frame udp IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT MESSAGE | arp IFACE SRC_MAC SRC_IP | short IFACE SRC_MAC ip|arp";
     let (iface, frame) = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["udp", iface, smac, src, dmac, dst, port, msg] => (
             iface,
@@ -115,6 +128,8 @@ fn main() {
             ),
         ),
         ["arp", iface, smac, src] => (iface, arp_reply(mac(smac), ip(src))),
+        ["short", iface, smac, "ip"] => (iface, short_frame(mac(smac), 0x0800)),
+        ["short", iface, smac, "arp"] => (iface, short_frame(mac(smac), 0x0806)),
         _ => panic!("{usage}"),
     };
     let name = std::ffi::CString::new(iface).expect("an interface name");

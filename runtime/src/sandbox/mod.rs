@@ -445,11 +445,10 @@ impl<'a> Sandbox<'a> {
             let _ = self.process.0.kill();
             let _ = self.process.0.wait();
             // The jailed VMM under the supervisor goes with its cgroup, and its TAP
-            // with it.
+            // with it (the link is deleted on drop should it still be there).
             if let Some(path) = self.cgroup.0.take() {
                 crate::container::record::end_vm_cgroup(&path);
             }
-            self.network.ended.set(true);
             return;
         }
         if self.isolation == Isolation::Process
