@@ -103,12 +103,18 @@ fn arp_reply(src_mac: [u8; 6], src: Ipv4Addr) -> Vec<u8> {
 }
 
 /// A broadcast frame of `ether_type` from `src_mac` with 12 bytes of payload: an IPv4
-/// header without its addresses, or an ARP header without its sender.
+/// header without its addresses, or a valid Ethernet/IPv4 ARP reply header and the
+/// first four bytes of its sender's MAC (no sender address).
 fn short_frame(src_mac: [u8; 6], ether_type: u16) -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&ether_type.to_be_bytes());
-    f.extend_from_slice(&[0x45, 0, 0, 12, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    if ether_type == 0x0806 {
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        f.extend_from_slice(&src_mac[..4]);
+    } else {
+        f.extend_from_slice(&[0x45, 0, 0, 12, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    }
     f
 }
 
