@@ -24,7 +24,8 @@ cat >"$tmp/run.sh" <<'SCRIPT'
 set -e
 rounds=$1
 vmm=$(command -v arca-vmm)
-printf '#!/bin/sh\nexec %s --no-seccomp "$@"\n' "$vmm" >"$B/vmm-bare"
+# (`arca-vmm control`, which warm-start templates are made with, takes no --no-seccomp.)
+printf '#!/bin/sh\n[ "$1" = control ] && exec %s "$@"\nexec %s --no-seccomp "$@"\n' "$vmm" "$vmm" >"$B/vmm-bare"
 printf '#!/bin/sh\nexec %s "$@"\n' "$vmm" >"$B/vmm-filtered"
 chmod +x "$B/vmm-bare" "$B/vmm-filtered"
 ms() { awk '{printf "%d", $1 * 1000}' /proc/uptime; }
