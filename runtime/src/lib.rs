@@ -6,6 +6,8 @@
 //! - [`image`]: the content-addressed image store (`load`, tags, removal, locked with
 //!   flock(2)), safe layer unpacking, and registry v2 pulls.
 //! - [`guest`]: the agent initramfs and per-image ext4 disks a microVM boots with.
+//! - [`build`]: Dockerfiles for `arca build` (the parser and Docker's word processing so
+//!   far).
 //! - [`template`]: Go templates over JSON values for `--format` and `inspect -f`, and
 //!   Docker's list formats (`table`, `json`).
 //! - [`terminal`]: one terminal session (raw mode, size following, input pump) for
@@ -16,6 +18,8 @@
 //!   the record, what `run` was asked, the lifecycle commands, what users read).
 //! - [`volume`]: volumes (`arca volume`, `-v NAME:/path`), filled from images, kept
 //!   apart from containers.
+//! - [`netlink`]: the kernel requests a container's link needs (rtnetlink, nf_tables set
+//!   elements), without `ip` or `nft` processes.
 //! - [`network`]: networks (`arca network`), address leases, bridges and nftables rules.
 //! - [`error`]: [`RunError`], what container commands fail with, and Docker's exit code
 //!   for each.
@@ -29,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attach;
+pub mod build;
 pub mod container;
 pub mod cp;
 pub mod error;
