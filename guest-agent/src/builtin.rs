@@ -16,7 +16,7 @@ pub fn run(b: &Builtin) -> i32 {
     let result = match b {
         Builtin::Stat { path } => stat(path),
         Builtin::TarOut { path } => tar_out(path),
-        Builtin::TarIn { dir } => tar_in(dir),
+        Builtin::TarIn { dir, keep_owners } => tar_in(dir, *keep_owners),
         Builtin::Hold => hold(),
     };
     match result {
@@ -56,7 +56,12 @@ fn stat(path: &str) -> Result<(), String> {
     } else {
         "other"
     };
-    let line = serde_json::json!({"kind": kind, "size": m.len(), "mode": m.mode()});
+    let mut line = serde_json::json!({"kind": kind, "size": m.len(), "mode": m.mode()});
+    if t.is_symlink()
+        && let Ok(target) = fs::read_link(path)
+    {
+        line["target"] = target.to_string_lossy().into();
+    }
     writeln!(io::stdout(), "{line}").map_err(|e| e.to_string())
 }
 
@@ -138,9 +143,9 @@ fn append<W: Write>(b: &mut tar::Builder<W>, path: &Path, name: &Path) -> Result
 }
 
 /// Extracts the tar on stdin into the directory `dir`: modes and times kept, owners
-/// not (the container's root owns what it writes), entries climbing out refused,
-/// device nodes skipped (a container has no `CAP_MKNOD`).
-fn tar_in(dir: &str) -> Result<(), String> {
+/// only with `keep_owners` (else the container's root owns what it writes), entries
+/// climbing out refused, device nodes skipped (a container has no `CAP_MKNOD`).
+fn tar_in(dir: &str, keep_owners: bool) -> Result<(), String> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(format!("{dir} is not a directory")),
@@ -149,7 +154,7 @@ fn tar_in(dir: &str) -> Result<(), String> {
     }
     let mut a = tar::Archive::new(io::stdin().lock());
     a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(false);
+    a.set_preserve_ownerships(keep_owners);
     a.set_overwrite(true);
     let bad = |e: io::Error| format!("Cannot read the archive: {e}");
     for entry in a.entries().map_err(bad)? {

@@ -182,6 +182,87 @@ pub enum Kind {
 #[derive(Debug, serde::Deserialize)]
 struct Stat {
     kind: Kind,
+    #[serde(default)]
+    size: u64,
+    /// What a symlink points to.
+    #[serde(default)]
+    target: Option<String>,
+}
+
+/// `arca cp`'s options (Docker's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpOptions {
+    /// `-a`: what is copied into the container keeps its uid and gid.
+    pub archive: bool,
+    /// `-L`: a symlink named as the source is followed (its target is copied, under the
+    /// link's name).
+    pub follow_link: bool,
+    /// `-q`, or no terminal on stdout: no summary on stderr.
+    pub quiet: bool,
+}
+
+/// Symlinks followed in a row before `-L` gives up (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Counts the bytes that pass through.
+struct Counting<T> {
+    inner: T,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Docker's line after a copy (on stderr, unless quiet): the content's size, and the
+/// archive's when it differs, in powers of 1000 to 3 significant digits.
+pub fn summary(content: u64, transferred: u64, dest: &str) -> String {
+    let size = |n| crate::human_size_digits(n, 3);
+    if content == transferred {
+        format!("Successfully copied {} to {dest}", size(content))
+    } else {
+        format!(
+            "Successfully copied {} (transferred {}) to {dest}",
+            size(content),
+            size(transferred)
+        )
+    }
+}
+
+/// The size of the regular files at `path` (the file's own, or all under a directory;
+/// symlinks not followed), as Docker reports what it copied in.
+fn content_size(path: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if m.is_file() {
+        return m.len();
+    }
+    if !m.is_dir() {
+        return 0;
+    }
+    fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| content_size(&e.path()))
+        .sum()
 }
 
 /// A container's agent, for builtins: a running container's own, or one brought up
@@ -386,16 +467,50 @@ impl<'a> Target<'a> {
     }
 
     fn stat(&mut self, path: &str) -> Result<Kind, CpError> {
+        Ok(self.stat_full(path)?.kind)
+    }
+
+    fn stat_full(&mut self, path: &str) -> Result<Stat, CpError> {
         let mut r = self.start(Builtin::Stat { path: path.into() })?;
         let mut out = Vec::new();
-        let _ = (&mut r.stdout).take(4096).read_to_end(&mut out);
+        let _ = (&mut r.stdout).take(8192).read_to_end(&mut out);
         self.finish(r, path)?;
-        let st: Stat = serde_json::from_slice(&out).map_err(|e| CpError::Container {
+        serde_json::from_slice(&out).map_err(|e| CpError::Container {
             path: path.into(),
             container: self.name.clone(),
             reason: format!("bad stat reply: {e}"),
-        })?;
-        Ok(st.kind)
+        })
+    }
+
+    /// `-L`: the path a symlink at `path` leads to in the container (each link's target
+    /// taken in the container, relative ones from the link's directory), and what is
+    /// there; `path` itself when it is no symlink.
+    fn follow(&mut self, path: &str) -> Result<(String, Stat), CpError> {
+        let mut at = path.to_string();
+        for _ in 0..MAX_LINKS {
+            let st = self.stat_full(&at)?;
+            if st.kind != Kind::Symlink {
+                return Ok((at, st));
+            }
+            let Some(target) = st.target.clone() else {
+                return Err(CpError::Container {
+                    path: at,
+                    container: self.name.clone(),
+                    reason: "its agent does not say where symlinks point (update the guest)".into(),
+                });
+            };
+            at = if target.starts_with('/') {
+                target
+            } else {
+                let parent = split_last(&at).map_or_else(|| "/".to_string(), |(p, _)| p);
+                format!("{}/{target}", parent.trim_end_matches('/'))
+            };
+        }
+        Err(CpError::Container {
+            path: path.into(),
+            container: self.name.clone(),
+            reason: format!("more than {MAX_LINKS} symlinks in a row"),
+        })
     }
 
     /// The kind of `path`, a symlink resolved in the container when it leads to a
@@ -413,16 +528,16 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Runs `arca cp SRC DEST`.
-pub fn cp(state: &Path, src: &str, dest: &str) -> Result<(), CpError> {
+/// Runs `arca cp [OPTIONS] SRC DEST`.
+pub fn cp(state: &Path, src: &str, dest: &str, opts: CpOptions) -> Result<(), CpError> {
     match (Operand::parse(src), Operand::parse(dest)) {
         (Operand::Container { .. }, Operand::Container { .. }) => Err(CpError::BetweenContainers),
         (Operand::Local(_), Operand::Local(_)) => Err(CpError::NoContainer),
         (Operand::Container { name, path }, Operand::Local(dest)) => {
-            copy_out(state, &name, &path, &dest)
+            copy_out(state, &name, &path, &dest, opts)
         }
         (Operand::Local(src), Operand::Container { name, path }) => {
-            copy_in(state, &src, &name, &path)
+            copy_in(state, &src, &name, &path, opts)
         }
     }
 }
@@ -437,17 +552,31 @@ pub enum Top {
     Merge,
 }
 
-fn copy_out(state: &Path, name: &str, src: &str, dest: &str) -> Result<(), CpError> {
+fn copy_out(
+    state: &Path,
+    name: &str,
+    src: &str,
+    dest: &str,
+    opts: CpOptions,
+) -> Result<(), CpError> {
     let mut t = Target::open(state, name)?;
-    let kind = t.stat(src).map_err(|e| match e {
+    let not_found = |e| match e {
         CpError::NotFound { .. } => CpError::NotFound {
             path: src.into(),
             container: name.into(),
         },
         e => e,
-    })?;
+    };
+    // `-L` copies what a symlink leads to, under the symlink's name (the top entry is
+    // renamed below); a path ending in `/` or `/.` is followed anyway.
+    let (from, st) = if opts.follow_link && !src.ends_with('/') && !contents_only(src) {
+        t.follow(src).map_err(not_found)?
+    } else {
+        (src.to_string(), t.stat_full(src).map_err(not_found)?)
+    };
+    let kind = st.kind;
     if dest == "-" {
-        let mut r = t.start(Builtin::TarOut { path: src.into() })?;
+        let mut r = t.start(Builtin::TarOut { path: from })?;
         let copied = io::copy(&mut r.stdout, &mut io::stdout().lock());
         t.finish(r, src)?;
         copied.map_err(local("write", Path::new("stdout")))?;
@@ -487,8 +616,13 @@ fn copy_out(state: &Path, name: &str, src: &str, dest: &str) -> Result<(), CpErr
         }
         Err(e) => return Err(local("inspect", dest_path)(e)),
     };
-    let mut r = t.start(Builtin::TarOut { path: src.into() })?;
-    let extracted = extract(&mut r.stdout, &root, &top);
+    let mut r = t.start(Builtin::TarOut { path: from })?;
+    let mut counted = Counting {
+        inner: &mut r.stdout,
+        bytes: 0,
+    };
+    let extracted = extract(&mut counted, &root, &top);
+    let transferred = counted.bytes;
     // A failed extraction hangs up, which ends the builtin (SIGPIPE).
     let finished = t.finish(r, src);
     match extracted {
@@ -498,8 +632,29 @@ fn copy_out(state: &Path, name: &str, src: &str, dest: &str) -> Result<(), CpErr
             for w in warnings {
                 eprintln!("arca: {w}");
             }
+            if !opts.quiet {
+                let content = if src_dir { transferred } else { st.size };
+                eprintln!("{}", summary(content, transferred, &shown_local(dest)));
+            }
             Ok(())
         }
+    }
+}
+
+/// A host path as Docker's summary shows it: absolute, a trailing `/` or `/.` kept.
+fn shown_local(path: &str) -> String {
+    if path.starts_with('/') {
+        return path.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => {
+            let joined = cwd.join(path).display().to_string();
+            match path {
+                "." => format!("{}/.", cwd.display()),
+                _ => joined,
+            }
+        }
+        Err(_) => path.to_string(),
     }
 }
 
@@ -634,16 +789,35 @@ enum Source<'a> {
     Contents(&'a Path),
 }
 
-fn copy_in(state: &Path, src: &str, name: &str, dest: &str) -> Result<(), CpError> {
+fn copy_in(
+    state: &Path,
+    src: &str,
+    name: &str,
+    dest: &str,
+    opts: CpOptions,
+) -> Result<(), CpError> {
     let not_found = |path: &str| CpError::NotFound {
         path: path.into(),
         container: name.into(),
+    };
+    // `-L`: a symlink named as the source is copied as what it leads to, under its own
+    // name.
+    let followed = if opts.follow_link && src != "-" {
+        let p = Path::new(src);
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                Some(fs::canonicalize(p).map_err(local("follow the symlink", p))?)
+            }
+            _ => None,
+        }
+    } else {
+        None
     };
     let (src_dir, contents) = if src == "-" {
         (false, false)
     } else {
         let p = Path::new(src);
-        let follow = src.ends_with('/') || contents_only(src);
+        let follow = src.ends_with('/') || contents_only(src) || followed.is_some();
         let m = if follow {
             fs::metadata(p)
         } else {
@@ -661,13 +835,13 @@ fn copy_in(state: &Path, src: &str, name: &str, dest: &str) -> Result<(), CpErro
             None => return Err(not_found(dest)),
         }
     } else {
-        let src_path = Path::new(src);
+        let src_path = followed.as_deref().unwrap_or(Path::new(src));
         let src_name = || {
             split_last(src)
                 .map(|(_, n)| n)
                 .filter(|n| n != "..")
                 .or_else(|| {
-                    fs::canonicalize(src_path)
+                    fs::canonicalize(src)
                         .ok()
                         .and_then(|c| c.file_name().map(OsStr::to_os_string))
                 })
@@ -694,10 +868,17 @@ fn copy_in(state: &Path, src: &str, name: &str, dest: &str) -> Result<(), CpErro
             }
         }
     };
-    let mut r = t.start(Builtin::TarIn { dir: dir.clone() })?;
+    let content = match &source {
+        Source::Named(path, _) | Source::Contents(path) => Some(content_size(path)),
+        Source::Stream => None,
+    };
+    let mut r = t.start(Builtin::TarIn {
+        dir: dir.clone(),
+        keep_owners: opts.archive,
+    })?;
     let sent = match r.stdin.as_mut() {
         Some(input) => send(input, &source),
-        None => Ok(()),
+        None => Ok(0),
     };
     if let Some(input) = &r.stdin {
         let _ = input.close_input();
@@ -705,13 +886,24 @@ fn copy_in(state: &Path, src: &str, name: &str, dest: &str) -> Result<(), CpErro
     let finished = t.finish(r, &dir);
     // The builtin's own reason first (a broken pipe is its consequence).
     finished?;
-    sent
+    let transferred = sent?;
+    if let (false, Some(content)) = (opts.quiet, content) {
+        eprintln!(
+            "{}",
+            summary(content, transferred, &format!("{name}:{dest}"))
+        );
+    }
+    Ok(())
 }
 
-/// Writes the tar of `source` to the builtin's stdin.
-fn send(input: &mut StdioConnection, source: &Source<'_>) -> Result<(), CpError> {
+/// Writes the tar of `source` to the builtin's stdin; the bytes sent.
+fn send(input: &mut StdioConnection, source: &Source<'_>) -> Result<u64, CpError> {
     let stdin_path = Path::new("stdin");
-    let mut out = io::BufWriter::with_capacity(64 << 10, input);
+    let mut counted = Counting {
+        inner: input,
+        bytes: 0,
+    };
+    let mut out = io::BufWriter::with_capacity(64 << 10, &mut counted);
     match source {
         Source::Stream => {
             io::copy(&mut io::stdin().lock(), &mut out).map_err(local("copy", stdin_path))?;
@@ -731,7 +923,9 @@ fn send(input: &mut StdioConnection, source: &Source<'_>) -> Result<(), CpError>
             b.finish().map_err(local("send", path))?;
         }
     }
-    out.flush().map_err(local("send", stdin_path))
+    out.flush().map_err(local("send", stdin_path))?;
+    drop(out);
+    Ok(counted.bytes)
 }
 
 fn sorted_children(dir: &Path) -> Result<Vec<OsString>, CpError> {
@@ -806,6 +1000,22 @@ mod tests {
     }
 
     #[test]
+    fn summaries_read_as_dockers() {
+        assert_eq!(
+            summary(2048, 2048, "/tmp/x"),
+            "Successfully copied 2.05kB to /tmp/x"
+        );
+        assert_eq!(
+            summary(5, 1536, "c:/x"),
+            "Successfully copied 5B (transferred 1.54kB) to c:/x"
+        );
+        assert_eq!(summary(0, 0, "d"), "Successfully copied 0B to d");
+        assert_eq!(crate::human_size_digits(512, 3), "512B");
+        assert_eq!(crate::human_size_digits(1_500_000, 3), "1.5MB");
+        assert_eq!(crate::human_size(1_234_567), "1.235MB");
+    }
+
+    #[test]
     fn operands_split_as_docker_does() {
         assert_eq!(Operand::parse("web:/etc/hosts"), ctr("web", "/etc/hosts"));
         assert_eq!(Operand::parse("web:etc"), ctr("web", "/etc"));
@@ -816,11 +1026,16 @@ mod tests {
         assert_eq!(Operand::parse("-"), local("-"));
         assert_eq!(Operand::parse(":x"), local(":x"));
         assert!(matches!(
-            cp(Path::new("/nonexistent"), "a", "b"),
+            cp(Path::new("/nonexistent"), "a", "b", CpOptions::default()),
             Err(CpError::NoContainer)
         ));
         assert!(matches!(
-            cp(Path::new("/nonexistent"), "a:/x", "b:/y"),
+            cp(
+                Path::new("/nonexistent"),
+                "a:/x",
+                "b:/y",
+                CpOptions::default()
+            ),
             Err(CpError::BetweenContainers)
         ));
     }

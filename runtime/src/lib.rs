@@ -182,6 +182,12 @@ pub fn human_duration(secs: u64) -> String {
 /// Bytes as Docker prints reclaimed space: `0B`, `1.5kB`, `12.35MB` (powers of 1000,
 /// 4 significant digits).
 pub fn human_size(bytes: u64) -> String {
+    human_size_digits(bytes, 4)
+}
+
+/// Bytes in powers of 1000 to `digits` significant digits (at least 3), trailing zeros
+/// dropped, as Docker's `units.HumanSizeWithPrecision`: `2.05kB` with 3.
+pub fn human_size_digits(bytes: u64, digits: usize) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut size = bytes as f64;
     let mut unit = 0;
@@ -189,12 +195,13 @@ pub fn human_size(bytes: u64) -> String {
         size /= 1000.0;
         unit += 1;
     }
+    let digits = digits.max(3);
     let decimals = if size >= 100.0 {
-        1
+        digits - 3
     } else if size >= 10.0 {
-        2
+        digits - 2
     } else {
-        3
+        digits - 1
     };
     let text = format!("{size:.decimals$}");
     let text = if text.contains('.') {

@@ -361,6 +361,15 @@ enum Cmd {
     },
     /// Copy files between a running container and the host (`-` for a tar stream).
     Cp {
+        /// Archive mode: what is copied into the container keeps its uid and gid.
+        #[arg(short = 'a', long)]
+        archive: bool,
+        /// Always follow a symlink named in SRC_PATH.
+        #[arg(short = 'L', long)]
+        follow_link: bool,
+        /// No summary on stderr (there is none without a terminal on stdout anyway).
+        #[arg(short, long)]
+        quiet: bool,
         /// CONTAINER:SRC_PATH, or a host path, or `-` (a tar on stdin).
         #[arg(allow_hyphen_values = true)]
         src: String,
@@ -1327,7 +1336,23 @@ fn main() -> ExitCode {
                 chain(&e)
             })
         }
-        Cmd::Cp { src, dest } => match arca_runtime::cp::cp(&state, &src, &dest) {
+        Cmd::Cp {
+            archive,
+            follow_link,
+            quiet,
+            src,
+            dest,
+        } => match arca_runtime::cp::cp(
+            &state,
+            &src,
+            &dest,
+            arca_runtime::cp::CpOptions {
+                archive,
+                follow_link,
+                // Docker's: without a terminal on stdout, as if `-q`.
+                quiet: quiet || !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            },
+        ) {
             Ok(()) => Ok(0),
             // Docker's `cp` exits 1 on every error.
             Err(e) => {

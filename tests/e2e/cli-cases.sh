@@ -345,6 +345,27 @@ out=$(arca cp cpc:/d/f cpc:/x 2>"$ct/err"; echo $?; grep -c 'between containers'
 1" $? "$out"
 out=$(arca cp "$ct/hf" "$ct/hf3" 2>"$ct/err"; echo $?; grep -c 'at least one container' "$ct/err"); check cp-no-container 0 "1
 1" $? "$out"
+# -a keeps the uid and gid of what is copied in (root's otherwise); -L copies what a
+# symlink leads to, under the link's name, both ways; without a terminal on stdout
+# nothing is said (as with -q), on a terminal Docker's summary.
+echo owned >"$ct/owned"; chown 1234:5678 "$ct/owned"
+out=$(arca cp "$ct/owned" cpc:/d/plain && arca cp -a "$ct/owned" cpc:/d/kept && arca exec cpc stat -c '%u:%g' /d/plain /d/kept); check cp-archive-keeps-owners 0 "0:0
+1234:5678" $? "$out"
+arca exec cpc ln -s /d/f /d/flink
+out=$(arca cp cpc:/d/flink "$ct/asis" && arca cp -L cpc:/d/flink "$ct/followed" && readlink "$ct/asis"; cat "$ct/followed"; test -L "$ct/followed" || echo regular); check cp-out-follow-link 0 "/d/f
+one
+regular" $? "$out"
+ln -s "$ct/hf" "$ct/hlink"
+out=$(arca cp -L "$ct/hlink" cpc:/d/ && arca exec cpc sh -c 'cat /d/hlink; test -L /d/hlink || echo regular'); check cp-in-follow-link 0 "host
+regular" $? "$out"
+out=$(arca cp cpc:/d/f "$ct/quiet" 2>&1); check cp-quiet-without-terminal 0 "" $? "$out"
+if command -v script >/dev/null; then
+  # Docker's wording: the file's size, and the archive's when it differs.
+  out=$(script -qec "arca cp cpc:/d/f $ct/loud" /dev/null | tr -d '\r' | grep -c "^Successfully copied 4B (transferred [0-9.]*kB) to $ct/loud\$"); check cp-summary-on-a-terminal 0 1 $? "$out"
+  out=$(script -qec "arca cp -q cpc:/d/f $ct/loud2" /dev/null | tr -d '\r'); check cp-q-on-a-terminal 0 "" $? "$out"
+else
+  echo "skipped cp-summary-on-a-terminal: no script(1)"
+fi
 # A stopped container, as Docker's: what it wrote is copied out, and what is copied in
 # is there when it runs again (it is brought up in a sandbox of its own for the copy,
 # running none of its commands: the kill below is its last signal).

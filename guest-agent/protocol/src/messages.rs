@@ -736,8 +736,9 @@ pub struct ProcessSpec {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Builtin {
     /// Print `{"kind": "file|dir|symlink|other", "size": N, "mode": N}` (one line) for
-    /// `path`, not following a final symlink unless the path ends with `/`; "not found"
-    /// on stderr and exit 1 when it does not exist.
+    /// `path`, not following a final symlink unless the path ends with `/` (a symlink's
+    /// line adds `"target"`, what it points to); "not found" on stderr and exit 1 when
+    /// it does not exist.
     Stat {
         /// Absolute path in the container.
         path: String,
@@ -748,12 +749,15 @@ pub enum Builtin {
         /// Absolute path in the container.
         path: String,
     },
-    /// Extract a tar from stdin into the existing directory `dir` (modes kept, owners
-    /// not: files belong to the container's root; entries with `..` or an absolute path
-    /// are refused).
+    /// Extract a tar from stdin into the existing directory `dir` (modes kept; owners
+    /// only with `keep_owners`, else files belong to the container's root; entries with
+    /// `..` or an absolute path are refused).
     TarIn {
         /// Absolute path of a directory in the container.
         dir: String,
+        /// Keep the archive's uid and gid (`arca cp -a`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_owners: bool,
     },
     /// Wait until stdin closes, then exit 0: the main process of a stopped container
     /// brought up in a sandbox of its own for `arca cp`, which works in it by execs.
@@ -765,7 +769,7 @@ impl Builtin {
     pub fn path(&self) -> &str {
         match self {
             Builtin::Stat { path } | Builtin::TarOut { path } => path,
-            Builtin::TarIn { dir } => dir,
+            Builtin::TarIn { dir, .. } => dir,
             Builtin::Hold => "/",
         }
     }
@@ -1066,7 +1070,10 @@ mod tests {
     #[test]
     fn builtins_are_tagged_validated_and_optional() {
         let p = ProcessSpec {
-            builtin: Some(Builtin::TarIn { dir: "/tmp".into() }),
+            builtin: Some(Builtin::TarIn {
+                dir: "/tmp".into(),
+                keep_owners: false,
+            }),
             stdin: true,
             ..Default::default()
         };
