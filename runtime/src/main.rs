@@ -371,10 +371,8 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
         /// CONTAINER:SRC_PATH, or a host path, or `-` (a tar on stdin).
-        #[arg(allow_hyphen_values = true)]
         src: String,
         /// CONTAINER:DEST_PATH, or a host path, or `-` (a tar on stdout).
-        #[arg(allow_hyphen_values = true)]
         dest: String,
     },
     /// Manage volumes.
