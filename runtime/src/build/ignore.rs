@@ -113,6 +113,23 @@ impl Ignore {
     }
 }
 
+/// One pattern in `.dockerignore`'s syntax, matched against whole paths (`COPY`'s
+/// source patterns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<Token>);
+
+impl Glob {
+    /// Compiles `pattern` (cleaned as a path first); the reason when it cannot be.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        compile(&clean(pattern)).map(Glob)
+    }
+
+    /// Whether it matches all of `path` (cleaned), not one of its parents.
+    pub fn matches(&self, path: &str) -> bool {
+        matches(&self.0, &clean(path))
+    }
+}
+
 /// A path cleaned as Go's `filepath.Clean` does, without a leading `/`: `.` and empty
 /// components dropped, `..` taking the previous one (kept at the start).
 fn clean(path: &str) -> String {

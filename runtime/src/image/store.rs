@@ -874,6 +874,42 @@ impl Store {
         result
     }
 
+    /// Adds an image made on this host (`arca build`): `config` is Docker's image
+    /// config, whose `rootfs` is filled here from `layers` (uncompressed tars, oldest
+    /// first, checked and unpacked as a loaded image's are); `tags` name it. The same
+    /// config and layers give the same image ID.
+    pub fn commit(
+        &self,
+        mut config: serde_json::Value,
+        layers: &[PathBuf],
+        tags: &[String],
+    ) -> Result<Image, StoreError> {
+        let _lock = self.lock()?;
+        clear_tmp(&self.root.join("tmp"));
+        let work = tempdir_in(&self.root.join("tmp"))?;
+        let result = (|| {
+            let diff_ids = layers
+                .iter()
+                .map(|l| sha256_file(l).map(|d| format!("sha256:{d}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+            let path = work.join("config.json");
+            write_json(&path, &config)?;
+            let names = self.import(
+                Found {
+                    tags: tags.to_vec(),
+                    config: path,
+                    layers: layers.to_vec(),
+                },
+                &work,
+            )?;
+            let first = names.first().cloned().unwrap_or_default();
+            self.resolve(&first)
+        })();
+        let _ = fs::remove_dir_all(&work);
+        result
+    }
+
     /// Records an image event (`events`) in the state directory the store is in.
     pub(crate) fn event(&self, action: &str, id: &str, name: &str) {
         if let Some(state) = self.root.parent() {
@@ -1314,6 +1350,52 @@ mod tests {
         store.load(&archive).unwrap();
         let left: Vec<_> = fs::read_dir(store.root().join("tmp")).unwrap().collect();
         assert!(left.is_empty(), "left in tmp: {left:?}");
+    }
+
+    /// What `arca build` commits: a config and layer tars made here become an image
+    /// as a loaded one would (unpacked, tagged, listed), with a stable ID.
+    #[test]
+    fn committed_images_are_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let (tar, diff) = zeros_tar("etc/built", 5);
+        let layer = dir.path().join("layer.tar");
+        fs::write(&layer, &tar).unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"], "ExposedPorts": {"80/tcp": {}}},
+            "history": [{"created_by": "COPY built /etc/"}],
+        });
+        let image = store
+            .commit(
+                config.clone(),
+                std::slice::from_ref(&layer),
+                &["built:1".into()],
+            )
+            .unwrap();
+        assert_eq!(image.config.rootfs.diff_ids, [format!("sha256:{diff}")]);
+        assert_eq!(image.config.config.cmd, Some(vec!["sh".to_string()]));
+        assert_eq!(
+            fs::metadata(image.rootfs.join("etc/built")).unwrap().len(),
+            5
+        );
+        assert_eq!(store.resolve("built:1").unwrap().id, image.id);
+        // Fields the runtime does not model are kept in the stored config.
+        let stored =
+            fs::read_to_string(image.rootfs.parent().unwrap().join("config.json")).unwrap();
+        assert!(stored.contains("ExposedPorts"), "{stored}");
+        let again = store.commit(config, &[layer], &[]).unwrap();
+        assert_eq!(again.id, image.id);
+        // A layer that is not a tar is refused, and nothing is left.
+        let bad = dir.path().join("bad.tar");
+        fs::write(&bad, b"not a tar at all, not even close").unwrap();
+        assert!(
+            store
+                .commit(serde_json::json!({}), &[bad], &["bad:1".into()])
+                .is_err()
+        );
+        assert!(store.resolve("bad:1").is_err());
     }
 
     #[test]
