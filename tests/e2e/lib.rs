@@ -239,6 +239,11 @@ pub fn case_table_with_kvm(table: &str, timeout_secs: u32) -> Output {
             source: PathBuf::from("/usr/bin/socat"),
             name: "socat".into(),
         },
+        // A terminal for `arca cp`'s summary in the CLI table (L1 has no util-linux).
+        TestFile {
+            source: PathBuf::from("/usr/bin/script"),
+            name: "script".into(),
+        },
     ];
     // Volumes in microVMs need virtiofsd (its libraries come along).
     if let Some(v) = virtiofsd() {
