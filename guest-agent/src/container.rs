@@ -95,6 +95,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Exec ids whose handshake is in progress.
     pending_execs: Mutex<HashSet<String>>,
+    /// Its overlay's upper and lower directories (for `changes`).
+    layers: Layers,
 }
 
 impl Container {
@@ -299,10 +301,10 @@ impl Runtime {
                     internal("Cannot talk to the container helper", e),
                 ));
             }
-            let process = handshake(process, &sync, true)?;
-            Ok((process, sync))
+            let (process, layers) = handshake(process, &sync, true)?;
+            Ok((process, sync, layers))
         })();
-        let (process, sync) = match created {
+        let (process, sync, layers) = match created {
             Ok(x) => x,
             Err(e) => {
                 if let Some(cg) = &cgroup {
@@ -321,6 +323,7 @@ impl Runtime {
             started: AtomicBool::new(false),
             execs: Mutex::new(HashMap::new()),
             pending_execs: Mutex::new(HashSet::new()),
+            layers,
         });
         Ok((id, container))
     }
@@ -451,7 +454,7 @@ impl Runtime {
                 internal("Cannot talk to the exec helper", e),
             ));
         }
-        let mut p = handshake(helper_process, &sync, false)?;
+        let (mut p, _) = handshake(helper_process, &sync, false)?;
         p.oom_kills_at_start = c.oom_kills();
         Ok(Arc::new(p))
     }
@@ -565,6 +568,39 @@ impl Runtime {
             None => crate::procinfo::descendants(c.main.pid),
         };
         Ok(crate::procinfo::describe(&pids))
+    }
+
+    /// What changed in container `id`'s root filesystem against its image, sorted by
+    /// path: the page of at most [`arca_protocol::CHANGES_PAGE`] entries (fewer when
+    /// paths are long, so the answer fits a frame) from entry `from`, and whether more
+    /// follow.
+    pub fn changes(
+        &self,
+        id: &str,
+        from: usize,
+    ) -> Result<(Vec<arca_protocol::Change>, bool), AgentError> {
+        let c = self.get(id)?;
+        let (Some(upper), Some(lower)) = (&c.layers.upper, &c.layers.lower) else {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("The changes of container {id} cannot be read"),
+            ));
+        };
+        let mounts: Vec<String> = c.spec.mounts.iter().map(|m| m.target.clone()).collect();
+        let all = crate::changes::changes(upper.as_fd(), lower.as_fd(), &mounts)
+            .map_err(|e| internal("Cannot read the container's changes", e))?;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for ch in all.iter().skip(from) {
+            bytes += ch.path.len() + 32;
+            if page.len() >= arca_protocol::CHANGES_PAGE || bytes > arca_protocol::MAX_FRAME_LEN / 2
+            {
+                break;
+            }
+            page.push(ch.clone());
+        }
+        let more = from + page.len() < all.len();
+        Ok((page, more))
     }
 
     /// Freezes (`frozen`) or thaws every process of running container `id` (`pause`,
@@ -816,10 +852,11 @@ fn replace_host_lines(hosts: &str, entries: &[arca_protocol::HostEntry]) -> Stri
 /// Reads the helper's reports until the process is ready (`init`: `Ready`; exec: the
 /// socket's end of file, which its exec causes). Messages may come in any order: the
 /// helper's `Pid` races with its child's first report.
-fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, AgentError> {
+fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<(Process, Layers), AgentError> {
     let mut pid = None;
     let mut tty = None;
     let mut ready = false;
+    let mut layers = Layers::default();
     // Both the pid and readiness are needed, whichever comes first.
     let pid = loop {
         if let (true, Some(p)) = (ready, pid) {
@@ -828,6 +865,8 @@ fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, Age
         match helper::recv_with_fd::<FromHelper>(sync.as_fd()) {
             Ok(Some((FromHelper::Pid { pid: p }, _))) => pid = Some(p as i32),
             Ok(Some((FromHelper::Terminal, fd))) => tty = fd,
+            Ok(Some((FromHelper::UpperDir, fd))) if init => layers.upper = fd,
+            Ok(Some((FromHelper::LowerDir, fd))) if init => layers.lower = fd,
             Ok(Some((FromHelper::Ready, _))) if init => ready = true,
             Ok(None) if !init && pid.is_some() => ready = true,
             Ok(Some((FromHelper::Failed { error }, _))) => {
@@ -848,7 +887,14 @@ fn handshake(helper: Process, sync: &OwnedFd, init: bool) -> Result<Process, Age
     if tty.is_some() {
         lock(&helper.stdio).tty = tty;
     }
-    Ok(Process { pid, ..helper })
+    Ok((Process { pid, ..helper }, layers))
+}
+
+/// A container's overlay directories, as its init helper passed them.
+#[derive(Debug, Default)]
+struct Layers {
+    upper: Option<OwnedFd>,
+    lower: Option<OwnedFd>,
 }
 
 /// Pipes for a process: our ends, and the child's stdin/stdout/stderr.

@@ -79,6 +79,11 @@ pub enum FromHelper {
     /// The process's terminal: the pty master travels with this message (SCM_RIGHTS).
     /// The pty lives in the container's own devpts, so `tty` inside names it.
     Terminal,
+    /// The overlay's upper directory (its descriptor travels with this message): what
+    /// the container writes, for `changes`.
+    UpperDir,
+    /// The image's (lower) directory, likewise.
+    LowerDir,
     /// The container's rootfs and namespaces are ready.
     Ready,
     /// Setup or exec failed; the child exits.
@@ -322,7 +327,17 @@ fn init_child(
     die_with_parent()?;
     // A profile that does not compile fails the create, not the start.
     let confinement = Confinement::new(&spec.security)?;
-    setup_rootfs(spec, Path::new(base), hostname)?;
+    let layers = setup_rootfs(spec, Path::new(base), hostname)?;
+    // The agent reads the container's changes through these (`changes`); from here on
+    // neither is reachable by path in the container.
+    for (message, fd) in [
+        (FromHelper::UpperDir, &layers.upper),
+        (FromHelper::LowerDir, &layers.lower),
+    ] {
+        send_with_fd(sync.as_fd(), &message, fd.as_fd())
+            .map_err(|e| internal("Cannot report to the agent", e))?;
+    }
+    drop(layers);
     if spec.process.terminal {
         open_terminal(sync)?;
     }
@@ -480,8 +495,25 @@ fn mount_err(what: &str, target: &Path, e: impl std::fmt::Display) -> AgentError
     internal(&format!("Cannot mount {what} on {}", target.display()), e)
 }
 
-/// Mounts the container's root filesystem under `base` and pivots into it.
-fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(), AgentError> {
+/// The overlay's directories, opened before the pivot.
+struct Layers {
+    upper: OwnedFd,
+    lower: OwnedFd,
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, AgentError> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| internal(&format!("Cannot open {}", path.display()), e))
+}
+
+/// Mounts the container's root filesystem under `base` and pivots into it; the
+/// overlay's upper and lower directories, opened before.
+fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Layers, AgentError> {
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
@@ -576,6 +608,10 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
         Some(opts.as_c_str()),
     )
     .map_err(|e| mount_err("overlayfs", &root, e))?;
+    let layers = Layers {
+        upper: open_dir(&upper)?,
+        lower: open_dir(&lower)?,
+    };
     mount_inside(&root, spec.security.privileged)?;
     for m in &spec.mounts {
         mount_user(&root, m)?;
@@ -586,7 +622,7 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<(),
         rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
             .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
     }
-    Ok(())
+    Ok(layers)
 }
 
 /// Mounts `m` in the container whose root is `root`. The path to its target is walked

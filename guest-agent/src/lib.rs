@@ -15,6 +15,7 @@
 
 pub mod builtin;
 pub mod cgroup;
+pub mod changes;
 pub mod cmdline;
 pub mod container;
 pub mod helper;

@@ -480,6 +480,9 @@ impl Server {
             Request::Top { container } => rt
                 .top(&container)
                 .map(|processes| Reply::Processes { processes }),
+            Request::Changes { container, from } => rt
+                .changes(&container, from as usize)
+                .map(|(changes, more)| Reply::Changes { changes, more }),
             Request::Freeze { container, frozen } => {
                 rt.freeze(&container, frozen).map(|()| Reply::FreezeSet)
             }

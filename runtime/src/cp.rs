@@ -528,6 +528,21 @@ impl<'a> Target<'a> {
     }
 }
 
+/// `arca diff CONTAINER`: what changed in its root filesystem against its image, sorted
+/// by path (a stopped container is brought up for it, as for a copy). Paths come from
+/// the sandbox: control characters are shown escaped.
+pub fn diff(state: &Path, name: &str) -> Result<Vec<arca_protocol::Change>, CpError> {
+    let mut t = Target::open(state, name)?;
+    let id = t.id.clone();
+    let mut changes = t.client.changes(&id).map_err(RunError::from)?;
+    for c in &mut changes {
+        if c.path.chars().any(char::is_control) {
+            c.path = c.path.escape_default().to_string();
+        }
+    }
+    Ok(changes)
+}
+
 /// Runs `arca cp [OPTIONS] SRC DEST`.
 pub fn cp(state: &Path, src: &str, dest: &str, opts: CpOptions) -> Result<(), CpError> {
     match (Operand::parse(src), Operand::parse(dest)) {

@@ -359,6 +359,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Inspect changes to files or directories on a container's filesystem.
+    Diff {
+        /// The container.
+        container: String,
+    },
     /// Copy files between a running container and the host (`-` for a tar stream).
     Cp {
         /// Archive mode: what is copied into the container keeps its uid and gid.
@@ -1334,6 +1339,21 @@ fn main() -> ExitCode {
                 chain(&e)
             })
         }
+        Cmd::Diff { container } => match arca_runtime::cp::diff(&state, &container) {
+            Ok(changes) => {
+                let text: String = changes
+                    .iter()
+                    .map(|c| format!("{} {}\n", c.kind.letter(), c.path))
+                    .collect();
+                emit(&text);
+                Ok(0)
+            }
+            // Docker's `diff` exits 1 on every error.
+            Err(e) => {
+                eprintln!("arca: {}", chain(&e));
+                Ok(1)
+            }
+        },
         Cmd::Cp {
             archive,
             follow_link,

@@ -366,6 +366,23 @@ if command -v script >/dev/null; then
 else
   echo "skipped cp-summary-on-a-terminal: no script(1)"
 fi
+# diff: what changed against the image, as `docker diff` lists it (sorted by path; A, C,
+# D); the agent's own /etc files and mount points are not listed; a stopped container
+# too; an unknown one exits 1.
+arca run -d --isolation="$iso" --name dfc busybox sh -c 'mkdir /newdir && echo x >/newdir/f && rm /etc/group && echo y >/tmp/t && touch /ready && sleep 1000' >/dev/null
+i=0; while ! arca exec dfc test -e /ready 2>/dev/null; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+out=$(arca diff dfc); check diff-lists-changes 0 "C /etc
+D /etc/group
+A /newdir
+A /newdir/f
+A /ready
+C /tmp
+A /tmp/t" $? "$out"
+arca kill dfc >/dev/null; arca wait dfc >/dev/null
+out=$(arca diff dfc | tr '\n' ' '); check diff-stopped-container 0 "C /etc D /etc/group A /newdir A /newdir/f A /ready C /tmp A /tmp/t " $? "$out"
+out=$(arca diff nosuch 2>&1; echo $?); check diff-unknown-container 0 "arca: No such container: nosuch
+1" $? "$out"
+arca rm dfc >/dev/null
 # A stopped container, as Docker's: what it wrote is copied out, and what is copied in
 # is there when it runs again (it is brought up in a sandbox of its own for the copy,
 # running none of its commands: the kill below is its last signal).

@@ -630,6 +630,32 @@ impl AgentClient {
         })
     }
 
+    /// What changed in a container's root filesystem against its image, sorted by
+    /// path (every page of them).
+    pub fn changes(
+        &mut self,
+        container: &str,
+    ) -> Result<Vec<arca_protocol::Change>, AgentClientError> {
+        let mut all = Vec::new();
+        loop {
+            let (page, more) = expect(
+                self.request(Request::Changes {
+                    container: container.into(),
+                    from: u32::try_from(all.len()).unwrap_or(u32::MAX),
+                })?,
+                |r| match r {
+                    Reply::Changes { changes, more } => Some((changes, more)),
+                    _ => None,
+                },
+            )?;
+            let empty = page.is_empty();
+            all.extend(page);
+            if !more || empty {
+                return Ok(all);
+            }
+        }
+    }
+
     /// Freezes (`frozen`) or thaws a running container's processes.
     pub fn freeze(&mut self, container: &str, frozen: bool) -> Result<(), AgentClientError> {
         expect(

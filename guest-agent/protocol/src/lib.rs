@@ -22,4 +22,4 @@ pub use messages::*;
 pub use security::*;
 
 /// Version of this protocol. A peer with another version is refused in the hello.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;

@@ -214,6 +214,16 @@ pub enum Request {
         /// Freeze, or thaw.
         frozen: bool,
     },
+    /// What changed in a container's root filesystem against its image (`arca diff`):
+    /// its writable layer read by the agent, a page of at most [`CHANGES_PAGE`] entries
+    /// sorted by path, starting at entry `from`.
+    Changes {
+        /// Container id.
+        container: String,
+        /// The first entry wanted (0 for the first page).
+        #[serde(default)]
+        from: u32,
+    },
     /// Append entries to a running container's `/etc/hosts` (a container that joined
     /// its network later).
     AddHosts {
@@ -319,6 +329,49 @@ pub enum Reply {
         /// By pid.
         processes: Vec<ProcessInfo>,
     },
+    /// Answer to `Changes`: a page of them, and whether more follow.
+    Changes {
+        /// Sorted by path.
+        changes: Vec<Change>,
+        /// Another page follows.
+        more: bool,
+    },
+}
+
+/// Most entries in one page of `Changes` (a frame must stay under its 1 MiB bound:
+/// paths are at most 4096 bytes, most far shorter; the agent makes a page smaller when
+/// its paths are long).
+pub const CHANGES_PAGE: usize = 2000;
+
+/// One change of a container's root filesystem, as `docker diff` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `A` (added), `C` (changed) or `D` (deleted).
+    pub kind: ChangeKind,
+    /// Absolute path in the container.
+    pub path: String,
+}
+
+/// What happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    #[serde(rename = "A")]
+    Added,
+    #[serde(rename = "C")]
+    Changed,
+    #[serde(rename = "D")]
+    Deleted,
+}
+
+impl ChangeKind {
+    /// Docker's letter.
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        }
+    }
 }
 
 /// One process of a container, as `top` shows it. It comes from the sandbox (a guest's
@@ -1142,6 +1195,10 @@ mod tests {
             Request::Freeze {
                 container: "c".into(),
                 frozen: true,
+            },
+            Request::Changes {
+                container: "c".into(),
+                from: 2000,
             },
             Request::Remove {
                 container: "c".into(),
