@@ -435,7 +435,9 @@ out=$(arca create --isolation="$iso" --name nm1 busybox true 2>&1; echo "rc=$?";
 rc=125
 2' $? "$out"
 id1=$(arca inspect -f '{{.Id}}' nm1)
-out=$(arca rename nm1 nm2 && arca inspect -f '{{.Name}}' "$id1" && arca ps -a --filter name=nm --format '{{.Names}}'; arca inspect nm1 >/dev/null 2>&1 || echo old-name-free); check rename 0 "/nm2
+# (The filter matches substrings: `nm2`, which no generated name (adjective_surname,
+# letters only) contains.)
+out=$(arca rename nm1 nm2 && arca inspect -f '{{.Name}}' "$id1" && arca ps -a --filter name=nm2 --format '{{.Names}}'; arca inspect nm1 >/dev/null 2>&1 || echo old-name-free); check rename 0 "/nm2
 nm2
 old-name-free" $? "$out"
 genname=$(arca ps -a --filter "id=$gen" --format '{{.Names}}')
