@@ -8,6 +8,7 @@
 //! (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), opening nothing but directories, and at most
 //! [`MAX_ENTRIES`] entries.
 
+use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use arca_protocol::{Change, ChangeKind};
@@ -20,6 +21,10 @@ const AGENT_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf
 const MOUNT_POINTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// Most entries walked: a bound on what a hostile layer can cost the agent.
 pub const MAX_ENTRIES: usize = 1_000_000;
+/// Deepest directory walked (a descriptor is open per level, and paths grow with it).
+pub const MAX_DEPTH: usize = 128;
+/// Most bytes of paths listed in all.
+pub const MAX_PATH_BYTES: usize = 64 << 20;
 
 /// The changes in `upper` over `lower`, sorted by path. `mounts`: the container's own
 /// mount targets, which (and whose new parents) are not listed unless something else
@@ -32,6 +37,7 @@ pub fn changes(
     let mut walk = Walk {
         out: Vec::new(),
         seen: 0,
+        bytes: 0,
         mounts: MOUNT_POINTS
             .iter()
             .map(|m| m.to_string())
@@ -39,14 +45,17 @@ pub fn changes(
             .collect(),
     };
     let lower = reopen(lower).ok();
-    walk.dir(upper, lower.as_ref().map(|l| l.as_fd()), "")?;
-    walk.out.sort_by(|a, b| a.path.cmp(&b.path));
+    walk.dir(upper, lower.as_ref().map(|l| l.as_fd()), "", 0)?;
+    // Docker's order: depth first, each directory's entries by name.
+    walk.out
+        .sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
     Ok(walk.out)
 }
 
 struct Walk {
     out: Vec<Change>,
     seen: usize,
+    bytes: usize,
     mounts: Vec<String>,
 }
 
@@ -59,7 +68,13 @@ impl Walk {
         upper: BorrowedFd<'_>,
         lower: Option<BorrowedFd<'_>>,
         prefix: &str,
+        depth: usize,
     ) -> Result<bool, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "the writable layer nests directories more than {MAX_DEPTH} deep"
+            ));
+        }
         let names = list(upper).map_err(|e| format!("{prefix}/: {e}"))?;
         let mut listed = false;
         for name in &names {
@@ -69,11 +84,24 @@ impl Walk {
                     "the writable layer has more than {MAX_ENTRIES} entries"
                 ));
             }
-            let path = format!("{prefix}/{name}");
-            let st = rustix::fs::statat(upper, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| format!("{path}: {e}"))?;
-            let below = lower
-                .and_then(|l| rustix::fs::statat(l, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok());
+            // Looked up by its own bytes; shown lossily.
+            let path = format!("{prefix}/{}", name.to_string_lossy());
+            let st = match rustix::fs::statat(upper, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Gone since it was listed (the container keeps running).
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
+                Err(e) => return Err(format!("{path}: {e}")),
+            };
+            self.bytes += path.len();
+            if self.bytes > MAX_PATH_BYTES {
+                return Err(format!(
+                    "the writable layer's changes name more than {} MiB of paths",
+                    MAX_PATH_BYTES >> 20
+                ));
+            }
+            let below = lower.and_then(|l| {
+                rustix::fs::statat(l, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok()
+            });
             let kind = FileType::from_raw_mode(st.st_mode);
             if kind == FileType::CharacterDevice && st.st_rdev == 0 {
                 // A whiteout: the image's file is gone.
@@ -94,20 +122,23 @@ impl Walk {
                 listed = true;
                 continue;
             }
-            let child = rustix::fs::openat(
+            let child = match rustix::fs::openat(
                 upper,
-                name.as_str(),
+                name.as_c_str(),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )
-            .map_err(|e| format!("{path}: {e}"))?;
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
+                Err(e) => return Err(format!("{path}: {e}")),
+            };
             let was_dir = below
                 .as_ref()
                 .is_some_and(|b| FileType::from_raw_mode(b.st_mode) == FileType::Directory);
             let image_dir = match (was_dir, lower) {
                 (true, Some(l)) => rustix::fs::openat(
                     l,
-                    name.as_str(),
+                    name.as_c_str(),
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
@@ -118,20 +149,27 @@ impl Walk {
             let mut inner = if opaque {
                 // What the image had here is gone but for what the upper has again.
                 if let Some(image) = &image_dir {
-                    let again: std::collections::HashSet<String> = list(child.as_fd())
+                    let again: std::collections::HashSet<CString> = list(child.as_fd())
                         .unwrap_or_default()
                         .into_iter()
                         .collect();
                     for gone in list(image.as_fd()).unwrap_or_default() {
                         if !again.contains(&gone) {
-                            self.out
-                                .push(change(ChangeKind::Deleted, format!("{path}/{gone}")));
+                            self.out.push(change(
+                                ChangeKind::Deleted,
+                                format!("{path}/{}", gone.to_string_lossy()),
+                            ));
                         }
                     }
                 }
-                self.dir(child.as_fd(), None, &path)?
+                self.dir(child.as_fd(), None, &path, depth + 1)?
             } else {
-                self.dir(child.as_fd(), image_dir.as_ref().map(|d| d.as_fd()), &path)?
+                self.dir(
+                    child.as_fd(),
+                    image_dir.as_ref().map(|d| d.as_fd()),
+                    &path,
+                    depth + 1,
+                )?
             };
             inner |= opaque;
             let new = !was_dir;
@@ -182,15 +220,18 @@ fn reopen(dir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
     )
 }
 
-/// The names in a directory, `.` and `..` left out, sorted.
-fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<String>> {
+/// The names in a directory, `.` and `..` left out, sorted (by their bytes).
+fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
     let mut d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(entry) = d.read() {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push(name);
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+            if names.len() > MAX_ENTRIES {
+                return Err(rustix::io::Errno::NOMEM);
+            }
         }
     }
     names.sort();
@@ -201,6 +242,7 @@ fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<String>> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::ffi::OsStrExt;
 
     fn open(p: &std::path::Path) -> OwnedFd {
         rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
@@ -245,6 +287,9 @@ mod tests {
             0,
         )
         .unwrap();
+        // Docker's order: /newdir before /newdir.txt; a name that is not UTF-8.
+        fs::write(upper.join("newdir.txt"), "n").unwrap();
+        fs::write(upper.join(std::ffi::OsStr::from_bytes(b"odd\xff")), "o").unwrap();
         // usr/bin copied up with nothing changed below: not listed.
         let got = changes(
             open(&upper).as_fd(),
@@ -261,6 +306,8 @@ mod tests {
                 "A /newdir",
                 "A /newdir/sub",
                 "A /newdir/sub/f",
+                "A /newdir.txt",
+                "A /odd\u{FFFD}",
                 "C /tmp",
                 "A /tmp/link",
                 "A /tmp/x",

@@ -592,12 +592,19 @@ impl Runtime {
         let mut page = Vec::new();
         let mut bytes = 0;
         for ch in all.iter().skip(from) {
-            bytes += ch.path.len() + 32;
+            // As encoded: a control character takes six bytes of JSON.
+            bytes += serde_json::to_string(ch).map_or(0, |j| j.len()) + 1;
             if page.len() >= arca_protocol::CHANGES_PAGE || bytes > arca_protocol::MAX_FRAME_LEN / 2
             {
                 break;
             }
             page.push(ch.clone());
+        }
+        if page.is_empty() && from < all.len() {
+            return Err(internal(
+                "Cannot list the container's changes",
+                "a path too long for one answer",
+            ));
         }
         let more = from + page.len() < all.len();
         Ok((page, more))

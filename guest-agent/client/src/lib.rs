@@ -648,9 +648,11 @@ impl AgentClient {
                     _ => None,
                 },
             )?;
-            let empty = page.is_empty();
+            if page.is_empty() && more {
+                return Err(AgentClientError::Closed);
+            }
             all.extend(page);
-            if !more || empty {
+            if !more {
                 return Ok(all);
             }
         }

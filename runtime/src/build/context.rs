@@ -11,11 +11,14 @@
 //! `COPY` writes is bounded (`limit` bytes of file content).
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use super::ignore::{Glob, Ignore, IgnoreError, MAX_IGNORE_FILE};
 
@@ -46,6 +49,9 @@ pub enum ContextError {
     /// A source pattern that cannot be compiled.
     #[error("bad source pattern {0:?}: {1}")]
     Pattern(String, String),
+    /// A file changed while it was copied.
+    #[error("{0} changed while it was copied")]
+    Changed(PathBuf),
     /// A symlink loop.
     #[error("too many levels of symbolic links in {0}")]
     Loop(String),
@@ -176,10 +182,12 @@ impl Context {
         let glob =
             Glob::new(&rel).map_err(|reason| ContextError::Pattern(src.to_string(), reason))?;
         let mut found = Vec::new();
-        self.walk(root, "", &mut |path, _| {
-            if glob.matches(path) {
-                found.push(path.to_string());
+        let top = open_dir(root)?;
+        self.walk(top.as_fd(), root, "", &mut |e| {
+            if glob.matches(e.rel) {
+                found.push(e.rel.to_string());
             }
+            Ok(())
         })?;
         found.sort();
         if found.is_empty() {
@@ -188,35 +196,54 @@ impl Context {
         Ok(found)
     }
 
-    /// Every path under `dir` (context-relative `prefix`), not following symlinks,
-    /// excluded ones left out (their subtrees too, unless an exception may bring some
-    /// back).
+    /// Every entry under the directory `dir` (open; at host path `at`, context-relative
+    /// `prefix`), by name relative to its directory's descriptor: nothing is looked up
+    /// by a path rebuilt from text, and no symlink is followed. Excluded entries are
+    /// left out (their subtrees too, unless an exception may bring some back). Names
+    /// that are not UTF-8 are matched against `.dockerignore` as shown (lossily) but
+    /// read by their own bytes.
     fn walk(
         &self,
-        dir: &Path,
+        dir: BorrowedFd<'_>,
+        at: &Path,
         prefix: &str,
-        each: &mut dyn FnMut(&str, &fs::Metadata),
+        each: &mut dyn FnMut(Entry<'_>) -> Result<(), ContextError>,
     ) -> Result<(), ContextError> {
-        let mut names: Vec<OsString> = fs::read_dir(dir)
-            .map_err(io_err("read", dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err("read", dir))?;
-        names.sort();
+        let names = list(dir).map_err(|e| io_err("read", at)(e.into()))?;
         for name in names {
-            let path = dir.join(&name);
+            let shown = name.to_string_lossy();
             let rel = if prefix.is_empty() {
-                name.to_string_lossy().into_owned()
+                shown.into_owned()
             } else {
-                format!("{prefix}/{}", name.to_string_lossy())
+                format!("{prefix}/{shown}")
             };
-            let m = fs::symlink_metadata(&path).map_err(io_err("read", &path))?;
+            let host = at.join(OsStr::from_bytes(name.to_bytes()));
+            let st = match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Gone since it was listed.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_err("read", &host)(e.into())),
+            };
             let excluded = self.excluded(&rel);
             if !excluded {
-                each(&rel, &m);
+                each(Entry {
+                    dir,
+                    name: &name,
+                    host: &host,
+                    rel: &rel,
+                    st: &st,
+                })?;
             }
-            if m.is_dir() && (!excluded || self.ignore.has_exceptions()) {
-                self.walk(&path, &rel, each)?;
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if is_dir && (!excluded || self.ignore.has_exceptions()) {
+                let sub = rustix::fs::openat(
+                    dir,
+                    name.as_c_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("read", &host)(e.into()))?;
+                self.walk(sub.as_fd(), &host, &rel, each)?;
             }
         }
         Ok(())
@@ -283,7 +310,7 @@ impl Context {
         out: impl Write,
     ) -> Result<Written, ContextError> {
         let root = self.root(dest)?.to_path_buf();
-        let dest_clean = lexical(dest).unwrap_or_default();
+        let dest_clean = clamped(dest);
         let dest_is_dir = dest.ends_with('/')
             || dest.ends_with("/.")
             || dest_clean == "."
@@ -299,14 +326,59 @@ impl Context {
         };
         for src in sources {
             let real = self.resolve(src, true)?;
-            let m = fs::metadata(&real).map_err(io_err("read", &real))?;
             let real_rel = relative(&root, &real);
-            if m.is_dir() {
+            // The source itself, by its parent's descriptor (no symlink followed: the
+            // resolution above already followed those inside the root).
+            let (parent, name) = match (real.parent(), real.file_name()) {
+                (Some(p), Some(n)) if real != root => (p.to_path_buf(), n.to_os_string()),
+                _ => (root.clone(), OsString::from(".")),
+            };
+            let parent_fd = open_dir(&parent)?;
+            let cname =
+                CString::new(name.as_bytes()).map_err(|_| ContextError::NotFound(src.clone()))?;
+            let st = rustix::fs::statat(
+                parent_fd.as_fd(),
+                cname.as_c_str(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err("read", &real)(e.into()))?;
+            let here = Entry {
+                dir: parent_fd.as_fd(),
+                name: &cname,
+                host: &real,
+                rel: &real_rel,
+                st: &st,
+            };
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 if !dest_is_dir && image(&dest_clean) == Some(ImageKind::Other) {
                     return Err(ContextError::DirectoryToFile(src.clone(), dest.to_string()));
                 }
                 w.parents(&dest_clean, true, image)?;
-                self.copy_dir(&mut w, &real, &real_rel, &dest_clean)?;
+                let top = if name == "." {
+                    open_dir(&real)?
+                } else {
+                    rustix::fs::openat(
+                        parent_fd.as_fd(),
+                        cname.as_c_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io_err("read", &real)(e.into()))?
+                };
+                let prefix = if real_rel == "." {
+                    ""
+                } else {
+                    real_rel.as_str()
+                };
+                let dest_dir = dest_clean.clone();
+                self.walk(top.as_fd(), &real, prefix, &mut |e| {
+                    let inner = if prefix.is_empty() {
+                        e.rel
+                    } else {
+                        &e.rel[prefix.len() + 1..]
+                    };
+                    w.entry(&e, &join(&dest_dir, inner))
+                })?;
             } else {
                 let target = if dest_is_dir {
                     let name = Path::new(src)
@@ -317,39 +389,13 @@ impl Context {
                     dest_clean.clone()
                 };
                 w.parents(&target, false, image)?;
-                w.entry(&real, &m, &target)?;
+                w.entry(&here, &target)?;
             }
         }
         w.tar
             .finish()
             .map_err(io_err("write the layer of", Path::new(dest)))?;
         Ok(w.written)
-    }
-
-    fn copy_dir(
-        &self,
-        w: &mut Writer<'_, impl Write>,
-        dir: &Path,
-        rel: &str,
-        dest: &str,
-    ) -> Result<(), ContextError> {
-        let prefix = if rel == "." { "" } else { rel };
-        let mut failed = None;
-        self.walk(dir, prefix, &mut |path, m| {
-            if failed.is_some() {
-                return;
-            }
-            let inner = if prefix.is_empty() {
-                path
-            } else {
-                &path[prefix.len() + 1..]
-            };
-            let host = dir.join(inner);
-            if let Err(e) = w.entry(&host, m, &join(dest, inner)) {
-                failed = Some(e);
-            }
-        })?;
-        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -399,56 +445,139 @@ impl<W: Write> Writer<'_, W> {
         Ok(())
     }
 
-    /// One entry: `host` (described by `m`, not followed) as `name` in the image.
-    fn entry(&mut self, host: &Path, m: &fs::Metadata, name: &str) -> Result<(), ContextError> {
-        let t = m.file_type();
+    /// One entry as `name` in the image, read through its directory's descriptor
+    /// without following a symlink; a file opened is checked to be the one the walk
+    /// saw, and read to exactly its recorded size.
+    fn entry(&mut self, e: &Entry<'_>, name: &str) -> Result<(), ContextError> {
+        let kind = FileType::from_raw_mode(e.st.st_mode);
         let (uid, gid) = self.opts.owner.unwrap_or((0, 0));
         let mut h = tar::Header::new_gnu();
         h.set_uid(uid.into());
         h.set_gid(gid.into());
-        h.set_mtime(u64::try_from(m.mtime()).unwrap_or(0));
-        h.set_mode(self.opts.mode.unwrap_or(m.mode() & 0o7777));
-        let err = io_err("write the layer entry", host);
-        if t.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            self.dirs_made.push(name.to_string());
-            self.tar
-                .append_data(&mut h, format!("{name}/"), io::empty())
-                .map_err(err)
-        } else if t.is_symlink() {
-            let target = fs::read_link(host).map_err(io_err("read", host))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            self.tar.append_link(&mut h, name, &target).map_err(err)
-        } else if t.is_file() {
-            self.written.bytes += m.len();
-            if self.written.bytes > self.opts.limit {
-                return Err(ContextError::TooLarge(crate::image::store::show_size(
-                    self.opts.limit,
-                )));
+        h.set_mtime(u64::try_from(e.st.st_mtime).unwrap_or(0));
+        h.set_mode(self.opts.mode.unwrap_or(e.st.st_mode & 0o7777));
+        let err = io_err("write the layer entry", e.host);
+        match kind {
+            FileType::Directory => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                self.dirs_made.push(name.to_string());
+                self.tar
+                    .append_data(&mut h, format!("{name}/"), io::empty())
+                    .map_err(err)
             }
-            let file = fs::File::open(host).map_err(io_err("read", host))?;
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(m.len());
-            // A file that grows while it is read is cut at the size recorded.
-            use std::io::Read;
-            self.tar
-                .append_data(&mut h, name, file.take(m.len()))
-                .map_err(err)
-        } else {
-            let what = if t.is_socket() {
-                "a socket"
-            } else if t.is_fifo() {
-                "a FIFO"
-            } else {
-                "a device node"
-            };
-            self.written.skipped.push(format!("{name} ({what})"));
-            Ok(())
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(e.dir, e.name, Vec::new())
+                    .map_err(|x| io_err("read", e.host)(x.into()))?;
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                self.tar
+                    .append_link(
+                        &mut h,
+                        name,
+                        Path::new(OsStr::from_bytes(target.to_bytes())),
+                    )
+                    .map_err(err)
+            }
+            FileType::RegularFile => {
+                let size = u64::try_from(e.st.st_size).unwrap_or(0);
+                self.written.bytes += size;
+                if self.written.bytes > self.opts.limit {
+                    return Err(ContextError::TooLarge(crate::image::store::show_size(
+                        self.opts.limit,
+                    )));
+                }
+                let fd = rustix::fs::openat(
+                    e.dir,
+                    e.name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|x| io_err("read", e.host)(x.into()))?;
+                let now = rustix::fs::fstat(&fd).map_err(|x| io_err("read", e.host)(x.into()))?;
+                if now.st_dev != e.st.st_dev
+                    || now.st_ino != e.st.st_ino
+                    || FileType::from_raw_mode(now.st_mode) != FileType::RegularFile
+                {
+                    return Err(ContextError::Changed(e.host.to_path_buf()));
+                }
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(size);
+                let mut counted = Counted {
+                    inner: io::Read::take(fs::File::from(fd), size),
+                    bytes: 0,
+                };
+                self.tar
+                    .append_data(&mut h, name, &mut counted)
+                    .map_err(err)?;
+                // A file that shrank while it was read left the archive short.
+                if counted.bytes != size {
+                    return Err(ContextError::Changed(e.host.to_path_buf()));
+                }
+                Ok(())
+            }
+            other => {
+                let what = match other {
+                    FileType::Socket => "a socket",
+                    FileType::Fifo => "a FIFO",
+                    _ => "a device node",
+                };
+                self.written.skipped.push(format!("{name} ({what})"));
+                Ok(())
+            }
         }
     }
+}
+
+/// Counts what is read through it.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: io::Read> io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// One entry of a walk: its directory's descriptor and its own name there (what it
+/// is opened by), its host path and context path (what errors and `.dockerignore`
+/// use), and what the walk saw of it.
+struct Entry<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a CStr,
+    host: &'a Path,
+    rel: &'a str,
+    st: &'a Stat,
+}
+
+/// Opens a directory of the context (the root, or one `resolve` found).
+fn open_dir(path: &Path) -> Result<OwnedFd, ContextError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err("read", path)(e.into()))
+}
+
+/// The names in a directory, `.` and `..` left out, sorted (by their bytes).
+fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut names = Vec::new();
+    while let Some(entry) = d.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// `path` cleaned as a path inside the root: a leading `/` dropped, `.` and empty
@@ -470,6 +599,26 @@ fn lexical(path: &str) -> Option<String> {
     } else {
         parts.join("/")
     })
+}
+
+/// `path` cleaned as a path in the image: as [`lexical`], but `..` at the root stays at
+/// the root (`/../etc/` is `/etc/`, as Docker cleans it).
+fn clamped(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().unwrap_or("_")),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
 }
 
 fn components(path: &str) -> VecDeque<OsString> {
@@ -675,6 +824,24 @@ mod tests {
             copy(&ctx, &["etc/passwd"], "/x", &big, &[]),
             Err(ContextError::TooLarge(_))
         ));
+        // A name that is not UTF-8 beside a symlink named as it shows: each is read by
+        // its own bytes, never the secret through the other's name.
+        let secret = tempfile::tempdir().unwrap();
+        fs::write(secret.path().join("shadow"), "SECRET").unwrap();
+        let odd = tree(&[]);
+        fs::write(odd.path().join(OsStr::from_bytes(b"\xff")), "harmless").unwrap();
+        std::os::unix::fs::symlink(secret.path().join("shadow"), odd.path().join("\u{FFFD}"))
+            .unwrap();
+        let octx = Context::dir(odd.path()).unwrap();
+        let mut out = Vec::new();
+        let sources = octx.sources(".").unwrap();
+        octx.copy_layer(&sources, "/o", &opts(), &|_| None, &mut out)
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("SECRET"));
+        assert!(String::from_utf8_lossy(&out).contains("harmless"));
+        // `..` in a destination stays at the image's root, as Docker cleans it.
+        let l = copy(&ctx, &["inside.txt"], "/../etc/", &opts(), &[]).unwrap();
+        assert!(l.contains_key("etc/inside.txt"), "{:?}", l.keys());
         let none = Context::empty();
         assert!(
             none.sources("x")

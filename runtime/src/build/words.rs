@@ -77,7 +77,12 @@ struct Lexer<'a> {
     vars: &'a dyn Vars,
     escape: char,
     text: &'a str,
+    /// `${` open around the current position.
+    depth: usize,
 }
+
+/// Deepest nesting of `${...}` (each level recurses).
+const MAX_NESTING: usize = 64;
 
 impl<'a> Lexer<'a> {
     fn new(text: &'a str, vars: &'a dyn Vars, escape: char) -> Self {
@@ -87,6 +92,7 @@ impl<'a> Lexer<'a> {
             vars,
             escape,
             text,
+            depth: 0,
         }
     }
 
@@ -193,7 +199,16 @@ impl<'a> Lexer<'a> {
         match self.peek() {
             Some('{') => {
                 self.pos += 1;
-                self.braced()
+                self.depth += 1;
+                if self.depth > MAX_NESTING {
+                    return Err(WordError::BadSubstitution(format!(
+                        "{} (nested more than {MAX_NESTING} deep)",
+                        self.text.chars().take(64).collect::<String>()
+                    )));
+                }
+                let value = self.braced();
+                self.depth -= 1;
+                value
             }
             Some(c) if c == '_' || c.is_ascii_alphanumeric() => {
                 let name = self.name();
@@ -525,6 +540,17 @@ mod tests {
             let e = expand(text, &env, '\\').unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = "${a:-".repeat(100_000) + &"}".repeat(100_000);
+        assert!(matches!(
+            expand(&deep, &env, '\\'),
+            Err(WordError::BadSubstitution(_))
+        ));
+        let ok = "${a:-".repeat(10) + "x" + &"}".repeat(10);
+        assert_eq!(expand(&ok, &env, '\\').unwrap(), "x");
     }
 
     #[test]

@@ -892,7 +892,16 @@ impl Store {
                 .iter()
                 .map(|l| sha256_file(l).map(|d| format!("sha256:{d}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+            let Some(object) = config.as_object_mut() else {
+                return Err(StoreError::BadArchive {
+                    path: work.join("config.json"),
+                    why: "an image config must be a JSON object".into(),
+                });
+            };
+            object.insert(
+                "rootfs".into(),
+                serde_json::json!({"type": "layers", "diff_ids": diff_ids}),
+            );
             let path = work.join("config.json");
             write_json(&path, &config)?;
             let names = self.import(
@@ -1396,6 +1405,7 @@ mod tests {
                 .is_err()
         );
         assert!(store.resolve("bad:1").is_err());
+        assert!(store.commit(serde_json::json!([1]), &[], &[]).is_err());
     }
 
     #[test]
