@@ -61,13 +61,14 @@ bench: build kernel lab-prepare test-deps
 	tests/bench/agent.sh $(or $(ROUNDS),10)
 	tests/bench/net.sh
 	tests/bench/storage.sh
+	tests/bench/build.sh
 
 # Fuzz every device target for FUZZ_SECONDS each (default 60). cargo-fuzz needs
 # nightly features; RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain here.
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile; do \
+	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile layer_chunks add_archive; do \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:

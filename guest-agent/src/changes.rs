@@ -16,9 +16,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 /// Files the agent writes into every container; Docker bind-mounts its own, so they
 /// are never in its layer.
-const AGENT_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+pub(crate) const AGENT_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Mount points the agent makes in every container.
-const MOUNT_POINTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+pub(crate) const MOUNT_POINTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// Most entries walked: a bound on what a hostile layer can cost the agent.
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Deepest directory walked (a descriptor is open per level, and paths grow with it).
@@ -203,7 +203,7 @@ fn changed_meta(upper: &Stat, lower: &Stat) -> bool {
 }
 
 /// Whether overlayfs marked the directory opaque (it replaced the image's).
-fn opaque(dir: BorrowedFd<'_>) -> bool {
+pub(crate) fn opaque(dir: BorrowedFd<'_>) -> bool {
     let mut value = [0u8; 4];
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
@@ -211,7 +211,7 @@ fn opaque(dir: BorrowedFd<'_>) -> bool {
 }
 
 /// A new descriptor of the same directory (its own position for reading).
-fn reopen(dir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
+pub(crate) fn reopen(dir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         ".",
@@ -221,7 +221,7 @@ fn reopen(dir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 }
 
 /// The names in a directory, `.` and `..` left out, sorted (by their bytes).
-fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
+pub(crate) fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
     let mut d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(entry) = d.read() {

@@ -570,6 +570,30 @@ impl Runtime {
         Ok(crate::procinfo::describe(&pids))
     }
 
+    /// New descriptors of container `id`'s overlay upper and lower directories (its
+    /// layer, for `Channel::Layer`). The container must not run: its layer is taken
+    /// once its process has exited (or before it started).
+    pub fn layer_dirs(&self, id: &str) -> Result<(OwnedFd, OwnedFd), AgentError> {
+        let c = self.get(id)?;
+        if c.state() == ContainerState::Running {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("Container {id} is running: its layer is taken once it has exited"),
+            ));
+        }
+        let (Some(upper), Some(lower)) = (&c.layers.upper, &c.layers.lower) else {
+            return Err(AgentError::new(
+                ErrorCode::InvalidState,
+                format!("The layer of container {id} cannot be read"),
+            ));
+        };
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| internal("Cannot read the container's layer", e))
+        };
+        Ok((dup(upper)?, dup(lower)?))
+    }
+
     /// What changed in container `id`'s root filesystem against its image, sorted by
     /// path: the page of at most [`arca_protocol::CHANGES_PAGE`] entries (fewer when
     /// paths are long, so the answer fits a frame) from entry `from`, and whether more

@@ -20,6 +20,7 @@ pub mod cmdline;
 pub mod container;
 pub mod helper;
 pub mod init;
+pub mod layer;
 pub mod procinfo;
 pub mod reaper;
 pub mod restore;

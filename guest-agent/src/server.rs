@@ -257,6 +257,7 @@ impl Server {
             ));
         }
         let mut forward = None;
+        let mut layer = None;
         let stdio = match (&reply.error, hello.channel) {
             (Some(_), _) | (None, Channel::Control) => None,
             (
@@ -287,8 +288,22 @@ impl Server {
                 }
                 None
             }
+            (None, Channel::Layer { container }) => {
+                match self.runtime.layer_dirs(&container) {
+                    Ok(dirs) => layer = Some(dirs),
+                    Err(e) => reply.error = Some(e),
+                }
+                None
+            }
         };
         if write_frame(&conn, &reply).is_err() || reply.error.is_some() {
+            return;
+        }
+        if let Some((upper, lower)) = layer {
+            if let Err(e) = crate::layer::send(upper.as_fd(), lower.as_fd(), &conn) {
+                eprintln!("arca-agent: the layer was not sent: {e}");
+            }
+            conn.shutdown_write();
             return;
         }
         match (stdio, forward) {

@@ -135,6 +135,10 @@ enum Cmd {
     },
     /// List images.
     Images {
+        /// Show all images (by default the steps a build keeps for its cache are
+        /// hidden).
+        #[arg(short, long)]
+        all: bool,
         /// Only show image IDs.
         #[arg(short, long)]
         quiet: bool,
@@ -358,6 +362,56 @@ enum Cmd {
         /// The command.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Build an image from a Dockerfile, every RUN step in a microVM (or, with
+    /// --isolation=process, a host container).
+    Build {
+        /// Name and optionally a tag (`name:tag`); repeatable.
+        #[arg(short, long = "tag")]
+        tag: Vec<String>,
+        /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin).
+        #[arg(short, long)]
+        file: Option<String>,
+        /// Build-time variables (`K=V`, or `K` to take this environment's value).
+        #[arg(long = "build-arg")]
+        build_arg: Vec<String>,
+        /// The stage to build (default: the last).
+        #[arg(long)]
+        target: Option<String>,
+        /// Do not use the build cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Pull base images even when the store has them.
+        #[arg(long)]
+        pull: bool,
+        /// Where RUN steps run: each in its own microVM (vm) or in a host container.
+        #[arg(long, value_enum, default_value = "vm")]
+        isolation: Isolation,
+        /// The network of RUN steps: default (the default bridge), none, or host
+        /// (process isolation only).
+        #[arg(long)]
+        network: Option<String>,
+        /// Progress output: auto, plain or tty (arca writes plain lines for all three).
+        #[arg(long, default_value = "auto")]
+        progress: String,
+        /// Print nothing but the image ID (on stdout); a failure's output still shows.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Write the image ID to this file.
+        #[arg(long)]
+        iidfile: Option<PathBuf>,
+        /// The platform: linux/amd64 is the only one.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Remove intermediate containers (always done; accepted for Docker's scripts).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        rm: Option<String>,
+        /// Remove intermediate containers even after a failure (always done).
+        #[arg(long)]
+        force_rm: bool,
+        /// The build context: a directory, or `-` for a Dockerfile on stdin and no
+        /// context.
+        context: String,
     },
     /// Inspect changes to files or directories on a container's filesystem.
     Diff {
@@ -1339,6 +1393,79 @@ fn main() -> ExitCode {
                 chain(&e)
             })
         }
+        Cmd::Build {
+            tag,
+            file,
+            build_arg,
+            target,
+            no_cache,
+            pull,
+            isolation,
+            network,
+            progress,
+            quiet,
+            iidfile,
+            platform,
+            rm,
+            force_rm: _,
+            context,
+        } => {
+            if !matches!(progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
+                return Err(format!(
+                    "invalid --progress {progress:?}: auto, plain, tty or quiet"
+                ));
+            }
+            if rm.as_deref().is_some_and(|v| v != "true") {
+                return Err(
+                    "--rm=false is not supported: arca build always removes its step containers"
+                        .into(),
+                );
+            }
+            if let Some(p) = platform.as_deref()
+                && !matches!(
+                    p,
+                    "linux/amd64" | "linux/x86_64" | "amd64" | "x86_64" | "linux"
+                )
+            {
+                return Err(format!(
+                    "--platform {p} is not supported: arca builds linux/amd64 images only"
+                ));
+            }
+            if network
+                .as_deref()
+                .is_some_and(|n| !matches!(n, "default" | "none" | "host"))
+            {
+                return Err(format!(
+                    "--network {} is not supported by arca build: default, none or host",
+                    network.as_deref().unwrap_or_default()
+                ));
+            }
+            if network.as_deref() == Some("host") && isolation == Isolation::Vm {
+                return Err("--network host is not possible with --isolation=vm: a microVM has its own network stack".into());
+            }
+            Ok(build(
+                &state,
+                BuildRequest {
+                    file,
+                    context,
+                    opts: arca_runtime::build::builder::BuildOptions {
+                        tags: tag,
+                        build_args: build_arg,
+                        target,
+                        no_cache,
+                        pull,
+                        isolation,
+                        // Bridges need root: a non-root user's steps get loopback only
+                        // unless they ask.
+                        network: network.or_else(|| {
+                            (!rustix::process::geteuid().is_root()).then(|| "none".to_string())
+                        }),
+                        quiet: quiet || progress == "quiet",
+                    },
+                    iidfile,
+                },
+            ))
+        }
         Cmd::Diff { container } => match arca_runtime::cp::diff(&state, &container) {
             Ok(changes) => {
                 let text: String = changes
@@ -1453,6 +1580,7 @@ fn main() -> ExitCode {
             Ok(if failed { 1 } else { 0 })
         }
         Cmd::Images {
+            all,
             quiet,
             no_trunc,
             format,
@@ -1461,6 +1589,7 @@ fn main() -> ExitCode {
             let format = format_unless_quiet(format, quiet);
             let store = Store::open(&state).map_err(|e| e.to_string())?;
             let mut images = store.list().map_err(|e| chain(&e))?;
+            images.retain(|i| all || !i.tags.is_empty() || !store.is_intermediate(&i.id));
             if let Some(r) = &repository {
                 // Docker: `NAME` matches every tag of it, `NAME:TAG` that tag.
                 let full = arca_runtime::image::store::normalize_reference(r).ok();
@@ -1887,6 +2016,96 @@ fn print_formatted(
             eprintln!("arca: {}", e.docker_message());
             Ok(1)
         }
+    }
+}
+
+/// What `arca build` was given.
+struct BuildRequest {
+    file: Option<String>,
+    context: String,
+    opts: arca_runtime::build::builder::BuildOptions,
+    iidfile: Option<PathBuf>,
+}
+
+/// `arca build`: Docker's exit codes (1 for a failed build, with BuildKit's
+/// `ERROR: failed to solve:` line).
+fn build(state: &std::path::Path, req: BuildRequest) -> i32 {
+    use arca_runtime::build::{context::Context, dockerfile};
+    use std::io::Read;
+    let fail = |what: &str| {
+        eprintln!("ERROR: {what}");
+        1
+    };
+    let read_stdin = || {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .take(dockerfile::MAX_DOCKERFILE as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
+            return Err(std::io::Error::other(
+                "a build context as a tar on stdin is not supported by arca build: give a context directory",
+            ));
+        }
+        String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::other("the Dockerfile is not UTF-8 text"))
+    };
+    let (text, context) = if req.context == "-" {
+        if req.file.is_some() {
+            return fail(
+                "unable to prepare context: -f cannot be used with a Dockerfile on stdin (`arca build -`)",
+            );
+        }
+        match read_stdin() {
+            Ok(t) => (t, Context::empty()),
+            Err(e) => return fail(&format!("failed to read stdin: {e}")),
+        }
+    } else {
+        let dir = PathBuf::from(&req.context);
+        if !dir.is_dir() {
+            return fail(&format!(
+                "unable to prepare context: path {:?} not found",
+                req.context
+            ));
+        }
+        let context = match Context::dir(&dir) {
+            Ok(c) => c,
+            Err(e) => return fail(&format!("unable to prepare context: {}", chain(&e))),
+        };
+        let text = match req.file.as_deref() {
+            Some("-") => read_stdin(),
+            Some(f) => std::fs::read_to_string(f),
+            None => std::fs::read_to_string(dir.join("Dockerfile")),
+        };
+        match text {
+            Ok(t) => (t, context),
+            Err(e) => {
+                let name = req.file.clone().unwrap_or_else(|| "Dockerfile".into());
+                return fail(&format!(
+                    "failed to solve: failed to read dockerfile {name}: {e}"
+                ));
+            }
+        }
+    };
+    let df = match dockerfile::parse(&text) {
+        Ok(d) => d,
+        Err(e) => return fail(&format!("failed to solve: {e}")),
+    };
+    match arca_runtime::build::builder::build(state, &df, &context, &req.opts) {
+        Ok(built) => {
+            if let Some(path) = &req.iidfile
+                && let Err(e) = std::fs::write(path, format!("sha256:{}", built.id))
+            {
+                return fail(&format!(
+                    "cannot write the image ID to {}: {e}",
+                    path.display()
+                ));
+            }
+            if req.opts.quiet {
+                println!("sha256:{}", built.id);
+            }
+            0
+        }
+        Err(e) => fail(&format!("failed to solve: {}", chain(&e))),
     }
 }
 

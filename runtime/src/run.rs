@@ -48,7 +48,7 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         println!("{}", record.id);
         return Ok(0);
     }
-    let result = supervise(state, opts, &dir, record, Output::Terminal);
+    let result = supervise(state, opts, &dir, record, Output::Terminal, None);
     if result.is_err() || opts.rm {
         destroy(state, &dir);
     } else if let Ok(code) = result
@@ -367,6 +367,30 @@ fn prepare(
     Ok((dir, record))
 }
 
+/// A build step's output: the writer for its stdout (`false`) or stderr (`true`).
+pub type StepOutput = Arc<dyn Fn(bool) -> Box<dyn Write + Send> + Send + Sync>;
+
+/// What a build step does with its container once it exited 0, before it is removed
+/// (`arca build` takes its layer): given the agent's address and the container's key.
+pub type StepDone<'a> = &'a mut dyn FnMut(&AgentAddress, &str) -> Result<(), RunError>;
+
+/// Runs one container of a build step (`arca build`'s `RUN`) in the foreground: its
+/// output to `output`, its exit code returned. Once it exited 0, `done` is given its
+/// agent while the container is still in its sandbox; then the container goes, as
+/// with `--rm` (and on any failure).
+pub fn run_step(
+    state: &Path,
+    opts: &RunOptions,
+    output: StepOutput,
+    done: StepDone<'_>,
+) -> Result<i32, RunError> {
+    let (dir, record) = prepare(state, opts, Status::Starting)?;
+    let opts = &RunOptions::load(&dir).inspect_err(|_| destroy(state, &dir))?;
+    let result = supervise(state, opts, &dir, record, Output::Step(output), Some(done));
+    destroy(state, &dir);
+    result
+}
+
 /// Removes a container's directory and the anonymous volumes made for it (a failed
 /// run, or one with `--rm`).
 fn discard(state: &Path, dir: &Path) {
@@ -511,7 +535,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
     record.save(&dir)?;
     loop {
         let began = Instant::now();
-        let result = supervise(state, &opts, &dir, record, Output::Logs);
+        let result = supervise(state, &opts, &dir, record, Output::Logs, None);
         if let Err(e) = &result
             && let Ok(mut r) = ContainerRecord::load(&dir)
         {
@@ -571,12 +595,30 @@ fn stopped_while_restarting(dir: &Path, code: i32) -> Result<i32, RunError> {
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Where a container's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Output {
     /// This terminal, and the logs.
     Terminal,
     /// The logs (and `arca attach` clients) only.
     Logs,
+    /// A build step's writers, and the logs.
+    Step(StepOutput),
+}
+
+impl Output {
+    fn terminal(&self) -> bool {
+        matches!(self, Output::Terminal)
+    }
+
+    /// Where stream `stderr` (else stdout) is shown besides the logs, if anywhere.
+    fn sink(&self, opts: &RunOptions, stderr: bool) -> Option<Box<dyn Write + Send>> {
+        match self {
+            Output::Terminal if stderr && opts.shows("stderr") => Some(Box::new(io::stderr())),
+            Output::Terminal if !stderr && opts.shows("stdout") => Some(Box::new(io::stdout())),
+            Output::Step(f) => Some(f(stderr)),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the container of `record` to its end, keeping its record up to date: the boot
@@ -587,6 +629,7 @@ fn supervise(
     dir: &Path,
     mut record: ContainerRecord,
     output: Output,
+    done: Option<StepDone<'_>>,
 ) -> Result<i32, RunError> {
     let store = Store::open(state)?;
     let image = store.resolve(&record.image_id)?;
@@ -607,7 +650,7 @@ fn supervise(
     }
     sandbox.link_container(&mut client, id, container_pid)?;
     let address = sandbox.address().clone();
-    let terminal = output == Output::Terminal;
+    let terminal = output.terminal();
     let session = Session::start(terminal && opts.tty && opts.interactive);
     let streams = Streams::open(&address, id, opts)?;
     if terminal && opts.tty {
@@ -671,6 +714,13 @@ fn supervise(
     }
     record.event(state, "die", &[("exitCode", &status.code.to_string())]);
     record.save(dir)?;
+    if let Some(done) = done
+        && status.code == 0
+        && let Err(e) = done(&address, id)
+    {
+        sandbox.finish(client, id, true);
+        return Err(e);
+    }
     sandbox.finish(client, id, opts.rm);
     drop(session);
     if status.oom_killed {
@@ -727,7 +777,7 @@ impl Copies {
         output: Output,
         session: &Session,
     ) -> Result<Self, RunError> {
-        let terminal = output == Output::Terminal;
+        let terminal = output.terminal();
         let log = |name: &str| {
             RotatingLog::create(&dir.join(name), opts.log)
                 .map_err(io_err(format!("create the {name}")))
@@ -760,15 +810,12 @@ impl Copies {
                 let (h1, h2) = (copies.hub.clone(), copies.hub.clone());
                 let p2 = progress.clone();
                 // `-a`: the streams not attached still reach the logs.
-                let (show_out, show_err) = (
-                    terminal && opts.shows("stdout"),
-                    terminal && opts.shows("stderr"),
-                );
+                let (show_out, show_err) = (output.sink(opts, false), output.sink(opts, true));
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(out, Tee(out_log, show_out.then(io::stdout), h1, progress))
+                    copy_to(out, Tee(out_log, show_out, h1, progress))
                 }));
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(err, Tee(err_log, show_err.then(io::stderr), h2, p2))
+                    copy_to(err, Tee(err_log, show_err, h2, p2))
                 }));
             }
             Streams::Tty(tty) => {
@@ -785,9 +832,9 @@ impl Copies {
                 drop(err_log);
                 let reader = io::Cursor::new(pending).chain(sock);
                 let hub = copies.hub.clone();
-                let show = terminal && opts.shows("stdout");
+                let show = output.sink(opts, false);
                 copies.threads.push(std::thread::spawn(move || {
-                    copy_to(reader, Tee(out_log, show.then(io::stdout), hub, progress))
+                    copy_to(reader, Tee(out_log, show, hub, progress))
                 }));
             }
         }
@@ -832,7 +879,12 @@ impl Copies {
 }
 
 /// Writes to a log file and, if present, a terminal stream and `arca attach` clients.
-struct Tee<W: Write>(RotatingLog, Option<W>, Option<Arc<Hub>>, Arc<Progress>);
+struct Tee(
+    RotatingLog,
+    Option<Box<dyn Write + Send>>,
+    Option<Arc<Hub>>,
+    Arc<Progress>,
+);
 
 /// What the output copies are doing, so that the drain after the container's exit
 /// waits on a copy that still moves bytes (or is blocked on a slow reader) and not on
@@ -845,7 +897,7 @@ struct Progress {
     moved: AtomicU64,
 }
 
-impl<W: Write> Write for Tee<W> {
+impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.3.writing.fetch_add(1, Ordering::SeqCst);
         let done = self.write_all_sinks(buf);
@@ -859,7 +911,7 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
-impl<W: Write> Tee<W> {
+impl Tee {
     fn write_all_sinks(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write_all(buf)?;
         if let Some(t) = &mut self.1 {

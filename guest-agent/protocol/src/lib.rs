@@ -13,13 +13,15 @@
 
 #![forbid(unsafe_code)]
 
+mod chunk;
 mod frame;
 mod messages;
 mod security;
 
+pub use chunk::{LayerChunk, MAX_CHUNK, MAX_CHUNK_ERROR, chunk_header, error_chunk};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN, encode_frame};
 pub use messages::*;
 pub use security::*;
 
 /// Version of this protocol. A peer with another version is refused in the hello.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;

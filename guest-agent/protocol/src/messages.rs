@@ -40,6 +40,14 @@ pub enum Channel {
         #[serde(default)]
         protocol: PortProtocol,
     },
+    /// The writable layer of a container (`arca build`'s `RUN` steps): once the hello
+    /// reply says it is accepted, the agent sends its overlay's upper directory as an
+    /// OCI layer tar (whiteouts as `.wh.` files, an opaque directory as
+    /// `.wh..wh..opq`), in chunks (see [`crate::LayerChunk`]), and closes.
+    Layer {
+        /// Container id.
+        container: String,
+    },
 }
 
 /// The transport of a forwarded port.

@@ -58,6 +58,9 @@ pub enum ContextError {
     /// The context has no such thing (a Dockerfile on stdin has no context).
     #[error("{0}")]
     NoContext(String),
+    /// An `ADD` archive arca cannot extract, or a tar that is not one.
+    #[error("{0}")]
+    Archive(String),
     /// The `.dockerignore`.
     #[error(transparent)]
     Ignore(#[from] IgnoreError),
@@ -141,6 +144,18 @@ impl Context {
         Ok(Context {
             root: Some(root),
             ignore,
+        })
+    }
+
+    /// The directory `root` as a source without a `.dockerignore` (an image's or a
+    /// build stage's root filesystem, for `COPY --from`): as untrusted as a context.
+    pub fn tree(root: &Path) -> Result<Self, ContextError> {
+        let root = root
+            .canonicalize()
+            .map_err(io_err("find the source tree", root))?;
+        Ok(Context {
+            root: Some(root),
+            ignore: Ignore::default(),
         })
     }
 
@@ -293,6 +308,34 @@ impl Context {
         let mut out = root.to_path_buf();
         out.extend(&at);
         Ok(out)
+    }
+
+    /// The regular file a source (from [`Context::sources`]) names, opened by its
+    /// parent's descriptor without following a symlink; `None` for anything else (a
+    /// directory). For `ADD`'s archives.
+    pub fn open_file(&self, src: &str) -> Result<Option<fs::File>, ContextError> {
+        let real = self.resolve(src, true)?;
+        let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
+            return Ok(None);
+        };
+        let parent_fd = open_dir(parent)?;
+        let cname =
+            CString::new(name.as_bytes()).map_err(|_| ContextError::NotFound(src.to_string()))?;
+        let fd = match rustix::fs::openat(
+            parent_fd.as_fd(),
+            cname.as_c_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // A symlink (ELOOP) or something gone: not a file to look into.
+            Err(_) => return Ok(None),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_err("read", &real)(e.into()))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some(fs::File::from(fd)))
     }
 
     /// Writes the layer of `COPY SOURCES... DEST` (context paths from

@@ -276,11 +276,36 @@ fn word_err(e: WordError) -> String {
 }
 
 /// One instruction's text: its keyword and arguments. `trigger`: inside `ONBUILD`.
+/// An `ONBUILD` trigger as a base image's config keeps it (`RUN echo hi`), parsed as
+/// the instruction it is; `FROM`, `MAINTAINER` and `ONBUILD` are refused.
+pub fn trigger(text: &str, escape: char) -> Result<Kind, String> {
+    let kind = instruction(text.trim(), escape, true)?;
+    if matches!(
+        kind,
+        Kind::From { .. } | Kind::Maintainer(_) | Kind::Onbuild(..)
+    ) {
+        return Err(format!("{text:?} is not allowed as an ONBUILD trigger"));
+    }
+    Ok(kind)
+}
+
 fn instruction(text: &str, escape: char, trigger: bool) -> Result<Kind, String> {
     let (keyword, args) = match text.split_once(char::is_whitespace) {
         Some((k, a)) => (k, a.trim()),
         None => (text, ""),
     };
+    if matches!(
+        keyword.to_ascii_uppercase().as_str(),
+        "RUN" | "COPY" | "ADD"
+    ) && args.split_whitespace().any(|w| {
+        w.strip_prefix("<<")
+            .map(|r| r.trim_start_matches('-').trim_start_matches(['"', '\'']))
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+    }) {
+        return Err(
+            "heredocs (<<EOF) are not supported by arca build: write the lines into the instruction, or COPY a script".into(),
+        );
+    }
     let upper = keyword.to_ascii_uppercase();
     let needs_args = |what: &str| -> Result<(), String> {
         if args.is_empty() {
@@ -591,6 +616,23 @@ fn check_stage_names(instructions: &[Instruction]) -> Result<(), DockerfileError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heredocs_are_refused_by_name() {
+        for text in [
+            "FROM a\nRUN <<EOF\necho hi\nEOF\n",
+            "FROM a\nRUN python3 <<-'PY'\nprint(1)\nPY\n",
+            "FROM a\nCOPY <<EOF /x\nhi\nEOF\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains("heredocs (<<EOF) are not supported"),
+                "{text}: {e}"
+            );
+        }
+        // A shift or a here-string in shell text is not a heredoc.
+        assert!(parse("FROM a\nRUN echo $((1 << 2)) && cat <<< x\n").is_ok());
+    }
 
     fn kinds(text: &str) -> Vec<Kind> {
         parse(text)

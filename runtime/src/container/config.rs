@@ -360,6 +360,63 @@ pub fn security(flags: &SecurityFlags, isolation: Isolation) -> Result<Security,
 }
 
 impl RunOptions {
+    /// A build step's container (`arca build`'s `RUN`): `args` as its whole command
+    /// in `image`, with exactly `env`, `workdir` and `user` (the build's state, not
+    /// the image's), on `network`, removed once done.
+    pub fn for_step(
+        image: String,
+        args: Vec<String>,
+        env: Vec<String>,
+        workdir: Option<String>,
+        user: Option<String>,
+        isolation: Isolation,
+        network: Option<String>,
+    ) -> Result<Self, RunError> {
+        Ok(RunOptions {
+            image,
+            args,
+            // Cleared: the command is the step's alone.
+            entrypoint: Some(String::new()),
+            env,
+            workdir,
+            user,
+            hostname: None,
+            memory: None,
+            cpus: None,
+            init: false,
+            interactive: false,
+            tty: false,
+            isolation,
+            name: None,
+            detach: false,
+            rm: true,
+            network,
+            publish: Vec::new(),
+            log: LogOptions::default(),
+            guest_console: false,
+            no_snapshot: false,
+            read_only: false,
+            mounts: Vec::new(),
+            volumes_from: Vec::new(),
+            storage_size: None,
+            // Docker's default confinement, as a plain `arca run`.
+            security: security(&SecurityFlags::default(), isolation)?,
+            add_hosts: Vec::new(),
+            dns: Vec::new(),
+            group_add: Vec::new(),
+            ulimits: Vec::new(),
+            labels: Default::default(),
+            stop_signal: None,
+            stop_timeout: None,
+            cidfile: None,
+            pull: Some("never".into()),
+            no_sig_proxy: true,
+            attach: Vec::new(),
+            restart: RestartPolicy::No,
+            pids_limit: None,
+        })
+    }
+
     /// Whether a foreground run shows `stream` (`stdout` or `stderr`) on this terminal
     /// (`-a`; a terminal's single stream shows with either).
     pub fn shows(&self, stream: &str) -> bool {

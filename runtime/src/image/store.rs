@@ -228,6 +228,18 @@ pub struct RunConfig {
     /// `Labels`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// `ExposedPorts`: `{"80/tcp": {}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `Healthcheck`: `{"Test": [...], "Interval": ns, ...}` (stored, not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
+    /// `OnBuild`: the triggers a build `FROM` this image runs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    /// `Shell`: the shell of shell-form commands in builds from this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
 }
 
 /// `rootfs` of an image config.
@@ -304,6 +316,27 @@ fn sha256_reader(mut reader: impl Read, path: &Path) -> Result<String, StoreErro
         }
         h.update(&buf[..n]);
     }
+}
+
+/// The mark of a build step's image (see [`Store::commit_on`]).
+const INTERMEDIATE: &str = "intermediate";
+
+/// Copies the tree `from` to `to` (which must not exist), files as hard links,
+/// directories anew with their owners, modes and times (`cp -al`).
+fn link_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let out = std::process::Command::new("cp")
+        .arg("-al")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(io_err("run cp to copy", from))?;
+    if !out.status.success() {
+        return Err(io_err("copy", from)(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )));
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 of a file.
@@ -917,6 +950,166 @@ impl Store {
         })();
         let _ = fs::remove_dir_all(&work);
         result
+    }
+
+    /// Adds the image a build step made (`arca build`): `parent`'s layers (none for
+    /// `scratch`) and `layer` (an uncompressed tar, untrusted: checked and unpacked as
+    /// a pulled layer), with `config` (Docker's image config; its `rootfs` is filled
+    /// here). Only the new layer is unpacked: the parent's root filesystem is copied as
+    /// hard links (an unpacked layer replaces a file, never writes into it). An
+    /// `intermediate` image is a step's, kept for the build cache and listed by
+    /// `images -a` only while untagged.
+    pub fn commit_on(
+        &self,
+        parent: Option<&Image>,
+        mut config: serde_json::Value,
+        layer: Option<&Path>,
+        tags: &[String],
+        intermediate: bool,
+    ) -> Result<Image, StoreError> {
+        let _lock = self.lock()?;
+        clear_tmp(&self.root.join("tmp"));
+        let work = tempdir_in(&self.root.join("tmp"))?;
+        let result = (|| {
+            let bad = |why: String| StoreError::BadArchive {
+                path: work.join("config.json"),
+                why,
+            };
+            let (mut diff_ids, mut kept) = match parent {
+                Some(p) => {
+                    let kept: Vec<String> = read_json(
+                        &self.root.join("by-id").join(&p.id).join("layers.json"),
+                        "layer list",
+                    )?;
+                    if kept.len() != p.config.rootfs.diff_ids.len() {
+                        return Err(bad(format!(
+                            "image {} keeps {} layers for {} diff IDs",
+                            p.id,
+                            kept.len(),
+                            p.config.rootfs.diff_ids.len()
+                        )));
+                    }
+                    (p.config.rootfs.diff_ids.clone(), kept)
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            let limit = self.max_image_size()?;
+            let mut new_blob = None;
+            if let Some(layer) = layer {
+                let (digest, _) = diff_id(layer, &SizeCap::new(limit)).map_err(|e| match e {
+                    UnpackError::TooLarge { .. } => StoreError::TooLarge {
+                        image: "(build)".into(),
+                        layer: layer.display().to_string(),
+                        limit,
+                    },
+                    e => bad(e.to_string()),
+                })?;
+                diff_ids.push(format!("sha256:{digest}"));
+                kept.push(digest.clone());
+                new_blob = Some((layer, digest));
+            }
+            let Some(object) = config.as_object_mut() else {
+                return Err(bad("an image config must be a JSON object".into()));
+            };
+            object.insert(
+                "rootfs".into(),
+                serde_json::json!({"type": "layers", "diff_ids": diff_ids}),
+            );
+            let config_path = work.join("config.json");
+            write_json(&config_path, &config)?;
+            let id = sha256_file(&config_path)?;
+            let dest = self.root.join("by-id").join(&id);
+            if !dest.join("rootfs").is_dir() {
+                let staging = work.join(format!("image-{id}"));
+                fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+                let rootfs = staging.join("rootfs");
+                match parent {
+                    Some(p) => link_tree(&p.rootfs, &rootfs)?,
+                    None => {
+                        fs::create_dir(&rootfs).map_err(io_err("create", &rootfs))?;
+                        fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
+                            .map_err(io_err("create", &rootfs))?;
+                    }
+                }
+                if let Some((layer, digest)) = &new_blob {
+                    apply_layer(&rootfs, layer, &mut SizeCap::new(limit)).map_err(|source| {
+                        StoreError::Layer {
+                            image: id.clone(),
+                            layer: format!("sha256:{digest}"),
+                            source,
+                        }
+                    })?;
+                    let blob = self.root.join("blobs/sha256").join(digest);
+                    if !blob.exists() {
+                        let tmp = blob.with_extension("tmp");
+                        copy_private(layer, &tmp)?;
+                        fs::rename(&tmp, &blob).map_err(io_err("store", &blob))?;
+                    }
+                }
+                copy_private(&config_path, &staging.join("config.json"))?;
+                write_json(&staging.join("layers.json"), &kept)?;
+                if intermediate {
+                    let mark = staging.join(INTERMEDIATE);
+                    fs::write(&mark, b"").map_err(io_err("write", &mark))?;
+                }
+                let _ = fs::remove_dir_all(&dest);
+                fs::rename(&staging, &dest).map_err(io_err("store", &dest))?;
+            }
+            if !tags.is_empty() {
+                let mut all = self.tags()?;
+                for t in tags {
+                    all.insert(normalize_reference(t)?, id.clone());
+                }
+                write_json(&self.tags_path(), &all)?;
+            }
+            let all = self.tags()?;
+            self.image(&id, &all)
+        })();
+        let _ = fs::remove_dir_all(&work);
+        result
+    }
+
+    /// Makes image `id` an image of its own (a build's result), no longer only a
+    /// step's: `images` lists it.
+    pub fn keep(&self, id: &str) -> Result<(), StoreError> {
+        let mark = self.root.join("by-id").join(id).join(INTERMEDIATE);
+        match fs::remove_file(&mark) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &mark)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether image `id` is a build step's, kept for the build cache.
+    pub fn is_intermediate(&self, id: &str) -> bool {
+        self.root.join("by-id").join(id).join(INTERMEDIATE).exists()
+    }
+
+    /// The image the build cache holds for `key` (a step's cache key), if it is
+    /// still in the store.
+    pub fn cached(&self, key: &str) -> Option<Image> {
+        let id = fs::read_to_string(self.root.join("build-cache").join(key)).ok()?;
+        let id = id.trim();
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let tags = self.tags().ok()?;
+        self.root
+            .join("by-id")
+            .join(id)
+            .join("rootfs")
+            .is_dir()
+            .then(|| self.image(id, &tags).ok())
+            .flatten()
+    }
+
+    /// Records in the build cache that step `key` made image `id`.
+    pub fn cache(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let dir = self.root.join("build-cache");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join(key);
+        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+        fs::write(&tmp, id).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("replace", &path))
     }
 
     /// Records an image event (`events`) in the state directory the store is in.
