@@ -75,7 +75,10 @@ impl Walk {
                 "the writable layer nests directories more than {MAX_DEPTH} deep"
             ));
         }
-        let names = list(upper).map_err(|e| format!("{prefix}/: {e}"))?;
+        // What this directory may list: what the whole walk has left (a hostile layer
+        // nesting directories of a million names each must not hold them all).
+        let names = list(upper, MAX_ENTRIES.saturating_sub(self.seen))
+            .map_err(|e| format!("{prefix}/: {e}"))?;
         let mut listed = false;
         for name in &names {
             self.seen += 1;
@@ -149,11 +152,12 @@ impl Walk {
             let mut inner = if opaque {
                 // What the image had here is gone but for what the upper has again.
                 if let Some(image) = &image_dir {
-                    let again: std::collections::HashSet<CString> = list(child.as_fd())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect();
-                    for gone in list(image.as_fd()).unwrap_or_default() {
+                    let again: std::collections::HashSet<CString> =
+                        list(child.as_fd(), MAX_ENTRIES.saturating_sub(self.seen))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect();
+                    for gone in list(image.as_fd(), MAX_ENTRIES).unwrap_or_default() {
                         if !again.contains(&gone) {
                             self.out.push(change(
                                 ChangeKind::Deleted,
@@ -220,8 +224,9 @@ pub(crate) fn reopen(dir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
     )
 }
 
-/// The names in a directory, `.` and `..` left out, sorted (by their bytes).
-pub(crate) fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
+/// The names in a directory, `.` and `..` left out, sorted (by their bytes); more than
+/// `max` of them is an error (`ENOMEM`).
+pub(crate) fn list(dir: BorrowedFd<'_>, max: usize) -> rustix::io::Result<Vec<CString>> {
     let mut d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(entry) = d.read() {
@@ -229,7 +234,7 @@ pub(crate) fn list(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
         let name = entry.file_name();
         if name != c"." && name != c".." {
             names.push(name.to_owned());
-            if names.len() > MAX_ENTRIES {
+            if names.len() > max {
                 return Err(rustix::io::Errno::NOMEM);
             }
         }

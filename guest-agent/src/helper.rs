@@ -593,8 +593,11 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
         fs::create_dir_all(d)
             .map_err(|e| internal(&format!("Cannot create {}", d.display()), e))?;
     }
+    // redirect_dir and metacopy off whatever the kernel's defaults: the upper directory
+    // must hold every change whole (a renamed directory's content, a file whose mode
+    // alone changed), for `arca diff` and for a build step's layer.
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
         lower.display(),
         upper.display(),
         work.display()

@@ -144,6 +144,13 @@ pub fn write(upper: BorrowedFd<'_>, lower: BorrowedFd<'_>, out: impl Write) -> R
                 )
                 .map_err(|e| err(&e))?;
                 same(&item.stat, fd.as_fd()).map_err(|e| err(&e))?;
+                // File capabilities (`setcap`, packages such as ping) go with the file.
+                let mut cap = vec![0u8; 1024];
+                if let Ok(n) = rustix::fs::fgetxattr(&fd, CAPABILITY, &mut cap) {
+                    cap.truncate(n);
+                    pax(&mut tar, &format!("SCHILY.xattr.{CAPABILITY}"), &cap)
+                        .map_err(|e| err(&e))?;
+                }
                 let size = item.stat.st_size as u64;
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(size);
@@ -189,6 +196,30 @@ pub fn write(upper: BorrowedFd<'_>, lower: BorrowedFd<'_>, out: impl Write) -> R
         .map_err(|e| format!("Cannot end the layer: {e}"))?;
     out.flush()
         .map_err(|e| format!("Cannot send the layer: {e}"))
+}
+
+/// The extended attribute a layer carries (file capabilities); others are the
+/// guest's or the host's policy, or data the image does not need.
+const CAPABILITY: &str = "security.capability";
+
+/// A PAX extended header holding `key=value`, for the entry that follows.
+fn pax<W: Write>(tar: &mut tar::Builder<W>, key: &str, value: &[u8]) -> io::Result<()> {
+    // A record is "LEN KEY=VALUE\n", LEN counting its own digits.
+    let body = 1 + key.len() + 1 + value.len() + 1;
+    let mut len = body + 1;
+    while body + len.to_string().len() != len {
+        len = body + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeader")?;
+    h.set_mode(0o644);
+    h.set_size(record.len() as u64);
+    h.set_cksum();
+    tar.append(&h, record.as_slice())
 }
 
 /// A GNU tar header with an entry's owner, mode and time.
@@ -317,7 +348,9 @@ impl Walk {
                 "the writable layer nests directories more than {MAX_DEPTH} deep"
             ));
         }
-        let names = list(upper).map_err(|e| format!("{}: {e}", shown(prefix)))?;
+        // At most what the whole walk has left (see `changes`).
+        let names = list(upper, MAX_ENTRIES.saturating_sub(self.seen))
+            .map_err(|e| format!("{}: {e}", shown(prefix)))?;
         let mut kept = false;
         for name in &names {
             self.seen += 1;
@@ -406,7 +439,10 @@ impl Walk {
                 .ok(),
                 _ => None,
             };
-            let is_opaque = opaque(child.as_fd());
+            // A directory made where the image had a file is opaque to overlayfs too,
+            // but has nothing of the image's to hide: the layer's directory replaces
+            // the file.
+            let is_opaque = opaque(child.as_fd()) && was_dir;
             // The directory's own entry comes before what it holds.
             let at = self.items.len();
             self.items.push(Item {
@@ -504,8 +540,40 @@ mod tests {
             0,
         )
         .unwrap();
+        // A file capability (cap_net_raw+ep), as `setcap` writes it.
+        let cap: [u8; 20] = [0, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        rustix::fs::setxattr(
+            upper.join("etc/passwd"),
+            CAPABILITY,
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        // A directory where the image had a file: not opaque in the layer.
+        fs::write(lower.join("wasfile"), "f").unwrap();
+        fs::create_dir_all(upper.join("wasfile")).unwrap();
+        rustix::fs::setxattr(
+            upper.join("wasfile"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         let mut out = Vec::new();
         write(open(&upper).as_fd(), open(&lower).as_fd(), &mut out).unwrap();
+        let mut a = tar::Archive::new(out.as_slice());
+        let caps: Vec<Vec<u8>> = a
+            .entries()
+            .unwrap()
+            .filter_map(|e| {
+                let mut e = e.unwrap();
+                let exts = e.pax_extensions().unwrap()?;
+                exts.flatten()
+                    .find(|x| x.key() == Ok("SCHILY.xattr.security.capability"))
+                    .map(|x| x.value_bytes().to_vec())
+            })
+            .collect();
+        assert_eq!(caps, [cap.to_vec()]);
         let got = entries(&out);
         let names: Vec<String> = got
             .iter()
@@ -525,6 +593,7 @@ mod tests {
                 "opq Directory ",
                 "opq/.wh..wh..opq Regular ",
                 "opq/fresh Regular f",
+                "wasfile Directory ",
             ]
         );
     }

@@ -2073,8 +2073,22 @@ fn build(state: &std::path::Path, req: BuildRequest) -> i32 {
         };
         let text = match req.file.as_deref() {
             Some("-") => read_stdin(),
-            Some(f) => std::fs::read_to_string(f),
-            None => std::fs::read_to_string(dir.join("Dockerfile")),
+            // The user's own path.
+            Some(f) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(f)
+                    .and_then(read_dockerfile)
+            }
+            // The context's, which is not trusted: found inside it (a symlink out of
+            // it leads nowhere), a regular file.
+            None => match context.open_file("Dockerfile") {
+                Ok(Some(f)) => read_dockerfile(f),
+                Ok(None) => Err(std::io::Error::other("not a regular file in the context")),
+                Err(e) => Err(std::io::Error::other(chain(&e))),
+            },
         };
         match text {
             Ok(t) => (t, context),
@@ -2107,6 +2121,25 @@ fn build(state: &std::path::Path, req: BuildRequest) -> i32 {
         }
         Err(e) => fail(&format!("failed to solve: {}", chain(&e))),
     }
+}
+
+/// A Dockerfile's text: a regular file (not a FIFO or a device that would hang or
+/// never end), at most `MAX_DOCKERFILE` bytes, UTF-8.
+fn read_dockerfile(f: std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
+    let max = arca_runtime::build::dockerfile::MAX_DOCKERFILE;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            max >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

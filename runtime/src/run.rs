@@ -651,6 +651,7 @@ fn supervise(
     sandbox.link_container(&mut client, id, container_pid)?;
     let address = sandbox.address().clone();
     let terminal = output.terminal();
+    let step = matches!(output, Output::Step(_));
     let session = Session::start(terminal && opts.tty && opts.interactive);
     let streams = Streams::open(&address, id, opts)?;
     if terminal && opts.tty {
@@ -684,7 +685,16 @@ fn supervise(
     if terminal && !opts.no_sig_proxy {
         forward_signals(&address, id);
     }
+    // A build step is ended by arca's end: a Ctrl-C kills it, and the build fails.
+    let killer = if step {
+        kill_on_signals(&address, id)
+    } else {
+        None
+    };
     let waited = client.wait(id, None);
+    if let Some(k) = killer {
+        k.close();
+    }
     drop(forwarders);
     let status = match waited {
         Ok(s) => s,
@@ -929,6 +939,23 @@ impl Tee {
 
 /// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that arca receives to
 /// the container's main process, from a thread of its own.
+/// Until the handle returned is closed: SIGINT, SIGTERM and SIGHUP sent to arca kill
+/// the container `id` (a build step), from a thread of its own.
+fn kill_on_signals(address: &AgentAddress, id: &str) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).ok()?;
+    let handle = signals.handle();
+    let (address, id) = (address.clone(), id.to_string());
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if let Ok(mut c) = AgentClient::connect(&address, Duration::from_secs(5)) {
+                let _ = c.signal(&id, None, SIGKILL);
+            }
+        }
+    });
+    Some(handle)
+}
+
 fn forward_signals(address: &AgentAddress, id: &str) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let Ok(mut signals) =

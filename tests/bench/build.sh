@@ -4,8 +4,9 @@
 # build` of the same Dockerfile on the same image where podman runs:
 #   - in the nested lab (or directly, on a host whose KVM boots standard guests): arca
 #     vm and arca process, round-robin in one run;
-#   - on this host: arca process and podman (installed from Debian if missing), in one
-#     run (podman cannot run in the lab's busybox L1).
+#   - on this host: arca process and podman (installed from Debian if missing; its RUN
+#     steps with --isolation chroot and the host's network, which is weaker confinement
+#     than arca's), in one run (podman cannot run in the lab's busybox L1).
 # Prints medians (ms) and ratios within each run; absolute lab times are inflated by TCG.
 #
 #   tests/bench/build.sh [ROUNDS]     (default 3)
@@ -16,7 +17,10 @@ rounds=${1:-3}
 cargo build --release -q -p arca-runtime -p vmm -p guest-agent
 kernel=$(kernels/build.sh)
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# podman in a store of its own (vfs: nothing left mounted), its builds with chroot
+# isolation (its OCI runtime, crun, refuses this host's hybrid cgroups).
+export PODMAN="podman --root $tmp/podman --runroot $tmp/podman-run --storage-driver vfs"
+trap '$PODMAN system reset -f >/dev/null 2>&1; rm -rf "$tmp"' EXIT
 tests/guest/mkrootfs "$tmp/rootfs" >/dev/null
 tests/guest/mkimage "$tmp/rootfs" "$tmp/busybox.tar" busybox:latest
 
@@ -40,7 +44,7 @@ build() { # TOOL [FLAGS]
   case $1 in
     vm) arca build -q --isolation=vm "$B/ctx" ;;
     process) arca build -q --isolation=process "$B/ctx" ;;
-    podman) podman --root "$B/podman" --runroot "$B/podman-run" build -q --network none "$B/ctx" ;;
+    podman) $PODMAN build -q --isolation chroot "$B/ctx" ;;
   esac >/dev/null 2>"$B/last.err" || { cat "$B/last.err" >&2; exit 1; }
 }
 reset() { # TOOL: an empty cache, the base image loaded
@@ -49,8 +53,8 @@ reset() { # TOOL: an empty cache, the base image loaded
       export ARCA_STATE_DIR=/tmp/build-bench-$1
       rm -rf "$ARCA_STATE_DIR"; arca load -i "$B/busybox.tar" >/dev/null ;;
     podman)
-      podman --root "$B/podman" --runroot "$B/podman-run" system reset -f >/dev/null 2>&1 || true
-      podman --root "$B/podman" --runroot "$B/podman-run" load -i "$B/busybox.tar" >/dev/null ;;
+      $PODMAN system reset -f >/dev/null 2>&1 || true
+      $PODMAN load -i "$B/busybox.tar" >/dev/null ;;
   esac
 }
 for t in "$@"; do
@@ -98,7 +102,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 command -v podman >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; } || true
 tools="process"
-if podman --root "$tmp/podman" --runroot "$tmp/podman-run" info >/dev/null 2>&1; then
+if $PODMAN info >/dev/null 2>&1; then
   tools="process podman"
 else
   echo "podman does not run here: arca alone"

@@ -57,6 +57,9 @@ id1=$(build -q "$work/basic" 2>/dev/null)
 build "$work/basic" 2>"$work/cached.err"
 out=$(grep -c 'CACHED' "$work/cached.err"); check cache-hit-all 0 3 $? "$out"
 id2=$(build -q "$work/basic" 2>/dev/null); [ -n "$id1" ] && [ "$id1" = "$id2" ]; check cache-same-image 0 "" $? ""
+# A fresh checkout's new modification times are no change (Docker's content checksums).
+touch -d '2001-01-01 00:00:00' "$work/basic/a.txt"
+id3=$(build -q "$work/basic" 2>/dev/null); [ "$id1" = "$id3" ]; check cache-ignores-mtime 0 "" $? ""
 echo world >"$work/basic/a.txt"
 build -t basic2 "$work/basic" 2>"$work/miss.err"
 out=$(grep -c CACHED "$work/miss.err"); check cache-miss-after-change 0 1 $? "$out"
@@ -91,6 +94,8 @@ build -t stage-build --target build "$c" 2>/dev/null; rc=$?
 out=$(run stage-build sh -c 'cat /artifact; ls /copied 2>/dev/null | wc -l'); check target-stage 0 "built
 0" $rc "$out"
 out=$(build --target nope "$c" 2>&1 | grep -c 'target stage "nope" could not be found'); check target-unknown 0 1 $? "$out"
+# A --from naming a later stage is an error, not an image to pull.
+out=$(printf 'FROM busybox AS first\nCOPY --from=later /x /x\nFROM busybox AS later\n' | build --target first - 2>&1 | grep -c 'this stage or a later one'); check copy-from-later-stage 0 1 $? "$out"
 
 # ARG and --build-arg: before FROM (in FROM), defaults, overrides, ENV from ARG, an
 # unset ARG, ARG values in RUN's environment but not in the image's; unused warned.
@@ -99,15 +104,16 @@ ARG BASE=busybox
 FROM $BASE
 ARG WHO=world
 ARG UNSET
+ARG TARGETARCH
 ENV GREETING="hello ${WHO}"
-RUN echo "$WHO ${UNSET:-none} $GREETING" > /args
+RUN echo "$WHO ${UNSET:-none} $GREETING $TARGETARCH" > /args
 EOF
 )
 build -q -t args1 "$c" >/dev/null 2>&1
-out=$(run args1 sh -c 'cat /args; echo "${WHO:-no WHO in the image}"'); check arg-defaults 0 "world none hello world
+out=$(run args1 sh -c 'cat /args; echo "${WHO:-no WHO in the image}"'); check arg-defaults 0 "world none hello world amd64
 no WHO in the image" $? "$out"
 err=$(build -t args2 --build-arg WHO=arca --build-arg NOPE=1 "$c" 2>&1 >/dev/null)
-out=$(run args2 cat /args; echo "$err" | grep -c 'build-args \[NOPE\] were not consumed'); check build-arg-override 0 "arca none hello arca
+out=$(run args2 cat /args; echo "$err" | grep -c 'build-args \[NOPE\] were not consumed'); check build-arg-override 0 "arca none hello arca amd64
 1" $? "$out"
 
 # .dockerignore: excluded files are not in the context.
@@ -141,6 +147,24 @@ ADD https://example.com/x.tar.gz /x
 EOF
 )
 out=$(build "$c" 2>&1 | grep -c 'not supported by arca build'); check add-url-refused 0 1 $? "$out"
+
+# Destinations resolve through the image's own symlinks (merged /usr, as Debian's
+# /bin -> usr/bin), inside its root; a file replaced by a directory in a RUN step.
+c=$(ctx links <<'EOF'
+FROM busybox
+RUN mkdir -p /usr/lib2 && ln -s usr/lib2 /lib2 && ln -s / /up && rm /etc/motd && mkdir /etc/motd && echo d > /etc/motd/f
+COPY a.txt /lib2/
+COPY a.txt /up/etc/copied
+WORKDIR /lib2/work
+EOF
+)
+echo linked >"$c/a.txt"
+build -q -t links "$c" >/dev/null 2>&1
+out=$(run links sh -c 'cat /usr/lib2/a.txt /etc/copied /etc/motd/f; pwd; ls -d /usr/lib2/work'); check destinations-through-image-symlinks 0 "linked
+linked
+d
+/usr/lib2/work
+/usr/lib2/work" $? "$out"
 
 # The config fields: EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL, ENTRYPOINT, HEALTHCHECK,
 # SHELL, ONBUILD (run by a child build, not by a grandchild).
@@ -188,6 +212,23 @@ EOF
 build -q --network none -t net "$c" >/dev/null 2>&1
 out=$(run net cat /links); check network-none 0 "lo " $? "$out"
 
+# A hostile base image: an Env entry without `=` is not filled from arca's own
+# environment (a CI token must not reach the image's RUN steps): such an image is
+# refused, its entry named, the secret nowhere.
+mkdir -p "$work/leak" && tar -C "$work/leak" -xf "$img"
+cfg=$(cd "$work/leak" && ls *.json | grep -v manifest.json)
+sed 's/"Env":\["/"Env":["ARCA_BUILD_SECRET","/' "$work/leak/$cfg" >"$work/leak/new.json"
+new=$(sha256sum "$work/leak/new.json" | cut -d' ' -f1)
+mv "$work/leak/new.json" "$work/leak/$new.json"; rm "$work/leak/$cfg"
+sed -i "s/$cfg/$new.json/; s/busybox:latest/leaky:latest/" "$work/leak/manifest.json"
+(cd "$work/leak" && tar -cf "$work/leaky.tar" .)
+arca load -i "$work/leaky.tar" >/dev/null
+out=$(printf 'FROM leaky\nRUN echo "[$ARCA_BUILD_SECRET]"\n' | ARCA_BUILD_SECRET=hunter2 build - 2>&1)
+echo "$out" | grep -q 'ARCA_BUILD_SECRET" is not KEY=value'; rc=$?
+out=$(echo "$out" | grep -c hunter2); check image-env-not-from-host 1 0 $? "$out"; check image-env-refused 0 "" $rc ""
+# A Dockerfile (or a base image's trigger) cannot take the host's network for itself.
+out=$(printf 'FROM busybox\nRUN --network=host true\n' | build - 2>&1 | grep -c 'needs `arca build --network host`'); check run-network-host-refused 0 1 $? "$out"
+
 # Hostile contexts: a symlink out of the context resolves inside it; `..` is refused; a
 # file past the image size cap and an ADD tar bomb are stopped; a bad Dockerfile and an
 # unknown flag are refused.
@@ -205,7 +246,9 @@ out=$(ARCA_MAX_IMAGE_SIZE=2m build "$c" 2>&1 | grep -c 'more than 2 MiB'); check
 head -c 8000000 /dev/zero >"$work/src/zeros"; tar -C "$work/src" -czf "$c/bomb.tgz" zeros
 printf 'FROM busybox\nADD bomb.tgz /b/\n' >"$c/Dockerfile"
 out=$(ARCA_MAX_IMAGE_SIZE=2m build "$c" 2>&1 | grep -c 'more than 2 MiB'); check add-tar-bomb-bounded 0 1 $? "$out"
-printf 'FROM busybox\nFROB x\n' >"$c/Dockerfile"
+rm "$c/Dockerfile"; ln -s /etc/passwd "$c/Dockerfile"
+out=$(build "$c" 2>&1 | grep -c 'failed to read dockerfile'); check dockerfile-symlink-out-of-context 0 1 $? "$out"
+rm "$c/Dockerfile"; printf 'FROM busybox\nFROB x\n' >"$c/Dockerfile"
 out=$(build "$c" 2>&1 | grep -c 'unknown instruction: FROB'); check bad-dockerfile 0 1 $? "$out"
 arca build --squash "$c" >/dev/null 2>&1; check unknown-flag 125 "" $? ""
 out=$(printf 'FROM busybox\nRUN <<EOF\necho hi\nEOF\n' | build - 2>&1 | grep -c 'heredocs (<<EOF) are not supported'); check heredoc-refused 0 1 $? "$out"

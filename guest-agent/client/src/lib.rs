@@ -74,6 +74,10 @@ const HANDSHAKE: Duration = Duration::from_millis(500);
 /// How often a [`Watch`] is asked while an answer is awaited.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long a layer stream may stay silent (the agent walks and reads the layer as it
+/// sends it: a pause is a slow disk at most).
+const LAYER_IDLE: Duration = Duration::from_secs(120);
+
 /// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddress {
@@ -250,8 +254,23 @@ impl AgentAddress {
             container: container.into(),
         };
         let (stream, mut decoder) = self.open(channel, Duration::from_secs(10), &mut || None)?;
+        // A guest that stops sending must not hold the build forever.
+        stream.set_read_timeout(Some(LAYER_IDLE))?;
         let mut input = io::Cursor::new(decoder.take_remainder()).chain(stream);
-        read_layer(&mut input, out, limit)
+        read_layer(&mut input, out, limit).map_err(|e| match e {
+            AgentClientError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                AgentClientError::Layer(format!(
+                    "The agent sent nothing of the layer for {} s",
+                    LAYER_IDLE.as_secs()
+                ))
+            }
+            e => e,
+        })
     }
 }
 
@@ -296,9 +315,14 @@ pub fn read_layer(
                 let len = u32::from_be_bytes(len).min(arca_protocol::MAX_CHUNK_ERROR);
                 let mut why = vec![0u8; len as usize];
                 input.read_exact(&mut why).map_err(cut)?;
+                // The guest's words, without its control characters (they reach a
+                // terminal).
+                let why: String = String::from_utf8_lossy(&why)
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
                 return Err(AgentClientError::Layer(format!(
-                    "The agent could not make the layer: {}",
-                    String::from_utf8_lossy(&why)
+                    "The agent could not make the layer: {why}"
                 )));
             }
         }

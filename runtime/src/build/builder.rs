@@ -49,6 +49,19 @@ pub const PROXY_ARGS: [&str; 10] = [
     "all_proxy",
 ];
 
+/// BuildKit's automatic platform arguments: in the global scope (usable in `FROM`),
+/// and in a stage once it declares them (`ARG TARGETARCH`). Arca builds linux/amd64.
+pub const PLATFORM_ARGS: [(&str, &str); 8] = [
+    ("TARGETPLATFORM", "linux/amd64"),
+    ("TARGETOS", "linux"),
+    ("TARGETARCH", "amd64"),
+    ("TARGETVARIANT", ""),
+    ("BUILDPLATFORM", "linux/amd64"),
+    ("BUILDOS", "linux"),
+    ("BUILDARCH", "amd64"),
+    ("BUILDVARIANT", ""),
+];
+
 /// The shell of shell-form commands unless `SHELL` says otherwise.
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 /// The most `/etc/passwd` or `/etc/group` bytes read to resolve `--chown` names.
@@ -150,7 +163,7 @@ pub fn build(
         .iter()
         .map(|t| crate::image::store::normalize_reference(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let work = work_dir(state)?;
+    let (work, _held) = work_dir(state)?;
     let mut printer = Printer::new(opts.quiet);
     let v = printer.vertex("[internal] load build definition from Dockerfile");
     printer.done(v);
@@ -173,30 +186,33 @@ pub fn build(
     result
 }
 
-/// A directory of the build's own for its layers, under `<state>/builds`; those of
-/// builds whose process is gone are removed first.
-fn work_dir(state: &Path) -> Result<PathBuf, BuildError> {
+/// A directory of the build's own for its layers, under `<state>/builds`, held by a
+/// lock on its `lock` file while the build lives; the directories of builds that are
+/// gone (their lock free: they ended or were killed) are removed first.
+fn work_dir(state: &Path) -> Result<(PathBuf, fs::File), BuildError> {
+    use rustix::fs::FlockOperation;
     let builds = state.join("builds");
     fs::create_dir_all(&builds).map_err(io_err("create the build directory"))?;
     if let Ok(entries) = fs::read_dir(&builds) {
         for e in entries.flatten() {
-            let pid = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.split('-').next()?.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| {
-                rustix::process::Pid::from_raw(p)
-                    .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-            });
-            if !alive {
+            let lock = e.path().join("lock");
+            if let Ok(held) =
+                crate::state::lock_file(&lock, FlockOperation::NonBlockingLockExclusive)
+            {
                 let _ = fs::remove_dir_all(e.path());
+                drop(held);
             }
         }
     }
     for n in 0..1000 {
         let dir = builds.join(format!("{}-{n}", std::process::id()));
         match fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                let lock =
+                    crate::state::lock_file(&dir.join("lock"), FlockOperation::LockExclusive)
+                        .map_err(|(what, e)| io_err(format!("{what} the build's lock"))(e))?;
+                return Ok((dir, lock));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_err("create the build directory")(e)),
         }
@@ -255,6 +271,8 @@ struct Builder<'a> {
     work: PathBuf,
     files: usize,
     limit: u64,
+    /// Bytes of layers this build wrote.
+    used: u64,
 }
 
 impl<'a> Builder<'a> {
@@ -290,13 +308,17 @@ impl<'a> Builder<'a> {
             opts,
             plans: Vec::new(),
             built: HashMap::new(),
-            globals: BTreeMap::new(),
+            globals: PLATFORM_ARGS
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                .collect(),
             build_args,
             consumed: HashSet::new(),
             printer,
             work,
             files: 0,
             limit,
+            used: 0,
         };
         let mut at = 0;
         let all = &df.instructions;
@@ -306,7 +328,10 @@ impl<'a> Builder<'a> {
                     let line = all[at].line;
                     for (name, default) in pairs {
                         // Globals see the globals declared before them.
-                        let value = b.arg_value(name, default.as_deref(), line, &|_| None)?;
+                        let globals = b.globals.clone();
+                        let value = b.arg_value(name, default.as_deref(), line, &|n| {
+                            globals.get(n).cloned().flatten()
+                        })?;
                         b.globals.insert(name.clone(), value);
                     }
                     at += 1;
@@ -337,6 +362,9 @@ impl<'a> Builder<'a> {
 
     /// An `ARG`'s value: the build argument of its name, else its default (variables
     /// substituted with `vars`), else none.
+    /// `vars` are what the default may name: the globals declared before it for a
+    /// global, the stage's own variables in a stage (not the globals it did not
+    /// declare again, as Docker).
     fn arg_value(
         &mut self,
         name: &str,
@@ -349,13 +377,9 @@ impl<'a> Builder<'a> {
             return Ok(Some(v.clone()));
         }
         match default {
-            Some(d) => {
-                let globals = self.globals.clone();
-                let lookup = |n: &str| vars(n).or_else(|| globals.get(n).cloned().flatten());
-                words::expand(d, &lookup, self.df.escape)
-                    .map(Some)
-                    .map_err(|source| BuildError::Word { line, source })
-            }
+            Some(d) => words::expand(d, &vars, self.df.escape)
+                .map(Some)
+                .map_err(|source| BuildError::Word { line, source }),
             None => Ok(None),
         }
     }
@@ -413,6 +437,20 @@ impl<'a> Builder<'a> {
         name.parse::<usize>().ok().filter(|i| *i < before)
     }
 
+    /// A stage name that is not an earlier stage's, for `FROM` or `--from` in stage
+    /// `at`: the stage itself or a later one (an error, never an image to pull).
+    fn not_earlier(&self, name: &str, at: usize) -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        self.plans[at..]
+            .iter()
+            .any(|p| p.name == Some(lower.as_str()))
+            .then(|| {
+                format!(
+                    "{name} is this stage or a later one: a stage can only use the stages before it"
+                )
+            })
+    }
+
     /// A base image: from the store, pulled when missing (or with `--pull`).
     fn base(&mut self, reference: &str, v: usize) -> Result<Image, BuildError> {
         if !self.opts.pull {
@@ -462,6 +500,12 @@ impl<'a> Builder<'a> {
         };
         let n = plan.body.len() + 1;
         // A stage named as the base is built first (and numbered first).
+        if let Some(why) = self.not_earlier(&from, i) {
+            return Err(BuildError::Instruction {
+                line: plan.line,
+                why: format!("FROM {why}"),
+            });
+        }
         let earlier = self.stage_named(&from, i);
         let base_done = match earlier {
             Some(j) => Some(self.stage(j)?),
@@ -624,18 +668,22 @@ impl<'a> Builder<'a> {
                 set(&mut st.config, "WorkingDir", Value::String(full.clone()));
                 let v = self.printer.vertex(shown);
                 st.key = chain(&st.key, &[&format!("WORKDIR {full}")]);
+                let real = st
+                    .image
+                    .as_ref()
+                    .map_or(full.clone(), |img| resolve_in_image(&img.rootfs, &full));
                 let missing = st
                     .image
                     .as_ref()
-                    .is_none_or(|img| image_kind(&img.rootfs, &full).is_none());
-                if missing && full != "/" {
+                    .is_none_or(|img| image_kind(&img.rootfs, &real).is_none());
+                if missing && real != "/" {
                     // The directory is made, as Docker makes it: a layer of its own.
                     let key = st.key.clone();
                     if !self.cache_hit(st, &key, v)? {
                         let path = self.layer_path();
                         let f = fs::File::create(&path).map_err(io_err("write a layer"))?;
                         let root = st.image.as_ref().map(|i| i.rootfs.clone());
-                        dir_layer(root.as_deref(), &full, BufWriter::new(f))
+                        dir_layer(root.as_deref(), &real, BufWriter::new(f))
                             .map_err(io_err("write a layer"))?;
                         history(&mut st.config, text, false);
                         self.commit(st, Some(&path), &key)?;
@@ -725,7 +773,7 @@ impl<'a> Builder<'a> {
                 meta(st, &mut self.printer, format!("MAINTAINER {who}"));
             }
             Kind::Run { command, network } => {
-                self.run_step(st, command, network.as_deref(), shown)?;
+                self.run_step(st, command, network.as_deref(), line, shown)?;
             }
             Kind::Copy(spec) => self.copy_step(st, i, spec, false, text, line, shown)?,
             Kind::Add(spec) => self.copy_step(st, i, spec, true, text, line, shown)?,
@@ -756,6 +804,12 @@ impl<'a> Builder<'a> {
                 v
             }
         }
+    }
+
+    /// What the build's layers may still write: the image size cap less what its
+    /// layers wrote so far (a Dockerfile of many steps does not get the cap each).
+    fn budget(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
     }
 
     fn layer_path(&mut self) -> PathBuf {
@@ -797,6 +851,16 @@ impl<'a> Builder<'a> {
             st.dirty = false;
             return Ok(());
         }
+        if let Some(l) = layer {
+            self.used += fs::metadata(l).map_or(0, |m| m.len());
+            if self.used > self.limit {
+                return Err(BuildError::Store(StoreError::TooLarge {
+                    image: "(build)".into(),
+                    layer: l.display().to_string(),
+                    limit: self.limit,
+                }));
+            }
+        }
         st.config["created"] = Value::String(now_rfc3339());
         let img = self
             .store
@@ -819,10 +883,16 @@ impl<'a> Builder<'a> {
         st: &mut Stage,
         command: &Command,
         network: Option<&str>,
+        line: usize,
         shown: &str,
     ) -> Result<(), BuildError> {
         let argv = self.argv(st, command);
-        let mut env = env_list(&st.config);
+        // An image's `Env` entry without `=` names nothing to pass: dropped, never
+        // filled from arca's own environment (as `-e KEY` would be).
+        let mut env: Vec<String> = env_list(&st.config)
+            .into_iter()
+            .filter(|e| e.contains('='))
+            .collect();
         let mut arg_env = Vec::new();
         for (k, v) in &st.args {
             if let Some(v) = v
@@ -838,6 +908,16 @@ impl<'a> Builder<'a> {
             {
                 env.push(format!("{p}={v}"));
             }
+        }
+        if network == Some("host") && self.opts.network.as_deref() != Some("host") {
+            // The host's network only when the user grants it, not because a
+            // Dockerfile (or a base image's trigger) asks: BuildKit's `--allow
+            // network.host`.
+            return Err(BuildError::Instruction {
+                line,
+                why: "RUN --network=host needs `arca build --network host` (with --isolation=process)"
+                    .into(),
+            });
         }
         let network = match network.or(self.opts.network.as_deref()) {
             None | Some("default") => None,
@@ -857,9 +937,14 @@ impl<'a> Builder<'a> {
         if self.cache_hit(st, &key, v)? {
             return Ok(());
         }
-        if st.image.is_none() || st.dirty {
-            // The container runs in an image: the stage's config as it stands (its
-            // volumes and labels apply to the step, as Docker's).
+        let volumes_changed = st.image.as_ref().is_some_and(|img| {
+            raw_config(img).is_ok_and(|c| c["config"]["Volumes"] != st.config["config"]["Volumes"])
+        });
+        if st.image.is_none() || volumes_changed {
+            // The container runs in an image: a new one only when the step would
+            // otherwise miss what it needs (the `VOLUME`s declared since, whose changes
+            // a step does not keep, as Docker's); its environment, working directory
+            // and user come with the step's options.
             let key = chain(&key, &["before"]);
             self.commit(st, None, &key)?;
         }
@@ -877,7 +962,7 @@ impl<'a> Builder<'a> {
             network,
         )?;
         let layer = self.layer_path();
-        let limit = self.limit;
+        let limit = self.budget();
         let mut take = |address: &arca_agent_client::AgentAddress, id: &str| {
             let f = fs::File::create(&layer)
                 .map_err(crate::error::io_err("create the step's layer file"))?;
@@ -953,19 +1038,34 @@ impl<'a> Builder<'a> {
                 "ADD {url}: sources from a URL or a git repository are not supported by arca build; download it in a RUN step (wget, curl) or COPY a local file"
             )));
         }
-        // A relative destination is relative to the working directory.
-        let dest = if dest.starts_with('/') {
-            dest
-        } else {
+        // A relative destination is relative to the working directory; `..` stops at
+        // the root.
+        let dest = {
             let mut d = absolute(&workdir(&st.config), &dest);
-            if (dest.ends_with('/') || dest == ".") && !d.ends_with('/') {
+            let dir = dest.ends_with('/') || dest.ends_with("/.") || dest == "." || dest == "..";
+            if dir && !d.ends_with('/') {
                 d.push('/');
             }
             d
         };
+        // The destination as the image resolves it: through its symlinks, inside its
+        // root (`/bin/` is `/usr/bin/` in a merged-/usr image).
+        let dest = match st.image.as_ref() {
+            Some(img) => {
+                let mut d = resolve_in_image(&img.rootfs, &dest);
+                if dest.ends_with('/') && !d.ends_with('/') {
+                    d.push('/');
+                }
+                d
+            }
+            None => dest,
+        };
         let (ctx, from_key) = match &from {
             None => (self.context.clone(), String::new()),
             Some(f) => {
+                if let Some(why) = self.not_earlier(f, i) {
+                    return Err(bad(format!("--from={why}")));
+                }
                 let img = match self.stage_named(f, i) {
                     Some(j) => self.stage(j)?.image,
                     None if f.parse::<usize>().is_ok() => {
@@ -988,9 +1088,10 @@ impl<'a> Builder<'a> {
         };
         let v = self.printer.vertex(shown);
         let mut found = Vec::new();
+        let mut seen = HashSet::new();
         for s in &sources {
             for f in ctx.sources(s).map_err(ctx_err)? {
-                if !found.contains(&f) {
+                if seen.insert(f.clone()) {
                     found.push(f);
                 }
             }
@@ -1014,7 +1115,7 @@ impl<'a> Builder<'a> {
         let opts = CopyOptions {
             owner,
             mode,
-            limit: self.limit,
+            limit: self.budget(),
         };
         let path = self.layer_path();
         let f = fs::File::create(&path).map_err(io_err("write a layer"))?;
@@ -1037,7 +1138,7 @@ impl<'a> Builder<'a> {
         for s in &written.skipped {
             self.printer.line(v, &format!("skipped {s}"));
         }
-        let digest = crate::image::store::sha256_file(&path)?;
+        let digest = content_digest(&path)?;
         st.key = chain(
             &st.key,
             &[
@@ -1248,6 +1349,100 @@ fn image_kind(rootfs: &Path, path: &str) -> Option<ImageKind> {
         }
     }
     Some(ImageKind::Dir)
+}
+
+/// Absolute `path` as the image whose root filesystem is `rootfs` resolves it: each
+/// symlink on the way (the last component too) followed inside the root, as in a
+/// chroot (an absolute target starts again at the root, `..` stops there), at most 40
+/// of them. The links are read, never followed on the host.
+fn resolve_in_image(rootfs: &Path, path: &str) -> String {
+    let mut done: Vec<String> = Vec::new();
+    let mut todo: std::collections::VecDeque<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let mut at = rootfs.to_path_buf();
+        at.extend(&done);
+        at.push(&c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() && links < 40 => {
+                links += 1;
+                let Ok(target) = fs::read_link(&at) else {
+                    done.push(c);
+                    continue;
+                };
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                let mut next: std::collections::VecDeque<String> = target
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .map(str::to_string)
+                    .collect();
+                next.extend(todo);
+                todo = next;
+            }
+            _ => done.push(c),
+        }
+    }
+    format!("/{}", done.join("/"))
+}
+
+/// The digest of what a layer holds, for a `COPY`'s or `ADD`'s cache key: each entry's
+/// name, kind, mode, owner, size, link and content, but not its modification time (a
+/// fresh clone of the same files hits the cache, as Docker's content checksums do).
+fn content_digest(layer: &Path) -> Result<String, BuildError> {
+    let err = io_err(format!("read the layer {}", layer.display()));
+    let f = fs::File::open(layer).map_err(err)?;
+    let mut archive = tar::Archive::new(io::BufReader::new(f));
+    let mut h = Sha256::new();
+    let bad = |e: io::Error| BuildError::Io {
+        action: format!("read the layer {}", layer.display()),
+        source: e,
+    };
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let hd = entry.header();
+        let fields = format!(
+            "{:?} {:o} {} {} {} ",
+            hd.entry_type(),
+            hd.mode().unwrap_or(0),
+            hd.uid().unwrap_or(0),
+            hd.gid().unwrap_or(0),
+            entry.size()
+        );
+        h.update(entry.path_bytes());
+        h.update([0]);
+        h.update(fields.as_bytes());
+        if let Some(l) = entry.link_name_bytes() {
+            h.update(&l);
+        }
+        h.update([0]);
+        io::copy(&mut entry, &mut HashWriter(&mut h)).map_err(bad)?;
+    }
+    Ok(crate::image::store::hex(&h.finalize()))
+}
+
+/// Feeds what is written to a hash.
+struct HashWriter<'h>(&'h mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A layer making directory `path` and the parents the image (`rootfs`) lacks: 0755,
@@ -1678,6 +1873,51 @@ mod tests {
         std::os::unix::fs::symlink("/etc", evil.join("etc")).unwrap();
         assert!(owner(Some(&evil), "root").is_err());
         assert!(read_image_file(&evil, "etc/passwd").is_none());
+    }
+
+    /// Destinations resolve through the image's symlinks inside its root, never the
+    /// host's: merged /usr, a relative link, an absolute link to the host's `/`, `..`
+    /// at the root, a loop.
+    #[test]
+    fn destinations_resolve_inside_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("usr/bin")).unwrap();
+        fs::create_dir_all(r.join("srv")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/", r.join("srv/up")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", r.join("srv/out")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(resolve_in_image(r, "/bin/sh"), "/usr/bin/sh");
+        assert_eq!(resolve_in_image(r, "/bin"), "/usr/bin");
+        assert_eq!(resolve_in_image(r, "/srv/up/x"), "/x");
+        assert_eq!(resolve_in_image(r, "/srv/out/passwd"), "/etc/passwd");
+        assert_eq!(resolve_in_image(r, "/../../a"), "/a");
+        assert_eq!(resolve_in_image(r, "/loop/x"), "/loop/x");
+        assert_eq!(resolve_in_image(r, "/new/dir"), "/new/dir");
+    }
+
+    /// A layer's content digest ignores modification times, and nothing else.
+    #[test]
+    fn content_digests_ignore_times_only() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = |name: &str, mtime: u64, mode: u32, data: &[u8]| {
+            let p = t.path().join(name);
+            let mut b = tar::Builder::new(fs::File::create(&p).unwrap());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(mtime);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_data(&mut h, "app/a.txt", data).unwrap();
+            b.finish().unwrap();
+            content_digest(&p).unwrap()
+        };
+        let a = layer("1", 100, 0o644, b"x");
+        assert_eq!(a, layer("2", 999, 0o644, b"x"));
+        assert_ne!(a, layer("3", 100, 0o755, b"x"));
+        assert_ne!(a, layer("4", 100, 0o644, b"y"));
     }
 
     #[test]

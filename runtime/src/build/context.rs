@@ -321,6 +321,15 @@ impl Context {
         let parent_fd = open_dir(parent)?;
         let cname =
             CString::new(name.as_bytes()).map_err(|_| ContextError::NotFound(src.to_string()))?;
+        // Looked at before it is opened: opening a device node can act on the host.
+        match rustix::fs::statat(
+            parent_fd.as_fd(),
+            cname.as_c_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+            _ => return Ok(None),
+        }
         let fd = match rustix::fs::openat(
             parent_fd.as_fd(),
             cname.as_c_str(),
