@@ -686,6 +686,12 @@ struct RunArgs {
     /// be ranges: 8000-8010:80-90).
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Publish every exposed port (the image's EXPOSE and --expose) to a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Expose a port or a range of ports (PORT[/PROTO], FROM-TO[/PROTO]): published by -P.
+    #[arg(long)]
+    expose: Vec<String>,
     /// Log rotation, as Docker's local driver: max-size=SIZE (default 20m), max-file=N
     /// (default 5), per output stream.
     #[arg(long = "log-opt")]
@@ -941,6 +947,14 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
             .map(|p| arca_runtime::ports::parse(p))
             .collect::<Result<Vec<_>, _>>()?
             .concat(),
+        publish_all: a.publish_all,
+        expose: {
+            for e in &a.expose {
+                arca_runtime::ports::expose_keys(e, Some(1024))
+                    .map_err(|why| format!("Invalid --expose {e:?}: {why}"))?;
+            }
+            a.expose
+        },
     };
     Ok(opts)
 }
@@ -2118,6 +2132,10 @@ fn build(state: &std::path::Path, req: BuildRequest) -> i32 {
                 println!("sha256:{}", built.id);
             }
             0
+        }
+        Err(e @ arca_runtime::build::builder::BuildError::Interrupted) => {
+            fail(&format!("failed to solve: {e}"));
+            130
         }
         Err(e) => fail(&format!("failed to solve: {}", chain(&e))),
     }

@@ -122,6 +122,97 @@ pub fn parse(spec: &str) -> Result<Vec<PortMapping>, String> {
         .collect())
 }
 
+/// Docker's `EXPOSE` and `--expose` forms, `PORT[/PROTO]` or `FROM-TO[/PROTO]`, as the
+/// config's `ExposedPorts` keys (`80/tcp`); a range of more than `max` ports (if given)
+/// is refused (`EXPOSE` takes any, as Docker's).
+pub fn expose_keys(text: &str, max: Option<usize>) -> Result<Vec<String>, String> {
+    let (ports, proto) = match text.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (text, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid proto: {proto}"));
+    }
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("invalid containerPort: {p}"))
+    };
+    let (from, to) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if to < from {
+        return Err(format!("invalid port range: {ports}"));
+    }
+    if let Some(max) = max
+        && usize::from(to - from) >= max
+    {
+        return Err(format!("invalid port range: {ports}: at most {max} ports"));
+    }
+    Ok((from..=to).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `-P`: each exposed port (`ExposedPorts` keys, read as Docker reads them: `80` is
+/// `80/tcp`) not already published by a `-p` of the same container port and protocol,
+/// published on a free host port of every address. `sctp` ones and keys that are no
+/// port are left out, with a warning (arca publishes tcp and udp only); more than
+/// [`MAX_RANGE`] ports in all is refused (an image's `EXPOSE` list is not the user's
+/// to bind without bound).
+pub fn publish_all(
+    exposed: &[String],
+    published: &[PortMapping],
+) -> Result<Vec<PortMapping>, String> {
+    // (port, udp): what is published already.
+    let mut taken: std::collections::HashSet<(u16, bool)> = published
+        .iter()
+        .map(|m| (m.container_port, m.protocol == PortProtocol::Udp))
+        .collect();
+    let mut out: Vec<PortMapping> = Vec::new();
+    for key in exposed {
+        let shown = crate::printable(key);
+        let keys = match expose_keys(key, Some(MAX_RANGE)) {
+            Ok(k) => k,
+            Err(why) => {
+                eprintln!("WARNING: exposed port {shown} is not published: {why}");
+                continue;
+            }
+        };
+        for k in keys {
+            let (port, proto) = k.split_once('/').unwrap_or((&k, "tcp"));
+            let Ok(container_port) = port.parse::<u16>() else {
+                continue;
+            };
+            let protocol = match proto {
+                "tcp" => PortProtocol::Tcp,
+                "udp" => PortProtocol::Udp,
+                _ => {
+                    eprintln!(
+                        "WARNING: port {k} is not published: arca publishes tcp and udp ports only"
+                    );
+                    continue;
+                }
+            };
+            if !taken.insert((container_port, protocol == PortProtocol::Udp)) {
+                continue;
+            }
+            if out.len() >= MAX_RANGE {
+                return Err(format!(
+                    "-P would publish more than {MAX_RANGE} ports: publish the ones needed with -p"
+                ));
+            }
+            out.push(PortMapping {
+                host_ip: Ipv4Addr::UNSPECIFIED,
+                host_port: 0,
+                container_port,
+                protocol,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// A bound host socket.
 #[derive(Debug)]
 enum Socket {
@@ -383,6 +474,47 @@ fn forward_one(client: TcpStream, address: &AgentAddress, id: &str, port: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposed_ports_read_as_docker_reads_them() {
+        let expose_keys_any = |t: &str| expose_keys(t, None);
+        assert_eq!(expose_keys_any("80").unwrap(), ["80/tcp"]);
+        assert_eq!(expose_keys_any("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(
+            expose_keys_any("8000-8002/tcp").unwrap(),
+            ["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        assert!(expose_keys_any("0").is_err());
+        assert!(expose_keys_any("70000").is_err());
+        assert!(expose_keys_any("80/http").is_err());
+        assert!(expose_keys_any("9-8").is_err());
+        assert_eq!(expose_keys_any("1-65535").unwrap().len(), 65535);
+        assert!(expose_keys("1-65535", Some(MAX_RANGE)).is_err());
+        // -P: a bare key is tcp, a -p of the port wins, sctp and junk left out, and no
+        // more than MAX_RANGE ports from a hostile image.
+        let p = publish_all(
+            &[
+                "80".into(),
+                "53/UDP".into(),
+                "9/sctp".into(),
+                "x\u{1b}".into(),
+                "80/tcp".into(),
+            ],
+            &parse("18080:53/udp").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].container_port, p[0].protocol),
+            (80, PortProtocol::Tcp)
+        );
+        let many: Vec<String> = (1..=2000).map(|n| format!("{n}/tcp")).collect();
+        assert!(
+            publish_all(&many, &[])
+                .unwrap_err()
+                .contains("more than 1024")
+        );
+    }
 
     fn one(spec: &str) -> PortMapping {
         let v = parse(spec).unwrap();

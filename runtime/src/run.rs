@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ pub fn run(state: &Path, opts: &RunOptions) -> Result<i32, RunError> {
         println!("{}", record.id);
         return Ok(0);
     }
-    let result = supervise(state, opts, &dir, record, Output::Terminal, None);
+    let result = supervise(state, opts, &dir, record, Output::Terminal, None, None);
     if result.is_err() || opts.rm {
         destroy(state, &dir);
     } else if let Ok(code) = result
@@ -252,6 +252,26 @@ fn prepare(
         other => other?,
     };
     let args = config::command_line(&image, opts)?;
+    // `-P`: the image's exposed ports and `--expose`'s, each on a free host port (with
+    // the host's network there is nothing to publish, as for `-p`); worked out before
+    // anything is made.
+    let mut published_all = Vec::new();
+    if opts.publish_all && opts.network.as_deref() != Some("host") {
+        let mut exposed: Vec<String> = image
+            .config
+            .config
+            .exposed_ports
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        for e in &opts.expose {
+            let keys = ports::expose_keys(e, Some(1024))
+                .map_err(|why| RunError::Invalid(format!("Invalid --expose {e:?}: {why}")))?;
+            exposed.extend(keys);
+        }
+        published_all = ports::publish_all(&exposed, &opts.publish).map_err(RunError::Invalid)?;
+    }
     // The network must exist before anything is made.
     match (opts.network.as_deref(), opts.isolation) {
         (Some("host"), Isolation::Vm) => {
@@ -350,6 +370,7 @@ fn prepare(
         return Err(e.into());
     }
     let mut saved = opts.clone();
+    saved.publish.extend(published_all);
     if saved.stop_signal.is_none() {
         saved.stop_signal = cfg.stop_signal.clone().filter(|s| !s.is_empty());
     }
@@ -365,6 +386,63 @@ fn prepare(
     }
     record.event(state, "create", &[]);
     Ok((dir, record))
+}
+
+/// A build's interruption: SIGINT, SIGTERM and SIGHUP sent to arca (one handler for
+/// the whole build, registered before anything is made) mark it interrupted and kill
+/// the step container that runs, if any; the build stops at its next check.
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    flag: AtomicBool,
+    step: std::sync::Mutex<Option<(AgentAddress, String)>>,
+}
+
+impl Interrupt {
+    /// Registers the handler; `None` if signals cannot be handled here.
+    pub fn install() -> Option<Arc<Self>> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).ok()?;
+        let me = Arc::new(Interrupt::default());
+        let seen = me.clone();
+        std::thread::Builder::new()
+            .name("interrupt".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    seen.flag.store(true, Ordering::SeqCst);
+                    seen.kill();
+                }
+            })
+            .ok()?;
+        Some(me)
+    }
+
+    /// Whether the build was interrupted.
+    pub fn interrupted(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Step container `id` runs (killed at once if the build was interrupted already).
+    fn running(&self, address: &AgentAddress, id: &str) {
+        *self.step.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((address.clone(), id.to_string()));
+        if self.interrupted() {
+            self.kill();
+        }
+    }
+
+    /// The step container ended.
+    fn done(&self) {
+        *self.step.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn kill(&self) {
+        let step = self.step.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((address, id)) = step
+            && let Ok(mut c) = AgentClient::connect(&address, Duration::from_secs(5))
+        {
+            let _ = c.signal(&id, None, signal_hook::consts::SIGKILL);
+        }
+    }
 }
 
 /// A build step's output: the writer for its stdout (`false`) or stderr (`true`).
@@ -383,10 +461,19 @@ pub fn run_step(
     opts: &RunOptions,
     output: StepOutput,
     done: StepDone<'_>,
+    interrupt: &Interrupt,
 ) -> Result<i32, RunError> {
     let (dir, record) = prepare(state, opts, Status::Starting)?;
     let opts = &RunOptions::load(&dir).inspect_err(|_| destroy(state, &dir))?;
-    let result = supervise(state, opts, &dir, record, Output::Step(output), Some(done));
+    let result = supervise(
+        state,
+        opts,
+        &dir,
+        record,
+        Output::Step(output),
+        Some(done),
+        Some(interrupt),
+    );
     destroy(state, &dir);
     result
 }
@@ -535,7 +622,7 @@ pub fn monitor(state: &Path, id: &str) -> Result<i32, RunError> {
     record.save(&dir)?;
     loop {
         let began = Instant::now();
-        let result = supervise(state, &opts, &dir, record, Output::Logs, None);
+        let result = supervise(state, &opts, &dir, record, Output::Logs, None, None);
         if let Err(e) = &result
             && let Ok(mut r) = ContainerRecord::load(&dir)
         {
@@ -630,6 +717,7 @@ fn supervise(
     mut record: ContainerRecord,
     output: Output,
     done: Option<StepDone<'_>>,
+    interrupt: Option<&Interrupt>,
 ) -> Result<i32, RunError> {
     let store = Store::open(state)?;
     let image = store.resolve(&record.image_id)?;
@@ -651,7 +739,6 @@ fn supervise(
     sandbox.link_container(&mut client, id, container_pid)?;
     let address = sandbox.address().clone();
     let terminal = output.terminal();
-    let step = matches!(output, Output::Step(_));
     let session = Session::start(terminal && opts.tty && opts.interactive);
     let streams = Streams::open(&address, id, opts)?;
     if terminal && opts.tty {
@@ -685,15 +772,13 @@ fn supervise(
     if terminal && !opts.no_sig_proxy {
         forward_signals(&address, id);
     }
-    // A build step is ended by arca's end: a Ctrl-C kills it, and the build fails.
-    let killer = if step {
-        kill_on_signals(&address, id)
-    } else {
-        None
-    };
+    // A build step is ended by the build's interruption (a Ctrl-C kills it).
+    if let Some(i) = interrupt {
+        i.running(&address, id);
+    }
     let waited = client.wait(id, None);
-    if let Some(k) = killer {
-        k.close();
+    if let Some(i) = interrupt {
+        i.done();
     }
     drop(forwarders);
     let status = match waited {
@@ -939,23 +1024,6 @@ impl Tee {
 
 /// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that arca receives to
 /// the container's main process, from a thread of its own.
-/// Until the handle returned is closed: SIGINT, SIGTERM and SIGHUP sent to arca kill
-/// the container `id` (a build step), from a thread of its own.
-fn kill_on_signals(address: &AgentAddress, id: &str) -> Option<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).ok()?;
-    let handle = signals.handle();
-    let (address, id) = (address.clone(), id.to_string());
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            if let Ok(mut c) = AgentClient::connect(&address, Duration::from_secs(5)) {
-                let _ = c.signal(&id, None, SIGKILL);
-            }
-        }
-    });
-    Some(handle)
-}
-
 fn forward_signals(address: &AgentAddress, id: &str) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let Ok(mut signals) =

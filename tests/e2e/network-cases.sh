@@ -55,6 +55,17 @@ out=$(run -p 18080:80 busybox true 2>&1 >/dev/null | grep -c 'port is already al
 webip=$(field web ip)
 out=$(run --network testnet busybox sh -c 'ip -o -4 addr show eth0 | grep -c "inet 10\.89\."'); check address 0 1 $? "$out"
 
+# -P: every port the image EXPOSEs and --expose adds, each on a free host port; a -p
+# of the same port wins; --expose refuses a bad port.
+printf 'FROM busybox\nEXPOSE 80 53/udp\n' | arca build -q -t exposer - >/dev/null 2>&1; check exposer-build 0 "" $? ""
+arca run -d --isolation="$iso" --name pall -P --expose 7000-7001 -p 18081:53/udp --network testnet exposer \
+  sh -c "mkdir -p /www && echo hello from pall > /www/index.html && exec httpd -f -p 80 -h /www" >/dev/null
+out=$(arca port pall | sed '/:18081$/!s/0\.0\.0\.0:[0-9]*$/HOST/' | sort | tr '\n' ' '); check publish-all-ports 0 "53/udp -> 0.0.0.0:18081 7000/tcp -> HOST 7001/tcp -> HOST 80/tcp -> HOST " $? "$out"
+hp=$(arca port pall | grep '^80/tcp' | sed 's/.*://')
+out=$(fetch "http://127.0.0.1:$hp/"); check publish-all-fetch 0 "hello from pall" $? "$out"
+out=$(arca rm -f pall); check rm-pall 0 pall $? "$out"
+out=$(run --expose 0 busybox true 2>&1 >/dev/null | grep -c 'Invalid --expose'); check expose-invalid 0 1 $? "$out"
+
 # UDP: a datagram to the published port comes back from the container's server.
 udp_ask() { # PORT MESSAGE: the answer, retrying while the server comes up
   i=0

@@ -105,6 +105,9 @@ pub enum BuildError {
     /// A step's container.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A signal (Ctrl-C) ended the build.
+    #[error("the build was interrupted")]
+    Interrupted,
     /// A file of the build's own.
     #[error("Cannot {action}")]
     Io {
@@ -163,6 +166,8 @@ pub fn build(
         .iter()
         .map(|t| crate::image::store::normalize_reference(t))
         .collect::<Result<Vec<_>, _>>()?;
+    // Before anything is made: a Ctrl-C from here on ends the build cleanly.
+    let interrupt = crate::run::Interrupt::install().unwrap_or_default();
     let (work, _held) = work_dir(state)?;
     let mut printer = Printer::new(opts.quiet);
     let v = printer.vertex("[internal] load build definition from Dockerfile");
@@ -181,6 +186,7 @@ pub fn build(
         printer,
         work.clone(),
     )?;
+    b.interrupt = interrupt;
     let result = b.run(&tags);
     let _ = fs::remove_dir_all(&work);
     result
@@ -193,8 +199,15 @@ fn work_dir(state: &Path) -> Result<(PathBuf, fs::File), BuildError> {
     use rustix::fs::FlockOperation;
     let builds = state.join("builds");
     fs::create_dir_all(&builds).map_err(io_err("create the build directory"))?;
+    // Cleanup and creation under one lock: a build's directory is never removed
+    // between its creation and its own lock.
+    let _all = crate::state::lock_file(&builds.join(".lock"), FlockOperation::LockExclusive)
+        .map_err(|(what, e)| io_err(format!("{what} the builds' lock"))(e))?;
     if let Ok(entries) = fs::read_dir(&builds) {
         for e in entries.flatten() {
+            if e.file_name() == ".lock" {
+                continue;
+            }
             let lock = e.path().join("lock");
             if let Ok(held) =
                 crate::state::lock_file(&lock, FlockOperation::NonBlockingLockExclusive)
@@ -273,6 +286,7 @@ struct Builder<'a> {
     limit: u64,
     /// Bytes of layers this build wrote.
     used: u64,
+    interrupt: Arc<crate::run::Interrupt>,
 }
 
 impl<'a> Builder<'a> {
@@ -319,6 +333,7 @@ impl<'a> Builder<'a> {
             files: 0,
             limit,
             used: 0,
+            interrupt: Arc::default(),
         };
         let mut at = 0;
         let all = &df.instructions;
@@ -329,9 +344,12 @@ impl<'a> Builder<'a> {
                     for (name, default) in pairs {
                         // Globals see the globals declared before them.
                         let globals = b.globals.clone();
-                        let value = b.arg_value(name, default.as_deref(), line, &|n| {
-                            globals.get(n).cloned().flatten()
-                        })?;
+                        let value = b
+                            .arg_value(name, default.as_deref(), line, &|n| {
+                                globals.get(n).cloned().flatten()
+                            })?
+                            // `ARG TARGETARCH` alone keeps the automatic value.
+                            .or_else(|| globals.get(name).cloned().flatten());
                         b.globals.insert(name.clone(), value);
                     }
                     at += 1;
@@ -594,6 +612,9 @@ impl<'a> Builder<'a> {
         line: usize,
         shown: &str,
     ) -> Result<(), BuildError> {
+        if self.interrupt.interrupted() {
+            return Err(BuildError::Interrupted);
+        }
         let escape = self.df.escape;
         let word = |source| BuildError::Word { line, source };
         let bad = |why: String| BuildError::Instruction { line, why };
@@ -668,10 +689,10 @@ impl<'a> Builder<'a> {
                 set(&mut st.config, "WorkingDir", Value::String(full.clone()));
                 let v = self.printer.vertex(shown);
                 st.key = chain(&st.key, &[&format!("WORKDIR {full}")]);
-                let real = st
-                    .image
-                    .as_ref()
-                    .map_or(full.clone(), |img| resolve_in_image(&img.rootfs, &full));
+                let real = match st.image.as_ref() {
+                    Some(img) => resolve_in_image(&img.rootfs, &full).map_err(bad)?,
+                    None => full.clone(),
+                };
                 let missing = st
                     .image
                     .as_ref()
@@ -705,7 +726,7 @@ impl<'a> Builder<'a> {
                 let ports = words::expand_fields(ports, &vars, escape).map_err(word)?;
                 let mut all = Vec::new();
                 for p in &ports {
-                    all.extend(exposed(p).map_err(bad)?);
+                    all.extend(crate::ports::expose_keys(p, None).map_err(bad)?);
                 }
                 let map = object_at(&mut st.config, "ExposedPorts");
                 for p in &all {
@@ -974,7 +995,10 @@ impl<'a> Builder<'a> {
         };
         let started = Instant::now();
         let output = self.printer.output(v, started);
-        let code = crate::run::run_step(self.state, &opts, output, &mut take)?;
+        let code = crate::run::run_step(self.state, &opts, output, &mut take, &self.interrupt)?;
+        if self.interrupt.interrupted() {
+            return Err(BuildError::Interrupted);
+        }
         if code != 0 {
             let command = argv.join(" ");
             self.printer.error(
@@ -1052,7 +1076,7 @@ impl<'a> Builder<'a> {
         // root (`/bin/` is `/usr/bin/` in a merged-/usr image).
         let dest = match st.image.as_ref() {
             Some(img) => {
-                let mut d = resolve_in_image(&img.rootfs, &dest);
+                let mut d = resolve_in_image(&img.rootfs, &dest).map_err(bad)?;
                 if dest.ends_with('/') && !d.ends_with('/') {
                     d.push('/');
                 }
@@ -1354,8 +1378,8 @@ fn image_kind(rootfs: &Path, path: &str) -> Option<ImageKind> {
 /// Absolute `path` as the image whose root filesystem is `rootfs` resolves it: each
 /// symlink on the way (the last component too) followed inside the root, as in a
 /// chroot (an absolute target starts again at the root, `..` stops there), at most 40
-/// of them. The links are read, never followed on the host.
-fn resolve_in_image(rootfs: &Path, path: &str) -> String {
+/// of them (more is an error). The links are read, never followed on the host.
+fn resolve_in_image(rootfs: &Path, path: &str) -> Result<String, String> {
     let mut done: Vec<String> = Vec::new();
     let mut todo: std::collections::VecDeque<String> = path
         .split('/')
@@ -1372,8 +1396,12 @@ fn resolve_in_image(rootfs: &Path, path: &str) -> String {
         at.extend(&done);
         at.push(&c);
         match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() && links < 40 => {
+            Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
+                if links > 40 {
+                    // Never pushed as a plain name: the host would follow it.
+                    return Err(format!("too many levels of symbolic links in {path}"));
+                }
                 let Ok(target) = fs::read_link(&at) else {
                     done.push(c);
                     continue;
@@ -1393,7 +1421,7 @@ fn resolve_in_image(rootfs: &Path, path: &str) -> String {
             _ => done.push(c),
         }
     }
-    format!("/{}", done.join("/"))
+    Ok(format!("/{}", done.join("/")))
 }
 
 /// The digest of what a layer holds, for a `COPY`'s or `ADD`'s cache key: each entry's
@@ -1475,31 +1503,6 @@ fn is_url(s: &str) -> bool {
     ["http://", "https://", "git@", "git://", "ssh://"]
         .iter()
         .any(|p| lower.starts_with(p))
-}
-
-/// `EXPOSE`'s `PORT[/PROTO]` or `FROM-TO[/PROTO]` as Docker's `ExposedPorts` keys.
-fn exposed(text: &str) -> Result<Vec<String>, String> {
-    let (ports, proto) = match text.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (text, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto: {proto}"));
-    }
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("invalid containerPort: {p}"))
-    };
-    let (from, to) = match ports.split_once('-') {
-        Some((a, b)) => (port(a)?, port(b)?),
-        None => (port(ports)?, port(ports)?),
-    };
-    if to < from {
-        return Err(format!("invalid port range: {ports}"));
-    }
-    Ok((from..=to).map(|p| format!("{p}/{proto}")).collect())
 }
 
 /// `HEALTHCHECK` as the config's `Healthcheck`.
@@ -1798,20 +1801,6 @@ mod tests {
     }
 
     #[test]
-    fn exposed_ports_read_as_docker_reads_them() {
-        assert_eq!(exposed("80").unwrap(), ["80/tcp"]);
-        assert_eq!(exposed("53/UDP").unwrap(), ["53/udp"]);
-        assert_eq!(
-            exposed("8000-8002/tcp").unwrap(),
-            ["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert!(exposed("0").is_err());
-        assert!(exposed("70000").is_err());
-        assert!(exposed("80/http").is_err());
-        assert!(exposed("9-8").is_err());
-    }
-
-    #[test]
     fn durations_read_as_go_reads_them() {
         assert_eq!(duration_ns("30s").unwrap(), 30_000_000_000);
         assert_eq!(duration_ns("1m30s").unwrap(), 90_000_000_000);
@@ -1888,13 +1877,19 @@ mod tests {
         std::os::unix::fs::symlink("/", r.join("srv/up")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", r.join("srv/out")).unwrap();
         std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
-        assert_eq!(resolve_in_image(r, "/bin/sh"), "/usr/bin/sh");
-        assert_eq!(resolve_in_image(r, "/bin"), "/usr/bin");
-        assert_eq!(resolve_in_image(r, "/srv/up/x"), "/x");
-        assert_eq!(resolve_in_image(r, "/srv/out/passwd"), "/etc/passwd");
-        assert_eq!(resolve_in_image(r, "/../../a"), "/a");
-        assert_eq!(resolve_in_image(r, "/loop/x"), "/loop/x");
-        assert_eq!(resolve_in_image(r, "/new/dir"), "/new/dir");
+        let resolve = |p: &str| resolve_in_image(r, p).unwrap();
+        assert_eq!(resolve("/bin/sh"), "/usr/bin/sh");
+        assert_eq!(resolve("/bin"), "/usr/bin");
+        assert_eq!(resolve("/srv/up/x"), "/x");
+        assert_eq!(resolve("/srv/out/passwd"), "/etc/passwd");
+        assert_eq!(resolve("/../../a"), "/a");
+        assert_eq!(resolve("/new/dir"), "/new/dir");
+        // A loop ends in an error, never in a name the host would follow.
+        assert!(
+            resolve_in_image(r, "/loop/x")
+                .unwrap_err()
+                .contains("too many levels")
+        );
     }
 
     /// A layer's content digest ignores modification times, and nothing else.

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -130,16 +130,29 @@ impl Context {
                 root.display()
             )));
         }
+        // Found inside the context as a COPY source is (a symlink out of it leads
+        // nowhere), a regular file, bounded.
+        let bare = Context {
+            root: Some(root.clone()),
+            ignore: Ignore::default(),
+        };
         let path = root.join(".dockerignore");
-        let ignore = match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => {
-                if m.len() > MAX_IGNORE_FILE as u64 {
+        let ignore = match bare.open_file(".dockerignore") {
+            Ok(Some(f)) => {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                f.take(MAX_IGNORE_FILE as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(io_err("read", &path))?;
+                if bytes.len() > MAX_IGNORE_FILE {
                     return Err(IgnoreError::TooLarge.into());
                 }
-                let text = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| io_err("read", &path)(io::Error::other("not UTF-8 text")))?;
                 Ignore::parse(&text)?
             }
-            _ => Ignore::default(),
+            Ok(None) | Err(ContextError::NotFound(_)) => Ignore::default(),
+            Err(e) => return Err(e),
         };
         Ok(Context {
             root: Some(root),
@@ -321,28 +334,32 @@ impl Context {
         let parent_fd = open_dir(parent)?;
         let cname =
             CString::new(name.as_bytes()).map_err(|_| ContextError::NotFound(src.to_string()))?;
-        // Looked at before it is opened: opening a device node can act on the host.
-        match rustix::fs::statat(
+        // Opened as a path only, looked at, and only then opened for reading through that
+        // same descriptor: opening a device node can act on the host, and the name may
+        // be swapped for one in between.
+        let path_fd = match rustix::fs::openat(
             parent_fd.as_fd(),
             cname.as_c_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
-            _ => return Ok(None),
-        }
-        let fd = match rustix::fs::openat(
-            parent_fd.as_fd(),
-            cname.as_c_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            // A symlink (ELOOP) or something gone: not a file to look into.
             Err(_) => return Ok(None),
         };
-        let st = rustix::fs::fstat(&fd).map_err(|e| io_err("read", &real)(e.into()))?;
+        let st = rustix::fs::fstat(&path_fd).map_err(|e| io_err("read", &real)(e.into()))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Ok(None);
+        }
+        let proc = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+        let fd = rustix::fs::open(
+            proc.as_str(),
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", &real)(e.into()))?;
+        let again = rustix::fs::fstat(&fd).map_err(|e| io_err("read", &real)(e.into()))?;
+        if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(ContextError::Changed(real));
         }
         Ok(Some(fs::File::from(fd)))
     }

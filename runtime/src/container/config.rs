@@ -56,6 +56,13 @@ pub struct RunOptions {
     /// `-p`.
     #[serde(default)]
     pub publish: Vec<PortMapping>,
+    /// `-P`: every exposed port (the image's `EXPOSE` and `--expose`) published on a
+    /// free host port.
+    #[serde(default)]
+    pub publish_all: bool,
+    /// `--expose`, as given.
+    #[serde(default)]
+    pub expose: Vec<String>,
     /// `--log-opt`: how the logs rotate.
     #[serde(default)]
     pub log: LogOptions,
@@ -392,6 +399,8 @@ impl RunOptions {
             rm: true,
             network,
             publish: Vec::new(),
+            publish_all: false,
+            expose: Vec::new(),
             log: LogOptions::default(),
             guest_console: false,
             no_snapshot: false,
