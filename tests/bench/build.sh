@@ -9,10 +9,12 @@
 #     than arca's), in one run (podman cannot run in the lab's busybox L1).
 # Prints medians (ms) and ratios within each run; absolute lab times are inflated by TCG.
 #
-#   tests/bench/build.sh [ROUNDS]     (default 3)
+#   tests/bench/build.sh [ROUNDS] [all|vm|host]     (default 3 all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
+parts=${2:-all}
+[[ "$parts" =~ ^(all|vm|host)$ ]] || { echo "build.sh: the second argument is all, vm or host" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "build.sh: ROUNDS must be a positive number" >&2; exit 2; }
 cargo build --release -q -p arca-runtime -p vmm -p guest-agent
 kernel=$(kernels/build.sh)
@@ -84,6 +86,7 @@ for t in "$@"; do
 done
 SCRIPT
 
+if [ "$parts" != host ]; then
 echo "== microVMs and host containers"
 if target/release/arca-vmm --check-kvm >/dev/null 2>&1; then
   B=$tmp ARCA_KERNEL=$kernel PATH="$PWD/target/release:$PATH" sh "$tmp/run.sh" "$rounds" vm process
@@ -94,6 +97,8 @@ else
     --file "$tmp/Dockerfile:/bench/Dockerfile" \
     --file "$(command -v mke2fs):/usr/sbin/mkfs.ext4" -- "B=/bench sh /bench/run.sh $rounds vm process"
 fi
+fi
+[ "$parts" = vm ] && exit 0
 
 echo "== host containers and podman, on this host"
 if [ "$(id -u)" != 0 ]; then

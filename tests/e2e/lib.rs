@@ -262,18 +262,37 @@ fn table_with_kvm(table: &str, timeout_secs: u32, process_too: bool) -> Output {
             name: "virtiofsd".into(),
         });
     }
-    // A table that hangs is cut by the lab's timeout: a minute before, say what runs.
-    let watchdog = timeout_secs.saturating_sub(60);
+    // A table whose command makes no progress for 300 s is shown stuck (what runs, each
+    // container's last words) and that command is killed, so the table goes on and
+    // fails there rather than at the lab's timeout with nothing said.
     let script = format!(
         r#"export PATH="$ARCA_E2E_DIR:$PATH"
-        (trap 'exit 0' TERM; sleep {watchdog} </dev/null >/dev/null 2>&1 & wait $!; echo "== still running after {watchdog} s:"; ps) &
-        wd=$!
-        echo "== vm"; ARCA_STATE_DIR=/tmp/arca-vm sh "$ARCA_E2E_DIR/{table}" vm "$ARCA_E2E_DIR/busybox.tar"; vm=$?
+        table() {{ # MODE STATE: the table, watched
+          ARCA_STATE_DIR=$2 sh "$ARCA_E2E_DIR/{table}" $1 "$ARCA_E2E_DIR/busybox.tar" >/tmp/table.$1 2>&1 &
+          tp=$!; last=0; still=0
+          while kill -0 $tp 2>/dev/null; do
+            sleep 5
+            n=$(wc -l </tmp/table.$1)
+            if [ "$n" = "$last" ]; then still=$((still+5)); else still=0; last=$n; fi
+            if [ $still -ge 300 ]; then
+              echo "== no progress for 300 s after: $(tail -n 1 /tmp/table.$1)"
+              ps -o pid,ppid,stat,args | grep -v ' \[' | grep -v '^ *[0-9]* *[0-9]* *[A-Z<N]* *\['
+              for d in $2/containers/*/; do
+                [ -d "$d" ] || continue
+                echo "-- $(cat $d/name 2>/dev/null) $d"; tail -n 5 $d/sandbox.log $d/monitor.log 2>/dev/null
+              done
+              pkill -9 -P $tp; still=0
+            fi
+          done
+          wait $tp; rc=$?
+          cat /tmp/table.$1
+          return $rc
+        }}
+        echo "== vm"; table vm /tmp/arca-vm; vm=$?
         pr=0
         if [ -n "$ARCA_LAB" ] && {process_too}; then
-          echo "== process"; ARCA_STATE_DIR=/tmp/arca-pr sh "$ARCA_E2E_DIR/{table}" process "$ARCA_E2E_DIR/busybox.tar"; pr=$?
+          echo "== process"; table process /tmp/arca-pr; pr=$?
         fi
-        kill $wd 2>/dev/null
         [ $vm -eq 0 ] && [ $pr -eq 0 ]"#
     );
     run_with_kvm(&script, &files, timeout_secs)
