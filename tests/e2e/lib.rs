@@ -273,7 +273,8 @@ fn table_with_kvm(table: &str, timeout_secs: u32, process_too: bool) -> Output {
           while kill -0 $tp 2>/dev/null; do
             sleep 5
             n=$(wc -l </tmp/table.$1)
-            if [ "$n" = "$last" ]; then still=$((still+5)); else still=0; last=$n; fi
+            # Shown as it comes: a lab that dies keeps what was said.
+            if [ "$n" = "$last" ]; then still=$((still+5)); else sed -n "$((last+1)),${{n}}p" /tmp/table.$1; still=0; last=$n; fi
             if [ $still -ge 300 ]; then
               echo "== no progress for 300 s after: $(tail -n 1 /tmp/table.$1)"
               ps -o pid,ppid,stat,args | grep -v ' \[' | grep -v '^ *[0-9]* *[0-9]* *[A-Z<N]* *\['
@@ -285,7 +286,7 @@ fn table_with_kvm(table: &str, timeout_secs: u32, process_too: bool) -> Output {
             fi
           done
           wait $tp; rc=$?
-          cat /tmp/table.$1
+          sed -n "$((last+1)),\$p" /tmp/table.$1
           return $rc
         }}
         echo "== vm"; table vm /tmp/arca-vm; vm=$?
