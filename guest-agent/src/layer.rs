@@ -93,11 +93,7 @@ pub fn write(upper: BorrowedFd<'_>, lower: BorrowedFd<'_>, out: impl Write) -> R
                 }
                 wh.extend_from_slice(WHITEOUT);
                 wh.extend_from_slice(name);
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(0);
-                tar.append_data(&mut h, OsStr::from_bytes(&wh), io::empty())
-                    .map_err(|e| err(&e))?;
+                marker(&mut tar, &item.stat, &wh).map_err(|e| err(&e))?;
             }
             What::Dir { opaque } => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -108,12 +104,7 @@ pub fn write(upper: BorrowedFd<'_>, lower: BorrowedFd<'_>, out: impl Write) -> R
                     let mut o = item.path.clone();
                     o.push(b'/');
                     o.extend_from_slice(OPAQUE);
-                    let mut oh = header(&item.stat);
-                    oh.set_entry_type(tar::EntryType::Regular);
-                    oh.set_mode(0o644);
-                    oh.set_size(0);
-                    tar.append_data(&mut oh, OsStr::from_bytes(&o), io::empty())
-                        .map_err(|e| err(&e))?;
+                    marker(&mut tar, &item.stat, &o).map_err(|e| err(&e))?;
                 }
                 let fd = rustix::fs::openat(
                     dir,
@@ -220,6 +211,16 @@ fn pax<W: Write>(tar: &mut tar::Builder<W>, key: &str, value: &[u8]) -> io::Resu
     h.set_size(record.len() as u64);
     h.set_cksum();
     tar.append(&h, record.as_slice())
+}
+
+/// An empty file whose name is its meaning (a whiteout, an opaque directory's mark),
+/// with the owner and time of the entry it stands for.
+fn marker<W: Write>(tar: &mut tar::Builder<W>, st: &Stat, path: &[u8]) -> io::Result<()> {
+    let mut h = header(st);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(0);
+    tar.append_data(&mut h, OsStr::from_bytes(path), io::empty())
 }
 
 /// A GNU tar header with an entry's owner, mode and time.

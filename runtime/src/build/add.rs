@@ -161,14 +161,7 @@ pub fn extract_layer(
             }
             None => {}
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(now);
-        h.set_size(0);
-        tar.append_data(&mut h, &at, io::empty())
+        tar.append_data(&mut made_dir(now), &at, io::empty())
             .map_err(|e| io(src, e))?;
     }
     let file = ctx
@@ -181,6 +174,18 @@ pub fn extract_layer(
     let written = rewrite(reader, src, &dest_rel, opts, &mut tar)?;
     tar.finish().map_err(|e| io(src, e))?;
     Ok(written)
+}
+
+/// The header of a directory a layer makes where the image has none: 0755, root's.
+pub(super) fn made_dir(mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(0);
+    h
 }
 
 /// The entries of archive `reader` (named `src` in messages) under `dest_rel` (relative

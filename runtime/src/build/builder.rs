@@ -26,7 +26,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::context::{Context, ContextError, CopyOptions, ImageKind};
+use super::context::{Context, ContextError, CopyOptions, ImageKind, resolve_in_image};
 use super::dockerfile::{self, Command, CopySpec, Dockerfile, DockerfileError, Health, Kind};
 use super::words::{self, WordError};
 use crate::container::{Isolation, RunOptions};
@@ -173,7 +173,7 @@ pub fn build(
     let v = printer.vertex("[internal] load build definition from Dockerfile");
     printer.done(v);
     if let Some(s) = &dockerfile.syntax {
-        printer.note(&format!(
+        printer.say(&format!(
             "the syntax directive {s:?} is noted, not followed: arca has one builder"
         ));
     }
@@ -421,7 +421,7 @@ impl<'a> Builder<'a> {
             .collect();
         if !unused.is_empty() {
             let names: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
-            self.printer.note(&format!(
+            self.printer.say(&format!(
                 "[Warning] One or more build-args [{}] were not consumed",
                 names.join(" ")
             ));
@@ -690,7 +690,9 @@ impl<'a> Builder<'a> {
                 let v = self.printer.vertex(shown);
                 st.key = chain(&st.key, &[&format!("WORKDIR {full}")]);
                 let real = match st.image.as_ref() {
-                    Some(img) => resolve_in_image(&img.rootfs, &full).map_err(bad)?,
+                    Some(img) => {
+                        resolve_in_image(&img.rootfs, &full).map_err(|e| bad(e.to_string()))?
+                    }
                     None => full.clone(),
                 };
                 let missing = st
@@ -778,7 +780,7 @@ impl<'a> Builder<'a> {
                 meta(st, &mut self.printer, format!("ENTRYPOINT {argv:?}"));
             }
             Kind::Healthcheck(h) => {
-                let value = health(h, &self.shell(st)).map_err(bad)?;
+                let value = health(h).map_err(bad)?;
                 set(&mut st.config, "Healthcheck", value.clone());
                 meta(st, &mut self.printer, format!("HEALTHCHECK {value}"));
             }
@@ -1076,7 +1078,7 @@ impl<'a> Builder<'a> {
         // root (`/bin/` is `/usr/bin/` in a merged-/usr image).
         let dest = match st.image.as_ref() {
             Some(img) => {
-                let mut d = resolve_in_image(&img.rootfs, &dest).map_err(bad)?;
+                let mut d = resolve_in_image(&img.rootfs, &dest).map_err(|e| bad(e.to_string()))?;
                 if dest.ends_with('/') && !d.ends_with('/') {
                     d.push('/');
                 }
@@ -1375,55 +1377,6 @@ fn image_kind(rootfs: &Path, path: &str) -> Option<ImageKind> {
     Some(ImageKind::Dir)
 }
 
-/// Absolute `path` as the image whose root filesystem is `rootfs` resolves it: each
-/// symlink on the way (the last component too) followed inside the root, as in a
-/// chroot (an absolute target starts again at the root, `..` stops there), at most 40
-/// of them (more is an error). The links are read, never followed on the host.
-fn resolve_in_image(rootfs: &Path, path: &str) -> Result<String, String> {
-    let mut done: Vec<String> = Vec::new();
-    let mut todo: std::collections::VecDeque<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(str::to_string)
-        .collect();
-    let mut links = 0;
-    while let Some(c) = todo.pop_front() {
-        if c == ".." {
-            done.pop();
-            continue;
-        }
-        let mut at = rootfs.to_path_buf();
-        at.extend(&done);
-        at.push(&c);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    // Never pushed as a plain name: the host would follow it.
-                    return Err(format!("too many levels of symbolic links in {path}"));
-                }
-                let Ok(target) = fs::read_link(&at) else {
-                    done.push(c);
-                    continue;
-                };
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                let mut next: std::collections::VecDeque<String> = target
-                    .split('/')
-                    .filter(|c| !c.is_empty() && *c != ".")
-                    .map(str::to_string)
-                    .collect();
-                next.extend(todo);
-                todo = next;
-            }
-            _ => done.push(c),
-        }
-    }
-    Ok(format!("/{}", done.join("/")))
-}
-
 /// The digest of what a layer holds, for a `COPY`'s or `ADD`'s cache key: each entry's
 /// name, kind, mode, owner, size, link and content, but not its modification time (a
 /// fresh clone of the same files hits the cache, as Docker's content checksums do).
@@ -1485,14 +1438,7 @@ fn dir_layer(rootfs: Option<&Path>, path: &str, out: impl Write) -> io::Result<(
         if rootfs.is_some_and(|r| image_kind(r, &at).is_some()) {
             continue;
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(now);
-        h.set_size(0);
-        tar.append_data(&mut h, &at[1..], io::empty())?;
+        tar.append_data(&mut super::add::made_dir(now), &at[1..], io::empty())?;
     }
     tar.into_inner()?.flush()
 }
@@ -1506,8 +1452,7 @@ fn is_url(s: &str) -> bool {
 }
 
 /// `HEALTHCHECK` as the config's `Healthcheck`.
-fn health(h: &Health, shell: &[String]) -> Result<Value, String> {
-    let _ = shell;
+fn health(h: &Health) -> Result<Value, String> {
     match h {
         Health::None => Ok(json!({"Test": ["NONE"]})),
         Health::Check {
@@ -1691,12 +1636,6 @@ impl Printer {
 
     fn line(&self, v: usize, text: &str) {
         self.say(&format!("#{v} {text}"));
-    }
-
-    fn note(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("{text}");
-        }
     }
 
     fn done(&self, v: usize) {
@@ -1888,6 +1827,7 @@ mod tests {
         assert!(
             resolve_in_image(r, "/loop/x")
                 .unwrap_err()
+                .to_string()
                 .contains("too many levels")
         );
     }
@@ -1949,12 +1889,9 @@ mod tests {
             retries: Some("3".into()),
         };
         assert_eq!(
-            health(&h, &[]).unwrap(),
+            health(&h).unwrap(),
             json!({"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 5_000_000_000u64, "Retries": 3})
         );
-        assert_eq!(
-            health(&Health::None, &[]).unwrap(),
-            json!({"Test": ["NONE"]})
-        );
+        assert_eq!(health(&Health::None).unwrap(), json!({"Test": ["NONE"]}));
     }
 }

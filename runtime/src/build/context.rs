@@ -281,43 +281,7 @@ impl Context {
     /// root (the last one too with `follow_last`).
     fn resolve(&self, rel: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
         let root = self.root(rel)?;
-        let mut queue: VecDeque<OsString> = components(rel);
-        let mut at: Vec<OsString> = Vec::new();
-        let mut links = 0;
-        while let Some(part) = queue.pop_front() {
-            if part == ".." {
-                at.pop();
-                continue;
-            }
-            let mut candidate = root.to_path_buf();
-            candidate.extend(&at);
-            candidate.push(&part);
-            let m = match fs::symlink_metadata(&candidate) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(ContextError::NotFound(rel.to_string()));
-                }
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
-                    return Err(ContextError::NotFound(rel.to_string()));
-                }
-                Err(e) => return Err(io_err("read", &candidate)(e)),
-            };
-            if m.file_type().is_symlink() && (follow_last || !queue.is_empty()) {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(ContextError::Loop(rel.to_string()));
-                }
-                let target = fs::read_link(&candidate).map_err(io_err("read", &candidate))?;
-                if target.is_absolute() {
-                    at.clear();
-                }
-                let mut rest: VecDeque<OsString> = components(&target.to_string_lossy());
-                rest.extend(queue);
-                queue = rest;
-                continue;
-            }
-            at.push(part);
-        }
+        let at = resolve_in(root, rel, follow_last, false)?;
         let mut out = root.to_path_buf();
         out.extend(&at);
         Ok(out)
@@ -699,6 +663,74 @@ fn components(path: &str) -> VecDeque<OsString> {
             _ => None,
         })
         .collect()
+}
+
+/// Path `rel` inside the tree `root` as a chroot resolves it: every symlink on the way
+/// (the last one too with `follow_last`) followed inside the root (an absolute target
+/// starts again at the root, `..` stops there), at most [`MAX_LINKS`] of them. Links
+/// are read, never followed by the host. The components of the result, relative to
+/// `root`; a missing one is an error unless `missing_ok` (then it and what follows are
+/// taken as they are, as a destination not made yet).
+fn resolve_in(
+    root: &Path,
+    rel: &str,
+    follow_last: bool,
+    missing_ok: bool,
+) -> Result<Vec<OsString>, ContextError> {
+    let mut queue: VecDeque<OsString> = components(rel);
+    let mut at: Vec<OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = queue.pop_front() {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&at);
+        candidate.push(&part);
+        let m = match fs::symlink_metadata(&candidate) {
+            Ok(m) => m,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+            {
+                if missing_ok {
+                    at.push(part);
+                    continue;
+                }
+                return Err(ContextError::NotFound(rel.to_string()));
+            }
+            Err(e) => return Err(io_err("read", &candidate)(e)),
+        };
+        if m.file_type().is_symlink() && (follow_last || !queue.is_empty()) {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(ContextError::Loop(rel.to_string()));
+            }
+            let target = fs::read_link(&candidate).map_err(io_err("read", &candidate))?;
+            if target.is_absolute() {
+                at.clear();
+            }
+            let mut rest: VecDeque<OsString> = components(&target.to_string_lossy());
+            rest.extend(queue);
+            queue = rest;
+            continue;
+        }
+        at.push(part);
+    }
+    Ok(at)
+}
+
+/// Absolute `path` in the image whose root filesystem is `rootfs`, as the image resolves
+/// it (see [`resolve_in`]; a part not there yet is kept as it is): `/bin/sh` is
+/// `/usr/bin/sh` in a merged-/usr image. For a `COPY` destination or a `WORKDIR`.
+pub fn resolve_in_image(rootfs: &Path, path: &str) -> Result<String, ContextError> {
+    let at = resolve_in(rootfs, path, true, true)?;
+    let parts: Vec<String> = at
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    Ok(format!("/{}", parts.join("/")))
 }
 
 /// `path` relative to `root` (`.` for the root itself).
