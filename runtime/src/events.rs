@@ -253,7 +253,15 @@ impl Filters {
         self.0.iter().all(|(k, values)| {
             values.iter().any(|v| match k.as_str() {
                 "type" => e.kind == *v,
-                "event" => e.action == *v,
+                // Docker's: these three also match their actions with a detail
+                // (`health_status: healthy`).
+                "event" => {
+                    e.action == *v
+                        || (matches!(v.as_str(), "health_status" | "exec_create" | "exec_start")
+                            && e.action
+                                .strip_prefix(v.as_str())
+                                .is_some_and(|r| r.starts_with(':')))
+                }
                 "container" => e.kind == "container" && named(v),
                 "network" => e.kind == "network" && named(v),
                 "volume" => e.kind == "volume" && named(v),

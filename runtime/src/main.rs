@@ -779,6 +779,28 @@ struct RunArgs {
     /// isolation, none in a microVM).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
+    /// Command to run to check health (run with the container's shell, /bin/sh -c).
+    #[arg(long = "health-cmd")]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s).
+    #[arg(long = "health-interval", allow_hyphen_values = true)]
+    health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s).
+    #[arg(long = "health-timeout", allow_hyphen_values = true)]
+    health_timeout: Option<String>,
+    /// Start period for the container to initialize before counting retries towards
+    /// unstable (ms|s|m|h) (default 0s).
+    #[arg(long = "health-start-period", allow_hyphen_values = true)]
+    health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h) (default 5s).
+    #[arg(long = "health-start-interval", allow_hyphen_values = true)]
+    health_start_interval: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3).
+    #[arg(long = "health-retries", allow_hyphen_values = true)]
+    health_retries: Option<i64>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     /// Arca only: keep the microVM's serial console in console.log in the container's
     /// directory (capped at 1 MiB), for debugging a guest; off by default.
     #[arg(long)]
@@ -859,6 +881,16 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
     )
     .map_err(|e| e.to_string())?;
     let restart = RestartPolicy::parse(&a.restart).map_err(|e| e.to_string())?;
+    let healthcheck = arca_runtime::container::health::HealthFlags {
+        cmd: a.health_cmd,
+        interval: a.health_interval,
+        timeout: a.health_timeout,
+        start_period: a.health_start_period,
+        start_interval: a.health_start_interval,
+        retries: a.health_retries,
+        none: a.no_healthcheck,
+    }
+    .parse()?;
     if let Some(p) = a.platform.as_deref()
         && !matches!(
             p,
@@ -876,6 +908,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
         return Err("Conflicting options: -a and -d".into());
     }
     let opts = RunOptions {
+        healthcheck,
         security,
         pids_limit: a.pids_limit,
         restart,
@@ -1555,7 +1588,7 @@ fn main() -> ExitCode {
                 if let Some((dir, rec)) = container {
                     let opts = RunOptions::load(&dir).ok();
                     let image = store.resolve(&rec.image_id).ok();
-                    out.push(view::inspect(&rec, opts.as_ref(), image.as_ref()));
+                    out.push(view::inspect(&dir, &rec, opts.as_ref(), image.as_ref()));
                 } else if let Some(img) = image {
                     out.push(serde_json::json!({
                         "Id": format!("sha256:{}", img.id),

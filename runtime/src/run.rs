@@ -3,7 +3,7 @@
 //! or detached under an `arca __monitor` of its own. The monitor runs the recipe in
 //! [`supervise`]: publish its ports, launch its [`Sandbox`], create and start the
 //! container, copy its output to the logs (and this terminal, or `arca attach`
-//! clients), wait for it, and tear down.
+//! clients), check its health while it runs, wait for it, and tear down.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,10 +19,11 @@ use arca_agent_client::{AgentAddress, AgentClient, StdioConnection};
 use arca_protocol::StdioStream;
 
 use crate::attach::{self, Hub};
+use crate::container::health;
 use crate::container::lifecycle::process_leftovers;
 use crate::container::names;
 use crate::container::pids::start_time;
-use crate::container::record::{MANUAL_STOP, NAME_FILE, containers_dir};
+use crate::container::record::{MANUAL_STOP, NAME_FILE, PAUSED, containers_dir};
 use crate::container::{ContainerRecord, Isolation, RunOptions, Status, config};
 use crate::error::{RunError, io_err};
 use crate::image::store::{Store, StoreError};
@@ -332,6 +333,7 @@ fn prepare(
         id: id.clone(),
         name,
         paused: false,
+        health: None,
         image: opts.image.clone(),
         image_id: image.id.clone(),
         command: args.clone(),
@@ -739,6 +741,12 @@ fn supervise(
     sandbox.link_container(&mut client, id, container_pid)?;
     let address = sandbox.address().clone();
     let terminal = output.terminal();
+    let probe = opts.health(&image).and_then(|config| {
+        let shell = image.config.config.shell.clone().unwrap_or_default();
+        let mut process = opts.process(&image, config.command(&shell)?);
+        (process.stdin, process.terminal) = (false, false);
+        Some((config, process))
+    });
     let session = Session::start(terminal && opts.tty && opts.interactive);
     let streams = Streams::open(&address, id, opts)?;
     if terminal && opts.tty {
@@ -767,6 +775,23 @@ fn supervise(
     record.event(state, "start", &[]);
     record.save(dir)?;
     let forwarders = Forwarders::start(listeners, &address, id);
+    // Its health check, run through its agent while it runs.
+    let checker = probe.and_then(|(config, process)| {
+        let (who, state, paused) = (record.clone(), state.to_path_buf(), dir.join(PAUSED));
+        let watched = health::Watched {
+            dir: dir.to_path_buf(),
+            address: address.clone(),
+            container: id.to_string(),
+            process,
+            paused: Box::new(move || paused.exists()),
+            changed: Box::new(move |status| {
+                who.event(&state, &format!("health_status: {}", status.as_str()), &[]);
+            }),
+        };
+        health::Checker::start(config, watched)
+            .map_err(|e| eprintln!("arca: cannot start the health check: {e}"))
+            .ok()
+    });
     sandbox.network().announce(state, id);
     // As `docker run` (sig-proxy): signals sent to arca go to the container.
     if terminal && !opts.no_sig_proxy {
@@ -780,6 +805,7 @@ fn supervise(
     if let Some(i) = interrupt {
         i.done();
     }
+    drop(checker);
     drop(forwarders);
     let status = match waited {
         Ok(s) => s,

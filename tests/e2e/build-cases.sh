@@ -196,6 +196,28 @@ out=$(run --entrypoint cat child /tmp/onbuild; arca image inspect --format '{{js
 null
 1" $? "$out"
 
+# The built HEALTHCHECK runs in the image's containers (by their monitors, as run's
+# --health-* checks): a --health-cmd over it keeps its interval and retries, and
+# --no-healthcheck turns it off.
+c=$(ctx health <<'EOF'
+FROM busybox
+HEALTHCHECK --interval=1s --retries=1 CMD ["sh", "-c", "test -f /tmp/ok"]
+EOF
+)
+build -q -t health "$c" >/dev/null 2>&1
+arca run -d --isolation="$iso" --name hi1 health sh -c 'touch /tmp/ok; exec sleep 1000' >/dev/null
+arca run -d --isolation="$iso" --name hi2 health sleep 1000 >/dev/null
+arca run -d --isolation="$iso" --name hi3 --health-cmd true health sleep 1000 >/dev/null
+arca run -d --isolation="$iso" --name hi4 --no-healthcheck health sleep 1000 >/dev/null
+waith() { i=0; while [ "$(arca inspect -f '{{.State.Health.Status}}' "$1")" != "$2" ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.1; done; echo "$1 $(arca inspect -f '{{.State.Health.Status}}' "$1")"; }
+out=$(waith hi1 healthy; waith hi2 unhealthy; waith hi3 healthy; arca inspect -f '{{json .Config.Healthcheck}}' hi3; arca ps --filter health=none --format '{{.Names}}')
+check image-healthcheck 0 'hi1 healthy
+hi2 unhealthy
+hi3 healthy
+{"Interval":1000000000,"Retries":1,"Test":["CMD-SHELL","true"]}
+hi4' $? "$out"
+arca rm -f hi1 hi2 hi3 hi4 >/dev/null
+
 # History: an entry per instruction (the test image has none of its own).
 out=$(arca history basic | grep -c 'buildkit.dockerfile.v0'); check history 0 5 $? "$out"
 

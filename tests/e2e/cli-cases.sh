@@ -555,6 +555,44 @@ else
   fi
 fi
 
+# Health checks, by Docker's rules, run by the container's monitor through its agent (as
+# exec): starting until a probe passes or --health-retries fail in a row (unhealthy),
+# healthy once one passes; ps shows and filters it, inspect has State.Health (the last
+# probes) and Config.Healthcheck, each change is a health_status event. A hostile probe:
+# one that floods output has it cut at 4 KiB; one that never ends is killed at its
+# timeout (exit -1) before the next starts, so probes do not pile up.
+waith() { i=0; while [ "$(arca inspect -f '{{.State.Health.Status}}' "$1")" != "$2" ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.1; done; }
+t0=$(date +%s)
+arca run -d --isolation="$iso" --name hc --health-cmd 'test -f /tmp/ok' --health-interval 1s --health-retries 3 busybox sleep 1000 >/dev/null
+arca run -d --isolation="$iso" --name hflood --health-cmd 'head -c 100000 /dev/zero | tr "\0" x' --health-interval 1s busybox sleep 1000 >/dev/null
+arca run -d --isolation="$iso" --name hslow --health-cmd 'exec sleep 1000' --health-interval 1s --health-timeout 1s --health-retries 1 busybox sleep 999 >/dev/null
+out=$(arca inspect -f '{{.State.Health.Status}} {{.State.Health.FailingStreak}} {{json .Config.Healthcheck}}' hc; arca ps --filter name=hc --format '{{.Status}}' | grep -o '(health: starting)$'); check health-starting 0 'starting 0 {"Interval":1000000000,"Retries":3,"Test":["CMD-SHELL","test -f /tmp/ok"]}
+(health: starting)' $? "$out"
+waith hc unhealthy
+out=$(arca inspect -f '{{.State.Health.Status}} {{ge .State.Health.FailingStreak 3}} {{(index .State.Health.Log 0).ExitCode}}' hc; arca ps --filter health=unhealthy --format '{{.Names}} {{.Status}}' | sed 's/ Up .* (/ Up (/'); check health-unhealthy 0 "unhealthy true 1
+hslow Up (unhealthy)
+hc Up (unhealthy)" $? "$out"
+arca exec hc touch /tmp/ok; waith hc healthy
+out=$(arca inspect -f '{{.State.Health.Status}} {{.State.Health.FailingStreak}}' hc; arca ps --filter health=healthy --filter name=hc --format '{{.Names}} {{.Status}}' | sed 's/ Up .* (/ Up (/'; arca ps --filter health=none --format '{{.Names}}' | grep -c '^hc$' || true); check health-healthy 0 "healthy 0
+hc Up (healthy)
+0" $? "$out"
+out=$(arca events --since "$t0" --until 0s --filter container=hc --filter event=health_status --format '{{.Action}}'); check health-events 0 "health_status: unhealthy
+health_status: healthy" $? "$out"
+waith hflood healthy
+out=$(arca inspect -f '{{(index .State.Health.Log 0).Output}}' hflood | tr -d '\n' | wc -c; arca inspect -f '{{(index .State.Health.Log 0).Output}}' hflood | grep -c 'xxx[.][.][.]$'); check health-output-cut 0 "4099
+1" $? "$out"
+sleep 3
+out=$(arca inspect -f '{{(index .State.Health.Log 0).ExitCode}} {{(index .State.Health.Log 0).Output}}' hslow; n=$(arca exec hslow ps | grep -c '[s]leep 1000'); [ "$n" -le 1 ] && echo at-most-one-probe); check health-timeout-kills 0 "-1 Health check exceeded timeout (1s)
+at-most-one-probe" $? "$out"
+arca rm -f hc hflood hslow >/dev/null
+out=$(arca run --no-healthcheck --health-retries 2 busybox true 2>&1; echo "rc=$?"; arca run --health-interval -1s busybox true 2>&1; arca run --health-interval 10us --health-cmd true busybox true 2>&1; echo "rc=$?"); check health-flags-refused 0 "arca: --no-healthcheck conflicts with --health-* options
+rc=125
+arca: --health-interval cannot be negative
+arca: Interval in Healthcheck cannot be less than 1ms
+rc=125" $? "$out"
+out=$(arca ps --filter health=sick 2>&1; echo "rc=$?"); check health-filter-unknown 0 "arca: Unrecognised filter value for health: sick
+rc=1" $? "$out"
+
 # Docker's management commands and housekeeping: container ls, image ls, images' table,
 # completion scripts; system df counts containers; container prune removes the stopped
 # ones only (a label filter first), printing their IDs; image prune keeps what is used.

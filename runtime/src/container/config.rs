@@ -8,6 +8,7 @@ use arca_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::health::HealthConfig;
 use super::record::Isolation;
 use crate::error::RunError;
 use crate::image::store::Image;
@@ -128,6 +129,10 @@ pub struct RunOptions {
     /// ([`DEFAULT_PROCESS_PIDS_LIMIT`] with process isolation, none in a microVM).
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// `--health-*` and `--no-healthcheck`: the container's own check, over its
+    /// image's `HEALTHCHECK` field by field (see [`Self::health`]).
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
 }
 
 /// `--add-host NAME:IP` (or `NAME=IP`): an IPv4 address (Arca has no IPv6 yet).
@@ -423,6 +428,11 @@ impl RunOptions {
             attach: Vec::new(),
             restart: RestartPolicy::No,
             pids_limit: None,
+            // A step is never probed, whatever its image's HEALTHCHECK.
+            healthcheck: Some(HealthConfig {
+                test: vec!["NONE".into()],
+                ..Default::default()
+            }),
         })
     }
 
@@ -463,6 +473,18 @@ impl RunOptions {
         let bytes = serde_json::to_vec(self).map_err(|e| RunError::Invalid(e.to_string()))?;
         std::fs::write(dir.join("options.json"), bytes)
             .map_err(crate::error::io_err("write the container options"))
+    }
+
+    /// The container's check: its own over its image's (Docker's merge), `None` when
+    /// it has neither.
+    pub fn health(&self, image: &Image) -> Option<HealthConfig> {
+        let from_image = image
+            .config
+            .config
+            .healthcheck
+            .as_ref()
+            .and_then(HealthConfig::from_image);
+        HealthConfig::merged(self.healthcheck.as_ref(), from_image.as_ref())
     }
 
     /// The cgroup limits asked for.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arca_agent_client::{AgentAddress, AgentClient, AgentClientError};
 use serde::{Deserialize, Serialize};
 
+use super::health::{Health, HealthStatus};
 use super::pids::alive;
 use crate::ports::PortMapping;
 use crate::storage::MountPoint;
@@ -131,6 +132,9 @@ pub struct ContainerRecord {
     /// Whether the file [`PAUSED`] is beside the record.
     #[serde(skip)]
     pub paused: bool,
+    /// Its health (`health.json` beside the record), if it has a check and ran.
+    #[serde(skip)]
+    pub health: Option<HealthStatus>,
     /// The reference given to `run`.
     pub image: String,
     /// The image id.
@@ -274,6 +278,7 @@ impl ContainerRecord {
             .map(|n| n.trim().to_string())
             .unwrap_or_else(|_| rec.id.clone());
         rec.paused = dir.join(PAUSED).exists();
+        rec.health = Health::load(dir).map(|h| h.status);
         Ok(rec)
     }
 

@@ -46,7 +46,10 @@ pub fn ps_row(r: &ContainerRecord, at: u64, no_trunc: bool, size: Option<String>
     let status = match (r.status, r.exit_code) {
         (Status::Created | Status::Starting, _) => "Created".to_string(),
         (Status::Running, _) if r.is_paused() => format!("Up {} (Paused)", ago(r.started_at)),
-        (Status::Running, _) => format!("Up {}", ago(r.started_at)),
+        (Status::Running, _) => match r.health {
+            Some(h) => format!("Up {} {}", ago(r.started_at), h.ps_suffix()),
+            None => format!("Up {}", ago(r.started_at)),
+        },
         (Status::Exited, code) => format!(
             "Exited ({}) {} ago",
             code.unwrap_or(-1),
@@ -173,6 +176,7 @@ const PS_FILTERS: &[&str] = &[
     "volume",
     "network",
     "isolation",
+    "health",
 ];
 
 /// Whether `r` passes `filters`: the same key given twice matches either value,
@@ -212,6 +216,8 @@ fn matches_filters(
                 .any(|m| m.name.as_deref() == Some(v) || m.destination == v),
             "network" => r.network.as_deref() == Some(v),
             "isolation" => r.isolation.as_str() == v,
+            // Docker's: `none` for a container without a check.
+            "health" => r.health.map_or("none", |h| h.as_str()) == v,
             _ => false,
         }
     };
@@ -243,6 +249,11 @@ fn parse_filters(given: &[String]) -> Result<Vec<(String, String)>, RunError> {
         if k == "status" && !statuses.contains(&v) {
             return Err(RunError::Invalid(format!(
                 "invalid filter 'status={v}': Unrecognised status; expected one of created, restarting, running, removing, paused, exited or dead"
+            )));
+        }
+        if k == "health" && !["starting", "healthy", "unhealthy", "none"].contains(&v) {
+            return Err(RunError::Invalid(format!(
+                "Unrecognised filter value for health: {v}"
             )));
         }
         if k == "exited" && v.parse::<i32>().is_err() {
@@ -341,6 +352,7 @@ const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 /// `State.Pid` is the container's PID 1 on this host (process isolation) or the
 /// sandbox's (a microVM's VMM), `OOMKilled` is never set (the exit code says 137).
 pub fn inspect(
+    dir: &Path,
     rec: &ContainerRecord,
     opts: Option<&super::RunOptions>,
     image: Option<&crate::image::store::Image>,
@@ -393,7 +405,7 @@ pub fn inspect(
         super::config::RestartPolicy::OnFailure { max_retries } => ("on-failure", max_retries),
         p => (p.name(), 0),
     };
-    json!({
+    let mut v = json!({
         "Id": rec.id,
         "Created": crate::rfc3339(rec.created),
         "Path": rec.command.first().cloned().unwrap_or_default(),
@@ -410,6 +422,7 @@ pub fn inspect(
             "Error": rec.error.clone().unwrap_or_default(),
             "StartedAt": time(rec.started_at),
             "FinishedAt": time(rec.finished_at),
+            "Health": super::health::Health::load(dir),
         },
         "Image": format!("sha256:{}", rec.image_id),
         "Name": format!("/{}", rec.name),
@@ -431,6 +444,7 @@ pub fn inspect(
             "Labels": o.labels,
             "StopSignal": o.stop_signal,
             "StopTimeout": o.stop_timeout,
+            "Healthcheck": image.and_then(|i| o.health(i)).or_else(|| o.healthcheck.clone()),
         },
         "HostConfig": {
             "NetworkMode": o.network.clone().unwrap_or_else(|| crate::network::DEFAULT_NETWORK.to_string()),
@@ -457,7 +471,16 @@ pub fn inspect(
         },
         "Mounts": rec.mounts,
         "Arca": rec,
-    })
+    });
+    // Docker leaves both out when there is no check.
+    for (section, key) in [("State", "Health"), ("Config", "Healthcheck")] {
+        if let Some(m) = v[section].as_object_mut()
+            && m.get(key).is_some_and(Value::is_null)
+        {
+            m.remove(key);
+        }
+    }
+    v
 }
 
 /// `arca logs`'s options, as Docker's.
