@@ -661,75 +661,6 @@ impl Runtime {
         })
     }
 
-    /// Adds `entries` to the `/etc/hosts` of running container `id`, replacing the lines
-    /// that carried any of their names (a container re-created under its name has a new
-    /// address). The file is opened inside the container's root (`openat2` with
-    /// `RESOLVE_IN_ROOT` and no symlinks: the container owns that path and must not point
-    /// the agent elsewhere); only a regular file of at most 1 MiB is rewritten.
-    pub fn add_hosts(
-        &self,
-        id: &str,
-        entries: &[arca_protocol::HostEntry],
-    ) -> Result<(), AgentError> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        arca_protocol::validate_host_entries(entries)?;
-        let c = self.get(id)?;
-        if c.state() == ContainerState::Exited {
-            return Err(AgentError::new(
-                ErrorCode::InvalidState,
-                format!("Container {id} has exited"),
-            ));
-        }
-        let unusable = |e: rustix::io::Errno| {
-            AgentError::new(
-                ErrorCode::InvalidState,
-                format!("Cannot update /etc/hosts of container {id}: {e}"),
-            )
-        };
-        let root = rustix::fs::open(
-            format!("/proc/{}/root", c.main.pid).as_str(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(unusable)?;
-        let fd = rustix::fs::openat2(
-            &root,
-            "etc/hosts",
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(unusable)?;
-        let st = rustix::fs::fstat(&fd).map_err(unusable)?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
-            || st.st_size > 1 << 20
-        {
-            return Err(AgentError::new(
-                ErrorCode::InvalidState,
-                format!("/etc/hosts of container {id} is not a regular file of at most 1 MiB"),
-            ));
-        }
-        let mut old = vec![0u8; usize::try_from(st.st_size).unwrap_or(0)];
-        let mut got = 0;
-        while got < old.len() {
-            match rustix::io::pread(&fd, &mut old[got..], got as u64).map_err(unusable)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        old.truncate(got);
-        let text = replace_host_lines(&String::from_utf8_lossy(&old), entries);
-        rustix::fs::ftruncate(&fd, 0).map_err(unusable)?;
-        let mut bytes = text.as_bytes();
-        let mut at = 0u64;
-        while !bytes.is_empty() {
-            let n = rustix::io::pwrite(&fd, bytes, at).map_err(unusable)?;
-            bytes = &bytes[n..];
-            at += n as u64;
-        }
-        Ok(())
-    }
-
     /// Where a forwarded connection to a port of running container `id` goes: its
     /// PID 1, whose network namespace to connect in (none when the container shares
     /// the agent's), and its first interface address, or loopback.
@@ -861,25 +792,6 @@ fn abort(process: &Process, e: AgentError) -> AgentError {
     e
 }
 
-/// `hosts` without the lines naming any of `entries`' names, then `entries`.
-fn replace_host_lines(hosts: &str, entries: &[arca_protocol::HostEntry]) -> String {
-    let named = |line: &str| {
-        let line = line.split('#').next().unwrap_or("");
-        line.split_whitespace()
-            .skip(1)
-            .any(|n| entries.iter().any(|e| e.names.iter().any(|m| m == n)))
-    };
-    let mut out: String = hosts
-        .lines()
-        .filter(|l| !named(l))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    for e in entries {
-        out.push_str(&format!("{e}\n"));
-    }
-    out
-}
-
 /// Reads the helper's reports until the process is ready (`init`: `Ready`; exec: the
 /// socket's end of file, which its exec causes). Messages may come in any order: the
 /// helper's `Pid` races with its child's first report.
@@ -967,26 +879,4 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(StdioEnds, [Stdio; 3]), AgentError>
         },
         [stdin_theirs, Stdio::from(out_w), Stdio::from(err_w)],
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_lines_of_a_renamed_or_readdressed_name_are_replaced() {
-        let hosts = "127.0.0.1\tlocalhost\n10.89.0.3\tweb\n10.89.0.4\tdb db.local # the db\n";
-        let entry = |a: [u8; 4], n: &str| arca_protocol::HostEntry {
-            address: a.into(),
-            names: vec![n.into()],
-        };
-        let out = replace_host_lines(hosts, &[entry([10, 89, 0, 9], "db")]);
-        assert_eq!(
-            out, "127.0.0.1\tlocalhost\n10.89.0.3\tweb\n10.89.0.9\tdb\n",
-            "the old db line goes, others stay"
-        );
-        // A name only in a comment is not a name.
-        let out = replace_host_lines("10.0.0.1\tother # web\n", &[entry([10, 0, 0, 2], "web")]);
-        assert_eq!(out, "10.0.0.1\tother # web\n10.0.0.2\tweb\n");
-    }
 }

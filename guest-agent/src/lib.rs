@@ -9,6 +9,8 @@
 //!   its processes; the agent starts it as `/proc/self/exe __container-init|__exec`.
 //! - [`builtin`]: `arca cp`'s operations, run by an exec in place of a command.
 //! - [`seccomp`]: a container's seccomp profile compiled to BPF filters.
+//! - [`dns`], [`resolver`]: DNS messages, and a network's resolver (`__dns`, run on
+//!   the host by `arca`), jailed, that answers the names on the network.
 //!
 //! `unsafe` is confined to [`sys`]: fork, the pre-exec hook, vsock sockets, one
 //! interface ioctl and the seccomp filter install.
@@ -18,11 +20,13 @@ pub mod cgroup;
 pub mod changes;
 pub mod cmdline;
 pub mod container;
+pub mod dns;
 pub mod helper;
 pub mod init;
 pub mod layer;
 pub mod procinfo;
 pub mod reaper;
+pub mod resolver;
 pub mod restore;
 pub mod seccomp;
 pub mod server;

@@ -5,6 +5,7 @@
 //! arca-agent                        as PID 1 of the guest: settings from /proc/cmdline
 //! arca-agent serve --listen PATH    on the host: serve the protocol on a Unix socket
 //!            [--run-dir DIR] [--cgroup-parent NAME]
+//! arca-agent __dns ADDRESS          on the host: a network's resolver (see `resolver`)
 //! ```
 
 use std::os::unix::net::UnixListener;
@@ -24,6 +25,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(mode @ ("__container-init" | "__exec")) = args.get(1).map(String::as_str) {
         helper::main(mode);
+    }
+    if args.get(1).map(String::as_str) == Some("__dns") {
+        guest_agent::resolver::main(args.get(2).map(String::as_str));
     }
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args[2..]),

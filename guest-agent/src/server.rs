@@ -378,7 +378,6 @@ impl Server {
                     | Request::Stats { .. }
                     | Request::Signal { .. }
                     | Request::ResizeTty { .. }
-                    | Request::AddHosts { .. }
                     | Request::Top { .. }
             );
             if quick {
@@ -489,9 +488,6 @@ impl Server {
                 rt.remove(&container, force).map(|()| Reply::Removed)
             }
             Request::Shutdown => Ok(Reply::ShuttingDown),
-            Request::AddHosts { container, entries } => rt
-                .add_hosts(&container, &entries)
-                .map(|()| Reply::HostsAdded),
             Request::Top { container } => rt
                 .top(&container)
                 .map(|processes| Reply::Processes { processes }),

@@ -334,7 +334,7 @@ impl<'a> Held<'a> {
             stdin: true,
             ..Default::default()
         };
-        let spec = sandbox.container_spec(state, dir, &id, &image, &opts, hold);
+        let spec = sandbox.container_spec(dir, &id, &image, &opts, hold);
         client.create(spec).map_err(RunError::from)?;
         let stdin = sandbox
             .address()

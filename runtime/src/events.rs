@@ -520,6 +520,12 @@ mod tests {
         for bad in ["bogus=1", "type=plugin", "event"] {
             assert!(Filters::parse(&[bad.to_string()]).is_err(), "{bad}");
         }
+        // Docker's: event=health_status also matches the action with its status.
+        let h = Event::new("container", "health_status: healthy", "0123456789ab", &[]);
+        assert!(f(&["event=health_status"]).matches(&h));
+        assert!(f(&["event=health_status: healthy"]).matches(&h));
+        assert!(!f(&["event=health"]).matches(&h));
+        assert!(!f(&["event=start"]).matches(&h));
     }
 
     /// Writers append whole lines; past the cap the log rotates; a reader with `since`

@@ -21,6 +21,8 @@
 //! - [`netlink`]: the kernel requests a container's link needs (rtnetlink, nf_tables set
 //!   elements), without `ip` or `nft` processes.
 //! - [`network`]: networks (`arca network`), address leases, bridges and nftables rules.
+//! - [`dns`]: a network's resolver on its gateway (`arca __dns`): the containers' names
+//!   at query time, the rest forwarded.
 //! - [`error`]: [`RunError`], what container commands fail with, and Docker's exit code
 //!   for each.
 //! - [`sandbox`]: a container's sandbox (a microVM or a host agent): launching it,
@@ -36,6 +38,7 @@ pub mod attach;
 pub mod build;
 pub mod container;
 pub mod cp;
+pub mod dns;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -487,6 +487,12 @@ enum Cmd {
         /// The container.
         id: String,
     },
+    /// Internal: serves a network's names on its gateway while it has containers.
+    #[command(name = "__dns", hide = true)]
+    Dns {
+        /// The network.
+        network: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -682,6 +688,10 @@ struct RunArgs {
     /// only); the default network `bridge` otherwise.
     #[arg(long, alias = "net")]
     network: Option<String>,
+    /// Add a network-scoped alias for the container (a user network's embedded DNS
+    /// answers it).
+    #[arg(long = "network-alias", alias = "net-alias")]
+    network_alias: Vec<String>,
     /// Publish a container port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (ports may
     /// be ranges: 8000-8010:80-90).
     #[arg(short = 'p', long = "publish")]
@@ -901,6 +911,25 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
             "--platform {p} is not supported: Arca runs linux/amd64 containers only"
         ));
     }
+    if !a.network_alias.is_empty()
+        && matches!(
+            a.network.as_deref(),
+            None | Some(arca_runtime::network::DEFAULT_NETWORK | "none" | "host" | "default")
+        )
+    {
+        return Err(
+            "network-scoped alias is supported only for containers in user defined networks".into(),
+        );
+    }
+    if let Some(bad) = a
+        .network_alias
+        .iter()
+        .find(|n| !arca_protocol::valid_host_name(n))
+    {
+        return Err(format!(
+            "invalid network alias {bad:?}: letters, digits, '-', '_' and '.', at most 253 bytes"
+        ));
+    }
     if a.rm && restart != RestartPolicy::No {
         return Err("Conflicting options: --restart and --rm".into());
     }
@@ -980,6 +1009,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
             .map(|p| arca_runtime::ports::parse(p))
             .collect::<Result<Vec<_>, _>>()?
             .concat(),
+        network_aliases: a.network_alias,
         publish_all: a.publish_all,
         expose: {
             for e in &a.expose {
@@ -1553,6 +1583,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Monitor { id } => run::monitor(&state, &id).map_err(|e| chain(&e)),
+        Cmd::Dns { network } => arca_runtime::dns::serve(&state, &network)
+            .map(|()| 0)
+            .map_err(|e| chain(&e)),
         Cmd::NetworkGc { bridge } => {
             network::gc(&state, &bridge);
             Ok(0)

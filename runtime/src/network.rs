@@ -164,6 +164,11 @@ fn networks_dir(state: &Path) -> PathBuf {
     state.join("networks")
 }
 
+/// `<state>/networks/NAME`: its definition, leases and resolver files.
+pub fn dir(state: &Path, name: &str) -> PathBuf {
+    network_dir(state, name)
+}
+
 fn network_dir(state: &Path, name: &str) -> PathBuf {
     networks_dir(state).join(name)
 }
@@ -694,8 +699,9 @@ fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
 ///   for other Arca bridges, accept for traffic from the bridge, accept for replies to
 ///   it, drop for anything else routed to it; in the input hook, a drop for everything
 ///   from the bridge to the host itself but replies to connections the host opened
-///   (nothing Arca serves listens there: `-p` goes through the agent, and there is no
-///   DHCP or DNS on the bridge).
+///   and DNS to the gateway, where the network's resolver listens ([`crate::dns`];
+///   nothing else Arca serves listens there: `-p` goes through the agent, and there is
+///   no DHCP on the bridge).
 /// - `bridge arca_<bridge>`: the anti-spoofing rules of every container link on the
 ///   bridge ([`links_table`]); a link is guarded by being added to its sets
 ///   ([`guard_link`]).
@@ -714,10 +720,13 @@ fn network_rules(net: &Network) -> String {
          \tchain input {{ type filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{br}\" ip daddr {LINK_LOCAL} drop\n\
          \t\tiifname \"{br}\" ct state established,related accept\n\
+         \t\tiifname \"{br}\" ip daddr {gw} udp dport 53 accept\n\
+         \t\tiifname \"{br}\" ip daddr {gw} tcp dport 53 accept\n\
          \t\tiifname \"{br}\" drop\n\t}}\n}}\n\
          table bridge {table}\ndelete table bridge {table}\n{links}",
         cidr = net.cidr(),
         br = net.bridge,
+        gw = net.gateway,
         links = links_table(&table),
     )
 }

@@ -733,7 +733,7 @@ fn supervise(
     record.save(dir)?;
     let mut client = sandbox.connect()?;
     let process = opts.process(&image, record.command.clone());
-    let spec = sandbox.container_spec(state, dir, id, &image, opts, process);
+    let spec = sandbox.container_spec(dir, id, &image, opts, process);
     let container_pid = client.create(spec)?;
     if opts.isolation == Isolation::Process {
         record.container_pid = Some(container_pid);
@@ -792,7 +792,7 @@ fn supervise(
             .map_err(|e| eprintln!("arca: cannot start the health check: {e}"))
             .ok()
     });
-    sandbox.network().announce(state, id);
+
     // As `docker run` (sig-proxy): signals sent to arca go to the container.
     if terminal && !opts.no_sig_proxy {
         forward_signals(&address, id);

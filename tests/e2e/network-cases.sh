@@ -94,6 +94,56 @@ out=$(run busybox sh -c "nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo re
 out=$(run --network none busybox sh -c "ls /sys/class/net | tr '\n' ' '; nc -w 2 $webip 80 </dev/null >/dev/null 2>&1 && echo reached || echo blocked"); check none-loopback-only 0 "lo blocked" $? "$out"
 out=$(arca network rm testnet 2>&1 >/dev/null | grep -c 'active endpoints'); check network-rm-in-use 0 1 $? "$out"
 
+# Embedded DNS (Docker's, served as Podman's aardvark-dns serves it: on the network's
+# gateway, on the host): containers' resolv.conf names the gateway, whose resolver answers
+# the names on the network at query time: a container started later, a --network-alias,
+# a new name after rename, a restarted container's new address; a removed container no
+# longer resolves; other names go to the upstream servers (here --dns: a stand-in for
+# the outside world, answering *.test). A container still serves DNS on its own port 53
+# (publish-udp above). A hostile container sends the resolver garbage and floods it: it
+# keeps answering; the process that parses its queries is nobody, without capabilities,
+# under seccomp.
+ans() { # CONTAINER NAME: the address NAME resolves to there (retried for 3 s while none)
+  i=0; while [ $i -lt 30 ]; do
+    a=$(arca exec "$1" nslookup "$2" 2>/dev/null | sed -n 's/^Address: \([0-9.]*\)$/\1/p' | head -n 1)
+    [ -n "$a" ] && { echo "$a"; return 0; }
+    i=$((i+1)); sleep 0.1
+  done
+}
+arca run -d --isolation="$iso" --name upstream --network testnet busybox udp-echo --dns 53 >/dev/null
+upip=$(field upstream ip)
+arca run -d --isolation="$iso" --name cl --network testnet --dns "$upip" busybox sleep 1000 >/dev/null
+out=$(arca exec cl cat /etc/resolv.conf); check dns-resolv-conf 0 "nameserver $(echo "$upip" | sed 's/[0-9]*$/1/')" $? "$out"
+arca run -d --isolation="$iso" --name late --network testnet --network-alias late-alias busybox sleep 1000 >/dev/null
+lateip=$(field late ip)
+out=$(ans cl late; ans cl late-alias; ans cl LATE); check dns-later-container-and-alias 0 "$lateip
+$lateip
+$lateip" $? "$out"
+out=$(ans cl outside.test; arca logs upstream | grep -q '^asked:outside.test$' && echo asked-upstream); check dns-forwarded 0 "192.0.2.1
+asked-upstream" $? "$out"
+arca rename late moved; sleep 0.5
+out=$(ans cl moved; arca exec cl nslookup late >/dev/null 2>&1 || echo late-gone); check dns-rename 0 "$lateip
+late-gone" $? "$out"
+arca stop -t 1 moved >/dev/null
+arca run -d --isolation="$iso" --name filler --network testnet busybox sleep 1000 >/dev/null
+arca start moved >/dev/null
+movedip=$(field moved ip)
+out=$([ "$movedip" != "$lateip" ] && echo new-address; ans cl moved; ans cl filler); check dns-restarted-new-address 0 "new-address
+$movedip
+$lateip" $? "$out"
+arca rm -f moved >/dev/null; sleep 0.5
+out=$(arca exec cl nslookup moved 2>&1 | grep -q "can't find moved: NXDOMAIN" && echo nxdomain); check dns-removed 0 "nxdomain" $? "$out"
+gw=$(echo "$upip" | sed 's/[0-9]*$/1/')
+out=$(arca exec cl sh -c "head -c 3000 /dev/urandom | nc -w 1 $gw 53; i=0; while [ \$i -lt 50 ]; do head -c 40 /dev/urandom | udp-echo --send $gw 53; printf '\001\002\001\000\000\001\000\000\000\000\000\000\300\014' | udp-echo --send $gw 53; i=\$((i+1)); done" >/dev/null 2>&1; ans cl filler); check dns-survives-garbage 0 "$lateip" $? "$out"
+pid=$(for p in /proc/[0-9]*; do tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "arca-agent __dns $gw" && { echo "${p#/proc/}"; break; }; done)
+out=$(grep -E '^(Uid|CapEff|Seccomp|NoNewPrivs):' "/proc/$pid/status" | tr -s '\t ' ' '); check dns-resolver-jailed 0 "Uid: 65534 65534 65534 65534
+CapEff: 0000000000000000
+NoNewPrivs: 1
+Seccomp: 2" $? "$out"
+out=$(run --network-alias x busybox true 2>&1; echo "rc=$?"); check network-alias-default-refused 0 "arca: network-scoped alias is supported only for containers in user defined networks
+rc=125" $? "$out"
+arca rm -f upstream cl filler >/dev/null
+
 # Data integrity across the link, where checksum and segmentation offloads would
 # corrupt silently: 4 MiB of random bytes from a container to another by name (with
 # microVMs: guest tx, TAP, bridge, TAP, guest rx), from a container to the host, and

@@ -693,21 +693,6 @@ impl AgentClient {
         })
     }
 
-    /// Appends entries to a running container's `/etc/hosts`.
-    pub fn add_hosts(
-        &mut self,
-        container: &str,
-        entries: Vec<arca_protocol::HostEntry>,
-    ) -> Result<(), AgentClientError> {
-        expect(
-            self.request(Request::AddHosts {
-                container: container.into(),
-                entries,
-            })?,
-            |r| matches!(r, Reply::HostsAdded).then_some(()),
-        )
-    }
-
     /// A running container's processes.
     pub fn top(&mut self, container: &str) -> Result<Vec<ProcessInfo>, AgentClientError> {
         expect(

@@ -24,4 +24,4 @@ pub use messages::*;
 pub use security::*;
 
 /// Version of this protocol. A peer with another version is refused in the hello.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;

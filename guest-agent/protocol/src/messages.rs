@@ -232,14 +232,6 @@ pub enum Request {
         #[serde(default)]
         from: u32,
     },
-    /// Append entries to a running container's `/etc/hosts` (a container that joined
-    /// its network later).
-    AddHosts {
-        /// Container id.
-        container: String,
-        /// The entries.
-        entries: Vec<HostEntry>,
-    },
     /// The sandbox was restored from a snapshot: the first request after a warm start,
     /// before any container. Every VM restored from one snapshot starts with the same
     /// kernel random state and the clock of the snapshot, its disks were empty
@@ -326,8 +318,6 @@ pub enum Reply {
     Removed,
     /// The agent is shutting down.
     ShuttingDown,
-    /// The hosts entries were added.
-    HostsAdded,
     /// The container is frozen (or thawed), as asked.
     FreezeSet,
     /// The restored sandbox made the host's entropy, time, MAC and disks its own.
@@ -544,7 +534,7 @@ pub struct ContainerSpec {
     /// or they are the sandbox's own with [`NetworkMode::Host`]).
     #[serde(default)]
     pub interfaces: Vec<Interface>,
-    /// Extra `/etc/hosts` entries (other containers on its networks).
+    /// Extra `/etc/hosts` entries (`--add-host`).
     #[serde(default)]
     pub hosts: Vec<HostEntry>,
     /// Name servers for `/etc/resolv.conf`; empty leaves the image's file alone.
@@ -1222,13 +1212,6 @@ mod tests {
                     sectors: 2048,
                 }],
             })),
-            Request::AddHosts {
-                container: "c".into(),
-                entries: vec![HostEntry {
-                    address: std::net::Ipv4Addr::new(10, 89, 0, 3),
-                    names: vec!["db".into()],
-                }],
-            },
         ];
         let mut d = FrameDecoder::new();
         for (id, request) in requests.into_iter().enumerate() {

@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// `--network`: a network's name, `none` or `host`; the default network if absent.
     #[serde(default)]
     pub network: Option<String>,
+    /// `--network-alias`: more names the container answers to on its network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
     /// `-p`.
     #[serde(default)]
     pub publish: Vec<PortMapping>,
@@ -403,6 +406,7 @@ impl RunOptions {
             detach: false,
             rm: true,
             network,
+            network_aliases: Vec::new(),
             publish: Vec::new(),
             publish_all: false,
             expose: Vec::new(),

@@ -378,7 +378,13 @@ pub fn inspect(
     let ip = rec.ip.map(|a| a.to_string()).unwrap_or_default();
     let mut networks = serde_json::Map::new();
     if let Some(n) = &rec.network {
-        networks.insert(n.clone(), json!({"IPAddress": ip}));
+        let aliases = opts.map(|o| o.network_aliases.clone()).unwrap_or_default();
+        let mut dns_names = vec![rec.name.clone(), rec.key().to_string()];
+        dns_names.extend(aliases.iter().cloned());
+        networks.insert(
+            n.clone(),
+            json!({"IPAddress": ip, "Aliases": aliases, "DNSNames": dns_names}),
+        );
     }
     let cfg = image.map(|i| &i.config.config);
     let default = super::RunOptions::default_for(&rec.image);

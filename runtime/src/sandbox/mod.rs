@@ -278,7 +278,6 @@ impl<'a> Sandbox<'a> {
     /// it, on its network.
     pub fn container_spec(
         &self,
-        state: &Path,
         dir: &Path,
         id: &str,
         image: &Image,
@@ -318,16 +317,8 @@ impl<'a> Sandbox<'a> {
             network: self.network.mode(self.isolation),
             init: opts.init,
             interfaces: self.network.interfaces(),
-            hosts: {
-                let mut hosts = self.network.hosts(state, id);
-                hosts.extend(opts.add_hosts.iter().cloned());
-                hosts
-            },
-            dns: if opts.dns.is_empty() {
-                self.network.dns()
-            } else {
-                opts.dns.clone()
-            },
+            hosts: opts.add_hosts.clone(),
+            dns: self.network.name_servers(&opts.dns),
             mounts: self
                 .mounts
                 .iter()

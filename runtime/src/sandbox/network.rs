@@ -6,7 +6,6 @@ use std::path::Path;
 
 use arca_protocol::NetworkMode;
 
-use crate::container::names::host_names;
 use crate::container::{Isolation, RunOptions};
 use crate::error::RunError;
 use crate::netlink;
@@ -157,59 +156,17 @@ impl<'a> Attachment<'a> {
         }
     }
 
-    /// The other containers on its network, by name.
-    pub fn hosts(&self, state: &Path, id: &str) -> Vec<arca_protocol::HostEntry> {
+    /// The name servers of its container's `/etc/resolv.conf`: on a network, the
+    /// network's resolver on its gateway ([`crate::dns`]: names of the containers on it,
+    /// `dns` upstream for the rest), or, when that cannot serve, `dns` itself (the
+    /// host's unless the container has its own); none elsewhere.
+    pub fn name_servers(&self, dns: &[std::net::Ipv4Addr]) -> Vec<std::net::Ipv4Addr> {
         match &self.choice {
-            NetChoice::Joined { net, .. } => network::members(state, net, id)
-                .into_iter()
-                .filter_map(|(address, key)| {
-                    let names: Vec<String> = host_names(state, &key)
-                        .into_iter()
-                        .filter(|n| arca_protocol::valid_host_name(n))
-                        .collect();
-                    (!names.is_empty()).then_some(arca_protocol::HostEntry { address, names })
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Tells the containers already running on its network its name (their
-    /// `/etc/hosts` got theirs when they started), from a thread nobody waits for: best
-    /// effort, a peer that cannot be told keeps resolving the others.
-    pub fn announce(&self, state: &Path, id: &str) {
-        let NetChoice::Joined { net, address, .. } = &self.choice else {
-            return;
-        };
-        let names: Vec<String> = host_names(state, id)
-            .into_iter()
-            .filter(|n| arca_protocol::valid_host_name(n))
-            .collect();
-        if names.is_empty() {
-            return;
-        }
-        let peers = network::members(state, net, id);
-        let entry = arca_protocol::HostEntry {
-            address: *address,
-            names,
-        };
-        let state = state.to_path_buf();
-        std::thread::spawn(move || {
-            for (_, peer) in peers {
-                let Ok((_, rec)) = crate::container::find(&state, &peer) else {
-                    continue;
-                };
-                if let Ok(mut c) = rec.client() {
-                    let _ = c.add_hosts(&peer, vec![entry.clone()]);
-                }
+            NetChoice::Joined { net, .. } if crate::dns::ensure(self.state, net) => {
+                vec![net.gateway]
             }
-        });
-    }
-
-    pub fn dns(&self) -> Vec<std::net::Ipv4Addr> {
-        match &self.choice {
-            NetChoice::Joined { .. } => network::name_servers(),
-            _ => Vec::new(),
+            NetChoice::Joined { .. } if dns.is_empty() => network::name_servers(),
+            _ => dns.to_vec(),
         }
     }
 }
