@@ -32,7 +32,10 @@ pub enum DnsError {
     /// Shorter than its header or its question.
     #[error("The message is truncated")]
     Truncated,
-    /// A response, or a question count other than one.
+    /// A response (never answered: that would make loops and reflections).
+    #[error("The message is a response")]
+    Response,
+    /// A question count other than one.
     #[error("The message is not a single query")]
     NotAQuery,
     /// An opcode other than QUERY.
@@ -102,8 +105,9 @@ impl Names {
     pub fn decide(&self, message: &[u8]) -> Decision {
         let query = match parse_query(message) {
             Ok(q) => q,
-            Err(DnsError::Truncated | DnsError::NotAQuery) if message.len() < 12 => {
-                // Not even a header to answer to.
+            // A response is never answered; nor what has not even a header.
+            Err(DnsError::Response) => return Decision::Answer(Vec::new()),
+            Err(DnsError::Truncated) if message.len() < 12 => {
                 return Decision::Answer(Vec::new());
             }
             Err(DnsError::NotImplemented(_)) => return Decision::Answer(error(message, NOTIMP)),
@@ -141,7 +145,7 @@ pub fn parse_query(message: &[u8]) -> Result<Query, DnsError> {
     let id = u16::from_be_bytes([header[0], header[1]]);
     let flags = header[2];
     if flags & 0x80 != 0 {
-        return Err(DnsError::NotAQuery);
+        return Err(DnsError::Response);
     }
     let opcode = (flags >> 3) & 0x0f;
     if opcode != 0 {
@@ -231,11 +235,32 @@ pub fn error(message: &[u8], rcode: u8) -> Vec<u8> {
     header(message, rcode, 0, 0)
 }
 
-/// The response to `query` (read from `message`) with `records`.
+/// The longest answer sent (over UDP without EDNS, and so over TCP too): records that
+/// do not fit are left out and the answer marked truncated, as Docker's resolver does.
+const MAX_ANSWER: usize = 512;
+
+/// The response to `query` (read from `message`) with `records`, at most
+/// [`MAX_ANSWER`] bytes.
 fn answer(message: &[u8], query: &Query, records: &[Record]) -> Vec<u8> {
-    let mut out = header(message, 0, 1, records.len() as u16);
-    out.extend_from_slice(&message[12..query.question_end]);
-    for r in records {
+    let question = &message[12..query.question_end];
+    let fit = records
+        .iter()
+        .scan(12 + question.len(), |size, r| {
+            *size += 12
+                + match r {
+                    Record::A(_) => 4,
+                    Record::Ptr(name) => encode_name(name).len(),
+                };
+            Some(*size)
+        })
+        .take_while(|&size| size <= MAX_ANSWER)
+        .count();
+    let mut out = header(message, 0, 1, fit as u16);
+    if fit < records.len() {
+        out[2] |= 0x02;
+    }
+    out.extend_from_slice(question);
+    for r in &records[..fit] {
         // The question's name, by a pointer to offset 12.
         out.extend_from_slice(&[0xc0, 12]);
         let (rtype, data) = match r {
@@ -343,6 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn answers_fit_in_512_bytes_and_say_when_cut() {
+        let many: Vec<(Ipv4Addr, Vec<String>)> = (0..40)
+            .map(|i| (Ipv4Addr::new(10, 0, 1, i), vec!["svc".to_string()]))
+            .collect();
+        let Decision::Answer(r) = Names::new(&many).decide(&query(3, "svc", TYPE_A)) else {
+            panic!("svc is ours");
+        };
+        assert!(r.len() <= MAX_ANSWER);
+        assert_eq!(r[2] & 0x02, 0x02, "truncated");
+        assert_eq!(addresses(&r).len(), MAX_ANSWERS.min((512 - 12 - 9) / 16));
+        let Decision::Answer(r) = names().decide(&query(3, "web", TYPE_A)) else {
+            panic!("web is ours");
+        };
+        assert_eq!(r[2] & 0x02, 0, "whole");
+    }
+
+    #[test]
     fn container_addresses_answer_reverse_lookups() {
         let Decision::Answer(r) = names().decide(&query(1, "3.0.0.10.in-addr.arpa", TYPE_PTR))
         else {
@@ -369,10 +411,11 @@ mod tests {
         for cut in 13..m.len() {
             assert!(matches!(n.decide(&m[..cut]), Decision::Answer(_)), "{cut}");
         }
-        // A response, two questions, an opcode other than QUERY.
+        // A response (never answered), two questions, an opcode other than QUERY.
         let mut r = query(1, "web", TYPE_A);
         r[2] |= 0x80;
-        assert_eq!(parse_query(&r), Err(DnsError::NotAQuery));
+        assert_eq!(parse_query(&r), Err(DnsError::Response));
+        assert_eq!(n.decide(&r), Decision::Answer(Vec::new()));
         let mut two = query(1, "web", TYPE_A);
         two[5] = 2;
         assert_eq!(parse_query(&two), Err(DnsError::NotAQuery));

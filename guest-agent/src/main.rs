@@ -5,7 +5,7 @@
 //! arca-agent                        as PID 1 of the guest: settings from /proc/cmdline
 //! arca-agent serve --listen PATH    on the host: serve the protocol on a Unix socket
 //!            [--run-dir DIR] [--cgroup-parent NAME]
-//! arca-agent __dns ADDRESS          on the host: a network's resolver (see `resolver`)
+//! arca-agent __dns ADDRESS PORT NET on the host: a network's resolver (see `resolver`)
 //! ```
 
 use std::os::unix::net::UnixListener;
@@ -27,7 +27,7 @@ fn main() {
         helper::main(mode);
     }
     if args.get(1).map(String::as_str) == Some("__dns") {
-        guest_agent::resolver::main(args.get(2).map(String::as_str));
+        guest_agent::resolver::main(&args[2..]);
     }
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args[2..]),

@@ -1,17 +1,22 @@
 //! The resolver of an Arca network (Docker's embedded DNS, served as Podman's
-//! aardvark-dns serves it: on the network's gateway address, on the host): `arca-agent
-//! __dns ADDRESS`, started by the network's `arca __dns`. It answers the names of the containers on the network as they are
-//! now (the table its parent writes to its stdin whenever the network changes) and
-//! forwards everything else to the upstream servers (a container's `--dns`, else the
-//! host's).
+//! aardvark-dns serves it: on the network's gateway, on the host): `arca-agent __dns
+//! ADDRESS PORT NETWORK`, started by the network's `arca __dns`, listening on
+//! ADDRESS:PORT, where the network's rules send what containers send to ADDRESS:53. It
+//! answers the names of the containers on the network as they are now (the table its
+//! parent writes to its stdin whenever the network changes) and forwards everything else
+//! to the upstream servers (a container's `--dns`, else the host's).
 //!
 //! Every query is a container's and hostile. The process that reads them owns nothing
 //! worth taking: once its sockets are bound it is `nobody` with no capability and no
 //! way to gain one, under a seccomp allow-list without any call that opens a file or
-//! makes a process, alone in one thread. Forwarded queries go out each from a socket of
-//! its own connected to the server, so a reply is taken only from that server, on a
-//! port the kernel picked, with the query's id. A TCP client is served to its end
-//! before the next query (two seconds each way at most).
+//! makes a process, alone in one thread that never blocks: every socket is non-blocking
+//! and every exchange has a deadline. Only clients in NETWORK (the gateway aside) are
+//! served; a response is never answered. Forwarded queries go out each from a socket of
+//! its own connected to the server, so a reply is taken only from that server, on a port
+//! the kernel picked, with the query's id; at most [`MAX_PENDING`] at once, and
+//! [`MAX_PENDING_PER_CLIENT`] per client. A TCP client has [`TCP_TIMEOUT`] in all to
+//! send its query and take its answer; at most [`MAX_TCP`] at once, and
+//! [`MAX_TCP_PER_CLIENT`] per client.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Read, Write};
@@ -27,9 +32,17 @@ use crate::dns::{self, Decision, Names};
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded UDP queries awaiting an answer at once; more are answered SERVFAIL.
 const MAX_PENDING: usize = 128;
-/// How long a TCP client may take to send its query, and upstream to answer it.
-const TCP_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest table line the agent sends.
+/// ... of which one client may have.
+const MAX_PENDING_PER_CLIENT: usize = 16;
+/// How long a TCP client has in all, to send its query and take its answer (a
+/// forwarded one included).
+const TCP_TIMEOUT: Duration = Duration::from_secs(4);
+/// TCP clients at once, and per client; more are closed at once.
+const MAX_TCP: usize = 64;
+const MAX_TCP_PER_CLIENT: usize = 4;
+/// The largest message read: a UDP datagram, or a TCP message (its length is 16 bits).
+const MAX_MESSAGE: usize = 65535;
+/// The longest table line the parent sends.
 const MAX_TABLE_LINE: usize = 4 << 20;
 /// The user the resolver runs as.
 const NOBODY: u32 = 65534;
@@ -46,6 +59,20 @@ pub struct Table {
     pub clients: Vec<(Ipv4Addr, Vec<Ipv4Addr>)>,
 }
 
+/// Who may ask: the network's addresses but its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    subnet: u32,
+    mask: u32,
+    gateway: Ipv4Addr,
+}
+
+impl Served {
+    fn allows(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask == self.subnet && a != self.gateway
+    }
+}
+
 /// A forwarded UDP query.
 struct Pending {
     socket: UdpSocket,
@@ -54,13 +81,103 @@ struct Pending {
     deadline: Instant,
 }
 
-/// Entry of `arca-agent __dns ADDRESS`: serves on ADDRESS port 53, tables on stdin,
-/// `r` on stdout once listening. Never returns.
-pub fn main(address: Option<&str>) -> ! {
-    let code = match address
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        .ok_or_else(|| io::Error::other("usage: arca-agent __dns IPV4-ADDRESS"))
-        .and_then(serve)
+/// A TCP message on a non-blocking stream: what is left to write, then the framed
+/// message to read (two bytes of length, then that many).
+struct Framed {
+    stream: TcpStream,
+    out: Vec<u8>,
+    written: usize,
+    input: Vec<u8>,
+}
+
+impl Framed {
+    fn new(stream: TcpStream, message: Option<&[u8]>) -> Self {
+        let mut f = Self {
+            stream,
+            out: Vec::new(),
+            written: 0,
+            input: Vec::new(),
+        };
+        if let Some(m) = message {
+            f.send(m);
+        }
+        f
+    }
+
+    fn send(&mut self, message: &[u8]) {
+        let len = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        self.out = len.to_be_bytes().to_vec();
+        self.out.extend_from_slice(&message[..usize::from(len)]);
+        self.written = 0;
+    }
+
+    /// Whether it waits to write (else to read).
+    fn writing(&self) -> bool {
+        self.written < self.out.len()
+    }
+
+    /// Writes and reads what it can now; the message read once whole.
+    fn progress(&mut self) -> io::Result<Option<Vec<u8>>> {
+        while self.writing() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            let want = match self.input.len() {
+                n if n < 2 => 2 - n,
+                n => 2 + usize::from(u16::from_be_bytes([self.input[0], self.input[1]])) - n,
+            };
+            if want == 0 {
+                let message = self.input.split_off(2);
+                self.input.clear();
+                return Ok(Some(message));
+            }
+            match self.stream.read(&mut buf[..want.min(4096)]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A TCP client: its query read, maybe forwarded upstream, its answer written.
+struct TcpClient {
+    peer: Ipv4Addr,
+    client: Framed,
+    upstream: Option<(Framed, Vec<u8>)>,
+    deadline: Instant,
+}
+
+/// Entry of `arca-agent __dns ADDRESS PORT NETWORK`. Never returns.
+pub fn main(args: &[String]) -> ! {
+    let parsed = (|| {
+        let [address, port, network] = args else {
+            return None;
+        };
+        let (subnet, len) = network.split_once('/')?;
+        let len: u32 = len.parse().ok().filter(|l| (8..=30).contains(l))?;
+        let mask = u32::MAX << (32 - len);
+        let gateway: Ipv4Addr = address.parse().ok()?;
+        Some((
+            gateway,
+            port.parse::<u16>().ok()?,
+            Served {
+                subnet: u32::from(subnet.parse::<Ipv4Addr>().ok()?) & mask,
+                mask,
+                gateway,
+            },
+        ))
+    })();
+    let code = match parsed
+        .ok_or_else(|| io::Error::other("usage: arca-agent __dns ADDRESS PORT SUBNET/LEN"))
+        .and_then(|(address, port, served)| serve(address, port, served))
     {
         Ok(()) => 0,
         Err(e) => {
@@ -71,9 +188,9 @@ pub fn main(address: Option<&str>) -> ! {
     std::process::exit(code)
 }
 
-fn serve(address: Ipv4Addr) -> io::Result<()> {
-    let udp = UdpSocket::bind((address, 53))?;
-    let tcp = TcpListener::bind((address, 53))?;
+fn serve(address: Ipv4Addr, port: u16, served: Served) -> io::Result<()> {
+    let udp = UdpSocket::bind((address, port))?;
+    let tcp = TcpListener::bind((address, port))?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
     let stdin = io::stdin();
@@ -85,25 +202,34 @@ fn serve(address: Ipv4Addr) -> io::Result<()> {
     let mut table = Table::default();
     let mut names = Names::default();
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut clients: Vec<TcpClient> = Vec::new();
     let mut lines = LineReader::default();
     let mut rotation = 0usize;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        // What to wait for: the agent, both listeners, each forwarded query's socket.
+        // What to wait for: the parent, both listeners, each forwarded query's socket,
+        // each TCP exchange.
+        use rustix::event::{PollFd, PollFlags};
         let mut fds = vec![
-            rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN),
-            rustix::event::PollFd::new(&udp, rustix::event::PollFlags::IN),
-            rustix::event::PollFd::new(&tcp, rustix::event::PollFlags::IN),
+            PollFd::new(&stdin, PollFlags::IN),
+            PollFd::new(&udp, PollFlags::IN),
+            PollFd::new(&tcp, PollFlags::IN),
         ];
         for p in &pending {
-            fds.push(rustix::event::PollFd::new(
-                &p.socket,
-                rustix::event::PollFlags::IN,
-            ));
+            fds.push(PollFd::new(&p.socket, PollFlags::IN));
+        }
+        for c in &clients {
+            let f = c.upstream.as_ref().map_or(&c.client, |(u, _)| u);
+            let flags = if f.writing() {
+                PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
+            fds.push(PollFd::new(&f.stream, flags));
         }
         let timeout = rustix::time::Timespec {
             tv_sec: 0,
-            tv_nsec: 500_000_000,
+            tv_nsec: 200_000_000,
         };
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -123,27 +249,36 @@ fn serve(address: Ipv4Addr) -> io::Result<()> {
                 Err(_) => return Ok(()),
             }
         }
-        // Answers from upstream, and queries that waited too long.
         let now = Instant::now();
+        // Answers from upstream, and queries that waited too long.
+        let (from_pending, from_tcp) = ready[3..].split_at(pending.len());
         let mut i = 0;
-        for was_ready in ready.iter().skip(3) {
+        for was_ready in from_pending {
             let p = &pending[i];
-            let done = if *was_ready {
-                match p.socket.recv(&mut buf) {
+            let done = *was_ready
+                && match p.socket.recv(&mut buf) {
                     Ok(n) if dns::answers(&buf[..n], &p.query) => {
                         let _ = udp.send_to(&buf[..n], p.client);
                         true
                     }
                     // Not its answer (or an ICMP error): it waits on.
                     _ => false,
-                }
-            } else {
-                false
-            };
+                };
             if done || now > p.deadline {
                 pending.remove(i);
             } else {
                 i += 1;
+            }
+        }
+        // TCP exchanges that can go on, and those out of time.
+        let mut i = 0;
+        for was_ready in from_tcp {
+            let keep = now <= clients[i].deadline
+                && (!*was_ready || tcp_step(&mut clients[i], &names, &table, &mut rotation));
+            if keep {
+                i += 1;
+            } else {
+                clients.remove(i);
             }
         }
         // Queries.
@@ -152,6 +287,9 @@ fn serve(address: Ipv4Addr) -> io::Result<()> {
                 let Ok((n, std::net::SocketAddr::V4(client))) = udp.recv_from(&mut buf) else {
                     break;
                 };
+                if !served.allows(*client.ip()) {
+                    continue;
+                }
                 let query = buf[..n].to_vec();
                 match names.decide(&query) {
                     Decision::Answer(reply) => {
@@ -160,7 +298,12 @@ fn serve(address: Ipv4Addr) -> io::Result<()> {
                         }
                     }
                     Decision::Forward => {
-                        let forwarded = (pending.len() < MAX_PENDING)
+                        let theirs = pending
+                            .iter()
+                            .filter(|p| p.client.ip() == client.ip())
+                            .count();
+                        let forwarded = (pending.len() < MAX_PENDING
+                            && theirs < MAX_PENDING_PER_CLIENT)
                             .then(|| upstream(&table, *client.ip(), &mut rotation))
                             .flatten()
                             .and_then(|server| forward_udp(server, &query).ok());
@@ -179,12 +322,90 @@ fn serve(address: Ipv4Addr) -> io::Result<()> {
                 }
             }
         }
-        if ready[2]
-            && let Ok((stream, std::net::SocketAddr::V4(client))) = tcp.accept()
-        {
-            let server = upstream(&table, *client.ip(), &mut rotation);
-            let _ = serve_tcp(stream, &names, server);
+        if ready[2] {
+            for _ in 0..16 {
+                let Ok((stream, std::net::SocketAddr::V4(peer))) = tcp.accept() else {
+                    break;
+                };
+                let peer = *peer.ip();
+                let theirs = clients.iter().filter(|c| c.peer == peer).count();
+                if !served.allows(peer)
+                    || clients.len() >= MAX_TCP
+                    || theirs >= MAX_TCP_PER_CLIENT
+                    || stream.set_nonblocking(true).is_err()
+                {
+                    continue;
+                }
+                clients.push(TcpClient {
+                    peer,
+                    client: Framed::new(stream, None),
+                    upstream: None,
+                    deadline: now + TCP_TIMEOUT,
+                });
+            }
         }
+    }
+}
+
+/// Moves a TCP exchange on; whether it goes on.
+fn tcp_step(c: &mut TcpClient, names: &Names, table: &Table, rotation: &mut usize) -> bool {
+    if let Some((up, query)) = &mut c.upstream {
+        match up.progress() {
+            Ok(None) => return true,
+            Ok(Some(reply)) => {
+                let reply = if dns::answers(&reply, query) {
+                    reply
+                } else {
+                    dns::error(query, dns::SERVFAIL)
+                };
+                c.client.send(&reply);
+                c.upstream = None;
+            }
+            Err(_) => {
+                let failed = dns::error(query, dns::SERVFAIL);
+                c.client.send(&failed);
+                c.upstream = None;
+            }
+        }
+    }
+    match c.client.progress() {
+        // Reading its query, or writing its answer; done once that is written whole.
+        Ok(None) => c.client.writing() || c.client.out.is_empty(),
+        Ok(Some(query)) => match names.decide(&query) {
+            Decision::Answer(reply) if reply.is_empty() => false,
+            Decision::Answer(reply) => {
+                c.client.send(&reply);
+                c.client.progress().is_ok() && c.client.writing()
+            }
+            Decision::Forward => {
+                match upstream(table, c.peer, rotation).and_then(|s| connect_tcp(s).ok()) {
+                    Some(stream) => {
+                        c.upstream = Some((Framed::new(stream, Some(&query)), query));
+                        true
+                    }
+                    None => {
+                        c.client.send(&dns::error(&query, dns::SERVFAIL));
+                        c.client.progress().is_ok() && c.client.writing()
+                    }
+                }
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+/// A non-blocking TCP connection to `server`:53, under way.
+fn connect_tcp(server: Ipv4Addr) -> io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    match rustix::net::connect(&fd, &std::net::SocketAddr::from((server, 53))) {
+        Ok(()) | Err(rustix::io::Errno::INPROGRESS) => Ok(TcpStream::from(fd)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -209,54 +430,7 @@ fn forward_udp(server: Ipv4Addr, query: &[u8]) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// One TCP client: a query (two bytes of length, then the message), answered or
-/// forwarded over TCP, within [`TCP_TIMEOUT`] each way.
-fn serve_tcp(mut stream: TcpStream, names: &Names, server: Option<Ipv4Addr>) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-    stream.set_write_timeout(Some(TCP_TIMEOUT))?;
-    let query = read_tcp_message(&mut stream)?;
-    let reply = match names.decide(&query) {
-        Decision::Answer(reply) => reply,
-        Decision::Forward => server
-            .and_then(|s| forward_tcp(s, &query).ok())
-            .unwrap_or_else(|| dns::error(&query, dns::SERVFAIL)),
-    };
-    if reply.is_empty() {
-        return Ok(());
-    }
-    write_tcp_message(&mut stream, &reply)
-}
-
-fn forward_tcp(server: Ipv4Addr, query: &[u8]) -> io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&(server, 53).into(), TCP_TIMEOUT)?;
-    s.set_read_timeout(Some(TCP_TIMEOUT))?;
-    s.set_write_timeout(Some(TCP_TIMEOUT))?;
-    write_tcp_message(&mut s, query)?;
-    let reply = read_tcp_message(&mut s)?;
-    if dns::answers(&reply, query) {
-        Ok(reply)
-    } else {
-        Err(io::Error::other("not the answer"))
-    }
-}
-
-fn read_tcp_message(s: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len)?;
-    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut message)?;
-    Ok(message)
-}
-
-fn write_tcp_message(s: &mut TcpStream, message: &[u8]) -> io::Result<()> {
-    let len = u16::try_from(message.len()).map_err(|_| io::Error::other("too long"))?;
-    let mut out = len.to_be_bytes().to_vec();
-    out.extend_from_slice(message);
-    s.write_all(&out)
-}
-
-/// The agent's tables, a JSON line each, read as they come (non-blocking).
+/// The parent's tables, a JSON line each, read as they come (non-blocking).
 #[derive(Default)]
 struct LineReader {
     partial: Vec<u8>,
@@ -420,6 +594,44 @@ mod tests {
         let mut input = io::BufReader::new(Blocking(io::Cursor::new(text)));
         assert_eq!(r.read(&mut input).unwrap(), Some(t(2)));
         assert_eq!(r.read(&mut input).unwrap(), None);
+    }
+
+    #[test]
+    fn only_the_networks_containers_are_served() {
+        let s = Served {
+            subnet: u32::from(Ipv4Addr::new(10, 89, 1, 0)),
+            mask: u32::MAX << 8,
+            gateway: Ipv4Addr::new(10, 89, 1, 1),
+        };
+        assert!(s.allows(Ipv4Addr::new(10, 89, 1, 7)));
+        assert!(!s.allows(Ipv4Addr::new(10, 89, 1, 1)), "the host itself");
+        assert!(!s.allows(Ipv4Addr::new(10, 89, 2, 7)), "another network");
+        assert!(!s.allows(Ipv4Addr::new(192, 168, 0, 7)), "outside");
+    }
+
+    #[test]
+    fn tcp_messages_come_in_pieces_and_go_out_framed_without_blocking() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut f = Framed::new(ours, None);
+        assert!(f.progress().unwrap().is_none(), "nothing yet: no block");
+        peer.write_all(&[0, 5, b'h']).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(f.progress().unwrap().is_none(), "a piece");
+        peer.write_all(b"ello").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(f.progress().unwrap(), Some(b"hello".to_vec()));
+        f.send(b"hi");
+        assert!(f.progress().unwrap().is_none());
+        assert!(!f.writing());
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, &[0, 2, b'h', b'i']);
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(f.progress().is_err(), "the client went away");
     }
 
     #[test]

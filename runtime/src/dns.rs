@@ -1,7 +1,9 @@
 //! A network's resolver: Docker's embedded DNS, served as Podman's aardvark-dns serves
 //! it, on the network's gateway address on the host, so that a container may run its
 //! own DNS server on port 53 (a resolver inside the container's namespace would hold
-//! that port). Containers' `/etc/resolv.conf` names the gateway; the resolver answers
+//! that port). Containers' `/etc/resolv.conf` names the gateway, whose port 53 the
+//! network's rules send to the resolver's port ([`network::resolver_port`]: a DNS
+//! server of the host's on every address is neither in the way nor reachable); the resolver answers
 //! the names of the containers on the network as they are now (each one's name, short
 //! ID and `--network-alias`es, at its current address: a container started later
 //! resolves, a removed one no longer does, a restarted one resolves to its new address)
@@ -11,7 +13,7 @@
 //! `dns.lock` in the network's directory while it runs, says `dns.ready` while it
 //! serves, and ends once the network has had no container for [`IDLE`]. It reads the
 //! network's leases and the containers' names every [`POLL`] and hands each changed table
-//! to its child `arca-agent __dns GATEWAY` ([`guest_agent`'s resolver]), which parses
+//! to its child `arca-agent __dns GATEWAY PORT SUBNET` ([`guest_agent`'s resolver]), which parses
 //! the containers' queries as `nobody`, without capabilities, under seccomp.
 //!
 //! [`guest_agent`'s resolver]: ../../guest-agent/src/resolver.rs
@@ -64,9 +66,8 @@ fn io_err(action: &str) -> impl FnOnce(io::Error) -> DnsError + '_ {
 }
 
 /// Whether the resolver of `net` serves (started now if need be, waited for). A
-/// resolver that cannot serve (the gateway's port 53 taken by a DNS server on this
-/// host that listens on every address) is reported once per start, on stderr: the
-/// container then gets the upstream servers themselves, and no container names.
+/// resolver that cannot serve (its port taken) is reported once per start, on stderr:
+/// the container then gets the upstream servers themselves, and no container names.
 pub fn ensure(state: &Path, net: &Network) -> bool {
     let dir = network::dir(state, &net.name);
     let deadline = Instant::now() + START_WAIT;
@@ -80,19 +81,23 @@ pub fn ensure(state: &Path, net: &Network) -> bool {
         if held && dir.join("dns.ready").exists() {
             return true;
         }
+        // One that ended well found another serving (which may have ended since):
+        // start another; one that failed says why.
+        if let Some(child) = &mut started
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            if !status.success() {
+                let log = std::fs::read_to_string(dir.join("dns.log")).unwrap_or_default();
+                let why = log.lines().last().unwrap_or("it ended").to_string();
+                return unavailable(&net.name, &why);
+            }
+            started = None;
+        }
         if !held && started.is_none() {
             match spawn(state, &dir, &net.name) {
                 Ok(child) => started = Some(child),
                 Err(e) => return unavailable(&net.name, &e.to_string()),
             }
-        }
-        if let Some(child) = &mut started
-            && let Ok(Some(status)) = child.try_wait()
-            && !status.success()
-        {
-            let log = std::fs::read_to_string(dir.join("dns.log")).unwrap_or_default();
-            let why = log.lines().last().unwrap_or("it ended").to_string();
-            return unavailable(&net.name, &why);
         }
         if Instant::now() > deadline {
             return unavailable(&net.name, "it did not come up within 10 s");
@@ -126,10 +131,10 @@ fn spawn(state: &Path, dir: &Path, name: &str) -> io::Result<std::process::Child
 
 /// The names one container answers to on its network: its name, its short ID and its
 /// `--network-alias`es (those that are valid host names, at most 16).
-fn names_of(state: &Path, key: &str) -> Vec<String> {
+fn names_of(state: &Path, key: &str, opts: Option<&RunOptions>) -> Vec<String> {
     let mut names = host_names(state, key);
-    if let Ok(opts) = RunOptions::load(&containers_dir(state).join(key)) {
-        names.extend(opts.network_aliases);
+    if let Some(opts) = opts {
+        names.extend(opts.network_aliases.iter().cloned());
     }
     let mut seen = std::collections::BTreeSet::new();
     names
@@ -145,11 +150,12 @@ fn table(state: &Path, members: &[(Ipv4Addr, String)], upstream: &[Ipv4Addr]) ->
     let mut entries = Vec::new();
     let mut clients = Vec::new();
     for (address, key) in members {
-        let names = names_of(state, key);
+        let opts = RunOptions::load(&containers_dir(state).join(key)).ok();
+        let names = names_of(state, key, opts.as_ref());
         if !names.is_empty() {
             entries.push(json!([address, names]));
         }
-        if let Ok(opts) = RunOptions::load(&containers_dir(state).join(key))
+        if let Some(opts) = opts
             && !opts.dns.is_empty()
         {
             clients.push(json!([address, opts.dns]));
@@ -172,7 +178,12 @@ pub fn serve(state: &Path, name: &str) -> Result<(), DnsError> {
     let ready = dir.join("dns.ready");
     let _ = std::fs::remove_file(&ready);
     let mut child = Command::new(crate::guest::agent_binary()?)
-        .args(["__dns", &net.gateway.to_string()])
+        .args([
+            "__dns".to_string(),
+            net.gateway.to_string(),
+            network::resolver_port(&net).to_string(),
+            net.cidr(),
+        ])
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -102,7 +102,8 @@ impl Network {
         format!("{}/{}", self.subnet, self.prefix_len)
     }
 
-    fn contains(&self, a: Ipv4Addr) -> bool {
+    /// Whether `a` is in its subnet.
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
         u32::from(a) & self.mask() == u32::from(self.subnet)
     }
 
@@ -162,6 +163,14 @@ pub fn valid_name(name: &str) -> bool {
 /// `<state>/networks`.
 fn networks_dir(state: &Path) -> PathBuf {
     state.join("networks")
+}
+
+/// The port the resolver of `net` listens on at its gateway ([`crate::dns`]), where
+/// the network's rules send what containers send to the gateway's port 53: one of
+/// 20000-29999, told apart by the subnet (a DNS server of the host's on port 53 of every
+/// address neither blocks it nor becomes reachable from containers).
+pub fn resolver_port(net: &Network) -> u16 {
+    20000 + ((u32::from(net.subnet) >> 8) % 10000) as u16
 }
 
 /// `<state>/networks/NAME`: its definition, leases and resolver files.
@@ -432,6 +441,12 @@ pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
     }
     bring_down(state, &net);
     let dir = network_dir(state, name);
+    // Its resolver goes first (it leaves at most 2 s after its last container): a
+    // network made again under the name must not find the old one on its port.
+    let _resolver = crate::state::lock_file(
+        &dir.join("dns.lock"),
+        rustix::fs::FlockOperation::LockExclusive,
+    );
     fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
     crate::events::emit(
         state,
@@ -697,11 +712,12 @@ fn apply_rules(nft: PathBuf, net: &Network) -> Result<(), NetworkError> {
 /// - `ip arca_<bridge>`: masquerade for traffic leaving through another interface; in
 ///   the forward hook, drops for the link-local range (a cloud's metadata service) and
 ///   for other Arca bridges, accept for traffic from the bridge, accept for replies to
-///   it, drop for anything else routed to it; in the input hook, a drop for everything
-///   from the bridge to the host itself but replies to connections the host opened
-///   and DNS to the gateway, where the network's resolver listens ([`crate::dns`];
-///   nothing else Arca serves listens there: `-p` goes through the agent, and there is
-///   no DHCP on the bridge).
+///   it, drop for anything else routed to it; in the prerouting hook, DNS to the
+///   gateway sent to the network's resolver ([`crate::dns`], on [`resolver_port`]); in
+///   the input hook, a drop for everything from the bridge to the host itself but
+///   replies to connections the host opened and DNS so sent (nothing else Arca serves
+///   listens there: `-p` goes through the agent, and there is no DHCP on the bridge),
+///   and a drop for the resolver's port from anywhere else.
 /// - `bridge arca_<bridge>`: the anti-spoofing rules of every container link on the
 ///   bridge ([`links_table`]); a link is guarded by being added to its sets
 ///   ([`guard_link`]).
@@ -709,6 +725,9 @@ fn network_rules(net: &Network) -> String {
     let table = net.table();
     format!(
         "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n\
+         \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n\
+         \t\tiifname \"{br}\" ip daddr {gw} udp dport 53 dnat to {gw}:{dns}\n\
+         \t\tiifname \"{br}\" ip daddr {gw} tcp dport 53 dnat to {gw}:{dns}\n\t}}\n\
          \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\t}}\n\
          \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
@@ -720,13 +739,16 @@ fn network_rules(net: &Network) -> String {
          \tchain input {{ type filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{br}\" ip daddr {LINK_LOCAL} drop\n\
          \t\tiifname \"{br}\" ct state established,related accept\n\
-         \t\tiifname \"{br}\" ip daddr {gw} udp dport 53 accept\n\
-         \t\tiifname \"{br}\" ip daddr {gw} tcp dport 53 accept\n\
-         \t\tiifname \"{br}\" drop\n\t}}\n}}\n\
+         \t\tiifname \"{br}\" ip daddr {gw} udp dport {dns} ct status dnat accept\n\
+         \t\tiifname \"{br}\" ip daddr {gw} tcp dport {dns} ct status dnat accept\n\
+         \t\tiifname \"{br}\" drop\n\
+         \t\tip daddr {gw} udp dport {dns} drop\n\
+         \t\tip daddr {gw} tcp dport {dns} drop\n\t}}\n}}\n\
          table bridge {table}\ndelete table bridge {table}\n{links}",
         cidr = net.cidr(),
         br = net.bridge,
         gw = net.gateway,
+        dns = resolver_port(net),
         links = links_table(&table),
     )
 }
@@ -1268,7 +1290,7 @@ pub fn name_servers() -> Vec<Ipv4Addr> {
 }
 
 /// Whether `a` is one of the host's own addresses: only those can be bound.
-fn is_host_address(a: Ipv4Addr) -> bool {
+pub fn is_host_address(a: Ipv4Addr) -> bool {
     std::net::UdpSocket::bind((a, 0)).is_ok()
 }
 

@@ -765,6 +765,10 @@ fn supervise(
         copies.close_clients();
         return Err(e.into());
     }
+    // A new run's health starts over before anyone reads the record as running.
+    if probe.is_some() {
+        let _ = health::reset(dir);
+    }
     record.status = Status::Running;
     (record.started_at, record.finished_at) = (Some(now()), None);
     record.agent = Some(address.clone().into());

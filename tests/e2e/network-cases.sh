@@ -135,6 +135,16 @@ arca rm -f moved >/dev/null; sleep 0.5
 out=$(arca exec cl nslookup moved 2>&1 | grep -q "can't find moved: NXDOMAIN" && echo nxdomain); check dns-removed 0 "nxdomain" $? "$out"
 gw=$(echo "$upip" | sed 's/[0-9]*$/1/')
 out=$(arca exec cl sh -c "head -c 3000 /dev/urandom | nc -w 1 $gw 53; i=0; while [ \$i -lt 50 ]; do head -c 40 /dev/urandom | udp-echo --send $gw 53; printf '\001\002\001\000\000\001\000\000\000\000\000\000\300\014' | udp-echo --send $gw 53; i=\$((i+1)); done" >/dev/null 2>&1; ans cl filler); check dns-survives-garbage 0 "$lateip" $? "$out"
+# A hostile container holds TCP connections to the resolver open, sending a byte at a
+# time (the CVE-2024-8418 class): others' lookups are answered meanwhile. Nobody reaches
+# the resolver's own port but through the gateway's port 53.
+out=$(arca exec cl sh -c "printf '\\000\\030\\001\\002\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\006filler\\000\\000\\001\\000\\001' | nc -w 2 $gw 53 | wc -c"); check dns-over-tcp 0 42 $? "$out"
+arca exec -d cl sh -c "for i in 1 2 3 4 5 6; do (printf '\\377\\377'; sleep 8) | nc $gw 53 & done; wait"
+sleep 1
+out=$(ans cl filler); check dns-slow-tcp-clients-stall-nobody 0 "$lateip" $? "$out"
+set -- $(echo "$gw" | tr . ' ')
+dnsport=$(( ($1 * 65536 + $2 * 256 + $3) % 10000 + 20000 ))
+out=$(arca exec cl sh -c "printf '\\001\\002\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\003web\\000\\000\\001\\000\\001' | udp-echo --send $gw $dnsport; nc -w 2 $gw $dnsport </dev/null && echo reached || echo blocked"); check dns-resolver-port-only-through-53 0 blocked $? "$out"
 pid=$(for p in /proc/[0-9]*; do tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "arca-agent __dns $gw" && { echo "${p#/proc/}"; break; }; done)
 out=$(grep -E '^(Uid|CapEff|Seccomp|NoNewPrivs):' "/proc/$pid/status" | tr -s '\t ' ' '); check dns-resolver-jailed 0 "Uid: 65534 65534 65534 65534
 CapEff: 0000000000000000

@@ -501,6 +501,12 @@ impl AgentClient {
         Self::connect(&self.address, Duration::from_secs(5))
     }
 
+    /// Another handle on the connection's socket (to shut it down from elsewhere, and
+    /// so end a request that waits on it).
+    pub fn socket_clone(&self) -> io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     /// Where the agent is.
     pub fn address(&self) -> &AgentAddress {
         &self.address

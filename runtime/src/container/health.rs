@@ -175,22 +175,19 @@ impl HealthConfig {
     }
 
     /// How long to wait before the next probe, `elapsed` after the start (Docker's
-    /// rule: the start interval while starting within the start period, and never past
-    /// the period's end; the interval after it).
+    /// documented rule: the start interval while starting within the start period, and
+    /// never past the period's end; the interval after it).
     pub fn next_wait(&self, elapsed: Duration, status: HealthStatus) -> Duration {
         let period = self.start_period();
         if elapsed >= period {
             return self.interval();
         }
-        let remaining = period - elapsed;
-        if remaining < self.interval() {
-            return remaining;
-        }
-        if status == HealthStatus::Starting {
+        let every = if status == HealthStatus::Starting {
             self.start_interval()
         } else {
             self.interval()
-        }
+        };
+        every.min(period - elapsed)
     }
 }
 
@@ -225,16 +222,18 @@ impl HealthFlags {
     /// The container's own check, with the Docker CLI's and daemon's rules and words:
     /// none when no flag was given; `NONE` for `--no-healthcheck`.
     pub fn parse(&self) -> Result<Option<HealthConfig>, String> {
-        let duration = |flag: &str, v: &Option<String>| -> Result<u64, String> {
+        // Signed nanoseconds, as Go's flag parsing reads them (the sign is judged
+        // after the conflict with --no-healthcheck, as Docker's CLI does).
+        let duration = |flag: &str, v: &Option<String>| -> Result<i128, String> {
             let Some(text) = v else { return Ok(0) };
-            if text.starts_with('-') && crate::parse_go_duration(&text[1..]).is_some() {
-                return Err(format!("--health-{flag} cannot be negative"));
-            }
-            let d = crate::parse_go_duration(text).ok_or_else(|| {
+            let (sign, magnitude) = match text.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, text.strip_prefix('+').unwrap_or(text)),
+            };
+            let d = crate::parse_go_duration(magnitude).ok_or_else(|| {
                 format!("invalid argument {text:?} for \"--health-{flag}\" flag: time: invalid duration {text:?}")
             })?;
-            u64::try_from(d.as_nanos())
-                .map_err(|_| format!("invalid argument {text:?} for \"--health-{flag}\" flag: time: invalid duration {text:?}"))
+            Ok(sign * d.as_nanos() as i128)
         };
         let interval = duration("interval", &self.interval)?;
         let timeout = duration("timeout", &self.timeout)?;
@@ -260,9 +259,24 @@ impl HealthFlags {
         if !any {
             return Ok(None);
         }
-        if retries < 0 {
-            return Err("--health-retries cannot be negative".into());
+        for (flag, ns) in [
+            ("interval", interval),
+            ("timeout", timeout),
+            ("retries", i128::from(retries)),
+            ("start-period", start_period),
+            ("start-interval", start_interval),
+        ] {
+            if ns < 0 {
+                return Err(format!("--health-{flag} cannot be negative"));
+            }
         }
+        let ns = |v: i128| u64::try_from(v).unwrap_or(u64::MAX);
+        let (interval, timeout, start_period, start_interval) = (
+            ns(interval),
+            ns(timeout),
+            ns(start_period),
+            ns(start_interval),
+        );
         for (name, ns) in [
             ("Interval", interval),
             ("Timeout", timeout),
@@ -447,6 +461,7 @@ pub struct Watched {
 pub struct Checker {
     shared: Arc<(Mutex<bool>, Condvar)>,
     done: mpsc::Receiver<()>,
+    dir: PathBuf,
 }
 
 /// Tells probes apart within this process.
@@ -465,10 +480,8 @@ impl Checker {
     /// Starts checking: the health is `starting` (its log kept from earlier runs), and
     /// the first probe comes after the interval (or the start interval).
     pub fn start(config: HealthConfig, watched: Watched) -> std::io::Result<Self> {
-        let mut health = Health::load(&watched.dir).unwrap_or_default();
-        health.status = HealthStatus::Starting;
-        health.failing_streak = 0;
-        health.save(&watched.dir)?;
+        let mut health = reset(&watched.dir)?;
+        let dir = watched.dir.clone();
         let shared = Arc::new((Mutex::new(false), Condvar::new()));
         let (tx, done) = mpsc::channel();
         let s = Arc::clone(&shared);
@@ -478,17 +491,32 @@ impl Checker {
                 check(&config, &watched, &mut health, &s);
                 let _ = tx.send(());
             })?;
-        Ok(Self { shared, done })
+        Ok(Self { shared, done, dir })
     }
 }
 
+/// Makes the health of the container in `dir` `starting` for a new run (its log kept,
+/// as Docker's), before the record says it runs; returns it.
+pub fn reset(dir: &Path) -> std::io::Result<Health> {
+    let mut health = Health::load(dir).unwrap_or_default();
+    health.status = HealthStatus::Starting;
+    health.failing_streak = 0;
+    health.save(dir)?;
+    Ok(health)
+}
+
 impl Drop for Checker {
-    /// Stops probing; a probe in flight is waited for a moment, and its result dropped.
+    /// Stops probing (a probe in flight is waited for a moment, and its result dropped)
+    /// and, as Docker's, leaves the health `unhealthy`: nothing checks it any more.
     fn drop(&mut self) {
         let (stopped, wake) = &*self.shared;
         *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_all();
         let _ = self.done.recv_timeout(STOP_WAIT);
+        if let Some(mut h) = Health::load(&self.dir) {
+            h.status = HealthStatus::Unhealthy;
+            let _ = h.save(&self.dir);
+        }
     }
 }
 
@@ -587,13 +615,15 @@ fn probe(w: &Watched, exec_id: &str, timeout: Duration) -> (i64, String) {
     }
     let (tx, rx) = mpsc::channel();
     let (container, id) = (w.container.clone(), exec_id.to_string());
+    let waiting = client.socket_clone().ok();
     std::thread::spawn(move || {
         let _ = tx.send(client.wait(&container, Some(&id)));
     });
     let waited = rx.recv_timeout(timeout);
     if waited.is_err() {
         // Over time: killed (through another connection: this one waits), and waited
-        // for a moment so that dying probes do not pile up.
+        // for a moment so that dying probes do not pile up; an agent that still does
+        // not answer has the wait cut off, so no thread waits on it for ever.
         if let Ok(c) = AgentClient::connect(&w.address, Duration::from_secs(5)) {
             let _ = c.with_patience(Duration::from_secs(5)).signal(
                 &w.container,
@@ -601,7 +631,11 @@ fn probe(w: &Watched, exec_id: &str, timeout: Duration) -> (i64, String) {
                 SIGKILL,
             );
         }
-        let _ = rx.recv_timeout(STOP_WAIT);
+        if rx.recv_timeout(STOP_WAIT).is_err()
+            && let Some(s) = &waiting
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
     // Output still coming after the end is not waited for long.
     let until = Instant::now() + DRAIN;
@@ -676,6 +710,14 @@ mod tests {
                 .test
                 .is_empty()
         );
+        // -0s is zero, not negative.
+        assert_eq!(
+            f(Some("x"), Some("-0s"), None, false)
+                .unwrap()
+                .unwrap()
+                .interval,
+            0
+        );
         for (cmd, interval, retries, none, error) in [
             (
                 Some("x"),
@@ -687,6 +729,13 @@ mod tests {
             (
                 None,
                 Some("1s"),
+                None,
+                true,
+                "--no-healthcheck conflicts with --health-* options",
+            ),
+            (
+                None,
+                Some("-1s"),
                 None,
                 true,
                 "--no-healthcheck conflicts with --health-* options",
@@ -826,8 +875,10 @@ mod tests {
         };
         assert_eq!(c.next_wait(s(0), HealthStatus::Starting), s(2));
         assert_eq!(c.next_wait(s(0), HealthStatus::Healthy), s(30));
-        // Never past the start period's end.
-        assert_eq!(c.next_wait(s(50), HealthStatus::Starting), s(10));
+        // The start interval to the period's end, never past it.
+        assert_eq!(c.next_wait(s(50), HealthStatus::Starting), s(2));
+        assert_eq!(c.next_wait(s(59), HealthStatus::Starting), s(1));
+        assert_eq!(c.next_wait(s(50), HealthStatus::Healthy), s(10));
         assert_eq!(c.next_wait(s(60), HealthStatus::Starting), s(30));
         assert_eq!(
             HealthConfig::default().next_wait(s(0), HealthStatus::Starting),

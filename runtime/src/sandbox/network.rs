@@ -161,13 +161,39 @@ impl<'a> Attachment<'a> {
     /// `dns` upstream for the rest), or, when that cannot serve, `dns` itself (the
     /// host's unless the container has its own); none elsewhere.
     pub fn name_servers(&self, dns: &[std::net::Ipv4Addr]) -> Vec<std::net::Ipv4Addr> {
-        match &self.choice {
-            NetChoice::Joined { net, .. } if crate::dns::ensure(self.state, net) => {
-                vec![net.gateway]
-            }
-            NetChoice::Joined { .. } if dns.is_empty() => network::name_servers(),
-            _ => dns.to_vec(),
+        let NetChoice::Joined { net, .. } = &self.choice else {
+            return dns.to_vec();
+        };
+        // A server only the container itself may reach (its own loopback, the host's,
+        // another network's) is not asked by the resolver on its behalf: the container
+        // gets it as it is, without the network's names.
+        if let Some(d) = dns.iter().find(|d| !self.forwardable(net, **d)) {
+            eprintln!(
+                "WARNING: --dns {d} is asked by the container itself, not by network {}'s resolver: names of the containers on it will not resolve",
+                net.name
+            );
+            return dns.to_vec();
         }
+        if crate::dns::ensure(self.state, net) {
+            vec![net.gateway]
+        } else if dns.is_empty() {
+            network::name_servers()
+        } else {
+            dns.to_vec()
+        }
+    }
+
+    /// Whether the network's resolver may forward to `server` for a container of `net`:
+    /// not a loopback, link-local or unspecified address, not one of the host's, not on
+    /// another Arca network (which the container could not reach).
+    fn forwardable(&self, net: &Network, server: std::net::Ipv4Addr) -> bool {
+        !(server.is_loopback()
+            || server.is_link_local()
+            || server.is_unspecified()
+            || server.is_broadcast()
+            || network::is_host_address(server)
+            || network::list(self.state)
+                .is_ok_and(|all| all.iter().any(|n| n.name != net.name && n.contains(server))))
     }
 }
 
