@@ -485,17 +485,11 @@ fn jail() -> io::Result<()> {
 
 /// The calls the resolver makes once jailed: sockets of the IPv4 family only, I/O on
 /// descriptors it has, memory, time, and exiting. Anything else kills it.
-fn filter() -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-        SeccompRule, TargetArch,
-    };
-    let arch = if cfg!(target_arch = "aarch64") {
-        TargetArch::aarch64
-    } else {
-        TargetArch::x86_64
-    };
-    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = [
+fn filter() -> Result<Vec<libc::sock_filter>, crate::seccomp::SeccompError> {
+    use arca_protocol::Verdict;
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let compile = crate::seccomp::SeccompError::Compile;
+    let mut rules: crate::seccomp::RuleMap = [
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_recvfrom,
@@ -531,31 +525,18 @@ fn filter() -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
     .into_iter()
     .map(|n| (n, Vec::new()))
     .collect();
+    let inet = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_INET as u64,
+    )
+    .map_err(compile)?;
     rules.insert(
         libc::SYS_socket,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::AF_INET as u64,
-        )?])?],
+        vec![SeccompRule::new(vec![inet]).map_err(compile)?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )?;
-    let program: seccompiler::BpfProgram = filter.try_into()?;
-    Ok(program
-        .into_iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect())
+    crate::seccomp::program(rules, Verdict::KillProcess, Verdict::Allow)
 }
 
 #[cfg(test)]

@@ -89,7 +89,8 @@ fn condition(a: &ScmpArg) -> Result<SeccompCondition, SeccompError> {
 }
 
 /// Calls and their rule chains: an empty chain matches the call unconditionally.
-type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
+/// Rules by system call number, as seccompiler takes them.
+pub(crate) type RuleMap = BTreeMap<i64, Vec<SeccompRule>>;
 
 fn add(
     map: &mut RuleMap,
@@ -120,7 +121,9 @@ fn native_arch() -> Result<TargetArch, SeccompError> {
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))
 }
 
-fn program(
+/// One filter: `matched` for the calls `rules` name (under their conditions),
+/// `mismatch` for the rest, for this architecture, at most 4096 instructions.
+pub(crate) fn program(
     rules: RuleMap,
     mismatch: Verdict,
     matched: Verdict,
