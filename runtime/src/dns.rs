@@ -12,7 +12,8 @@
 //! `arca __dns NETWORK`, started by the first container that needs it, holds
 //! `dns.lock` in the network's directory while it runs, says `dns.ready` while it
 //! serves, and ends once the network has had no container for [`IDLE`]. It reads the
-//! network's leases and the containers' names every [`POLL`] and hands each changed table
+//! network's leases every [`POLL`], the containers' names when the leases changed or
+//! [`RESCAN`] passed, and hands each changed table
 //! to its child `arca-agent __dns GATEWAY PORT SUBNET` ([`guest_agent`'s resolver]), which parses
 //! the containers' queries as `nobody`, without capabilities, under seccomp.
 //!
@@ -31,10 +32,14 @@ use crate::container::names::host_names;
 use crate::container::record::containers_dir;
 use crate::network::{self, Network};
 
-/// How often the table is read again.
+/// How often the network's leases are looked at (a container come or gone changes the
+/// table at once).
 const POLL: Duration = Duration::from_millis(100);
-/// How long the resolver stays once its network has no container.
-const IDLE: Duration = Duration::from_secs(2);
+/// How often the whole table is read again anyway (a rename).
+const RESCAN: Duration = Duration::from_secs(1);
+/// How long the resolver stays once its network has no container (the bridge going
+/// down, or `network rm`, ends it at once).
+const IDLE: Duration = Duration::from_secs(30);
 /// How long a container's start waits for the resolver to serve.
 const START_WAIT: Duration = Duration::from_secs(10);
 
@@ -216,7 +221,11 @@ fn feed(
     });
     if rx.recv_timeout(START_WAIT) != Ok(true) {
         return Err(DnsError::Io {
-            action: format!("serve DNS on {}:53", net.gateway),
+            action: format!(
+                "serve DNS on {}:{}",
+                net.gateway,
+                network::resolver_port(net)
+            ),
             source: io::Error::other("the resolver did not come up (see above)"),
         });
     }
@@ -226,6 +235,7 @@ fn feed(
     })?;
     let upstream = network::name_servers();
     let mut last = String::new();
+    let mut seen: Option<(Vec<(Ipv4Addr, String)>, Instant)> = None;
     let mut empty_since: Option<Instant> = None;
     std::fs::write(ready, std::process::id().to_string()).map_err(io_err("mark it ready"))?;
     loop {
@@ -245,12 +255,18 @@ fn feed(
         } else {
             empty_since = None;
         }
-        let t = table(state, &members, &upstream);
-        if t != last {
-            input
-                .write_all(format!("{t}\n").as_bytes())
-                .map_err(io_err("hand the resolver its table"))?;
-            last = t;
+        let fresh = seen
+            .as_ref()
+            .is_some_and(|(m, at)| *m == members && at.elapsed() < RESCAN);
+        if !fresh {
+            let t = table(state, &members, &upstream);
+            if t != last {
+                input
+                    .write_all(format!("{t}\n").as_bytes())
+                    .map_err(io_err("hand the resolver its table"))?;
+                last = t;
+            }
+            seen = Some((members, Instant::now()));
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(DnsError::Io {

@@ -441,8 +441,9 @@ pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
     }
     bring_down(state, &net);
     let dir = network_dir(state, name);
-    // Its resolver goes first (it leaves at most 2 s after its last container): a
+    // Its resolver goes first (told to, and waited for: it holds `dns.lock`): a
     // network made again under the name must not find the old one on its port.
+    stop_resolver(&dir, name);
     let _resolver = crate::state::lock_file(
         &dir.join("dns.lock"),
         rustix::fs::FlockOperation::LockExclusive,
@@ -456,6 +457,26 @@ pub fn remove(state: &Path, name: &str) -> Result<(), NetworkError> {
         &[("name", name), ("type", "bridge")],
     );
     Ok(())
+}
+
+/// Sends SIGTERM to the resolver of network `name` (its pid in `dir/dns.ready`, if that
+/// process is still `arca __dns NAME`).
+fn stop_resolver(dir: &Path, name: &str) {
+    let Some(pid) = fs::read_to_string(dir.join("dns.ready"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let cmdline = fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args
+        .windows(2)
+        .any(|w| w[0] == b"__dns" && w[1] == name.as_bytes())
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
 }
 
 /// The containers holding leases in `net`.
@@ -911,6 +932,9 @@ fn drop_link_rules(table: &str, links: &[(String, Ipv4Addr, bool)]) {
 /// Removes the network's bridge and tables (nothing if they are gone already), and
 /// gives forwarding back if Arca turned it on and no Arca bridge is left.
 fn bring_down(state: &Path, net: &Network) {
+    // The resolver lives with the bridge: its socket on the gateway address would keep
+    // that address's port from a bridge made again (by this state directory or another).
+    stop_resolver(&network_dir(state, &net.name), &net.name);
     remove_bridge(&net.bridge);
     forwarding_off_if_unused(state);
 }

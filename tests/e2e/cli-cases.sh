@@ -556,7 +556,8 @@ else
 fi
 
 # Health checks, by Docker's rules, run by the container's monitor through its agent (as
-# exec): starting until a probe passes or --health-retries fail in a row (unhealthy),
+# exec): starting until a probe passes or --health-retries fail in a row (unhealthy;
+# failures in the start period do not count),
 # healthy once one passes; ps shows and filters it, inspect has State.Health (the last
 # probes) and Config.Healthcheck, each change is a health_status event. A hostile probe:
 # one that floods output has it cut at 4 KiB; one that never ends is killed at its
@@ -566,9 +567,12 @@ t0=$(date +%s)
 arca run -d --isolation="$iso" --name hc --health-cmd 'test -f /tmp/ok' --health-interval 1s --health-retries 3 busybox sleep 1000 >/dev/null
 arca run -d --isolation="$iso" --name hflood --health-cmd 'head -c 100000 /dev/zero | tr "\0" x' --health-interval 1s busybox sleep 1000 >/dev/null
 arca run -d --isolation="$iso" --name hslow --health-cmd 'exec sleep 1000' --health-interval 1s --health-timeout 1s --health-retries 1 busybox sleep 999 >/dev/null
-out=$(arca inspect -f '{{.State.Health.Status}} {{.State.Health.FailingStreak}} {{json .Config.Healthcheck}}' hc; arca ps --filter name=hc --format '{{.Status}}' | grep -o '(health: starting)$'); check health-starting 0 'starting 0 {"Interval":1000000000,"Retries":3,"Test":["CMD-SHELL","test -f /tmp/ok"]}
+arca run -d --isolation="$iso" --name hstart --health-cmd false --health-interval 1s --health-start-period 5m busybox sleep 1000 >/dev/null
+sleep 2
+out=$(arca inspect -f '{{.State.Health.Status}} {{.State.Health.FailingStreak}} {{json .Config.Healthcheck}}' hstart; arca ps --filter name=hstart --format '{{.Status}}' | grep -o '(health: starting)$'); check health-starting 0 'starting 0 {"Interval":1000000000,"StartPeriod":300000000000,"Test":["CMD-SHELL","false"]}
 (health: starting)' $? "$out"
-waith hc unhealthy
+arca rm -f hstart >/dev/null
+waith hc unhealthy; waith hslow unhealthy
 out=$(arca inspect -f '{{.State.Health.Status}} {{ge .State.Health.FailingStreak 3}} {{(index .State.Health.Log 0).ExitCode}}' hc; arca ps --filter health=unhealthy --format '{{.Names}} {{.Status}}' | sed 's/ Up .* (/ Up (/'); check health-unhealthy 0 "unhealthy true 1
 hslow Up (unhealthy)
 hc Up (unhealthy)" $? "$out"

@@ -121,7 +121,7 @@ $lateip
 $lateip" $? "$out"
 out=$(ans cl outside.test; arca logs upstream | grep -q '^asked:outside.test$' && echo asked-upstream); check dns-forwarded 0 "192.0.2.1
 asked-upstream" $? "$out"
-arca rename late moved; sleep 0.5
+arca rename late moved; sleep 1.5
 out=$(ans cl moved; arca exec cl nslookup late >/dev/null 2>&1 || echo late-gone); check dns-rename 0 "$lateip
 late-gone" $? "$out"
 arca stop -t 1 moved >/dev/null
