@@ -35,7 +35,7 @@ fn network_cases_pass_with_process_isolation_on_this_host() {
 #[test]
 fn network_cases_pass_in_microvms_and_with_process_isolation_in_the_lab() {
     binary("arca");
-    let out = case_table_with_kvm("network-cases.sh", 900);
+    let out = case_table_with_kvm("network-cases.sh", 1500);
     eprintln!("{}", stdout(&out));
     assert_success(&out);
 }
