@@ -55,6 +55,30 @@ fn lab_copies_files_and_provides_binaries_kernel_and_mounts() {
 }
 
 #[test]
+fn lab_reports_a_frozen_l1_with_75_and_the_cpu_state() {
+    // The command stops L1's heartbeat (SIGSTOP to its sleep), as a frozen L1 would;
+    // the lab must notice within ARCA_LAB_FROZEN_SECS, not at the timeout.
+    let out = Command::new(arca_e2e::repo_root().join("tests/lab/lab"))
+        .args(["run", "--timeout", "300", "--"])
+        .arg(r#"sleep 6; kill -STOP $(ps -o pid,args | awk '/[s]leep 5/{print $1}'); echo stopped; sleep 600"#)
+        .env("ARCA_LAB_FROZEN_SECS", "10")
+        .env("ARCA_BIN_DIR", arca_e2e::bin_dir())
+        .env("ARCA_KERNEL", arca_e2e::kernel())
+        .output()
+        .unwrap();
+    assert!(
+        arca_e2e::l1_froze(&out),
+        "exit {:?}, stderr: {}",
+        out.status.code(),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "stopped\n");
+    let err = stderr(&out);
+    assert!(err.contains("lab: monitor: RIP="), "stderr: {err}");
+    assert!(err.contains("lab: monitor: LVTT"), "stderr: {err}");
+}
+
+#[test]
 fn lab_times_out_with_124_and_leaves_no_process_or_file_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(arca_e2e::repo_root().join("tests/lab/lab"))
