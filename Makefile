@@ -68,7 +68,7 @@ bench: build kernel lab-prepare test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile layer_chunks add_archive; do \
+	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile layer_chunks add_archive dns_query compose_file; do \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:

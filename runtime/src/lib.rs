@@ -31,11 +31,14 @@
 //! - [`exec`]: `arca exec`.
 //! - [`cp`]: `arca cp`, through the agent's builtins, and the safe host extraction.
 //! - [`run`]: `arca run`, in the foreground or detached under a monitor process.
+//! - [`compose`]: `arca compose`: Compose files read into projects, and their commands
+//!   over the modules above.
 
 #![forbid(unsafe_code)]
 
 pub mod attach;
 pub mod build;
+pub mod compose;
 pub mod container;
 pub mod cp;
 pub mod dns;

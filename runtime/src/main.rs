@@ -6,6 +6,8 @@
 //! `stop`, `kill`, `rm`, `wait`, `exec`, `cp`. Exit codes follow Docker: the container's own;
 //! 125 when arca fails; 126/127 when the command cannot be run or found.
 
+mod compose_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -434,6 +436,8 @@ enum Cmd {
         /// CONTAINER:DEST_PATH, or a host path, or `-` (a tar on stdout).
         dest: String,
     },
+    /// Define and run multi-container applications (Compose files).
+    Compose(compose_cli::ComposeArgs),
     /// Manage volumes.
     Volume {
         #[command(subcommand)]
@@ -1310,6 +1314,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Cmd::Volume { command } => volume_command(&state, command),
+        Cmd::Compose(args) => Ok(compose_cli::compose(&state, args)),
         Cmd::Attach { container } => {
             arca_runtime::attach::attach(&state, &container).map_err(|e| chain(&e))
         }
@@ -1522,7 +1527,7 @@ fn main() -> ExitCode {
             }
             Ok(build(
                 &state,
-                BuildRequest {
+                arca_runtime::build::builder::BuildRequest {
                     file,
                     context,
                     opts: arca_runtime::build::builder::BuildOptions {
@@ -1539,8 +1544,8 @@ fn main() -> ExitCode {
                         }),
                         quiet: quiet || progress == "quiet",
                     },
-                    iidfile,
                 },
+                iidfile,
             ))
         }
         Cmd::Diff { container } => match arca_runtime::cp::diff(&state, &container) {
@@ -2100,130 +2105,34 @@ fn print_formatted(
 }
 
 /// What `arca build` was given.
-struct BuildRequest {
-    file: Option<String>,
-    context: String,
-    opts: arca_runtime::build::builder::BuildOptions,
-    iidfile: Option<PathBuf>,
-}
-
 /// `arca build`: Docker's exit codes (1 for a failed build, with BuildKit's
 /// `ERROR: failed to solve:` line).
-fn build(state: &std::path::Path, req: BuildRequest) -> i32 {
-    use arca_runtime::build::{context::Context, dockerfile};
-    use std::io::Read;
-    let fail = |what: &str| {
-        eprintln!("ERROR: {what}");
-        1
-    };
-    let read_stdin = || {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .take(dockerfile::MAX_DOCKERFILE as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
-            return Err(std::io::Error::other(
-                "a build context as a tar on stdin is not supported by arca build: give a context directory",
-            ));
-        }
-        String::from_utf8(bytes)
-            .map_err(|_| std::io::Error::other("the Dockerfile is not UTF-8 text"))
-    };
-    let (text, context) = if req.context == "-" {
-        if req.file.is_some() {
-            return fail(
-                "unable to prepare context: -f cannot be used with a Dockerfile on stdin (`arca build -`)",
-            );
-        }
-        match read_stdin() {
-            Ok(t) => (t, Context::empty()),
-            Err(e) => return fail(&format!("failed to read stdin: {e}")),
-        }
-    } else {
-        let dir = PathBuf::from(&req.context);
-        if !dir.is_dir() {
-            return fail(&format!(
-                "unable to prepare context: path {:?} not found",
-                req.context
-            ));
-        }
-        let context = match Context::dir(&dir) {
-            Ok(c) => c,
-            Err(e) => return fail(&format!("unable to prepare context: {}", chain(&e))),
-        };
-        let text = match req.file.as_deref() {
-            Some("-") => read_stdin(),
-            // The user's own path.
-            Some(f) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                    .open(f)
-                    .and_then(read_dockerfile)
-            }
-            // The context's, which is not trusted: found inside it (a symlink out of
-            // it leads nowhere), a regular file.
-            None => match context.open_file("Dockerfile") {
-                Ok(Some(f)) => read_dockerfile(f),
-                Ok(None) => Err(std::io::Error::other("not a regular file in the context")),
-                Err(e) => Err(std::io::Error::other(chain(&e))),
-            },
-        };
-        match text {
-            Ok(t) => (t, context),
-            Err(e) => {
-                let name = req.file.clone().unwrap_or_else(|| "Dockerfile".into());
-                return fail(&format!(
-                    "failed to solve: failed to read dockerfile {name}: {e}"
-                ));
-            }
-        }
-    };
-    let df = match dockerfile::parse(&text) {
-        Ok(d) => d,
-        Err(e) => return fail(&format!("failed to solve: {e}")),
-    };
-    match arca_runtime::build::builder::build(state, &df, &context, &req.opts) {
+fn build(
+    state: &std::path::Path,
+    req: arca_runtime::build::builder::BuildRequest,
+    iidfile: Option<PathBuf>,
+) -> i32 {
+    match arca_runtime::build::builder::build_request(state, &req) {
         Ok(built) => {
-            if let Some(path) = &req.iidfile
+            if let Some(path) = &iidfile
                 && let Err(e) = std::fs::write(path, format!("sha256:{}", built.id))
             {
-                return fail(&format!(
-                    "cannot write the image ID to {}: {e}",
+                eprintln!(
+                    "ERROR: cannot write the image ID to {}: {e}",
                     path.display()
-                ));
+                );
+                return 1;
             }
             if req.opts.quiet {
                 println!("sha256:{}", built.id);
             }
             0
         }
-        Err(e @ arca_runtime::build::builder::BuildError::Interrupted) => {
-            fail(&format!("failed to solve: {e}"));
-            130
+        Err(f) => {
+            eprintln!("ERROR: {}", f.message);
+            f.code
         }
-        Err(e) => fail(&format!("failed to solve: {}", chain(&e))),
     }
-}
-
-/// A Dockerfile's text: a regular file (not a FIFO or a device that would hang or
-/// never end), at most `MAX_DOCKERFILE` bytes, UTF-8.
-fn read_dockerfile(f: std::fs::File) -> std::io::Result<String> {
-    use std::io::Read;
-    let max = arca_runtime::build::dockerfile::MAX_DOCKERFILE;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    f.take(max as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > max {
-        return Err(std::io::Error::other(format!(
-            "larger than {} MiB",
-            max >> 20
-        )));
-    }
-    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -1727,6 +1727,139 @@ impl Drop for Lines {
     }
 }
 
+/// What `arca build` (and `arca compose build`) asks for: a Dockerfile (`-f`, a path of
+/// the user's, `-`: stdin; the context's `Dockerfile` when absent), a context (a
+/// directory, or `-`: a Dockerfile on stdin and no context) and the options.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// `-f`.
+    pub file: Option<String>,
+    /// The context argument.
+    pub context: String,
+    /// The options.
+    pub opts: BuildOptions,
+}
+
+/// Why a build failed: BuildKit's words (after `ERROR: `) and Docker's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    /// The message.
+    pub message: String,
+    /// 1, or 130 when interrupted.
+    pub code: i32,
+}
+
+/// Reads the request's Dockerfile and context and builds: Docker's exit codes (1 for a
+/// failed build, with BuildKit's `failed to solve:` words).
+pub fn build_request(state: &Path, req: &BuildRequest) -> Result<Built, BuildFailure> {
+    let fail = |what: &str| {
+        Err(BuildFailure {
+            message: what.to_string(),
+            code: 1,
+        })
+    };
+    let read_stdin = || {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .take(dockerfile::MAX_DOCKERFILE as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
+            return Err(std::io::Error::other(
+                "a build context as a tar on stdin is not supported by arca build: give a context directory",
+            ));
+        }
+        String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::other("the Dockerfile is not UTF-8 text"))
+    };
+    let (text, context) = if req.context == "-" {
+        if req.file.is_some() {
+            return fail(
+                "unable to prepare context: -f cannot be used with a Dockerfile on stdin (`arca build -`)",
+            );
+        }
+        match read_stdin() {
+            Ok(t) => (t, Context::empty()),
+            Err(e) => return fail(&format!("failed to read stdin: {e}")),
+        }
+    } else {
+        let dir = PathBuf::from(&req.context);
+        if !dir.is_dir() {
+            return fail(&format!(
+                "unable to prepare context: path {:?} not found",
+                req.context
+            ));
+        }
+        let context = match Context::dir(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(&format!(
+                    "unable to prepare context: {}",
+                    crate::error_chain(&e)
+                ));
+            }
+        };
+        let text = match req.file.as_deref() {
+            Some("-") => read_stdin(),
+            // The user's own path.
+            Some(f) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(f)
+                    .and_then(read_dockerfile)
+            }
+            // The context's, which is not trusted: found inside it (a symlink out of
+            // it leads nowhere), a regular file.
+            None => match context.open_file("Dockerfile") {
+                Ok(Some(f)) => read_dockerfile(f),
+                Ok(None) => Err(std::io::Error::other("not a regular file in the context")),
+                Err(e) => Err(std::io::Error::other(crate::error_chain(&e))),
+            },
+        };
+        match text {
+            Ok(t) => (t, context),
+            Err(e) => {
+                let name = req.file.clone().unwrap_or_else(|| "Dockerfile".into());
+                return fail(&format!(
+                    "failed to solve: failed to read dockerfile {name}: {e}"
+                ));
+            }
+        }
+    };
+    let df = match dockerfile::parse(&text) {
+        Ok(d) => d,
+        Err(e) => return fail(&format!("failed to solve: {e}")),
+    };
+    match build(state, &df, &context, &req.opts) {
+        Ok(built) => Ok(built),
+        Err(e @ BuildError::Interrupted) => Err(BuildFailure {
+            message: format!("failed to solve: {e}"),
+            code: 130,
+        }),
+        Err(e) => fail(&format!("failed to solve: {}", crate::error_chain(&e))),
+    }
+}
+
+/// A Dockerfile's text: a regular file (not a FIFO or a device that would hang or
+/// never end), at most `MAX_DOCKERFILE` bytes, UTF-8.
+pub fn read_dockerfile(f: std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
+    let max = super::dockerfile::MAX_DOCKERFILE;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            max >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

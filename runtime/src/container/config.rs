@@ -16,7 +16,7 @@ use crate::logs::LogOptions;
 use crate::ports::PortMapping;
 
 /// What `arca run` was asked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunOptions {
     /// Image reference.
     pub image: String,

@@ -49,10 +49,11 @@ pub enum RecordError {
 }
 
 /// Where the container runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
-    /// Its own KVM microVM.
+    /// Its own KVM microVM (the default).
+    #[default]
     Vm,
     /// Namespaces and cgroups on this host.
     Process,
