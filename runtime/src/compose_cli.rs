@@ -134,6 +134,12 @@ enum ComposeCmd {
         /// Give extended privileges to the process.
         #[arg(long)]
         privileged: bool,
+        /// Keep stdin open (Compose's default: accepted, always on).
+        #[arg(short = 'i', long = "interactive", hide = true)]
+        _interactive: bool,
+        /// Allocate a pseudo-TTY (Compose's default: accepted; -T turns it off).
+        #[arg(short = 't', long = "tty", hide = true)]
+        _tty: bool,
         /// Index of the container if service has multiple replicas.
         #[arg(long, default_value_t = 1)]
         index: u32,
@@ -175,6 +181,12 @@ enum ComposeCmd {
         /// Run command with all service's ports enabled and mapped to the host.
         #[arg(long)]
         service_ports: bool,
+        /// Keep stdin open (Compose's default: accepted, always on).
+        #[arg(short = 'i', long = "interactive", hide = true)]
+        _interactive: bool,
+        /// Allocate a pseudo-TTY (Compose's default: accepted; -T turns it off).
+        #[arg(short = 't', long = "tty", hide = true)]
+        _tty: bool,
         /// Publish a container's port(s) to the host.
         #[arg(short, long)]
         publish: Vec<String>,
@@ -404,8 +416,9 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             index,
             service,
             command,
+            ..
         } => {
-            let tty = !no_tty && !detach && rustix::termios::isatty(std::io::stdin());
+            let tty = !no_tty && !detach && terminals();
             let process = arca_protocol::ProcessSpec {
                 args: command,
                 env,
@@ -434,6 +447,7 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             volume,
             service,
             command,
+            ..
         } => {
             let mut ports = Vec::new();
             for spec in &publish {
@@ -446,7 +460,7 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
                         .map_err(|e| ComposeError::Invalid(e.to_string()))?,
                 );
             }
-            let tty = !no_tty && !detach && rustix::termios::isatty(std::io::stdin());
+            let tty = !no_tty && !detach && terminals();
             ops::run(
                 state,
                 p,
@@ -504,4 +518,10 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             Ok(0)
         }
     }
+}
+
+/// Whether stdin and stdout are terminals (a `run` or `exec` then gets one, as
+/// Compose's, unless `-T`; output to a file or pipe never passes through one).
+fn terminals() -> bool {
+    rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout())
 }

@@ -42,6 +42,9 @@ const RESCAN: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(30);
 /// How long a container's start waits for the resolver to serve.
 const START_WAIT: Duration = Duration::from_secs(10);
+/// How often a running container's monitor checks that its network's resolver is
+/// there ([`Watch`]).
+const WATCH: Duration = Duration::from_secs(2);
 
 /// Errors of the resolver process.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,63 @@ pub fn ensure(state: &Path, net: &Network) -> bool {
             return unavailable(&net.name, "it did not come up within 10 s");
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Keeps a network's resolver serving while a container on it runs: a thread of the
+/// container's monitor that looks every [`WATCH`] whether a resolver holds the
+/// network's `dns.lock`, and starts one ([`ensure`]) when none does (it was killed, or
+/// crashed; one never ends on its own while the network has containers). Stopped when
+/// dropped.
+#[derive(Debug)]
+pub struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts watching `net`'s resolver; `None` if no thread could be made.
+    pub fn start(state: &Path, net: &Network) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, state, net) = (stop.clone(), state.to_path_buf(), net.clone());
+        let thread = std::thread::Builder::new()
+            .name("dns-watch".into())
+            .spawn(move || {
+                let lock = network::dir(&state, &net.name).join("dns.lock");
+                loop {
+                    let deadline = Instant::now() + WATCH;
+                    while Instant::now() < deadline {
+                        if seen.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    // Taken here for a moment only when no resolver holds it.
+                    let none = crate::state::lock_file(
+                        &lock,
+                        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                    )
+                    .is_ok();
+                    if none && !seen.load(Ordering::SeqCst) {
+                        ensure(&state, &net);
+                    }
+                }
+            })
+            .ok()?;
+        Some(Watch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

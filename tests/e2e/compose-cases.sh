@@ -95,10 +95,10 @@ hi" $? "$out"
 out=$(arca compose exec -T web sh -c 'exit 3'); check exec-exit-code 3 "" $? "$out"
 out=$(arca inspect -f '{{index .Config.Labels "com.docker.compose.project"}} {{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "com.docker.compose.oneoff"}}' demo-web-1); check labels 0 "demo web False" $? "$out"
 n=$(arca ps -aq | wc -l)
-out=$(arca compose run --rm --no-deps client sh -c 'echo one-off; nslookup web >/dev/null && echo resolves'; arca ps -aq | wc -l); check run-rm 0 "one-off
+out=$(arca compose run --rm -T --no-deps client sh -c 'echo one-off; nslookup web >/dev/null && echo resolves'; arca ps -aq | wc -l); check run-rm 0 "one-off
 resolves
 $n" $? "$out"
-out=$(arca compose run --rm --no-deps client sh -c 'exit 4'); check run-exit-code 4 "" $? "$out"
+out=$(arca compose run --rm -T --no-deps client sh -c 'exit 4'); check run-exit-code 4 "" $? "$out"
 out=$(arca compose stop client 2>/dev/null; arca compose ps --services; arca compose start client 2>/dev/null; arca compose ps --services | wc -l); check stop-start 0 "web
 2" $? "$out"
 # A second file merged over the first changes the client: only it is made again.
@@ -143,6 +143,22 @@ out=$(arca compose -p fg up 2>/dev/null | sed 's/  *|/ |/'); check up-foreground
 fg-once-1 | said-once
 fg-once-1 exited with code 0" $? "$out"
 arca compose -p fg down >/dev/null 2>&1
+# A service built from a context (a build argument, the image named PROJECT-SERVICE),
+# built by `run` because it is missing.
+mkdir -p "$proj/b/app" && cd "$proj/b" || exit 1
+printf 'FROM busybox\nARG WORD=none\nRUN echo "built-$WORD" >/built\nCMD ["cat", "/built"]\n' >app/Dockerfile
+cat >compose.yaml <<'YAML'
+x-arca: {isolation: "${ISO}"}
+services:
+  app:
+    build: {context: ./app, args: {WORD: ok}}
+    network_mode: none
+YAML
+out=$(arca compose -p bld run --rm -T app 2>/dev/null; arca images --format '{{.Repository}}' | grep -c '^bld-app$')
+check build-context 0 "built-ok
+1" $? "$out"
+arca compose -p bld down >/dev/null 2>&1; arca rmi bld-app >/dev/null 2>&1
+cd "$proj/fail" || exit 1
 # Bad input: named, exit 1, nothing made.
 out=$(arca compose up -d nosuch 2>&1); check unknown-service 1 "no such service: nosuch" $? "$out"
 printf 'services:\n  a:\n    image: busybox\n    secrets: [s]\n' >compose.yaml

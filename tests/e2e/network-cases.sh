@@ -150,6 +150,14 @@ out=$(grep -E '^(Uid|CapEff|Seccomp|NoNewPrivs):' "/proc/$pid/status" | tr -s '\
 CapEff: 0000000000000000
 NoNewPrivs: 1
 Seccomp: 2" $? "$out"
+# A resolver killed (both processes) while containers run is started again by their
+# monitors within seconds.
+kill -9 "$(cat "${ARCA_STATE_DIR:-/var/lib/arca}/networks/testnet/dns.ready" 2>/dev/null)" "$pid" 2>/dev/null
+t0=$(date +%s); out=""
+while [ -z "$out" ] && [ $(( $(date +%s) - t0 )) -lt 30 ]; do
+  out=$(arca exec cl nslookup filler 2>/dev/null | sed -n 's/^Address: \([0-9.]*\)$/\1/p' | head -n 1); sleep 0.2
+done
+check dns-resolver-killed-comes-back 0 "$lateip" 0 "$out"
 out=$(run --network-alias x busybox true 2>&1; echo "rc=$?"); check network-alias-default-refused 0 "arca: network-scoped alias is supported only for containers in user defined networks
 rc=125" $? "$out"
 arca rm -f upstream cl filler >/dev/null

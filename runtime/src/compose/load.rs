@@ -60,7 +60,13 @@ pub struct Loaded {
 /// Reads the project `opts` names; `cwd` is where default files are looked for.
 pub fn load(opts: &LoadOptions, cwd: &Path) -> Result<Loaded, ComposeError> {
     let files = if opts.files.is_empty() {
-        default_files(cwd)?
+        // Looked for in the project directory when one is given, as Compose.
+        default_files(
+            &opts
+                .project_dir
+                .as_ref()
+                .map_or(cwd.to_path_buf(), |d| absolute(cwd, d)),
+        )?
     } else {
         opts.files
             .iter()
@@ -225,6 +231,12 @@ fn read_stdin() -> Result<String, ComposeError> {
             what: "read the Compose file from stdin".into(),
             source,
         })?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(ComposeError::Invalid(format!(
+            "the Compose file on stdin is larger than {} MiB",
+            MAX_FILE >> 20
+        )));
+    }
     Ok(text)
 }
 

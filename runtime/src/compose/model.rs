@@ -166,6 +166,9 @@ pub enum Condition {
     Healthy,
     /// It exited with 0.
     CompletedSuccessfully,
+    /// It runs (`up --wait` for a service without a health check; fails when it
+    /// exited).
+    Running,
 }
 
 /// One `depends_on` entry.
@@ -354,7 +357,12 @@ impl Project {
                 return Err(ComposeError::NoService(name.to_string()));
             };
             stack.push(name.to_string());
-            for dep in s.depends_on.keys() {
+            let from = s
+                .run
+                .volumes_from
+                .iter()
+                .filter_map(|f| f.split(':').next());
+            for dep in s.depends_on.keys().map(String::as_str).chain(from) {
                 if p.services.contains_key(dep) {
                     visit(p, dep, stack, out)?;
                 }
@@ -391,11 +399,31 @@ impl Project {
         let mut o = service.run.clone();
         o.name = Some(name.to_string());
         o.detach = true;
+        // `volumes_from: [service[:ro]]` names the service's container.
+        o.volumes_from = o
+            .volumes_from
+            .iter()
+            .map(|f| {
+                let (svc, mode) = f
+                    .split_once(':')
+                    .map_or((f.as_str(), None), |(a, b)| (a, Some(b)));
+                let c = self
+                    .services
+                    .get(svc)
+                    .map_or_else(|| svc.to_string(), |s| self.container_name(s, 1));
+                mode.map_or(c.clone(), |m| format!("{c}:{m}"))
+            })
+            .collect();
         match &service.network {
             ServiceNetwork::Project { key, aliases } => {
                 o.network = self.networks.get(key).map(|n| n.name.clone());
-                let mut all = vec![service.name.clone()];
-                all.extend(aliases.iter().cloned());
+                // One-off containers answer to their own name only (Compose gives them
+                // the service's with `--use-aliases`).
+                let mut all = Vec::new();
+                if !oneoff {
+                    all.push(service.name.clone());
+                    all.extend(aliases.iter().cloned());
+                }
                 all.retain(|a| a != name);
                 all.dedup();
                 o.network_aliases = all;
@@ -428,6 +456,7 @@ impl Project {
                             Condition::Started => "service_started",
                             Condition::Healthy => "service_healthy",
                             Condition::CompletedSuccessfully => "service_completed_successfully",
+                            Condition::Running => "service_started",
                         };
                         format!("{d}:{c}:false")
                     })

@@ -128,14 +128,20 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
         let s = &p.services[name];
         if !o.no_deps {
             for (dep, d) in &s.depends_on {
-                if p.services.contains_key(dep) {
-                    wait_ready(
+                if p.services.contains_key(dep)
+                    && let Err(e) = wait_ready(
                         state,
                         p,
                         &p.services[dep],
                         d.condition,
                         interrupt.as_deref(),
-                    )?;
+                    )
+                {
+                    // A foreground `up` stopped by Ctrl-C stops what it started.
+                    if !o.detach && interrupt.as_deref().is_some_and(Interrupt::interrupted) {
+                        stop_all(state, p, &order, o.timeout)?;
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -146,15 +152,13 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
         if o.wait {
             for name in &order {
                 let s = &p.services[name];
-                let c = if s
-                    .run
-                    .healthcheck
-                    .as_ref()
-                    .is_some_and(|h| h.test.first().is_some_and(|t| t != "NONE"))
-                {
+                // Healthy when it has a check (its own or its image's), else running.
+                let cname = p.container_name(s, 1);
+                let checked = find(state, &cname)?.is_some_and(|r| r.health.is_some());
+                let c = if checked {
                     Condition::Healthy
                 } else {
-                    Condition::Started
+                    Condition::Running
                 };
                 wait_ready(state, p, s, c, interrupt.as_deref())?;
             }
@@ -190,7 +194,7 @@ fn orphans(state: &Path, p: &Project, remove: bool) -> Result<(), ComposeError> 
     }
     if remove {
         for m in orphans {
-            remove_container(state, &m.record.name, None)?;
+            remove_container(state, &m.record.name, None, false)?;
         }
     } else {
         let names: Vec<&str> = orphans.iter().map(|m| m.record.name.as_str()).collect();
@@ -250,9 +254,14 @@ fn ensure_volumes(state: &Path, p: &Project) -> Result<(), ComposeError> {
         labels.insert(PROJECT_LABEL.into(), p.name.clone());
         labels.insert("com.docker.compose.volume".into(), key.clone());
         let lock = volume::lock(state)?;
-        let (_, made) = volume::ensure(state, &lock, &def.name, labels, false)?;
+        let (v, made) = volume::ensure(state, &lock, &def.name, labels, false)?;
         if made {
             say("Volume", &def.name, "Created");
+        } else if v.labels.get(PROJECT_LABEL) != Some(&p.name) {
+            eprintln!(
+                "WARN[0000] volume \"{}\" already exists but was not created by Docker Compose. Use `external: true` to use an existing volume",
+                def.name
+            );
         }
     }
     Ok(())
@@ -325,7 +334,7 @@ fn converge(
     rebuilt: bool,
 ) -> Result<String, ComposeError> {
     let name = p.container_name(s, 1);
-    let opts = p.run_options(s, &name, 1, false);
+    let mut opts = p.run_options(s, &name, 1, false);
     if let Some(existing) = find(state, &name)? {
         if existing.labels.get(PROJECT_LABEL) != Some(&p.name) {
             return Err(ComposeError::Invalid(format!(
@@ -334,7 +343,14 @@ fn converge(
                 p.name
             )));
         }
-        let changed = existing.labels.get(HASH_LABEL) != opts.labels.get(HASH_LABEL) || rebuilt;
+        // Its image changed (pulled or built again under the same name).
+        let image_moved = Store::open(state)
+            .ok()
+            .and_then(|st| st.resolve(&s.image).ok())
+            .is_some_and(|i| i.id != existing.image_id);
+        let changed = existing.labels.get(HASH_LABEL) != opts.labels.get(HASH_LABEL)
+            || rebuilt
+            || image_moved;
         if !(o.force_recreate || changed && !o.no_recreate) {
             if matches!(
                 existing.status,
@@ -348,8 +364,31 @@ fn converge(
             return Ok(name);
         }
         say("Container", &name, "Recreate");
-        remove_container(state, &name, o.timeout.or(s.run.stop_timeout))?;
+        // The new container takes over the old one's anonymous volumes, as Compose's,
+        // and is made (under a temporary name) before the old one goes: a new one that
+        // cannot be made leaves the old one as it was.
+        for m in existing.mounts.iter().filter(|m| m.anonymous) {
+            if let Some(vol) = &m.name
+                && !opts.mounts.iter().any(|r| r.target == m.destination)
+            {
+                opts.mounts.push(crate::storage::MountRequest {
+                    target: m.destination.clone(),
+                    kind: crate::storage::RequestKind::Volume {
+                        name: Some(vol.clone()),
+                        nocopy: true,
+                    },
+                    readonly: !m.rw,
+                });
+            }
+        }
+        let temporary = format!("{}_{name}", names::short(&existing.id));
+        opts.name = Some(temporary.clone());
         crate::run::create(state, &opts)?;
+        if let Err(e) = remove_container(state, &name, o.timeout.or(s.run.stop_timeout), false) {
+            let _ = lifecycle::rm(state, &temporary, true);
+            return Err(e);
+        }
+        lifecycle::rename(state, &temporary, &name)?;
         say("Container", &name, "Recreated");
     } else {
         crate::run::create(state, &opts)?;
@@ -360,16 +399,23 @@ fn converge(
     Ok(name)
 }
 
-/// Stops (SIGTERM, then SIGKILL after the grace) and removes a container, with its
-/// anonymous volumes.
-fn remove_container(state: &Path, name: &str, grace: Option<u64>) -> Result<(), ComposeError> {
+/// Stops (SIGTERM, then SIGKILL after the grace) and removes a container; with
+/// `anonymous` its anonymous volumes too (`down -v`).
+fn remove_container(
+    state: &Path,
+    name: &str,
+    grace: Option<u64>,
+    anonymous: bool,
+) -> Result<(), ComposeError> {
     if find(state, name)?.is_some_and(|r| r.status != Status::Exited && r.status != Status::Created)
     {
         lifecycle::stop(state, name, grace.map(Duration::from_secs))?;
         say("Container", name, "Stopped");
     }
     let removed = lifecycle::rm(state, name, true)?;
-    volume::remove_anonymous(state, &volume::anonymous_of(&removed.mounts));
+    if anonymous {
+        volume::remove_anonymous(state, &volume::anonymous_of(&removed.mounts));
+    }
     say("Container", name, "Removed");
     Ok(())
 }
@@ -393,9 +439,20 @@ fn wait_ready(
                 "dependency failed to start: container {name} not found"
             ))
         })?;
-        let running = matches!(r.status, Status::Running | Status::Starting);
+        let running = r.status == Status::Running;
+        // Exited, or exited and about to restart by its policy: not coming up now.
+        let down = r.status == Status::Exited
+            || r.status == Status::Restarting && r.exit_code.is_some_and(|c| c != 0);
         match c {
             Condition::Started => return Ok(()),
+            Condition::Running if running => return Ok(()),
+            Condition::Running if down => {
+                return Err(ComposeError::Dependency(format!(
+                    "container {name} exited ({})",
+                    r.exit_code.unwrap_or(-1)
+                )));
+            }
+            Condition::Running => {}
             Condition::Healthy => match r.health {
                 Some(HealthStatus::Healthy) if running => {
                     say("Container", &name, "Healthy");
@@ -406,12 +463,12 @@ fn wait_ready(
                         "dependency failed to start: container {name} is unhealthy"
                     )));
                 }
-                None if running && r.status == Status::Running => {
+                None if running => {
                     return Err(ComposeError::Dependency(format!(
                         "dependency failed to start: container {name} has no healthcheck configured"
                     )));
                 }
-                _ if r.status == Status::Exited => {
+                _ if down => {
                     return Err(ComposeError::Dependency(format!(
                         "dependency failed to start: container {name} exited ({})",
                         r.exit_code.unwrap_or(-1)
@@ -420,6 +477,13 @@ fn wait_ready(
                 _ => {}
             },
             Condition::CompletedSuccessfully => {
+                if r.status == Status::Restarting && down {
+                    return Err(ComposeError::Dependency(format!(
+                        "service {:?} didn't complete successfully: exit {}",
+                        s.name,
+                        r.exit_code.unwrap_or(-1)
+                    )));
+                }
                 if r.status == Status::Exited {
                     let code = r.exit_code.unwrap_or(-1);
                     if code != 0 {
@@ -516,7 +580,7 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
         let grace = o
             .timeout
             .or_else(|| p.services.get(&m.service).and_then(|s| s.run.stop_timeout));
-        if let Err(e) = remove_container(state, &m.record.name, grace) {
+        if let Err(e) = remove_container(state, &m.record.name, grace, o.volumes) {
             eprintln!("arca compose: {}", crate::error_chain(&e));
             failed.get_or_insert(e);
         }
@@ -533,7 +597,12 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
         }
     }
     if o.volumes {
-        for def in p.volumes.values().filter(|v| !v.external) {
+        // Only volumes this project made (a volume of the same name made otherwise
+        // stays, as it would were it external).
+        let ours = |name: &str| {
+            volume::get(state, name).is_ok_and(|v| v.labels.get(PROJECT_LABEL) == Some(&p.name))
+        };
+        for def in p.volumes.values().filter(|v| !v.external && ours(&v.name)) {
             match volume::remove(state, &def.name) {
                 Ok(()) => say("Volume", &def.name, "Removed"),
                 Err(volume::VolumeError::NotFound(_)) => {}
@@ -832,13 +901,15 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
         .services
         .get(service)
         .ok_or_else(|| ComposeError::NoService(service.to_string()))?;
-    if !o.no_deps && !s.depends_on.is_empty() {
-        let deps: Vec<String> = s
-            .depends_on
-            .keys()
-            .filter(|d| p.services.contains_key(*d))
-            .cloned()
-            .collect();
+    ensure_networks(state, p, &[service.to_string()])?;
+    ensure_volumes(state, p)?;
+    let deps: Vec<String> = s
+        .depends_on
+        .keys()
+        .filter(|d| p.services.contains_key(*d))
+        .cloned()
+        .collect();
+    if !o.no_deps && !deps.is_empty() {
         up(
             state,
             p,
@@ -854,9 +925,6 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
                 wait_ready(state, p, ds, d.condition, interrupt.as_deref())?;
             }
         }
-    } else {
-        ensure_networks(state, p, &[service.to_string()])?;
-        ensure_volumes(state, p)?;
     }
     ensure_images(state, p, &[service.to_string()], false, false)?;
     let name = o
@@ -866,9 +934,8 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
     let mut opts = p.run_options(s, &name, 1, true);
     opts.detach = o.detach;
     opts.rm = o.rm;
-    if o.rm {
-        opts.restart = Default::default();
-    }
+    // A one-off command runs once, whatever the service's policy (as Compose's).
+    opts.restart = Default::default();
     opts.tty = o.tty;
     opts.interactive = o.interactive;
     if !o.command.is_empty() {
@@ -971,8 +1038,8 @@ pub fn build(
     Ok(())
 }
 
-/// `compose pull [SERVICE...]`: the images of services without `build` (or whose
-/// pull policy is not `build`).
+/// `compose pull [SERVICE...]`: the images of services without `build` (whose images
+/// `build` and `up` make).
 pub fn pull(
     state: &Path,
     p: &Project,
@@ -983,7 +1050,8 @@ pub fn pull(
     let mut done: BTreeMap<String, ()> = BTreeMap::new();
     for name in selected(p, services)? {
         let s = &p.services[&name];
-        if s.build.is_some() && store.resolve(&s.image).is_err() || s.pull_policy == "build" {
+        // Built here, not pulled (as `compose pull --ignore-buildable`).
+        if s.build.is_some() || s.pull_policy == "build" {
             continue;
         }
         if done.insert(s.image.clone(), ()).is_some() {

@@ -22,6 +22,9 @@ pub struct Attachment<'a> {
     ifindex: std::cell::Cell<Option<u32>>,
     /// The sandbox ended cleanly, taking the container's link with it.
     pub(super) ended: std::cell::Cell<bool>,
+    /// Keeps the network's resolver up while the container runs, once its
+    /// `/etc/resolv.conf` names it.
+    dns_watch: std::cell::RefCell<Option<crate::dns::Watch>>,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,7 @@ impl<'a> Attachment<'a> {
                     },
                     ifindex: std::cell::Cell::new(None),
                     ended: std::cell::Cell::new(false),
+                    dns_watch: std::cell::RefCell::new(None),
                 });
             }
         };
@@ -77,6 +81,7 @@ impl<'a> Attachment<'a> {
             choice,
             ifindex: std::cell::Cell::new(None),
             ended: std::cell::Cell::new(false),
+            dns_watch: std::cell::RefCell::new(None),
         })
     }
 
@@ -175,6 +180,7 @@ impl<'a> Attachment<'a> {
             return dns.to_vec();
         }
         if crate::dns::ensure(self.state, net) {
+            *self.dns_watch.borrow_mut() = crate::dns::Watch::start(self.state, net);
             vec![net.gateway]
         } else if dns.is_empty() {
             network::name_servers()
@@ -199,6 +205,9 @@ impl<'a> Attachment<'a> {
 
 impl Drop for Attachment<'_> {
     fn drop(&mut self) {
+        // First: a watch would start the resolver again after the bridge (the last
+        // container gone) took it down.
+        self.dns_watch.borrow_mut().take();
         if let NetChoice::Joined {
             net,
             address,
