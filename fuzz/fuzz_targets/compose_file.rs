@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
         env,
         doc,
         warnings: Vec::new(),
+        profiles: vec!["dev".into()],
+        targeted: Vec::new(),
     };
     if let Ok(p) = Project::from_loaded(loaded) {
         for s in p.services.values() {

@@ -167,9 +167,18 @@ printf 'services:\n  a:\n    image: busybox\n    colour: blue\n    network_mode:
 out=$(arca compose config -q 2>&1); check unknown-key-warns 0 "WARN[0000] services.a.colour is unknown: ignored" $? "$out"
 printf 'services:\n  a:\n    image: "${NOPE:?set NOPE}"\n' >compose.yaml
 out=$(arca compose config 2>&1); check required-variable 1 "services.a.image: required variable NOPE is missing a value: set NOPE" $? "$out"
+# Profiles: a service with some is part of a run only when one is active (--profile,
+# COMPOSE_PROFILES) or it is named; what needs a disabled one is refused by name.
+printf 'services:\n  a:\n    image: busybox\n  dbg:\n    image: busybox\n    profiles: [dev]\n' >compose.yaml
+out=$(arca compose config --services; arca compose --profile dev config --services | wc -l; COMPOSE_PROFILES=dev arca compose config --services | wc -l; arca compose config --profiles)
+check profiles 0 "a
+2
+2
+dev" $? "$out"
+printf 'services:\n  a:\n    image: busybox\n    depends_on: [dbg]\n  dbg:\n    image: busybox\n    profiles: [dev]\n' >compose.yaml
+out=$(arca compose up -d 2>&1); check profile-disabled-dependency 1 'service "dbg" is required by "a" but is disabled. Can be enabled by profiles [dev]' $? "$out"
 empty=$(mktemp -d) && cd "$empty" || exit 1
 out=$(arca compose ps 2>&1 | grep -c 'no configuration file provided'); check no-file 0 1 $? "$out"
-out=$(arca compose --profile x ps 2>&1); check profile-refused 1 "--profile is not supported by arca compose" $? "$out"
 cd / && rm -rf "$proj" "$proj.up" "$proj.down" "$empty"
 out=$(arca ps -aq | wc -l; arca volume ls -q | wc -l; leftovers); check nothing-left 0 "0
 0

@@ -45,6 +45,7 @@ const SERVICE_KEYS: &[&str] = &[
     "platform",
     "ports",
     "privileged",
+    "profiles",
     "pull_policy",
     "read_only",
     "restart",
@@ -103,7 +104,6 @@ const SERVICE_REFUSED: &[&str] = &[
     "pid",
     "post_start",
     "pre_stop",
-    "profiles",
     "provider",
     "runtime",
     "secrets",
@@ -133,6 +133,9 @@ pub struct Project {
     pub warnings: Vec<String>,
     /// The merged document, for `config`.
     pub doc: Value,
+    /// Services whose profiles are not active: not part of this run, but still the
+    /// project's (their containers are no orphans).
+    pub disabled: BTreeMap<String, Vec<String>>,
 }
 
 /// A top-level network.
@@ -265,12 +268,31 @@ impl Project {
             volumes.insert(k.clone(), volume_def(&l.name, &k, &v)?);
         }
         let mut services = BTreeMap::new();
-        let defined = mapping_of(top.get("services"), "services")?;
+        let mut defined = mapping_of(top.get("services"), "services")?;
         if defined.is_empty() {
             return Err(ComposeError::Invalid(
                 "no service defined in the Compose file".into(),
             ));
         }
+        // Profiles: a service that has some is part of this run only when one of them
+        // is active (`*`: all) or it is named on the command line.
+        let mut disabled = BTreeMap::new();
+        let mut enabled = Vec::new();
+        for (name, v) in defined.drain(..) {
+            let profiles = match v.get("profiles") {
+                Some(p) => texts(p, &format!("services.{name}.profiles"))?,
+                None => Vec::new(),
+            };
+            let on = profiles.is_empty()
+                || l.targeted.contains(&name)
+                || l.profiles.iter().any(|a| a == "*" || profiles.contains(a));
+            if on {
+                enabled.push((name, v));
+            } else {
+                disabled.insert(name, profiles);
+            }
+        }
+        let defined = enabled;
         for (name, v) in &defined {
             if !valid_service_name(name) {
                 return Err(ComposeError::Invalid(format!(
@@ -304,6 +326,14 @@ impl Project {
         }
         for (name, s) in &services {
             for dep in s.depends_on.keys() {
+                if let Some(profiles) = disabled.get(dep)
+                    && s.depends_on[dep].required
+                {
+                    return Err(ComposeError::Invalid(format!(
+                        "service {dep:?} is required by {name:?} but is disabled. Can be enabled by profiles [{}]",
+                        profiles.join(", ")
+                    )));
+                }
                 if !services.contains_key(dep) && s.depends_on[dep].required {
                     return Err(ComposeError::Invalid(format!(
                         "service {name:?} depends on undefined service {dep:?}: invalid compose project"
@@ -328,6 +358,7 @@ impl Project {
             volumes,
             warnings,
             doc: l.doc,
+            disabled,
         };
         project.order(&project.services.keys().cloned().collect::<Vec<_>>())?;
         Ok(project)
@@ -1035,6 +1066,8 @@ fn service(
                 o.stop_signal = Some(s);
             }
             "stop_grace_period" => stop_grace_period = Some(duration(val, &p)?),
+            // Read by `Project::from_loaded` (a service here is enabled).
+            "profiles" => {}
             "isolation" => o.isolation = isolation(val, &p)?,
             "container_name" => {
                 let n = text(val, &p)?;
@@ -1650,6 +1683,37 @@ volumes:
         assert_eq!(o.labels["com.docker.compose.project"], "demo");
         assert_eq!(o.labels["com.docker.compose.service"], "web");
         assert_eq!(p.container_name(web, 1), "demo-web-1");
+    }
+
+    #[test]
+    fn profiles_enable_services() {
+        let yaml = "services:\n  app:\n    image: x\n  debug:\n    image: x\n    profiles: [dev]\n";
+        let p = project(yaml).unwrap();
+        assert_eq!(p.services.keys().collect::<Vec<_>>(), ["app"]);
+        assert_eq!(p.disabled["debug"], ["dev"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("compose.yaml"), yaml).unwrap();
+        for (profiles, targeted) in [
+            (vec!["dev"], vec![]),
+            (vec!["*"], vec![]),
+            (vec![], vec!["debug"]),
+        ] {
+            let opts = LoadOptions {
+                project_name: Some("demo".into()),
+                profiles: profiles.iter().map(|s| s.to_string()).collect(),
+                targeted: targeted.iter().map(|s| s.to_string()).collect(),
+                ..LoadOptions::default()
+            };
+            let p = Project::from_loaded(load(&opts, dir.path()).unwrap()).unwrap();
+            assert_eq!(p.services.len(), 2, "{profiles:?} {targeted:?}");
+        }
+        let e = project("services:\n  app:\n    image: x\n    depends_on: [db]\n  db:\n    image: x\n    profiles: [data]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "service \"db\" is required by \"app\" but is disabled. Can be enabled by profiles [data]"
+        );
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
 fn orphans(state: &Path, p: &Project, remove: bool) -> Result<(), ComposeError> {
     let orphans: Vec<Member> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !p.services.contains_key(&m.service))
+        .filter(|m| !p.services.contains_key(&m.service) && !p.disabled.contains_key(&m.service))
         .collect();
     if orphans.is_empty() {
         return Ok(());
@@ -562,7 +562,12 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
     };
     let mut doomed: Vec<&Member> = all
         .iter()
-        .filter(|m| o.remove_orphans || m.oneoff || p.services.contains_key(&m.service))
+        .filter(|m| {
+            o.remove_orphans
+                || m.oneoff
+                || p.services.contains_key(&m.service)
+                || p.disabled.contains_key(&m.service)
+        })
         .collect();
     doomed.sort_by_key(|m| rank(m));
     let kept: Vec<&str> = all
