@@ -117,6 +117,14 @@ check down-leaves-nothing 0 "0
 0
 $before" $rc "$out"
 [ "$rc" = 0 ] || cat "$proj.down"
+# A network of the project's name that the project did not make is used (with Compose's
+# warning) and left by `down`.
+arca network create --label owner=me demo_default >/dev/null
+out=$(arca compose up -d --no-deps client 2>&1 | grep -c 'a network with name demo_default exists but was not created for project "demo"'; arca compose down -v 2>/dev/null; arca network ls -q | grep -c '^demo_default$'; arca network inspect demo_default | grep -c '"owner": "me"')
+check foreign-network-kept 0 "1
+1
+1" $? "$out"
+arca network rm demo_default >/dev/null
 # A job that fails stops `up` before what waits on it, with Compose's words.
 mkdir -p "$proj/fail" && cd "$proj/fail" || exit 1
 cat >compose.yaml <<'YAML'

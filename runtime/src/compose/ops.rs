@@ -220,7 +220,14 @@ fn ensure_networks(state: &Path, p: &Project, order: &[String]) -> Result<(), Co
     for key in keys {
         let def = &p.networks[key];
         match network::get(state, &def.name) {
-            Ok(_) => {}
+            Ok(n) => {
+                if !def.external && n.labels.get(PROJECT_LABEL) != Some(&p.name) {
+                    eprintln!(
+                        "WARN[0000] a network with name {} exists but was not created for project \"{}\".\nSet `external: true` to use an existing network",
+                        def.name, p.name
+                    );
+                }
+            }
             Err(network::NetworkError::NotFound(_)) if def.external => {
                 return Err(ComposeError::Invalid(format!(
                     "network {} declared as external, but could not be found",
@@ -228,7 +235,13 @@ fn ensure_networks(state: &Path, p: &Project, order: &[String]) -> Result<(), Co
                 )));
             }
             Err(network::NetworkError::NotFound(_)) => {
-                network::create(state, &def.name, def.subnet.as_deref())?;
+                let labels = [
+                    (PROJECT_LABEL.to_string(), p.name.clone()),
+                    ("com.docker.compose.network".to_string(), key.to_string()),
+                ]
+                .into_iter()
+                .collect();
+                network::create_labelled(state, &def.name, def.subnet.as_deref(), labels)?;
                 say("Network", &def.name, "Created");
             }
             Err(e) => return Err(e.into()),
@@ -591,7 +604,12 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
         }
     }
     network::reconcile(state);
-    for def in p.networks.values().filter(|n| !n.external) {
+    // Only networks this project made (one of the same name made otherwise, or by
+    // another project, stays).
+    let ours = |name: &str| {
+        network::get(state, name).is_ok_and(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
+    };
+    for def in p.networks.values().filter(|n| !n.external && ours(&n.name)) {
         match network::remove(state, &def.name) {
             Ok(()) => say("Network", &def.name, "Removed"),
             Err(network::NetworkError::NotFound(_)) => {}
