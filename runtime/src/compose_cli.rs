@@ -63,6 +63,10 @@ enum ComposeCmd {
         /// Shutdown timeout in seconds.
         #[arg(short, long)]
         timeout: Option<u64>,
+        /// Scale SERVICE to NUM instances (SERVICE=NUM; overrides `scale` and
+        /// `deploy.replicas`).
+        #[arg(long)]
+        scale: Vec<String>,
         /// Services.
         services: Vec<String>,
     },
@@ -304,7 +308,29 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
         profiles: a.profile,
         targeted,
     };
-    let project = Project::from_loaded(load(&opts, &cwd)?)?;
+    let mut project = Project::from_loaded(load(&opts, &cwd)?)?;
+    if let ComposeCmd::Up { scale, .. } = &a.command {
+        for spec in scale {
+            let (svc, n) = spec.split_once('=').ok_or_else(|| {
+                ComposeError::Invalid(format!("invalid --scale {spec:?}: use SERVICE=NUM"))
+            })?;
+            let n: u32 = n.parse().ok().filter(|n| *n <= 100).ok_or_else(|| {
+                ComposeError::Invalid(format!(
+                    "invalid --scale {spec:?}: NUM is a count from 0 to 100"
+                ))
+            })?;
+            let s = project
+                .services
+                .get_mut(svc)
+                .ok_or_else(|| ComposeError::NoService(svc.to_string()))?;
+            if s.container_name.is_some() && n > 1 {
+                return Err(ComposeError::Invalid(format!(
+                    "service {svc:?} has a container_name: it cannot be scaled to {n}"
+                )));
+            }
+            s.replicas = n;
+        }
+    }
     for w in &project.warnings {
         eprintln!("WARN[0000] {w}");
     }
@@ -321,6 +347,7 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             wait,
             timeout,
             services,
+            ..
         } => {
             if build && no_build {
                 return Err(ComposeError::Invalid(

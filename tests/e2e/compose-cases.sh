@@ -125,6 +125,28 @@ check foreign-network-kept 0 "1
 1
 1" $? "$out"
 arca network rm demo_default >/dev/null
+# Replicas: deploy.replicas containers numbered from 1, all answering to the service's
+# name; up --scale changes the count (the highest numbers go).
+mkdir -p "$proj/sc" && cd "$proj/sc" || exit 1
+cat >compose.yaml <<'YAML'
+x-arca: {isolation: "${ISO}"}
+services:
+  w:
+    image: busybox
+    command: sleep 1000
+    stop_signal: KILL
+    deploy: {replicas: 2}
+YAML
+arca compose -p sc up -d >/dev/null 2>&1
+out=$(arca compose -p sc ps | awk 'NR > 1 {print $1}'; arca compose -p sc run --rm -T w nslookup w | grep -c '^Address: 10\.')
+check replicas 0 "sc-w-1
+sc-w-2
+2" $? "$out"
+out=$(arca compose -p sc up -d --scale w=1 2>&1 | grep 'sc-w-2  Removed'; arca compose -p sc ps -q | wc -l)
+check scale-down 0 " Container sc-w-2  Removed
+1" $? "$out"
+arca compose -p sc down >/dev/null 2>&1
+cd "$proj" || exit 1
 # A job that fails stops `up` before what waits on it, with Compose's words.
 mkdir -p "$proj/fail" && cd "$proj/fail" || exit 1
 cat >compose.yaml <<'YAML'

@@ -216,6 +216,9 @@ pub struct Service {
     pub network: ServiceNetwork,
     /// `stop_grace_period`.
     pub stop_grace_period: Option<Duration>,
+    /// `scale` or `deploy.replicas` (`up --scale` changes it): its containers,
+    /// numbered from 1.
+    pub replicas: u32,
     /// Everything else, as `run` takes it (name, labels, network and its aliases are
     /// set per container by [`Project::run_options`]).
     pub run: RunOptions,
@@ -407,6 +410,13 @@ impl Project {
             visit(self, n, &mut Vec::new(), &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The names of `service`'s containers, one per replica.
+    pub fn container_names(&self, service: &Service) -> Vec<String> {
+        (1..=service.replicas)
+            .map(|n| self.container_name(service, n))
+            .collect()
     }
 
     /// The container name of `service`'s container number `n` (`PROJECT-SERVICE-N`, or
@@ -875,6 +885,7 @@ fn service(
     let mut networks_given = false;
     let mut network_mode = None;
     let mut stop_grace_period = None;
+    let mut replicas = 1;
     let mut entrypoint: Option<Vec<String>> = None;
     let mut command: Option<Vec<String>> = None;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -1057,7 +1068,7 @@ fn service(
                         .map_err(|_| ComposeError::Invalid(format!("{p} must be a number")))?,
                 )
             }
-            "deploy" => deploy(val, &p, &mut o, warnings)?,
+            "deploy" => deploy(val, &p, &mut o, &mut replicas, warnings)?,
             "init" => o.init = boolean(val, &p)?,
             "stop_signal" => {
                 let s = text(val, &p)?;
@@ -1152,13 +1163,7 @@ fn service(
                     pp
                 };
             }
-            "scale" => {
-                if text(val, &p)? != "1" {
-                    return Err(ComposeError::Unsupported(format!(
-                        "{p} other than 1 (one container per service)"
-                    )));
-                }
-            }
+            "scale" => replicas = count(val, &p)?,
             "volumes_from" => {
                 for f in texts(val, &p)? {
                     if f.starts_with("container:") {
@@ -1268,7 +1273,13 @@ fn service(
         "build" => "never".into(),
         p => p.to_string(),
     });
+    if container_name.is_some() && replicas > 1 {
+        return Err(ComposeError::Invalid(format!(
+            "{path}: container_name and {replicas} replicas cannot go together (container names are unique)"
+        )));
+    }
     Ok(Service {
+        replicas,
         name: name.to_string(),
         image,
         build,
@@ -1549,16 +1560,26 @@ fn healthcheck(v: &Value, path: &str) -> Result<HealthConfig, ComposeError> {
     Ok(h)
 }
 
+/// A replica count.
+fn count(v: &Value, path: &str) -> Result<u32, ComposeError> {
+    text(v, path)?
+        .parse()
+        .ok()
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| ComposeError::Invalid(format!("{path} must be a count from 0 to 100")))
+}
+
 fn deploy(
     v: &Value,
     path: &str,
     o: &mut RunOptions,
+    replicas: &mut u32,
     warnings: &mut Vec<String>,
 ) -> Result<(), ComposeError> {
     for (k, val) in mapping_of(Some(v), path)? {
         let p = format!("{path}.{k}");
         match k.as_str() {
-            "replicas" if text(&val, &p)? == "1" => {}
+            "replicas" => *replicas = count(&val, &p)?,
             "resources" => {
                 for (rk, rv) in mapping_of(Some(&val), &p)? {
                     let rp = format!("{p}.{rk}");
@@ -1683,6 +1704,15 @@ volumes:
         assert_eq!(o.labels["com.docker.compose.project"], "demo");
         assert_eq!(o.labels["com.docker.compose.service"], "web");
         assert_eq!(p.container_name(web, 1), "demo-web-1");
+        let s = project("services:\n  w:\n    image: x\n    deploy: {replicas: 3}\n").unwrap();
+        assert_eq!(
+            s.container_names(&s.services["w"]),
+            ["demo-w-1", "demo-w-2", "demo-w-3"]
+        );
+        assert!(
+            project("services:\n  w:\n    image: x\n    scale: 2\n    container_name: c\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -145,22 +145,38 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
                 }
             }
         }
-        let cname = converge(state, p, s, o, built.contains(name))?;
-        names.push(cname);
+        for n in 1..=s.replicas {
+            names.push(converge(state, p, s, n, o, built.contains(name))?);
+        }
+        // Replicas beyond the count go (highest first).
+        let mut extra: Vec<Member> = members(state, &p.name)
+            .into_iter()
+            .filter(|m| m.service == *name && !m.oneoff && number(&m.record) > s.replicas)
+            .collect();
+        extra.sort_by_key(|m| std::cmp::Reverse(number(&m.record)));
+        for m in extra {
+            remove_container(
+                state,
+                &m.record.name,
+                o.timeout.or(s.run.stop_timeout),
+                false,
+            )?;
+        }
     }
     if o.detach {
         if o.wait {
             for name in &order {
                 let s = &p.services[name];
-                // Healthy when it has a check (its own or its image's), else running.
-                let cname = p.container_name(s, 1);
-                let checked = find(state, &cname)?.is_some_and(|r| r.health.is_some());
-                let c = if checked {
-                    Condition::Healthy
-                } else {
-                    Condition::Running
-                };
-                wait_ready(state, p, s, c, interrupt.as_deref())?;
+                for cname in p.container_names(s) {
+                    // Healthy when it has a check (its own or its image's), else running.
+                    let checked = find(state, &cname)?.is_some_and(|r| r.health.is_some());
+                    let c = if checked {
+                        Condition::Healthy
+                    } else {
+                        Condition::Running
+                    };
+                    wait_one(state, s, &cname, c, interrupt.as_deref())?;
+                }
             }
         }
         return Ok(0);
@@ -343,11 +359,12 @@ fn converge(
     state: &Path,
     p: &Project,
     s: &Service,
+    number: u32,
     o: &UpOptions,
     rebuilt: bool,
 ) -> Result<String, ComposeError> {
-    let name = p.container_name(s, 1);
-    let mut opts = p.run_options(s, &name, 1, false);
+    let name = p.container_name(s, number);
+    let mut opts = p.run_options(s, &name, number, false);
     if let Some(existing) = find(state, &name)? {
         if existing.labels.get(PROJECT_LABEL) != Some(&p.name) {
             return Err(ComposeError::Invalid(format!(
@@ -433,7 +450,15 @@ fn remove_container(
     Ok(())
 }
 
-/// Waits until `s`'s container meets `c`.
+/// A container's number among its service's replicas (its label; 1 when absent).
+fn number(r: &ContainerRecord) -> u32 {
+    r.labels
+        .get("com.docker.compose.container-number")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Waits until each of `s`'s containers meets `c`.
 fn wait_ready(
     state: &Path,
     p: &Project,
@@ -441,7 +466,21 @@ fn wait_ready(
     c: Condition,
     interrupt: Option<&Interrupt>,
 ) -> Result<(), ComposeError> {
-    let name = p.container_name(s, 1);
+    for name in p.container_names(s) {
+        wait_one(state, s, &name, c, interrupt)?;
+    }
+    Ok(())
+}
+
+/// Waits until the container `name` of `s` meets `c`.
+fn wait_one(
+    state: &Path,
+    s: &Service,
+    name: &str,
+    c: Condition,
+    interrupt: Option<&Interrupt>,
+) -> Result<(), ComposeError> {
+    let name = name.to_string();
     let mut said = false;
     loop {
         if interrupt.is_some_and(Interrupt::interrupted) {
@@ -527,19 +566,20 @@ fn stop_all(
 ) -> Result<(), ComposeError> {
     for name in order.iter().rev() {
         let s = &p.services[name];
-        let cname = p.container_name(s, 1);
-        if let Some(r) = find(state, &cname)?
-            && matches!(
-                r.status,
-                Status::Running | Status::Starting | Status::Restarting
-            )
-        {
-            lifecycle::stop(
-                state,
-                &cname,
-                timeout.or(s.run.stop_timeout).map(Duration::from_secs),
-            )?;
-            say("Container", &cname, "Stopped");
+        for cname in p.container_names(s).into_iter().rev() {
+            if let Some(r) = find(state, &cname)?
+                && matches!(
+                    r.status,
+                    Status::Running | Status::Starting | Status::Restarting
+                )
+            {
+                lifecycle::stop(
+                    state,
+                    &cname,
+                    timeout.or(s.run.stop_timeout).map(Duration::from_secs),
+                )?;
+                say("Container", &cname, "Stopped");
+            }
         }
     }
     Ok(())
@@ -989,18 +1029,18 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
 pub fn start(state: &Path, p: &Project, services: &[String]) -> Result<(), ComposeError> {
     let order = p.order(&selected(p, services)?)?;
     for name in &order {
-        let cname = p.container_name(&p.services[name], 1);
-        match find(state, &cname)? {
-            Some(_) => {
+        let mut any = false;
+        for cname in p.container_names(&p.services[name]) {
+            if find(state, &cname)?.is_some() {
                 crate::run::start(state, &cname, false)?;
                 say("Container", &cname, "Started");
+                any = true;
             }
-            None if services.contains(name) => {
-                return Err(ComposeError::Invalid(format!(
-                    "service {name:?} has no container to start"
-                )));
-            }
-            None => {}
+        }
+        if !any && services.contains(name) {
+            return Err(ComposeError::Invalid(format!(
+                "service {name:?} has no container to start"
+            )));
         }
     }
     Ok(())
@@ -1034,14 +1074,15 @@ pub fn restart(
         .filter(|s| services.is_empty() || services.contains(s))
     {
         let s = &p.services[name];
-        let cname = p.container_name(s, 1);
-        if find(state, &cname)?.is_some() {
-            crate::run::restart(
-                state,
-                &cname,
-                timeout.or(s.run.stop_timeout).map(Duration::from_secs),
-            )?;
-            say("Container", &cname, "Started");
+        for cname in p.container_names(s) {
+            if find(state, &cname)?.is_some() {
+                crate::run::restart(
+                    state,
+                    &cname,
+                    timeout.or(s.run.stop_timeout).map(Duration::from_secs),
+                )?;
+                say("Container", &cname, "Started");
+            }
         }
     }
     Ok(())
