@@ -1805,6 +1805,86 @@ volumes:
         }
     }
 
+    /// What the `compose_file` fuzz target does, over deterministic mutations of a real
+    /// file, where cargo-fuzz is missing: no panic.
+    #[test]
+    fn mutated_files_never_panic() {
+        use crate::compose::interpolate::{interpolate, parse_dotenv};
+        let env: BTreeMap<String, String> = [("ISO", "process"), ("A", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pieces: [&[u8]; 14] = [
+            b"$",
+            b"${",
+            b"}",
+            b":",
+            b"'",
+            b"\"",
+            b"- ",
+            b"[",
+            b"]",
+            b"\n  ",
+            b"\xe2\x82\xac",
+            b"&a",
+            b"*a",
+            b"<<: ",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        for _ in 0..3000 {
+            let mut bytes = THREE.as_bytes().to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(bytes.len());
+                match next(3) {
+                    0 => {
+                        bytes.remove(at);
+                    }
+                    1 => {
+                        let piece = pieces[next(pieces.len())];
+                        bytes.splice(at..at, piece.iter().copied());
+                    }
+                    _ => {
+                        let set = b" -:${}'\"[]\n";
+                        bytes[at] = set[next(set.len())];
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
+            let _ = parse_dotenv(&text);
+            let lookup = |n: &str| env.get(n).cloned();
+            let _ = interpolate(&text, &lookup, &mut Vec::new());
+            let Ok(doc) = serde_norway::from_str::<Value>(&text) else {
+                continue;
+            };
+            let loaded = Loaded {
+                name: "m".into(),
+                dir: "/nonexistent-arca-test".into(),
+                files: Vec::new(),
+                env: env.clone(),
+                doc,
+                warnings: Vec::new(),
+                profiles: Vec::new(),
+                targeted: Vec::new(),
+            };
+            if let Ok(p) = Project::from_loaded(loaded) {
+                for s in p.services.values() {
+                    for (n, name) in p.container_names(s).iter().enumerate() {
+                        let _ = p.run_options(s, name, n as u32 + 1, false);
+                    }
+                }
+                let _ = p.order(&p.services.keys().cloned().collect::<Vec<_>>());
+            }
+        }
+    }
+
     #[test]
     fn words_split_like_a_shell_without_one() {
         assert_eq!(
