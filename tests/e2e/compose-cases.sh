@@ -117,13 +117,18 @@ check down-leaves-nothing 0 "0
 0
 $before" $rc "$out"
 [ "$rc" = 0 ] || cat "$proj.down"
-# A network of the project's name that the project did not make is used (with Compose's
-# warning) and left by `down`.
+# A network of the project's name that Compose did not make is refused by `up` (with
+# Compose's warning and error: declare it external to use it) and left by `down`.
 arca network create --label owner=me demo_default >/dev/null
-out=$(arca compose up -d --no-deps client 2>&1 | grep -c 'a network with name demo_default exists but was not created for project "demo"'; arca compose down -v 2>/dev/null; arca network ls -q | grep -c '^demo_default$'; arca network inspect demo_default | grep -c '"owner": "me"')
-check foreign-network-kept 0 "1
+msg=$(arca compose up -d --no-deps client 2>&1); rc=$?
+out=$(echo "$msg" | grep -c 'a network with name demo_default exists but was not created by compose'
+  echo "$msg" | grep -c 'network demo_default was found but has incorrect label com.docker.compose.network set to "" (expected: "default")'
+  arca compose down -v 2>/dev/null; arca network ls -q | grep -c '^demo_default$'; arca network inspect demo_default | grep -c '"owner": "me"'; arca ps -aq | wc -l)
+check foreign-network-refused 1 "1
 1
-1" $? "$out"
+1
+1
+0" $rc "$out"
 arca network rm demo_default >/dev/null
 # Replicas: deploy.replicas containers numbered from 1, all answering to the service's
 # name; up --scale changes the count (the highest numbers go).

@@ -163,8 +163,9 @@ pub fn load(opts: &LoadOptions, cwd: &Path) -> Result<Loaded, ComposeError> {
     }
     let doc = merged.unwrap_or_else(|| Value::Mapping(Mapping::new()));
     let name = project_name(opts, &env, &doc, &dir)?;
+    // COMPOSE_PROFILES when no --profile is given, as Compose.
     let mut profiles = opts.profiles.clone();
-    if let Some(p) = env.get("COMPOSE_PROFILES") {
+    if let Some(p) = env.get("COMPOSE_PROFILES").filter(|_| profiles.is_empty()) {
         profiles.extend(
             p.split(',')
                 .map(str::trim)

@@ -281,6 +281,16 @@ impl Project {
         // is active (`*`: all) or it is named on the command line.
         let mut disabled = BTreeMap::new();
         let mut enabled = Vec::new();
+        // A service named on the command line brings its profiles along (the
+        // specification's rule), so what it depends on in them is enabled too.
+        let mut active = l.profiles.clone();
+        for (name, v) in &defined {
+            if l.targeted.contains(name)
+                && let Some(p) = v.get("profiles")
+            {
+                active.extend(texts(p, &format!("services.{name}.profiles"))?);
+            }
+        }
         for (name, v) in defined.drain(..) {
             let profiles = match v.get("profiles") {
                 Some(p) => texts(p, &format!("services.{name}.profiles"))?,
@@ -288,7 +298,7 @@ impl Project {
             };
             let on = profiles.is_empty()
                 || l.targeted.contains(&name)
-                || l.profiles.iter().any(|a| a == "*" || profiles.contains(a));
+                || active.iter().any(|a| a == "*" || profiles.contains(a));
             if on {
                 enabled.push((name, v));
             } else {
@@ -334,7 +344,7 @@ impl Project {
                 {
                     return Err(ComposeError::Invalid(format!(
                         "service {dep:?} is required by {name:?} but is disabled. Can be enabled by profiles [{}]",
-                        profiles.join(", ")
+                        profiles.join(" ")
                     )));
                 }
                 if !services.contains_key(dep) && s.depends_on[dep].required {
@@ -1657,6 +1667,10 @@ services:
     image: busybox
     command: ["true"]
     restart: "no"
+  extra:
+    image: busybox
+    profiles: [dev]
+    scale: 2
 networks:
   front: {}
 volumes:

@@ -236,14 +236,32 @@ fn ensure_networks(state: &Path, p: &Project, order: &[String]) -> Result<(), Co
     for key in keys {
         let def = &p.networks[key];
         match network::get(state, &def.name) {
-            Ok(n) => {
-                if !def.external && n.labels.get(PROJECT_LABEL) != Some(&p.name) {
-                    eprintln!(
+            Ok(n) if !def.external => {
+                // Compose's checks: a warning for the project label, a refusal for
+                // the network label.
+                match n.labels.get(PROJECT_LABEL) {
+                    Some(owner) if *owner == p.name => {}
+                    Some(_) => eprintln!(
                         "WARN[0000] a network with name {} exists but was not created for project \"{}\".\nSet `external: true` to use an existing network",
                         def.name, p.name
-                    );
+                    ),
+                    None => eprintln!(
+                        "WARN[0000] a network with name {} exists but was not created by compose.\nSet `external: true` to use an existing network",
+                        def.name
+                    ),
+                }
+                let label = n
+                    .labels
+                    .get("com.docker.compose.network")
+                    .map_or("", String::as_str);
+                if label != key {
+                    return Err(ComposeError::Invalid(format!(
+                        "network {} was found but has incorrect label com.docker.compose.network set to {label:?} (expected: {key:?})",
+                        def.name
+                    )));
                 }
             }
+            Ok(_) => {}
             Err(network::NetworkError::NotFound(_)) if def.external => {
                 return Err(ComposeError::Invalid(format!(
                     "network {} declared as external, but could not be found",
@@ -450,6 +468,17 @@ fn remove_container(
     Ok(())
 }
 
+/// The containers of `service` (not one-off ones), lowest number first: every replica
+/// there is, whatever the count in the file says now.
+fn service_members(state: &Path, p: &Project, service: &str) -> Vec<String> {
+    let mut found: Vec<Member> = members(state, &p.name)
+        .into_iter()
+        .filter(|m| !m.oneoff && m.service == service)
+        .collect();
+    found.sort_by_key(|m| number(&m.record));
+    found.into_iter().map(|m| m.record.name).collect()
+}
+
 /// A container's number among its service's replicas (its label; 1 when absent).
 fn number(r: &ContainerRecord) -> u32 {
     r.labels
@@ -566,7 +595,7 @@ fn stop_all(
 ) -> Result<(), ComposeError> {
     for name in order.iter().rev() {
         let s = &p.services[name];
-        for cname in p.container_names(s).into_iter().rev() {
+        for cname in service_members(state, p, name).into_iter().rev() {
             if let Some(r) = find(state, &cname)?
                 && matches!(
                     r.status,
@@ -644,12 +673,14 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
         }
     }
     network::reconcile(state);
-    // Only networks this project made (one of the same name made otherwise, or by
-    // another project, stays).
-    let ours = |name: &str| {
-        network::get(state, name).is_ok_and(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
-    };
-    for def in p.networks.values().filter(|n| !n.external && ours(&n.name)) {
+    // The networks this project made (by their label: disabled services' too; one of
+    // the same name made otherwise, or by another project, stays).
+    let ours: Vec<network::Network> = network::list(state)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
+        .collect();
+    for def in &ours {
         match network::remove(state, &def.name) {
             Ok(()) => say("Network", &def.name, "Removed"),
             Err(network::NetworkError::NotFound(_)) => {}
@@ -697,9 +728,11 @@ pub struct PsOptions {
 pub fn ps(state: &Path, p: &Project, o: &PsOptions) -> Result<String, ComposeError> {
     let only = selected(p, &o.only)?;
     lifecycle::reap_crashed(state);
+    // Every container of the project (disabled services' too) unless services are
+    // named.
     let mut rows: Vec<Member> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !m.oneoff && only.contains(&m.service))
+        .filter(|m| !m.oneoff && (o.only.is_empty() || only.contains(&m.service)))
         .filter(|m| {
             o.all
                 || matches!(
@@ -799,7 +832,7 @@ pub fn logs(
     let only = selected(p, services)?;
     let names: Vec<String> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !m.oneoff && only.contains(&m.service))
+        .filter(|m| !m.oneoff && (services.is_empty() || only.contains(&m.service)))
         .map(|m| m.record.name)
         .collect();
     let interrupt = if o.follow { Interrupt::install() } else { None };
@@ -903,9 +936,17 @@ fn container_of(
         .services
         .get(service)
         .ok_or_else(|| ComposeError::NoService(service.to_string()))?;
+    if index == 0 || index > s.replicas.max(1) || s.container_name.is_some() && index > 1 {
+        return Err(ComposeError::Invalid(format!(
+            "service {service:?} is not running container #{index}"
+        )));
+    }
     let name = p.container_name(s, index);
     match find(state, &name)? {
         Some(r) if matches!(r.status, Status::Running | Status::Starting) => Ok(name),
+        _ if index > 1 => Err(ComposeError::Invalid(format!(
+            "service {service:?} is not running container #{index}"
+        ))),
         _ => Err(ComposeError::Invalid(format!(
             "service {service:?} is not running"
         ))),
@@ -1030,12 +1071,10 @@ pub fn start(state: &Path, p: &Project, services: &[String]) -> Result<(), Compo
     let order = p.order(&selected(p, services)?)?;
     for name in &order {
         let mut any = false;
-        for cname in p.container_names(&p.services[name]) {
-            if find(state, &cname)?.is_some() {
-                crate::run::start(state, &cname, false)?;
-                say("Container", &cname, "Started");
-                any = true;
-            }
+        for cname in service_members(state, p, name) {
+            crate::run::start(state, &cname, false)?;
+            say("Container", &cname, "Started");
+            any = true;
         }
         if !any && services.contains(name) {
             return Err(ComposeError::Invalid(format!(
@@ -1074,15 +1113,13 @@ pub fn restart(
         .filter(|s| services.is_empty() || services.contains(s))
     {
         let s = &p.services[name];
-        for cname in p.container_names(s) {
-            if find(state, &cname)?.is_some() {
-                crate::run::restart(
-                    state,
-                    &cname,
-                    timeout.or(s.run.stop_timeout).map(Duration::from_secs),
-                )?;
-                say("Container", &cname, "Started");
-            }
+        for cname in service_members(state, p, name) {
+            crate::run::restart(
+                state,
+                &cname,
+                timeout.or(s.run.stop_timeout).map(Duration::from_secs),
+            )?;
+            say("Container", &cname, "Started");
         }
     }
     Ok(())
@@ -1137,8 +1174,21 @@ pub fn config(p: &Project) -> Result<String, ComposeError> {
     doc.insert("name".into(), p.name.clone().into());
     if let Some(m) = p.doc.as_mapping() {
         for (k, v) in m {
-            if k.as_str() != Some("name") {
-                doc.insert(k.clone(), v.clone());
+            match k.as_str() {
+                Some("name") => {}
+                // Disabled services (their profiles not active) are not part of it.
+                Some("services") => {
+                    let mut services = v.clone();
+                    if let Some(sm) = services.as_mapping_mut() {
+                        sm.retain(|name, _| {
+                            name.as_str().is_some_and(|n| p.services.contains_key(n))
+                        });
+                    }
+                    doc.insert(k.clone(), services);
+                }
+                _ => {
+                    doc.insert(k.clone(), v.clone());
+                }
             }
         }
     }
