@@ -37,11 +37,14 @@ fuzz_target!(|data: &[u8]| {
         env,
         doc,
         warnings: Vec::new(),
+        profiles: vec!["dev".into()],
+        targeted: Vec::new(),
     };
     if let Ok(p) = Project::from_loaded(loaded) {
         for s in p.services.values() {
-            let name = p.container_name(s, 1);
-            let _ = p.run_options(s, &name, 1, false);
+            for (n, name) in p.container_names(s).iter().enumerate() {
+                let _ = p.run_options(s, name, n as u32 + 1, false);
+            }
         }
         let names: Vec<String> = p.services.keys().cloned().collect();
         let _ = p.order(&names);

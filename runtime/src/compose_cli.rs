@@ -22,7 +22,7 @@ pub struct ComposeArgs {
     /// Alternate environment files (default: the project directory's .env).
     #[arg(long = "env-file")]
     env_file: Vec<PathBuf>,
-    /// Profiles to enable (not supported: refused).
+    /// Profiles to enable (with COMPOSE_PROFILES').
     #[arg(long)]
     profile: Vec<String>,
     /// Progress output: auto, plain, tty or quiet (Arca's is always plain).
@@ -63,6 +63,10 @@ enum ComposeCmd {
         /// Shutdown timeout in seconds.
         #[arg(short, long)]
         timeout: Option<u64>,
+        /// Scale SERVICE to NUM instances (SERVICE=NUM; overrides `scale` and
+        /// `deploy.replicas`).
+        #[arg(long)]
+        scale: Vec<String>,
         /// Services.
         services: Vec<String>,
     },
@@ -250,6 +254,9 @@ enum ComposeCmd {
         /// Print the volume names, one per line.
         #[arg(long)]
         volumes: bool,
+        /// Print the profile names, one per line.
+        #[arg(long)]
+        profiles: bool,
     },
 }
 
@@ -270,9 +277,6 @@ pub fn compose(state: &Path, a: ComposeArgs) -> i32 {
 }
 
 fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
-    if !a.profile.is_empty() {
-        return Err(ComposeError::Unsupported("--profile".into()));
-    }
     if !matches!(a.progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
         return Err(ComposeError::Invalid(format!(
             "invalid --progress {:?}: auto, plain, tty or quiet",
@@ -283,13 +287,50 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
         what: "find the working directory".into(),
         source,
     })?;
+    // Services named on the command line are enabled whatever their profiles.
+    let targeted = match &a.command {
+        ComposeCmd::Up { services, .. }
+        | ComposeCmd::Logs { services, .. }
+        | ComposeCmd::Start { services }
+        | ComposeCmd::Stop { services, .. }
+        | ComposeCmd::Restart { services, .. }
+        | ComposeCmd::Build { services, .. }
+        | ComposeCmd::Pull { services, .. } => services.clone(),
+        ComposeCmd::Ps { names, .. } => names.clone(),
+        ComposeCmd::Exec { service, .. } | ComposeCmd::Run { service, .. } => vec![service.clone()],
+        ComposeCmd::Down { .. } | ComposeCmd::Config { .. } => Vec::new(),
+    };
     let opts = LoadOptions {
         files: a.file,
         project_name: a.project_name,
         project_dir: a.project_directory,
         env_files: a.env_file,
+        profiles: a.profile,
+        targeted,
     };
-    let project = Project::from_loaded(load(&opts, &cwd)?)?;
+    let mut project = Project::from_loaded(load(&opts, &cwd)?)?;
+    if let ComposeCmd::Up { scale, .. } = &a.command {
+        for spec in scale {
+            let (svc, n) = spec.split_once('=').ok_or_else(|| {
+                ComposeError::Invalid(format!("invalid --scale {spec:?}: use SERVICE=NUM"))
+            })?;
+            let n: u32 = n.parse().ok().filter(|n| *n <= 100).ok_or_else(|| {
+                ComposeError::Invalid(format!(
+                    "invalid --scale {spec:?}: NUM is a count from 0 to 100"
+                ))
+            })?;
+            let s = project
+                .services
+                .get_mut(svc)
+                .ok_or_else(|| ComposeError::NoService(svc.to_string()))?;
+            if s.container_name.is_some() && n > 1 {
+                return Err(ComposeError::Invalid(format!(
+                    "service {svc:?} has a container_name: it cannot be scaled to {n}"
+                )));
+            }
+            s.replicas = n;
+        }
+    }
     for w in &project.warnings {
         eprintln!("WARN[0000] {w}");
     }
@@ -306,6 +347,7 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             wait,
             timeout,
             services,
+            ..
         } => {
             if build && no_build {
                 return Err(ComposeError::Invalid(
@@ -500,8 +542,24 @@ fn compose_inner(state: &Path, a: ComposeArgs) -> Result<i32, ComposeError> {
             quiet,
             services,
             volumes,
+            profiles,
         } => {
             if quiet {
+                return Ok(0);
+            }
+            if profiles {
+                // Every profile a service of the files names, active or not.
+                let mut all = std::collections::BTreeSet::new();
+                if let Some(m) = p.doc.get("services").and_then(|s| s.as_mapping()) {
+                    for (_, v) in m {
+                        if let Some(serde_norway::Value::Sequence(ps)) = v.get("profiles") {
+                            all.extend(ps.iter().filter_map(|x| x.as_str()).map(str::to_string));
+                        }
+                    }
+                }
+                for name in all {
+                    println!("{name}");
+                }
                 return Ok(0);
             }
             if services {

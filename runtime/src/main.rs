@@ -563,6 +563,9 @@ enum NetworkCmd {
         /// Subnet in CIDR form (default: the next free /24 of 10.89.0.0/16).
         #[arg(long)]
         subnet: Option<String>,
+        /// Metadata: KEY=VALUE.
+        #[arg(long)]
+        label: Vec<String>,
         /// Its name.
         name: String,
     },
@@ -2142,8 +2145,19 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, String> {
     match command {
         // As Docker's: errors of `network` commands exit with 1.
-        NetworkCmd::Create { subnet, name } => {
-            match network::create(state, &name, subnet.as_deref()) {
+        NetworkCmd::Create {
+            subnet,
+            label,
+            name,
+        } => {
+            let labels = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            match network::create_labelled(state, &name, subnet.as_deref(), labels) {
                 Ok(net) => {
                     println!("{}", net.name);
                     Ok(0)

@@ -90,6 +90,9 @@ pub struct Network {
     pub bridge: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// `network create --label` (and Compose's labels on a project's networks).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Network {
@@ -225,6 +228,7 @@ pub fn get(state: &Path, name: &str) -> Result<Network, NetworkError> {
                         gateway: Ipv4Addr::from(u32::from(DEFAULT_SUBNET) + 1),
                         bridge: bridge_name(state, DEFAULT_NETWORK),
                         created: crate::now(),
+                        labels: Default::default(),
                     },
                 ),
             }
@@ -305,6 +309,16 @@ pub fn list(state: &Path) -> Result<Vec<Network>, NetworkError> {
 
 /// `arca network create [--subnet CIDR] NAME`.
 pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network, NetworkError> {
+    create_labelled(state, name, subnet, Default::default())
+}
+
+/// `arca network create [--subnet CIDR] [--label K=V]... NAME`.
+pub fn create_labelled(
+    state: &Path,
+    name: &str,
+    subnet: Option<&str>,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<Network, NetworkError> {
     if !valid_name(name) {
         return Err(NetworkError::Invalid(format!(
             "Invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, at most 64 characters"
@@ -362,6 +376,7 @@ pub fn create(state: &Path, name: &str, subnet: Option<&str>) -> Result<Network,
             gateway: Ipv4Addr::from(u32::from(subnet) + 1),
             bridge,
             created: crate::now(),
+            labels,
         },
     )
     .inspect(|_| {
@@ -1503,6 +1518,7 @@ mod tests {
             gateway: Ipv4Addr::from(u32::from(Ipv4Addr::from(subnet)) + 1),
             bridge: "arcabr-test".into(),
             created: 0,
+            labels: Default::default(),
         }
     }
 

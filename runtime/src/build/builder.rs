@@ -1495,37 +1495,9 @@ fn health(h: &Health) -> Result<Value, String> {
 
 /// A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds.
 fn duration_ns(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid duration {text:?}");
-    let mut total: u128 = 0;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    if rest == "0" {
-        return Ok(0);
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale: f64 = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += (number * scale) as u128;
-    }
-    u64::try_from(total).map_err(|_| bad())
+    crate::parse_go_duration(text)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .ok_or_else(|| format!("invalid duration {text:?}"))
 }
 
 /// `--chown=USER[:GROUP]` as numbers: numbers as they are, names looked up in the

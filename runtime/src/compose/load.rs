@@ -38,6 +38,10 @@ pub struct LoadOptions {
     pub project_dir: Option<PathBuf>,
     /// `--env-file` (the project directory's `.env` when empty).
     pub env_files: Vec<PathBuf>,
+    /// `--profile` (with `COMPOSE_PROFILES`' too).
+    pub profiles: Vec<String>,
+    /// Services named on the command line (enabled whatever their profiles).
+    pub targeted: Vec<String>,
 }
 
 /// The project's files read, interpolated and merged.
@@ -55,6 +59,10 @@ pub struct Loaded {
     pub doc: Value,
     /// What the user should know (unset variables, obsolete keys).
     pub warnings: Vec<String>,
+    /// The active profiles: `--profile` and `COMPOSE_PROFILES` (`*`: all).
+    pub profiles: Vec<String>,
+    /// Services named on the command line.
+    pub targeted: Vec<String>,
 }
 
 /// Reads the project `opts` names; `cwd` is where default files are looked for.
@@ -155,6 +163,16 @@ pub fn load(opts: &LoadOptions, cwd: &Path) -> Result<Loaded, ComposeError> {
     }
     let doc = merged.unwrap_or_else(|| Value::Mapping(Mapping::new()));
     let name = project_name(opts, &env, &doc, &dir)?;
+    // COMPOSE_PROFILES when no --profile is given, as Compose.
+    let mut profiles = opts.profiles.clone();
+    if let Some(p) = env.get("COMPOSE_PROFILES").filter(|_| profiles.is_empty()) {
+        profiles.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+        );
+    }
     Ok(Loaded {
         name,
         dir,
@@ -162,6 +180,8 @@ pub fn load(opts: &LoadOptions, cwd: &Path) -> Result<Loaded, ComposeError> {
         env,
         doc,
         warnings,
+        profiles,
+        targeted: opts.targeted.clone(),
     })
 }
 

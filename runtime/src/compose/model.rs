@@ -45,6 +45,7 @@ const SERVICE_KEYS: &[&str] = &[
     "platform",
     "ports",
     "privileged",
+    "profiles",
     "pull_policy",
     "read_only",
     "restart",
@@ -103,7 +104,6 @@ const SERVICE_REFUSED: &[&str] = &[
     "pid",
     "post_start",
     "pre_stop",
-    "profiles",
     "provider",
     "runtime",
     "secrets",
@@ -133,6 +133,9 @@ pub struct Project {
     pub warnings: Vec<String>,
     /// The merged document, for `config`.
     pub doc: Value,
+    /// Services whose profiles are not active: not part of this run, but still the
+    /// project's (their containers are no orphans).
+    pub disabled: BTreeMap<String, Vec<String>>,
 }
 
 /// A top-level network.
@@ -213,6 +216,9 @@ pub struct Service {
     pub network: ServiceNetwork,
     /// `stop_grace_period`.
     pub stop_grace_period: Option<Duration>,
+    /// `scale` or `deploy.replicas` (`up --scale` changes it): its containers,
+    /// numbered from 1.
+    pub replicas: u32,
     /// Everything else, as `run` takes it (name, labels, network and its aliases are
     /// set per container by [`Project::run_options`]).
     pub run: RunOptions,
@@ -265,12 +271,41 @@ impl Project {
             volumes.insert(k.clone(), volume_def(&l.name, &k, &v)?);
         }
         let mut services = BTreeMap::new();
-        let defined = mapping_of(top.get("services"), "services")?;
+        let mut defined = mapping_of(top.get("services"), "services")?;
         if defined.is_empty() {
             return Err(ComposeError::Invalid(
                 "no service defined in the Compose file".into(),
             ));
         }
+        // Profiles: a service that has some is part of this run only when one of them
+        // is active (`*`: all) or it is named on the command line.
+        let mut disabled = BTreeMap::new();
+        let mut enabled = Vec::new();
+        // A service named on the command line brings its profiles along (the
+        // specification's rule), so what it depends on in them is enabled too.
+        let mut active = l.profiles.clone();
+        for (name, v) in &defined {
+            if l.targeted.contains(name)
+                && let Some(p) = v.get("profiles")
+            {
+                active.extend(texts(p, &format!("services.{name}.profiles"))?);
+            }
+        }
+        for (name, v) in defined.drain(..) {
+            let profiles = match v.get("profiles") {
+                Some(p) => texts(p, &format!("services.{name}.profiles"))?,
+                None => Vec::new(),
+            };
+            let on = profiles.is_empty()
+                || l.targeted.contains(&name)
+                || active.iter().any(|a| a == "*" || profiles.contains(a));
+            if on {
+                enabled.push((name, v));
+            } else {
+                disabled.insert(name, profiles);
+            }
+        }
+        let defined = enabled;
         for (name, v) in &defined {
             if !valid_service_name(name) {
                 return Err(ComposeError::Invalid(format!(
@@ -304,6 +339,14 @@ impl Project {
         }
         for (name, s) in &services {
             for dep in s.depends_on.keys() {
+                if let Some(profiles) = disabled.get(dep)
+                    && s.depends_on[dep].required
+                {
+                    return Err(ComposeError::Invalid(format!(
+                        "service {dep:?} is required by {name:?} but is disabled. Can be enabled by profiles [{}]",
+                        profiles.join(" ")
+                    )));
+                }
                 if !services.contains_key(dep) && s.depends_on[dep].required {
                     return Err(ComposeError::Invalid(format!(
                         "service {name:?} depends on undefined service {dep:?}: invalid compose project"
@@ -328,6 +371,7 @@ impl Project {
             volumes,
             warnings,
             doc: l.doc,
+            disabled,
         };
         project.order(&project.services.keys().cloned().collect::<Vec<_>>())?;
         Ok(project)
@@ -376,6 +420,13 @@ impl Project {
             visit(self, n, &mut Vec::new(), &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The names of `service`'s containers, one per replica.
+    pub fn container_names(&self, service: &Service) -> Vec<String> {
+        (1..=service.replicas)
+            .map(|n| self.container_name(service, n))
+            .collect()
     }
 
     /// The container name of `service`'s container number `n` (`PROJECT-SERVICE-N`, or
@@ -844,6 +895,7 @@ fn service(
     let mut networks_given = false;
     let mut network_mode = None;
     let mut stop_grace_period = None;
+    let mut replicas = 1;
     let mut entrypoint: Option<Vec<String>> = None;
     let mut command: Option<Vec<String>> = None;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -1026,7 +1078,7 @@ fn service(
                         .map_err(|_| ComposeError::Invalid(format!("{p} must be a number")))?,
                 )
             }
-            "deploy" => deploy(val, &p, &mut o, warnings)?,
+            "deploy" => deploy(val, &p, &mut o, &mut replicas, warnings)?,
             "init" => o.init = boolean(val, &p)?,
             "stop_signal" => {
                 let s = text(val, &p)?;
@@ -1035,6 +1087,8 @@ fn service(
                 o.stop_signal = Some(s);
             }
             "stop_grace_period" => stop_grace_period = Some(duration(val, &p)?),
+            // Read by `Project::from_loaded` (a service here is enabled).
+            "profiles" => {}
             "isolation" => o.isolation = isolation(val, &p)?,
             "container_name" => {
                 let n = text(val, &p)?;
@@ -1119,13 +1173,7 @@ fn service(
                     pp
                 };
             }
-            "scale" => {
-                if text(val, &p)? != "1" {
-                    return Err(ComposeError::Unsupported(format!(
-                        "{p} other than 1 (one container per service)"
-                    )));
-                }
-            }
+            "scale" => replicas = count(val, &p)?,
             "volumes_from" => {
                 for f in texts(val, &p)? {
                     if f.starts_with("container:") {
@@ -1235,7 +1283,13 @@ fn service(
         "build" => "never".into(),
         p => p.to_string(),
     });
+    if container_name.is_some() && replicas > 1 {
+        return Err(ComposeError::Invalid(format!(
+            "{path}: container_name and {replicas} replicas cannot go together (container names are unique)"
+        )));
+    }
     Ok(Service {
+        replicas,
         name: name.to_string(),
         image,
         build,
@@ -1516,16 +1570,26 @@ fn healthcheck(v: &Value, path: &str) -> Result<HealthConfig, ComposeError> {
     Ok(h)
 }
 
+/// A replica count.
+fn count(v: &Value, path: &str) -> Result<u32, ComposeError> {
+    text(v, path)?
+        .parse()
+        .ok()
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| ComposeError::Invalid(format!("{path} must be a count from 0 to 100")))
+}
+
 fn deploy(
     v: &Value,
     path: &str,
     o: &mut RunOptions,
+    replicas: &mut u32,
     warnings: &mut Vec<String>,
 ) -> Result<(), ComposeError> {
     for (k, val) in mapping_of(Some(v), path)? {
         let p = format!("{path}.{k}");
         match k.as_str() {
-            "replicas" if text(&val, &p)? == "1" => {}
+            "replicas" => *replicas = count(&val, &p)?,
             "resources" => {
                 for (rk, rv) in mapping_of(Some(&val), &p)? {
                     let rp = format!("{p}.{rk}");
@@ -1603,6 +1667,10 @@ services:
     image: busybox
     command: ["true"]
     restart: "no"
+  extra:
+    image: busybox
+    profiles: [dev]
+    scale: 2
 networks:
   front: {}
 volumes:
@@ -1650,6 +1718,46 @@ volumes:
         assert_eq!(o.labels["com.docker.compose.project"], "demo");
         assert_eq!(o.labels["com.docker.compose.service"], "web");
         assert_eq!(p.container_name(web, 1), "demo-web-1");
+        let s = project("services:\n  w:\n    image: x\n    deploy: {replicas: 3}\n").unwrap();
+        assert_eq!(
+            s.container_names(&s.services["w"]),
+            ["demo-w-1", "demo-w-2", "demo-w-3"]
+        );
+        assert!(
+            project("services:\n  w:\n    image: x\n    scale: 2\n    container_name: c\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn profiles_enable_services() {
+        let yaml = "services:\n  app:\n    image: x\n  debug:\n    image: x\n    profiles: [dev]\n";
+        let p = project(yaml).unwrap();
+        assert_eq!(p.services.keys().collect::<Vec<_>>(), ["app"]);
+        assert_eq!(p.disabled["debug"], ["dev"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("compose.yaml"), yaml).unwrap();
+        for (profiles, targeted) in [
+            (vec!["dev"], vec![]),
+            (vec!["*"], vec![]),
+            (vec![], vec!["debug"]),
+        ] {
+            let opts = LoadOptions {
+                project_name: Some("demo".into()),
+                profiles: profiles.iter().map(|s| s.to_string()).collect(),
+                targeted: targeted.iter().map(|s| s.to_string()).collect(),
+                ..LoadOptions::default()
+            };
+            let p = Project::from_loaded(load(&opts, dir.path()).unwrap()).unwrap();
+            assert_eq!(p.services.len(), 2, "{profiles:?} {targeted:?}");
+        }
+        let e = project("services:\n  app:\n    image: x\n    depends_on: [db]\n  db:\n    image: x\n    profiles: [data]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "service \"db\" is required by \"app\" but is disabled. Can be enabled by profiles [data]"
+        );
     }
 
     #[test]
@@ -1708,6 +1816,86 @@ volumes:
         ] {
             let e = project(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    /// What the `compose_file` fuzz target does, over deterministic mutations of a real
+    /// file, where cargo-fuzz is missing: no panic.
+    #[test]
+    fn mutated_files_never_panic() {
+        use crate::compose::interpolate::{interpolate, parse_dotenv};
+        let env: BTreeMap<String, String> = [("ISO", "process"), ("A", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pieces: [&[u8]; 14] = [
+            b"$",
+            b"${",
+            b"}",
+            b":",
+            b"'",
+            b"\"",
+            b"- ",
+            b"[",
+            b"]",
+            b"\n  ",
+            b"\xe2\x82\xac",
+            b"&a",
+            b"*a",
+            b"<<: ",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        for _ in 0..3000 {
+            let mut bytes = THREE.as_bytes().to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(bytes.len());
+                match next(3) {
+                    0 => {
+                        bytes.remove(at);
+                    }
+                    1 => {
+                        let piece = pieces[next(pieces.len())];
+                        bytes.splice(at..at, piece.iter().copied());
+                    }
+                    _ => {
+                        let set = b" -:${}'\"[]\n";
+                        bytes[at] = set[next(set.len())];
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
+            let _ = parse_dotenv(&text);
+            let lookup = |n: &str| env.get(n).cloned();
+            let _ = interpolate(&text, &lookup, &mut Vec::new());
+            let Ok(doc) = serde_norway::from_str::<Value>(&text) else {
+                continue;
+            };
+            let loaded = Loaded {
+                name: "m".into(),
+                dir: "/nonexistent-arca-test".into(),
+                files: Vec::new(),
+                env: env.clone(),
+                doc,
+                warnings: Vec::new(),
+                profiles: Vec::new(),
+                targeted: Vec::new(),
+            };
+            if let Ok(p) = Project::from_loaded(loaded) {
+                for s in p.services.values() {
+                    for (n, name) in p.container_names(s).iter().enumerate() {
+                        let _ = p.run_options(s, name, n as u32 + 1, false);
+                    }
+                }
+                let _ = p.order(&p.services.keys().cloned().collect::<Vec<_>>());
+            }
         }
     }
 

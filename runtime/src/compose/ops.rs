@@ -145,22 +145,38 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
                 }
             }
         }
-        let cname = converge(state, p, s, o, built.contains(name))?;
-        names.push(cname);
+        for n in 1..=s.replicas {
+            names.push(converge(state, p, s, n, o, built.contains(name))?);
+        }
+        // Replicas beyond the count go (highest first).
+        let mut extra: Vec<Member> = members(state, &p.name)
+            .into_iter()
+            .filter(|m| m.service == *name && !m.oneoff && number(&m.record) > s.replicas)
+            .collect();
+        extra.sort_by_key(|m| std::cmp::Reverse(number(&m.record)));
+        for m in extra {
+            remove_container(
+                state,
+                &m.record.name,
+                o.timeout.or(s.run.stop_timeout),
+                false,
+            )?;
+        }
     }
     if o.detach {
         if o.wait {
             for name in &order {
                 let s = &p.services[name];
-                // Healthy when it has a check (its own or its image's), else running.
-                let cname = p.container_name(s, 1);
-                let checked = find(state, &cname)?.is_some_and(|r| r.health.is_some());
-                let c = if checked {
-                    Condition::Healthy
-                } else {
-                    Condition::Running
-                };
-                wait_ready(state, p, s, c, interrupt.as_deref())?;
+                for cname in p.container_names(s) {
+                    // Healthy when it has a check (its own or its image's), else running.
+                    let checked = find(state, &cname)?.is_some_and(|r| r.health.is_some());
+                    let c = if checked {
+                        Condition::Healthy
+                    } else {
+                        Condition::Running
+                    };
+                    wait_one(state, s, &cname, c, interrupt.as_deref())?;
+                }
             }
         }
         return Ok(0);
@@ -187,7 +203,7 @@ pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError>
 fn orphans(state: &Path, p: &Project, remove: bool) -> Result<(), ComposeError> {
     let orphans: Vec<Member> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !p.services.contains_key(&m.service))
+        .filter(|m| !p.services.contains_key(&m.service) && !p.disabled.contains_key(&m.service))
         .collect();
     if orphans.is_empty() {
         return Ok(());
@@ -220,6 +236,31 @@ fn ensure_networks(state: &Path, p: &Project, order: &[String]) -> Result<(), Co
     for key in keys {
         let def = &p.networks[key];
         match network::get(state, &def.name) {
+            Ok(n) if !def.external => {
+                // Compose's checks: a warning for the project label, a refusal for
+                // the network label.
+                match n.labels.get(PROJECT_LABEL) {
+                    Some(owner) if *owner == p.name => {}
+                    Some(_) => eprintln!(
+                        "WARN[0000] a network with name {} exists but was not created for project \"{}\".\nSet `external: true` to use an existing network",
+                        def.name, p.name
+                    ),
+                    None => eprintln!(
+                        "WARN[0000] a network with name {} exists but was not created by compose.\nSet `external: true` to use an existing network",
+                        def.name
+                    ),
+                }
+                let label = n
+                    .labels
+                    .get("com.docker.compose.network")
+                    .map_or("", String::as_str);
+                if label != key {
+                    return Err(ComposeError::Invalid(format!(
+                        "network {} was found but has incorrect label com.docker.compose.network set to {label:?} (expected: {key:?})",
+                        def.name
+                    )));
+                }
+            }
             Ok(_) => {}
             Err(network::NetworkError::NotFound(_)) if def.external => {
                 return Err(ComposeError::Invalid(format!(
@@ -228,7 +269,13 @@ fn ensure_networks(state: &Path, p: &Project, order: &[String]) -> Result<(), Co
                 )));
             }
             Err(network::NetworkError::NotFound(_)) => {
-                network::create(state, &def.name, def.subnet.as_deref())?;
+                let labels = [
+                    (PROJECT_LABEL.to_string(), p.name.clone()),
+                    ("com.docker.compose.network".to_string(), key.to_string()),
+                ]
+                .into_iter()
+                .collect();
+                network::create_labelled(state, &def.name, def.subnet.as_deref(), labels)?;
                 say("Network", &def.name, "Created");
             }
             Err(e) => return Err(e.into()),
@@ -330,11 +377,12 @@ fn converge(
     state: &Path,
     p: &Project,
     s: &Service,
+    number: u32,
     o: &UpOptions,
     rebuilt: bool,
 ) -> Result<String, ComposeError> {
-    let name = p.container_name(s, 1);
-    let mut opts = p.run_options(s, &name, 1, false);
+    let name = p.container_name(s, number);
+    let mut opts = p.run_options(s, &name, number, false);
     if let Some(existing) = find(state, &name)? {
         if existing.labels.get(PROJECT_LABEL) != Some(&p.name) {
             return Err(ComposeError::Invalid(format!(
@@ -420,7 +468,26 @@ fn remove_container(
     Ok(())
 }
 
-/// Waits until `s`'s container meets `c`.
+/// The containers of `service` (not one-off ones), lowest number first: every replica
+/// there is, whatever the count in the file says now.
+fn service_members(state: &Path, p: &Project, service: &str) -> Vec<String> {
+    let mut found: Vec<Member> = members(state, &p.name)
+        .into_iter()
+        .filter(|m| !m.oneoff && m.service == service)
+        .collect();
+    found.sort_by_key(|m| number(&m.record));
+    found.into_iter().map(|m| m.record.name).collect()
+}
+
+/// A container's number among its service's replicas (its label; 1 when absent).
+fn number(r: &ContainerRecord) -> u32 {
+    r.labels
+        .get("com.docker.compose.container-number")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Waits until each of `s`'s containers meets `c`.
 fn wait_ready(
     state: &Path,
     p: &Project,
@@ -428,7 +495,21 @@ fn wait_ready(
     c: Condition,
     interrupt: Option<&Interrupt>,
 ) -> Result<(), ComposeError> {
-    let name = p.container_name(s, 1);
+    for name in p.container_names(s) {
+        wait_one(state, s, &name, c, interrupt)?;
+    }
+    Ok(())
+}
+
+/// Waits until the container `name` of `s` meets `c`.
+fn wait_one(
+    state: &Path,
+    s: &Service,
+    name: &str,
+    c: Condition,
+    interrupt: Option<&Interrupt>,
+) -> Result<(), ComposeError> {
+    let name = name.to_string();
     let mut said = false;
     loop {
         if interrupt.is_some_and(Interrupt::interrupted) {
@@ -514,19 +595,20 @@ fn stop_all(
 ) -> Result<(), ComposeError> {
     for name in order.iter().rev() {
         let s = &p.services[name];
-        let cname = p.container_name(s, 1);
-        if let Some(r) = find(state, &cname)?
-            && matches!(
-                r.status,
-                Status::Running | Status::Starting | Status::Restarting
-            )
-        {
-            lifecycle::stop(
-                state,
-                &cname,
-                timeout.or(s.run.stop_timeout).map(Duration::from_secs),
-            )?;
-            say("Container", &cname, "Stopped");
+        for cname in service_members(state, p, name).into_iter().rev() {
+            if let Some(r) = find(state, &cname)?
+                && matches!(
+                    r.status,
+                    Status::Running | Status::Starting | Status::Restarting
+                )
+            {
+                lifecycle::stop(
+                    state,
+                    &cname,
+                    timeout.or(s.run.stop_timeout).map(Duration::from_secs),
+                )?;
+                say("Container", &cname, "Stopped");
+            }
         }
     }
     Ok(())
@@ -562,7 +644,12 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
     };
     let mut doomed: Vec<&Member> = all
         .iter()
-        .filter(|m| o.remove_orphans || m.oneoff || p.services.contains_key(&m.service))
+        .filter(|m| {
+            o.remove_orphans
+                || m.oneoff
+                || p.services.contains_key(&m.service)
+                || p.disabled.contains_key(&m.service)
+        })
         .collect();
     doomed.sort_by_key(|m| rank(m));
     let kept: Vec<&str> = all
@@ -586,7 +673,14 @@ pub fn down(state: &Path, p: &Project, o: DownOptions) -> Result<(), ComposeErro
         }
     }
     network::reconcile(state);
-    for def in p.networks.values().filter(|n| !n.external) {
+    // The networks this project made (by their label: disabled services' too; one of
+    // the same name made otherwise, or by another project, stays).
+    let ours: Vec<network::Network> = network::list(state)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
+        .collect();
+    for def in &ours {
         match network::remove(state, &def.name) {
             Ok(()) => say("Network", &def.name, "Removed"),
             Err(network::NetworkError::NotFound(_)) => {}
@@ -634,9 +728,11 @@ pub struct PsOptions {
 pub fn ps(state: &Path, p: &Project, o: &PsOptions) -> Result<String, ComposeError> {
     let only = selected(p, &o.only)?;
     lifecycle::reap_crashed(state);
+    // Every container of the project (disabled services' too) unless services are
+    // named.
     let mut rows: Vec<Member> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !m.oneoff && only.contains(&m.service))
+        .filter(|m| !m.oneoff && (o.only.is_empty() || only.contains(&m.service)))
         .filter(|m| {
             o.all
                 || matches!(
@@ -736,7 +832,7 @@ pub fn logs(
     let only = selected(p, services)?;
     let names: Vec<String> = members(state, &p.name)
         .into_iter()
-        .filter(|m| !m.oneoff && only.contains(&m.service))
+        .filter(|m| !m.oneoff && (services.is_empty() || only.contains(&m.service)))
         .map(|m| m.record.name)
         .collect();
     let interrupt = if o.follow { Interrupt::install() } else { None };
@@ -840,9 +936,17 @@ fn container_of(
         .services
         .get(service)
         .ok_or_else(|| ComposeError::NoService(service.to_string()))?;
+    if index == 0 || index > s.replicas.max(1) || s.container_name.is_some() && index > 1 {
+        return Err(ComposeError::Invalid(format!(
+            "service {service:?} is not running container #{index}"
+        )));
+    }
     let name = p.container_name(s, index);
     match find(state, &name)? {
         Some(r) if matches!(r.status, Status::Running | Status::Starting) => Ok(name),
+        _ if index > 1 => Err(ComposeError::Invalid(format!(
+            "service {service:?} is not running container #{index}"
+        ))),
         _ => Err(ComposeError::Invalid(format!(
             "service {service:?} is not running"
         ))),
@@ -966,18 +1070,16 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
 pub fn start(state: &Path, p: &Project, services: &[String]) -> Result<(), ComposeError> {
     let order = p.order(&selected(p, services)?)?;
     for name in &order {
-        let cname = p.container_name(&p.services[name], 1);
-        match find(state, &cname)? {
-            Some(_) => {
-                crate::run::start(state, &cname, false)?;
-                say("Container", &cname, "Started");
-            }
-            None if services.contains(name) => {
-                return Err(ComposeError::Invalid(format!(
-                    "service {name:?} has no container to start"
-                )));
-            }
-            None => {}
+        let mut any = false;
+        for cname in service_members(state, p, name) {
+            crate::run::start(state, &cname, false)?;
+            say("Container", &cname, "Started");
+            any = true;
+        }
+        if !any && services.contains(name) {
+            return Err(ComposeError::Invalid(format!(
+                "service {name:?} has no container to start"
+            )));
         }
     }
     Ok(())
@@ -1011,8 +1113,7 @@ pub fn restart(
         .filter(|s| services.is_empty() || services.contains(s))
     {
         let s = &p.services[name];
-        let cname = p.container_name(s, 1);
-        if find(state, &cname)?.is_some() {
+        for cname in service_members(state, p, name) {
             crate::run::restart(
                 state,
                 &cname,
@@ -1073,8 +1174,21 @@ pub fn config(p: &Project) -> Result<String, ComposeError> {
     doc.insert("name".into(), p.name.clone().into());
     if let Some(m) = p.doc.as_mapping() {
         for (k, v) in m {
-            if k.as_str() != Some("name") {
-                doc.insert(k.clone(), v.clone());
+            match k.as_str() {
+                Some("name") => {}
+                // Disabled services (their profiles not active) are not part of it.
+                Some("services") => {
+                    let mut services = v.clone();
+                    if let Some(sm) = services.as_mapping_mut() {
+                        sm.retain(|name, _| {
+                            name.as_str().is_some_and(|n| p.services.contains_key(n))
+                        });
+                    }
+                    doc.insert(k.clone(), services);
+                }
+                _ => {
+                    doc.insert(k.clone(), v.clone());
+                }
             }
         }
     }
