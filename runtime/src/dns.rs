@@ -163,11 +163,12 @@ impl Watch {
 }
 
 impl Drop for Watch {
+    /// Tells the thread to stop (it does within 0.1 s, and looks again right before it
+    /// would start a resolver) without waiting for it: a container's teardown (its
+    /// address given back) is not held up.
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
