@@ -134,7 +134,6 @@ impl Watch {
         let thread = std::thread::Builder::new()
             .name("dns-watch".into())
             .spawn(move || {
-                let lock = network::dir(&state, &net.name).join("dns.lock");
                 loop {
                     let deadline = Instant::now() + WATCH;
                     while Instant::now() < deadline {
@@ -143,15 +142,8 @@ impl Watch {
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
-                    // Taken here for a moment only when no resolver holds it.
-                    let none = crate::state::lock_file(
-                        &lock,
-                        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-                    )
-                    .is_ok();
-                    if none && !seen.load(Ordering::SeqCst) {
-                        ensure(&state, &net);
-                    }
+                    // At once when one serves; else it starts one.
+                    ensure(&state, &net);
                 }
             })
             .ok()?;
@@ -163,8 +155,7 @@ impl Watch {
 }
 
 impl Drop for Watch {
-    /// Tells the thread to stop (it does within 0.1 s, and looks again right before it
-    /// would start a resolver) without waiting for it: a container's teardown (its
+    /// Tells the thread to stop (it does within 0.1 s) without waiting for it: a container's teardown (its
     /// address given back) is not held up.
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);

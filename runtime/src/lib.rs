@@ -266,6 +266,18 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// `--label K=V` flags (and Compose's label lists) as a map; `K` alone is an empty
+/// value, as Docker's.
+pub fn parse_labels(items: &[String]) -> std::collections::BTreeMap<String, String> {
+    items
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l.clone(), String::new()),
+        })
+        .collect()
+}
+
 /// Labels as Docker's list rows show them: `k=v` pairs, comma-separated, in key order.
 pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels

@@ -962,14 +962,7 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
             .map(|u| config::parse_ulimit(u))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?,
-        labels: a
-            .label
-            .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (l.clone(), String::new()),
-            })
-            .collect(),
+        labels: arca_runtime::parse_labels(&a.label),
         stop_signal: match a.stop_signal {
             Some(s) => {
                 lifecycle::parse_signal(&s).map_err(|e| e.to_string())?;
@@ -2150,13 +2143,7 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
             label,
             name,
         } => {
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
+            let labels = arca_runtime::parse_labels(&label);
             match network::create_labelled(state, &name, subnet.as_deref(), labels) {
                 Ok(net) => {
                     println!("{}", net.name);
@@ -2229,7 +2216,6 @@ fn network_command(state: &std::path::Path, command: NetworkCmd) -> Result<i32, 
 }
 
 fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, String> {
-    use std::collections::BTreeMap;
     // As Docker's: errors of `volume` commands exit with 1 (bad flags with 125).
     let fail = |e: &dyn std::error::Error| Ok(refused(e));
     match command {
@@ -2239,13 +2225,7 @@ fn volume_command(state: &std::path::Path, command: VolumeCmd) -> Result<i32, St
             label,
             name,
         } => {
-            let labels = label
-                .iter()
-                .map(|l| {
-                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect::<BTreeMap<_, _>>();
+            let labels = arca_runtime::parse_labels(&label);
             let made = volume::check_create_options(driver.as_deref(), &opt).and_then(|()| {
                 let name = name.unwrap_or_else(volume::anonymous_name);
                 volume::validate_name(&name)?;

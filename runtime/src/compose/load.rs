@@ -217,9 +217,9 @@ fn absolute(cwd: &Path, p: &Path) -> PathBuf {
 }
 
 fn read_text(path: &Path) -> Result<String, ComposeError> {
-    use std::io::Read;
+    let what = format!("read {}", path.display());
     let io = |source| ComposeError::Io {
-        what: format!("read {}", path.display()),
+        what: what.clone(),
         source,
     };
     let f = std::fs::File::open(path).map_err(io)?;
@@ -229,31 +229,30 @@ fn read_text(path: &Path) -> Result<String, ComposeError> {
             path.display()
         )));
     }
-    let mut text = String::new();
-    f.take(MAX_FILE + 1).read_to_string(&mut text).map_err(io)?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(ComposeError::Invalid(format!(
-            "{} is larger than {} MiB",
-            path.display(),
-            MAX_FILE >> 20
-        )));
-    }
-    Ok(text)
+    read_capped(f, &what, &path.display().to_string())
 }
 
 fn read_stdin() -> Result<String, ComposeError> {
+    read_capped(
+        std::io::stdin(),
+        "read the Compose file from stdin",
+        "the Compose file on stdin",
+    )
+}
+
+/// At most [`MAX_FILE`] bytes of text from `from`; more is refused, naming `name`.
+fn read_capped(from: impl std::io::Read, what: &str, name: &str) -> Result<String, ComposeError> {
     use std::io::Read;
     let mut text = String::new();
-    std::io::stdin()
-        .take(MAX_FILE + 1)
+    from.take(MAX_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|source| ComposeError::Io {
-            what: "read the Compose file from stdin".into(),
+            what: what.to_string(),
             source,
         })?;
     if text.len() as u64 > MAX_FILE {
         return Err(ComposeError::Invalid(format!(
-            "the Compose file on stdin is larger than {} MiB",
+            "{name} is larger than {} MiB",
             MAX_FILE >> 20
         )));
     }

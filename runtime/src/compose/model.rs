@@ -15,55 +15,6 @@ use crate::container::health::HealthConfig;
 use crate::container::record::Isolation;
 use crate::storage::{MountRequest, RequestKind};
 
-/// Service keys Arca reads.
-const SERVICE_KEYS: &[&str] = &[
-    "build",
-    "cap_add",
-    "cap_drop",
-    "command",
-    "container_name",
-    "cpus",
-    "depends_on",
-    "deploy",
-    "dns",
-    "entrypoint",
-    "env_file",
-    "environment",
-    "expose",
-    "extra_hosts",
-    "group_add",
-    "healthcheck",
-    "hostname",
-    "image",
-    "init",
-    "isolation",
-    "labels",
-    "mem_limit",
-    "network_mode",
-    "networks",
-    "pids_limit",
-    "platform",
-    "ports",
-    "privileged",
-    "profiles",
-    "pull_policy",
-    "read_only",
-    "restart",
-    "scale",
-    "security_opt",
-    "shm_size",
-    "stdin_open",
-    "stop_grace_period",
-    "stop_signal",
-    "tmpfs",
-    "tty",
-    "ulimits",
-    "user",
-    "volumes",
-    "volumes_from",
-    "working_dir",
-];
-
 /// Service keys of the Compose specification Arca does not carry out: refused by name.
 const SERVICE_REFUSED: &[&str] = &[
     "annotations",
@@ -808,13 +759,7 @@ fn volume_def(project: &str, key: &str, v: &Value) -> Result<VolumeDef, ComposeE
 
 fn labels(v: &Value, path: &str) -> Result<BTreeMap<String, String>, ComposeError> {
     match v {
-        Value::Sequence(_) => Ok(texts(v, path)?
-            .into_iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (l, String::new()),
-            })
-            .collect()),
+        Value::Sequence(_) => Ok(crate::parse_labels(&texts(v, path)?)),
         _ => Ok(mapping_of(Some(v), path)?
             .into_iter()
             .map(|(k, v)| (k, scalar_text(&v).unwrap_or_default()))
@@ -1196,10 +1141,7 @@ fn service(
             }
             k if k.starts_with("x-") => {}
             k if SERVICE_REFUSED.contains(&k) => return Err(unsupported(k, &path)),
-            k => {
-                debug_assert!(!SERVICE_KEYS.contains(&k));
-                warnings.push(format!("{p} is unknown: ignored"));
-            }
+            _ => warnings.push(format!("{p} is unknown: ignored")),
         }
     }
     if let Some(mode) = network_mode {

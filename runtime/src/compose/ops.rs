@@ -109,7 +109,16 @@ pub struct UpOptions {
 /// dependency order (each after its dependencies are ready by their condition);
 /// in the foreground, their logs until they all exit (Ctrl-C stops them).
 pub fn up(state: &Path, p: &Project, o: &UpOptions) -> Result<i32, ComposeError> {
-    let interrupt = Interrupt::install();
+    up_with(state, p, o, Interrupt::install())
+}
+
+/// [`up`] with the command's Ctrl-C handler (`run` has one already).
+fn up_with(
+    state: &Path,
+    p: &Project,
+    o: &UpOptions,
+    interrupt: Option<std::sync::Arc<Interrupt>>,
+) -> Result<i32, ComposeError> {
     let wanted = selected(p, &o.services)?;
     let order = if o.no_deps {
         wanted.clone()
@@ -1014,7 +1023,8 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
         .cloned()
         .collect();
     if !o.no_deps && !deps.is_empty() {
-        up(
+        let interrupt = Interrupt::install();
+        up_with(
             state,
             p,
             &UpOptions {
@@ -1022,8 +1032,8 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
                 services: deps,
                 ..UpOptions::default()
             },
+            interrupt.clone(),
         )?;
-        let interrupt = Interrupt::install();
         for (dep, d) in &s.depends_on {
             if let Some(ds) = p.services.get(dep) {
                 wait_ready(state, p, ds, d.condition, interrupt.as_deref())?;
