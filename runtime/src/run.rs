@@ -821,11 +821,13 @@ fn supervise(
             record.exit_code = Some(137);
             record.error = Some(sandbox.lost(&e));
             record.event(state, "die", &[("exitCode", "137")]);
-            record.save(dir)?;
             // A host agent's containers outlive it: end what is left of this one.
             if opts.isolation == Isolation::Process {
                 process_leftovers(&record);
             }
+            // Its address given back before the record says exited (see below).
+            drop(sandbox);
+            record.save(dir)?;
             copies.close_clients();
             return Err(e.into());
         }
@@ -838,15 +840,18 @@ fn supervise(
         record.event(state, "oom", &[]);
     }
     record.event(state, "die", &[("exitCode", &status.code.to_string())]);
-    record.save(dir)?;
     if let Some(done) = done
         && status.code == 0
         && let Err(e) = done(&address, id)
     {
         sandbox.finish(client, id, true);
+        record.save(dir)?;
         return Err(e);
     }
+    // The record says exited once the sandbox is gone and its address given back, as
+    // `docker stop` returns: a container started next may take the address at once.
     sandbox.finish(client, id, opts.rm);
+    record.save(dir)?;
     drop(session);
     if status.oom_killed {
         eprintln!("arca: the container was killed for exceeding its memory limit");

@@ -42,6 +42,10 @@ const WARM_PATIENCE: Duration = Duration::from_secs(10);
 /// check may take, and how many missed checks in a row mean the sandbox is wedged.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a sandbox is given to end after its container did (a microVM's kernel
+/// syncing its disk and powering off, a host agent exiting) before it is killed: a
+/// guest that never powers off does not hold its container's teardown.
+const END_PATIENCE: Duration = Duration::from_secs(10);
 const PINGS_MISSED: u32 = 3;
 /// The agent's vsock port in a microVM.
 const AGENT_PORT: u32 = 1024;
@@ -422,8 +426,9 @@ impl<'a> Sandbox<'a> {
     /// (a host agent is told to; a microVM's agent powers off once its last container
     /// is gone, having synced the writable layer's disk). With `discard` (`--rm`: the
     /// disk goes too) a microVM is killed as soon as the container is out of it, rather
-    /// than waited for while its kernel shuts down. Teardown problems are warnings:
-    /// the container's exit code stands.
+    /// than waited for while its kernel shuts down; one that does not end within
+    /// [`END_PATIENCE`] is killed. Teardown problems are warnings: the container's exit
+    /// code stands.
     pub fn finish(mut self, mut client: AgentClient, id: &str, discard: bool) {
         let removed = client.remove(id, false);
         if let Err(e) = &removed {
@@ -451,10 +456,27 @@ impl<'a> Sandbox<'a> {
             );
         }
         drop(client);
-        if self.process.0.wait().is_ok_and(|s| s.success()) {
-            // Its link went with it.
-            self.network.ended.set(true);
-        }
+        let deadline = Instant::now() + END_PATIENCE;
+        let ended = loop {
+            match self.process.0.try_wait() {
+                Ok(Some(status)) => break status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => {
+                    eprintln!(
+                        "arca: warning: {} of {id} did not end within {} s after its container: killed",
+                        program(self.isolation),
+                        END_PATIENCE.as_secs()
+                    );
+                    let _ = self.process.0.kill();
+                    let _ = self.process.0.wait();
+                    break false;
+                }
+            }
+        };
+        // Its link went with it.
+        self.network.ended.set(ended);
     }
 }
 
