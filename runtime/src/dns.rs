@@ -11,7 +11,8 @@
 //!
 //! `arca __dns NETWORK`, started by the first container that needs it, holds
 //! `dns.lock` in the network's directory while it runs, says `dns.ready` while it
-//! serves, and ends once the network has had no container for [`IDLE`]. It reads the
+//! serves, and ends once the network has had no container for [`IDLE`] (at once when
+//! it has none and its bridge or directory is gone). It reads the
 //! network's leases every [`POLL`], the containers' names when the leases changed or
 //! [`RESCAN`] passed, and hands each changed table
 //! to its child `arca-agent __dns GATEWAY PORT SUBNET` ([`guest_agent`'s resolver]), which parses
@@ -292,6 +293,16 @@ fn feed(
     std::fs::write(ready, std::process::id().to_string()).map_err(io_err("mark it ready"))?;
     loop {
         let members = network::members(state, net, "");
+        // Its network removed, or its bridge down (the last container gone, which
+        // stops the resolver it knew of: this one may have been started by a
+        // container's watch as that one went): nothing to serve, and its port is the
+        // next network's of that subnet.
+        if members.is_empty()
+            && (!network::dir(state, &net.name).exists()
+                || crate::netlink::link_index(&net.bridge).is_none())
+        {
+            return Ok(());
+        }
         if members.is_empty() {
             let since = *empty_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= IDLE {
