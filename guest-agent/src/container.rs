@@ -146,6 +146,9 @@ pub struct RuntimeConfig {
     pub run_dir: PathBuf,
     /// Name of the cgroup (under the cgroup2 mount) that holds container cgroups.
     pub cgroup_parent: String,
+    /// The agent serves on a host (process isolation): the sandbox's network namespace
+    /// is the host's, so a container in it may not set its `net.*` parameters.
+    pub on_host: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -153,6 +156,7 @@ impl Default for RuntimeConfig {
         Self {
             run_dir: PathBuf::from("/run/arca/containers"),
             cgroup_parent: "arca".into(),
+            on_host: false,
         }
     }
 }
@@ -242,6 +246,15 @@ impl Runtime {
     /// Creates a container: cgroup, namespaces, rootfs; its process waits for `start`.
     pub fn create(&self, spec: ContainerSpec) -> Result<u32, AgentError> {
         spec.validate()?;
+        if self.config.on_host
+            && spec.network == NetworkMode::Host
+            && let Some(s) = spec.sysctls.iter().find(|s| s.needs_own_network())
+        {
+            return Err(AgentError::new(
+                ErrorCode::BadRequest,
+                format!("sysctl {:?} not allowed in host network namespace", s.name),
+            ));
+        }
         if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::new(
                 ErrorCode::InvalidState,

@@ -327,6 +327,7 @@ fn init_child(
     die_with_parent()?;
     // A profile that does not compile fails the create, not the start.
     let confinement = Confinement::new(&spec.security)?;
+    set_sysctls(&spec.sysctls)?;
     let layers = setup_rootfs(spec, Path::new(base), hostname)?;
     // The agent reads the container's changes through these (`changes`); from here on
     // neither is reachable by path in the container.
@@ -356,6 +357,27 @@ fn init_child(
     // The host moved the container's interfaces in between create and start.
     configure_interfaces(&spec.interfaces)?;
     exec_process(&spec.process, hostname, spec.init, &confinement, sync_slot)
+}
+
+/// The container's `--sysctl` parameters, through the sandbox's `/proc` before the
+/// container's own is mounted: a parameter file resolves to the namespace of whoever
+/// opens it, and this process is in the container's namespaces already. Each was
+/// checked to be one of the container's own namespaces' ([`arca_protocol::Sysctl::check`]).
+fn set_sysctls(sysctls: &[arca_protocol::Sysctl]) -> Result<(), AgentError> {
+    for s in sysctls {
+        fs::write(s.proc_path(), &s.value).map_err(|e| {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                ErrorCode::BadRequest
+            } else {
+                ErrorCode::Internal
+            };
+            AgentError::new(
+                code,
+                format!("Cannot set sysctl {}={}: {e}", s.name, s.value),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Addresses, link state and default routes of the container's interfaces, in its

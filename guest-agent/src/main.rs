@@ -83,7 +83,10 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
     // 022 makes them, whatever umask it inherited (`arca` runs with 077).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let mut listen = None;
-    let mut config = RuntimeConfig::default();
+    let mut config = RuntimeConfig {
+        on_host: true,
+        ..RuntimeConfig::default()
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));

@@ -765,6 +765,10 @@ struct RunArgs {
     /// Ulimit options (NAME=SOFT[:HARD]).
     #[arg(long)]
     ulimit: Vec<String>,
+    /// Namespaced kernel parameters (NAME=VALUE): kernel.msg*, kernel.sem, kernel.shm*,
+    /// fs.mqueue.*, and net.* unless --network host.
+    #[arg(long)]
+    sysctl: Vec<String>,
     /// Set metadata on the container (KEY[=VALUE]).
     #[arg(short, long)]
     label: Vec<String>,
@@ -960,6 +964,12 @@ fn run_options(a: RunArgs) -> Result<RunOptions, String> {
             .ulimit
             .iter()
             .map(|u| config::parse_ulimit(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+        sysctls: a
+            .sysctl
+            .iter()
+            .map(|s| config::parse_sysctl(s, a.network.as_deref()))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?,
         labels: arca_runtime::parse_labels(&a.label),

@@ -88,6 +88,7 @@ fn echo_spec(id: &str, rootfs: Rootfs) -> ContainerSpec {
         dns: Vec::new(),
         mounts: Vec::new(),
         security: Default::default(),
+        sysctls: Vec::new(),
     }
 }
 

@@ -220,6 +220,7 @@ fn a_hostile_image_cannot_make_the_agent_write_or_mount_outside_its_rootfs() {
         dns: Vec::new(),
         mounts: Vec::new(),
         security: Default::default(),
+        sysctls: Vec::new(),
     };
     c.create(spec("hostile", &tree)).unwrap();
     let out = addr.attach("hostile", None, StdioStream::Stdout).unwrap();

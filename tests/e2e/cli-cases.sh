@@ -57,6 +57,18 @@ out=$(run --tmpfs /bin/sh busybox true 2>/dev/null); check tmpfs-on-image-symlin
 out=$(run busybox sh -c "df -k /dev/shm | tail -n 1 | awk '{print \$2}'"; run --shm-size 8m -u app busybox sh -c "df -k /dev/shm | tail -n 1 | awk '{print \$2}'; touch /dev/shm/x && echo writable"); check shm-size 0 "65536
 8192
 writable" $? "$out"
+# --sysctl sets parameters of the container's own namespaces; a host-wide one, or net.*
+# on the host's network, is what a hostile user would change the sandbox (with process
+# isolation, the host) with: refused before anything starts, in Docker's words.
+hostshm=$(cat /proc/sys/kernel/shmmni)
+out=$(run --sysctl net.ipv4.ip_unprivileged_port_start=80 --sysctl kernel.shmmni=100 --sysctl fs.mqueue.msg_max=20 busybox cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni /proc/sys/fs/mqueue/msg_max; cat /proc/sys/kernel/shmmni); check sysctl 0 "80
+100
+20
+$hostshm" $? "$out"
+out=$(run --sysctl vm.swappiness=1 busybox true 2>&1; echo "rc=$?"); check sysctl-host-wide-refused 0 "arca: invalid argument \"vm.swappiness=1\" for \"--sysctl\" flag: sysctl 'vm.swappiness=1' is not allowed
+rc=125" $? "$out"
+out=$(run --network host --sysctl net.ipv4.ip_forward=1 busybox true 2>&1; echo "rc=$?"); check sysctl-net-on-host-network-refused 0 'arca: sysctl "net.ipv4.ip_forward" not allowed in host network namespace
+rc=125' $? "$out"
 out=$(run --storage-opt dm.basesize=1g busybox true 2>&1 >/dev/null | grep -c 'unknown storage option'); check storage-opt-unknown 0 1 $? "$out"
 if [ "$iso" = vm ]; then
   out=$(run --storage-opt size=100m busybox sh -c "df -k / | tail -n 1 | awk '{print (\$2 > 80000 && \$2 <= 102400)}'"); check storage-opt-size 0 1 $? "$out"

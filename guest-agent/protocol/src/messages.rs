@@ -548,6 +548,79 @@ pub struct ContainerSpec {
     /// (Docker's defaults when absent).
     #[serde(default)]
     pub security: crate::Security,
+    /// Namespaced kernel parameters (`--sysctl`), set in the container's own
+    /// namespaces before its process starts; see [`Sysctl::check`].
+    #[serde(default)]
+    pub sysctls: Vec<Sysctl>,
+}
+
+/// A kernel parameter set for one container (`--sysctl NAME=VALUE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Dotted, as `sysctl(8)` names it: `net.ipv4.ip_forward`.
+    pub name: String,
+    pub value: String,
+}
+
+/// Most `--sysctl` entries a container may have.
+pub const MAX_SYSCTLS: usize = 64;
+
+/// The IPC namespace's parameters (the rest of its are `fs.mqueue.*`).
+const IPC_SYSCTLS: [&str; 8] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+impl Sysctl {
+    /// Whether the parameter can belong to the container alone, as Docker's (runc's)
+    /// rule has it: the IPC namespace's (`kernel.msg*`, `kernel.sem`, `kernel.shm*`,
+    /// `fs.mqueue.*`), the UTS namespace's `kernel.domainname`, and the network
+    /// namespace's `net.*` (only where that namespace is the container's or its
+    /// sandbox's: see [`Sysctl::needs_own_network`]). A host-wide parameter
+    /// (`kernel.pid_max`, `vm.*`) would change the whole sandbox, and is refused. The
+    /// name is plain (letters, digits, `_`, `-`, components joined by `.`: nothing
+    /// that walks out of `/proc/sys`) and the value one line.
+    pub fn check(&self) -> Result<(), AgentError> {
+        let bad = |m: String| Err(AgentError::new(ErrorCode::BadRequest, m));
+        let n = self.name.as_str();
+        let plain = !n.is_empty()
+            && n.len() <= 255
+            && n.split('.').all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            });
+        if !plain {
+            return bad(format!("Invalid sysctl name {n:?}"));
+        }
+        if self.value.len() > 4096 || self.value.contains(['\n', '\0']) {
+            return bad(format!("Invalid value for sysctl {n}"));
+        }
+        if self.needs_own_network()
+            || IPC_SYSCTLS.contains(&n)
+            || n.starts_with("fs.mqueue.")
+            || n == "kernel.domainname"
+        {
+            return Ok(());
+        }
+        bad(format!("sysctl {n:?} is not allowed: it is not namespaced"))
+    }
+
+    /// A network namespace's parameter: not for a container on the host's network.
+    pub fn needs_own_network(&self) -> bool {
+        self.name.starts_with("net.")
+    }
+
+    /// Its file under `/proc/sys`.
+    pub fn proc_path(&self) -> String {
+        format!("/proc/sys/{}", self.name.replace('.', "/"))
+    }
 }
 
 /// A mount in the container.
@@ -1014,6 +1087,12 @@ impl ContainerSpec {
                 }
             }
         }
+        if self.sysctls.len() > MAX_SYSCTLS {
+            return bad(format!("More than {MAX_SYSCTLS} sysctls"));
+        }
+        for s in &self.sysctls {
+            s.check()?;
+        }
         if let Some(h) = &self.hostname {
             let ok = !h.is_empty()
                 && h.len() <= 64
@@ -1115,7 +1194,59 @@ mod tests {
             dns: Vec::new(),
             mounts: Vec::new(),
             security: Default::default(),
+            sysctls: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_the_containers_own_sysctls_pass() {
+        let sysctl = |name: &str, value: &str| Sysctl {
+            name: name.into(),
+            value: value.into(),
+        };
+        let mut s = spec();
+        for ok in [
+            "net.ipv4.ping_group_range",
+            "net.ipv4.conf.all.forwarding",
+            "kernel.shmmax",
+            "kernel.sem",
+            "fs.mqueue.msg_max",
+            "kernel.domainname",
+        ] {
+            s.sysctls = vec![sysctl(ok, "0 0")];
+            s.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert_eq!(
+            sysctl("net.ipv4.ip_forward", "1").proc_path(),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+        assert!(sysctl("net.core.somaxconn", "1").needs_own_network());
+        assert!(!sysctl("kernel.sem", "1").needs_own_network());
+        // Host-wide parameters: a hostile user would change the whole sandbox (with
+        // process isolation, the host) for all.
+        for (name, value) in [
+            ("kernel.pid_max", "1"),
+            ("vm.swappiness", "1"),
+            ("kernel.hostname", "x"),
+            // Names that would walk out of /proc/sys/net, or into another file.
+            ("net.ipv4../../kernel.pid_max", "1"),
+            ("net.ipv4/../../kernel/pid_max", "1"),
+            ("net..ipv4", "1"),
+            ("net.", "1"),
+            ("", "1"),
+            ("net.ipv4.ip_forward", "1\n2"),
+            ("net.ipv4.ip_forward", "1\0"),
+        ] {
+            s.sysctls = vec![sysctl(name, value)];
+            assert!(s.validate().is_err(), "{name:?}={value:?} passed");
+        }
+        s.sysctls = vec![sysctl("kernel.sem", "1"); MAX_SYSCTLS + 1];
+        assert!(s.validate().is_err());
+        // An older host's spec has none.
+        let mut json = serde_json::to_value(spec()).unwrap();
+        json.as_object_mut().unwrap().remove("sysctls");
+        let back: ContainerSpec = serde_json::from_value(json).unwrap();
+        assert!(back.sysctls.is_empty());
     }
 
     #[test]

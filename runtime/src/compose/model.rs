@@ -59,7 +59,6 @@ const SERVICE_REFUSED: &[&str] = &[
     "runtime",
     "secrets",
     "storage_opt",
-    "sysctls",
     "use_api_socket",
     "userns_mode",
     "uts",
@@ -848,6 +847,7 @@ fn service(
     let mut environment: Vec<(String, Option<String>)> = Vec::new();
     let mut security = SecurityFlags::default();
     let mut shm_size = None;
+    let mut sysctls: Vec<String> = Vec::new();
     let mut tmpfs: Vec<String> = Vec::new();
     for (k, val) in &m {
         let key = key_text(k);
@@ -1074,6 +1074,15 @@ fn service(
                 }
             }
             "group_add" => o.group_add = texts(val, &p)?,
+            "sysctls" => {
+                sysctls = match val {
+                    Value::Sequence(_) => texts(val, &p)?,
+                    _ => mapping_of(Some(val), &p)?
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={}", scalar_text(&v).unwrap_or_default()))
+                        .collect(),
+                }
+            }
             "shm_size" => shm_size = Some(size(val, &p)?),
             "ulimits" => {
                 for (lk, lv) in mapping_of(Some(val), &p)? {
@@ -1196,6 +1205,13 @@ fn service(
     }
     o.security = config::security(&security, o.isolation)
         .map_err(|e| ComposeError::Invalid(format!("{path}: {e}")))?;
+    let host_network = matches!(&network, ServiceNetwork::Mode(m) if m == "host");
+    for s in &sysctls {
+        o.sysctls.push(
+            config::parse_sysctl(s, host_network.then_some("host"))
+                .map_err(|e| ComposeError::Invalid(format!("{path}.sysctls: {e}")))?,
+        );
+    }
     // Entrypoint: Docker's takes one word; a longer one puts the rest before the
     // command (which the image's Cmd then does not fill, as with Compose).
     match entrypoint {
@@ -1669,6 +1685,31 @@ volumes:
             project("services:\n  w:\n    image: x\n    scale: 2\n    container_name: c\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn sysctls_read_as_a_list_or_mapping_under_runs_rule() {
+        let p = project(
+            "services:\n  a:\n    image: x\n    sysctls: {net.core.somaxconn: 1024, kernel.shmmni: 100}\n  b:\n    image: x\n    sysctls: [net.ipv4.ip_forward=1]\n",
+        )
+        .unwrap();
+        let names = |s: &str| -> Vec<String> {
+            p.services[s]
+                .run
+                .sysctls
+                .iter()
+                .map(|x| format!("{}={}", x.name, x.value))
+                .collect()
+        };
+        assert_eq!(names("a"), ["net.core.somaxconn=1024", "kernel.shmmni=100"]);
+        assert_eq!(names("b"), ["net.ipv4.ip_forward=1"]);
+        for bad in [
+            "services:\n  a:\n    image: x\n    sysctls: {vm.swappiness: 1}\n",
+            "services:\n  a:\n    image: x\n    network_mode: host\n    sysctls: [net.ipv4.ip_forward=1]\n",
+        ] {
+            let e = project(bad).unwrap_err().to_string();
+            assert!(e.contains("services.a.sysctls"), "{e}");
+        }
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct RunOptions {
     /// `--ulimit`: rlimits of the container's processes.
     #[serde(default)]
     pub ulimits: Vec<Rlimit>,
+    /// `--sysctl`: namespaced kernel parameters of the container.
+    #[serde(default)]
+    pub sysctls: Vec<arca_protocol::Sysctl>,
     /// `--label` (and the image's labels under them).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -154,6 +157,33 @@ pub fn parse_add_host(text: &str) -> Result<HostEntry, RunError> {
         address,
         names: vec![name.to_string()],
     })
+}
+
+/// `--sysctl NAME=VALUE`, with Docker's rule and words: the IPC namespace's parameters
+/// (`kernel.msg*`, `kernel.sem`, `kernel.shm*`, `fs.mqueue.*`) and the network's
+/// (`net.*`, not with `--network host`), which belong to the container alone.
+pub fn parse_sysctl(text: &str, network: Option<&str>) -> Result<arca_protocol::Sysctl, RunError> {
+    let refused = || {
+        RunError::Invalid(format!(
+            "invalid argument {text:?} for \"--sysctl\" flag: sysctl '{text}' is not allowed"
+        ))
+    };
+    let (name, value) = text.split_once('=').ok_or_else(refused)?;
+    let sysctl = arca_protocol::Sysctl {
+        name: name.to_string(),
+        value: value.to_string(),
+    };
+    // Docker's CLI does not take `kernel.domainname` (an OCI runtime does).
+    if name == "kernel.domainname" {
+        return Err(refused());
+    }
+    sysctl.check().map_err(|_| refused())?;
+    if sysctl.needs_own_network() && network == Some("host") {
+        return Err(RunError::Invalid(format!(
+            "sysctl {name:?} not allowed in host network namespace"
+        )));
+    }
+    Ok(sysctl)
 }
 
 /// `--ulimit NAME=SOFT[:HARD]`, Docker's format (`unlimited` or -1 for no limit).
@@ -423,6 +453,7 @@ impl RunOptions {
             dns: Vec::new(),
             group_add: Vec::new(),
             ulimits: Vec::new(),
+            sysctls: Vec::new(),
             labels: Default::default(),
             stop_signal: None,
             stop_timeout: None,
@@ -644,6 +675,48 @@ mod tests {
         assert!(p.restarts(1, 0) && p.restarts(1, 1) && !p.restarts(1, 2) && !p.restarts(0, 0));
         assert!(RestartPolicy::OnFailure { max_retries: 0 }.restarts(5, 1000));
         assert!(RestartPolicy::Always.restarts(0, 7) && !RestartPolicy::No.restarts(1, 0));
+    }
+
+    #[test]
+    fn sysctls_follow_dockers_rule_and_words() {
+        let s = parse_sysctl("net.ipv4.ip_forward=1", None).unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.value.as_str()),
+            ("net.ipv4.ip_forward", "1")
+        );
+        assert_eq!(
+            parse_sysctl("kernel.sem=1 2 3 4", None).unwrap().value,
+            "1 2 3 4"
+        );
+        assert_eq!(
+            parse_sysctl("fs.mqueue.msg_max=20", Some("host"))
+                .unwrap()
+                .value,
+            "20"
+        );
+        for (text, network, words) in [
+            (
+                "vm.swappiness=1",
+                None,
+                "invalid argument \"vm.swappiness=1\" for \"--sysctl\" flag: sysctl 'vm.swappiness=1' is not allowed",
+            ),
+            (
+                "net.ipv4.ip_forward",
+                None,
+                "sysctl 'net.ipv4.ip_forward' is not allowed",
+            ),
+            // Docker's CLI does not take it (an OCI runtime does).
+            ("kernel.domainname=x", None, "is not allowed"),
+            ("net.ipv4/../../kernel/pid_max=1", None, "is not allowed"),
+            (
+                "net.ipv4.ip_forward=1",
+                Some("host"),
+                "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace",
+            ),
+        ] {
+            let e = parse_sysctl(text, network).unwrap_err().to_string();
+            assert!(e.contains(words), "{text}: {e}");
+        }
     }
 
     #[test]

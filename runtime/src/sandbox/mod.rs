@@ -330,6 +330,7 @@ impl<'a> Sandbox<'a> {
                 .map(|(i, m)| self.mount(i, m))
                 .collect(),
             security: opts.security.clone(),
+            sysctls: opts.sysctls.clone(),
         }
     }
 

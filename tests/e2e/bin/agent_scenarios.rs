@@ -64,6 +64,7 @@ impl Env {
             dns: Vec::new(),
             mounts: Vec::new(),
             security: Default::default(),
+            sysctls: Vec::new(),
         }
     }
 
