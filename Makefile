@@ -29,8 +29,8 @@ test-deps:
 	  command -v docker-registry >/dev/null && command -v skopeo >/dev/null && \
 	  command -v openssl >/dev/null && command -v nft >/dev/null && command -v ip >/dev/null && \
 	  command -v wget >/dev/null && command -v debootstrap >/dev/null && command -v setpriv >/dev/null && \
-	  command -v htpasswd >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates iproute2 nftables wget debootstrap util-linux apache2-utils; }
+	  command -v htpasswd >/dev/null && command -v podman >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat e2fsprogs docker-registry skopeo openssl ca-certificates iproute2 nftables wget debootstrap util-linux apache2-utils podman; }
 	@command -v virtiofsd >/dev/null || { \
 	  dpkg-query -W -f='$${Status}\n' libseccomp-dev libcap-ng-dev pkg-config 2>/dev/null | grep -c 'install ok installed' | grep -qx 3 || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev libcap-ng-dev pkg-config; }; \
@@ -68,7 +68,7 @@ bench: build kernel lab-prepare test-deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile layer_chunks add_archive dns_query compose_file; do \
+	cd fuzz && for t in virtio_blk vsock_packets mmio_transport virtio_net agent_frames vhost_user_replies virtio_fs_eio seccomp_profile go_template registry_answers snapshot_state dockerfile layer_chunks add_archive dns_query compose_file oci_config; do \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:

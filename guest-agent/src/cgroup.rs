@@ -59,11 +59,10 @@ pub struct CgroupParent {
 }
 
 impl CgroupParent {
-    /// Sets up `<cgroup2 mount>/<name>` with every controller of memory, cpu, pids and
-    /// io the mount offers enabled for its children.
+    /// Sets up `<cgroup2 mount>/<name>` (`name` may have several levels) with every
+    /// controller of memory, cpu, pids and io the mount offers enabled for its children.
     pub fn setup(name: &str) -> Result<Self, CgroupError> {
         let mount = cgroup2_mount().ok_or(CgroupError::NotMounted)?;
-        let path = mount.join(name);
         let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<String> = ["memory", "cpu", "pids"]
             .iter()
@@ -75,16 +74,26 @@ impl CgroupParent {
             .map(|c| format!("+{c}"))
             .collect::<Vec<_>>()
             .join(" ");
-        if !enable.is_empty() {
-            let f = mount.join("cgroup.subtree_control");
-            fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;
-        }
-        match fs::create_dir(&path) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(io_err("create", &path)(e));
+        // A nested name (an OCI caller's `cgroupsPath`) is made level by level, each
+        // level handing the controllers down.
+        let mut dir = mount.clone();
+        for level in name
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+        {
+            if !enable.is_empty() {
+                let f = dir.join("cgroup.subtree_control");
+                fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;
             }
-            _ => {}
+            dir.push(level);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err("create", &dir)(e));
+                }
+                _ => {}
+            }
         }
+        let path = dir;
         if !enable.is_empty() {
             let f = path.join("cgroup.subtree_control");
             fs::write(&f, &enable).map_err(io_err("enable controllers in", &f))?;

@@ -1,0 +1,611 @@
+//! The commands, as runc has them (its flags are parsed by `liboci-cli` in the
+//! binary). Errors are returned; the binary prints them on stderr and exits 1.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use arca_agent_client::{AgentAddress, AgentClient};
+use arca_protocol::{ProcessSpec, StdioStream, WritableLayer};
+use arca_runtime::container::pids::{kill_if_same, wait_gone};
+
+use crate::OciError;
+use crate::container::{self, Dir, Record, Status, ask_monitor, now_rfc3339};
+use crate::spec::{self, Isolation};
+
+/// How long `create` waits for the monitor to have the container made.
+const CREATE_PATIENCE: Duration = Duration::from_secs(60);
+/// How long `delete --force` waits for the monitor to end the container.
+const DELETE_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the agent may take to answer a quick request.
+const AGENT_PATIENCE: Duration = Duration::from_secs(10);
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> OciError {
+    let action = action.into();
+    move |source| OciError::Io { action, source }
+}
+
+/// The runtime's root, made private (0700) if it is not there: other local users
+/// must not read containers' records or reach their agents' sockets.
+fn ensure_root(root: &Path) -> Result<(), OciError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(io_err(format!("create {}", root.display())))
+}
+
+/// `create`: the container made and waiting for `start`; its monitor's pid in
+/// `pid_file`. Returns the monitor (a child of this process until it exits).
+pub fn create(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    pid_file: Option<&Path>,
+    preserve_fds: i32,
+) -> Result<Child, OciError> {
+    if preserve_fds > 0 {
+        return Err(OciError::Invalid(
+            "--preserve-fds is not supported by arca-runtime".into(),
+        ));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(OciError::Invalid(
+            "arca-runtime needs root (namespaces, mounts and cgroups)".into(),
+        ));
+    }
+    let dir = Dir::of(root, id)?;
+    let bundle = std::fs::canonicalize(bundle)
+        .map_err(io_err(format!("find the bundle {}", bundle.display())))?;
+    // Read and checked before anything is made: a refused bundle leaves nothing.
+    let config = spec::load(&bundle)?;
+    let mut made = spec::translate(&config, &bundle, id)?;
+    if made.isolation == Isolation::Vm {
+        return Err(OciError::Invalid(format!(
+            "microVM isolation through arca-runtime is not supported yet: set the annotation {}=process (podman: --annotation {}=process)",
+            spec::ISOLATION_ANNOTATION,
+            spec::ISOLATION_ANNOTATION
+        )));
+    }
+    ensure_root(root)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir.0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(OciError::Exists(id.to_string()));
+        }
+        Err(e) => return Err(io_err(format!("create {}", dir.0.display()))(e)),
+    }
+    let undo = Undo(Some(dir.clone()));
+    if made.spec.rootfs.writable != WritableLayer::ReadOnly {
+        made.spec.rootfs.writable = WritableLayer::Dir {
+            path: dir.layer().display().to_string(),
+        };
+    }
+    std::fs::write(
+        dir.spec(),
+        serde_json::to_vec(&made.spec).expect("a spec serializes"),
+    )
+    .map_err(io_err("write the container's spec"))?;
+    dir.save(&Record {
+        id: id.to_string(),
+        bundle: bundle.clone(),
+        rootfs: PathBuf::from(&made.spec.rootfs.source),
+        created: now_rfc3339(),
+        annotations: made.annotations,
+        isolation: made.isolation,
+        status: Status::Creating,
+        monitor_pid: None,
+        monitor_start: None,
+        agent_pid: None,
+        agent_start: None,
+        container_pid: None,
+        cgroup_parent: made.cgroup_parent,
+        exit_code: None,
+    })?;
+    // The monitor gets this process's stdio: the container's.
+    let mut monitor = Command::new(std::env::current_exe().map_err(io_err("find arca-runtime"))?)
+        .arg("--root")
+        .arg(root)
+        .arg("__monitor")
+        .arg(id)
+        .spawn()
+        .map_err(io_err("start the container's monitor"))?;
+    let deadline = Instant::now() + CREATE_PATIENCE;
+    loop {
+        if let Ok(r) = dir.load()
+            && r.status == Status::Created
+        {
+            break;
+        }
+        if let Ok(Some(_)) = monitor.try_wait() {
+            let why = std::fs::read_to_string(dir.monitor_error())
+                .unwrap_or_else(|_| "its monitor ended".into());
+            cleanup(&dir);
+            return Err(OciError::Invalid(why));
+        }
+        if Instant::now() >= deadline {
+            let _ = monitor.kill();
+            let _ = monitor.wait();
+            cleanup(&dir);
+            return Err(OciError::Invalid(format!(
+                "container {id} was not created within {} s",
+                CREATE_PATIENCE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(p) = pid_file {
+        write_pid_file(p, monitor.id())?;
+    }
+    undo.keep();
+    Ok(monitor)
+}
+
+/// Removes a container's directory unless kept (a `create` that failed half way).
+struct Undo(Option<Dir>);
+
+impl Undo {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            cleanup(dir);
+        }
+    }
+}
+
+/// A pid file, written whole (a reader never sees it half written).
+fn write_pid_file(path: &Path, pid: u32) -> Result<(), OciError> {
+    let tmp = path.with_extension("arca-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io_err(format!("write the pid file {}", path.display())))
+}
+
+/// `start`: a created container's process runs.
+pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    match r.status {
+        Status::Created => ask_monitor(&dir, "start"),
+        other => Err(OciError::Invalid(format!(
+            "cannot start a container in the {} state",
+            other.as_str()
+        ))),
+    }
+}
+
+/// `state`: the OCI state document.
+pub fn state(root: &Path, id: &str) -> Result<serde_json::Value, OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    Ok(state_json(&dir, &r))
+}
+
+fn state_json(dir: &Dir, r: &Record) -> serde_json::Value {
+    let status = match r.status {
+        Status::Running if dir.0.join(PAUSED).exists() => "paused",
+        s => s.as_str(),
+    };
+    let pid = match r.status {
+        Status::Stopped => 0,
+        _ => r.monitor_pid.unwrap_or(0),
+    };
+    serde_json::json!({
+        "ociVersion": "1.2.0",
+        "id": r.id,
+        "pid": pid,
+        "status": status,
+        "bundle": r.bundle,
+        "rootfs": r.rootfs,
+        "created": r.created,
+        "annotations": r.annotations,
+        "owner": "",
+    })
+}
+
+/// The marker of a paused container.
+const PAUSED: &str = "paused";
+
+fn client(dir: &Dir) -> Result<AgentClient, OciError> {
+    Ok(
+        AgentClient::connect(&AgentAddress::Unix(dir.agent_socket()), AGENT_PATIENCE)?
+            .with_patience(AGENT_PATIENCE),
+    )
+}
+
+/// `kill ID SIGNAL [--all]`.
+pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    let signal = arca_runtime::container::lifecycle::parse_signal(signal)
+        .map_err(|e| OciError::Invalid(e.to_string()))?;
+    match r.status {
+        // Its process has not run: the stop signals end it as they would have.
+        Status::Created if matches!(signal, 9 | 15) => ask_monitor(&dir, "abort"),
+        Status::Created | Status::Running => {
+            client(&dir)?.signal(id, None, signal)?;
+            if all {
+                for pid in cgroup_pids(&r) {
+                    if let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+                        && let Some(s) = rustix::process::Signal::from_named_raw(signal)
+                    {
+                        let _ = rustix::process::kill_process(p, s);
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Err(OciError::Invalid(format!("container {id} is not running"))),
+    }
+}
+
+/// The container's cgroup (`linux.cgroupsPath`, else `arca-runtime`, then its id),
+/// under the cgroup2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid
+/// host).
+fn cgroup_dir(r: &Record) -> PathBuf {
+    arca_jail::cgroup2_mount()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+        .join(r.cgroup_parent.as_deref().unwrap_or("arca-runtime"))
+        .join(&r.id)
+}
+
+/// The host pids in the container's cgroup.
+fn cgroup_pids(r: &Record) -> Vec<u32> {
+    std::fs::read_to_string(cgroup_dir(r).join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `delete [--force]`: the container's files and processes gone.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    if r.status != Status::Stopped {
+        if !force {
+            return Err(OciError::Invalid(format!(
+                "cannot delete container {id} that is not stopped: {}",
+                r.status.as_str()
+            )));
+        }
+        let _ = match r.status {
+            Status::Created => ask_monitor(&dir, "abort"),
+            _ => client(&dir).and_then(|mut c| Ok(c.signal(id, None, 9)?)),
+        };
+        if let Some(pid) = r.monitor_pid
+            && !wait_gone(pid, r.monitor_start, DELETE_PATIENCE)
+        {
+            kill_if_same(pid, r.monitor_start);
+        }
+    }
+    cleanup(&dir);
+    Ok(())
+}
+
+/// Whatever is left of a container: its agent, its processes, its directory.
+fn cleanup(dir: &Dir) {
+    if let Ok(r) = dir.load() {
+        if let Some(pid) = r.agent_pid {
+            kill_if_same(pid, r.agent_start);
+        }
+        for pid in cgroup_pids(&r) {
+            kill_if_same(pid, None);
+        }
+        let cgroup = cgroup_dir(&r);
+        let _ = std::fs::remove_dir(&cgroup);
+        // The caller's `cgroupsPath` was made for this container (runc removes it on
+        // delete too); a parent others still use is not empty and stays.
+        if let Some(parent) = cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+/// `run`: `create`, `start`, and (unless `detach`) the container's exit code.
+pub fn run(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    pid_file: Option<&Path>,
+    detach: bool,
+    keep: bool,
+) -> Result<i32, OciError> {
+    let mut monitor = create(root, id, bundle, pid_file, 0)?;
+    if let Err(e) = start(root, id) {
+        let _ = delete(root, id, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let status = monitor
+        .wait()
+        .map_err(io_err("wait for the container's monitor"))?;
+    let dir = Dir::of(root, id)?;
+    let code = dir
+        .load()
+        .ok()
+        .and_then(|r| r.exit_code)
+        .or(status.code())
+        .unwrap_or(137);
+    if !keep {
+        delete(root, id, true)?;
+    }
+    Ok(code)
+}
+
+/// `ps [--format table|json]`: the container's host pids.
+pub fn ps(root: &Path, id: &str, format: &str) -> Result<String, OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    let pids = cgroup_pids(&r);
+    match format {
+        "json" => Ok(serde_json::to_string(&pids).expect("pids serialize")),
+        "table" => Ok(std::iter::once("PID".to_string())
+            .chain(pids.iter().map(u32::to_string))
+            .collect::<Vec<_>>()
+            .join("\n")),
+        other => Err(OciError::Invalid(format!(
+            "invalid format option {other:?}"
+        ))),
+    }
+}
+
+/// `list [--format table|json] [-q]`.
+pub fn list(root: &Path, format: &str, quiet: bool) -> Result<String, OciError> {
+    let mut rows = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if let Ok(dir) = Dir::of(root, &id)
+                && let Ok(r) = dir.load()
+            {
+                rows.push(state_json(&dir, &r));
+            }
+        }
+    }
+    rows.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
+    if quiet {
+        return Ok(rows
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n"));
+    }
+    match format {
+        "json" => Ok(serde_json::to_string(&rows).expect("rows serialize")),
+        "table" => {
+            let mut out = String::from("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER");
+            for r in &rows {
+                out.push_str(&format!(
+                    "\n{}\t{}\t{}\t{}\t{}\troot",
+                    r["id"].as_str().unwrap_or_default(),
+                    r["pid"],
+                    r["status"].as_str().unwrap_or_default(),
+                    r["bundle"].as_str().unwrap_or_default(),
+                    r["created"].as_str().unwrap_or_default(),
+                ));
+            }
+            Ok(out)
+        }
+        other => Err(OciError::Invalid(format!(
+            "invalid format option {other:?}"
+        ))),
+    }
+}
+
+/// `pause` and `resume`: the container's cgroup frozen or thawed.
+pub fn freeze(root: &Path, id: &str, frozen: bool) -> Result<(), OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    if r.status != Status::Running {
+        return Err(OciError::Invalid(format!("container {id} is not running")));
+    }
+    client(&dir)?.freeze(id, frozen)?;
+    let marker = dir.0.join(PAUSED);
+    if frozen {
+        std::fs::write(&marker, b"").map_err(io_err("mark the container paused"))?;
+    } else {
+        let _ = std::fs::remove_file(&marker);
+    }
+    Ok(())
+}
+
+/// `exec`: `process` runs in the container; its exit code, or 0 once started when
+/// `detach` (then `pid_file` names the process that waits for it, which the caller
+/// may wait on, as it would on runc's).
+pub fn exec(
+    root: &Path,
+    id: &str,
+    process: ProcessSpec,
+    pid_file: Option<&Path>,
+    detach: bool,
+) -> Result<i32, OciError> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load()?;
+    if r.status != Status::Running {
+        return Err(OciError::Invalid(format!(
+            "cannot exec in a container that is {}",
+            if r.status == Status::Stopped {
+                "stopped"
+            } else {
+                "not running"
+            }
+        )));
+    }
+    if !detach {
+        if let Some(p) = pid_file {
+            write_pid_file(p, std::process::id())?;
+        }
+        return exec_in(&dir, id, process, None);
+    }
+    // The process that waits for it keeps this one's stdio, as the monitor does.
+    let n = format!("exec-{}-{}", std::process::id(), now_nanos());
+    let spec_path = dir.0.join(format!("{n}.json"));
+    let ready = dir.0.join(format!("{n}.ready"));
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec(&process).expect("a process serializes"),
+    )
+    .map_err(io_err("write the exec's process"))?;
+    let mut child = Command::new(std::env::current_exe().map_err(io_err("find arca-runtime"))?)
+        .arg("--root")
+        .arg(root)
+        .arg("__exec")
+        .arg(id)
+        .arg(&n)
+        .spawn()
+        .map_err(io_err("start the exec's monitor"))?;
+    let deadline = Instant::now() + CREATE_PATIENCE;
+    let outcome = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && !text.is_empty()
+        {
+            break if text == "ok" {
+                Ok(())
+            } else {
+                Err(OciError::Invalid(text))
+            };
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break Err(OciError::Invalid(
+                std::fs::read_to_string(&ready).unwrap_or_else(|_| "the exec ended".into()),
+            ));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break Err(OciError::Invalid("the exec did not start".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = std::fs::remove_file(&ready);
+    outcome?;
+    if let Some(p) = pid_file {
+        write_pid_file(p, child.id())?;
+    }
+    Ok(0)
+}
+
+/// Entry of `arca-runtime __exec ID N`: runs the process written to `N.json`, says
+/// `ok` (or why not) in `N.ready` once it started, and exits with its code.
+pub fn exec_monitor(root: &Path, id: &str, n: &str) -> i32 {
+    let Ok(dir) = Dir::of(root, id) else {
+        return 125;
+    };
+    let ready = dir.0.join(format!("{n}.ready"));
+    let spec_path = dir.0.join(format!("{n}.json"));
+    let process = std::fs::read(&spec_path)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<ProcessSpec>(&t).ok());
+    let _ = std::fs::remove_file(&spec_path);
+    let Some(process) = process else {
+        let _ = std::fs::write(&ready, "the exec's process could not be read");
+        return 125;
+    };
+    match exec_in(&dir, id, process, Some(&ready)) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::fs::write(&ready, arca_runtime::error_chain(&e));
+            125
+        }
+    }
+}
+
+/// Runs `process` in the container, its stdio this process's; `ready` gets `ok` once
+/// it started.
+fn exec_in(
+    dir: &Dir,
+    id: &str,
+    process: ProcessSpec,
+    ready: Option<&Path>,
+) -> Result<i32, OciError> {
+    let mut client = client(dir)?;
+    let address = client.address().clone();
+    let exec_id = format!("exec-{}-{}", std::process::id(), now_nanos());
+    client.exec(id, &exec_id, process)?;
+    let out = address.attach(id, Some(&exec_id), StdioStream::Stdout)?;
+    let err = address.attach(id, Some(&exec_id), StdioStream::Stderr)?;
+    let input = address.attach(id, Some(&exec_id), StdioStream::Stdin)?;
+    if let Some(r) = ready {
+        std::fs::write(r, "ok").map_err(io_err("report the exec started"))?;
+    }
+    let copies = [
+        std::thread::spawn(move || pump(out, io::stdout())),
+        std::thread::spawn(move || pump(err, io::stderr())),
+    ];
+    std::thread::spawn(move || {
+        let mut input = input;
+        pump(io::stdin(), &mut input);
+        let _ = input.close_input();
+    });
+    let status = client.wait(id, Some(&exec_id))?;
+    for c in copies {
+        let _ = c.join();
+    }
+    Ok(status.code)
+}
+
+fn pump(mut from: impl Read, mut to: impl Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+/// `features`: what this runtime does, in the OCI features document's form.
+pub fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": [],
+        "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec",
+            "private", "rprivate", "relatime", "strictatime", "mode", "size"],
+        "linux": {
+            "namespaces": ["pid", "mount", "ipc", "uts", "network", "cgroup"],
+            "capabilities": arca_protocol::CAPABILITY_NAMES.to_vec(),
+            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP",
+                    "SCMP_ACT_LOG", "SCMP_ACT_TRACE"],
+                "operators": ["SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ",
+                    "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
+                "archs": ["SCMP_ARCH_X86_64"],
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {
+            spec::ISOLATION_ANNOTATION: "process",
+        },
+    })
+}
+
+/// What `container` exposes to the binary.
+pub use container::DEFAULT_ROOT;
