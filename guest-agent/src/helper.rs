@@ -561,6 +561,27 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
             format!("Rootfs image {} does not exist", source.display()),
         ));
     }
+    // An OCI bundle's root, written in place as runc writes it: no overlay, no /etc
+    // files of the agent's (the caller binds its own over them).
+    if let WritableLayer::InPlace { read_only } = spec.rootfs.writable {
+        rustix::mount::mount_bind_recursive(source, &root)
+            .map_err(|e| mount_err("the rootfs directory", &root, e))?;
+        let layers = Layers {
+            upper: open_dir(&root)?,
+            lower: open_dir(&root)?,
+        };
+        mount_inside(&root, spec.security.privileged)?;
+        for m in &spec.mounts {
+            mount_user(&root, m)?;
+        }
+        pivot(&root)?;
+        mask_paths(&spec.security)?;
+        if read_only {
+            rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+                .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
+        }
+        return Ok(layers);
+    }
     if spec.rootfs.fstype == "dir" {
         rustix::mount::mount_bind_recursive(source, &lower)
             .map_err(|e| mount_err("the rootfs directory", &lower, e))?;
@@ -608,7 +629,9 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
         }
         // A read-only root still gets a small layer for the mount points and files the
         // container needs (Docker makes them too); it is made read-only below.
-        WritableLayer::Tmpfs | WritableLayer::ReadOnly => base.to_path_buf(),
+        WritableLayer::Tmpfs | WritableLayer::ReadOnly | WritableLayer::InPlace { .. } => {
+            base.to_path_buf()
+        }
     };
     let (upper, work) = (layer.join("upper"), layer.join("work"));
     for d in [&upper, &work] {
@@ -642,6 +665,7 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
         mount_user(&root, m)?;
     }
     pivot(&root)?;
+    mask_paths(&spec.security)?;
     write_etc(spec, hostname);
     if spec.rootfs.writable == WritableLayer::ReadOnly {
         rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
@@ -658,7 +682,7 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
     use rustix::fs::{Mode, OFlags};
     arca_protocol::validate_mount_target(&m.target)?;
     let source_is_file = match &m.source {
-        MountSource::Bind { path } => fs::metadata(path)
+        MountSource::Bind { path, .. } => fs::metadata(path)
             .map_err(|e| {
                 AgentError::new(
                     ErrorCode::BadRequest,
@@ -793,12 +817,28 @@ fn mount_user(root: &Path, m: &Mount) -> Result<(), AgentError> {
                 }
             }
         }
-        MountSource::Bind { path } => {
+        MountSource::Bind {
+            path,
+            nosuid,
+            nodev,
+            noexec,
+        } => {
             rustix::mount::mount_bind_recursive(path.as_str(), &target)
                 .map_err(|e| mount_err(path, &target, e))?;
-            if m.readonly {
-                rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, "")
-                    .map_err(|e| mount_err(&format!("{path} read-only"), &target, e))?;
+            let mut flags = MountFlags::empty();
+            for (set, flag) in [
+                (m.readonly, MountFlags::RDONLY),
+                (*nosuid, MountFlags::NOSUID),
+                (*nodev, MountFlags::NODEV),
+                (*noexec, MountFlags::NOEXEC),
+            ] {
+                if set {
+                    flags |= flag;
+                }
+            }
+            if !flags.is_empty() {
+                rustix::mount::mount_remount(&target, MountFlags::BIND | flags, "")
+                    .map_err(|e| mount_err(&format!("{path} with its options"), &target, e))?;
             }
         }
     }
@@ -958,6 +998,38 @@ fn mount_inside(root: &Path, privileged: bool) -> Result<(), AgentError> {
                 .map_err(|e| mount_err("itself", &target, e))?;
             rustix::mount::mount_remount(&target, F::BIND | F::RDONLY, "")
                 .map_err(|e| mount_err("read-only", &target, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An OCI bundle's masked and read-only paths beyond the agent's own (which
+/// [`mount_inside`] made), in the container's root: after the pivot, so that a symlink
+/// on the way resolves inside it. A path that does not exist is left alone, as runc
+/// leaves it.
+fn mask_paths(security: &arca_protocol::Security) -> Result<(), AgentError> {
+    if security.privileged {
+        return Ok(());
+    }
+    for p in &security.masked_paths {
+        let path = Path::new(p);
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                rustix::mount::mount("tmpfs", path, "tmpfs", MountFlags::RDONLY, None)
+                    .map_err(|e| mount_err("an empty tmpfs", path, e))?
+            }
+            Ok(_) => rustix::mount::mount_bind("/dev/null", path)
+                .map_err(|e| mount_err("/dev/null", path, e))?,
+            Err(_) => {}
+        }
+    }
+    for p in &security.readonly_paths {
+        let path = Path::new(p);
+        if path.exists() {
+            rustix::mount::mount_bind_recursive(path, path)
+                .map_err(|e| mount_err("itself", path, e))?;
+            rustix::mount::mount_remount(path, MountFlags::BIND | MountFlags::RDONLY, "")
+                .map_err(|e| mount_err("read-only", path, e))?;
         }
     }
     Ok(())

@@ -2,13 +2,13 @@
 //! binary). Errors are returned; the binary prints them on stderr and exits 1.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use arca_agent_client::{AgentAddress, AgentClient};
-use arca_protocol::{ProcessSpec, StdioStream, WritableLayer};
+use arca_protocol::{ProcessSpec, StdioStream};
 use arca_runtime::container::pids::{kill_if_same, wait_gone};
 
 use crate::OciError;
@@ -30,12 +30,30 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> OciError {
 /// The runtime's root, made private (0700) if it is not there: other local users
 /// must not read containers' records or reach their agents' sockets.
 fn ensure_root(root: &Path) -> Result<(), OciError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(root)
-        .map_err(io_err(format!("create {}", root.display())))
+        .map_err(io_err(format!("create {}", root.display())))?;
+    // One that was there already: root's own directory, private from now on.
+    let m =
+        std::fs::symlink_metadata(root).map_err(io_err(format!("inspect {}", root.display())))?;
+    if !m.is_dir() || m.uid() != 0 {
+        return Err(OciError::Invalid(format!(
+            "The runtime's root {} is not a directory of root's",
+            root.display()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("make {} private", root.display())))?;
+    }
+    Ok(())
 }
+
+/// Longest path of a Unix socket (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// `create`: the container made and waiting for `start`; its monitor's pid in
 /// `pid_file`. Returns the monitor (a child of this process until it exits).
@@ -61,12 +79,19 @@ pub fn create(
         .map_err(io_err(format!("find the bundle {}", bundle.display())))?;
     // Read and checked before anything is made: a refused bundle leaves nothing.
     let config = spec::load(&bundle)?;
-    let mut made = spec::translate(&config, &bundle, id)?;
-    if made.isolation == Isolation::Vm {
+    if spec::isolation(&config)? == Isolation::Vm {
         return Err(OciError::Invalid(format!(
             "microVM isolation through arca-runtime is not supported yet: set the annotation {}=process (podman: --annotation {}=process)",
             spec::ISOLATION_ANNOTATION,
             spec::ISOLATION_ANNOTATION
+        )));
+    }
+    let made = spec::translate(&config, &bundle, id)?;
+    let socket = dir.control();
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(OciError::Invalid(format!(
+            "The container's socket {} would be longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes): use a shorter --root or id",
+            socket.display()
         )));
     }
     ensure_root(root)?;
@@ -78,11 +103,6 @@ pub fn create(
         Err(e) => return Err(io_err(format!("create {}", dir.0.display()))(e)),
     }
     let undo = Undo(Some(dir.clone()));
-    if made.spec.rootfs.writable != WritableLayer::ReadOnly {
-        made.spec.rootfs.writable = WritableLayer::Dir {
-            path: dir.layer().display().to_string(),
-        };
-    }
     std::fs::write(
         dir.spec(),
         serde_json::to_vec(&made.spec).expect("a spec serializes"),
@@ -136,8 +156,12 @@ pub fn create(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    if let Some(p) = pid_file {
-        write_pid_file(p, monitor.id())?;
+    if let Some(p) = pid_file
+        && let Err(e) = write_pid_file(p, monitor.id())
+    {
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+        return Err(e);
     }
     undo.keep();
     Ok(monitor)
@@ -162,10 +186,23 @@ impl Drop for Undo {
 
 /// A pid file, written whole (a reader never sees it half written).
 fn write_pid_file(path: &Path, pid: u32) -> Result<(), OciError> {
-    let tmp = path.with_extension("arca-tmp");
-    std::fs::write(&tmp, pid.to_string())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io_err(format!("write the pid file {}", path.display())))
+    // A fresh name, made exclusively (never through a link someone left there).
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.{}", std::process::id(), now_nanos()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(pid.to_string().as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io_err(format!("write the pid file {}", path.display())))
 }
 
 /// `start`: a created container's process runs.
@@ -224,13 +261,24 @@ fn client(dir: &Dir) -> Result<AgentClient, OciError> {
 pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), OciError> {
     let dir = Dir::of(root, id)?;
     let r = dir.load()?;
+    let live = matches!(r.status, Status::Created | Status::Running);
+    // Signal 0 asks whether it is there, as kill(2)'s.
+    if signal.trim() == "0" {
+        return if live {
+            Ok(())
+        } else {
+            Err(OciError::Invalid(format!("container {id} is not running")))
+        };
+    }
     let signal = arca_runtime::container::lifecycle::parse_signal(signal)
         .map_err(|e| OciError::Invalid(e.to_string()))?;
     match r.status {
         // Its process has not run: the stop signals end it as they would have.
-        Status::Created if matches!(signal, 9 | 15) => ask_monitor(&dir, "abort"),
+        Status::Created if matches!(signal, 9 | 15) => {
+            ask_monitor(&dir, &format!("abort {signal}"))
+        }
         Status::Created | Status::Running => {
-            client(&dir)?.signal(id, None, signal)?;
+            let sent = client(&dir).and_then(|mut c| Ok(c.signal(id, None, signal)?));
             if all {
                 for pid in cgroup_pids(&r) {
                     if let Some(p) = rustix::process::Pid::from_raw(pid as i32)
@@ -240,7 +288,7 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), OciErr
                     }
                 }
             }
-            Ok(())
+            sent
         }
         _ => Err(OciError::Invalid(format!("container {id} is not running"))),
     }
@@ -269,7 +317,10 @@ fn cgroup_pids(r: &Record) -> Vec<u32> {
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     let dir = Dir::of(root, id)?;
     let r = dir.load()?;
-    if r.status != Status::Stopped {
+    // A `create` killed before its monitor ran left a record and nothing running.
+    let gone =
+        r.status == Status::Stopped || (r.status == Status::Creating && r.monitor_pid.is_none());
+    if !gone {
         if !force {
             return Err(OciError::Invalid(format!(
                 "cannot delete container {id} that is not stopped: {}",
@@ -277,7 +328,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
             )));
         }
         let _ = match r.status {
-            Status::Created => ask_monitor(&dir, "abort"),
+            Status::Created => ask_monitor(&dir, "abort 9"),
             _ => client(&dir).and_then(|mut c| Ok(c.signal(id, None, 9)?)),
         };
         if let Some(pid) = r.monitor_pid
@@ -296,14 +347,15 @@ fn cleanup(dir: &Dir) {
         if let Some(pid) = r.agent_pid {
             kill_if_same(pid, r.agent_start);
         }
-        for pid in cgroup_pids(&r) {
-            kill_if_same(pid, None);
-        }
+        // Every process left in it, sub-cgroups included (cgroup.kill), then the
+        // cgroup itself once the kernel has emptied it.
         let cgroup = cgroup_dir(&r);
-        let _ = std::fs::remove_dir(&cgroup);
+        arca_jail::kill_and_remove_cgroup(&cgroup, DELETE_PATIENCE);
         // The caller's `cgroupsPath` was made for this container (runc removes it on
-        // delete too); a parent others still use is not empty and stays.
-        if let Some(parent) = cgroup.parent() {
+        // delete too); the shared default parent stays.
+        if r.cgroup_parent.is_some()
+            && let Some(parent) = cgroup.parent()
+        {
             let _ = std::fs::remove_dir(parent);
         }
     }
@@ -428,7 +480,7 @@ pub fn freeze(root: &Path, id: &str, frozen: bool) -> Result<(), OciError> {
 pub fn exec(
     root: &Path,
     id: &str,
-    process: ProcessSpec,
+    process: ExecProcess,
     pid_file: Option<&Path>,
     detach: bool,
 ) -> Result<i32, OciError> {
@@ -444,6 +496,12 @@ pub fn exec(
             }
         )));
     }
+    if dir.0.join(PAUSED).exists() {
+        return Err(OciError::Invalid(format!(
+            "cannot exec in container {id}: it is paused"
+        )));
+    }
+    let process = resolve_exec(&dir, process)?;
     if !detach {
         if let Some(p) = pid_file {
             write_pid_file(p, std::process::id())?;
@@ -497,12 +555,95 @@ pub fn exec(
     Ok(0)
 }
 
+/// What `exec` runs.
+#[derive(Debug)]
+pub enum ExecProcess {
+    /// `--process FILE`: an OCI process, whole.
+    Oci(Box<oci_spec::runtime::Process>),
+    /// A command and runc's flags, over the container's own process: its environment
+    /// (with `env` over it), working directory, user and groups unless given.
+    Command {
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: Option<String>,
+        user: Option<String>,
+        additional_gids: Vec<u32>,
+        no_new_privs: bool,
+    },
+}
+
+/// The agent's process for `process`. Every exec runs under the container's
+/// confinement: one that asks for other capabilities, or for `no_new_privs` the
+/// container lacks, is refused rather than run otherwise.
+fn resolve_exec(dir: &Dir, process: ExecProcess) -> Result<ProcessSpec, OciError> {
+    let text = std::fs::read(dir.spec()).map_err(io_err("read the container's spec"))?;
+    let container: arca_protocol::ContainerSpec =
+        serde_json::from_slice(&text).map_err(|e| OciError::Invalid(format!("spec.json: {e}")))?;
+    let security = &container.security;
+    let nnp_refused = || {
+        OciError::Invalid(
+            "exec with no_new_privs in a container without it is not supported by arca-runtime (every exec gets the container's confinement)".into(),
+        )
+    };
+    match process {
+        ExecProcess::Oci(p) => {
+            if p.capabilities().is_some() && spec::capabilities(&p)? != security.capabilities {
+                return Err(OciError::Invalid(
+                    "exec with capabilities other than the container's is not supported by arca-runtime".into(),
+                ));
+            }
+            if p.no_new_privileges() == Some(true) && !security.no_new_privileges {
+                return Err(nnp_refused());
+            }
+            Ok(spec::process_spec(&p)?)
+        }
+        ExecProcess::Command {
+            args,
+            env,
+            cwd,
+            user,
+            additional_gids,
+            no_new_privs,
+        } => {
+            if no_new_privs && !security.no_new_privileges {
+                return Err(nnp_refused());
+            }
+            let base = container.process;
+            let key = |e: &str| e.split('=').next().unwrap_or_default().to_string();
+            let mut merged: Vec<String> = base
+                .env
+                .into_iter()
+                .filter(|e| !env.iter().any(|x| key(x) == key(e)))
+                .collect();
+            merged.extend(env);
+            Ok(ProcessSpec {
+                args,
+                env: merged,
+                cwd: cwd.or(base.cwd),
+                user: user.or(base.user),
+                additional_groups: if additional_gids.is_empty() {
+                    base.additional_groups
+                } else {
+                    additional_gids.iter().map(u32::to_string).collect()
+                },
+                stdin: true,
+                rlimits: base.rlimits,
+                ..ProcessSpec::default()
+            })
+        }
+    }
+}
+
 /// Entry of `arca-runtime __exec ID N`: runs the process written to `N.json`, says
 /// `ok` (or why not) in `N.ready` once it started, and exits with its code.
 pub fn exec_monitor(root: &Path, id: &str, n: &str) -> i32 {
     let Ok(dir) = Dir::of(root, id) else {
         return 125;
     };
+    // Named by `exec` itself: `exec-PID-NANOS`, nothing that leaves the directory.
+    if !n.starts_with("exec-") || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return 125;
+    }
     let ready = dir.0.join(format!("{n}.ready"));
     let spec_path = dir.0.join(format!("{n}.json"));
     let process = std::fs::read(&spec_path)
@@ -540,18 +681,32 @@ fn exec_in(
     if let Some(r) = ready {
         std::fs::write(r, "ok").map_err(io_err("report the exec started"))?;
     }
-    let copies = [
-        std::thread::spawn(move || pump(out, io::stdout())),
-        std::thread::spawn(move || pump(err, io::stderr())),
-    ];
+    let (done, drained) = std::sync::mpsc::channel();
+    for copy in [
+        Box::new(move || pump(out, io::stdout())) as Box<dyn FnOnce() + Send>,
+        Box::new(move || pump(err, io::stderr())),
+    ] {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            copy();
+            let _ = done.send(());
+        });
+    }
     std::thread::spawn(move || {
         let mut input = input;
         pump(io::stdin(), &mut input);
         let _ = input.close_input();
     });
     let status = client.wait(id, Some(&exec_id))?;
-    for c in copies {
-        let _ = c.join();
+    // Output may go on while a child of the process holds it open: not for long.
+    let deadline = Instant::now() + crate::monitor::DRAIN;
+    for _ in 0..2 {
+        if drained
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
+        }
     }
     Ok(status.code)
 }

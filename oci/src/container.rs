@@ -101,9 +101,7 @@ impl Dir {
     pub fn agent_log(&self) -> PathBuf {
         self.0.join("agent.log")
     }
-    pub fn layer(&self) -> PathBuf {
-        self.0.join("layer")
-    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.0.join("run")
     }

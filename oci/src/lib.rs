@@ -20,7 +20,9 @@ pub mod container;
 pub mod monitor;
 pub mod spec;
 
-/// Errors of the runtime's commands.
+/// Errors of the runtime's commands. Messages that callers match on are runc's words
+/// (`container ID does not exist`, `cannot delete container ID that is not stopped`),
+/// lower case as runc has them.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     /// No container of that id.

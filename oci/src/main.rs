@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arca_oci::{OciError, commands, spec};
+use arca_oci::{OciError, commands};
 use clap::{Parser, Subcommand};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 
@@ -155,7 +155,7 @@ fn dispatch(root: &Path, cli: Cli) -> Result<i32, OciError> {
                         })?;
                         let p: oci_spec::runtime::Process = serde_json::from_slice(&text)
                             .map_err(|e| OciError::Invalid(format!("{}: {e}", path.display())))?;
-                        spec::process_spec(&p)?
+                        commands::ExecProcess::Oci(Box::new(p))
                     }
                     None => {
                         if a.command.is_empty() {
@@ -163,7 +163,7 @@ fn dispatch(root: &Path, cli: Cli) -> Result<i32, OciError> {
                                 "exec needs a command or --process".into(),
                             ));
                         }
-                        arca_protocol::ProcessSpec {
+                        commands::ExecProcess::Command {
                             args: a.command.clone(),
                             env: a.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                             cwd: a.cwd.as_ref().map(|c| c.display().to_string()),
@@ -171,13 +171,8 @@ fn dispatch(root: &Path, cli: Cli) -> Result<i32, OciError> {
                                 Some(g) => format!("{u}:{g}"),
                                 None => u.to_string(),
                             }),
-                            additional_groups: a
-                                .additional_gids
-                                .iter()
-                                .map(u32::to_string)
-                                .collect(),
-                            stdin: true,
-                            ..Default::default()
+                            additional_gids: a.additional_gids.clone(),
+                            no_new_privs: a.no_new_privs,
                         }
                     }
                 };

@@ -26,7 +26,7 @@ use crate::container::{Dir, Status, started};
 const AGENT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long output may keep coming after the container's process exited (a child of
 /// it holding the pipe open) before the monitor stops copying.
-const DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// How long the agent is given to exit once told to.
 const END_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -133,15 +133,21 @@ fn serve(dir: &Dir) -> Result<i32, OciError> {
                     return Err(e.into());
                 }
             },
-            "abort" => {
+            abort if abort.starts_with("abort") => {
+                // Ended by signal N before it ran: 128 + N, as a shell reports it.
+                let signal: i32 = abort
+                    .strip_prefix("abort ")
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=64).contains(n))
+                    .unwrap_or(9);
                 let _ = client.remove(&id, true);
                 let _ = client.shutdown();
                 record.status = Status::Stopped;
-                record.exit_code = Some(137);
+                record.exit_code = Some(128 + signal);
                 dir.save(&record)?;
                 let _ = conn.write_all(b"ok\n");
                 let _ = std::fs::remove_file(dir.control());
-                return Ok(137);
+                return Ok(128 + signal);
             }
             other => {
                 let _ = writeln!(conn, "Unknown request {other:?}");

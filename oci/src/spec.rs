@@ -110,19 +110,27 @@ const BIND_OPTIONS: [&str; 12] = [
     "z", "Z",
 ];
 
+/// The isolation the bundle's annotation [`ISOLATION_ANNOTATION`] asks (a microVM
+/// without one).
+pub fn isolation(spec: &Spec) -> Result<Isolation, SpecError> {
+    let asked = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ISOLATION_ANNOTATION));
+    match asked.map(String::as_str) {
+        None | Some("vm") => Ok(Isolation::Vm),
+        Some("process") => Ok(Isolation::Process),
+        Some(other) => Err(SpecError::Invalid(format!(
+            "annotation {ISOLATION_ANNOTATION}={other:?}: use vm or process"
+        ))),
+    }
+}
+
 /// Turns `spec`, the configuration of bundle `bundle`, into container `id`'s.
 pub fn translate(spec: &Spec, bundle: &Path, id: &str) -> Result<Container, SpecError> {
     let unsupported = |what: &str| Err(SpecError::Unsupported(what.to_string()));
     let annotations = spec.annotations().clone().unwrap_or_default();
-    let isolation = match annotations.get(ISOLATION_ANNOTATION).map(String::as_str) {
-        None | Some("vm") => Isolation::Vm,
-        Some("process") => Isolation::Process,
-        Some(other) => {
-            return Err(SpecError::Invalid(format!(
-                "annotation {ISOLATION_ANNOTATION}={other:?}: use vm or process"
-            )));
-        }
-    };
+    let isolation = isolation(spec)?;
     if spec.hooks().as_ref().is_some_and(|h| {
         [
             h.prestart(),
@@ -262,15 +270,27 @@ pub fn translate(spec: &Spec, bundle: &Path, id: &str) -> Result<Container, Spec
             }
         },
         privileged: false,
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
     };
-    // The agent masks Docker's paths under /proc and /sys (what podman and containerd
-    // list too) unless the container is privileged, which is what empty lists ask.
-    let masked = linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty());
-    let readonly = linux
-        .readonly_paths()
-        .as_ref()
-        .is_some_and(|p| !p.is_empty());
-    security.privileged = !masked && !readonly;
+    // The agent masks Docker's paths under /proc and /sys in every unprivileged
+    // container, and those the bundle lists beyond them; both lists empty is a
+    // privileged container's (podman --privileged), with /proc and /sys unmasked.
+    let masked = linux.masked_paths().clone().unwrap_or_default();
+    let readonly = linux.readonly_paths().clone().unwrap_or_default();
+    security.privileged = masked.is_empty() && readonly.is_empty();
+    security.masked_paths = masked
+        .into_iter()
+        .filter(|p| !arca_protocol::MASKED_PATHS.contains(&p.as_str()))
+        .collect();
+    // (A path the agent masks is read-only too: podman lists /proc/asound here.)
+    security.readonly_paths = readonly
+        .into_iter()
+        .filter(|p| {
+            !arca_protocol::READONLY_PATHS.contains(&p.as_str())
+                && !arca_protocol::MASKED_PATHS.contains(&p.as_str())
+        })
+        .collect();
 
     let mut mounts = Vec::new();
     for m in spec.mounts().clone().unwrap_or_default() {
@@ -305,6 +325,9 @@ pub fn translate(spec: &Spec, bundle: &Path, id: &str) -> Result<Container, Spec
                 }
                 MountSource::Bind {
                     path: source.display().to_string(),
+                    nosuid: option("nosuid"),
+                    nodev: option("nodev"),
+                    noexec: option("noexec"),
                 }
             }
             "tmpfs" => {
@@ -349,10 +372,9 @@ pub fn translate(spec: &Spec, bundle: &Path, id: &str) -> Result<Container, Spec
         rootfs: Rootfs {
             source: rootfs.display().to_string(),
             fstype: "dir".into(),
-            writable: if root.readonly().unwrap_or(false) {
-                WritableLayer::ReadOnly
-            } else {
-                WritableLayer::Tmpfs
+            // Written in place, as runc writes a bundle's root.
+            writable: WritableLayer::InPlace {
+                read_only: root.readonly().unwrap_or(false),
             },
         },
         process,
@@ -477,7 +499,7 @@ pub fn process_spec(process: &oci_spec::runtime::Process) -> Result<ProcessSpec,
 
 /// The capability set root in the container keeps: the bounding set, which must hold
 /// the others (the agent gives root one set for all five, and a non-root user none).
-fn capabilities(process: &oci_spec::runtime::Process) -> Result<Capabilities, SpecError> {
+pub fn capabilities(process: &oci_spec::runtime::Process) -> Result<Capabilities, SpecError> {
     let Some(caps) = process.capabilities() else {
         return Ok(Capabilities::NONE);
     };
@@ -502,6 +524,14 @@ fn capabilities(process: &oci_spec::runtime::Process) -> Result<Capabilities, Sp
         ));
     }
     let bounding = set(caps.bounding())?;
+    // `mknod` is harmless only behind a device filter, which Arca does not have (so
+    // `arca run` drops the capability too): with it, the container's root could make
+    // a node for a host disk and write to it.
+    if bounding.has_named("CAP_MKNOD") {
+        return Err(SpecError::Unsupported(
+            "CAP_MKNOD (Arca has no device filter to make it harmless)".into(),
+        ));
+    }
     for (name, other) in [
         ("effective", caps.effective()),
         ("permitted", caps.permitted()),
@@ -541,6 +571,11 @@ fn resources(linux: &oci_spec::runtime::Linux) -> Result<Resources, SpecError> {
             return unsupported("memory.disableOOMKiller");
         }
         out.memory_bytes = m.limit().filter(|l| *l > 0).map(|l| l as u64);
+        // The agent allows no swap beside a memory limit (memory.swap.max 0): a swap
+        // limit alone would be lost.
+        if m.swap().is_some_and(|s| s > 0) && out.memory_bytes.is_none() {
+            return unsupported("memory.swap without memory.limit");
+        }
     }
     if let Some(c) = r.cpu() {
         if c.shares().is_some() {
@@ -668,6 +703,26 @@ mod tests {
                 .iter()
                 .all(|m| matches!(m.source, MountSource::Bind { .. }) && !m.readonly)
         );
+        let shm = s.mounts.iter().find(|m| m.target == "/dev/shm").unwrap();
+        assert_eq!(
+            shm.source,
+            MountSource::Bind {
+                path: "/var/lib/containers/storage/vfs-containers/ffbcf1a15fa669c5421fa5fc1e57e8800d0985740d2be8581cea30945f033a27/userdata/shm".into(),
+                nosuid: true,
+                nodev: true,
+                noexec: true
+            }
+        );
+        assert_eq!(
+            s.rootfs.writable,
+            WritableLayer::InPlace { read_only: false }
+        );
+        // podman's lists are Docker's, but for two the agent masks on top of its own.
+        assert_eq!(
+            s.security.masked_paths,
+            ["/sys/fs/selinux", "/sys/dev/block"]
+        );
+        assert!(s.security.readonly_paths.is_empty());
         assert!(matches!(s.security.seccomp, Seccomp::Profile(_)));
         assert!(!s.security.privileged);
         assert!(s.security.capabilities.has_named("CAP_SYS_CHROOT"));
@@ -718,7 +773,10 @@ mod tests {
         refused(parse_runc(&|_| {}), "process.terminal");
         let c = parse_runc(&|v| v["process"]["terminal"] = json!(false)).unwrap();
         assert_eq!(c.spec.rootfs.source, "/b/rootfs");
-        assert_eq!(c.spec.rootfs.writable, WritableLayer::ReadOnly);
+        assert_eq!(
+            c.spec.rootfs.writable,
+            WritableLayer::InPlace { read_only: true }
+        );
         assert!(c.spec.security.no_new_privileges);
         assert_eq!(c.spec.security.capabilities.names().len(), 3);
         // No seccomp section: no filter, as runc runs it.
@@ -867,6 +925,27 @@ mod tests {
             (
                 "Invalid hostname",
                 Box::new(|v| v["hostname"] = json!("bad/host")),
+            ),
+            // With CAP_MKNOD and no device filter, root in the container could make a
+            // node for a host disk (containerd's default spec has the capability).
+            (
+                "CAP_MKNOD",
+                Box::new(|v| {
+                    for set in ["bounding", "effective", "permitted"] {
+                        v["process"]["capabilities"][set]
+                            .as_array_mut()
+                            .unwrap()
+                            .push(json!("CAP_MKNOD"))
+                    }
+                }),
+            ),
+            (
+                "memory.swap without memory.limit",
+                Box::new(|v| v["linux"]["resources"]["memory"] = json!({"swap": 1 << 30})),
+            ),
+            (
+                "Invalid mount target",
+                Box::new(|v| v["linux"]["maskedPaths"] = json!(["/proc/../etc/shadow"])),
             ),
         ];
         for (words, edit) in cases {

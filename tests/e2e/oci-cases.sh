@@ -23,6 +23,7 @@ fi
 # root may set: the host's own, as numbers.
 podmanargs="$podmanpids --ulimit nofile=$(ulimit -Sn):$(ulimit -Hn) --ulimit nproc=1024:1024"
 work=$(mktemp -d)
+mkdir "$work/bindsrc"
 root=$work/root
 rt() { arca-runtime --root "$root" "$@"; }
 # bundle NAME ARGS_JSON [EXTRA_TOP_LEVEL_JSON [ANNOTATION_JSON]]: a bundle whose
@@ -34,7 +35,7 @@ bundle() {
 {
   "ociVersion": "1.0.2",
   "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": $2,
-    "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/",
+    "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FOO=bar"], "cwd": "/",
     "capabilities": {"bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"]},
     "noNewPrivileges": true},
   "root": {"path": "$rootfs", "readonly": false},
@@ -42,14 +43,15 @@ bundle() {
   "mounts": [
     {"destination": "/proc", "type": "proc", "source": "proc"},
     {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/mnt", "type": "bind", "source": "$work/bindsrc", "options": ["rbind", "ro", "noexec", "nosuid", "nodev"]}
   ],
   "annotations": {$ann},
   "linux": {
     "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
     "sysctl": {"net.ipv4.ip_unprivileged_port_start": "80"},
     $pids
-    "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]
+    "maskedPaths": ["/proc/kcore", "/proc/cmdline"], "readonlyPaths": ["/proc/sys"]
   }${3:+, $3}
 }
 JSON
@@ -61,13 +63,17 @@ out=$(rt run -b "$b" c-echo); check run-echo 0 hello $? "$out"
 out=$(rt list -q); check run-removes-its-container 0 "" $? "$out"
 b=$(bundle exit '["sh", "-c", "echo err >&2; exit 3"]')
 out=$(rt run -b "$b" c-exit 2>/dev/null); check run-exit-code 3 "" $? "$out"
-b=$(bundle conf '["sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; cat /sys/fs/cgroup/pids.max 2>/dev/null || echo no-pids; grep ^CapEff /proc/self/status; wc -c </proc/timer_list"]')
+b=$(bundle conf '["sh", "-c", "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; cat /sys/fs/cgroup/pids.max 2>/dev/null || echo no-pids; grep ^CapEff /proc/self/status; wc -c </proc/timer_list; wc -c </proc/cmdline; grep \" /mnt \" /proc/mounts | grep -c ro,nosuid,nodev,noexec"]')
 out=$(rt run -b "$b" c-conf 2>/dev/null); check config-applied 0 "oci
 80
 $pidsmax
 CapEff:	0000000000000420
-0" $? "$out"
+0
+0
+1" $? "$out"
 out=$(echo piped | rt run -b "$(bundle stdin '["cat"]')" c-stdin); check run-stdin 0 piped $? "$out"
+# The root filesystem is the bundle's, written in place as runc writes it.
+out=$(rt run -b "$(bundle write '["sh", "-c", "echo kept > /oci-wrote"]')" c-write; cat "$rootfs/oci-wrote"; rm -f "$rootfs/oci-wrote"); check writes-in-place 0 kept $? "$out"
 
 # The lifecycle as podman and containerd drive it: create (stdio handed over, the
 # monitor's pid in the pid file), state, start, exec, ps, kill, delete.
@@ -82,7 +88,8 @@ out=$(cat "$work/life.out"; rt state c-life | grep '"status"' | tr -d ' ,'); che
 "status":"running"' $? "$out"
 out=$(rt start c-life 2>&1; echo "rc=$?"); check start-twice-refused 0 "arca-runtime: cannot start a container in the running state
 rc=1" $? "$out"
-out=$(rt exec c-life sh -c 'echo in-$(hostname); exit 4'); check exec 4 in-oci $? "$out"
+out=$(rt exec c-life sh -c 'echo in-$(hostname)-$FOO; exit 4'); check exec-inherits-the-containers-process 4 in-oci-bar $? "$out"
+out=$(rt kill c-life 0; echo "rc=$?"); check kill-0-asks-whether-it-runs 0 "rc=0" $? "$out"
 rt exec --detach --pid-file "$work/exec.pid" c-life sh -c 'sleep 0.3; echo later' >"$work/exec.out"; rc=$?
 epid=$(cat "$work/exec.pid"); i=0; while [ -d "/proc/$epid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
 out=$(cat "$work/exec.out"); check exec-detached 0 later $rc "$out"
@@ -111,6 +118,12 @@ rc=1" $? "$out"
 out=$(rt run -b "$(bundle tty '["true"]' '"hooks": {"prestart": [{"path": "/bin/true"}]}')" c-hooks 2>&1; echo "rc=$?"; rt list -q); check refused-hooks 0 "arca-runtime: config.json: hooks is not supported by arca-runtime
 rc=1" $? "$out"
 out=$(rt run -b "$(bundle vm '["true"]' '' '"io.arca.isolation": "vm"')" c-vm 2>&1 | grep -c 'annotation io.arca.isolation=process'); check vm-refused-for-now 0 1 $? "$out"
+# CAP_MKNOD without a device filter: root in the container could make a node for a host
+# disk and write to it.
+b=$(bundle mknod '["true"]')
+sed -i 's/"bounding": \["CAP_KILL"/"bounding": ["CAP_MKNOD", "CAP_KILL"/' "$b/config.json"
+out=$(rt run -b "$b" c-mknod 2>&1; echo "rc=$?"; rt list -q); check refused-mknod 0 "arca-runtime: config.json: CAP_MKNOD (Arca has no device filter to make it harmless) is not supported by arca-runtime
+rc=1" $? "$out"
 out=$(rt run -b "$b" ../escape 2>&1; echo "rc=$?"; ls "$work" | grep -c escape; true); check id-escaping-root-refused 0 "arca-runtime: Invalid container id \"../escape\": use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit
 rc=1
 0" $? "$out"

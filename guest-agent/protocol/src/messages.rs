@@ -651,10 +651,17 @@ pub enum MountSource {
         #[serde(default)]
         noexec: bool,
     },
-    /// A bind mount of a path the agent sees (a file or directory).
+    /// A bind mount of a path the agent sees (a file or directory), recursive.
     Bind {
         /// Absolute path in the agent's filesystem.
         path: String,
+        /// Mounted `nosuid`, `nodev`, `noexec` (as an OCI bundle's mount options ask).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nosuid: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nodev: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        noexec: bool,
     },
     /// A virtio-fs device of the microVM, by its tag (a host directory that the VMM's
     /// virtio-fs backend serves).
@@ -788,6 +795,14 @@ pub enum WritableLayer {
     /// No writable layer: the root filesystem is read-only (mount points the
     /// container needs are made in a small tmpfs layer first, as Docker does).
     ReadOnly,
+    /// The root filesystem directory itself, written in place, as runc uses an OCI
+    /// bundle's: no overlay, and the agent writes no `/etc` files (the caller binds
+    /// its own). Mount points are made in it; with `read_only` it is remounted
+    /// read-only once the mounts are made. Only with `fstype` `dir`.
+    InPlace {
+        #[serde(default)]
+        read_only: bool,
+    },
 }
 
 /// Cgroup v2 limits; `None` is no limit.
@@ -1027,6 +1042,11 @@ impl ContainerSpec {
                 self.rootfs.source
             ));
         }
+        if matches!(self.rootfs.writable, WritableLayer::InPlace { .. })
+            && self.rootfs.fstype != "dir"
+        {
+            return bad("A root filesystem used in place must be a directory".into());
+        }
         if let WritableLayer::Disk { device, fstype } = &self.rootfs.writable {
             if !device.starts_with("/dev/") || device.contains('\0') || device.contains("..") {
                 return bad(format!(
@@ -1048,6 +1068,17 @@ impl ContainerSpec {
                 self.security.capabilities.0 & !crate::Capabilities::all().0
             ));
         }
+        for path in self
+            .security
+            .masked_paths
+            .iter()
+            .chain(&self.security.readonly_paths)
+        {
+            validate_mount_target(path)?;
+        }
+        if self.security.masked_paths.len() + self.security.readonly_paths.len() > MAX_MOUNTS {
+            return bad(format!("More than {MAX_MOUNTS} masked and read-only paths"));
+        }
         if let crate::Seccomp::Profile(p) = &self.security.seccomp {
             p.validate()
                 .map_err(|e| AgentError::new(ErrorCode::BadRequest, e.to_string()))?;
@@ -1064,7 +1095,7 @@ impl ContainerSpec {
                         ));
                     }
                 }
-                MountSource::Bind { path } => {
+                MountSource::Bind { path, .. } => {
                     if !path.starts_with('/') || path.contains('\0') {
                         return bad(format!(
                             "Bind source {path:?} for {} is not an absolute path",
@@ -1570,6 +1601,9 @@ mod tests {
             target: "/data/x".into(),
             source: MountSource::Bind {
                 path: "relative".into(),
+                nosuid: false,
+                nodev: false,
+                noexec: false,
             },
             readonly: true,
         });

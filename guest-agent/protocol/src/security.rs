@@ -237,7 +237,41 @@ pub struct Security {
     /// capabilities and seccomp fields say the rest).
     #[serde(default)]
     pub privileged: bool,
+    /// Paths masked beyond [`MASKED_PATHS`] (an OCI bundle's `maskedPaths`): a file
+    /// is hidden under `/dev/null`, a directory under an empty read-only tmpfs; a path
+    /// that does not exist is left alone. Not for a privileged container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only beyond [`READONLY_PATHS`] (an OCI bundle's
+    /// `readonlyPaths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readonly_paths: Vec<String>,
 }
+
+/// What the agent masks in every unprivileged container (Docker's list): files
+/// under `/dev/null`, directories under an empty read-only tmpfs.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// What the agent makes read-only in every unprivileged container (Docker's list).
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// What a seccomp rule (or the default) does with a system call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -353,6 +353,9 @@ impl<'a> Sandbox<'a> {
             }
             (_, Isolation::Process) => MountSource::Bind {
                 path: m.source.display().to_string(),
+                nosuid: false,
+                nodev: false,
+                noexec: false,
             },
             (_, Isolation::Vm) => MountSource::Virtiofs {
                 tag: shares::tag(index),
