@@ -1080,6 +1080,13 @@ pub fn run(state: &Path, p: &Project, service: &str, o: &RunOneOff) -> Result<i3
 pub fn start(state: &Path, p: &Project, services: &[String]) -> Result<(), ComposeError> {
     let order = p.order(&selected(p, services)?)?;
     for name in &order {
+        // As Compose's start: its dependencies' conditions first (a one-shot job it
+        // started again has completed before its dependents start).
+        for (dep, d) in &p.services[name].depends_on {
+            if let Some(ds) = p.services.get(dep) {
+                wait_ready(state, p, ds, d.condition, None)?;
+            }
+        }
         let mut any = false;
         for cname in service_members(state, p, name) {
             crate::run::start(state, &cname, false)?;
