@@ -143,7 +143,9 @@ services:
     deploy: {replicas: 2}
 YAML
 arca compose -p sc up -d >/dev/null 2>&1
-out=$(arca compose -p sc ps | awk 'NR > 1 {print $1}'; arca compose -p sc run --rm -T w nslookup w | grep -c '^Address: 10\.')
+# The resolver reads a new container's names as its lease appears (within a second):
+# asked for up to 3 s until both replicas answer.
+out=$(arca compose -p sc ps | awk 'NR > 1 {print $1}'; arca compose -p sc run --rm -T w sh -c 'i=0; while [ $(nslookup w | grep -c "^Address: 10\.") -lt 2 ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; nslookup w | grep -c "^Address: 10\."')
 check replicas 0 "sc-w-1
 sc-w-2
 2" $? "$out"
