@@ -246,14 +246,8 @@ impl Runtime {
     /// Creates a container: cgroup, namespaces, rootfs; its process waits for `start`.
     pub fn create(&self, spec: ContainerSpec) -> Result<u32, AgentError> {
         spec.validate()?;
-        if self.config.on_host
-            && spec.network == NetworkMode::Host
-            && let Some(s) = spec.sysctls.iter().find(|s| s.needs_own_network())
-        {
-            return Err(AgentError::new(
-                ErrorCode::BadRequest,
-                format!("sysctl {:?} not allowed in host network namespace", s.name),
-            ));
+        for s in &spec.sysctls {
+            s.check_network(self.config.on_host && spec.network == NetworkMode::Host)?;
         }
         if self.closing.load(Ordering::SeqCst) {
             return Err(AgentError::new(

@@ -561,36 +561,58 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
             format!("Rootfs image {} does not exist", source.display()),
         ));
     }
-    // An OCI bundle's root, written in place as runc writes it: no overlay, no /etc
-    // files of the agent's (the caller binds its own over them).
-    if let WritableLayer::InPlace { read_only } = spec.rootfs.writable {
-        rustix::mount::mount_bind_recursive(source, &root)
-            .map_err(|e| mount_err("the rootfs directory", &root, e))?;
-        let layers = Layers {
-            upper: open_dir(&root)?,
-            lower: open_dir(&root)?,
-        };
-        mount_inside(&root, spec.security.privileged)?;
-        for m in &spec.mounts {
-            mount_user(&root, m)?;
+    let layers = match spec.rootfs.writable {
+        // An OCI bundle's root, written in place as runc writes it: no overlay, no
+        // /etc files of the agent's (the caller binds its own over them).
+        WritableLayer::InPlace { .. } => {
+            rustix::mount::mount_bind_recursive(source, &root)
+                .map_err(|e| mount_err("the rootfs directory", &root, e))?;
+            Layers {
+                upper: open_dir(&root)?,
+                lower: open_dir(&root)?,
+            }
         }
-        pivot(&root)?;
-        mask_paths(&spec.security)?;
-        if read_only {
-            rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
-                .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
-        }
-        return Ok(layers);
+        _ => overlay_root(spec, base, source, &lower, &root)?,
+    };
+    mount_inside(&root, spec.security.privileged)?;
+    for m in &spec.mounts {
+        mount_user(&root, m)?;
     }
+    pivot(&root)?;
+    mask_paths(&spec.security)?;
+    let (in_place, read_only) = match spec.rootfs.writable {
+        WritableLayer::InPlace { read_only } => (true, read_only),
+        WritableLayer::ReadOnly => (false, true),
+        _ => (false, false),
+    };
+    if !in_place {
+        write_etc(spec, hostname);
+    }
+    if read_only {
+        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
+    }
+    Ok(layers)
+}
+
+/// The image (`source`) mounted read-only on `lower`, and the container's root on
+/// `root`: an overlay of its writable layer over `lower`.
+fn overlay_root(
+    spec: &ContainerSpec,
+    base: &Path,
+    source: &Path,
+    lower: &Path,
+    root: &Path,
+) -> Result<Layers, AgentError> {
     if spec.rootfs.fstype == "dir" {
-        rustix::mount::mount_bind_recursive(source, &lower)
-            .map_err(|e| mount_err("the rootfs directory", &lower, e))?;
-        rustix::mount::mount_remount(&lower, MountFlags::BIND | MountFlags::RDONLY, "")
-            .map_err(|e| mount_err("the rootfs read-only", &lower, e))?;
+        rustix::mount::mount_bind_recursive(source, lower)
+            .map_err(|e| mount_err("the rootfs directory", lower, e))?;
+        rustix::mount::mount_remount(lower, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| mount_err("the rootfs read-only", lower, e))?;
     } else {
         rustix::mount::mount(
             source,
-            &lower,
+            lower,
             spec.rootfs.fstype.as_str(),
             MountFlags::RDONLY,
             None,
@@ -650,28 +672,16 @@ fn setup_rootfs(spec: &ContainerSpec, base: &Path, hostname: &str) -> Result<Lay
     let opts = sys::cstring(&opts).map_err(|e| internal("Bad overlay options", e))?;
     rustix::mount::mount(
         "overlay",
-        &root,
+        root,
         "overlay",
         MountFlags::empty(),
         Some(opts.as_c_str()),
     )
-    .map_err(|e| mount_err("overlayfs", &root, e))?;
-    let layers = Layers {
+    .map_err(|e| mount_err("overlayfs", root, e))?;
+    Ok(Layers {
         upper: open_dir(&upper)?,
-        lower: open_dir(&lower)?,
-    };
-    mount_inside(&root, spec.security.privileged)?;
-    for m in &spec.mounts {
-        mount_user(&root, m)?;
-    }
-    pivot(&root)?;
-    mask_paths(&spec.security)?;
-    write_etc(spec, hostname);
-    if spec.rootfs.writable == WritableLayer::ReadOnly {
-        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
-            .map_err(|e| internal("Cannot make the rootfs read-only", e))?;
-    }
-    Ok(layers)
+        lower: open_dir(lower)?,
+    })
 }
 
 /// Mounts `m` in the container whose root is `root`. The path to its target is walked

@@ -1,19 +1,20 @@
 //! The commands, as runc has them (its flags are parsed by `liboci-cli` in the
 //! binary). Errors are returned; the binary prints them on stderr and exits 1.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use arca_agent_client::{AgentAddress, AgentClient};
-use arca_protocol::{ProcessSpec, StdioStream};
+use arca_protocol::ProcessSpec;
 use arca_runtime::container::pids::{kill_if_same, wait_gone};
 
 use crate::OciError;
 use crate::container::{self, Dir, Record, Status, ask_monitor, now_rfc3339};
 use crate::spec::{self, Isolation};
+use crate::stdio::Attached;
 
 /// How long `create` waits for the monitor to have the container made.
 const CREATE_PATIENCE: Duration = Duration::from_secs(60);
@@ -124,38 +125,23 @@ pub fn create(
         cgroup_parent: made.cgroup_parent,
         exit_code: None,
     })?;
-    // The monitor gets this process's stdio: the container's.
-    let mut monitor = Command::new(std::env::current_exe().map_err(io_err("find arca-runtime"))?)
-        .arg("--root")
-        .arg(root)
-        .arg("__monitor")
-        .arg(id)
-        .spawn()
-        .map_err(io_err("start the container's monitor"))?;
-    let deadline = Instant::now() + CREATE_PATIENCE;
-    loop {
-        if let Ok(r) = dir.load()
-            && r.status == Status::Created
-        {
-            break;
-        }
-        if let Ok(Some(_)) = monitor.try_wait() {
-            let why = std::fs::read_to_string(dir.monitor_error())
-                .unwrap_or_else(|_| "its monitor ended".into());
-            cleanup(&dir);
-            return Err(OciError::Invalid(why));
-        }
-        if Instant::now() >= deadline {
-            let _ = monitor.kill();
-            let _ = monitor.wait();
-            cleanup(&dir);
-            return Err(OciError::Invalid(format!(
-                "container {id} was not created within {} s",
-                CREATE_PATIENCE.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut monitor = spawn_and_wait(
+        root,
+        &["__monitor", id],
+        || {
+            dir.load()
+                .is_ok_and(|r| r.status == Status::Created)
+                .then_some(Ok(()))
+        },
+        || {
+            std::fs::read_to_string(dir.monitor_error())
+                .unwrap_or_else(|_| "its monitor ended".into())
+        },
+        format!(
+            "container {id} was not created within {} s",
+            CREATE_PATIENCE.as_secs()
+        ),
+    )?;
     if let Some(p) = pid_file
         && let Err(e) = write_pid_file(p, monitor.id())
     {
@@ -165,6 +151,43 @@ pub fn create(
     }
     undo.keep();
     Ok(monitor)
+}
+
+/// Starts `arca-runtime --root ROOT ARGS...` with this process's stdio (the
+/// container's, which it keeps) and waits until `ready` says it is (or why it is not),
+/// the child ends first (`ended` says why), or [`CREATE_PATIENCE`] passes (`late`; the
+/// child is killed). On an error the child is gone.
+fn spawn_and_wait(
+    root: &Path,
+    args: &[&str],
+    mut ready: impl FnMut() -> Option<Result<(), OciError>>,
+    ended: impl FnOnce() -> String,
+    late: String,
+) -> Result<Child, OciError> {
+    let mut child = Command::new(std::env::current_exe().map_err(io_err("find arca-runtime"))?)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .spawn()
+        .map_err(io_err(format!("start arca-runtime {}", args[0])))?;
+    let deadline = Instant::now() + CREATE_PATIENCE;
+    let outcome = loop {
+        if let Some(r) = ready() {
+            break r;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(OciError::Invalid(ended()));
+        }
+        if Instant::now() >= deadline {
+            break Err(OciError::Invalid(late));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if outcome.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome.map(|()| child)
 }
 
 /// Removes a container's directory unless kept (a `create` that failed half way).
@@ -517,38 +540,24 @@ pub fn exec(
         serde_json::to_vec(&process).expect("a process serializes"),
     )
     .map_err(io_err("write the exec's process"))?;
-    let mut child = Command::new(std::env::current_exe().map_err(io_err("find arca-runtime"))?)
-        .arg("--root")
-        .arg(root)
-        .arg("__exec")
-        .arg(id)
-        .arg(&n)
-        .spawn()
-        .map_err(io_err("start the exec's monitor"))?;
-    let deadline = Instant::now() + CREATE_PATIENCE;
-    let outcome = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && !text.is_empty()
-        {
-            break if text == "ok" {
+    let outcome = spawn_and_wait(
+        root,
+        &["__exec", id, &n],
+        || {
+            let text = std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|t| !t.is_empty())?;
+            Some(if text == "ok" {
                 Ok(())
             } else {
                 Err(OciError::Invalid(text))
-            };
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break Err(OciError::Invalid(
-                std::fs::read_to_string(&ready).unwrap_or_else(|_| "the exec ended".into()),
-            ));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break Err(OciError::Invalid("the exec did not start".into()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+            })
+        },
+        || std::fs::read_to_string(&ready).unwrap_or_else(|_| "the exec ended".into()),
+        "the exec did not start".into(),
+    );
     let _ = std::fs::remove_file(&ready);
-    outcome?;
+    let child = outcome?;
     if let Some(p) = pid_file {
         write_pid_file(p, child.id())?;
     }
@@ -675,54 +684,15 @@ fn exec_in(
     let address = client.address().clone();
     let exec_id = format!("exec-{}-{}", std::process::id(), now_nanos());
     client.exec(id, &exec_id, process)?;
-    let out = address.attach(id, Some(&exec_id), StdioStream::Stdout)?;
-    let err = address.attach(id, Some(&exec_id), StdioStream::Stderr)?;
-    let input = address.attach(id, Some(&exec_id), StdioStream::Stdin)?;
+    let streams = Attached::open(&address, id, Some(&exec_id))?;
     if let Some(r) = ready {
         std::fs::write(r, "ok").map_err(io_err("report the exec started"))?;
     }
-    let (done, drained) = std::sync::mpsc::channel();
-    for copy in [
-        Box::new(move || pump(out, io::stdout())) as Box<dyn FnOnce() + Send>,
-        Box::new(move || pump(err, io::stderr())),
-    ] {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            copy();
-            let _ = done.send(());
-        });
-    }
-    std::thread::spawn(move || {
-        let mut input = input;
-        pump(io::stdin(), &mut input);
-        let _ = input.close_input();
-    });
+    let drain = streams.copy(io::stdout(), io::stderr(), io::stdin());
     let status = client.wait(id, Some(&exec_id))?;
     // Output may go on while a child of the process holds it open: not for long.
-    let deadline = Instant::now() + crate::monitor::DRAIN;
-    for _ in 0..2 {
-        if drained
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            break;
-        }
-    }
+    drain.wait();
     Ok(status.code)
-}
-
-fn pump(mut from: impl Read, mut to: impl Write) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 fn now_nanos() -> u128 {

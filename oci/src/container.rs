@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arca_runtime::container::pids::{alive, start_time};
+use arca_runtime::container::pids::alive;
 use serde::{Deserialize, Serialize};
 
 use crate::OciError;
@@ -176,40 +176,20 @@ pub fn ask_monitor(dir: &Dir, request: &str) -> Result<(), OciError> {
     }
 }
 
-/// A process's start time, to tell it from a later one of its pid.
-pub fn started(pid: u32) -> Option<u64> {
-    start_time(pid)
-}
-
 /// Now, in RFC 3339 (UTC, nanoseconds), as runc's `state` prints `created`.
 pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    let seconds = arca_runtime::rfc3339(d.as_secs());
+    let whole = seconds.trim_end_matches('Z');
+    format!("{whole}.{:09}Z", d.subsec_nanos())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arca_runtime::container::pids::start_time;
 
     #[test]
     fn ids_that_would_leave_the_root_are_refused() {

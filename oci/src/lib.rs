@@ -7,7 +7,8 @@
 //!   Arca does not apply (pure; fuzzed).
 //! - [`container`]: the container's directory and record under the runtime's root.
 //! - [`monitor`]: the process the caller waits on, which holds the container.
-//! - [`commands`]: the commands, thin over the three.
+//! - [`stdio`]: a container process's streams connected to the caller's.
+//! - [`commands`]: the commands, thin over those.
 //!
 //! Process isolation (the annotation `io.arca.isolation=process`) runs the container
 //! under a host `arca-agent` of its own; microVM isolation through this CLI is refused
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod container;
 pub mod monitor;
 pub mod spec;
+pub mod stdio;
 
 /// Errors of the runtime's commands. Messages that callers match on are runc's words
 /// (`container ID does not exist`, `cannot delete container ID that is not stopped`),

@@ -1,7 +1,7 @@
 //! The process that holds an arca-runtime container (`arca-runtime __monitor ID`):
 //! started by `create` with the caller's stdio, it starts the container's sandbox (a
 //! host `arca-agent serve` with process isolation), creates the container there,
-//! connects the container's stdio to its own, waits for `start` on its control socket,
+//! connects the container's stdio to its own ([`crate::stdio`]), waits for `start` on its control socket,
 //! and then for the container's end, which it reports in the record and as its own
 //! exit code (`128 + N` for a container killed by signal N, as a shell reports it).
 //!
@@ -9,24 +9,22 @@
 //! wrong is written to `monitor.err`, which `create` reports.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use arca_agent_client::{AgentAddress, AgentClient, StdioConnection};
-use arca_protocol::{ContainerSpec, StdioStream};
+use arca_agent_client::{AgentAddress, AgentClient};
+use arca_protocol::ContainerSpec;
 
 use crate::OciError;
-use crate::container::{Dir, Status, started};
+use crate::container::{Dir, Status};
+use crate::stdio::Attached;
+use arca_runtime::container::pids::start_time;
 
 /// How long the agent may take to listen.
 const AGENT_PATIENCE: Duration = Duration::from_secs(10);
-/// How long output may keep coming after the container's process exited (a child of
-/// it holding the pipe open) before the monitor stops copying.
-pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// How long the agent is given to exit once told to.
 const END_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -64,7 +62,7 @@ fn serve(dir: &Dir) -> Result<i32, OciError> {
     };
     let mut record = dir.load()?;
     let me = std::process::id();
-    (record.monitor_pid, record.monitor_start) = (Some(me), started(me));
+    (record.monitor_pid, record.monitor_start) = (Some(me), start_time(me));
     let spec: ContainerSpec = serde_json::from_slice(
         &std::fs::read(dir.spec()).map_err(io("read the container's spec"))?,
     )
@@ -86,7 +84,7 @@ fn serve(dir: &Dir) -> Result<i32, OciError> {
         .process_group(0);
     let mut agent = Agent(agent.spawn().map_err(io("start arca-agent"))?);
     let agent_pid = agent.0.id();
-    (record.agent_pid, record.agent_start) = (Some(agent_pid), started(agent_pid));
+    (record.agent_pid, record.agent_start) = (Some(agent_pid), start_time(agent_pid));
     dir.save(&record)?;
 
     let address = AgentAddress::Unix(dir.agent_socket());
@@ -106,9 +104,7 @@ fn serve(dir: &Dir) -> Result<i32, OciError> {
     )?;
     let pid = client.create(spec)?;
     record.container_pid = Some(pid);
-    let out = address.attach(&id, None, StdioStream::Stdout)?;
-    let err = address.attach(&id, None, StdioStream::Stderr)?;
-    let input = address.attach(&id, None, StdioStream::Stdin)?;
+    let streams = Attached::open(&address, &id, None)?;
 
     let control = UnixListener::bind(dir.control()).map_err(io("listen on control.sock"))?;
     record.status = Status::Created;
@@ -157,27 +153,9 @@ fn serve(dir: &Dir) -> Result<i32, OciError> {
     let _ = std::fs::remove_file(dir.control());
     drop(control);
 
-    let (done, drained) = mpsc::channel();
-    for (conn, fd) in [(out, 1), (err, 2)] {
-        let target = own_fd(fd)?;
-        let done = done.clone();
-        std::thread::spawn(move || {
-            copy_out(conn, target);
-            let _ = done.send(());
-        });
-    }
-    let stdin = own_fd(0)?;
-    // Not waited for: the caller's stdin may never end.
-    std::thread::spawn(move || copy_in(stdin, input));
-
+    let drain = streams.copy(own_fd(1)?, own_fd(2)?, own_fd(0)?);
     let status = client.wait(&id, None)?;
-    let deadline = Instant::now() + DRAIN;
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if drained.recv_timeout(left).is_err() {
-            break;
-        }
-    }
+    drain.wait();
     record.status = Status::Stopped;
     record.exit_code = Some(status.code);
     dir.save(&record)?;
@@ -204,35 +182,4 @@ fn own_fd(fd: i32) -> Result<File, OciError> {
         action: format!("take stdio descriptor {fd}"),
         source,
     })
-}
-
-/// The container's output to the caller's descriptor, as it comes.
-fn copy_out(mut from: StdioConnection, mut to: File) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// The caller's input to the container, closed at its end.
-fn copy_in(mut from: File, mut to: StdioConnection) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.close_input();
 }

@@ -233,13 +233,8 @@ pub fn translate(spec: &Spec, bundle: &Path, id: &str) -> Result<Container, Spec
     for (name, value) in linux.sysctl().clone().unwrap_or_default() {
         let s = Sysctl { name, value };
         s.check()
+            .and_then(|()| s.check_network(network == NetworkMode::Host))
             .map_err(|e| SpecError::Invalid(format!("linux.sysctl: {}", e.message)))?;
-        if s.needs_own_network() && network == NetworkMode::Host {
-            return Err(SpecError::Invalid(format!(
-                "linux.sysctl: {:?} not allowed in host network namespace",
-                s.name
-            )));
-        }
         sysctls.push(s);
     }
     if let Some(d) = spec.domainname().as_ref().filter(|d| !d.is_empty()) {
@@ -461,10 +456,7 @@ pub fn process_spec(process: &oci_spec::runtime::Process) -> Result<ProcessSpec,
     }
     let mut rlimits = Vec::new();
     for r in process.rlimits().clone().unwrap_or_default() {
-        let name = serde_json::to_value(r.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = spec_name(&r.typ());
         let name = name.trim_start_matches("RLIMIT_").to_ascii_lowercase();
         if arca_protocol::rlimit_resource_known(&name).is_none() {
             return unsupported(&format!("rlimit {name}"));
@@ -506,10 +498,7 @@ pub fn capabilities(process: &oci_spec::runtime::Process) -> Result<Capabilities
     let set = |list: &Option<oci_spec::runtime::Capabilities>| -> Result<Capabilities, SpecError> {
         let mut out = Capabilities::NONE;
         for c in list.iter().flatten() {
-            let name = serde_json::to_value(c)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let name = spec_name(c);
             let n = arca_protocol::capability_number(&name)
                 .ok_or_else(|| SpecError::Unsupported(format!("capability {name}")))?;
             out = out.with(n);
@@ -616,6 +605,14 @@ fn resources(linux: &oci_spec::runtime::Linux) -> Result<Resources, SpecError> {
         }
     }
     Ok(out)
+}
+
+/// The name the runtime spec gives `value` (`CAP_KILL`, `RLIMIT_NOFILE`): its JSON.
+fn spec_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// A tmpfs `size=` value: bytes, or with a k, m or g suffix.

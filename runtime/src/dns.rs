@@ -293,17 +293,16 @@ fn feed(
     std::fs::write(ready, std::process::id().to_string()).map_err(io_err("mark it ready"))?;
     loop {
         let members = network::members(state, net, "");
-        // Its network removed, or its bridge down (the last container gone, which
-        // stops the resolver it knew of: this one may have been started by a
-        // container's watch as that one went): nothing to serve, and its port is the
-        // next network's of that subnet.
-        if members.is_empty()
-            && (!network::dir(state, &net.name).exists()
-                || crate::netlink::link_index(&net.bridge).is_none())
-        {
-            return Ok(());
-        }
         if members.is_empty() {
+            // Its network removed, or its bridge down (the last container gone, which
+            // stops the resolver it knew of: this one may have been started by a
+            // container's watch as that one went): nothing to serve, and its port is
+            // the next network's of that subnet.
+            if !network::dir(state, &net.name).exists()
+                || crate::netlink::link_index(&net.bridge).is_none()
+            {
+                return Ok(());
+            }
             let since = *empty_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= IDLE {
                 // No longer ready first: a container that joins now starts another

@@ -617,6 +617,21 @@ impl Sysctl {
         self.name.starts_with("net.")
     }
 
+    /// Refuses a network namespace's parameter for a container on the host's network
+    /// (`host_network`), in runc's words.
+    pub fn check_network(&self, host_network: bool) -> Result<(), AgentError> {
+        if host_network && self.needs_own_network() {
+            return Err(AgentError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "sysctl {:?} not allowed in host network namespace",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Its file under `/proc/sys`.
     pub fn proc_path(&self) -> String {
         format!("/proc/sys/{}", self.name.replace('.', "/"))

@@ -178,11 +178,9 @@ pub fn parse_sysctl(text: &str, network: Option<&str>) -> Result<arca_protocol::
         return Err(refused());
     }
     sysctl.check().map_err(|_| refused())?;
-    if sysctl.needs_own_network() && network == Some("host") {
-        return Err(RunError::Invalid(format!(
-            "sysctl {name:?} not allowed in host network namespace"
-        )));
-    }
+    sysctl
+        .check_network(network == Some("host"))
+        .map_err(|e| RunError::Invalid(e.message))?;
     Ok(sysctl)
 }
 
